@@ -1,0 +1,1 @@
+"""Shared stream infrastructure: settings, schemas, Kafka admin/serde, sinks, batcher, embedded stack."""

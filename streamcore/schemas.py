@@ -1,0 +1,172 @@
+"""Message schemas of the external contract (SPEC "Contract"): Post, Hints, Label, DeadLetter, ModelUpdate."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+PostId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+#: SPEC limit on caption + comments (bytes of UTF-8); configurable through Settings.
+DEFAULT_MAX_TEXT_BYTES = 64 * 1024
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock used for message timestamps."""
+    return datetime.now(timezone.utc)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class ImageSource(_Message):
+    """Exactly one of inline bytes (base64), an https URL, or a path relative to the image root."""
+
+    b64: str | None = None
+    url: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageSource:
+        given = [k for k in ("b64", "url", "path") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"image needs exactly one of b64/url/path, got {given or 'none'}")
+        return self
+
+    @field_validator("b64")
+    @classmethod
+    def _valid_base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise ValueError(f"image.b64 is not valid base64: {exc}") from None
+        return value
+
+    def raw_bytes(self) -> bytes:
+        """Decoded inline bytes; only for ``b64`` sources."""
+        if self.b64 is None:
+            raise ValueError("image has no inline bytes")
+        return base64.b64decode(self.b64)
+
+
+class Post(_Message):
+    """``post/v1``: an Instagram post as it arrives on the ``posts`` topic."""
+
+    schema_: Literal["post/v1"] = Field("post/v1", alias="schema")
+    post_id: PostId
+    created_at: datetime
+    user: str = Field(max_length=256)
+    caption: str = ""
+    comments: list[str] = Field(default_factory=list, max_length=10_000)
+    hashtags: list[str] = Field(default_factory=list, max_length=1_000)
+    user_tags: list[str] = Field(default_factory=list, max_length=1_000)
+    image: ImageSource
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("caption", "user")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("text contains NUL characters")
+        return value
+
+    def text_bytes(self) -> int:
+        """UTF-8 size of caption + comments, the quantity the text limit applies to."""
+        return len(self.caption.encode()) + sum(len(c.encode()) for c in self.comments)
+
+
+class ScoredTerm(_Message):
+    """An ontology term with its share of the class (scores of one class sum to 1)."""
+
+    term: str
+    score: float = Field(ge=0.0, le=1.0)
+
+
+def _sums_to_one(terms: list[ScoredTerm]) -> list[ScoredTerm]:
+    if terms and abs(sum(t.score for t in terms) - 1.0) > 1e-3:
+        raise ValueError(f"scores must sum to 1 within a class, got {sum(t.score for t in terms):.4f}")
+    return terms
+
+
+class Hints(_Message):
+    """``hints/v1``: the text miner's ranked fashion hints for one post (top 4 per class)."""
+
+    schema_: Literal["hints/v1"] = Field("hints/v1", alias="schema")
+    post_id: PostId
+    miner_version: str
+    categories: list[ScoredTerm] = Field(default_factory=list, max_length=4)
+    subcategories: list[ScoredTerm] = Field(default_factory=list, max_length=4)
+    materials: list[ScoredTerm] = Field(default_factory=list, max_length=4)
+    patterns: list[ScoredTerm] = Field(default_factory=list, max_length=4)
+    styles: list[ScoredTerm] = Field(default_factory=list, max_length=4)
+    brands: list[ScoredTerm] = Field(default_factory=list, max_length=4)
+    hashtags: list[str] = Field(default_factory=list)
+    handles: list[str] = Field(default_factory=list)
+    emojis: list[str] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("categories", "subcategories", "materials", "patterns", "styles", "brands")
+    @classmethod
+    def _percentages(cls, terms: list[ScoredTerm]) -> list[ScoredTerm]:
+        return _sums_to_one(terms)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the text named no category at all."""
+        return not self.categories
+
+
+HINT_CLASSES = ("categories", "subcategories", "materials", "patterns", "styles", "brands")
+
+
+class HintsUsed(_Message):
+    """What steered the model for one label."""
+
+    source: Literal["mined", "predicted", "none"]
+    categories: list[str] = Field(default_factory=list)
+
+
+class Label(_Message):
+    """``label/v1``: the classifier's output for one post."""
+
+    schema_: Literal["label/v1"] = Field("label/v1", alias="schema")
+    post_id: PostId
+    model_version: str
+    head: Literal["base", "dynamic_pruning", "dynamic_layers"]
+    categories: list[ScoredTerm]
+    subcategories: list[ScoredTerm]
+    attributes: list[ScoredTerm]
+    hints_used: HintsUsed
+    received_at: datetime
+    labeled_at: datetime
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class DeadLetter(_Message):
+    """A message a stage could not process, with the reason; ``original`` is base64 of the raw bytes."""
+
+    error: str
+    detail: str
+    stage: str
+    original: str
+    topic: str
+    partition: int
+    offset: int
+
+
+class ModelUpdate(_Message):
+    """``model-updates`` event: a checkpoint version was promoted to serving."""
+
+    version: str
+    path: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    promoted_at: datetime

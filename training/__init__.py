@@ -1,0 +1,1 @@
+"""Training side of stylestream: ontology, data, models, training loop, evaluation."""
