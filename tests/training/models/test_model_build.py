@@ -1,0 +1,72 @@
+"""Builder validation, every backbone, hints → tensors, checkpoint round trip."""
+
+import pytest
+import torch
+
+from streamcore.schemas import Hints, ScoredTerm
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.models import BACKBONES, build_model, hints_to_tensors
+from training.ontology import load_ontology
+
+ONTOLOGY = load_ontology()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backbone": "alexnet", "head": "base"}, "unknown backbone"),
+        ({"backbone": "tiny", "head": "pruned"}, "unknown head"),
+        ({"backbone": "tiny", "head": "base", "alpha": -1.0}, "alpha and beta"),
+        ({"backbone": "tiny", "head": "base", "image_size": 16}, "image_size"),
+    ],
+)
+def test_bad_config_fails_at_build_time(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_model(ontology=ONTOLOGY, **kwargs)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_backbone_builds_and_runs(backbone: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(backbone=backbone, head="dynamic_layers", ontology=ONTOLOGY, weights="random").eval()
+    with torch.no_grad():
+        out = model(model.preprocess(torch.randint(0, 256, (2, 3, 40, 40), dtype=torch.uint8)))
+    assert out.categories.shape == (2, len(ONTOLOGY.category_names))
+    assert out.subcategories.shape == (2, len(ONTOLOGY.subcategory_names))
+    assert out.attributes.shape == (2, len(ONTOLOGY.attribute_names))
+    assert model.preprocess.image_size >= 32
+
+
+def test_preprocess_resizes_and_normalises() -> None:
+    model = build_model(backbone="tiny", head="base", ontology=ONTOLOGY)
+    pre = model.preprocess
+    x = pre(torch.full((1, 3, 28, 50), 255, dtype=torch.uint8))
+    assert x.shape == (1, 3, pre.image_size, pre.image_size)
+    torch.testing.assert_close(x[0, :, 0, 0], (1 - torch.tensor(pre.mean)) / torch.tensor(pre.std))
+
+
+def test_hints_to_tensors() -> None:
+    hints = Hints(
+        post_id="p1",
+        miner_version="t",
+        categories=[ScoredTerm(term="shoes", score=0.75), ScoredTerm(term="bags", score=0.25)],
+        materials=[ScoredTerm(term="leather", score=1.0)],
+        patterns=[ScoredTerm(term="no_such_pattern", score=1.0)],
+    )
+    cats, atts = hints_to_tensors([hints, None], ONTOLOGY)
+    assert cats[0, ONTOLOGY.category_index("shoes")] == 0.75
+    assert cats[0, ONTOLOGY.category_index("bags")] == 0.25
+    assert atts[0, ONTOLOGY.attribute_names.index("leather")] == 1.0
+    assert atts[0].sum() == 1.0 and cats[1].abs().sum() == 0 and atts[1].abs().sum() == 0
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = build_model(backbone="tiny", head="dynamic_pruning", ontology=ONTOLOGY, multi=True, alpha=0.2).eval()
+    save_checkpoint(model, tmp_path / "ckpt", config={"epochs": 1}, metrics={"P@3": 0.5})
+    loaded = load_checkpoint(tmp_path / "ckpt", device="cpu")
+    assert loaded.config == model.config
+    images, hints = torch.rand(3, 3, 64, 64), torch.zeros(3, len(ONTOLOGY.category_names))
+    hints[0, 1] = 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, hints).attributes, model(images, hints).attributes)

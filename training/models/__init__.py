@@ -1,0 +1,17 @@
+"""Dynamic CNN models: backbones, heads (Base, DynamicPruning, DynamicLayers) and the builder."""
+
+from training.models.backbones import BACKBONES, Preprocess
+from training.models.build import DynamicCNN, ModelConfig, build_model, hints_to_tensors
+from training.models.heads import HEADS, ModelOutput, route_categories
+
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "DynamicCNN",
+    "ModelConfig",
+    "ModelOutput",
+    "Preprocess",
+    "build_model",
+    "hints_to_tensors",
+    "route_categories",
+]

@@ -1,0 +1,140 @@
+"""The assembled model (:class:`DynamicCNN`), its builder and the hints → tensors bridge."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from streamcore.schemas import Hints
+from training.models.backbones import BACKBONES, Backbone, Preprocess
+from training.models.heads import HEADS, ModelOutput
+from training.ontology import Ontology
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model: stored as ``config.json`` in a checkpoint."""
+
+    backbone: str
+    head: str
+    multi: bool
+    alpha: float
+    beta: float
+    hidden: int
+    ontology_version: str
+    preprocess: Preprocess
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "preprocess": self.preprocess.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        fields = {k: data[k] for k in ("backbone", "head", "multi", "alpha", "beta", "hidden", "ontology_version")}
+        return cls(**fields, preprocess=Preprocess.from_dict(data["preprocess"]))
+
+
+class DynamicCNN(nn.Module):
+    """Backbone + head. ``forward`` takes normalised images; :meth:`classify` takes backbone features."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module, config: ModelConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.config = config
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """Resize/normalise transform the serving side applies to raw images before ``forward``."""
+        return self.config.preprocess
+
+    def forward(self, images: Tensor, hint_categories: Tensor | None = None, hint_attributes: Tensor | None = None) -> ModelOutput:
+        return self.classify(self.backbone(images), hint_categories, hint_attributes)
+
+    def classify(self, features: Tensor, hint_categories: Tensor | None = None, hint_attributes: Tensor | None = None) -> ModelOutput:
+        """Run the head on pooled backbone features (the cached-feature fast path uses this)."""
+        if hint_categories is None:
+            hint_categories = features.new_zeros(features.shape[0], self.head.categories.out_features)
+        return self.head(features, hint_categories, hint_attributes)
+
+
+def build_model(
+    *,
+    backbone: str,
+    head: str,
+    ontology: Ontology,
+    multi: bool = False,
+    weights: Path | str | None = None,
+    alpha: float = 0.1,
+    beta: float = 0.01,
+    hidden: int = 256,
+    dropout: float = 0.2,
+    image_size: int | None = None,
+) -> DynamicCNN:
+    """Build a model for ``ontology``.
+
+    Args:
+        backbone: one of ``tiny``, ``efficientnet_lite0``, ``resnet18``, ``resnet50``, ``vgg16``.
+        head: one of ``base``, ``dynamic_pruning``, ``dynamic_layers``.
+        multi: multi-class outfits (multi-label categories) instead of one item per image.
+        weights: backbone weights: ``None`` = the backbone's default (ImageNet for
+            ``efficientnet_lite0``, random for the rest), ``"random"``, or a state-dict file.
+        alpha: boost of directly hinted attributes; beta: boost of the hinted categories' range.
+        image_size: override the backbone's default input size.
+
+    Raises:
+        ValueError: unknown backbone/head, negative alpha/beta, bad sizes.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose from {sorted(HEADS)}")
+    if not (alpha >= 0 and beta >= 0):
+        raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+    if hidden < 1:
+        raise ValueError(f"hidden must be >= 1, got {hidden}")
+    factory, preprocess = BACKBONES[backbone]
+    if image_size is not None:
+        if image_size < 32:
+            raise ValueError(f"image_size must be >= 32, got {image_size}")
+        preprocess = Preprocess(image_size, preprocess.mean, preprocess.std)
+    net = factory() if weights is None else factory(weights=None if weights == "random" else weights)
+    sizes = (len(ontology.category_names), len(ontology.subcategory_names), len(ontology.attribute_names))
+    head_module = HEADS[head](
+        net.out_features,
+        ranges=(ontology.subcategory_ranges, ontology.attribute_ranges),
+        sizes=sizes,
+        multi=multi,
+        hidden=hidden,
+        dropout=dropout,
+        alpha=alpha,
+        beta=beta,
+    )
+    config = ModelConfig(backbone, head, multi, alpha, beta, hidden, ontology.version, preprocess)
+    return DynamicCNN(net, head_module, config)
+
+
+def hints_to_tensors(hints: Sequence[Hints | None], ontology: Ontology) -> tuple[Tensor, Tensor]:
+    """Turn mined ``hints/v1`` into ``(hint_categories [B, K], hint_attributes [B, P])`` score tensors.
+
+    ``None`` or empty hints give zero rows (the model then falls back to its own prediction). Terms the
+    ontology does not know are skipped: hints only steer the model, so a miner on another ontology
+    version must not stop labelling.
+    """
+    categories = {n: i for i, n in enumerate(ontology.category_names)}
+    attributes = {n: i for i, n in enumerate(ontology.attribute_names)}
+    cat = torch.zeros(len(hints), len(categories))
+    att = torch.zeros(len(hints), len(attributes))
+    for row, hint in enumerate(hints):
+        if hint is None:
+            continue
+        for term in hint.categories:
+            if term.term in categories:
+                cat[row, categories[term.term]] = term.score
+        for term in (*hint.materials, *hint.patterns):
+            if term.term in attributes:
+                att[row, attributes[term.term]] = term.score
+    return cat, att

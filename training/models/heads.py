@@ -1,0 +1,197 @@
+"""Classification heads: Base, DynamicPruning (Algorithm 1) and DynamicLayers (Algorithm 2).
+
+All heads share a trunk (two FC layers) and a category layer. They differ in the *dependent* levels
+(sub-categories and attributes):
+
+* :class:`BaseHead` — plain linear layers; hints are ignored.
+* :class:`DynamicPruningHead` — one linear layer per level; per sample, outputs outside the range of the
+  routed categories are deactivated, the allowed range is boosted by ``beta`` and directly hinted
+  attributes by ``alpha``. Masks are per sample, so a batch mixes hints; learned weights are never
+  modified (the authors' code overwrote ``weight.data`` in ``forward`` and so never learned).
+* :class:`DynamicLayersHead` — one small layer per category, sized to its range; each sample uses only
+  its routed categories' layers and the outputs are scattered into the unified tensor for the loss.
+
+"Boosting a connection by v" follows the paper literally: v is added to every incoming weight of that
+output, i.e. ``v * sum(h)`` is added to its logit, computed without materialising per-sample weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+#: Logit of a deactivated output: sigmoid ~ 1e-13 and finite, so BCE/CE stay finite and pass no gradient.
+DEACTIVATED = -30.0
+
+
+class ModelOutput(NamedTuple):
+    """Logits per level plus the category route each sample used (``[B, K]`` bool)."""
+
+    categories: Tensor
+    subcategories: Tensor
+    attributes: Tensor
+    routes: Tensor
+
+
+def route_categories(hint_categories: Tensor, category_logits: Tensor, *, multi: bool, threshold: float = 0.5) -> Tensor:
+    """Per sample, the categories whose dependent ranges are opened (``[B, K]`` bool).
+
+    Single-class: the top hinted category, else the top predicted one. Multi-class: every hinted
+    category, else the predicted ones above ``threshold`` (at least the top-1).
+    """
+    hinted = hint_categories > 0
+    has_hint = hinted.any(dim=1, keepdim=True)
+    predicted_top = nn.functional.one_hot(category_logits.argmax(1), category_logits.shape[1]).bool()
+    if multi:
+        from_hints = hinted
+        predicted = predicted_top | (torch.sigmoid(category_logits) > threshold)
+    else:
+        from_hints = nn.functional.one_hot(hint_categories.argmax(1), hint_categories.shape[1]).bool()
+        predicted = predicted_top
+    return torch.where(has_hint, from_hints, predicted)
+
+
+def _range_mask(ranges: list[list[int]], size: int) -> Tensor:
+    mask = torch.zeros(len(ranges), size, dtype=torch.bool)
+    for k, indices in enumerate(ranges):
+        mask[k, indices] = True
+    return mask
+
+
+class PrunedLinear(nn.Module):
+    """One dependent layer whose outputs are masked and boosted per sample (DynamicPruning)."""
+
+    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.register_buffer("range_mask", _range_mask(ranges, out_features), persistent=False)
+        self.alpha = alpha
+        self.beta = beta
+
+    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None) -> Tensor:
+        allowed = (routes.to(h.dtype) @ self.range_mask.to(h.dtype)) > 0
+        boost = self.beta * allowed.to(h.dtype)
+        if hint is not None:
+            boost = boost + self.alpha * hint * allowed
+        logits = self.linear(h) + boost * h.sum(dim=1, keepdim=True)
+        return logits.masked_fill(~allowed, DEACTIVATED)
+
+
+class RoutedLinear(nn.Module):
+    """One layer per category sized to its range, stored padded as ``[K, R, in]`` (DynamicLayers).
+
+    Every category's layer is evaluated with one batched ``einsum``; outputs of layers a sample is not
+    routed to are discarded with ``where``, so no gradient reaches them. Overlapping ranges (a sample
+    routed to several categories) are merged with a max.
+    """
+
+    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float) -> None:
+        super().__init__()
+        width = max(len(r) for r in ranges)
+        # Padding slots point at a spare column ``out_features`` that is dropped after the scatter.
+        index = torch.full((len(ranges), width), out_features, dtype=torch.long)
+        for k, indices in enumerate(ranges):
+            index[k, : len(indices)] = torch.tensor(indices, dtype=torch.long)
+        self.register_buffer("index", index, persistent=False)
+        self.register_buffer("valid", index < out_features, persistent=False)
+        self.weight = nn.Parameter(torch.empty(len(ranges), width, in_features))
+        self.bias = nn.Parameter(torch.empty(len(ranges), width))
+        bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default init, per category layer
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+        self.out_features = out_features
+        self.alpha = alpha
+        self.beta = beta
+
+    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None) -> Tensor:
+        batch, (k, width) = h.shape[0], self.index.shape
+        logits = torch.einsum("bh,krh->bkr", h, self.weight) + self.bias
+        boost = torch.full_like(logits, self.beta)
+        if hint is not None:
+            padded = torch.cat([hint, hint.new_zeros(batch, 1)], dim=1)
+            boost = boost + self.alpha * padded[:, self.index]
+        logits = logits + boost * h.sum(dim=1)[:, None, None]
+        active = routes[:, :, None] & self.valid
+        logits = torch.where(active, logits, torch.full_like(logits, DEACTIVATED))
+        out = logits.new_full((batch, self.out_features + 1), DEACTIVATED)
+        out = out.scatter_reduce(1, self.index.reshape(1, -1).expand(batch, -1), logits.reshape(batch, -1), "amax")
+        return out[:, : self.out_features]
+
+
+class _Head(nn.Module):
+    """Trunk (two FC layers) + category layer + one module per dependent level."""
+
+    level_type: type[nn.Module] | None = None
+
+    def __init__(
+        self,
+        in_features: int,
+        *,
+        ranges: tuple[list[list[int]], list[list[int]]],
+        sizes: tuple[int, int, int],
+        multi: bool,
+        hidden: int = 256,
+        dropout: float = 0.2,
+        alpha: float = 0.1,
+        beta: float = 0.01,
+    ) -> None:
+        super().__init__()
+        num_categories, num_subcategories, num_attributes = sizes
+        self.multi = multi
+        self.trunk = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+        )
+        self.categories = nn.Linear(hidden, num_categories)
+        self.subcategories = self.level_type(hidden, ranges[0], num_subcategories, alpha=alpha, beta=beta)
+        self.attributes = self.level_type(hidden, ranges[1], num_attributes, alpha=alpha, beta=beta)
+
+    def forward(self, features: Tensor, hint_categories: Tensor, hint_attributes: Tensor | None = None) -> ModelOutput:
+        h = self.trunk(features)
+        categories = self.categories(h)
+        routes = route_categories(hint_categories, categories.detach(), multi=self.multi)
+        return ModelOutput(
+            categories,
+            self.subcategories(h, routes, None),
+            self.attributes(h, routes, hint_attributes),
+            routes,
+        )
+
+
+class _Plain(nn.Module):
+    """A linear level that ignores routes and hints (Base)."""
+
+    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None) -> Tensor:
+        return self.linear(h)
+
+
+class BaseHead(_Head):
+    """The paper's Base model: backbone → 2 FC → category / sub-category / attribute layers."""
+
+    level_type = _Plain
+
+
+class DynamicPruningHead(_Head):
+    """Algorithm 1, batched: per-sample masks and boosts over one dependent layer per level."""
+
+    level_type = PrunedLinear
+
+
+class DynamicLayersHead(_Head):
+    """Algorithm 2, batched: per-category dependent layers, scattered into the unified tensor."""
+
+    level_type = RoutedLinear
+
+
+HEADS: dict[str, type[_Head]] = {
+    "base": BaseHead,
+    "dynamic_pruning": DynamicPruningHead,
+    "dynamic_layers": DynamicLayersHead,
+}
