@@ -1,0 +1,160 @@
+"""Scores a post's weighted tokens against every ontology term at once.
+
+Per term ``t`` (paper §III.A, a linear combination):
+
+    score(t) = a · Σ_tok tfidf(tok) · sim⁺(tok, t)  +  b · Σ_tok tf(tok) · exact(tok, t)  +  c · Σ_tok tf(tok) · typo(tok, t)
+
+``tf`` is the field-weighted count, ``idf`` comes from the word's GloVe frequency rank (Zipf: rank is
+proportional to inverse frequency, so no corpus is needed), ``sim⁺`` is the cosine similarity to the
+term's closest keyword rescaled to 0 below a threshold, so unrelated words contribute nothing. The
+cosine part is one matrix product of the post's tokens (a few dozen rows) with all keyword vectors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from gensim.models import KeyedVectors
+
+from training.ontology import Ontology
+from training.text.lexicon import Lexicon
+
+#: Ontology classes the miner ranks, in ``hints/v1`` order.
+CLASSES = ("categories", "subcategories", "materials", "patterns", "styles", "brands")
+#: Classes matched by exact name only: brand names have no meaningful GloVe neighbours.
+EXACT_ONLY = frozenset({"brands"})
+
+
+@dataclass(frozen=True)
+class MatchWeights:
+    """Coefficients of the linear combination and the cut-offs that keep unrelated words out."""
+
+    cosine: float = 1.0
+    exact: float = 2.0
+    typo: float = 1.0
+    threshold: float = 0.75  # cosine similarity below which a word is unrelated to a term
+    ambiguous: float = 0.35  # weight of an exact hit on an everyday word (watch, felt, top)
+    min_score: float = 0.3  # a term needs at least this much evidence to be hinted
+    min_share: float = 0.05  # ... and at least this fraction of its class leader's score
+    common_rank: int = 30_000  # words this frequent are real words, never typo-corrected
+
+
+@dataclass(frozen=True)
+class TermSpace:
+    """All terms of all classes in one index space: class ``c`` owns ``slice(offsets[c], offsets[c+1])``."""
+
+    names: tuple[str, ...]
+    offsets: tuple[int, ...]
+
+    @classmethod
+    def build(cls, ontology: Ontology) -> tuple[TermSpace, list[tuple[int, tuple[str, ...]]]]:
+        """The term space and each global term's keywords (categories inherit their sub-categories')."""
+        per_class: list[list[tuple[str, tuple[str, ...]]]] = [
+            [(c.name, (*c.keywords, *(k for s in c.subcategories for k in s.keywords))) for c in ontology.categories],
+            [(s.name, s.keywords) for c in ontology.categories for s in c.subcategories],
+            [(t.name, (t.name.replace("_", " "), *t.keywords)) for t in ontology.materials],
+            [(t.name, (t.name.replace("_", " "), *t.keywords)) for t in ontology.patterns],
+            [(t.name, t.keywords) for t in ontology.styles],
+            [(t.name, t.keywords) for t in ontology.brands],
+        ]
+        names: list[str] = []
+        offsets = [0]
+        keywords: list[tuple[int, tuple[str, ...]]] = []
+        for terms in per_class:
+            for name, kws in terms:
+                keywords.append((len(names), kws))
+                names.append(name)
+            offsets.append(len(names))
+        return cls(tuple(names), tuple(offsets)), keywords
+
+    def span(self, klass: int) -> slice:
+        return slice(self.offsets[klass], self.offsets[klass + 1])
+
+
+class Matcher:
+    """Vectorised ontology matcher; build once per process, call per post."""
+
+    def __init__(self, ontology: Ontology, vectors: KeyedVectors, weights: MatchWeights | None = None) -> None:
+        self.weights = weights or MatchWeights()
+        self.space, keywords = TermSpace.build(ontology)
+        self.lexicon = Lexicon.build(keywords)
+        self._rank = vectors.key_to_index
+        self._vectors = vectors
+        self._unit = vectors.get_normed_vectors()
+        self._log_n = math.log(len(vectors) + 1.0)
+        exact_only = {i for c, name in enumerate(CLASSES) if name in EXACT_ONLY for i in range(*self._span(c))}
+        rows, terms = self._keyword_rows([(t, kws) for t, kws in keywords if t not in exact_only])
+        self._kw = rows  # (n_keywords, dim), unit length, grouped by term
+        self._kw_terms, self._kw_starts = np.unique(terms, return_index=True)
+
+    def _span(self, klass: int) -> tuple[int, int]:
+        return self.space.offsets[klass], self.space.offsets[klass + 1]
+
+    def _keyword_rows(self, keywords: Sequence[tuple[int, tuple[str, ...]]]) -> tuple[np.ndarray, np.ndarray]:
+        """Unit vectors of single-word keywords, sorted by term for ``reduceat``.
+
+        Multi-word keywords (``jersey dress``) are left to exact bigram lookup: their mean vector sits
+        close to every word in them and would let ``dress`` alone vote for ``jersey_dress``.
+        """
+        rows, terms = [], []
+        for term, kws in keywords:
+            for kw in dict.fromkeys(k.lower() for k in kws):
+                if kw in self._rank:  # fashion jargon GloVe lacks (jeggings) is left to the lexicon
+                    rows.append(self._unit[self._rank[kw]])
+                    terms.append(term)
+        order = np.argsort(terms, kind="stable")
+        return np.asarray(rows, dtype=np.float32)[order], np.asarray(terms)[order]
+
+    def idf(self, word: str) -> float:
+        """Zipf IDF from the frequency rank: frequent words ≈ 0.5, rare or unknown words 1."""
+        rank = self._rank.get(word)
+        if rank is None:
+            return 1.0
+        return 0.5 + 0.5 * math.log(rank + 1.0) / self._log_n
+
+    def score(self, bag: Mapping[str, float]) -> np.ndarray:
+        """Raw evidence per global term for a bag ``{token: field-weighted count}``."""
+        w = self.weights
+        scores = np.zeros(len(self.space.names), dtype=np.float64)
+        cos_tokens, cos_weights = [], []
+        for token, tf in bag.items():
+            hit = self.lexicon.exact.get(token)
+            if hit:
+                scale = w.ambiguous if token in self.lexicon.ambiguous else 1.0
+                scores[list(hit)] += w.exact * tf * scale
+            elif self._rank.get(token, w.common_rank) >= w.common_rank:
+                typo = self.lexicon.typo_of(token)
+                if typo:
+                    scores[list(typo)] += w.typo * tf
+            rank = self._rank.get(token)
+            if rank is not None:
+                cos_tokens.append(rank)
+                cos_weights.append(tf * self.idf(token))
+        if cos_tokens:
+            scores[self._kw_terms] += w.cosine * self._cosine(np.asarray(cos_tokens), np.asarray(cos_weights))
+        return scores
+
+    def _cosine(self, rows: np.ndarray, tfidf: np.ndarray) -> np.ndarray:
+        """Σ_tok tfidf · rescaled max-keyword similarity, for every term that has keyword vectors."""
+        t = self.weights.threshold
+        sim = self._unit[rows] @ self._kw.T  # (tokens, keywords): the one matrix product
+        sim = np.clip((sim - t) / (1.0 - t), 0.0, None)
+        best = np.maximum.reduceat(sim, self._kw_starts, axis=1)  # (tokens, terms): closest keyword
+        return tfidf.astype(np.float32) @ best
+
+    def rank(self, scores: np.ndarray, top: int = 4) -> dict[str, list[tuple[str, float]]]:
+        """Top ``top`` terms per class with shares summing to 1; empty where evidence is too weak."""
+        w = self.weights
+        out: dict[str, list[tuple[str, float]]] = {}
+        for c, name in enumerate(CLASSES):
+            lo, hi = self._span(c)
+            cls_scores = scores[lo:hi]
+            best = np.argsort(-cls_scores, kind="stable")[:top]
+            lead = cls_scores[best[0]] if len(best) else 0.0
+            keep = [i for i in best if cls_scores[i] >= max(w.min_score, w.min_share * lead)]
+            total = float(sum(cls_scores[i] for i in keep))
+            out[name] = [(self.space.names[lo + i], float(cls_scores[i]) / total) for i in keep]
+        return out
