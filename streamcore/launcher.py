@@ -1,0 +1,102 @@
+"""What ``stylestream up`` and ``produce`` do: start the stack and stages, feed demo posts, show labels."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+
+from rich.console import Console
+
+from streamcore.client import StylestreamClient
+from streamcore.embedded import EmbeddedStack, _die_with_parent
+from streamcore.kafka import ensure_topics
+from streamcore.schemas import Label
+from streamcore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_STAGES = ("text", "classify")
+
+
+def produce_synthetic(settings: Settings, *, count: int, rate: float | None = None, multi: bool = False,
+                      seed: int = 0, stop: threading.Event | None = None) -> int:
+    """Publish ``count`` synthetic posts, at ``rate`` per second if given; returns how many were sent."""
+    from training.ontology import load_ontology
+    from training.synthetic.posts import generate_posts
+
+    stop = stop or threading.Event()
+    sent = 0
+    start = time.monotonic()
+    with StylestreamClient(settings) as client:
+        for post, _ in generate_posts(load_ontology(), count, seed=seed, multi=multi, prefix=f"syn{int(time.time())}"):
+            delay = start + sent / rate - time.monotonic() if rate else 0.0
+            if stop.wait(max(0.0, delay)):
+                break
+            client.publish(post)
+            sent += 1
+    return sent
+
+
+def print_label(console: Console, label: Label) -> None:
+    """One line per label: top category, sub-category, attributes, and what steered the model."""
+    top = label.categories[0]
+    sub = label.subcategories[0].term if label.subcategories else "-"
+    attrs = ", ".join(f"{a.term} {a.score:.2f}" for a in label.attributes[:3])
+    steer = f"{label.hints_used.source}:{'/'.join(label.hints_used.categories) or '-'}"
+    latency = (label.labeled_at - label.received_at).total_seconds() * 1000
+    console.print(f"[bold]{label.post_id}[/] [green]{top.term}[/] {top.score:.2f} · {sub} · {attrs} "
+                  f"[dim]({steer}, {label.model_version}, {latency:.0f} ms)[/]")
+
+
+def _spawn_stage(stage: str, settings: Settings) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", stage], env=settings.child_env(),
+                            preexec_fn=_die_with_parent)
+
+
+def _stop_all(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> None:
+    """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers."""
+    with ExitStack() as stack:
+        if not settings.kafka or not settings.redis_url:
+            embedded = stack.enter_context(EmbeddedStack())
+            settings = settings.model_copy(update={"kafka": settings.kafka or embedded.bootstrap,
+                                                   "redis_url": settings.redis_url or embedded.redis_url})
+            console.print(f"embedded broker [bold]{embedded.bootstrap}[/], redis [bold]{embedded.redis_url}[/]")
+        created = ensure_topics(settings)
+        console.print(f"topics ready ({len(created)} created, {settings.partitions} partitions)")
+        procs: list[subprocess.Popen] = []
+        stack.callback(_stop_all, procs)
+        procs.extend(_spawn_stage(stage, settings) for stage in _STAGES)
+        console.print(f"stages started: {', '.join(_STAGES)} · metrics from port {settings.metrics_port}")
+        stop = threading.Event()
+        stack.callback(stop.set)
+        try:
+            if demo:
+                feeder = threading.Thread(target=produce_synthetic, args=(settings,),
+                                          kwargs={"count": 10**9, "rate": rate, "stop": stop}, daemon=True)
+                feeder.start()
+                with StylestreamClient(settings) as client:
+                    for label in client.labels(from_beginning=True):
+                        print_label(console, label)
+            else:
+                while all(p.poll() is None for p in procs):
+                    time.sleep(0.5)
+                console.print("[red]a stage exited; stopping[/]")
+        except KeyboardInterrupt:
+            console.print("stopping…")

@@ -1,0 +1,41 @@
+"""Prometheus metrics of a stage, on a registry owned by the stage (no import-time globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass
+class StageMetrics:
+    """Every series a worker exports; names follow Prometheus conventions (base units, ``_total``)."""
+
+    stage: str
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r, s = self.registry, ("stage",)
+        self.consumed = Counter("stylestream_messages_consumed_total", "Records fetched from Kafka", s + ("topic",), registry=r)
+        self.processed = Counter("stylestream_messages_processed_total", "Records whose outputs were written", s, registry=r)
+        self.dead_letters = Counter("stylestream_dead_letters_total", "Records sent to the DLQ", s + ("reason",), registry=r)
+        self.labeled = Counter("stylestream_posts_labeled_total", "Labels written to Redis and the labels topic", registry=r)
+        self.hinted = Counter("stylestream_posts_with_hints_total", "Labels whose model used mined hints", registry=r)
+        self.stage_latency = Histogram("stylestream_stage_latency_seconds", "Fetch-to-output time per record", s,
+                                       buckets=_LATENCY_BUCKETS, registry=r)
+        self.e2e_latency = Histogram("stylestream_end_to_end_latency_seconds", "Post produced to label written",
+                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("stylestream_batch_size", "Images per model batch", buckets=_BATCH_BUCKETS, registry=r)
+        self.inflight = Gauge("stylestream_inflight_records", "Fetched records whose outputs are not yet written", s, registry=r)
+        self.lag = Gauge("stylestream_consumer_lag", "Records behind the partition end", s + ("topic", "partition"), registry=r)
+        self.rebalances = Counter("stylestream_rebalances_total", "Partition revocations seen", s, registry=r)
+        self.commits = Counter("stylestream_offset_commits_total", "Offset commits", s, registry=r)
+        self.model = Info("stylestream_model", "Serving model", registry=r)
+
+    def serve(self, port: int) -> int:
+        """Expose ``/metrics`` on ``port`` (0 = ephemeral); returns the bound port."""
+        server, _ = start_http_server(port, registry=self.registry)
+        return server.server_address[1]

@@ -1,0 +1,52 @@
+"""JSON (de)serialisation of contract messages, turning every failure into a dead-letter reason."""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from streamcore.exceptions import BadInput
+from streamcore.schemas import Post
+from streamcore.settings import Settings
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def encode(message: BaseModel) -> bytes:
+    """Compact JSON with contract field names (``schema``, not ``schema_``)."""
+    return message.model_dump_json(by_alias=True, exclude_none=True).encode()
+
+
+def decode(raw: bytes | None, model: type[M], *, max_bytes: int) -> M:
+    """Parse and validate one message.
+
+    Raises:
+        BadInput: ``empty``, ``too_large``, ``bad_encoding``, ``bad_json`` or ``bad_schema``.
+    """
+    if not raw:
+        raise BadInput("empty", "message value is empty")
+    if len(raw) > max_bytes:
+        raise BadInput("too_large", f"message is {len(raw)} bytes, limit {max_bytes}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadInput("bad_encoding", f"not UTF-8: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise BadInput("bad_json", f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadInput("bad_schema", f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5])
+        raise BadInput("bad_schema", errors) from None
+
+
+def decode_post(raw: bytes | None, settings: Settings) -> Post:
+    """A validated ``post/v1`` within the configured size limits."""
+    post = decode(raw, Post, max_bytes=settings.max_message_bytes)
+    if post.text_bytes() > settings.max_text_bytes:
+        raise BadInput("text_too_long", f"caption+comments are {post.text_bytes()} bytes, limit {settings.max_text_bytes}")
+    return post

@@ -1,0 +1,53 @@
+"""Redis sink for labels: idempotent per (post, model version), plus a capped Redis Stream."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from streamcore.schemas import Label
+from streamcore.serde import encode
+
+LABEL_KEY = "stylestream:label:{post_id}"
+LABELS_STREAM = "stylestream:labels"
+MODEL_CURRENT = "stylestream:model:current"
+
+# Keeps the stored label when it came from the same model version, so that reprocessing a post
+# (after a crash or rebalance) returns byte-identical output; the stream entry is added only once.
+_WRITE_LABEL = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, obj = pcall(cjson.decode, cur)
+  if ok and obj['model_version'] == ARGV[2] then return cur end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'post_id', ARGV[4], 'label', ARGV[1])
+return ARGV[1]
+"""
+
+
+class RedisLabelSink:
+    """Writes labels to ``stylestream:label:{post_id}`` and the ``stylestream:labels`` stream."""
+
+    def __init__(self, url: str, *, stream_maxlen: int) -> None:
+        self._redis = aioredis.Redis.from_url(url)
+        self._script = self._redis.register_script(_WRITE_LABEL)
+        self._maxlen = stream_maxlen
+
+    async def write(self, labels: list[Label]) -> list[bytes]:
+        """Write labels in one round trip; returns the stored (canonical) JSON of each."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for label in labels:
+                await self._script(
+                    keys=[LABEL_KEY.format(post_id=label.post_id), LABELS_STREAM],
+                    args=[encode(label), label.model_version, self._maxlen, label.post_id],
+                    client=pipe,
+                )
+            return list(await pipe.execute())
+
+    async def current_model(self) -> str | None:
+        """The serving model version pointer, if any."""
+        value = await self._redis.get(MODEL_CURRENT)
+        return value.decode() if value else None
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,169 @@
+"""The run loop every stream stage shares: poll → handle → write outputs → commit.
+
+A stage subclass implements :meth:`Stage.handle` (and optionally :meth:`Stage.setup`, :meth:`Stage.tick`,
+:meth:`Stage.on_revoked`). It calls :meth:`Stage.done` for each record once all of that record's outputs
+are written; the loop commits per partition up to the lowest unfinished offset, after each round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from streamcore.exceptions import BadInput
+from streamcore.kafka import make_consumer, make_producer
+from streamcore.metrics import StageMetrics
+from streamcore.offsets import OffsetTracker
+from streamcore.schemas import DeadLetter
+from streamcore.serde import encode
+from streamcore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, stage: Stage) -> None:
+        self._stage = stage
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self._stage._revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("%s assigned %s", self._stage.name, sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class Stage(ABC):
+    """One consumer-group member of a stream stage."""
+
+    #: Stage name: consumer group suffix, metrics label, DLQ ``stage`` field.
+    name: str = "stage"
+    #: Logical input topics (before the prefix).
+    inputs: tuple[str, ...] = ()
+    #: How long one poll may block; short so that timers in :meth:`tick` stay responsive.
+    poll_timeout_ms: int = 100
+
+    def __init__(self, settings: Settings, *, metrics: StageMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or StageMetrics(self.name)
+        self.offsets = OffsetTracker()
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._stopping = asyncio.Event()
+
+    # -- hooks ---------------------------------------------------------------------------------
+    async def setup(self) -> None:
+        """Load models or other heavy state before the first poll."""
+
+    @abstractmethod
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        """Process fetched records (possibly none); call :meth:`done` for each finished one."""
+
+    async def tick(self) -> None:
+        """Called every round even without records (join timeouts)."""
+
+    async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        """Drop state for partitions that now belong to another member."""
+
+    async def shutdown(self) -> None:
+        """Finish in-flight work before the final commit."""
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def done(self, record: ConsumerRecord) -> None:
+        """Mark a record's outputs as written, so its offset may be committed."""
+        self.offsets.done(TopicPartition(record.topic, record.partition), record.offset)
+        self.metrics.processed.labels(self.name).inc()
+        self.metrics.stage_latency.labels(self.name).observe(max(0.0, time.time() - record.timestamp / 1000))
+
+    async def dead_letter(self, record: ConsumerRecord, error: BadInput) -> None:
+        """Send ``record`` to ``posts.dlq`` with the reason and mark it done."""
+        letter = DeadLetter(
+            error=error.code, detail=error.detail[:2000], stage=self.name,
+            original=base64.b64encode(record.value or b"").decode(), topic=record.topic,
+            partition=record.partition, offset=record.offset,
+        )
+        await self.send("posts.dlq", record.key, encode(letter))
+        log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, error)
+        self.metrics.dead_letters.labels(self.name, error.code).inc()
+        self.done(record)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Produce one message and wait for the broker's acknowledgement."""
+        await (await self.producer.send(self.settings.topic(topic), value=value, key=key))
+
+    async def send_many(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
+        """Produce messages concurrently and wait until all are acknowledged."""
+        futures = [await self.producer.send(self.settings.topic(topic), value=v, key=k) for k, v in messages]
+        await asyncio.gather(*futures)
+
+    def stop(self) -> None:
+        """Ask the loop to finish the current round, commit and leave the group."""
+        self._stopping.set()
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until :meth:`stop` (or SIGTERM/SIGINT)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+                pass
+        self.producer = make_producer(self.settings)
+        self.consumer = make_consumer(self.settings, group=self.settings.group(self.name))
+        self.consumer.subscribe([self.settings.topic(t) for t in self.inputs], listener=_Rebalance(self))
+        await self.producer.start()
+        try:
+            await self.consumer.start()
+            await self.setup()
+            while not self._stopping.is_set():
+                await self._round()
+            await self.shutdown()
+            await self._commit()
+        finally:
+            await self.consumer.stop()
+            await self.producer.stop()
+
+    async def _round(self) -> None:
+        batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms,
+                                              max_records=self.settings.fetch_max_records)
+        records = [r for tp in sorted(batches, key=lambda t: (t.topic, t.partition)) for r in batches[tp]]
+        for record in records:
+            self.offsets.add(TopicPartition(record.topic, record.partition), record.offset)
+            self.metrics.consumed.labels(self.name, record.topic).inc()
+        await self.handle(records)
+        await self.tick()
+        await self._commit()
+        self.metrics.inflight.labels(self.name).set(self.offsets.pending())
+        self._observe_lag(batches)
+
+    def _observe_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        for tp, records in batches.items():
+            end = self.consumer.highwater(tp)
+            if end is not None and records:
+                self.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(end - records[-1].offset - 1)
+
+    async def _commit(self) -> None:
+        assigned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in self.offsets.committable().items() if tp in assigned}
+        if not offsets:
+            return
+        await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        self.offsets.mark_committed(offsets)
+        self.metrics.commits.labels(self.name).inc()
+
+    async def _revoke(self, revoked: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(self.name).inc()
+        try:
+            await self._commit()
+        except Exception as exc:  # noqa: BLE001 - the group may already be gone; the next owner redoes
+            log.warning("%s: commit on revoke failed: %s", self.name, exc)
+        await self.on_revoked(revoked)
+        self.offsets.drop(revoked)

@@ -1,0 +1,101 @@
+"""Checkpoint registry: immutable version directories under ``model_dir``, published atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import WEIGHTS_FILE, load_checkpoint
+from training.models import DynamicCNN
+
+CHECKSUM_FILE = "SHA256"
+CURRENT_FILE = "CURRENT"
+
+
+def weights_checksum(directory: Path) -> str:
+    """SHA-256 of a checkpoint's weights file."""
+    digest = hashlib.sha256()
+    with open(directory / WEIGHTS_FILE, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One published version."""
+
+    version: str
+    path: Path
+
+    def load(self, *, device: torch.device | str = "cpu") -> DynamicCNN:
+        """Load after verifying the weights checksum.
+
+        Raises:
+            ValueError: the weights do not match the recorded checksum.
+        """
+        expected = (self.path / CHECKSUM_FILE).read_text().strip()
+        if weights_checksum(self.path) != expected:
+            raise ValueError(f"checkpoint {self.version}: weights checksum mismatch")
+        return load_checkpoint(self.path, device=device)
+
+
+class Registry:
+    """Versions are directories ``<model_dir>/<version>``; ``CURRENT`` names the locally serving one."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def versions(self) -> list[str]:
+        """Published versions, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / CHECKSUM_FILE).exists())
+
+    def get(self, version: str) -> Entry:
+        """The entry of ``version``; ``KeyError`` if it is not published."""
+        path = self.root / version
+        if not (path / CHECKSUM_FILE).exists():
+            raise KeyError(f"no published checkpoint {version!r} in {self.root}")
+        return Entry(version, path)
+
+    def serving(self, version: str | None = None) -> Entry | None:
+        """``version`` if given, else the one ``CURRENT`` names, else the newest, else ``None``."""
+        if version:
+            return self.get(version)
+        current = self.root / CURRENT_FILE
+        if current.exists():
+            return self.get(current.read_text().strip())
+        versions = self.versions()
+        return self.get(versions[-1]) if versions else None
+
+    def publish(self, checkpoint_dir: Path, *, name: str | None = None) -> Entry:
+        """Copy a checkpoint into the registry as a new immutable version (temp dir + rename)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        version = name or datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S%fZ")
+        target = self.root / version
+        if target.exists():
+            raise FileExistsError(f"version {version!r} already exists")
+        tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=self.root))
+        try:
+            shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
+            (tmp / CHECKSUM_FILE).write_text(weights_checksum(tmp) + "\n")
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return Entry(version, target)
+
+    def set_current(self, version: str) -> None:
+        """Point ``CURRENT`` at a published version (atomic replace)."""
+        self.get(version)
+        tmp = self.root / f".{CURRENT_FILE}.tmp"
+        tmp.write_text(version + "\n")
+        os.replace(tmp, self.root / CURRENT_FILE)

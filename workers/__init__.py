@@ -1,0 +1,1 @@
+"""Stream stages, one module each: ``text`` (posts → hints), ``classify`` (posts + hints → labels)."""
