@@ -1,0 +1,52 @@
+"""The embedded stack answers, and leaves no process behind however it ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import redis
+from kafka import KafkaAdminClient
+
+from streamcore.embedded import EmbeddedStack
+from streamcore.kafka import ensure_topics
+from streamcore.settings import Settings
+from tests.support import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie is dead for our purpose
+        return fh.read().split()[2] != "Z"
+
+
+def test_start_answer_stop():
+    with EmbeddedStack() as stack:
+        pids = [p.pid for _, p in stack._procs]
+        assert redis.Redis.from_url(stack.redis_url).ping()
+        settings = Settings(kafka=stack.bootstrap, partitions=3)
+        assert ensure_topics(settings) and ensure_topics(settings) == []  # idempotent
+        admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
+        described = admin.describe_topics(["posts"])
+        admin.close()
+        assert len(described[0]["partitions"]) == 3
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_children_die_when_the_parent_is_killed():
+    code = ("from streamcore.embedded import EmbeddedStack; import sys, time; s = EmbeddedStack().start(); "
+            "print(' '.join(str(p.pid) for _, p in s._procs), flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in parent.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    wait_until(lambda: not any(_alive(p) for p in pids), timeout=10, what="broker and redis to exit")

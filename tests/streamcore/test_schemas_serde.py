@@ -1,0 +1,88 @@
+"""Contract messages: limits and dead-letter reasons."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from streamcore.exceptions import BadInput
+from streamcore.schemas import Hints, ImageSource, Post, ScoredTerm
+from streamcore.serde import decode_post, encode
+from streamcore.settings import Settings
+
+IMG = base64.b64encode(b"\x89PNG fake").decode()
+
+
+def _post(**overrides) -> dict:
+    data = {"schema": "post/v1", "post_id": "abc_1.2:3-x", "created_at": "2026-11-22T10:00:00Z", "user": "u",
+            "caption": "red dress", "image": {"b64": IMG}}
+    data.update(overrides)
+    return data
+
+
+def test_post_roundtrip_uses_contract_field_names():
+    post = Post.model_validate(_post())
+    raw = encode(post)
+    assert json.loads(raw)["schema"] == "post/v1"
+    assert decode_post(raw, Settings()) == post
+
+
+@pytest.mark.parametrize("post_id", ["", "a" * 129, "has space", "semi;colon", "ünï"])
+def test_post_id_limits(post_id):
+    with pytest.raises(ValidationError):
+        Post.model_validate(_post(post_id=post_id))
+
+
+@pytest.mark.parametrize("image", [{}, {"b64": IMG, "url": "https://x/y.jpg"}, {"b64": "%%%not base64"}])
+def test_exactly_one_valid_image_source(image):
+    with pytest.raises(ValidationError):
+        Post.model_validate(_post(image=image))
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        (b"", "empty"),
+        (b"\xff\xfe\x00", "bad_encoding"),
+        (b"{not json", "bad_json"),
+        (b"[1, 2]", "bad_schema"),
+        (json.dumps(_post(schema="post/v2")).encode(), "bad_schema"),
+        (json.dumps(_post(comments="not a list")).encode(), "bad_schema"),
+        (json.dumps({k: v for k, v in _post().items() if k != "user"}).encode(), "bad_schema"),
+        (json.dumps(_post(caption="nul\x00byte")).encode(), "bad_schema"),
+        (json.dumps(_post(unexpected=1)).encode(), "bad_schema"),
+    ],
+)
+def test_decode_post_reasons(raw, code):
+    with pytest.raises(BadInput) as info:
+        decode_post(raw, Settings())
+    assert info.value.code == code
+
+
+def test_size_limits_are_configurable():
+    raw = json.dumps(_post(caption="x" * 2000)).encode()
+    assert decode_post(raw, Settings()).caption == "x" * 2000
+    with pytest.raises(BadInput) as info:
+        decode_post(raw, Settings(max_text_bytes=1000))
+    assert info.value.code == "text_too_long"
+    with pytest.raises(BadInput) as info:
+        decode_post(raw, Settings(max_message_bytes=1024))
+    assert info.value.code == "too_large"
+
+
+def test_hint_scores_must_sum_to_one_per_class():
+    Hints(post_id="p", miner_version="m", categories=[ScoredTerm(term="dresses", score=0.7),
+                                                      ScoredTerm(term="skirts", score=0.3)])
+    with pytest.raises(ValidationError, match="sum to 1"):
+        Hints(post_id="p", miner_version="m", categories=[ScoredTerm(term="dresses", score=0.7)])
+    with pytest.raises(ValidationError):
+        Hints(post_id="p", miner_version="m", materials=[ScoredTerm(term=f"m{i}", score=0.2) for i in range(5)])
+
+
+def test_image_source_bytes():
+    assert ImageSource(b64=IMG).raw_bytes() == b"\x89PNG fake"
+    with pytest.raises(ValueError):
+        ImageSource(url="https://example.com/a.jpg").raw_bytes()
