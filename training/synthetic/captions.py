@@ -165,7 +165,8 @@ def make_caption(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cat_words, sub_words = _terms(ontology, category, subcategory)
-    attrs = [_attribute_word(ontology, a, rng) for a in (*patterns, *materials) if rng.random() < 0.7]
+    words = [_attribute_word(ontology, a, rng) for a in (*patterns, *materials)]  # validates every name
+    attrs = [w for w in words if rng.random() < 0.7]
     kind = rng.choice(NOISE_KINDS) if rng.random() < noise else None
     emo = rng.choice(_HAPPY_EMOJI)
     comments = tuple(rng.sample(_COMMENTS[split], k=rng.randint(0, 2)))

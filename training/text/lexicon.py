@@ -55,8 +55,8 @@ class Lexicon:
     ambiguous: frozenset[str]
 
     @classmethod
-    def build(cls, keywords: Sequence[tuple[int, Iterable[str]]]) -> Lexicon:
-        """``keywords``: (global term index, its keywords) pairs."""
+    def build(cls, keywords: Sequence[tuple[int, Iterable[str]]], no_typos: frozenset[int] = frozenset()) -> Lexicon:
+        """``keywords``: (global term index, its keywords) pairs; ``no_typos``: terms matched exactly only."""
         exact: defaultdict[str, set[int]] = defaultdict(set)
         for term, words in keywords:
             for word in words:
@@ -64,9 +64,10 @@ class Lexicon:
                     exact[form].add(term)
         fuzzy: defaultdict[str, set[int]] = defaultdict(set)
         for form, terms in exact.items():
-            if len(form) >= MIN_FUZZY_LEN and " " not in form:
+            typo_terms = terms - no_typos
+            if typo_terms and len(form) >= MIN_FUZZY_LEN and " " not in form:
                 for d in deletes(form):
-                    fuzzy[d] |= terms
+                    fuzzy[d] |= typo_terms
         return cls(
             exact={k: tuple(sorted(v)) for k, v in exact.items()},
             fuzzy={k: tuple(sorted(v)) for k, v in fuzzy.items()},

@@ -80,12 +80,13 @@ class Matcher:
     def __init__(self, ontology: Ontology, vectors: KeyedVectors, weights: MatchWeights | None = None) -> None:
         self.weights = weights or MatchWeights()
         self.space, keywords = TermSpace.build(ontology)
-        self.lexicon = Lexicon.build(keywords)
+        # Brand names are short and arbitrary: "diesen" (German) is not a typo of "diesel".
+        exact_only = frozenset(i for c, name in enumerate(CLASSES) if name in EXACT_ONLY for i in range(*self._span(c)))
+        self.lexicon = Lexicon.build(keywords, no_typos=exact_only)
         self._rank = vectors.key_to_index
-        self._vectors = vectors
         self._unit = vectors.get_normed_vectors()
         self._log_n = math.log(len(vectors) + 1.0)
-        exact_only = {i for c, name in enumerate(CLASSES) if name in EXACT_ONLY for i in range(*self._span(c))}
+        self._evidence = [i for c, name in enumerate(CLASSES) if name not in EXACT_ONLY for i in range(*self._span(c))]
         rows, terms = self._keyword_rows([(t, kws) for t, kws in keywords if t not in exact_only])
         self._kw = rows  # (n_keywords, dim), unit length, grouped by term
         self._kw_terms, self._kw_starts = np.unique(terms, return_index=True)
@@ -116,15 +117,25 @@ class Matcher:
         return 0.5 + 0.5 * math.log(rank + 1.0) / self._log_n
 
     def score(self, bag: Mapping[str, float]) -> np.ndarray:
-        """Raw evidence per global term for a bag ``{token: field-weighted count}``."""
+        """Raw evidence per global term for a bag ``{token: field-weighted count}``.
+
+        Everyday words that are also terms (``watch``, ``felt``, ``check``) only count, at reduced
+        weight, when unambiguous words already point at fashion: "check out my watch" stays silent.
+        """
+        ambiguous = {t: tf for t, tf in bag.items() if t in self.lexicon.ambiguous}
+        scores = self._score({t: tf for t, tf in bag.items() if t not in ambiguous})
+        if ambiguous and scores[self._evidence].max(initial=0.0) >= self.weights.min_score:
+            scores += self.weights.ambiguous * self._score(ambiguous)
+        return scores
+
+    def _score(self, bag: Mapping[str, float]) -> np.ndarray:
         w = self.weights
         scores = np.zeros(len(self.space.names), dtype=np.float64)
         cos_tokens, cos_weights = [], []
         for token, tf in bag.items():
             hit = self.lexicon.exact.get(token)
             if hit:
-                scale = w.ambiguous if token in self.lexicon.ambiguous else 1.0
-                scores[list(hit)] += w.exact * tf * scale
+                scores[list(hit)] += w.exact * tf
             elif self._rank.get(token, w.common_rank) >= w.common_rank:
                 typo = self.lexicon.typo_of(token)
                 if typo:
