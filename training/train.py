@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm import tqdm
 
-from training.models import ModelOutput
+from torch import nn
+
+from training.data import Split
+from training.models import DynamicCNN, ModelOutput, build_model
+from training.ontology import Ontology
 
 LEVELS = ("categories", "subcategories", "attributes")
 
@@ -31,3 +39,138 @@ def compute_loss(output: ModelOutput, targets: dict[str, Tensor], *, multi: bool
     else:
         category_loss = F.cross_entropy(output.categories, targets["categories"])
     return category_loss + multilabel(output.subcategories, targets["subcategories"]) + multilabel(output.attributes, targets["attributes"])
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Optimisation settings (SGD with momentum as in the paper, cosine-free for brevity)."""
+
+    epochs: int = 20
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+    patience: int = 3
+    seed: int = 0
+    loss: str = "bce"
+
+
+@dataclass(frozen=True)
+class Batchable:
+    """Inputs (images uint8 or cached features), mined hints and targets of one split, as tensors."""
+
+    inputs: Tensor
+    hint_categories: Tensor
+    hint_attributes: Tensor
+    targets: dict[str, Tensor]
+
+    @classmethod
+    def from_split(cls, split: Split, *, multi: bool, inputs: Tensor | None = None, hints: bool = True) -> Batchable:
+        hc, ha = torch.from_numpy(split.hint_categories), torch.from_numpy(split.hint_attributes)
+        if not hints:  # "hints removed at test time": the model must fall back on its own prediction
+            hc, ha = torch.zeros_like(hc), torch.zeros_like(ha)
+        return cls(torch.from_numpy(split.images) if inputs is None else inputs, hc, ha, split.targets(multi=multi))
+
+    def batches(self, size: int, generator: torch.Generator | None = None):
+        order = torch.randperm(len(self.inputs), generator=generator) if generator else torch.arange(len(self.inputs))
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            yield self.inputs[idx], self.hint_categories[idx], self.hint_attributes[idx], {k: v[idx] for k, v in self.targets.items()}
+
+
+def _forward(model: DynamicCNN, x: Tensor, hc: Tensor, ha: Tensor, *, features: bool) -> ModelOutput:
+    if features:
+        return model.classify(x, hc, ha)
+    return model(model.preprocess(x), hc, ha)
+
+
+def predict(model: DynamicCNN, data: Batchable, *, features: bool, device: str = "cpu", batch_size: int = 256) -> ModelOutput:
+    """Concatenated outputs of ``model`` over ``data`` in eval mode."""
+    model.eval()
+    outs = []
+    with torch.no_grad(), _autocast(device):
+        for x, hc, ha, _ in data.batches(batch_size):
+            outs.append(_forward(model, x.to(device), hc.to(device), ha.to(device), features=features))
+    return ModelOutput(*(torch.cat([getattr(o, f).float().cpu() for o in outs]) for f in ModelOutput._fields))
+
+
+def _autocast(device: str):
+    # Mixed precision only where it pays off (CUDA); CPU runs stay in float32.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+
+
+def extract_features(model: DynamicCNN, images: Tensor, *, device: str = "cpu", batch_size: int = 256) -> Tensor:
+    """Frozen-backbone features ``[N, F]`` of uint8 images: the cached fast path's input."""
+    model.eval()
+    chunks = []
+    with torch.no_grad(), _autocast(device):
+        for start in tqdm(range(0, len(images), batch_size), desc="features", leave=False, disable=None):
+            chunks.append(model.backbone(model.preprocess(images[start : start + batch_size].to(device))).float().cpu())
+    return torch.cat(chunks)
+
+
+def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, *, features: bool, device: str = "cpu") -> dict:
+    """Train with early stopping on validation loss; restores the best weights.
+
+    With ``features=True`` the inputs are cached backbone features and only the head trains.
+    """
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    params = model.head.parameters() if features else model.parameters()
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    multi = model.config.multi
+    best, best_state, bad, history = float("inf"), None, 0, []
+    for epoch in range(config.epochs):
+        model.train()
+        if features:
+            model.backbone.eval()  # frozen: keep BatchNorm statistics as they are
+        total = 0.0
+        for x, hc, ha, y in tqdm(list(train.batches(config.batch_size, generator)), desc=f"epoch {epoch}", leave=False, disable=None):
+            with _autocast(device):
+                out = _forward(model, x.to(device), hc.to(device), ha.to(device), features=features)
+                loss = compute_loss(out, {k: v.to(device) for k, v in y.items()}, multi=multi, kind=config.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(x)
+        val_out = predict(model, val, features=features, device=device)
+        val_loss = float(compute_loss(val_out, val.targets, multi=multi, kind=config.loss))
+        history.append({"epoch": epoch, "train_loss": total / len(train.inputs), "val_loss": val_loss})
+        if val_loss < best - 1e-4:
+            best, bad = val_loss, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"best_val_loss": best, "epochs_run": len(history), "history": history}
+
+
+def frozen_features(
+    backbone: str, ontology: Ontology, splits: dict[str, Split], *, multi: bool, pretrain: FitConfig | None, device: str = "cpu"
+) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The paper's freeze-then-fine-tune, cached: a backbone and its features for every split.
+
+    ``pretrain`` first trains the backbone end to end with a Base head (for backbones without
+    pretrained weights, e.g. ``tiny``); ``None`` keeps its weights (ImageNet for EfficientNet-Lite0).
+    """
+    model = build_model(backbone=backbone, head="base", ontology=ontology, multi=multi).to(device)
+    if pretrain is not None:
+        train, val = (Batchable.from_split(splits[s], multi=multi) for s in ("train", "val"))
+        fit(model, train, val, pretrain, features=False, device=device)
+    feats = {name: extract_features(model, torch.from_numpy(split.images), device=device) for name, split in splits.items()}
+    return model.backbone, feats
+
+
+def train_head(
+    head: str, backbone: nn.Module, feats: dict[str, Tensor], splits: dict[str, Split], *, name: str,
+    ontology: Ontology, multi: bool, config: FitConfig, device: str = "cpu", **model_kw,
+) -> tuple[DynamicCNN, dict]:
+    """Train ``head`` on cached features of a frozen ``backbone`` (shared, not copied)."""
+    torch.manual_seed(config.seed)
+    model = build_model(backbone=name, head=head, ontology=ontology, multi=multi, weights="random", **model_kw)
+    model.backbone = backbone  # share the frozen, already-trained trunk
+    train, val = (Batchable.from_split(splits[s], multi=multi, inputs=feats[s]) for s in ("train", "val"))
+    return model, fit(model.to(device), train, val, config, features=True, device=device)

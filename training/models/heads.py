@@ -39,10 +39,12 @@ class ModelOutput(NamedTuple):
 def route_categories(hint_categories: Tensor, category_logits: Tensor, *, multi: bool, threshold: float = 0.5) -> Tensor:
     """Per sample, the categories whose dependent ranges are opened (``[B, K]`` bool).
 
-    Single-class: the top hinted category, else the top predicted one. Multi-class: every hinted
-    category, else the predicted ones above ``threshold`` (at least the top-1).
+    Single-class: the top hinted category, else the top predicted one. Multi-class: the hinted
+    categories scoring at least half the top hint (the miner always ranks four, the tail is mostly
+    noise), else the predicted ones above ``threshold`` (at least the top-1).
     """
-    hinted = hint_categories > 0
+    top_hint = hint_categories.max(dim=1, keepdim=True).values
+    hinted = (hint_categories > 0) & (hint_categories >= 0.5 * top_hint)
     has_hint = hinted.any(dim=1, keepdim=True)
     predicted_top = nn.functional.one_hot(category_logits.argmax(1), category_logits.shape[1]).bool()
     if multi:
