@@ -113,8 +113,10 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(Path(self._tmp.name) / f"{name}.log", "wb")  # noqa: SIM115 - closed with the tmp dir
+        # A session of their own: a terminal's Ctrl-C reaches the stages, which still need the broker
+        # to commit on the way out; we stop the servers last, and PDEATHSIG covers a killed parent.
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent, env={"PATH": "/usr/bin:/bin"})
+                                preexec_fn=_die_with_parent, start_new_session=True, env={"PATH": "/usr/bin:/bin"})
         self._procs.append((name, proc))
 
     def _wait_answers(self) -> None:

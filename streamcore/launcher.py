@@ -49,7 +49,7 @@ def print_label(console: Console, label: Label) -> None:
     steer = f"{label.hints_used.source}:{'/'.join(label.hints_used.categories) or '-'}"
     latency = (label.labeled_at - label.received_at).total_seconds() * 1000
     console.print(f"[bold]{label.post_id}[/] [green]{top.term}[/] {top.score:.2f} · {sub} · {attrs} "
-                  f"[dim]({steer}, {label.model_version}, {latency:.0f} ms)[/]")
+                  f"[dim]({steer}, {label.model_version}, {latency:.0f} ms)[/]", soft_wrap=True)
 
 
 def _spawn_stage(stage: str, settings: Settings) -> subprocess.Popen:
