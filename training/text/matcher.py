@@ -163,9 +163,10 @@ class Matcher:
         for c, name in enumerate(CLASSES):
             lo, hi = self._span(c)
             cls_scores = scores[lo:hi]
-            best = np.argsort(-cls_scores, kind="stable")[:top]
+            candidates = np.flatnonzero(cls_scores >= w.min_score)  # usually a handful: sort only those
+            best = candidates[np.argsort(-cls_scores[candidates], kind="stable")[:top]]
             lead = cls_scores[best[0]] if len(best) else 0.0
-            keep = [i for i in best if cls_scores[i] >= max(w.min_score, w.min_share * lead)]
+            keep = [i for i in best if cls_scores[i] >= w.min_share * lead]
             total = float(sum(cls_scores[i] for i in keep))
             out[name] = [(self.space.names[lo + i], float(cls_scores[i]) / total) for i in keep]
         return out

@@ -198,6 +198,8 @@ class Normalizer:
 
     def _text(self, text: str, weight: float, out: Normalized) -> None:
         """Tokenise one text span; words go in with ``weight``, hashtags with the hashtag weight."""
+        if not text or text.isspace():
+            return
         text = unicodedata.normalize("NFKC", text)
         words: list[str] = []
         for token in tokenizer().tokenize(text):
