@@ -101,7 +101,7 @@ def class_metrics(examples: Sequence[Example], hints: Sequence[Hints], klass: st
             sums[f"P@{k}"] += hits / k
             sums[f"R@{k}"] += hits / len(truth)
         sums["top4_recall"] += len(truth & set(ranked[:4])) / len(truth)
-    return {key: (value / n if n else 0.0) for key, value in sums.items()} | {"n": n}
+    return {key: round(value / n, 4) if n else 0.0 for key, value in sums.items()} | {"n": n}
 
 
 def evaluate(miner: TextMiner, sets: dict[str, list[Example]]) -> list[dict]:
@@ -131,7 +131,9 @@ def _machine() -> dict:
         torch_version = None
     import os
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch_version, "device": "cpu"}
+    # Load average is recorded because a shared machine's one-core throughput depends on it.
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch_version, "device": "cpu",
+            "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
 def _git_sha() -> str:
