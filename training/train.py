@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -174,3 +177,46 @@ def train_head(
     model.backbone = backbone  # share the frozen, already-trained trunk
     train, val = (Batchable.from_split(splits[s], multi=multi, inputs=feats[s]) for s in ("train", "val"))
     return model, fit(model.to(device), train, val, config, features=True, device=device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``stylestream train``: train one model on the benchmark and write a checkpoint directory.
+
+    With ``--freeze`` (the default) the backbone is frozen and heads train on cached features.
+    """
+    from training.checkpoint import save_checkpoint
+    from training.data import BenchmarkConfig, load_benchmark
+    from training.evaluate import evaluate_model
+    from training.ontology import load_ontology
+
+    parser = argparse.ArgumentParser(prog="train", description=main.__doc__)
+    parser.add_argument("--scenario", choices=["single", "multi"], default="single")
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--head", default="dynamic_layers")
+    parser.add_argument("--n-train", type=int, default=10_000)
+    parser.add_argument("--n-test", type=int, default=2_000)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--pretrain-epochs", type=int, default=0, help="end-to-end epochs before freezing")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/benchmark"))
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    ontology, multi = load_ontology(), args.scenario == "multi"
+    bench = BenchmarkConfig(multi=multi, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
+    splits = load_benchmark(ontology, bench, cache_dir=args.cache_dir)
+    pretrain = FitConfig(epochs=args.pretrain_epochs, seed=args.seed) if args.pretrain_epochs else None
+    backbone, feats = frozen_features(args.backbone, ontology, splits, multi=multi, pretrain=pretrain, device=args.device)
+    fit_config = FitConfig(epochs=args.epochs, seed=args.seed)
+    model, history = train_head(args.head, backbone, feats, splits, name=args.backbone, ontology=ontology,
+                                multi=multi, config=fit_config, device=args.device)
+    metrics = {hints: evaluate_model(model, splits["test"], features=feats["test"], hints=hints == "mined", device=args.device)
+               for hints in ("mined", "none")}
+    config = {"benchmark": dataclasses.asdict(bench), "fit": dataclasses.asdict(fit_config), "history": history}
+    save_checkpoint(model, args.out, config=config, metrics=metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""Forward time of each head at batch 64, relative to Base and to the paper's per-sample loop.
+
+The paper-faithful baseline runs DynamicPruning one sample at a time and writes ``weight.data`` of the
+dependent layers before each forward (Algorithm 1 as the authors implemented it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from training.evaluate import report_meta
+from training.models import DynamicCNN, build_model
+from training.ontology import Ontology, load_ontology
+
+HEADS = ("base", "dynamic_pruning", "dynamic_layers")
+
+
+def _time_ms(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: first-call allocations and kernel selection
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def naive_per_sample(model: DynamicCNN, images: torch.Tensor, hints: torch.Tensor, ontology: Ontology) -> list:
+    """Algorithm 1 as the authors ran it: per sample, overwrite dependent weight rows, then forward."""
+    layer = model.head.attributes.linear
+    outs = []
+    for i in range(len(images)):
+        allowed = set(ontology.attribute_ranges[int(hints[i].argmax())])
+        for k in range(layer.out_features):  # no attribute hint here (Sa = -1): zero or beta
+            layer.weight.data[k] = model.config.beta if k in allowed else 0.0
+        outs.append(model(images[i : i + 1]))
+    return outs
+
+
+def bench(backbones: list[str], *, batch: int, repeats: int, image_size: int | None) -> dict:
+    ontology = load_ontology()
+    torch.manual_seed(0)
+    hints = torch.zeros(batch, len(ontology.category_names))
+    hints[torch.arange(batch), torch.randint(0, len(ontology.category_names), (batch,))] = 1.0
+    rows, naive_ms = [], None
+    for name in backbones:
+        base_ms = None
+        for head in HEADS:
+            model = build_model(backbone=name, head=head, ontology=ontology, weights="random", image_size=image_size).eval()
+            images = torch.rand(batch, 3, model.preprocess.image_size, model.preprocess.image_size)
+            with torch.no_grad():
+                ms = _time_ms(lambda: model(images, hints), repeats)
+                if head == "dynamic_pruning" and naive_ms is None:
+                    naive_ms = _time_ms(lambda: naive_per_sample(model, images, hints, ontology), max(1, repeats // 3))
+            base_ms = base_ms or ms
+            rows.append({"head": head, "backbone": name, "ms_per_batch": round(ms, 3), "ratio_to_base": round(ms / base_ms, 4)})
+    return {"batch": batch, "rows": rows, "naive_per_sample_ms_per_batch": round(naive_ms, 3),
+            "naive_backbone": backbones[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``stylestream bench heads``: write ``reports/bench_heads.json``."""
+    parser = argparse.ArgumentParser(prog="bench_heads", description=__doc__)
+    parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "tiny"])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("reports/bench_heads.json"))
+    args = parser.parse_args(argv)
+    report = bench(args.backbones, batch=args.batch, repeats=args.repeats, image_size=args.image_size)
+    rows = report["rows"]
+    report["naive_ratio_of_dynamic_pruning"] = round(
+        next(r["ms_per_batch"] for r in rows if r["head"] == "dynamic_pruning") / report["naive_per_sample_ms_per_batch"], 4)
+    report.update(report_meta(["training.bench_heads", *(argv if argv is not None else sys.argv[1:])]))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
