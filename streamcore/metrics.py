@@ -29,6 +29,10 @@ class StageMetrics:
         self.e2e_latency = Histogram("stylestream_end_to_end_latency_seconds", "Post produced to label written",
                                      buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("stylestream_batch_size", "Images per model batch", buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_wait = Histogram("stylestream_batch_wait_seconds", "Time an item waited for its batch",
+                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("stylestream_queue_depth", "Items waiting for a model batch", s, registry=r)
+        self.backpressure = Counter("stylestream_backpressure_pauses_total", "Times fetching was paused", s, registry=r)
         self.inflight = Gauge("stylestream_inflight_records", "Fetched records whose outputs are not yet written", s, registry=r)
         self.lag = Gauge("stylestream_consumer_lag", "Records behind the partition end", s + ("topic", "partition"), registry=r)
         self.rebalances = Counter("stylestream_rebalances_total", "Partition revocations seen", s, registry=r)

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     model_dir: Path = Path("./models")
     image_root: Path = Path("./images")
     hint_wait_ms: float = Field(2000.0, ge=0)
+    #: Posts held by the classifier (waiting for hints or in a batch) before it pauses fetching.
+    max_inflight: int = Field(1024, ge=1)
     head: str = "dynamic_layers"
     backbone: str = "tiny"
 

@@ -8,12 +8,17 @@ from streamcore.schemas import Label
 from streamcore.serde import encode
 
 LABEL_KEY = "stylestream:label:{post_id}"
+SOURCE_KEY = "stylestream:source:{post_id}"
 LABELS_STREAM = "stylestream:labels"
 MODEL_CURRENT = "stylestream:model:current"
 
+# A post id first seen at another Kafka position is a duplicate post: nil reply.
 # Keeps the stored label when it came from the same model version, so that reprocessing a post
 # (after a crash or rebalance) returns byte-identical output; the stream entry is added only once.
 _WRITE_LABEL = """
+local src = redis.call('GET', KEYS[3])
+if src and src ~= ARGV[5] then return false end
+if not src then redis.call('SET', KEYS[3], ARGV[5]) end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, obj = pcall(cjson.decode, cur)
@@ -33,13 +38,22 @@ class RedisLabelSink:
         self._script = self._redis.register_script(_WRITE_LABEL)
         self._maxlen = stream_maxlen
 
-    async def write(self, labels: list[Label]) -> list[bytes]:
-        """Write labels in one round trip; returns the stored (canonical) JSON of each."""
+    async def write(self, labels: list[Label], sources: list[str]) -> list[bytes | None]:
+        """Write labels in one round trip.
+
+        Args:
+            sources: per label, the position of its post (``topic/partition/offset``).
+
+        Returns:
+            Per label, the stored (canonical) JSON, or ``None`` when the post id was already labelled
+            from another position (a duplicate post).
+        """
         async with self._redis.pipeline(transaction=False) as pipe:
-            for label in labels:
+            for label, source in zip(labels, sources, strict=True):
                 await self._script(
-                    keys=[LABEL_KEY.format(post_id=label.post_id), LABELS_STREAM],
-                    args=[encode(label), label.model_version, self._maxlen, label.post_id],
+                    keys=[LABEL_KEY.format(post_id=label.post_id), LABELS_STREAM,
+                          SOURCE_KEY.format(post_id=label.post_id)],
+                    args=[encode(label), label.model_version, self._maxlen, label.post_id, source],
                     client=pipe,
                 )
             return list(await pipe.execute())

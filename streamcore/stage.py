@@ -70,7 +70,7 @@ class Stage(ABC):
         """Called every round even without records (join timeouts)."""
 
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
-        """Drop state for partitions that now belong to another member."""
+        """Finish or drop work of partitions that now belong to another member (before the last commit)."""
 
     async def shutdown(self) -> None:
         """Finish in-flight work before the final commit."""
@@ -161,9 +161,9 @@ class Stage(ABC):
 
     async def _revoke(self, revoked: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(self.name).inc()
+        await self.on_revoked(revoked)
         try:
             await self._commit()
         except Exception as exc:  # noqa: BLE001 - the group may already be gone; the next owner redoes
             log.warning("%s: commit on revoke failed: %s", self.name, exc)
-        await self.on_revoked(revoked)
         self.offsets.drop(revoked)

@@ -62,10 +62,10 @@ class Predictor:
         return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     @torch.inference_mode()
-    def predict(self, images: Sequence[Image.Image], hints: Sequence[Hints | None], post_ids: Sequence[str],
+    def predict(self, images: Sequence[torch.Tensor], hints: Sequence[Hints | None], post_ids: Sequence[str],
                 timestamps_ms: Sequence[int]) -> list[Label]:
-        """Classify a batch; hints may mix present and absent rows."""
-        batch = torch.stack([self.to_tensor(img) for img in images])
+        """Classify a batch of :meth:`to_tensor` images; hints may mix present and absent rows."""
+        batch = torch.stack(list(images))
         cuda = self.device.type == "cuda"
         if cuda:
             batch = batch.pin_memory()

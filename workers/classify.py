@@ -1,23 +1,29 @@
 """Classifier stage: join ``posts`` with ``hints`` by post_id, micro-batch images through the Dynamic CNN,
-write labels to Redis and the ``labels`` topic, then commit.
+write labels to Redis and the ``labels`` topic, then let the loop commit.
 
 Both input topics are keyed by post_id with the same partition count, so one member owns a post's
 partition on both topics. A post waits at most ``hint_wait_ms`` for its hints, then is classified
-without them (``hints_used.source`` says which); later hints for it are ignored.
+without them (``hints_used.source`` says which); later hints for it are ignored. When more than
+``max_inflight`` posts are held, the posts partitions are paused until half of them are done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import torch
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
+from kafka.errors import KafkaError
+from redis.exceptions import RedisError
 
+from streamcore.batcher import MicroBatcher
 from streamcore.exceptions import BadInput
 from streamcore.images import load_image
 from streamcore.schemas import Hints, Post
@@ -27,9 +33,11 @@ from streamcore.sinks import RedisLabelSink
 from streamcore.stage import Stage
 from training.predict import Predictor
 
-#: Bound on join state: hints waiting for their post, post ids already labelled (to drop late hints).
-_MAX_HINTS = 100_000
-_MAX_WAITING = 10_000
+log = logging.getLogger(__name__)
+
+#: Bound on join state: hints waiting for their post, and recently labelled ids (to drop late hints).
+_MAX_REMEMBERED = 100_000
+_RETRY_S = 1.0
 
 
 @dataclass
@@ -38,6 +46,15 @@ class _Waiting:
     post: Post
     deadline: float
     hints: Hints | None = None
+
+
+@dataclass(frozen=True)
+class _Item:
+    image: torch.Tensor
+    hints: Hints | None
+    post_id: str
+    timestamp_ms: int
+    source: str
 
 
 class ClassifyStage(Stage):
@@ -50,7 +67,9 @@ class ClassifyStage(Stage):
         super().__init__(settings, **kwargs)
         self._hints: OrderedDict[str, Hints] = OrderedDict()
         self._waiting: OrderedDict[str, _Waiting] = OrderedDict()
-        self._labelled: OrderedDict[str, None] = OrderedDict()
+        self._started: OrderedDict[str, str] = OrderedDict()  # post_id -> source of the message started
+        self._tasks: dict[asyncio.Task, ConsumerRecord] = {}
+        self._paused = False
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
@@ -60,95 +79,138 @@ class ClassifyStage(Stage):
         version = await self.sink.current_model()
         self.predictor = await loop.run_in_executor(self._model_pool, Predictor.load, self.settings, version)
         self.metrics.model.info({"version": self.predictor.version, "head": self.predictor.head})
+        self.batcher = MicroBatcher(self._run_batch, max_batch=self.settings.max_batch,
+                                    max_wait_s=self.settings.max_wait_ms / 1000,
+                                    wait_histogram=self.metrics.batch_wait)
 
+    # -- join ------------------------------------------------------------------------------------
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        now = time.monotonic()
-        wait = self.settings.hint_wait_ms / 1000
+        deadline = time.monotonic() + self.settings.hint_wait_ms / 1000
         for record in records:
             try:
                 if record.topic == self.settings.topic("hints"):
                     self._on_hints(record, decode(record.value, Hints, max_bytes=self.settings.max_message_bytes))
                 else:
-                    self._on_post(record, decode_post(record.value, self.settings), now + wait)
+                    self._on_post(record, decode_post(record.value, self.settings), deadline)
             except BadInput as exc:
                 await self.dead_letter(record, exc)
 
     def _on_hints(self, record: ConsumerRecord, hints: Hints) -> None:
-        waiting = self._waiting.get(hints.post_id)
+        waiting = self._waiting.pop(hints.post_id, None)
         if waiting is not None:
             waiting.hints = hints
-            waiting.deadline = 0.0
-        elif hints.post_id not in self._labelled:
-            _bounded_put(self._hints, hints.post_id, hints, _MAX_HINTS)
+            self._start(waiting)
+        elif hints.post_id not in self._started:
+            _remember(self._hints, hints.post_id, hints)
         self.done(record)
 
     def _on_post(self, record: ConsumerRecord, post: Post, deadline: float) -> None:
-        if post.post_id in self._waiting:
-            raise BadInput("duplicate_post_id", f"post {post.post_id!r} is already being classified")
-        hints = self._hints.pop(post.post_id, None)
-        self._waiting[post.post_id] = _Waiting(record, post, 0.0 if hints else deadline, hints)
+        # The same message fetched again (after a rebalance) is a redo, not a duplicate.
+        seen = self._started.get(post.post_id) or (
+            _source(self._waiting[post.post_id].record) if post.post_id in self._waiting else None)
+        if seen is not None and seen != _source(record):
+            raise BadInput("duplicate_post_id", f"post {post.post_id!r} was already received at {seen}")
+        waiting = _Waiting(record, post, deadline, self._hints.pop(post.post_id, None))
+        if waiting.hints is not None:
+            self._start(waiting)
+        else:
+            self._waiting[post.post_id] = waiting
 
     async def tick(self) -> None:
         now = time.monotonic()
-        overflow = len(self._waiting) - _MAX_WAITING
-        ready = [w for i, w in enumerate(self._waiting.values()) if w.deadline <= now or i < overflow]
-        for start in range(0, len(ready), self.settings.max_batch):
-            await self._classify(ready[start:start + self.settings.max_batch])
+        while self._waiting:
+            first = next(iter(self._waiting.values()))
+            if first.deadline > now:  # insertion order = deadline order
+                break
+            self._start(self._waiting.pop(first.post.post_id))
+        self._backpressure()
+        self.metrics.queue_depth.labels(self.name).set(self.batcher.queued)
 
-    async def _classify(self, batch: list[_Waiting]) -> None:
+    def _backpressure(self) -> None:
+        held = len(self._waiting) + len(self._tasks)
+        posts = [tp for tp in self.consumer.assignment() if tp.topic == self.settings.topic("posts")]
+        if not self._paused and held >= self.settings.max_inflight:
+            self.consumer.pause(*posts)
+            self._paused = True
+            self.metrics.backpressure.labels(self.name).inc()
+        elif self._paused and held <= self.settings.max_inflight // 2:
+            self.consumer.resume(*posts)
+            self._paused = False
+
+    # -- per post --------------------------------------------------------------------------------
+    def _start(self, waiting: _Waiting) -> None:
+        _remember(self._started, waiting.post.post_id, _source(waiting.record))
+        task = asyncio.get_running_loop().create_task(self._process(waiting))
+        self._tasks[task] = waiting.record
+        task.add_done_callback(self._tasks.pop)
+
+    async def _process(self, waiting: _Waiting) -> None:
+        record = waiting.record
         loop = asyncio.get_running_loop()
-        images = await asyncio.gather(*[loop.run_in_executor(self._decode_pool, _load, w.post, self.settings)
-                                        for w in batch])
-        ok = []
-        for waiting, image in zip(batch, images):
-            if isinstance(image, BadInput):
-                self._waiting.pop(waiting.post.post_id, None)
-                await self.dead_letter(waiting.record, image)
-            else:
-                ok.append((waiting, image))
-        if not ok:
+        try:
+            image = await loop.run_in_executor(self._decode_pool, self._prepare, waiting.post)
+        except BadInput as exc:
+            await self.dead_letter(record, exc)
             return
-        self.metrics.batch_size.observe(len(ok))
-        labels = await loop.run_in_executor(
-            self._model_pool, self.predictor.predict,
-            [img for _, img in ok], [w.hints for w, _ in ok], [w.post.post_id for w, _ in ok],
-            [w.record.timestamp for w, _ in ok])
-        stored = await self.sink.write(labels)
-        await self.send_many("labels", [(w.post.post_id.encode(), v) for (w, _), v in zip(ok, stored)])
-        for (waiting, _), label in zip(ok, labels):
-            self._waiting.pop(waiting.post.post_id, None)
-            _bounded_put(self._labelled, waiting.post.post_id, None, _MAX_HINTS)
-            self.done(waiting.record)
-            self.metrics.labeled.inc()
-            if label.hints_used.source == "mined":
-                self.metrics.hinted.inc()
-            self.metrics.e2e_latency.observe(max(0.0, time.time() - waiting.record.timestamp / 1000))
+        item = _Item(image, waiting.hints, waiting.post.post_id, record.timestamp, _source(record))
+        while True:
+            try:
+                stored = await self.batcher.submit(item)
+                break
+            except (RedisError, KafkaError, OSError) as exc:
+                # Outputs could not be written: keep the record unfinished (uncommitted) and retry.
+                log.warning("classify: output write failed (%s); retrying in %.0fs", exc, _RETRY_S)
+                await asyncio.sleep(_RETRY_S)
+        if stored is None:
+            await self.dead_letter(record, BadInput("duplicate_post_id",
+                                                    f"post {item.post_id!r} was labelled from another message"))
+            return
+        self.done(record)
+        self.metrics.labeled.inc()
+        if waiting.hints is not None and not waiting.hints.is_empty:
+            self.metrics.hinted.inc()
+        self.metrics.e2e_latency.observe(max(0.0, time.time() - record.timestamp / 1000))
 
+    def _prepare(self, post: Post) -> torch.Tensor:
+        return self.predictor.to_tensor(load_image(post.image, self.settings))
+
+    async def _run_batch(self, items: Sequence[_Item]) -> list[bytes | None]:
+        self.metrics.batch_size.observe(len(items))
+        labels = await asyncio.get_running_loop().run_in_executor(
+            self._model_pool, self.predictor.predict, [i.image for i in items], [i.hints for i in items],
+            [i.post_id for i in items], [i.timestamp_ms for i in items])
+        stored = await self.sink.write(labels, [i.source for i in items])
+        await self.send_many("labels", [(i.post_id.encode(), v) for i, v in zip(items, stored) if v is not None])
+        return stored
+
+    # -- lifecycle -------------------------------------------------------------------------------
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for post_id in [p for p, w in self._waiting.items() if (w.record.topic, w.record.partition) in gone]:
             del self._waiting[post_id]
+        # Let batches already in the model finish, so their offsets are committed before we let go.
+        leaving = [t for t, r in self._tasks.items() if (r.topic, r.partition) in gone]
+        if leaving:
+            await asyncio.wait(leaving, timeout=self.settings.session_timeout_ms / 2000)
 
     async def shutdown(self) -> None:
-        for waiting in self._waiting.values():
-            waiting.deadline = 0.0
-        await self.tick()
+        """Finish posts already in a batch; posts still waiting for hints stay uncommitted for the next owner."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        await self.batcher.close()
         await self.sink.close()
         self._decode_pool.shutdown()
         self._model_pool.shutdown()
 
 
-def _load(post: Post, settings: Settings):
-    try:
-        return load_image(post.image, settings)
-    except BadInput as exc:
-        return exc
+def _source(record: ConsumerRecord) -> str:
+    return f"{record.topic}/{record.partition}/{record.offset}"
 
 
-def _bounded_put(cache: OrderedDict, key, value, limit: int) -> None:
+def _remember(cache: OrderedDict, key, value) -> None:
     cache[key] = value
     cache.move_to_end(key)
-    while len(cache) > limit:
+    while len(cache) > _MAX_REMEMBERED:
         cache.popitem(last=False)
 
 

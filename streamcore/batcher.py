@@ -1,0 +1,134 @@
+"""Micro-batcher: gather items until ``max_batch`` or ``max_wait`` after the *first* item, then run them
+through one batch handler; one future per item.
+
+Modelled on Ray Serve's ``@serve.batch`` (and its lessons): the timer starts at the first item of a
+batch, not when waiting began; a failed batch fails every member; a result list of the wrong length is
+an error, never silently misaligned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+from prometheus_client import Histogram
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BatchHandler = Callable[[Sequence[T]], Awaitable[Sequence[R]]]
+
+
+class MicroBatcher(Generic[T, R]):
+    """Batches :meth:`submit` calls for an async ``handler(items) -> results``.
+
+    Args:
+        handler: called with 1..max_batch items; must return one result per item, in order.
+        max_batch: flush as soon as this many items wait.
+        max_wait_s: flush this long after the first item of a batch arrived, even if not full.
+        max_concurrent: batches allowed in the handler at once (2 overlaps one batch's output writes
+            with the next one's compute).
+        clock: monotonic clock (tests pass a fake one).
+    """
+
+    def __init__(self, handler: BatchHandler, *, max_batch: int, max_wait_s: float, max_concurrent: int = 2,
+                 wait_histogram: Histogram | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be >= 1, got {max_concurrent}")
+        self._handler = handler
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self._clock = clock
+        self._wait_histogram = wait_histogram
+        self._queue: list[tuple[T, asyncio.Future, float]] = []
+        self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._running: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch."""
+        return len(self._queue)
+
+    @property
+    def busy(self) -> int:
+        """Batches currently in the handler."""
+        return len(self._running)
+
+    def submit(self, item: T) -> asyncio.Future:
+        """Queue ``item``; the returned future resolves to its result (or its batch's exception)."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future, self._clock()))
+        self._arrived.set()
+        return future
+
+    async def _run(self) -> None:
+        while True:
+            await self._arrived.wait()
+            deadline = self._queue[0][2] + self.max_wait_s
+            while len(self._queue) < self.max_batch:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._arrived.clear()
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            await self._slots.acquire()
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+            if not self._queue:
+                self._arrived.clear()
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _execute(self, batch: list[tuple[T, asyncio.Future, float]]) -> None:
+        try:
+            now = self._clock()
+            if self._wait_histogram is not None:
+                for _, _, arrived in batch:
+                    self._wait_histogram.observe(now - arrived)
+            try:
+                results = await self._handler([item for item, _, _ in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
+            except Exception as exc:  # noqa: BLE001 - delivered to every member of the batch
+                for _, future, _ in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            for (_, future, _), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+        finally:
+            self._slots.release()
+
+    async def drain(self) -> None:
+        """Wait until every submitted item's batch has finished (used at shutdown)."""
+        while self._queue or self._running:
+            if self._running:
+                await asyncio.wait(set(self._running))
+            else:
+                await asyncio.sleep(self.max_wait_s / 2 or 0.001)
+
+    async def close(self) -> None:
+        """Stop the batching task; pending futures are cancelled."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                pass
+        for _, future, _ in self._queue:
+            future.cancel()
+        self._queue.clear()
