@@ -84,10 +84,16 @@ class Stage(ABC):
 
     async def dead_letter(self, record: ConsumerRecord, error: BadInput) -> None:
         """Send ``record`` to ``posts.dlq`` with the reason and mark it done."""
+        original, detail = record.value or b"", error.detail[:2000]
+        # base64 grows 4/3: keep the letter itself under the message limit. The full original stays
+        # at topic/partition/offset for as long as the topic retains it.
+        room = self.settings.max_message_bytes * 3 // 4 - 8192
+        if len(original) > room:
+            detail += f" (original truncated to {room} of {len(original)} bytes)"
+            original = original[:room]
         letter = DeadLetter(
-            error=error.code, detail=error.detail[:2000], stage=self.name,
-            original=base64.b64encode(record.value or b"").decode(), topic=record.topic,
-            partition=record.partition, offset=record.offset,
+            error=error.code, detail=detail, stage=self.name, original=base64.b64encode(original).decode(),
+            topic=record.topic, partition=record.partition, offset=record.offset,
         )
         await self.send("posts.dlq", record.key, encode(letter))
         log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, error)
