@@ -120,7 +120,7 @@ class Stage(ABC):
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.stop)
-            except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (embedded use)
                 pass
         self.producer = make_producer(self.settings)
         self.consumer = make_consumer(self.settings, group=self.settings.group(self.name))
@@ -166,7 +166,8 @@ class Stage(ABC):
         self.metrics.commits.labels(self.name).inc()
 
     async def _revoke(self, revoked: list[TopicPartition]) -> None:
-        self.metrics.rebalances.labels(self.name).inc()
+        if revoked:  # the first join "revokes" nothing
+            self.metrics.rebalances.labels(self.name).inc()
         await self.on_revoked(revoked)
         try:
             await self._commit()

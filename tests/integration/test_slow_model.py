@@ -1,0 +1,61 @@
+"""A model step slower than max_poll_interval_ms: no rebalance loop, no duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+
+import pytest
+import redis
+from kafka import KafkaProducer
+
+from streamcore.serde import encode
+from tests.integration.test_end_to_end import _read_topic
+from tests.support import wait_until
+from training.ontology import load_ontology
+from training.predict import Predictor
+from training.synthetic.posts import generate_posts
+from workers.classify import ClassifyStage
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STEP_S = 4.0
+
+
+class SlowPredictor(Predictor):
+    """The real predictor, plus a model step longer than the consumer's max poll interval."""
+
+    def predict(self, *args, **kwargs):
+        time.sleep(STEP_S)
+        return super().predict(*args, **kwargs)
+
+
+def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, monkeypatch):
+    settings = make_settings(max_poll_interval_ms=2000, session_timeout_ms=6000, max_batch=8, hint_wait_ms=100)
+    real_load = Predictor.load.__func__
+    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, *a: real_load(SlowPredictor, *a)))
+    stage = ClassifyStage(settings)
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), daemon=True)
+    runner.start()
+    try:
+        posts = [p for p, _ in generate_posts(load_ontology(), 32, seed=9, prefix=settings.group_prefix)]
+        producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+        for post in posts:
+            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.flush()
+
+        store = redis.Redis.from_url(settings.redis_url)
+        keys = [f"stylestream:label:{p.post_id}" for p in posts]
+        wait_until(lambda: store.exists(*keys) == len(posts), timeout=120, what="all labels despite the slow model")
+        batches = stage.metrics.batch_size.collect()[0].samples
+        assert next(s.value for s in batches if s.name.endswith("_count")) >= 4  # ≥ 4 slow steps of 4 s > 2 s
+        assert stage.metrics.rebalances.labels("classify")._value.get() == 0
+        records = _read_topic(settings, "labels", until=lambda rs: len(rs) >= len(posts), timeout=30)
+        assert Counter(r.key.decode() for r in records) == Counter({p.post_id: 1 for p in posts})
+    finally:
+        loop.call_soon_threadsafe(stage.stop)
+        runner.join(timeout=30)
+    assert not runner.is_alive()
