@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from streamcore.schemas import Hints, Post, ScoredTerm
+from streamcore.schemas import Hints, Post
 from training.ontology import Ontology, load_ontology
 from training.text.matcher import CLASSES, Matcher, MatchWeights
 from training.text.normalize import Normalized, Normalizer
@@ -61,15 +61,15 @@ class TextMiner:
         """Hints for raw text fields; ``post_id`` defaults to a placeholder for in-process use."""
         norm = self.normalizer(caption, comments, hashtags, user_tags)
         ranked = self.matcher.rank(self.matcher.score(norm.weights))
-        classes = {name: [ScoredTerm(term=t, score=min(s, 1.0)) for t, s in ranked[name]] for name in CLASSES}
-        return Hints(
-            post_id=post_id,
-            miner_version=self.version,
-            hashtags=norm.hashtags,
-            handles=norm.handles,
-            emojis=norm.emojis,
-            **classes,
-        )
+        # One validation of plain data: cheaper than a model per scored term.
+        return Hints.model_validate({
+            "post_id": post_id,
+            "miner_version": self.version,
+            "hashtags": norm.hashtags,
+            "handles": norm.handles,
+            "emojis": norm.emojis,
+            **{name: [{"term": t, "score": min(s, 1.0)} for t, s in ranked[name]] for name in CLASSES},
+        })
 
     def mine(self, post: Post) -> Hints:
         """``hints/v1`` for a ``post/v1``: caption, comments, hashtags and user tags, field-weighted."""
@@ -82,4 +82,7 @@ def _cached_miner(ontology: Ontology, weights: MatchWeights, max_words: int) -> 
     matcher = Matcher(ontology, vectors, weights)
     # Words the ontology uses verbatim must not be lemmatised away (``shorts`` ≠ ``short``).
     keep = frozenset(form for form in matcher.lexicon.exact if " " not in form)
-    return TextMiner(ontology, matcher, Normalizer(keep))
+    miner = TextMiner(ontology, matcher, Normalizer(keep))
+    # The segmenter's and lemminflect's tables load lazily (~2 s); load them here, not on the first post.
+    miner.mine_text("#warmup dresses")
+    return miner

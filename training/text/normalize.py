@@ -17,8 +17,9 @@ from pathlib import Path
 
 import emoji
 from lemminflect import getAllLemmas
-from nltk.tokenize import TweetTokenizer
 from wordsegment import Segmenter
+
+from training.text.tweet import tokenize
 
 DATA_DIR = Path(__file__).parent / "data"
 _CONF = Path(__file__).parents[1] / "ontology" / "data" / "fashionrec" / "conf.json"
@@ -103,12 +104,6 @@ def stopwords() -> frozenset[str]:
 
 
 @lru_cache(maxsize=1)
-def tokenizer() -> TweetTokenizer:
-    """NLTK's tokenizer for social-media text; ``reduce_len`` turns ``sooooo`` into ``sooo``."""
-    return TweetTokenizer(preserve_case=False, reduce_len=True, strip_handles=False)
-
-
-@lru_cache(maxsize=1)
 def segmenter() -> Segmenter:
     """A private ``wordsegment`` instance that also knows fashion slang and joined ontology words."""
     seg = Segmenter()
@@ -177,6 +172,8 @@ class Normalizer:
         self._slang = slang()
         self._emoji = emoji_words()
         self._foreign = foreign_words()
+        # A post's words are mostly common ones: expanding each distinct token once pays for itself.
+        self._words = lru_cache(maxsize=65536)(self._expand)
 
     def __call__(
         self,
@@ -200,9 +197,11 @@ class Normalizer:
         """Tokenise one text span; words go in with ``weight``, hashtags with the hashtag weight."""
         if not text or text.isspace():
             return
-        text = unicodedata.normalize("NFKC", text)
+        if not text.isascii():  # ASCII is already NFKC
+            text = unicodedata.normalize("NFKC", text)
         words: list[str] = []
-        for token in tokenizer().tokenize(text):
+        # NLTK's TweetTokenizer (lower-cased, ``sooooo`` → ``sooo``), minus its per-call overhead.
+        for token in tokenize(text):
             if token.startswith("#") and len(token) > 1:
                 self._hashtag(token, out)
             elif token.startswith("@") and len(token) > 1:
@@ -239,10 +238,10 @@ class Normalizer:
         out.emojis.append(token)
         return self._emoji.get(_strip_variation(token), "").split()
 
-    def _words(self, token: str) -> list[str]:
+    def _expand(self, token: str) -> tuple[str, ...]:
         """Lower-case word token → zero or more normalised words (slang/foreign expanded, stopwords out)."""
         token = token.lower().strip("'-&")
         if not token or len(token) > _MAX_TOKEN or not _WORD.match(token):
-            return []
+            return ()
         expanded = self._slang.get(token) or self._foreign.get(token) or token
-        return [lemma(w, self.keep) for w in expanded.split() if w not in self._stop]
+        return tuple(lemma(w, self.keep) for w in expanded.split() if w not in self._stop)

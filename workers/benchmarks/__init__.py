@@ -1,0 +1,1 @@
+"""Benchmarks of the stream stages, run end to end on the embedded broker."""
