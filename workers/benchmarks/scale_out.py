@@ -17,6 +17,7 @@ import argparse
 import ast
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -204,6 +205,8 @@ def run_layout(settings: Settings, *, text: int, classify: int, posts: int, seed
         "layout": f"{text} text + {classify} classify", "text_processes": text, "classify_processes": classify,
         "partitions": settings.partitions, "posts": posts, "labels": len(labels), "seconds": round(seconds, 2),
         "posts_per_s": round(posts / seconds, 1), "settle_s": round(settle_s, 1),
+        # Other work on the machine shows up here first: 4 workers on 2 cores have no headroom.
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "groups": {stage: groups[settings.group(stage)] for stage in counts},
         "members": [{"process": m.name, "stage": m.stage, "partitions": m.partitions,
                      "records_processed": int(work[m.name]["processed"]), "labels": int(work[m.name]["labelled"])}
