@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=2_000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pretrain-epochs", type=int, default=4)
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/benchmark"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache/benchmark"))
     parser.add_argument("--out", type=Path, default=Path("reports/table2.json"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)

@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=2_000)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--pretrain-epochs", type=int, default=0, help="end-to-end epochs before freezing")
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/benchmark"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache/benchmark"))
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
