@@ -134,7 +134,7 @@ def test_prometheus_scrapes_workers_and_series_move(make_settings, workers, prom
     for expr in ("stylestream_messages_consumed_total", "stylestream_stage_latency_seconds_bucket",
                  "stylestream_end_to_end_latency_seconds_bucket", "stylestream_batch_size_bucket",
                  "stylestream_consumer_lag", "stylestream_posts_with_hints_total", "stylestream_inflight_records",
-                 "stylestream_offset_commits_total", "stylestream_rebalances_total"):
+                 "stylestream_offset_commits_total"):
         assert prom.query(expr), f"no {expr} series in Prometheus"
     model = prom.query("stylestream_model_info")
     assert model and model[0]["metric"]["version"] and model[0]["metric"]["job"] == "stylestream-classify"
