@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -38,8 +38,17 @@ class StageMetrics:
         self.rebalances = Counter("stylestream_rebalances_total", "Partition revocations seen", s, registry=r)
         self.commits = Counter("stylestream_offset_commits_total", "Offset commits", s, registry=r)
         self.model = Info("stylestream_model", "Serving model", registry=r)
-
-    def serve(self, port: int) -> int:
-        """Expose ``/metrics`` on ``port`` (0 = ephemeral); returns the bound port."""
-        server, _ = start_http_server(port, registry=self.registry)
-        return server.server_address[1]
+        self.swaps = Counter("stylestream_model_swaps_total", "Serving-model hot swaps, by result", ("result",), registry=r)
+        self.trainer_runs = Counter("stylestream_trainer_runs_total", "Training runs finished, by result", ("result",),
+                                    registry=r)
+        self.gate_results = Counter("stylestream_trainer_gate_results_total", "Promotion gate decisions",
+                                    ("gate", "result"), registry=r)
+        self.trainer_last_success = Gauge("stylestream_trainer_last_success_timestamp_seconds",
+                                          "Unix time of the last successful training run", registry=r)
+        self.mined = Counter("stylestream_text_mined_posts_total", "Posts mined", registry=r)
+        self.mine_seconds = Counter("stylestream_text_mine_seconds_total", "Wall seconds spent in the miner", registry=r)
+        self.ready = Gauge("stylestream_ready", "1 when the worker is ready", s, registry=r)
+        self.assigned = Gauge("stylestream_assigned_partitions", "Partitions owned", s + ("topic",), registry=r)
+        # Series that should exist at 0 from the start, so rates and alerts see them before the first event.
+        for metric in (self.rebalances, self.processed, self.commits, self.inflight, self.queue_depth, self.ready):
+            metric.labels(self.stage)

@@ -24,6 +24,10 @@ class OffsetTracker:
         """Record that every output of ``offset`` is written (unknown offsets are ignored: revoked)."""
         self._inflight.get(tp, set()).discard(offset)
 
+    def next_offset(self, tp: TopicPartition) -> int | None:
+        """One past the highest offset fetched from ``tp``, if any was."""
+        return self._next.get(tp)
+
     def pending(self) -> int:
         """Number of offsets in flight across partitions."""
         return sum(len(s) for s in self._inflight.values())

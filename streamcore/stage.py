@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from streamcore.exceptions import BadInput
+from streamcore.health import HealthServer, Heartbeat
 from streamcore.kafka import make_consumer, make_producer
 from streamcore.metrics import StageMetrics
 from streamcore.offsets import OffsetTracker
@@ -38,6 +39,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("%s assigned %s", self._stage.name, sorted((tp.topic, tp.partition) for tp in assigned))
+        stage = self._stage
+        for topic in (stage.settings.topic(t) for t in stage.inputs):
+            owned = sum(1 for tp in assigned if tp.topic == topic)
+            stage.metrics.assigned.labels(stage.name, topic).set(owned)
 
 
 class Stage(ABC):
@@ -57,6 +62,8 @@ class Stage(ABC):
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self._stopping = asyncio.Event()
+        self.heartbeat = Heartbeat(60.0)
+        self.ready = False
 
     # -- hooks ---------------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -113,6 +120,11 @@ class Stage(ABC):
         """Ask the loop to finish the current round, commit and leave the group."""
         self._stopping.set()
 
+    def serve_health(self, port: int) -> int:
+        """``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` (0 = ephemeral); returns the bound port."""
+        server = HealthServer(self.metrics.registry, heartbeat=self.heartbeat, ready=lambda: self.ready)
+        return server.start(port)
+
     # -- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run until :meth:`stop` (or SIGTERM/SIGINT)."""
@@ -129,13 +141,20 @@ class Stage(ABC):
         try:
             await self.consumer.start()
             await self.setup()
+            self._set_ready(True)
             while not self._stopping.is_set():
                 await self._round()
+            self._set_ready(False)
             await self.shutdown()
             await self._commit()
         finally:
             await self.consumer.stop()
             await self.producer.stop()
+
+    def _set_ready(self, ready: bool) -> None:
+        # Readiness does not require owning partitions: replicas beyond the partition count are spares.
+        self.ready = ready
+        self.metrics.ready.labels(self.name).set(int(ready))
 
     async def _round(self) -> None:
         batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms,
@@ -148,13 +167,15 @@ class Stage(ABC):
         await self.tick()
         await self._commit()
         self.metrics.inflight.labels(self.name).set(self.offsets.pending())
-        self._observe_lag(batches)
+        self._observe_lag()
+        self.heartbeat.beat()
 
-    def _observe_lag(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        for tp, records in batches.items():
-            end = self.consumer.highwater(tp)
-            if end is not None and records:
-                self.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(end - records[-1].offset - 1)
+    def _observe_lag(self) -> None:
+        # Every owned partition every round, so a stuck consumer's lag keeps growing on the dashboard.
+        for tp in self.consumer.assignment():
+            end, position = self.consumer.highwater(tp), self.offsets.next_offset(tp)
+            if end is not None and position is not None:
+                self.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(max(0, end - position))
 
     async def _commit(self) -> None:
         assigned = self.consumer.assignment()
@@ -174,3 +195,8 @@ class Stage(ABC):
         except Exception as exc:  # noqa: BLE001 - the group may already be gone; the next owner redoes
             log.warning("%s: commit on revoke failed: %s", self.name, exc)
         self.offsets.drop(revoked)
+        for tp in revoked:
+            try:
+                self.metrics.lag.remove(self.name, tp.topic, str(tp.partition))
+            except KeyError:
+                pass

@@ -217,5 +217,5 @@ def _remember(cache: OrderedDict, key, value) -> None:
 def run(settings: Settings) -> None:
     """Run one classifier consumer until SIGTERM/SIGINT."""
     stage = ClassifyStage(settings)
-    stage.metrics.serve(settings.stage_metrics_port("classify"))
+    stage.serve_health(settings.stage_metrics_port("classify"))
     asyncio.run(stage.run())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from aiokafka.structs import ConsumerRecord
@@ -35,8 +36,11 @@ class TextStage(Stage):
         if not good:
             return
         # Mining is CPU work: keep it off the event loop so heartbeats keep flowing.
+        started = time.perf_counter()
         hints = await asyncio.get_running_loop().run_in_executor(
             None, lambda: [self.miner.mine(post) for _, post in good])
+        self.metrics.mine_seconds.inc(time.perf_counter() - started)
+        self.metrics.mined.inc(len(good))
         await self.send_many("hints", [(post.post_id.encode(), encode(h)) for (_, post), h in zip(good, hints)])
         for record, _ in good:
             self.done(record)
@@ -45,5 +49,5 @@ class TextStage(Stage):
 def run(settings: Settings) -> None:
     """Run one text-stage consumer until SIGTERM/SIGINT."""
     stage = TextStage(settings)
-    stage.metrics.serve(settings.stage_metrics_port("text"))
+    stage.serve_health(settings.stage_metrics_port("text"))
     asyncio.run(stage.run())
