@@ -52,15 +52,20 @@ def bench(backbones: list[str], *, batch: int, repeats: int, image_size: int | N
     hints[torch.arange(batch), torch.randint(0, len(ontology.category_names), (batch,))] = 1.0
     rows, naive_ms = [], None
     for name in backbones:
-        base_ms = None
+        models = {h: build_model(backbone=name, head=h, ontology=ontology, weights="random", image_size=image_size).eval() for h in HEADS}
+        size = models["base"].preprocess.image_size
+        images = torch.rand(batch, 3, size, size)
+        times: dict[str, list[float]] = {h: [] for h in HEADS}
+        with torch.no_grad():
+            # Round-robin over heads so load drift on a shared machine hits every head alike.
+            for _ in range(repeats):
+                for head, model in models.items():
+                    times[head].append(_time_ms(lambda m=model: m(images, hints), 1))
+            if naive_ms is None:
+                naive_ms = _time_ms(lambda: naive_per_sample(models["dynamic_pruning"], images, hints, ontology), max(1, repeats // 3))
+        base_ms = statistics.median(times["base"])
         for head in HEADS:
-            model = build_model(backbone=name, head=head, ontology=ontology, weights="random", image_size=image_size).eval()
-            images = torch.rand(batch, 3, model.preprocess.image_size, model.preprocess.image_size)
-            with torch.no_grad():
-                ms = _time_ms(lambda: model(images, hints), repeats)
-                if head == "dynamic_pruning" and naive_ms is None:
-                    naive_ms = _time_ms(lambda: naive_per_sample(model, images, hints, ontology), max(1, repeats // 3))
-            base_ms = base_ms or ms
+            ms = statistics.median(times[head])
             rows.append({"head": head, "backbone": name, "ms_per_batch": round(ms, 3), "ratio_to_base": round(ms / base_ms, 4)})
     return {"batch": batch, "rows": rows, "naive_per_sample_ms_per_batch": round(naive_ms, 3),
             "naive_backbone": backbones[0]}
