@@ -85,33 +85,62 @@ def worker(stage: Annotated[str, typer.Argument(help="text | classify | trainer"
     run(_settings())
 
 
-def _not_yet(name: str, issue: int) -> None:
-    console.print(f"[yellow]`stylestream {name}` is not built yet (issue #{issue})[/]")
-    raise typer.Exit(2)
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings=_PASS_THROUGH)
 def train(ctx: typer.Context) -> None:
-    """Train a model (see issue #4)."""
-    _not_yet("train", 4)
+    """Train one model on the benchmark and write a checkpoint directory (``train --help`` for options)."""
+    from training.train import main
+
+    raise typer.Exit(main(ctx.args))
 
 
-@app.command(name="eval", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(name="eval", context_settings=_PASS_THROUGH)
 def eval_(ctx: typer.Context) -> None:
-    """Evaluate models and write the Table II report."""
-    _not_yet("eval", 4)
+    """Table II: every head x backbone, with and without hints (``eval --help`` for options)."""
+    from training.evaluate import main
+
+    raise typer.Exit(main(ctx.args))
 
 
 @app.command()
-def promote(ckpt: str) -> None:
-    """Promote a checkpoint to serving."""
-    _not_yet("promote", 6)
+def promote(ckpt: Annotated[str, typer.Argument(help="a published version, or a checkpoint directory to publish")]) -> None:
+    """Make a checkpoint the serving model; running classifiers hot-swap to it."""
+    from training.promotion import promote_path_or_version
+
+    update = promote_path_or_version(_settings(), ckpt)
+    console.print(f"serving [bold]{update.version}[/] ({update.path})")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def bench(ctx: typer.Context) -> None:
-    """Benchmarks."""
-    _not_yet("bench", 5)
+@app.command()
+def rollback() -> None:
+    """Serve the version that was serving before the current one."""
+    from training.promotion import rollback as do_rollback
+
+    update = do_rollback(_settings())
+    console.print(f"rolled back: serving [bold]{update.version}[/]")
+
+
+_BENCHES = {
+    "heads": "training.bench_heads",
+    "pipeline": "workers.benchmarks.pipeline",
+    "text": "workers.benchmarks.text",
+    "miner": "training.text.evaluate",
+    "scale-out": "workers.benchmarks.scale_out",
+}
+
+
+@app.command(context_settings=_PASS_THROUGH)
+def bench(ctx: typer.Context,
+          which: Annotated[str, typer.Argument(help=" | ".join(_BENCHES))]) -> None:
+    """Benchmarks: print a table and write a JSON report under reports/ (``bench WHICH --help``)."""
+    import importlib
+
+    if which not in _BENCHES:
+        raise typer.BadParameter(f"choose one of {', '.join(_BENCHES)}, got {which!r}")
+    result = importlib.import_module(_BENCHES[which]).main(ctx.args)
+    raise typer.Exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":

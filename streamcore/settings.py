@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     hint_wait_ms: float = Field(2000.0, ge=0)
     #: Posts held by the classifier (waiting for hints or in a batch) before it pauses fetching.
     max_inflight: int = Field(1024, ge=1)
+    #: How often a classifier checks the serving pointer in Redis for a new model.
+    model_poll_s: float = Field(1.0, gt=0)
     head: str = "dynamic_layers"
     backbone: str = "tiny"
 

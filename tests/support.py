@@ -14,3 +14,23 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def publish_tiny(model_dir, name: str, *, seed: int = 0, hidden: int = 256):
+    """Publish an (untrained) tiny Dynamic CNN checkpoint as registry version ``name``."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from training.checkpoint import save_checkpoint
+    from training.models import build_model
+    from training.ontology import load_ontology
+    from training.registry import Registry
+
+    torch.manual_seed(seed)
+    model = build_model(backbone="tiny", head="dynamic_layers", ontology=load_ontology(), weights="random",
+                        hidden=hidden)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(model, Path(tmp) / "ckpt", config={"seed": seed}, metrics={"test": {"P@1": 0.5}})
+        return Registry(Path(model_dir)).publish(Path(tmp) / "ckpt", name=name)

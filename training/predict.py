@@ -45,7 +45,8 @@ class Predictor:
 
         ontology = load_ontology()
         device = resolve_device(settings.device)
-        found = Registry(settings.model_dir).serving(version)
+        registry = Registry(settings.model_dir)
+        found = registry.get(version) if version else registry.newest()
         if found is not None:
             version, model = found.version, found.load(device=device)
         else:
@@ -61,11 +62,17 @@ class Predictor:
         resized = image.resize((self._size, self._size), Image.Resampling.BILINEAR)
         return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
 
+    def _resize(self, image: torch.Tensor) -> torch.Tensor:
+        resized = torch.nn.functional.interpolate(image[None].float(), size=(self._size, self._size), mode="bilinear",
+                                                  antialias=True, align_corners=False)
+        return resized[0].round().clamp(0, 255).to(torch.uint8)
+
     @torch.inference_mode()
     def predict(self, images: Sequence[torch.Tensor], hints: Sequence[Hints | None], post_ids: Sequence[str],
                 timestamps_ms: Sequence[int]) -> list[Label]:
         """Classify a batch of :meth:`to_tensor` images; hints may mix present and absent rows."""
-        batch = torch.stack(list(images))
+        # Images prepared for a previous model (a swap between decode and batch) may have another size.
+        batch = torch.stack([img if img.shape[-1] == self._size else self._resize(img) for img in images])
         cuda = self.device.type == "cuda"
         if cuda:
             batch = batch.pin_memory()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from training.checkpoint import WEIGHTS_FILE, load_checkpoint
 from training.models import DynamicCNN
 
 CHECKSUM_FILE = "SHA256"
-CURRENT_FILE = "CURRENT"
 
 
 def weights_checksum(directory: Path) -> str:
@@ -48,7 +48,7 @@ class Entry:
 
 
 class Registry:
-    """Versions are directories ``<model_dir>/<version>``; ``CURRENT`` names the locally serving one."""
+    """Versions are directories ``<model_dir>/<version>``; which one serves is a Redis pointer (``promotion``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -66,13 +66,8 @@ class Registry:
             raise KeyError(f"no published checkpoint {version!r} in {self.root}")
         return Entry(version, path)
 
-    def serving(self, version: str | None = None) -> Entry | None:
-        """``version`` if given, else the one ``CURRENT`` names, else the newest, else ``None``."""
-        if version:
-            return self.get(version)
-        current = self.root / CURRENT_FILE
-        if current.exists():
-            return self.get(current.read_text().strip())
+    def newest(self) -> Entry | None:
+        """The most recently published version (what a worker serves when no pointer is set)."""
         versions = self.versions()
         return self.get(versions[-1]) if versions else None
 
@@ -80,6 +75,8 @@ class Registry:
         """Copy a checkpoint into the registry as a new immutable version (temp dir + rename)."""
         self.root.mkdir(parents=True, exist_ok=True)
         version = name or datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S%fZ")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", version) or version.startswith("."):
+            raise ValueError(f"version names are 1-128 of [A-Za-z0-9_.:-], not starting with '.', got {version!r}")
         target = self.root / version
         if target.exists():
             raise FileExistsError(f"version {version!r} already exists")
@@ -92,10 +89,3 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return Entry(version, target)
-
-    def set_current(self, version: str) -> None:
-        """Point ``CURRENT`` at a published version (atomic replace)."""
-        self.get(version)
-        tmp = self.root / f".{CURRENT_FILE}.tmp"
-        tmp.write_text(version + "\n")
-        os.replace(tmp, self.root / CURRENT_FILE)

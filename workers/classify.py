@@ -31,6 +31,7 @@ from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
 from streamcore.sinks import RedisLabelSink
 from streamcore.stage import Stage
+from training.hotswap import ModelSlot
 from training.predict import Predictor
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,13 @@ class ClassifyStage(Stage):
         self.sink = RedisLabelSink(self.settings.redis_url, stream_maxlen=self.settings.redis_stream_maxlen)
         loop = asyncio.get_running_loop()
         version = await self.sink.current_model()
-        self.predictor = await loop.run_in_executor(self._model_pool, Predictor.load, self.settings, version)
-        self.metrics.model.info({"version": self.predictor.version, "head": self.predictor.head})
+        try:
+            predictor = await loop.run_in_executor(self._model_pool, Predictor.load, self.settings, version)
+        except Exception as exc:  # noqa: BLE001 - serve what the registry has rather than not at all
+            log.error("serving pointer %s unusable (%s); falling back to the newest local version", version, exc)
+            predictor = await loop.run_in_executor(self._model_pool, Predictor.load, self.settings, None)
+        self.models = ModelSlot(self.settings, predictor, self.metrics)
+        self._next_model_check = 0.0
         self.batcher = MicroBatcher(self._run_batch, max_batch=self.settings.max_batch,
                                     max_wait_s=self.settings.max_wait_ms / 1000,
                                     wait_histogram=self.metrics.batch_wait)
@@ -125,6 +131,9 @@ class ClassifyStage(Stage):
             self._start(self._waiting.pop(first.post.post_id))
         self._backpressure()
         self.metrics.queue_depth.labels(self.name).set(self.batcher.queued)
+        if now >= self._next_model_check:
+            self._next_model_check = now + self.settings.model_poll_s
+            self.models.offer(await self.sink.current_model())
 
     def _backpressure(self) -> None:
         held = len(self._waiting) + len(self._tasks)
@@ -172,12 +181,13 @@ class ClassifyStage(Stage):
         self.metrics.e2e_latency.observe(max(0.0, time.time() - record.timestamp / 1000))
 
     def _prepare(self, post: Post) -> torch.Tensor:
-        return self.predictor.to_tensor(load_image(post.image, self.settings))
+        return self.models.current.to_tensor(load_image(post.image, self.settings))
 
     async def _run_batch(self, items: Sequence[_Item]) -> list[bytes | None]:
         self.metrics.batch_size.observe(len(items))
+        # The model is read once per batch: a swap lands between two batches, never inside one.
         labels = await asyncio.get_running_loop().run_in_executor(
-            self._model_pool, self.predictor.predict, [i.image for i in items], [i.hints for i in items],
+            self._model_pool, self.models.current.predict, [i.image for i in items], [i.hints for i in items],
             [i.post_id for i in items], [i.timestamp_ms for i in items])
         stored = await self.sink.write(labels, [i.source for i in items])
         await self.send_many("labels", [(i.post_id.encode(), v) for i, v in zip(items, stored) if v is not None])
@@ -199,6 +209,7 @@ class ClassifyStage(Stage):
             await asyncio.wait(list(self._tasks))
         await self.batcher.close()
         await self.sink.close()
+        self.models.close()
         self._decode_pool.shutdown()
         self._model_pool.shutdown()
 

@@ -1,0 +1,138 @@
+"""Hot-swap: good checkpoints are swapped in, bad ones refused with the old model still serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from streamcore.metrics import StageMetrics
+from streamcore.settings import Settings
+from tests.support import publish_tiny
+from training.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from training.hotswap import ModelSlot
+from training.predict import Predictor
+from training.registry import CHECKSUM_FILE, weights_checksum
+
+
+@pytest.fixture
+def registry_dir(tmp_path: Path) -> Path:
+    publish_tiny(tmp_path, "v1", seed=1)
+    publish_tiny(tmp_path, "v2", seed=2)
+    return tmp_path
+
+
+def _slot(model_dir: Path) -> ModelSlot:
+    settings = Settings(model_dir=model_dir, device="cpu")
+    return ModelSlot(settings, Predictor.load(settings, "v1"), StageMetrics("classify"))
+
+
+def _count(slot: ModelSlot, result: str) -> float:
+    return slot.metrics.swaps.labels(result)._value.get()
+
+
+def test_a_good_version_is_swapped_in(registry_dir):
+    slot = _slot(registry_dir)
+
+    async def scenario():
+        assert slot.offer("v1") is None  # already serving
+        task = slot.offer("v2")
+        assert task is not None and await task
+        assert slot.offer("v2") is None
+
+    asyncio.run(scenario())
+    assert slot.current.version == "v2" and _count(slot, "success") == 1
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = "/tmp/stylestream-pickle-executed"
+
+
+def _truncated(path: Path) -> None:
+    data = (path / WEIGHTS_FILE).read_bytes()
+    (path / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    (path / CHECKSUM_FILE).write_text(weights_checksum(path))  # the checksum alone would not catch it
+
+
+def _wrong_shapes(path: Path) -> None:
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config["model"]["hidden"] = 64  # weights were saved with hidden=256
+    (path / CONFIG_FILE).write_text(json.dumps(config))
+
+
+def _pickle(path: Path) -> None:
+    (path / WEIGHTS_FILE).write_bytes(pickle.dumps({"state": _Exploit()}))
+    (path / CHECKSUM_FILE).write_text(weights_checksum(path))
+
+
+def _checksum_mismatch(path: Path) -> None:
+    data = bytearray((path / WEIGHTS_FILE).read_bytes())
+    data[-1] ^= 0xFF
+    (path / WEIGHTS_FILE).write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("corrupt", [_truncated, _wrong_shapes, _pickle, _checksum_mismatch, None],
+                         ids=["truncated", "wrong-shapes", "pickle", "checksum-mismatch", "unknown-version"])
+def test_a_corrupt_checkpoint_is_refused_and_the_old_model_keeps_serving(registry_dir, corrupt):
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    if corrupt is not None:
+        corrupt(registry_dir / "v2")
+    slot = _slot(registry_dir)
+    version = "v2" if corrupt is not None else "v9"
+
+    async def scenario():
+        assert await slot.offer(version) is False
+        assert slot.offer(version) is None  # refused once, not retried every poll
+
+    asyncio.run(scenario())
+    assert slot.current.version == "v1" and version in slot.refused
+    assert _count(slot, "failure") == 1 and _count(slot, "success") == 0
+    assert not os.path.exists(MARKER), "a pickle in a checkpoint was executed"
+    labels = slot.current.predict([slot.current.to_tensor.__self__.model.preprocess and _blank(slot)], [None],
+                                  ["p"], [0])
+    assert labels[0].model_version == "v1"
+
+
+def _blank(slot: ModelSlot):
+    import torch
+
+    size = slot.current.model.preprocess.image_size
+    return torch.zeros(3, size, size, dtype=torch.uint8)
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+RSS_BOUND_MIB = 64
+
+
+def test_fifty_swaps_do_not_grow_memory(registry_dir, capsys):
+    slot = _slot(registry_dir)
+    samples = []
+
+    async def scenario():
+        for i in range(50):
+            assert await slot.swap_to("v2" if i % 2 == 0 else "v1")
+            samples.append(_rss_mib())
+
+    asyncio.run(scenario())
+    warm = samples[4]  # allocator pools settle over the first swaps
+    growth = max(samples[5:]) - warm
+    with capsys.disabled():
+        print(f"\nRSS over 50 swaps: after 5 {warm:.1f} MiB, max {max(samples):.1f} MiB, "
+              f"last {samples[-1]:.1f} MiB, growth {growth:.1f} MiB (bound {RSS_BOUND_MIB} MiB)")
+    assert growth < RSS_BOUND_MIB
+    assert _count(slot, "success") == 50
