@@ -103,25 +103,35 @@ def _hint_timestamps(settings: Settings, count: int, timeout_s: float) -> list[i
 def worker_rate(posts: Sequence[Post], *, timeout_s: float, log: Path) -> float:
     """Posts/s of one ``stylestream worker text`` process, first to last hint, on a fresh embedded stack."""
     worker_core, rest = _cores()
+    everything = os.sched_getaffinity(0) if rest else None
     if rest:  # the broker, Redis and our client inherit this and stay off the worker's core
         os.sched_setaffinity(0, rest)
-    with EmbeddedStack() as stack:
-        settings = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0,
-                            topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
-        ensure_topics(settings)
-        _produce(settings, posts)
-        worker = _start_worker(settings, worker_core, log)
-        try:
-            stamps = _hint_timestamps(settings, len(posts), timeout_s)
-        finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+    try:
+        with EmbeddedStack() as stack:
+            stamps = _run_worker(stack, posts, worker_core, timeout_s=timeout_s, log=log)
+    finally:
+        if everything:  # the function benchmark then pins itself to the lowest core: the worker's
+            os.sched_setaffinity(0, everything)
     span_s = (max(stamps) - min(stamps)) / 1000
     return (len(stamps) - 1) / span_s
+
+
+def _run_worker(stack: EmbeddedStack, posts: Sequence[Post], core: int | None, *, timeout_s: float,
+                log: Path) -> list[int]:
+    settings = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0,
+                        topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
+    ensure_topics(settings)
+    _produce(settings, posts)
+    worker = _start_worker(settings, core, log)
+    try:
+        return _hint_timestamps(settings, len(posts), timeout_s)
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 def _print(result: dict) -> None:
