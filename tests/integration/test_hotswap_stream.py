@@ -1,0 +1,99 @@
+"""A new checkpoint promoted mid-stream reaches the worker without stopping, dropping or doubling labels."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+import redis
+from kafka import KafkaProducer
+
+from streamcore.schemas import Label
+from streamcore.serde import encode
+from tests.integration.test_end_to_end import _read_topic
+from tests.support import publish_tiny, wait_until
+from training.ontology import load_ontology
+from training.promotion import promote
+from training.synthetic.posts import generate_posts
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_POSTS = 300
+RATE = 25.0
+
+
+def test_promotion_mid_stream_swaps_between_batches(make_settings, workers, tmp_path, capsys):
+    settings = make_settings(model_dir=tmp_path, hint_wait_ms=50, model_poll_s=0.2, max_batch=16)
+    publish_tiny(tmp_path, "v1", seed=1)
+    publish_tiny(tmp_path, "v2", seed=2)
+    promote(settings, "v1")
+    group = workers(settings)
+    group.start("classify")
+
+    posts = [p for p, _ in generate_posts(load_ontology(), N_POSTS, seed=21, prefix=settings.group_prefix)]
+    store = redis.Redis.from_url(settings.redis_url)
+    keys = [f"stylestream:label:{p.post_id}" for p in posts]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    wait_until(lambda: group.alive() and store.get("stylestream:model:current") == b"v1", timeout=5)
+
+    def feed() -> None:
+        start = time.monotonic()
+        for i, post in enumerate(posts):
+            time.sleep(max(0.0, start + i / RATE - time.monotonic()))
+            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.flush()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    wait_until(lambda: store.exists(*keys) >= N_POSTS // 3, timeout=120, what="a third of the labels")
+    promote(settings, "v2")
+    feeder.join()
+    wait_until(lambda: store.exists(*keys) == N_POSTS, timeout=120, what="every label")
+
+    labels = sorted((Label.model_validate_json(store.get(k)) for k in keys), key=lambda l: l.labeled_at)
+    versions = [l.model_version for l in labels]
+    first_new = versions.index("v2")
+    assert set(versions[:first_new]) == {"v1"} and set(versions[first_new:]) == {"v2"}, "versions interleave"
+    assert 0 < first_new < N_POSTS - N_POSTS // 10
+
+    records = _read_topic(settings, "labels", until=lambda rs: len(rs) >= N_POSTS, timeout=30)
+    assert Counter(r.key.decode() for r in records) == Counter({p.post_id: 1 for p in posts})
+
+    stamps = [l.labeled_at.timestamp() for l in labels]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    at_swap = max(gaps[max(0, first_new - 3): first_new + 3])
+    typical = sorted(gaps)[len(gaps) // 2]
+    with capsys.disabled():
+        print(f"\nswap after {first_new} labels; longest gap {max(gaps) * 1000:.0f} ms, around the swap "
+              f"{at_swap * 1000:.0f} ms, median {typical * 1000:.0f} ms (posts every {1000 / RATE:.0f} ms)")
+    assert at_swap < 1.0, f"the swap stalled the stream for {at_swap:.2f} s"
+    assert group.alive()
+
+
+def test_a_corrupt_promotion_is_refused_while_the_stream_flows(make_settings, workers, tmp_path):
+    settings = make_settings(model_dir=tmp_path, hint_wait_ms=50, model_poll_s=0.2)
+    publish_tiny(tmp_path, "v1", seed=1)
+    bad = publish_tiny(tmp_path, "bad", seed=2)
+    weights = bad.path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated: checksum no longer matches
+    promote(settings, "v1")
+    group = workers(settings)
+    group.start("classify")
+
+    posts = [p for p, _ in generate_posts(load_ontology(), 60, seed=22, prefix=settings.group_prefix)]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    for post in posts[:30]:
+        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+    producer.flush()
+    store = redis.Redis.from_url(settings.redis_url)
+    keys = [f"stylestream:label:{p.post_id}" for p in posts]
+    wait_until(lambda: store.exists(*keys[:30]) == 30, timeout=120, what="labels before the bad promotion")
+    promote(settings, "bad")
+    for post in posts[30:]:
+        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+    producer.flush()
+    wait_until(lambda: store.exists(*keys) == len(posts), timeout=60, what="labels after the bad promotion")
+    assert {Label.model_validate_json(store.get(k)).model_version for k in keys} == {"v1"}
+    assert group.alive()
