@@ -1,4 +1,4 @@
-"""A model step slower than max_poll_interval_ms: no rebalance loop, no duplicates."""
+"""A model step slower than max_poll_interval_ms: no rebalance loop, no duplicates, bounded memory."""
 
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ class SlowPredictor(Predictor):
 
 
 def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, monkeypatch):
-    settings = make_settings(max_poll_interval_ms=2000, session_timeout_ms=6000, max_batch=8, hint_wait_ms=100)
+    settings = make_settings(max_poll_interval_ms=2000, session_timeout_ms=6000, max_batch=8, hint_wait_ms=100,
+                             max_inflight=8, fetch_max_records=8)
     real_load = Predictor.load.__func__
     monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, *a: real_load(SlowPredictor, *a)))
     stage = ClassifyStage(settings)
@@ -49,7 +50,16 @@ def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, mo
 
         store = redis.Redis.from_url(settings.redis_url)
         keys = [f"stylestream:label:{p.post_id}" for p in posts]
-        wait_until(lambda: store.exists(*keys) == len(posts), timeout=120, what="all labels despite the slow model")
+        held = []
+
+        def all_labelled() -> bool:
+            held.append(stage.metrics.inflight.labels("classify")._value.get())
+            return store.exists(*keys) == len(posts)
+
+        wait_until(all_labelled, timeout=120, what="all labels despite the slow model")
+        # Backpressure: fetching paused at max_inflight, so at most one more fetch is ever held.
+        assert stage.metrics.backpressure.labels("classify")._value.get() >= 1
+        assert max(held) <= settings.max_inflight + settings.fetch_max_records
         batches = stage.metrics.batch_size.collect()[0].samples
         assert next(s.value for s in batches if s.name.endswith("_count")) >= 4  # ≥ 4 slow steps of 4 s > 2 s
         assert stage.metrics.rebalances.labels("classify")._value.get() == 0
