@@ -1,0 +1,110 @@
+"""The trainer's gate on the real Redis + broker: worse candidates stay out, better ones are promoted."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+
+from streamcore.metrics import StageMetrics
+from streamcore.sinks import MODEL_CURRENT
+from tests.support import publish_tiny
+from training.checkpoint import METRICS_FILE
+from training.models import DynamicCNN, build_model
+from training.promotion import promote
+from workers.trainer import GATES, Trainer, TrainerConfig, gate
+
+pytestmark = pytest.mark.integration  # promotion writes to the embedded Redis and broker
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def _trainer(settings, cache_dir: Path) -> Trainer:
+    config = TrainerConfig(n_train=300, n_test=150, epochs=8, pretrain_epochs=2, cache_dir=cache_dir, device="cpu",
+                           gate_margin=0.01)
+    return Trainer(settings, config, StageMetrics("trainer"))
+
+
+def _count(trainer: Trainer, metric: str, *labels: str) -> float:
+    return getattr(trainer.metrics, metric).labels(*labels)._value.get()
+
+
+def _pointer(settings) -> str | None:
+    value = redis.Redis.from_url(settings.redis_url).get(MODEL_CURRENT)
+    return value.decode() if value else None
+
+
+def test_gate_allows_the_margin_and_no_more() -> None:
+    serving = {"attribute": {"P@3": 0.50}, "category": {"P@1": 0.80}}
+    within = {"attribute": {"P@3": 0.495}, "category": {"P@1": 0.90}}
+    beyond = {"attribute": {"P@3": 0.60}, "category": {"P@1": 0.78}}
+    assert gate(within, serving, margin=0.01).passed
+    decision = gate(beyond, serving, margin=0.01)
+    assert not decision.passed
+    assert {c.name: c.passed for c in decision.checks} == {"attribute_p3": True, "category_p1": False}
+    assert gate(beyond, None, margin=0.0).passed  # nothing serving yet: nothing to be worse than
+
+
+def test_a_worse_candidate_is_not_promoted(make_settings, tmp_path, cache_dir) -> None:
+    settings = make_settings(model_dir=tmp_path / "models")
+    trainer = _trainer(settings, cache_dir)
+    started = time.perf_counter()
+    first = trainer.run_once()  # cold start: nothing serves, so the trained model is promoted
+    cold_s = time.perf_counter() - started
+    assert first.promoted and _pointer(settings) == first.version
+    assert _count(trainer, "gate_results", "attribute_p3", "no_baseline") == 1
+
+    serving = trainer.serving()
+    assert serving is not None and serving.version == first.version
+    # Same frozen backbone, freshly initialised head: a deliberately worse model.
+    torch.manual_seed(123)
+    fresh = build_model(backbone="tiny", head="dynamic_layers", ontology=trainer.ontology, weights="random")
+    worse = DynamicCNN(serving.model.backbone, fresh.head, serving.model.config)
+    published = trainer.registry.versions()
+    result = trainer.consider(worse, serving, trainer.benchmark(multi=False)["test"])
+
+    assert not result.promoted and result.version is None
+    assert _pointer(settings) == first.version, "a rejected candidate moved the serving pointer"
+    assert trainer.registry.versions() == published, "a rejected candidate was published"
+    assert _count(trainer, "gate_results", "category_p1", "fail") == 1
+    assert _count(trainer, "trainer_runs", "rejected") == 1 and _count(trainer, "trainer_runs", "promoted") == 1
+    checks = {c.name: c for c in result.decision.checks}
+    assert checks["category_p1"].candidate < checks["category_p1"].serving - 0.1
+    print(f"\ncold start {cold_s:.1f} s; rejected: "
+          + ", ".join(f"{c.name} {c.candidate:.3f} vs serving {c.serving:.3f}" for c in checks.values()))
+
+
+def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> None:
+    settings = make_settings(model_dir=tmp_path / "models")
+    publish_tiny(settings.model_dir, "v-untrained", seed=5)
+    promote(settings, "v-untrained")
+    trainer = _trainer(settings, cache_dir)
+    started = time.perf_counter()
+    result = trainer.run_once()  # warm start: continue the untrained serving head
+    warm_s = time.perf_counter() - started
+
+    assert result.promoted and result.serving_version == "v-untrained"
+    assert _pointer(settings) == result.version != "v-untrained"
+    for name in GATES:
+        assert _count(trainer, "gate_results", name, "pass") == 1
+    improved = {c.name: (c.candidate, c.serving) for c in result.decision.checks}
+    assert improved["category_p1"][0] > improved["category_p1"][1] + 0.1
+    # metrics.json of the published version holds the evaluation and the gate against the old model.
+    stored = json.loads((trainer.registry.get(result.version).path / METRICS_FILE).read_text())
+    assert stored["gate"]["serving_version"] == "v-untrained" and stored["gate"]["passed"] is True
+    assert stored["mined"]["category"]["P@1"] == pytest.approx(improved["category_p1"][0])
+    # The promoted model is the warm-started one: it shares the serving model's backbone weights.
+    new, old = trainer.registry.get(result.version).load(), trainer.registry.get("v-untrained").load()
+    same = {k: torch.equal(v, old.state_dict()[k]) for k, v in new.state_dict().items()}
+    assert all(v for k, v in same.items() if k.startswith("backbone.")) and not all(same.values())
+    assert trainer.metrics.trainer_last_success._value.get() > 0
+    print(f"\nwarm start {warm_s:.1f} s; promoted: "
+          + ", ".join(f"{n} {c:.3f} vs serving {s:.3f}" for n, (c, s) in improved.items()))
