@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 import torch
@@ -15,11 +15,17 @@ from streamcore.metrics import StageMetrics
 from streamcore.sinks import MODEL_CURRENT
 from tests.support import publish_tiny
 from training.checkpoint import METRICS_FILE
-from training.models import DynamicCNN, build_model
+from training.models import DynamicCNN, build_model, hints_to_tensors
 from training.promotion import promote
+from streamcore.exceptions import BadInput
+from streamcore.settings import Settings
+from training.data import BenchmarkConfig, load_benchmark
+from training.feedback import Feedback, PostStore, concat, join, to_split
+from training.ontology import load_ontology
+from training.synthetic.posts import generate_posts
+from training.text import TextMiner
 from workers.trainer import GATES, Trainer, TrainerConfig, gate
 
-pytestmark = pytest.mark.integration  # promotion writes to the embedded Redis and broker
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +59,7 @@ def test_gate_allows_the_margin_and_no_more() -> None:
     assert gate(beyond, None, margin=0.0).passed  # nothing serving yet: nothing to be worse than
 
 
+@pytest.mark.integration  # promotion writes to the embedded Redis and broker
 def test_a_worse_candidate_is_not_promoted(make_settings, tmp_path, cache_dir) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     trainer = _trainer(settings, cache_dir)
@@ -82,6 +89,7 @@ def test_a_worse_candidate_is_not_promoted(make_settings, tmp_path, cache_dir) -
           + ", ".join(f"{c.name} {c.candidate:.3f} vs serving {c.serving:.3f}" for c in checks.values()))
 
 
+@pytest.mark.integration
 def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     publish_tiny(settings.model_dir, "v-untrained", seed=5)
@@ -108,3 +116,38 @@ def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> N
     assert trainer.metrics.trainer_last_success._value.get() > 0
     print(f"\nwarm start {warm_s:.1f} s; promoted: "
           + ", ".join(f"{n} {c:.3f} vs serving {s:.3f}" for n, (c, s) in improved.items()))
+
+
+def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None:
+    ontology, settings = load_ontology(), Settings(model_dir=tmp_path)
+    miner = TextMiner.load(ontology)
+    (post, truth), (evicted, _), (kept, _) = generate_posts(ontology, 3, seed=11, prefix="fb")
+    store = PostStore(2, image_size=64)
+    for p in (evicted, post, kept):
+        store.add(p, settings)
+    assert len(store) == 2 and store.get(evicted.post_id) is None  # bounded: the oldest went first
+
+    category = truth.categories[0]
+    feedback = Feedback(post_id=post.post_id, categories=[category], subcategories=list(truth.subcategories),
+                        attributes=[*truth.materials, *truth.patterns])
+    example = join(feedback, store, ontology=ontology, miner=miner, settings=settings, multi=False)
+    assert example is not None and example.pixels.shape == (3, 64, 64) and example.pixels.dtype == np.uint8
+    assert example.pixels.std() > 0  # the post's picture, not a blank
+    assert [ontology.category_names[i] for i in np.flatnonzero(example.categories)] == [category]
+    assert {ontology.attribute_names[i] for i in np.flatnonzero(example.attributes)} == set(feedback.attributes)
+    # Hints are what the miner reads in the post's text, exactly as the text stage would send them.
+    hint_categories, _ = hints_to_tensors([miner.mine(post)], ontology)
+    np.testing.assert_allclose(example.hint_categories, hint_categories[0].numpy())
+
+    for unknown in (evicted.post_id, "never-seen"):
+        assert join(Feedback(post_id=unknown, categories=[category]), store, ontology=ontology, miner=miner,
+                    settings=settings, multi=False) is None
+    with pytest.raises(BadInput, match="unknown"):
+        join(Feedback(post_id=post.post_id, categories=["no-such-category"]), store, ontology=ontology, miner=miner,
+             settings=settings, multi=False)
+
+    bench = load_benchmark(ontology, BenchmarkConfig(n_train=50, n_test=20), cache_dir=tmp_path)["train"]
+    extended = concat(bench, to_split([example]))
+    assert len(extended) == len(bench) + 1
+    assert extended.targets(multi=False)["categories"][-1] == ontology.category_index(category)
+    np.testing.assert_array_equal(extended.images[-1], example.pixels)
