@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from streamcore.exceptions import BadInput
+
 PostId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 #: SPEC limit on caption + comments (bytes of UTF-8); configurable through Settings.
@@ -38,21 +40,21 @@ class ImageSource(_Message):
             raise ValueError(f"image needs exactly one of b64/url/path, got {given or 'none'}")
         return self
 
-    @field_validator("b64")
-    @classmethod
-    def _valid_base64(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise ValueError(f"image.b64 is not valid base64: {exc}") from None
-        return value
-
     def raw_bytes(self) -> bytes:
-        """Decoded inline bytes; only for ``b64`` sources."""
+        """Decoded inline bytes; only for ``b64`` sources.
+
+        Base64 is checked here, where the image is read, not at parse time: stages that never look at
+        the image (the text miner) should neither pay for decoding it nor refuse the post over it.
+
+        Raises:
+            BadInput: ``image_b64_invalid``.
+        """
         if self.b64 is None:
             raise ValueError("image has no inline bytes")
-        return base64.b64decode(self.b64)
+        try:
+            return base64.b64decode(self.b64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BadInput("image_b64_invalid", f"image.b64 is not valid base64: {exc}") from None
 
 
 class Post(_Message):

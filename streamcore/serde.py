@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -30,18 +29,17 @@ def decode(raw: bytes | None, model: type[M], *, max_bytes: int) -> M:
     if len(raw) > max_bytes:
         raise BadInput("too_large", f"message is {len(raw)} bytes, limit {max_bytes}")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise BadInput("bad_encoding", f"not UTF-8: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise BadInput("bad_json", f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadInput("bad_schema", f"expected a JSON object, got {type(data).__name__}")
-    try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors()[:5])
-        raise BadInput("bad_schema", errors) from None
+        errors = exc.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                raise BadInput("bad_encoding", f"not UTF-8: {bad}") from None
+            raise BadInput("bad_json", f"not JSON: {errors[0]['msg']}") from None
+        detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in errors[:5])
+        raise BadInput("bad_schema", detail) from None
 
 
 def decode_post(raw: bytes | None, settings: Settings) -> Post:

@@ -41,7 +41,10 @@ class TextStage(Stage):
             None, lambda: [self.miner.mine(post) for _, post in good])
         self.metrics.mine_seconds.inc(time.perf_counter() - started)
         self.metrics.mined.inc(len(good))
-        await self.send_many("hints", [(post.post_id.encode(), encode(h)) for (_, post), h in zip(good, hints)])
+        # Same partition number as the post: the classifier that owns the post owns its hints, even
+        # when a producer keyed the post by something other than its id.
+        await self.send_to_partitions("hints", [(record.partition, post.post_id.encode(), encode(h))
+                                                for (record, post), h in zip(good, hints)])
         for record, _ in good:
             self.done(record)
 

@@ -53,7 +53,7 @@ def _cases(prefix: str) -> dict[str, tuple[bytes, str, str]]:
         "missing-fields": (json.dumps({"schema": "post/v1", "post_id": f"{p}-m"}).encode(), "bad_schema", "image"),
         "wrong-version": (_post(f"{p}-v", schema="post/v9"), "bad_schema", "schema"),
         "nul-bytes": (_post(f"{p}-n", caption="hello\x00world"), "bad_schema", "NUL"),
-        "bad-base64": (_post(f"{p}-b", image={"b64": "***not base64***"}), "bad_schema", "base64"),
+        "bad-base64": (_post(f"{p}-b", image={"b64": "***not base64***"}), "image_b64_invalid", "base64"),
         "10mb-caption": (_post(f"{p}-c", caption="a" * 10_000_000), "too_large", "limit"),
         "long-text": (_post(f"{p}-l", caption="b" * 70_000), "text_too_long", "65536"),
         "zero-byte-image": (_post(f"{p}-z", image=_b64(b"")), "image_empty", "zero"),

@@ -36,8 +36,8 @@ def test_post_id_limits(post_id):
         Post.model_validate(_post(post_id=post_id))
 
 
-@pytest.mark.parametrize("image", [{}, {"b64": IMG, "url": "https://x/y.jpg"}, {"b64": "%%%not base64"}])
-def test_exactly_one_valid_image_source(image):
+@pytest.mark.parametrize("image", [{}, {"b64": IMG, "url": "https://x/y.jpg"}, {"url": None}])
+def test_exactly_one_image_source(image):
     with pytest.raises(ValidationError):
         Post.model_validate(_post(image=image))
 
@@ -86,3 +86,10 @@ def test_image_source_bytes():
     assert ImageSource(b64=IMG).raw_bytes() == b"\x89PNG fake"
     with pytest.raises(ValueError):
         ImageSource(url="https://example.com/a.jpg").raw_bytes()
+
+
+def test_base64_is_checked_where_the_image_is_read():
+    source = Post.model_validate(_post(image={"b64": "%%%not base64"})).image  # parses: text stages ignore it
+    with pytest.raises(BadInput) as info:
+        source.raw_bytes()
+    assert info.value.code == "image_b64_invalid"
