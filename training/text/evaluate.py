@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import statistics
-import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from streamcore.schemas import Hints, ImageSource, Post
+from streamcore.reports import write_report
 from training.ontology import Ontology, load_ontology
 from training.synthetic.captions import make_caption
 from training.text.bench import posts_per_second
@@ -115,37 +114,6 @@ def evaluate(miner: TextMiner, sets: dict[str, list[Example]]) -> list[dict]:
     return rows
 
 
-def machine() -> dict:
-    """CPU model, cores, torch version, device and the 1-minute load average (SPEC "Reports")."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        torch_version = torch.__version__
-    except ImportError:
-        torch_version = None
-    import os
-
-    # Load average is recorded because a shared machine's one-core throughput depends on it.
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch_version, "device": "cpu",
-            "load_avg_1m": round(os.getloadavg()[0], 2)}
-
-
-def git_sha() -> str:
-    """The checked-out commit, or "unknown" outside a git checkout."""
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def _print(rows: list[dict], posts_per_s: float) -> None:
     table = Table(title=f"text miner — {posts_per_s:,.0f} posts/s on one core")
     for col in ("set", "class", "n", "P@1", "P@3", "top4_recall"):
@@ -189,13 +157,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                           "mention_prob": 0.85, "mentioned_share": len(mentioned) / len(synthetic)},
             "handwritten": {"count": len(sets["handwritten"])},
             "miner_version": miner.version,
-            "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "git_sha": git_sha(),
-            "machine": machine(),
-            "command": " ".join([".venv/bin/python -m training.text.evaluate", *(argv or sys.argv[1:])]),
         }
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_report(args.out, report, command=" ".join([".venv/bin/python -m training.text.evaluate",
+                                                         *(argv or sys.argv[1:])]))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
-import json
 import os
 import re
 import subprocess
@@ -28,7 +27,6 @@ import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -43,7 +41,7 @@ from streamcore.serde import encode
 from streamcore.settings import STAGE_PORT_OFFSET, Settings
 from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
-from training.text.evaluate import git_sha, machine
+from streamcore.reports import write_report
 
 COMMAND = ".venv/bin/python -m workers.benchmarks.scale_out"
 _ASSIGNED = re.compile(r"(\w+) assigned (\[.*\])")
@@ -252,9 +250,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _print(rows)
     if args.out:
         command = COMMAND + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
-        report = {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
-                  "machine": machine(), "command": command.strip(), "rows": rows}
-        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_report(args.out, {"rows": rows}, command=command.strip())
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -32,13 +31,14 @@ from rich.console import Console
 from rich.table import Table
 
 from streamcore.embedded import EmbeddedStack
+from streamcore.reports import write_report
 from streamcore.kafka import ensure_topics
 from streamcore.schemas import ImageSource, Post
 from streamcore.serde import encode
 from streamcore.settings import Settings
 from training.ontology import load_ontology
 from training.text.bench import posts_per_second
-from training.text.evaluate import EVAL_SEED, git_sha, machine, synthetic_set
+from training.text.evaluate import EVAL_SEED, synthetic_set
 from training.text.miner import TextMiner
 
 COMMAND = ".venv/bin/python -m workers.benchmarks.text"
@@ -177,15 +177,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "posts": len(posts),
         "worker_runs_posts_per_s": [round(r, 1) for r in workers],
         "function_runs_posts_per_s": [round(r, 1) for r in functions],
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_sha": git_sha(),
-        "machine": machine(),
-        "command": " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])]),
     }
     _print(result)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        write_report(args.out, result, command=" ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])]))
         _merge_into_miner_report(args.miner_report, result["worker_posts_per_s"])
 
 
