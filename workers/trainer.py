@@ -349,13 +349,16 @@ class TrainerStage(Stage):
         if self._running is not None and not self._running.done():
             return
         now = time.monotonic()
-        scheduled = self.config.interval_s is not None and now >= self._next_run
-        enough = self.config.min_feedback is not None and self.new_examples >= self.config.min_feedback
-        if scheduled or enough:
+        if self.due(now):
             self.new_examples = 0
             self._next_run = now + (self.config.interval_s or 0)
             snapshot = list(self.examples)
             self._running = asyncio.get_running_loop().run_in_executor(self._train_pool, self._run, snapshot)
+
+    def due(self, now: float) -> bool:
+        """True when the schedule says so or enough new feedback examples arrived (``now``: monotonic)."""
+        scheduled = self.config.interval_s is not None and now >= self._next_run
+        return scheduled or (self.config.min_feedback is not None and self.new_examples >= self.config.min_feedback)
 
     def _run(self, examples: list[Example]) -> None:
         try:

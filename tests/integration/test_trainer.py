@@ -16,12 +16,22 @@ from streamcore.sinks import MODEL_CURRENT
 from tests.support import wait_until
 from training.feedback import Feedback
 from training.ontology import load_ontology
+from training.promotion import MODEL_HISTORY
 from training.synthetic.posts import generate_posts
 from workers.trainer import TrainerConfig, TrainerStage
 
 pytestmark = pytest.mark.integration
 
 N_POSTS, N_FEEDBACK = 30, 12
+
+
+@pytest.fixture
+def unset_pointer(make_settings):
+    """The serving pointer is one global Redis key (not per topic prefix): start and end without one."""
+    store = redis.Redis.from_url(make_settings().redis_url)
+    store.delete(MODEL_CURRENT, MODEL_HISTORY)
+    yield
+    store.delete(MODEL_CURRENT, MODEL_HISTORY)
 
 
 def _send(settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
@@ -47,7 +57,7 @@ def _dead_letters(settings, count: int) -> list[DeadLetter]:
     return letters
 
 
-def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, tmp_path) -> None:
+def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, unset_pointer, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     config = TrainerConfig(interval_s=None, min_feedback=N_FEEDBACK, n_train=300, n_test=150, epochs=5,
                            pretrain_epochs=1, cache_dir=tmp_path / "cache", device="cpu")

@@ -16,7 +16,7 @@ from streamcore.sinks import MODEL_CURRENT
 from tests.support import publish_tiny
 from training.checkpoint import METRICS_FILE
 from training.models import DynamicCNN, build_model, hints_to_tensors
-from training.promotion import promote
+from training.promotion import MODEL_HISTORY, promote
 from streamcore.exceptions import BadInput
 from streamcore.settings import Settings
 from training.data import BenchmarkConfig, load_benchmark
@@ -24,8 +24,17 @@ from training.feedback import Feedback, PostStore, concat, join, to_split
 from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
 from training.text import TextMiner
-from workers.trainer import GATES, Trainer, TrainerConfig, gate
+from workers.trainer import GATES, Trainer, TrainerConfig, TrainerStage, gate
 
+
+
+@pytest.fixture
+def unset_pointer(make_settings):
+    """The serving pointer is one global Redis key (not per topic prefix): start and end without one."""
+    store = redis.Redis.from_url(make_settings().redis_url)
+    store.delete(MODEL_CURRENT, MODEL_HISTORY)
+    yield
+    store.delete(MODEL_CURRENT, MODEL_HISTORY)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +69,7 @@ def test_gate_allows_the_margin_and_no_more() -> None:
 
 
 @pytest.mark.integration  # promotion writes to the embedded Redis and broker
-def test_a_worse_candidate_is_not_promoted(make_settings, tmp_path, cache_dir) -> None:
+def test_a_worse_candidate_is_not_promoted(make_settings, unset_pointer, tmp_path, cache_dir) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     trainer = _trainer(settings, cache_dir)
     started = time.perf_counter()
@@ -90,7 +99,7 @@ def test_a_worse_candidate_is_not_promoted(make_settings, tmp_path, cache_dir) -
 
 
 @pytest.mark.integration
-def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> None:
+def test_a_better_candidate_is_promoted(make_settings, unset_pointer, tmp_path, cache_dir) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     publish_tiny(settings.model_dir, "v-untrained", seed=5)
     promote(settings, "v-untrained")
@@ -151,3 +160,16 @@ def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None
     assert len(extended) == len(bench) + 1
     assert extended.targets(multi=False)["categories"][-1] == ontology.category_index(category)
     np.testing.assert_array_equal(extended.images[-1], example.pixels)
+
+
+@pytest.mark.parametrize(("interval_s", "min_feedback"), [(60.0, 3), (None, 3), (60.0, None)])
+def test_a_run_is_due_on_schedule_or_after_enough_feedback(tmp_path, interval_s, min_feedback) -> None:
+    settings = Settings(model_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")  # never contacted here
+    stage = TrainerStage(settings, TrainerConfig(interval_s=interval_s, min_feedback=min_feedback))
+    start = time.monotonic()
+    assert not stage.due(start)
+    assert stage.due(start + 61) == (interval_s is not None)
+    stage.new_examples = 2
+    assert not stage.due(start)
+    stage.new_examples = 3
+    assert stage.due(start) == (min_feedback is not None)
