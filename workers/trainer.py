@@ -208,7 +208,7 @@ class Trainer:
         return FitConfig(epochs=self.config.epochs, lr=self.config.lr, seed=self.config.seed)
 
     def _train_cold(self, splits: dict[str, Split], extra: Split | None, multi: bool) -> _Trained:
-        data = {**splits, "train": concat(splits["train"], extra)} if extra else splits
+        data = {**splits, "train": concat(splits["train"], extra)} if extra is not None else splits
         pretrain = FitConfig(epochs=self.config.pretrain_epochs, seed=self.config.seed) if self.config.pretrain_epochs else None
         backbone, feats = frozen_features(self.config.backbone, self.ontology, data, multi=multi, pretrain=pretrain,
                                           device=self.device)
