@@ -77,8 +77,7 @@ def worker(stage: Annotated[str, typer.Argument(help="text | classify | trainer"
     elif stage == "classify":
         from workers.classify import run
     elif stage == "trainer":
-        console.print("[yellow]the trainer stage is not built yet (issue #6)[/]")
-        raise typer.Exit(2)
+        from workers.trainer import run
     else:
         raise typer.BadParameter(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     run(_settings())

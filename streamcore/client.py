@@ -23,7 +23,6 @@ from streamcore.kafka import bootstrap
 from streamcore.schemas import ImageSource, Label, Post, utcnow
 from streamcore.serde import decode, encode
 from streamcore.settings import Settings
-from streamcore.sinks import LABEL_KEY, LABELS_STREAM
 
 
 class StylestreamClient:
@@ -83,16 +82,16 @@ class StylestreamClient:
 
     def label(self, post_id: str) -> Label | None:
         """The stored label of one post from Redis, if any."""
-        raw = self._redis_client().get(LABEL_KEY.format(post_id=post_id))
+        raw = self._redis_client().get(self.settings.keys.label(post_id))
         return decode(raw, Label, max_bytes=self.settings.max_message_bytes) if raw else None
 
     def stream_labels(self, *, timeout: float | None = None, last_id: str = "$") -> Iterator[Label]:
-        """Labels from the ``stylestream:labels`` Redis Stream (``last_id="0"`` replays the capped history)."""
+        """Labels from the ``<prefix>:labels`` Redis Stream (``last_id="0"`` replays the capped history)."""
         client = self._redis_client()
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             block = 1000 if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
-            for _, entries in client.xread({LABELS_STREAM: last_id}, block=block, count=500) or []:
+            for _, entries in client.xread({self.settings.keys.labels_stream: last_id}, block=block, count=500) or []:
                 for entry_id, fields in entries:
                     last_id = entry_id
                     if deadline is not None:

@@ -19,7 +19,7 @@ from streamcore.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_STAGES = ("text", "classify")
+_STAGES = ("text", "classify", "trainer")
 
 
 def produce_synthetic(settings: Settings, *, count: int, rate: float | None = None, multi: bool = False,
@@ -70,8 +70,15 @@ def _stop_all(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
             proc.wait()
 
 
+#: A demo's trainer bootstraps a model in about a minute on two cores instead of many.
+_DEMO_TRAINER = {"trainer_n_train": 3000, "trainer_n_test": 600, "trainer_epochs": 6, "trainer_pretrain_epochs": 2}
+
+
 def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> None:
     """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers."""
+    if demo:
+        settings = settings.model_copy(update={k: v for k, v in _DEMO_TRAINER.items()
+                                               if k not in settings.model_fields_set})
     with ExitStack() as stack:
         if not settings.kafka or not settings.redis_url:
             embedded = stack.enter_context(EmbeddedStack())

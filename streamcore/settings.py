@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,21 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1)
 
     redis_stream_maxlen: int = Field(100_000, ge=1)
+    #: Prefix of every Redis key (SPEC: ``stylestream``); another one isolates a deployment or a test.
+    redis_prefix: str = Field("stylestream", pattern=r"^[A-Za-z0-9_.-]+$")
+
+    # Trainer stage (``stylestream worker trainer``).
+    trainer_interval_s: float | None = Field(3600.0, gt=0)
+    trainer_min_feedback: int | None = Field(100, ge=1)
+    trainer_gate_margin: float = Field(0.01, ge=0, le=1)
+    trainer_max_posts: int = Field(10_000, ge=1)
+    trainer_max_examples: int = Field(50_000, ge=1)
+    trainer_n_train: int = Field(10_000, ge=10)
+    trainer_n_test: int = Field(2_000, ge=10)
+    trainer_epochs: int = Field(10, ge=1)
+    trainer_pretrain_epochs: int = Field(4, ge=0)
+    trainer_multi: bool = False
+    trainer_cache_dir: Path = Path("cache/benchmark")
     kafka_options: dict[str, Any] = Field(default_factory=dict)
 
     config_file: Path | None = None
@@ -88,6 +104,11 @@ class Settings(BaseSettings):
             env["STYLESTREAM_KAFKA_OPTIONS"] = json.dumps(self.kafka_options)
         return env
 
+    @property
+    def keys(self) -> RedisKeys:
+        """The Redis key names under ``redis_prefix``."""
+        return RedisKeys(self.redis_prefix)
+
     def topic(self, name: str) -> str:
         """Full topic name for a logical topic (``posts``, ``hints``...)."""
         return f"{self.topic_prefix}{name}"
@@ -99,6 +120,33 @@ class Settings(BaseSettings):
     def stage_metrics_port(self, stage: str) -> int:
         """Metrics port of a stage (0 keeps 0: an ephemeral port, used by tests)."""
         return self.metrics_port + STAGE_PORT_OFFSET.get(stage, 0) if self.metrics_port else 0
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Redis key names (SPEC "Redis keys" with the default prefix ``stylestream``)."""
+
+    prefix: str = "stylestream"
+
+    def label(self, post_id: str) -> str:
+        """The Label JSON of one post."""
+        return f"{self.prefix}:label:{post_id}"
+
+    def source(self, post_id: str) -> str:
+        """``topic/partition/offset`` of the message a post was first labelled from."""
+        return f"{self.prefix}:source:{post_id}"
+
+    @property
+    def labels_stream(self) -> str:
+        return f"{self.prefix}:labels"
+
+    @property
+    def model_current(self) -> str:
+        return f"{self.prefix}:model:current"
+
+    @property
+    def model_history(self) -> str:
+        return f"{self.prefix}:model:history"
 
 
 class _FileSource(PydanticBaseSettingsSource):

@@ -6,11 +6,8 @@ import redis.asyncio as aioredis
 
 from streamcore.schemas import Label
 from streamcore.serde import encode
+from streamcore.settings import RedisKeys
 
-LABEL_KEY = "stylestream:label:{post_id}"
-SOURCE_KEY = "stylestream:source:{post_id}"
-LABELS_STREAM = "stylestream:labels"
-MODEL_CURRENT = "stylestream:model:current"
 
 # A post id first seen at another Kafka position is a duplicate post: nil reply.
 # Keeps the stored label when it came from the same model version, so that reprocessing a post
@@ -31,11 +28,12 @@ return ARGV[1]
 
 
 class RedisLabelSink:
-    """Writes labels to ``stylestream:label:{post_id}`` and the ``stylestream:labels`` stream."""
+    """Writes labels to ``<prefix>:label:{post_id}`` and the ``<prefix>:labels`` stream."""
 
-    def __init__(self, url: str, *, stream_maxlen: int) -> None:
+    def __init__(self, url: str, *, keys: RedisKeys, stream_maxlen: int) -> None:
         self._redis = aioredis.Redis.from_url(url)
         self._script = self._redis.register_script(_WRITE_LABEL)
+        self._keys = keys
         self._maxlen = stream_maxlen
 
     async def write(self, labels: list[Label], sources: list[str]) -> list[bytes | None]:
@@ -51,8 +49,7 @@ class RedisLabelSink:
         async with self._redis.pipeline(transaction=False) as pipe:
             for label, source in zip(labels, sources, strict=True):
                 await self._script(
-                    keys=[LABEL_KEY.format(post_id=label.post_id), LABELS_STREAM,
-                          SOURCE_KEY.format(post_id=label.post_id)],
+                    keys=[self._keys.label(label.post_id), self._keys.labels_stream, self._keys.source(label.post_id)],
                     args=[encode(label), label.model_version, self._maxlen, label.post_id, source],
                     client=pipe,
                 )
@@ -60,7 +57,7 @@ class RedisLabelSink:
 
     async def current_model(self) -> str | None:
         """The serving model version pointer, if any."""
-        value = await self._redis.get(MODEL_CURRENT)
+        value = await self._redis.get(self._keys.model_current)
         return value.decode() if value else None
 
     async def close(self) -> None:

@@ -27,11 +27,12 @@ def infra() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def make_settings(infra: tuple[str, str]) -> Callable[..., Settings]:
-    """Settings on the test infrastructure with a fresh topic prefix and group prefix (no cross-talk)."""
+    """Settings on the test infrastructure with fresh topic, group and Redis key prefixes (no cross-talk)."""
 
     def make(**overrides) -> Settings:
         run = uuid.uuid4().hex[:8]
         values = {"kafka": infra[0], "redis_url": infra[1], "topic_prefix": f"t{run}.", "group_prefix": f"g{run}",
+                  "redis_prefix": f"r{run}",
                   "metrics_port": 0, "hint_wait_ms": 3000, **overrides}
         settings = Settings(**values)
         ensure_topics(settings)

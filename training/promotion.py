@@ -13,12 +13,10 @@ from streamcore.kafka import bootstrap
 from streamcore.schemas import ModelUpdate, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
-from streamcore.sinks import MODEL_CURRENT
 from training.checkpoint import METRICS_FILE
 from training.registry import Entry, Registry
 
 MODEL_NAME = b"stylestream"
-MODEL_HISTORY = "stylestream:model:history"
 _HISTORY_LENGTH = 100
 
 
@@ -55,11 +53,12 @@ def _redis(settings: Settings) -> redis.Redis:
 
 
 def promote(settings: Settings, version: str) -> ModelUpdate:
-    """Point ``stylestream:model:current`` at a published ``version`` and announce it."""
+    """Point ``<prefix>:model:current`` at a published ``version`` and announce it."""
     entry = Registry(settings.model_dir).get(version)
-    store = _redis(settings)
+    store, keys = _redis(settings), settings.keys
     with store.pipeline() as pipe:
-        pipe.set(MODEL_CURRENT, entry.version).lpush(MODEL_HISTORY, entry.version).ltrim(MODEL_HISTORY, 0, _HISTORY_LENGTH - 1)
+        pipe.set(keys.model_current, entry.version).lpush(keys.model_history, entry.version)
+        pipe.ltrim(keys.model_history, 0, _HISTORY_LENGTH - 1)
         pipe.execute()
     return _announce(settings, entry)
 
@@ -70,13 +69,13 @@ def rollback(settings: Settings) -> ModelUpdate:
     Raises:
         StylestreamError: there is no earlier promotion to go back to.
     """
-    store = _redis(settings)
-    history = [v.decode() for v in store.lrange(MODEL_HISTORY, 0, 1)]
+    store, keys = _redis(settings), settings.keys
+    history = [v.decode() for v in store.lrange(keys.model_history, 0, 1)]
     if len(history) < 2:
         raise StylestreamError("nothing to roll back to: fewer than two promotions recorded")
     entry = Registry(settings.model_dir).get(history[1])
     with store.pipeline() as pipe:
-        pipe.lpop(MODEL_HISTORY).set(MODEL_CURRENT, entry.version)
+        pipe.lpop(keys.model_history).set(keys.model_current, entry.version)
         pipe.execute()
     return _announce(settings, entry)
 

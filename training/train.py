@@ -56,6 +56,8 @@ class FitConfig:
     patience: int = 3
     seed: int = 0
     loss: str = "bce"
+    #: Probability of zeroing a training sample's hints, so the head also learns the no-hint fallback.
+    hint_dropout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,18 @@ class Batchable:
         for start in range(0, len(order), size):
             idx = order[start : start + size]
             yield self.inputs[idx], self.hint_categories[idx], self.hint_attributes[idx], {k: v[idx] for k, v in self.targets.items()}
+
+
+def drop_hints(hint_categories: Tensor, hint_attributes: Tensor, p: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Zero both hint rows of each sample with probability ``p`` (text that mentions nothing).
+
+    Training only on hinted samples teaches the dynamic heads to lean on the alpha boost; silent samples
+    make them route through their own predicted category instead, as they must at test time.
+    """
+    if p <= 0:
+        return hint_categories, hint_attributes
+    keep = (torch.rand(len(hint_categories), 1, generator=generator) >= p).to(hint_categories.dtype)
+    return hint_categories * keep, hint_attributes * keep
 
 
 def _forward(model: DynamicCNN, x: Tensor, hc: Tensor, ha: Tensor, *, features: bool) -> ModelOutput:
@@ -112,13 +126,37 @@ def extract_features(model: DynamicCNN, images: Tensor, *, device: str = "cpu", 
     return torch.cat(chunks)
 
 
+def _val_loss(model: DynamicCNN, val: Batchable, config: FitConfig, *, features: bool, device: str) -> float:
+    """Validation loss with hints, mixed with the no-hint loss in the proportion training drops hints.
+
+    Stopping on the hinted loss alone picks the epoch where the alpha boost fits best, long before the
+    no-hint fallback has converged.
+    """
+    multi = model.config.multi
+
+    def loss(data: Batchable) -> float:
+        out = predict(model, data, features=features, device=device)
+        return float(compute_loss(out, data.targets, multi=multi, kind=config.loss))
+
+    hinted = loss(val)
+    if config.hint_dropout <= 0:
+        return hinted
+    silent = dataclasses.replace(val, hint_categories=torch.zeros_like(val.hint_categories),
+                                 hint_attributes=torch.zeros_like(val.hint_attributes))
+    return (1 - config.hint_dropout) * hinted + config.hint_dropout * loss(silent)
+
+
 def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, *, features: bool, device: str = "cpu") -> dict:
     """Train with early stopping on validation loss; restores the best weights.
 
     With ``features=True`` the inputs are cached backbone features and only the head trains.
     """
+    if not 0 <= config.hint_dropout <= 1:
+        raise ValueError(f"hint_dropout must be in [0, 1], got {config.hint_dropout}")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
+    # Separate stream: the batch order stays the same whatever the dropout rate.
+    hint_generator = torch.Generator().manual_seed(config.seed + 1)
     params = model.head.parameters() if features else model.parameters()
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     multi = model.config.multi
@@ -129,6 +167,7 @@ def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, 
             model.backbone.eval()  # frozen: keep BatchNorm statistics as they are
         total = 0.0
         for x, hc, ha, y in tqdm(list(train.batches(config.batch_size, generator)), desc=f"epoch {epoch}", leave=False, disable=None):
+            hc, ha = drop_hints(hc, ha, config.hint_dropout, hint_generator)
             with _autocast(device):
                 out = _forward(model, x.to(device), hc.to(device), ha.to(device), features=features)
                 loss = compute_loss(out, {k: v.to(device) for k, v in y.items()}, multi=multi, kind=config.loss)
@@ -136,8 +175,7 @@ def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, 
             loss.backward()
             optimizer.step()
             total += loss.item() * len(x)
-        val_out = predict(model, val, features=features, device=device)
-        val_loss = float(compute_loss(val_out, val.targets, multi=multi, kind=config.loss))
+        val_loss = _val_loss(model, val, config, features=features, device=device)
         history.append({"epoch": epoch, "train_loss": total / len(train.inputs), "val_loss": val_loss})
         if val_loss < best - 1e-4:
             best, bad = val_loss, 0

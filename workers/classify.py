@@ -75,7 +75,8 @@ class ClassifyStage(Stage):
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     async def setup(self) -> None:
-        self.sink = RedisLabelSink(self.settings.redis_url, stream_maxlen=self.settings.redis_stream_maxlen)
+        self.sink = RedisLabelSink(self.settings.redis_url, keys=self.settings.keys,
+                                   stream_maxlen=self.settings.redis_stream_maxlen)
         loop = asyncio.get_running_loop()
         version = await self.sink.current_model()
         try:

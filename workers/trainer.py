@@ -50,7 +50,6 @@ from streamcore.exceptions import BadInput, StylestreamError
 from streamcore.metrics import StageMetrics
 from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
-from streamcore.sinks import MODEL_CURRENT
 from streamcore.stage import Stage
 from training.checkpoint import save_checkpoint
 from training.data import BenchmarkConfig, Split, load_benchmark
@@ -95,8 +94,12 @@ class TrainerConfig(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> TrainerConfig:
-        """Defaults taken from ``settings`` where Settings has the knob."""
-        return cls(**{"backbone": settings.backbone, "head": settings.head, "device": settings.device, **overrides})
+        """The ``trainer_*`` settings plus the serving backbone, head and device."""
+        knobs = {name: getattr(settings, f"trainer_{name}") for name in
+                 ("interval_s", "min_feedback", "gate_margin", "max_posts", "max_examples", "n_train", "n_test",
+                  "epochs", "pretrain_epochs", "multi", "cache_dir")}
+        return cls(**{**knobs, "backbone": settings.backbone, "head": settings.head, "device": settings.device,
+                      **overrides})
 
     def benchmark(self, *, multi: bool) -> BenchmarkConfig:
         return BenchmarkConfig(multi=multi, n_train=self.n_train, n_test=self.n_test, size=self.image_size,
@@ -174,7 +177,7 @@ class Trainer:
 
     def serving(self) -> Serving | None:
         """The model the Redis pointer names, loaded with its checksum verified; None when unset."""
-        version = self._redis.get(MODEL_CURRENT)
+        version = self._redis.get(self.settings.keys.model_current)
         if version is None:
             return None
         entry = self.registry.get(version.decode())
@@ -309,6 +312,8 @@ class TrainerStage(Stage):
     async def setup(self) -> None:
         loop = asyncio.get_running_loop()
         self.miner = await loop.run_in_executor(None, TextMiner.load, self.trainer.ontology)
+        if await loop.run_in_executor(None, self.trainer.serving) is None:
+            self._next_run = time.monotonic()  # nothing serves yet: bootstrap a model now, not in an hour
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         posts_topic = self.settings.topic("posts")

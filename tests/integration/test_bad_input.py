@@ -101,6 +101,6 @@ def test_bad_input_suite(make_settings, workers, tmp_path):
     assert "truncated" in got["10mb-caption"].detail
 
     store = redis.Redis.from_url(settings.redis_url)
-    wait_until(lambda: store.exists(*(f"stylestream:label:{p.post_id}" for p in good)) == len(good), timeout=60,
+    wait_until(lambda: store.exists(*(settings.keys.label(p.post_id) for p in good)) == len(good), timeout=60,
                what="the good posts to be labelled")
     assert group.alive()

@@ -34,7 +34,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(make_settings, workers):
     producer.flush()
 
     store = redis.Redis.from_url(settings.redis_url)
-    keys = [f"stylestream:label:{p.post_id}" for p in posts]
+    keys = [settings.keys.label(p.post_id) for p in posts]
 
     def labelled() -> int:
         return sum(store.exists(*keys[i:i + 200]) for i in range(0, N_POSTS, 200))
@@ -54,5 +54,5 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(make_settings, workers):
     doubled = {k: len(v) for k, v in contents.items() if len(v) > 1}
     assert not doubled, f"posts with different label contents on the topic: {list(doubled)[:5]}"
     for post in posts[:50]:
-        assert store.get(f"stylestream:label:{post.post_id}") in contents[post.post_id]
+        assert store.get(settings.keys.label(post.post_id)) in contents[post.post_id]
     assert _read_topic(settings, "posts.dlq", until=lambda rs: False, timeout=1) == [], "false duplicates"

@@ -39,7 +39,7 @@ def _read_topic(settings, topic: str, *, until, timeout: float) -> list:
 
 
 def test_200_posts_each_labelled_exactly_once(make_settings, workers):
-    settings = make_settings()
+    settings = make_settings(redis_prefix="stylestream")  # the SPEC's key names, literally
     group = workers(settings)
     group.start("text")
     group.start("classify")
@@ -93,6 +93,6 @@ def test_malformed_messages_go_to_dlq_and_the_worker_goes_on(make_settings, work
     assert by_key[b"bad-json"].stage == "classify" and by_key[b"bad-json"].topic == settings.topic("posts")
 
     store = redis.Redis.from_url(settings.redis_url)
-    wait_until(lambda: store.exists(*(f"stylestream:label:{p.post_id}" for p in good)) == 2, timeout=60,
+    wait_until(lambda: store.exists(*(settings.keys.label(p.post_id) for p in good)) == 2, timeout=60,
                what="the good posts around the bad ones to be labelled")
     assert group.alive()

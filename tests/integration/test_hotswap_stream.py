@@ -34,9 +34,9 @@ def test_promotion_mid_stream_swaps_between_batches(make_settings, workers, tmp_
 
     posts = [p for p, _ in generate_posts(load_ontology(), N_POSTS, seed=21, prefix=settings.group_prefix)]
     store = redis.Redis.from_url(settings.redis_url)
-    keys = [f"stylestream:label:{p.post_id}" for p in posts]
+    keys = [settings.keys.label(p.post_id) for p in posts]
     producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
-    wait_until(lambda: group.alive() and store.get("stylestream:model:current") == b"v1", timeout=5)
+    wait_until(lambda: group.alive() and store.get(settings.keys.model_current) == b"v1", timeout=5)
 
     def feed() -> None:
         start = time.monotonic()
@@ -88,7 +88,7 @@ def test_a_corrupt_promotion_is_refused_while_the_stream_flows(make_settings, wo
         producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
     store = redis.Redis.from_url(settings.redis_url)
-    keys = [f"stylestream:label:{p.post_id}" for p in posts]
+    keys = [settings.keys.label(p.post_id) for p in posts]
     wait_until(lambda: store.exists(*keys[:30]) == 30, timeout=120, what="labels before the bad promotion")
     promote(settings, "bad")
     for post in posts[30:]:

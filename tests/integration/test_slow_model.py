@@ -49,7 +49,7 @@ def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, mo
         producer.flush()
 
         store = redis.Redis.from_url(settings.redis_url)
-        keys = [f"stylestream:label:{p.post_id}" for p in posts]
+        keys = [settings.keys.label(p.post_id) for p in posts]
         held = []
 
         def all_labelled() -> bool:

@@ -12,11 +12,9 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from streamcore.schemas import DeadLetter
 from streamcore.serde import encode
-from streamcore.sinks import MODEL_CURRENT
 from tests.support import wait_until
 from training.feedback import Feedback
 from training.ontology import load_ontology
-from training.promotion import MODEL_HISTORY
 from training.synthetic.posts import generate_posts
 from workers.trainer import TrainerConfig, TrainerStage
 
@@ -24,14 +22,6 @@ pytestmark = pytest.mark.integration
 
 N_POSTS, N_FEEDBACK = 30, 12
 
-
-@pytest.fixture
-def unset_pointer(make_settings):
-    """The serving pointer is one global Redis key (not per topic prefix): start and end without one."""
-    store = redis.Redis.from_url(make_settings().redis_url)
-    store.delete(MODEL_CURRENT, MODEL_HISTORY)
-    yield
-    store.delete(MODEL_CURRENT, MODEL_HISTORY)
 
 
 def _send(settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
@@ -57,7 +47,7 @@ def _dead_letters(settings, count: int) -> list[DeadLetter]:
     return letters
 
 
-def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, unset_pointer, tmp_path) -> None:
+def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     config = TrainerConfig(interval_s=None, min_feedback=N_FEEDBACK, n_train=300, n_test=150, epochs=5,
                            pretrain_epochs=1, cache_dir=tmp_path / "cache", device="cpu")
@@ -82,7 +72,7 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
         wait_until(lambda: stage.last_run is not None, timeout=180, what="the triggered training run")
         run = stage.last_run
         assert run.feedback_examples == N_FEEDBACK and run.promoted  # cold start: nothing to be worse than
-        assert redis.Redis.from_url(settings.redis_url).get(MODEL_CURRENT).decode() == run.version
+        assert redis.Redis.from_url(settings.redis_url).get(settings.keys.model_current).decode() == run.version
         stored = json.loads((settings.model_dir / run.version / "config.json").read_text())
         assert stored["training"]["feedback_examples"] == N_FEEDBACK
         assert stage.metrics.trainer_runs.labels("promoted")._value.get() == 1

@@ -12,11 +12,10 @@ import redis
 import torch
 
 from streamcore.metrics import StageMetrics
-from streamcore.sinks import MODEL_CURRENT
 from tests.support import publish_tiny
 from training.checkpoint import METRICS_FILE
 from training.models import DynamicCNN, build_model, hints_to_tensors
-from training.promotion import MODEL_HISTORY, promote
+from training.promotion import promote
 from streamcore.exceptions import BadInput
 from streamcore.settings import Settings
 from training.data import BenchmarkConfig, load_benchmark
@@ -27,14 +26,6 @@ from training.text import TextMiner
 from workers.trainer import GATES, Trainer, TrainerConfig, TrainerStage, gate
 
 
-
-@pytest.fixture
-def unset_pointer(make_settings):
-    """The serving pointer is one global Redis key (not per topic prefix): start and end without one."""
-    store = redis.Redis.from_url(make_settings().redis_url)
-    store.delete(MODEL_CURRENT, MODEL_HISTORY)
-    yield
-    store.delete(MODEL_CURRENT, MODEL_HISTORY)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def _count(trainer: Trainer, metric: str, *labels: str) -> float:
 
 
 def _pointer(settings) -> str | None:
-    value = redis.Redis.from_url(settings.redis_url).get(MODEL_CURRENT)
+    value = redis.Redis.from_url(settings.redis_url).get(settings.keys.model_current)
     return value.decode() if value else None
 
 
@@ -69,7 +60,7 @@ def test_gate_allows_the_margin_and_no_more() -> None:
 
 
 @pytest.mark.integration  # promotion writes to the embedded Redis and broker
-def test_a_worse_candidate_is_not_promoted(make_settings, unset_pointer, tmp_path, cache_dir) -> None:
+def test_a_worse_candidate_is_not_promoted(make_settings, tmp_path, cache_dir) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     trainer = _trainer(settings, cache_dir)
     started = time.perf_counter()
@@ -99,7 +90,7 @@ def test_a_worse_candidate_is_not_promoted(make_settings, unset_pointer, tmp_pat
 
 
 @pytest.mark.integration
-def test_a_better_candidate_is_promoted(make_settings, unset_pointer, tmp_path, cache_dir) -> None:
+def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     publish_tiny(settings.model_dir, "v-untrained", seed=5)
     promote(settings, "v-untrained")

@@ -35,7 +35,6 @@ from streamcore.reports import write_report
 from streamcore.schemas import Hints, Label, Post
 from streamcore.serde import encode
 from streamcore.settings import Settings
-from streamcore.sinks import LABELS_STREAM
 from training.ontology import load_ontology
 from training.predict import Predictor, resolve_device
 from training.synthetic.posts import generate_posts
@@ -73,14 +72,14 @@ def _produce(settings: Settings, posts: list[Post], hints: list[Hints], *, rate:
 
 
 def _labels(settings: Settings, count: int, timeout: float) -> list[Label]:
-    store = redis.Redis.from_url(settings.redis_url)
+    store, stream = redis.Redis.from_url(settings.redis_url), settings.keys.labels_stream
     deadline = time.monotonic() + timeout
-    while store.xlen(LABELS_STREAM) < count:
+    while store.xlen(stream) < count:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {store.xlen(LABELS_STREAM)} of {count} labels after {timeout:.0f}s")
+            raise TimeoutError(f"only {store.xlen(stream)} of {count} labels after {timeout:.0f}s")
         time.sleep(0.2)
-    entries = store.xrange(LABELS_STREAM)
-    store.delete(LABELS_STREAM)
+    entries = store.xrange(stream)
+    store.delete(stream)
     return [Label.model_validate_json(fields[b"label"]) for _, fields in entries]
 
 
