@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from typing import Annotated, Optional
 
 import typer
@@ -62,8 +63,8 @@ def tail(
     from streamcore.client import StylestreamClient
     from streamcore.launcher import print_label
 
-    with StylestreamClient(_settings()) as client:
-        for n, label in enumerate(client.labels(from_beginning=from_beginning), 1):
+    with StylestreamClient(_settings()) as client, closing(client.labels(from_beginning=from_beginning)) as labels:
+        for n, label in enumerate(labels, 1):
             print_label(console, label)
             if count is not None and n >= count:
                 break

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 
 from rich.console import Console
 
@@ -98,8 +98,9 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
                 feeder = threading.Thread(target=produce_synthetic, args=(settings,),
                                           kwargs={"count": 10**9, "rate": rate, "stop": stop}, daemon=True)
                 feeder.start()
-                with StylestreamClient(settings) as client:
-                    for label in client.labels(from_beginning=True):
+                # closing(): the label consumer must be closed now, while the broker still runs.
+                with StylestreamClient(settings) as client, closing(client.labels(from_beginning=True)) as labels:
+                    for label in labels:
                         print_label(console, label)
             else:
                 while all(p.poll() is None for p in procs):
