@@ -153,6 +153,15 @@ class Label(_Message):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class Feedback(_Message):
+    """A user's correction of one post's labels on the ``feedback`` topic (ontology term names)."""
+
+    post_id: PostId
+    categories: list[str] = Field(min_length=1, max_length=64)
+    subcategories: list[str] = Field(default_factory=list, max_length=256)
+    attributes: list[str] = Field(default_factory=list, max_length=256)
+
+
 class DeadLetter(_Message):
     """A message a stage could not process, with the reason; ``original`` is base64 of the raw bytes."""
 

@@ -17,27 +17,15 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from streamcore.exceptions import BadInput
 from streamcore.images import decode_image, load_image
-from streamcore.schemas import ImageSource, Post, PostId
+from streamcore.schemas import Feedback, ImageSource, Post
 from streamcore.settings import Settings
 from training.data import Split
 from training.models import hints_to_tensors
 from training.ontology import Ontology
 from training.text import TextMiner
-
-
-class Feedback(BaseModel):
-    """A user's correction of one post's labels (all ontology term names)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    post_id: PostId
-    categories: list[str] = Field(min_length=1, max_length=64)
-    subcategories: list[str] = Field(default_factory=list, max_length=256)
-    attributes: list[str] = Field(default_factory=list, max_length=256)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,8 @@ from streamcore.stage import Stage
 from training.checkpoint import save_checkpoint
 from training.data import BenchmarkConfig, Split, load_benchmark
 from training.evaluate import evaluate_model
-from training.feedback import Example, Feedback, PostStore, concat, join, to_split
+from streamcore.schemas import Feedback
+from training.feedback import Example, PostStore, concat, join, to_split
 from training.models import DynamicCNN
 from training.ontology import load_ontology
 from training.predict import resolve_device

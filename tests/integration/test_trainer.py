@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from streamcore.schemas import DeadLetter
 from streamcore.serde import encode
 from tests.support import wait_until
-from training.feedback import Feedback
+from streamcore.schemas import Feedback
 from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
 from workers.trainer import TrainerConfig, TrainerStage

@@ -19,7 +19,8 @@ from training.promotion import promote
 from streamcore.exceptions import BadInput
 from streamcore.settings import Settings
 from training.data import BenchmarkConfig, load_benchmark
-from training.feedback import Feedback, PostStore, concat, join, to_split
+from streamcore.schemas import Feedback
+from training.feedback import PostStore, concat, join, to_split
 from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
 from training.text import TextMiner
