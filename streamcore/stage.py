@@ -122,7 +122,9 @@ class Stage(ABC):
         full_topic, futures = self.settings.topic(topic), []
         batches: dict[int, object] = {}
         for partition, key, value in messages:
-            batch = batches.get(partition) or batches.setdefault(partition, self.producer.create_batch())
+            if partition not in batches:
+                batches[partition] = self.producer.create_batch()
+            batch = batches[partition]
             if batch.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
                 futures.append(await self.producer.send_batch(batch, full_topic, partition=partition))
                 batch = batches[partition] = self.producer.create_batch()
