@@ -71,6 +71,16 @@ def tail(
 
 
 @app.command()
+def topics() -> None:
+    """Create the contract topics with the configured partitions (idempotent; for deploy jobs)."""
+    from streamcore.kafka import ensure_topics
+
+    settings = _settings()
+    created = ensure_topics(settings)
+    console.print(f"created {created or 'nothing'}; {settings.partitions} partitions each")
+
+
+@app.command()
 def worker(stage: Annotated[str, typer.Argument(help="text | classify | trainer")]) -> None:
     """Run one stage against the configured Kafka/Redis (run many for scale-out)."""
     if stage == "text":
