@@ -108,15 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/table2.json"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hint-dropout", type=float, default=FitConfig.hint_dropout,
+                        help="probability of training a sample without its hints")
+    parser.add_argument("--notes", default=None, help="free text stored in the report")
     args = parser.parse_args(argv)
     rows = run_table2(
         backbones=args.backbones, scenarios=args.scenarios,
         bench=BenchmarkConfig(n_train=args.n_train, n_test=args.n_test, seed=args.seed),
-        fit=FitConfig(epochs=args.epochs, seed=args.seed), pretrain=FitConfig(epochs=args.pretrain_epochs, seed=args.seed),
+        fit=FitConfig(epochs=args.epochs, seed=args.seed, hint_dropout=args.hint_dropout), pretrain=FitConfig(epochs=args.pretrain_epochs, seed=args.seed),
         cache_dir=args.cache_dir, device=args.device,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"rows": rows, **report_meta(["training.evaluate", *(argv if argv is not None else sys.argv[1:])], args.device)}
+    report = {"rows": rows, **({"notes": args.notes} if args.notes else {}), **report_meta(["training.evaluate", *(argv if argv is not None else sys.argv[1:])], args.device)}
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     plot_table2(rows, args.out.with_suffix(".png"))
     return 0

@@ -13,11 +13,12 @@ All heads share a trunk (two FC layers) and a category layer. They differ in the
 
 "Boosting a connection by v" follows the paper literally: v is added to every incoming weight of that
 output, i.e. ``v * sum(h)`` is added to its logit, computed without materialising per-sample weights.
+``sum(h)`` is detached there: the boost is a prior from the text, and letting the trunk learn through
+it teaches the trunk to scale its activations to the (noisy) hints, which hurts every other output.
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -36,12 +37,14 @@ class ModelOutput(NamedTuple):
     routes: Tensor
 
 
-def route_categories(hint_categories: Tensor, category_logits: Tensor, *, multi: bool, threshold: float = 0.5) -> Tensor:
+def route_categories(hint_categories: Tensor, category_logits: Tensor, *, multi: bool, threshold: float = 0.05) -> Tensor:
     """Per sample, the categories whose dependent ranges are opened (``[B, K]`` bool).
 
-    Single-class: the top hinted category, else the top predicted one. Multi-class: the hinted
-    categories scoring at least half the top hint (the miner always ranks four, the tail is mostly
-    noise), else the predicted ones above ``threshold`` (at least the top-1).
+    With hints: single-class, the top hinted category; multi-class, the hinted categories scoring at
+    least half the top hint (the miner always ranks four, the tail is mostly noise). Without (silent
+    text), the model's own prediction: its top category plus every category with probability at least
+    ``threshold`` (softmax for single-class, sigmoid for multi-class). The bar is low on purpose:
+    opening a wrong range costs a few candidates, closing a right one loses its labels outright.
     """
     top_hint = hint_categories.max(dim=1, keepdim=True).values
     hinted = (hint_categories > 0) & (hint_categories >= 0.5 * top_hint)
@@ -49,11 +52,11 @@ def route_categories(hint_categories: Tensor, category_logits: Tensor, *, multi:
     predicted_top = nn.functional.one_hot(category_logits.argmax(1), category_logits.shape[1]).bool()
     if multi:
         from_hints = hinted
-        predicted = predicted_top | (torch.sigmoid(category_logits) > threshold)
+        probabilities = torch.sigmoid(category_logits)
     else:
         from_hints = nn.functional.one_hot(hint_categories.argmax(1), hint_categories.shape[1]).bool()
-        predicted = predicted_top
-    return torch.where(has_hint, from_hints, predicted)
+        probabilities = torch.softmax(category_logits, dim=1)
+    return torch.where(has_hint, from_hints, predicted_top | (probabilities >= threshold))
 
 
 def _range_mask(ranges: list[list[int]], size: int) -> Tensor:
@@ -109,9 +112,12 @@ class RoutedLinear(nn.Module):
         self.register_buffer("range_mask", _range_mask(ranges, out_features), persistent=False)
         self.weight = nn.Parameter(torch.empty(len(ranges), width, in_features))
         self.bias = nn.Parameter(torch.empty(len(ranges), width))
-        bound = 1.0 / math.sqrt(in_features)  # nn.Linear's default init, per category layer
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        # Category k's layer is ``shared[range_k] + (weight[k], bias[k])``: the shared rows learn from
+        # every sample whose route holds an output, the per-category part (starting at zero) from that
+        # category's samples only. Fully separate layers each see ~1/K of the data and stay undertrained.
+        self.shared = nn.Linear(in_features, out_features)
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
         self.alpha = alpha
         self.beta = beta
 
@@ -121,7 +127,9 @@ class RoutedLinear(nn.Module):
         slots = slots.masked_fill(~routes.index_select(1, self.slot_category), DEACTIVATED)
         slots = nn.functional.pad(slots, (0, 1), value=DEACTIVATED)
         logits = slots.index_select(1, self.gather.flatten()).view(len(h), *self.gather.shape).amax(dim=2)
-        # A boost depends only on the output, so it is added after the merge (max(a + c) = max(a) + c).
+        logits = logits + self.shared(h)
+        # Shared rows and boosts depend only on the output, so they are added after the merge
+        # (max(a + c) = max(a) + c).
         allowed = (routes.to(h.dtype) @ self.range_mask.to(h.dtype)) > 0
         boost = self.beta if hint is None else self.beta + self.alpha * hint
         logits = logits + boost * h.sum(dim=1, keepdim=True).detach()

@@ -6,7 +6,7 @@ import torch
 from training.models import build_model
 from training.models.heads import DEACTIVATED
 from training.ontology import load_ontology
-from training.train import compute_loss
+from training.train import compute_loss, drop_hints
 
 ONTOLOGY = load_ontology()
 K, M, P = len(ONTOLOGY.category_names), len(ONTOLOGY.subcategory_names), len(ONTOLOGY.attribute_names)
@@ -118,8 +118,34 @@ def test_no_hint_falls_back_to_predicted_category(head: str) -> None:
     model = _model(head).eval()
     with torch.no_grad():
         out = model(torch.rand(3, 3, 64, 64))
-    assert torch.equal(out.routes.float().argmax(1), out.categories.argmax(1))
-    assert (out.routes.sum(1) == 1).all()
+    top = torch.nn.functional.one_hot(out.categories.argmax(1), K).bool()
+    assert torch.equal(out.routes, top | (out.categories.softmax(1) >= 0.05))
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_hint_dropout_one_trains_through_the_fallback_route(multi: bool) -> None:
+    model = _model("dynamic_layers", multi)
+    targets, category = _targets(8, multi)
+    hints = torch.nn.functional.one_hot((category + 1) % K, K).float()  # hint a wrong category everywhere
+    hc, ha = drop_hints(hints, torch.rand(8, P), 1.0, torch.Generator().manual_seed(0))
+    assert not hc.any() and not ha.any()
+    out = model(torch.rand(8, 3, 64, 64), hc, ha)
+    compute_loss(out, targets, multi=multi).backward()
+    routed = out.routes.any(0)  # the fallback: the model's own predicted categories
+    grad = model.head.attributes.weight.grad.abs().sum(dim=(1, 2))
+    assert (grad[routed] > 0).all() and (grad[~routed] == 0).all()
+    assert model.head.categories.weight.grad.abs().sum() > 0
+
+
+def test_hint_dropout_keeps_or_zeroes_whole_rows() -> None:
+    hints, attributes = torch.rand(1000, K) + 0.1, torch.rand(1000, P) + 0.1
+    unchanged = drop_hints(hints, attributes, 0.0, torch.Generator())
+    assert unchanged[0] is hints and unchanged[1] is attributes
+    hc, ha = drop_hints(hints, attributes, 0.3, torch.Generator().manual_seed(0))
+    silent = ~hc.any(1)
+    assert torch.equal(silent, ~ha.any(1))
+    assert torch.equal(hc[~silent], hints[~silent]) and torch.equal(ha[~silent], attributes[~silent])
+    assert 0.25 < silent.float().mean() < 0.35
 
 
 @pytest.mark.parametrize("head", ["dynamic_pruning", "dynamic_layers"])
