@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -76,11 +77,12 @@ def bench(backbones: list[str], *, batch: int, repeats: int, image_size: int | N
         images = torch.rand(batch, 3, size, size)
         with torch.no_grad():
             features = models["base"].backbone(images)
-            full = _round_robin_ms({h: lambda m=m: m(images, hints) for h, m in models.items()}, repeats)
+            full = _round_robin_ms({h: lambda m=m, x=images: m(x, hints) for h, m in models.items()}, repeats)
             # The head alone takes ~1 ms: many calls per sample so timer resolution and jitter average out.
-            head = _round_robin_ms({h: lambda m=m: m.classify(features, hints) for h, m in models.items()}, repeats, inner=50)
+            head = _round_robin_ms({h: lambda m=m, f=features: m.classify(f, hints) for h, m in models.items()}, repeats, inner=50)
             if naive_ms is None:
-                naive_ms = _time_ms(lambda: naive_per_sample(models["dynamic_pruning"], images, hints, ontology), max(1, repeats // 3))
+                naive = models["dynamic_pruning"]
+                naive_ms = _time_ms(lambda m=naive, x=images: naive_per_sample(m, x, hints, ontology), max(1, repeats // 3))
         for h in HEADS:
             rows.append({"head": h, "backbone": name, "ms_per_batch": round(full[h], 3), "ratio_to_base": round(full[h] / full["base"], 4),
                          "head_ms_per_batch": round(head[h], 4), "head_ratio_to_base": round(head[h] / head["base"], 4)})
@@ -97,10 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("reports/bench_heads.json"))
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()
     report = bench(args.backbones, batch=args.batch, repeats=args.repeats, image_size=args.image_size)
     rows = report["rows"]
     report["naive_ratio_of_dynamic_pruning"] = round(
         next(r["ms_per_batch"] for r in rows if r["head"] == "dynamic_pruning") / report["naive_per_sample_ms_per_batch"], 4)
+    # Timings on a shared machine mean little without the load they were taken under.
+    report["load_average_1_5_15"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
     report.update(report_meta(["training.bench_heads", *(argv if argv is not None else sys.argv[1:])]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -8,7 +8,7 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ def report_meta(argv: list[str], device: str = "cpu") -> dict:
     """The provenance fields every report carries (SPEC "Reports")."""
     sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     return {
-        "generated_at": datetime.now(timezone.utc).isoformat(),
+        "generated_at": datetime.now(UTC).isoformat(),
         "git_sha": sha or "unknown",
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
                     "torch": torch.__version__, "device": device},

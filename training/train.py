@@ -10,10 +10,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
-
-from torch import nn
 
 from training.data import Split
 from training.models import DynamicCNN, ModelOutput, build_model

@@ -31,7 +31,7 @@ def test_sizes_and_labels_respect_ranges(splits) -> None:
 
 
 def test_deterministic_and_cached(splits, tmp_path) -> None:
-    multi, config, data = splits
+    _, config, data = splits
     again = load_benchmark(ONTOLOGY, config)  # regenerated without a cache
     for name in data:
         np.testing.assert_array_equal(again[name].images, data[name].images)
