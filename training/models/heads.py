@@ -8,8 +8,9 @@ All heads share a trunk (two FC layers) and a category layer. They differ in the
   routed categories are deactivated, the allowed range is boosted by ``beta`` and directly hinted
   attributes by ``alpha``. Masks are per sample, so a batch mixes hints; learned weights are never
   modified (the authors' code overwrote ``weight.data`` in ``forward`` and so never learned).
-* :class:`DynamicLayersHead` — one small layer per category, sized to its range; each sample uses only
-  its routed categories' layers and the outputs are scattered into the unified tensor for the loss.
+* :class:`DynamicLayersHead` — one small layer per category, sized to its range (shared rows plus a
+  per-category part); each sample uses only its routed categories' layers, merged into the unified
+  tensor for the loss, with the same boosts as DynamicPruning.
 
 "Boosting a connection by v" follows the paper literally: v is added to every incoming weight of that
 output, i.e. ``v * sum(h)`` is added to its logit, computed without materialising per-sample weights.
