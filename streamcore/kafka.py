@@ -76,6 +76,7 @@ def make_consumer(settings: Settings, *topics: str, group: str | None, **overrid
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
         "max_poll_interval_ms": settings.max_poll_interval_ms,
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "max_partition_fetch_bytes": settings.max_message_bytes + 64 * 1024,
         "fetch_max_bytes": max(52_428_800, settings.max_message_bytes * 2),
         **settings.kafka_options,

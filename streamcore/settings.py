@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     heartbeat_interval_ms: int = Field(2000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     fetch_max_records: int = Field(500, ge=1)
+    #: How long the broker may hold a fetch open waiting for data. It sets the floor of each hop's
+    #: latency (500, the client default, gave p50 330 ms on the embedded broker; 50 gave 70 ms).
+    fetch_max_wait_ms: int = Field(50, ge=0)
 
     # Input limits (SPEC "Post").
     max_message_bytes: int = Field(8 * 1024 * 1024, ge=1024)
