@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
+from streamcore.reports import report_meta
 from training.data import BenchmarkConfig, Split, load_benchmark
 from training.metrics import level_metrics
 from training.models import DynamicCNN
@@ -21,18 +19,6 @@ from training.train import Batchable, FitConfig, frozen_features, predict, train
 
 HEADS = ("base", "dynamic_pruning", "dynamic_layers")
 LEVELS = {"category": "categories", "subcategory": "subcategories", "attribute": "attributes"}
-
-
-def report_meta(argv: list[str], device: str = "cpu") -> dict:
-    """The provenance fields every report carries (SPEC "Reports")."""
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
-    return {
-        "generated_at": datetime.now(UTC).isoformat(),
-        "git_sha": sha or "unknown",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": torch.get_num_threads(),
-                    "torch": torch.__version__, "device": device},
-        "command": " ".join(["python -m", *argv]),
-    }
 
 
 def evaluate_model(model: DynamicCNN, split: Split, *, features: torch.Tensor | None, hints: bool, device: str = "cpu") -> dict[str, dict]:
@@ -119,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir, device=args.device,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"rows": rows, **({"notes": args.notes} if args.notes else {}), **report_meta(["training.evaluate", *(argv if argv is not None else sys.argv[1:])], args.device)}
+    command = " ".join(["python -m training.evaluate", *(argv if argv is not None else sys.argv[1:])])
+    report = {"rows": rows, **({"notes": args.notes} if args.notes else {}), **report_meta(command, device=args.device)}
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     plot_table2(rows, args.out.with_suffix(".png"))
     return 0
