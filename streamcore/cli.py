@@ -26,6 +26,9 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # kafka-python's I/O thread warns whenever the GIL kept it waiting >100 ms (image work in the
+    # demo's producer thread does): not actionable for a user.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 @app.command()
