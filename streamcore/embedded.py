@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,21 @@ def free_port() -> int:
 def _die_with_parent() -> None:
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen], timeout: float = 15.0) -> None:
+    """SIGTERM every process, wait up to ``timeout`` seconds for all of them, SIGKILL the rest."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def tansu_binary() -> str:
@@ -137,15 +153,7 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
 
     def stop(self) -> None:
         """Terminate (then kill) both servers; safe to call twice."""
-        for _, proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc in self._procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes((proc for _, proc in self._procs), timeout=5)
         self._procs.clear()
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -12,7 +12,7 @@ from contextlib import ExitStack, closing
 from rich.console import Console
 
 from streamcore.client import StylestreamClient
-from streamcore.embedded import EmbeddedStack, _die_with_parent
+from streamcore.embedded import EmbeddedStack, _die_with_parent, stop_processes
 from streamcore.kafka import ensure_topics
 from streamcore.schemas import Label
 from streamcore.settings import Settings
@@ -57,19 +57,6 @@ def _spawn_stage(stage: str, settings: Settings) -> subprocess.Popen:
                             preexec_fn=_die_with_parent)
 
 
-def _stop_all(procs: list[subprocess.Popen], timeout: float = 15.0) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 #: A demo's trainer bootstraps a model in about a minute on two cores instead of many.
 _DEMO_TRAINER = {"trainer_n_train": 3000, "trainer_n_test": 600, "trainer_epochs": 6, "trainer_pretrain_epochs": 2}
 
@@ -88,7 +75,7 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
         created = ensure_topics(settings)
         console.print(f"topics ready ({len(created)} created, {settings.partitions} partitions)")
         procs: list[subprocess.Popen] = []
-        stack.callback(_stop_all, procs)
+        stack.callback(stop_processes, procs)
         procs.extend(_spawn_stage(stage, settings) for stage in _STAGES)
         console.print(f"stages started: {', '.join(_STAGES)} · metrics from port {settings.metrics_port}")
         stop = threading.Event()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from streamcore.embedded import EmbeddedStack
+from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.kafka import ensure_topics
 from streamcore.settings import Settings
 
@@ -58,15 +58,7 @@ class Workers:
         return all(p.poll() is None for ps in self.procs.values() for p in ps)
 
     def stop(self) -> None:
-        for proc in (p for ps in self.procs.values() for p in ps):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in (p for ps in self.procs.values() for p in ps):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes((p for ps in self.procs.values() for p in ps), timeout=20)
 
 
 @pytest.fixture

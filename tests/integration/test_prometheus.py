@@ -15,6 +15,7 @@ import pytest
 from kafka import KafkaProducer
 
 from streamcore.embedded import free_port
+from streamcore.embedded import stop_processes
 from streamcore.serde import encode
 from tests.support import wait_until
 from training.ontology import load_ontology
@@ -86,13 +87,7 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Prometheus
         return server
 
     yield start
-    for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_processes(procs, timeout=10)
 
 
 def _ready(url: str) -> bool:

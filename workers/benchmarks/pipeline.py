@@ -30,7 +30,7 @@ from kafka import KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from streamcore.embedded import EmbeddedStack
+from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.images import load_image
 from streamcore.kafka import ensure_topics
 from streamcore.reports import write_report
@@ -90,14 +90,6 @@ def _worker(settings: Settings) -> subprocess.Popen:
                             env=settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 def _fresh(base: Settings, posts: list[Post], hints: list[Hints], **changes) -> tuple[Settings, list[Post], list[Hints]]:
     """New topics, group and post ids: a post id labelled in an earlier run would be a duplicate."""
     run = uuid.uuid4().hex[:8]
@@ -115,7 +107,7 @@ def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch:
     try:
         stamps = sorted(l.labeled_at.timestamp() for l in _labels(settings, len(posts), timeout=900))
     finally:
-        _stop(proc)
+        stop_processes([proc], timeout=30)
     skip = len(stamps) // 10
     return (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip])
 
@@ -129,7 +121,7 @@ def _latency(base: Settings, posts: list[Post], hints: list[Hints], rate: float)
         _produce(settings, posts[1:], hints[1:], rate=rate)
         labels = _labels(settings, len(posts) - 1, timeout=600)
     finally:
-        _stop(proc)
+        stop_processes([proc], timeout=30)
     return sorted((l.labeled_at - l.received_at).total_seconds() * 1000 for l in labels)
 
 

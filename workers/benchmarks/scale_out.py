@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from streamcore.embedded import EmbeddedStack, _die_with_parent, free_port
+from streamcore.embedded import EmbeddedStack, stop_processes, _die_with_parent, free_port
 from streamcore.kafka import ensure_topics
 from streamcore.serde import encode
 from streamcore.settings import STAGE_PORT_OFFSET, Settings
@@ -93,15 +93,7 @@ def _start(settings: Settings, stage: str, index: int, logs: Path) -> Member:
 
 
 def _stop(members: Sequence[Member]) -> None:
-    for member in members:
-        if member.proc.poll() is None:
-            member.proc.terminate()
-    for member in members:
-        try:
-            member.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            member.proc.kill()
-            member.proc.wait()
+    stop_processes((m.proc for m in members), timeout=20)
 
 
 async def _describe(settings: Settings, groups: list[str]) -> dict[str, dict]:

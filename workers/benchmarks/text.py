@@ -30,7 +30,7 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from streamcore.embedded import EmbeddedStack
+from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.reports import write_report
 from streamcore.kafka import ensure_topics
 from streamcore.schemas import ImageSource, Post
@@ -126,12 +126,7 @@ def _run_worker(stack: EmbeddedStack, posts: Sequence[Post], core: int | None, *
     try:
         return _hint_timestamps(settings, len(posts), timeout_s)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_processes([worker], timeout=30)
 
 
 def _print(result: dict) -> None:
