@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import BenchmarkConfig, load_benchmark
     from training.evaluate import evaluate_model
     from training.ontology import load_ontology
+    from training.plots import plot_training_curves
 
     parser = argparse.ArgumentParser(prog="train", description=main.__doc__)
     parser.add_argument("--scenario", choices=["single", "multi"], default="single")
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                for hints in ("mined", "none")}
     config = {"benchmark": dataclasses.asdict(bench), "fit": dataclasses.asdict(fit_config), "history": history}
     save_checkpoint(model, args.out, config=config, metrics=metrics)
+    plot_training_curves(history["history"], args.out / "training_curves.png",
+                         title=f"{args.scenario} · {args.backbone} · {args.head}")
     return 0
 
 

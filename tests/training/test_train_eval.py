@@ -14,6 +14,7 @@ def test_train_writes_a_loadable_checkpoint(tmp_path) -> None:
             "--n-test", "100", "--epochs", "2", "--pretrain-epochs", "1", "--cache-dir", str(tmp_path / "cache"),
             "--out", str(out), "--device", "cpu"]
     assert train.main(argv) == 0
+    assert (out / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = json.loads((out / "metrics.json").read_text())
     for hints in ("mined", "none"):
         for level in ("category", "subcategory", "attribute"):
