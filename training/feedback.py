@@ -108,12 +108,11 @@ class PostStore:
         return _pixels(load_image(stored.source, settings), self.image_size)
 
 
-def _multi_hot(names: Sequence[str], vocabulary: list[str], what: str) -> np.ndarray:
-    index = {n: i for i, n in enumerate(vocabulary)}
+def _multi_hot(names: Sequence[str], index: dict[str, int], what: str) -> np.ndarray:
     unknown = [n for n in names if n not in index]
     if unknown:
         raise BadInput("bad_schema", f"feedback names unknown {what}: {unknown[:5]}")
-    row = np.zeros(len(vocabulary), np.float32)
+    row = np.zeros(len(index), np.float32)
     row[[index[n] for n in names]] = 1
     return row
 
@@ -131,10 +130,10 @@ def join(feedback: Feedback, store: PostStore, *, ontology: Ontology, miner: Tex
         return None
     if not multi and len(feedback.categories) != 1:
         raise BadInput("bad_schema", f"a one-item model takes exactly one category, got {feedback.categories}")
-    targets = [_multi_hot(getattr(feedback, level), names, level)
-               for level, names in (("categories", ontology.category_names),
-                                    ("subcategories", ontology.subcategory_names),
-                                    ("attributes", ontology.attribute_names))]
+    targets = [_multi_hot(getattr(feedback, level), index, level)
+               for level, index in (("categories", ontology.category_ids),
+                                    ("subcategories", ontology.subcategory_ids),
+                                    ("attributes", ontology.attribute_ids))]
     hints = miner.mine_text(stored.caption, stored.comments, stored.hashtags, stored.user_tags, post_id=stored.post_id)
     hint_categories, hint_attributes = (t[0].numpy() for t in hints_to_tensors([hints], ontology))
     return Example(store.pixels(stored, settings), hint_categories, hint_attributes, *targets, stored.caption)

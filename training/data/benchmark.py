@@ -71,7 +71,7 @@ def _draw_item(rng: random.Random, ontology: Ontology, label: int) -> tuple[int,
     category, subcategory = CLASS_MAP[label]
     k = ontology.category_index(category)
     spec = ontology.categories[k]
-    return k, ontology.subcategory_names.index(subcategory), rng.choice(spec.materials), rng.choice(spec.patterns)
+    return k, ontology.subcategory_ids[subcategory], rng.choice(spec.materials), rng.choice(spec.patterns)
 
 
 def _pick_outfit(rng: random.Random, labels: np.ndarray, multi: bool) -> list[int]:
@@ -107,7 +107,7 @@ def _generate(ontology: Ontology, config: BenchmarkConfig, split: str, pool: tup
     seed = config.seed * 1000 + SPLITS.index(split)
     rng, np_rng = random.Random(seed), np.random.default_rng(seed)
     tile = config.size // 2 if config.multi else config.size
-    attribute_index = {n: i for i, n in enumerate(ontology.attribute_names)}
+    attribute_index = ontology.attribute_ids
     images = np.empty((count, 3, config.size, config.size), np.uint8)
     targets = [np.zeros((count, n), np.float32) for n in (K, M, P)]
     captions, hints = [], []

@@ -124,8 +124,7 @@ def hints_to_tensors(hints: Sequence[Hints | None], ontology: Ontology) -> tuple
     ontology does not know are skipped: hints only steer the model, so a miner on another ontology
     version must not stop labelling.
     """
-    categories = {n: i for i, n in enumerate(ontology.category_names)}
-    attributes = {n: i for i, n in enumerate(ontology.attribute_names)}
+    categories, attributes = ontology.category_ids, ontology.attribute_ids
     cat = torch.zeros(len(hints), len(categories))
     att = torch.zeros(len(hints), len(attributes))
     for row, hint in enumerate(hints):

@@ -65,6 +65,21 @@ class Ontology:
         return [t.name for t in self.materials] + [t.name for t in self.patterns]
 
     @cached_property
+    def category_ids(self) -> dict[str, int]:
+        """Category name → index."""
+        return {name: i for i, name in enumerate(self.category_names)}
+
+    @cached_property
+    def subcategory_ids(self) -> dict[str, int]:
+        """Sub-category name → index."""
+        return {name: i for i, name in enumerate(self.subcategory_names)}
+
+    @cached_property
+    def attribute_ids(self) -> dict[str, int]:
+        """Attribute (material or pattern) name → index."""
+        return {name: i for i, name in enumerate(self.attribute_names)}
+
+    @cached_property
     def subcategory_parent(self) -> list[int]:
         """Category index of every sub-category index."""
         return [ci for ci, c in enumerate(self.categories) for _ in c.subcategories]
@@ -72,8 +87,7 @@ class Ontology:
     @cached_property
     def attribute_ranges(self) -> list[list[int]]:
         """Per category, the sorted attribute indices it allows (DynamicPruning/Layers range)."""
-        index = {name: i for i, name in enumerate(self.attribute_names)}
-        return [sorted(index[a] for a in (*c.materials, *c.patterns)) for c in self.categories]
+        return [sorted(self.attribute_ids[a] for a in (*c.materials, *c.patterns)) for c in self.categories]
 
     @cached_property
     def subcategory_ranges(self) -> list[list[int]]:
@@ -83,8 +97,8 @@ class Ontology:
     def category_index(self, name: str) -> int:
         """Index of a category by name; raises ``KeyError`` with the known names."""
         try:
-            return self.category_names.index(name)
-        except ValueError:
+            return self.category_ids[name]
+        except KeyError:
             raise KeyError(f"unknown category {name!r}; known: {self.category_names}") from None
 
 
