@@ -113,14 +113,6 @@ class MicroBatcher(Generic[T, R]):
         finally:
             self._slots.release()
 
-    async def drain(self) -> None:
-        """Wait until every submitted item's batch has finished (used at shutdown)."""
-        while self._queue or self._running:
-            if self._running:
-                await asyncio.wait(set(self._running))
-            else:
-                await asyncio.sleep(self.max_wait_s / 2 or 0.001)
-
     async def close(self) -> None:
         """Stop the batching task; pending futures are cancelled."""
         if self._loop_task is not None:

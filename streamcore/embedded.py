@@ -19,6 +19,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+from kafka import KafkaAdminClient
+
 from streamcore.exceptions import InfrastructureError
 
 _PR_SET_PDEATHSIG = 1
@@ -136,9 +139,6 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
         self._procs.append((name, proc))
 
     def _wait_answers(self) -> None:
-        import redis
-        from kafka import KafkaAdminClient
-
         deadline = time.monotonic() + self.start_timeout
         last: Exception | None = None
         while time.monotonic() < deadline:

@@ -13,10 +13,6 @@ from streamcore.exceptions import BadInput
 
 PostId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
-#: SPEC limit on caption + comments (bytes of UTF-8); configurable through Settings.
-DEFAULT_MAX_TEXT_BYTES = 64 * 1024
-
-
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock used for message timestamps."""
     return datetime.now(timezone.utc)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,14 +99,10 @@ class Settings(BaseSettings):
 
     def child_env(self) -> dict[str, str]:
         """Environment for a child process that should see these settings (``kafka``, ``redis_url``...)."""
-        import os
-
         env = dict(os.environ)
         for name, value in self.model_dump(exclude={"kafka_options", "config_file"}, exclude_none=True).items():
             env[f"STYLESTREAM_{name.upper()}"] = str(value)
         if self.kafka_options:
-            import json
-
             env["STYLESTREAM_KAFKA_OPTIONS"] = json.dumps(self.kafka_options)
         return env
 
@@ -168,13 +167,7 @@ class _FileSource(PydanticBaseSettingsSource):
             return {}
         path = Path(path)
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            import json
-
-            return json.loads(text)
-        import tomllib
-
-        return tomllib.loads(text)
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
 
 
 TOPICS = ("posts", "hints", "labels", "posts.dlq", "model-updates", "feedback")

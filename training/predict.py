@@ -14,6 +14,7 @@ from streamcore.schemas import Hints, HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.settings import Settings
 from training.models import DynamicCNN, build_model, hints_to_tensors
 from training.ontology import Ontology, load_ontology
+from training.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,6 @@ class Predictor:
     @classmethod
     def load(cls, settings: Settings, version: str | None = None) -> Predictor:
         """``version`` (or the registry's serving one) loaded, or an untrained model when there is none."""
-        from training.registry import Registry
-
         ontology = load_ontology()
         device = resolve_device(settings.device)
         registry = Registry(settings.model_dir)

@@ -93,9 +93,10 @@ class ClassifyStage(Stage):
     # -- join ------------------------------------------------------------------------------------
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         deadline = time.monotonic() + self.settings.hint_wait_ms / 1000
+        hints_topic = self.settings.topic("hints")
         for record in records:
             try:
-                if record.topic == self.settings.topic("hints"):
+                if record.topic == hints_topic:
                     self._on_hints(record, decode(record.value, Hints, max_bytes=self.settings.max_message_bytes))
                 else:
                     self._on_post(record, decode_post(record.value, self.settings), deadline)
@@ -138,14 +139,17 @@ class ClassifyStage(Stage):
 
     def _backpressure(self) -> None:
         held = len(self._waiting) + len(self._tasks)
+        pause = not self._paused and held >= self.settings.max_inflight
+        resume = self._paused and held <= self.settings.max_inflight // 2
+        if not (pause or resume):
+            return
         posts = [tp for tp in self.consumer.assignment() if tp.topic == self.settings.topic("posts")]
-        if not self._paused and held >= self.settings.max_inflight:
+        if pause:
             self.consumer.pause(*posts)
-            self._paused = True
             self.metrics.backpressure.labels(self.name).inc()
-        elif self._paused and held <= self.settings.max_inflight // 2:
+        else:
             self.consumer.resume(*posts)
-            self._paused = False
+        self._paused = pause
 
     # -- per post --------------------------------------------------------------------------------
     def _start(self, waiting: _Waiting) -> None:

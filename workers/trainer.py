@@ -71,27 +71,27 @@ GATES = {"attribute_p3": ("attribute", "P@3"), "category_p1": ("category", "P@1"
 
 
 class TrainerConfig(BaseModel):
-    """The trainer's knobs (``backbone``/``head``/``device`` default to the serving Settings)."""
+    """The trainer's knobs. Build it with :meth:`from_settings`: the ``trainer_*`` defaults live in Settings."""
 
     model_config = ConfigDict(frozen=True)
 
-    interval_s: float | None = Field(3600.0, gt=0, description="retrain period; None: no schedule")
-    min_feedback: int | None = Field(100, ge=1, description="new feedback examples that trigger a run; None: never")
-    gate_margin: float = Field(0.01, ge=0, le=1, description="how much worse than serving a candidate may be")
-    max_posts: int = Field(10_000, ge=1, description="posts kept for joining feedback")
-    max_examples: int = Field(50_000, ge=1, description="feedback examples retained for training")
-    backbone: str = "tiny"
-    head: str = "dynamic_layers"
-    multi: bool = False
-    device: str = "auto"
-    n_train: int = Field(10_000, ge=10)
-    n_test: int = Field(2_000, ge=10)
+    interval_s: float | None = Field(gt=0, description="retrain period; None: no schedule")
+    min_feedback: int | None = Field(ge=1, description="new feedback examples that trigger a run; None: never")
+    gate_margin: float = Field(ge=0, le=1, description="how much worse than serving a candidate may be")
+    max_posts: int = Field(ge=1, description="posts kept for joining feedback")
+    max_examples: int = Field(ge=1, description="feedback examples retained for training")
+    backbone: str
+    head: str
+    multi: bool
+    device: str
+    n_train: int = Field(ge=10)
+    n_test: int = Field(ge=10)
     image_size: int = Field(64, ge=32, description="benchmark and stored-post image side")
-    epochs: int = Field(10, ge=1)
-    pretrain_epochs: int = Field(4, ge=0, description="cold start only: end-to-end epochs before freezing")
+    epochs: int = Field(ge=1)
+    pretrain_epochs: int = Field(ge=0, description="cold start only: end-to-end epochs before freezing")
     lr: float = Field(0.05, gt=0)
     seed: int = 0
-    cache_dir: Path | None = Path("cache/benchmark")
+    cache_dir: Path | None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> TrainerConfig:

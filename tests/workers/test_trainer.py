@@ -35,8 +35,8 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def _trainer(settings, cache_dir: Path) -> Trainer:
-    config = TrainerConfig(n_train=300, n_test=150, epochs=8, pretrain_epochs=2, cache_dir=cache_dir, device="cpu",
-                           gate_margin=0.01)
+    config = TrainerConfig.from_settings(settings, n_train=300, n_test=150, epochs=8, pretrain_epochs=2,
+                                         cache_dir=cache_dir, device="cpu", gate_margin=0.01)
     return Trainer(settings, config, StageMetrics("trainer"))
 
 
@@ -157,7 +157,7 @@ def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None
 @pytest.mark.parametrize(("interval_s", "min_feedback"), [(60.0, 3), (None, 3), (60.0, None)])
 def test_a_run_is_due_on_schedule_or_after_enough_feedback(tmp_path, interval_s, min_feedback) -> None:
     settings = Settings(model_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")  # never contacted here
-    stage = TrainerStage(settings, TrainerConfig(interval_s=interval_s, min_feedback=min_feedback))
+    stage = TrainerStage(settings, TrainerConfig.from_settings(settings, interval_s=interval_s, min_feedback=min_feedback))
     start = time.monotonic()
     assert not stage.due(start)
     assert stage.due(start + 61) == (interval_s is not None)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 from gensim.models import KeyedVectors
 
+from streamcore.schemas import HINT_CLASSES
 from training.ontology import Ontology
 from training.text.lexicon import Lexicon
 
 #: Ontology classes the miner ranks, in ``hints/v1`` order.
-CLASSES = ("categories", "subcategories", "materials", "patterns", "styles", "brands")
 #: Classes matched by exact name only: brand names have no meaningful GloVe neighbours.
 EXACT_ONLY = frozenset({"brands"})
 
@@ -70,9 +70,6 @@ class TermSpace:
             offsets.append(len(names))
         return cls(tuple(names), tuple(offsets)), keywords
 
-    def span(self, klass: int) -> slice:
-        return slice(self.offsets[klass], self.offsets[klass + 1])
-
 
 class Matcher:
     """Vectorised ontology matcher; build once per process, call per post."""
@@ -81,12 +78,12 @@ class Matcher:
         self.weights = weights or MatchWeights()
         self.space, keywords = TermSpace.build(ontology)
         # Brand names are short and arbitrary: "diesen" (German) is not a typo of "diesel".
-        exact_only = frozenset(i for c, name in enumerate(CLASSES) if name in EXACT_ONLY for i in range(*self._span(c)))
+        exact_only = frozenset(i for c, name in enumerate(HINT_CLASSES) if name in EXACT_ONLY for i in range(*self._span(c)))
         self.lexicon = Lexicon.build(keywords, no_typos=exact_only)
         self._rank = vectors.key_to_index
         self._unit = vectors.get_normed_vectors()
         self._log_n = math.log(len(vectors) + 1.0)
-        self._evidence = [i for c, name in enumerate(CLASSES) if name not in EXACT_ONLY for i in range(*self._span(c))]
+        self._evidence = [i for c, name in enumerate(HINT_CLASSES) if name not in EXACT_ONLY for i in range(*self._span(c))]
         rows, terms = self._keyword_rows([(t, kws) for t, kws in keywords if t not in exact_only])
         self._kw = rows  # (n_keywords, dim), unit length, grouped by term
         self._kw_terms, self._kw_starts = np.unique(terms, return_index=True)
@@ -169,7 +166,7 @@ class Matcher:
         candidates = np.flatnonzero(scores >= w.min_score).tolist()
         values = scores[candidates].tolist()
         out: dict[str, list[tuple[str, float]]] = {}
-        for c, name in enumerate(CLASSES):
+        for c, name in enumerate(HINT_CLASSES):
             lo, hi = self._span(c)
             # Stable sort by descending score: ties keep index order, as ``argsort(kind="stable")``.
             in_class = [(i, v) for i, v in zip(candidates, values) if lo <= i < hi]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
-from streamcore.schemas import Hints, Post
+from streamcore.schemas import HINT_CLASSES, Hints, Post
 from training.ontology import Ontology, load_ontology
-from training.text.matcher import CLASSES, Matcher, MatchWeights
-from training.text.normalize import Normalized, Normalizer
+from training.text.matcher import Matcher, MatchWeights
+from training.text.normalize import Normalizer
 from training.text.vectors import DEFAULT_MAX_WORDS, load_vectors
 
 MINER_VERSION = "1.0"
@@ -39,16 +39,6 @@ class TextMiner:
         """A miner for ``ontology`` (the default ontology when None); cached per process."""
         return _cached_miner(ontology or load_ontology(), weights or MatchWeights(), max_words)
 
-    def normalize(
-        self,
-        caption: str,
-        comments: Iterable[str] = (),
-        hashtags: Iterable[str] = (),
-        user_tags: Iterable[str] = (),
-    ) -> Normalized:
-        """The weighted token bag and extracted hashtags/handles/emojis (exposed for debugging/tests)."""
-        return self.normalizer(caption, comments, hashtags, user_tags)
-
     def mine_text(
         self,
         caption: str,
@@ -68,7 +58,7 @@ class TextMiner:
             "hashtags": norm.hashtags,
             "handles": norm.handles,
             "emojis": norm.emojis,
-            **{name: [{"term": t, "score": min(s, 1.0)} for t, s in ranked[name]] for name in CLASSES},
+            **{name: [{"term": t, "score": min(s, 1.0)} for t, s in ranked[name]] for name in HINT_CLASSES},
         })
 
     def mine(self, post: Post) -> Hints:
