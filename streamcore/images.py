@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streamcore.exceptions import BadInput
@@ -44,6 +45,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         raise BadInput("image_too_large", str(exc)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadInput("image_undecodable", f"{type(exc).__name__}: {exc}") from None
+
+
+def to_chw(image: Image.Image, size: int) -> np.ndarray:
+    """``image`` resized to ``size`` x ``size`` as uint8 ``[3, size, size]`` (the models' layout)."""
+    resized = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def _read_path(relative: str, root: Path) -> bytes:

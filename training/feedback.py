@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
-from PIL import Image
 
 from streamcore.exceptions import BadInput
-from streamcore.images import decode_image, load_image
+from streamcore.images import decode_image, load_image, to_chw
 from streamcore.schemas import Feedback, ImageSource, Post
 from streamcore.settings import Settings
 from training.data import Split
@@ -54,11 +53,6 @@ class Example:
     caption: str
 
 
-def _pixels(image: Image.Image, size: int) -> np.ndarray:
-    resized = image.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy()
-
-
 class PostStore:
     """The most recently stored posts, at most ``capacity`` of them.
 
@@ -85,7 +79,7 @@ class PostStore:
         """
         pixels, source = None, post.image
         if post.image.b64 is not None:
-            pixels = _pixels(decode_image(post.image.raw_bytes(), max_pixels=settings.max_image_pixels), self.image_size)
+            pixels = to_chw(decode_image(post.image.raw_bytes(), max_pixels=settings.max_image_pixels), self.image_size)
             source = None
         self._posts[post.post_id] = StoredPost(post.post_id, post.caption, tuple(post.comments), tuple(post.hashtags),
                                                tuple(post.user_tags), pixels, source)
@@ -105,7 +99,7 @@ class PostStore:
         """
         if stored.pixels is not None:
             return stored.pixels
-        return _pixels(load_image(stored.source, settings), self.image_size)
+        return to_chw(load_image(stored.source, settings), self.image_size)
 
 
 def _multi_hot(names: Sequence[str], index: dict[str, int], what: str) -> np.ndarray:

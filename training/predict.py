@@ -6,10 +6,10 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
-import numpy as np
 import torch
 from PIL import Image
 
+from streamcore.images import to_chw
 from streamcore.schemas import Hints, HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.settings import Settings
 from training.models import DynamicCNN, build_model, hints_to_tensors
@@ -58,8 +58,7 @@ class Predictor:
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """Resize to the model's input size; uint8 ``[3, S, S]`` (normalisation happens on the device)."""
-        resized = image.resize((self._size, self._size), Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return torch.from_numpy(to_chw(image, self._size))
 
     def _resize(self, image: torch.Tensor) -> torch.Tensor:
         resized = torch.nn.functional.interpolate(image[None].float(), size=(self._size, self._size), mode="bilinear",

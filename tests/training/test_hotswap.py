@@ -97,8 +97,7 @@ def test_a_corrupt_checkpoint_is_refused_and_the_old_model_keeps_serving(registr
     assert slot.current.version == "v1" and version in slot.refused
     assert _count(slot, "failure") == 1 and _count(slot, "success") == 0
     assert not os.path.exists(MARKER), "a pickle in a checkpoint was executed"
-    labels = slot.current.predict([slot.current.to_tensor.__self__.model.preprocess and _blank(slot)], [None],
-                                  ["p"], [0])
+    labels = slot.current.predict([_blank(slot)], [None], ["p"], [0])
     assert labels[0].model_version == "v1"
 
 
