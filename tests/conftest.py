@@ -49,7 +49,7 @@ class Workers:
         self.procs: dict[str, list[subprocess.Popen]] = {}
 
     def start(self, stage: str, **env: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", stage],
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", stage],
                                 env={**self.settings.child_env(), **env})
         self.procs.setdefault(stage, []).append(proc)
         return proc

@@ -86,7 +86,7 @@ def _labels(settings: Settings, count: int, timeout: float) -> list[Label]:
 
 
 def _worker(settings: Settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", "classify"],
+    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "classify"],
                             env=settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
