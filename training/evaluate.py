@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from streamcore.reports import report_meta
-from training.data import BenchmarkConfig, load_benchmark
+from training.data.benchmark import BenchmarkConfig, load_benchmark
 from training.ontology import load_ontology
 from training.train import FitConfig, evaluate_model, frozen_features, train_head
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.data import Split
+from training.data.benchmark import Split
 from training.metrics import level_metrics
 from training.models import DynamicCNN, ModelOutput, build_model
 from training.ontology import Ontology
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     on cached features.
     """
     from training.checkpoint import save_checkpoint
-    from training.data import BenchmarkConfig, load_benchmark
+    from training.data.benchmark import BenchmarkConfig, load_benchmark
     from training.ontology import load_ontology
     from training.plots import plot_training_curves
 

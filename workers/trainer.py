@@ -52,7 +52,7 @@ from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
 from streamcore.stage import Stage
 from training.checkpoint import save_checkpoint
-from training.data import BenchmarkConfig, Split, load_benchmark
+from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from streamcore.schemas import Feedback
 from training.feedback import Example, PostStore, concat, join, to_split
 from training.models import DynamicCNN

@@ -1,5 +1,6 @@
-"""The Table II benchmark built from Fashion-MNIST (see :mod:`training.data.benchmark`)."""
+"""Benchmark data: Fashion-MNIST items (``fashion_mnist``), painted textures (``textures``) and the Table II
+benchmark built from them with mined hints (``benchmark``, ``captions``).
 
-from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
-
-__all__ = ["BenchmarkConfig", "Split", "load_benchmark"]
+Import the submodules themselves: this face imports nothing, so the synthetic post generator, which needs
+only the images, does not load the text miner (gensim, nltk) that the benchmark uses.
+"""

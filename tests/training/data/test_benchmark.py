@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training.data import BenchmarkConfig, load_benchmark
+from training.data.benchmark import BenchmarkConfig, load_benchmark
 from training.data.textures import MATERIAL_FAMILY, paint
 from training.ontology import load_ontology
 
