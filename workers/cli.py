@@ -1,4 +1,8 @@
-"""The ``stylestream`` command line."""
+"""The ``stylestream`` command line (also ``python -m workers.cli``): the composition root.
+
+Each command imports what it runs inside its body, so ``worker classify`` never loads the text miner,
+``worker text`` never loads the image models, and ``--help`` loads neither.
+"""
 
 from __future__ import annotations
 
