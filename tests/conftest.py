@@ -83,7 +83,7 @@ class Workers:
         if not port:  # settings asked for an ephemeral port: pick one we can find again
             port = _free_port()
             env["STYLESTREAM_METRICS_PORT"] = str(port - STAGE_PORT_OFFSET[stage])
-        proc = subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", stage], env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", stage], env=env)
         self.procs.setdefault(stage, []).append(proc)
         self.ports[proc] = port
         return proc

@@ -11,24 +11,11 @@ from pathlib import Path
 import torch
 
 from streamcore.reports import report_meta
-from training.data import BenchmarkConfig, Split, load_benchmark
-from training.metrics import level_metrics
-from training.models import DynamicCNN
+from training.data.benchmark import BenchmarkConfig, load_benchmark
 from training.ontology import load_ontology
-from training.train import Batchable, FitConfig, frozen_features, predict, train_head
+from training.train import FitConfig, evaluate_model, frozen_features, train_head
 
 HEADS = ("base", "dynamic_pruning", "dynamic_layers")
-LEVELS = {"category": "categories", "subcategory": "subcategories", "attribute": "attributes"}
-
-
-def evaluate_model(model: DynamicCNN, split: Split, *, features: torch.Tensor | None, hints: bool, device: str = "cpu") -> dict[str, dict]:
-    """Per level, the paper's metrics of ``model`` on ``split`` (mined hints or none)."""
-    multi = model.config.multi
-    data = Batchable.from_split(split, multi=multi, inputs=features, hints=hints)
-    out = predict(model, data, features=features is not None, device=device)
-    targets = {"categories": torch.from_numpy(split.categories), "subcategories": torch.from_numpy(split.subcategories),
-               "attributes": torch.from_numpy(split.attributes)}
-    return {level: level_metrics(getattr(out, field), targets[field]) for level, field in LEVELS.items()}
 
 
 def run_table2(*, backbones: list[str], scenarios: list[str], bench: BenchmarkConfig, fit: FitConfig,

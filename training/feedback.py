@@ -21,7 +21,7 @@ from streamcore.exceptions import BadInput
 from streamcore.images import decode_image, load_image, to_chw
 from streamcore.schemas import Feedback, ImageSource, Post
 from streamcore.settings import Settings
-from training.data import Split
+from training.data.benchmark import Split
 from training.models import hints_to_tensors
 from training.ontology import Ontology
 from training.text import TextMiner

@@ -1,4 +1,4 @@
-"""Training: losses, the cached-feature fast path, early stopping and checkpointing."""
+"""Training: losses, the cached-feature fast path, early stopping, held-out scores and checkpointing."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.data import Split
+from training.data.benchmark import Split
+from training.metrics import level_metrics
 from training.models import DynamicCNN, ModelOutput, build_model
 from training.ontology import Ontology
 
-LEVELS = ("categories", "subcategories", "attributes")
+#: Report level name → :class:`ModelOutput` field.
+LEVELS = {"category": "categories", "subcategory": "subcategories", "attribute": "attributes"}
 
 
 def compute_loss(output: ModelOutput, targets: dict[str, Tensor], *, multi: bool, kind: str = "bce") -> Tensor:
@@ -109,6 +111,16 @@ def predict(model: DynamicCNN, data: Batchable, *, features: bool, device: str =
         for x, hc, ha, _ in data.batches(batch_size):
             outs.append(_forward(model, x.to(device), hc.to(device), ha.to(device), features=features))
     return ModelOutput(*(torch.cat([getattr(o, f).float().cpu() for o in outs]) for f in ModelOutput._fields))
+
+
+def evaluate_model(model: DynamicCNN, split: Split, *, features: torch.Tensor | None, hints: bool, device: str = "cpu") -> dict[str, dict]:
+    """Per level, the paper's metrics of ``model`` on ``split`` (mined hints or none)."""
+    multi = model.config.multi
+    data = Batchable.from_split(split, multi=multi, inputs=features, hints=hints)
+    out = predict(model, data, features=features is not None, device=device)
+    targets = {"categories": torch.from_numpy(split.categories), "subcategories": torch.from_numpy(split.subcategories),
+               "attributes": torch.from_numpy(split.attributes)}
+    return {level: level_metrics(getattr(out, field), targets[field]) for level, field in LEVELS.items()}
 
 
 def _autocast(device: str):
@@ -224,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     on cached features.
     """
     from training.checkpoint import save_checkpoint
-    from training.data import BenchmarkConfig, load_benchmark
-    from training.evaluate import evaluate_model
+    from training.data.benchmark import BenchmarkConfig, load_benchmark
     from training.ontology import load_ontology
     from training.plots import plot_training_curves
 

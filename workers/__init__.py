@@ -1,1 +1,2 @@
-"""Stream stages, one module each: ``text`` (posts → hints), ``classify`` (posts + hints → labels)."""
+"""The top layer: stream stages, one module each (``text``, ``classify``, ``trainer``), and the composition root
+(``cli``, ``launcher``, ``benchmarks``) that wires them."""

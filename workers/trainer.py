@@ -52,8 +52,7 @@ from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
 from streamcore.stage import Stage
 from training.checkpoint import save_checkpoint
-from training.data import BenchmarkConfig, Split, load_benchmark
-from training.evaluate import evaluate_model
+from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from streamcore.schemas import Feedback
 from training.feedback import Example, PostStore, concat, join, to_split
 from training.models import DynamicCNN
@@ -62,7 +61,7 @@ from training.predict import resolve_device
 from training.promotion import promote
 from training.registry import Registry
 from training.text import TextMiner
-from training.train import Batchable, FitConfig, extract_features, fit, frozen_features, train_head
+from training.train import Batchable, FitConfig, evaluate_model, extract_features, fit, frozen_features, train_head
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from training.models import DynamicCNN, build_model, hints_to_tensors
 from training.promotion import promote
 from streamcore.exceptions import BadInput
 from streamcore.settings import Settings
-from training.data import BenchmarkConfig, load_benchmark
+from training.data.benchmark import BenchmarkConfig, load_benchmark
 from streamcore.schemas import Feedback
 from training.feedback import PostStore, concat, join, to_split
 from training.ontology import load_ontology

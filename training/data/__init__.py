@@ -1,5 +1,5 @@
-"""The Table II benchmark built from Fashion-MNIST (see :mod:`training.data.benchmark`)."""
+"""The Table II benchmark (``benchmark``): synthetic garments with captions and the hints the text miner
+mines from them (``captions``).
 
-from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
-
-__all__ = ["BenchmarkConfig", "Split", "load_benchmark"]
+Import the submodules themselves: this face imports nothing.
+"""

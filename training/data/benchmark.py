@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from training.data.captions import caption_item, mine
-from training.data.fashion_mnist import CLASS_MAP, load_split, resize_grey
-from training.data.textures import paint
 from training.models import hints_to_tensors
 from training.ontology import Ontology
+from training.synthetic.fashion_mnist import CLASS_MAP, load_split, resize_grey
+from training.synthetic.textures import paint
 
 SPLITS = ("train", "val", "test")
 

@@ -18,11 +18,11 @@ import numpy as np
 from PIL import Image
 
 from streamcore.schemas import ImageSource, Post, utcnow
-from training.data.fashion_mnist import CLASS_MAP, load_split, resize_grey
-from training.data.textures import paint
 from training.ontology import Ontology
 from training.synthetic.captions import make_caption
+from training.synthetic.fashion_mnist import CLASS_MAP, load_split, resize_grey
 from training.synthetic.images import colour_names, draw_garment, jpeg_bytes
+from training.synthetic.textures import paint
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,6 @@ from streamcore.settings import Settings
 from training.ontology import load_ontology
 from training.predict import Predictor, resolve_device
 from training.synthetic.posts import generate_posts
-from training.text import TextMiner
 
 COMMAND = "stylestream bench pipeline"
 
@@ -86,7 +85,7 @@ def _labels(settings: Settings, count: int, timeout: float) -> list[Label]:
 
 
 def _worker(settings: Settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", "classify"],
+    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "classify"],
                             env=settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -139,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--head", default="dynamic_layers")
     parser.add_argument("--out", type=Path, default=Path("reports/bench_pipeline.json"))
     args = parser.parse_args(argv)
+
+    # Imported here, not at the top: only a run mines hints; importing the benchmark must not need gensim
+    # and nltk, which a classify-only (GPU) machine need not have.
+    from training.text import TextMiner
 
     console = Console()
     ontology = load_ontology()

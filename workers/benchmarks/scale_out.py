@@ -87,7 +87,7 @@ def _start(settings: Settings, stage: str, index: int, logs: Path) -> Member:
     log = logs / f"{stage}-{index}.log"
     env = {**settings.child_env(), "STYLESTREAM_METRICS_PORT": str(port - STAGE_PORT_OFFSET[stage])}
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", stage], env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", stage], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
     return Member(stage, port, log, proc, name=f"{stage}-{index}")
 

@@ -74,7 +74,7 @@ def _produce(settings: Settings, posts: Sequence[Post]) -> None:
 
 
 def _start_worker(settings: Settings, core: int | None, log: Path) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "streamcore.cli", "worker", "text"]
+    argv = [sys.executable, "-m", "workers.cli", "worker", "text"]
     if core is not None and shutil.which("taskset"):
         argv = ["taskset", "-c", str(core), *argv]
     with log.open("wb") as out:

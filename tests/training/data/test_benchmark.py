@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from training.data import BenchmarkConfig, load_benchmark
-from training.data.textures import MATERIAL_FAMILY, paint
+from training.data.benchmark import BenchmarkConfig, load_benchmark
 from training.ontology import load_ontology
+from training.synthetic.textures import MATERIAL_FAMILY, paint
 
 ONTOLOGY = load_ontology()
 

@@ -53,7 +53,7 @@ def print_label(console: Console, label: Label) -> None:
 
 
 def _spawn_stage(stage: str, settings: Settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", stage], env=settings.child_env(),
+    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", stage], env=settings.child_env(),
                             preexec_fn=_die_with_parent)
 
 

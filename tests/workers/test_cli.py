@@ -4,8 +4,8 @@ import pytest
 from kafka import KafkaAdminClient
 from typer.testing import CliRunner
 
-from streamcore.cli import app
 from streamcore.settings import TOPICS
+from workers.cli import app
 
 
 @pytest.mark.integration

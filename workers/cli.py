@@ -1,4 +1,8 @@
-"""The ``stylestream`` command line."""
+"""The ``stylestream`` command line (also ``python -m workers.cli``): the composition root.
+
+Each command imports what it runs inside its body, so ``worker classify`` never loads the text miner,
+``worker text`` never loads the image models, and ``--help`` loads neither.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ def up(
     rate: Annotated[float, typer.Option(help="Demo posts per second.")] = 5.0,
 ) -> None:
     """Start the broker + Redis (unless external ones are configured), topics and all stages."""
-    from streamcore.launcher import run_up
+    from workers.launcher import run_up
 
     run_up(_settings(), demo=demo, rate=rate, console=console)
 
@@ -50,7 +54,7 @@ def produce(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Produce synthetic posts (images + captions) to the posts topic."""
-    from streamcore.launcher import produce_synthetic
+    from workers.launcher import produce_synthetic
 
     settings = _settings()
     sent = produce_synthetic(settings, count=count, rate=rate, multi=multi, seed=seed)
@@ -64,7 +68,7 @@ def tail(
 ) -> None:
     """Print labels as they arrive."""
     from streamcore.client import StylestreamClient
-    from streamcore.launcher import print_label
+    from workers.launcher import print_label
 
     with StylestreamClient(_settings()) as client, closing(client.labels(from_beginning=from_beginning)) as labels:
         for n, label in enumerate(labels, 1):
