@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 from streamcore.schemas import Label
@@ -51,9 +52,10 @@ class RedisLabelSink:
         self._keys: RedisKeys = settings.keys
         self._maxlen = settings.redis_stream_maxlen
         self._ttl = settings.redis_label_ttl_s or 0
+        self._cluster = settings.redis_cluster
 
     async def write(self, labels: list[Label], fingerprints: list[str]) -> list[bytes | None]:
-        """Write labels in two round trips (labels, then the stream entries that are due).
+        """Write labels, then the stream entries that are due (two round trips on one server).
 
         Args:
             fingerprints: per label, :func:`fingerprint` of its post's raw message.
@@ -62,11 +64,10 @@ class RedisLabelSink:
             Per label, the stored (canonical) JSON, or ``None`` when the post id was already labelled
             from different content (a conflicting duplicate post).
         """
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for label, print_ in zip(labels, fingerprints, strict=True):
-                await self._script(keys=[self._keys.label(label.post_id), self._keys.post_meta(label.post_id)],
-                                   args=[encode(label), label.model_version, print_, self._ttl], client=pipe)
-            replies = list(await pipe.execute())
+        calls = [([self._keys.label(label.post_id), self._keys.post_meta(label.post_id)],
+                  [encode(label), label.model_version, print_, self._ttl])
+                 for label, print_ in zip(labels, fingerprints, strict=True)]
+        replies = await self._run_scripts(calls)
         due = [(label.post_id, reply[0]) for label, reply in zip(labels, replies) if reply and int(reply[1])]
         if due:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -76,6 +77,17 @@ class RedisLabelSink:
                     pipe.hset(self._keys.post_meta(post_id), "streamed", "1")
                 await pipe.execute()
         return [reply[0] if reply else None for reply in replies]
+
+    async def _run_scripts(self, calls: list[tuple[list[str], list]]) -> list:
+        if self._cluster:
+            # Cluster pipelines refuse scripts: each call goes to the node owning its slot, concurrently.
+            # (The slot map must be loaded first: concurrent first commands race inside redis-py 8.)
+            await self._redis.initialize()
+            return list(await asyncio.gather(*(self._script(keys=keys, args=args) for keys, args in calls)))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await self._script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute())
 
     async def current_model(self) -> str | None:
         """The serving model version pointer, if any."""
