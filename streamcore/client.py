@@ -19,7 +19,8 @@ from pathlib import Path
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
-from streamcore.kafka import bootstrap
+from streamcore import redisconn
+from streamcore.kafka import bootstrap, kafka_python_security
 from streamcore.schemas import ImageSource, Label, Post, utcnow
 from streamcore.serde import decode, encode
 from streamcore.settings import Settings
@@ -39,7 +40,7 @@ class StylestreamClient:
         if self._producer is None:
             self._producer = KafkaProducer(bootstrap_servers=bootstrap(self.settings), acks="all", linger_ms=5,
                                            max_request_size=self.settings.max_message_bytes + 65536,
-                                           **self.settings.kafka_options)
+                                           **self.settings.kafka_options, **kafka_python_security(self.settings))
         self._producer.send(self.settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
         return post.post_id
 
@@ -72,7 +73,7 @@ class StylestreamClient:
             self.settings.topic("labels"), bootstrap_servers=bootstrap(self.settings), group_id=group,
             auto_offset_reset="earliest" if from_beginning else "latest", enable_auto_commit=group is not None,
             session_timeout_ms=self.settings.session_timeout_ms, consumer_timeout_ms=int(timeout * 1000) if timeout else float("inf"),
-            **self.settings.kafka_options,
+            **self.settings.kafka_options, **kafka_python_security(self.settings),
         )
         try:
             for record in consumer:
@@ -102,7 +103,7 @@ class StylestreamClient:
         if self._redis is None:
             if not self.settings.redis_url:
                 raise ValueError("STYLESTREAM_REDIS_URL is not set")
-            self._redis = redis.Redis.from_url(self.settings.redis_url)
+            self._redis = redisconn.connect(self.settings)
         return self._redis
 
     def close(self) -> None:

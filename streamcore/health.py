@@ -56,7 +56,7 @@ class HealthServer:
         self.ready = ready
         self._server: ThreadingHTTPServer | None = None
 
-    def start(self, port: int, host: str = "") -> int:
+    def start(self, port: int, host: str = "127.0.0.1") -> int:
         """Listen on ``host:port`` (0 = ephemeral) in a daemon thread; returns the bound port."""
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import io
-import ipaddress
-import socket
 import warnings
 from pathlib import Path
-from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streamcore.exceptions import BadInput
+from streamcore.fetch import FetchPolicy, fetch_url
 from streamcore.schemas import ImageSource
 from streamcore.settings import Settings
-
-_URL_TIMEOUT_S = 5.0
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -64,37 +59,10 @@ def _read_path(relative: str, root: Path) -> bytes:
         raise BadInput("path_unreadable", f"{relative!r}: {exc.strerror}") from None
 
 
-def _public_address(host: str, port: int) -> str:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise BadInput("url_unreachable", f"cannot resolve {host!r}: {exc}") from None
-    addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
-    for address in addresses:
-        if not address.is_global:
-            raise BadInput("url_refused", f"{host!r} resolves to non-public address {address}")
-    return str(next(iter(addresses)))
-
-
-def _fetch_url(url: str, max_bytes: int) -> bytes:
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise BadInput("url_refused", f"only http(s) URLs with a host are fetched, got {url[:200]!r}")
-    _public_address(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-    try:
-        # Redirects are not followed: a redirect could point at a private address after our check.
-        with httpx.stream("GET", url, timeout=_URL_TIMEOUT_S, follow_redirects=False) as response:
-            if response.status_code != 200:
-                raise BadInput("url_unreachable", f"HTTP {response.status_code} for {url[:200]!r}")
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise BadInput("image_too_large", f"download exceeds {max_bytes} bytes")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.HTTPError as exc:
-        raise BadInput("url_unreachable", f"{type(exc).__name__}: {exc}") from None
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """How image URLs are downloaded under ``settings`` (the body cap is the message limit)."""
+    return FetchPolicy(timeout_s=settings.url_timeout_s, max_bytes=settings.max_message_bytes,
+                       allow_http=settings.url_allow_http)
 
 
 def load_image(source: ImageSource, settings: Settings) -> Image.Image:
@@ -108,5 +76,5 @@ def load_image(source: ImageSource, settings: Settings) -> Image.Image:
     elif source.path is not None:
         data = _read_path(source.path, settings.image_root)
     else:
-        data = _fetch_url(source.url, settings.max_message_bytes)
+        data = fetch_url(source.url, fetch_policy(settings))
     return decode_image(data, max_pixels=settings.max_image_pixels)

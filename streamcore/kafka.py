@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -26,7 +28,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
     Returns the topics that were created by this call.
     """
     admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id="stylestream-admin",
-                             **_sync_security(settings))
+                             **kafka_python_security(settings))
     try:
         existing = set(admin.list_topics())
         wanted = []
@@ -48,9 +50,50 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
         admin.close()
 
 
-def _sync_security(settings: Settings) -> dict[str, Any]:
-    keys = ("security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password", "ssl_cafile")
-    return {k: v for k, v in settings.kafka_options.items() if k in keys}
+def _sasl(settings: Settings) -> dict[str, Any]:
+    # Both libraries name SCRAM credentials sasl_plain_* too.
+    if not settings.kafka_security_protocol.startswith("SASL"):
+        return {}
+    return {"sasl_mechanism": settings.kafka_sasl_mechanism, "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_password": settings.kafka_sasl_password.get_secret_value()}
+
+
+def _uses_tls(settings: Settings) -> bool:
+    return settings.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+
+def aiokafka_security(settings: Settings) -> dict[str, Any]:
+    """Security arguments for aiokafka clients: TLS goes in as one ``ssl_context`` object.
+
+    The context trusts ``kafka_ssl_cafile`` (the system CAs when unset) and presents the client
+    certificate when one is configured.
+    """
+    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol, **_sasl(settings)}
+    if _uses_tls(settings):
+        context = create_ssl_context(
+            cafile=_path(settings.kafka_ssl_cafile), certfile=_path(settings.kafka_ssl_certfile),
+            keyfile=_path(settings.kafka_ssl_keyfile),
+            password=settings.kafka_ssl_key_password.get_secret_value() if settings.kafka_ssl_key_password else None)
+        context.check_hostname = settings.kafka_ssl_check_hostname
+        options["ssl_context"] = context
+    return options
+
+
+def kafka_python_security(settings: Settings) -> dict[str, Any]:
+    """Security arguments for kafka-python clients (admin, the sync client, promotion): file paths."""
+    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol, **_sasl(settings)}
+    if _uses_tls(settings):
+        options["ssl_check_hostname"] = settings.kafka_ssl_check_hostname
+        tls = {"ssl_cafile": _path(settings.kafka_ssl_cafile), "ssl_certfile": _path(settings.kafka_ssl_certfile),
+               "ssl_keyfile": _path(settings.kafka_ssl_keyfile),
+               "ssl_password": settings.kafka_ssl_key_password.get_secret_value()
+               if settings.kafka_ssl_key_password else None}
+        options.update({k: v for k, v in tls.items() if v is not None})
+    return options
+
+
+def _path(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
@@ -61,6 +104,7 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
         "linger_ms": 5,
         "max_request_size": settings.max_message_bytes + 64 * 1024,
         **settings.kafka_options,
+        **aiokafka_security(settings),
         **overrides,
     }
     return AIOKafkaProducer(**options)
@@ -80,6 +124,7 @@ def make_consumer(settings: Settings, *topics: str, group: str | None, **overrid
         "max_partition_fetch_bytes": settings.max_message_bytes + 64 * 1024,
         "fetch_max_bytes": max(52_428_800, settings.max_message_bytes * 2),
         **settings.kafka_options,
+        **aiokafka_security(settings),
         **overrides,
     }
     return AIOKafkaConsumer(*[settings.topic(t) for t in topics], **options)

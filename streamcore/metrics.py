@@ -22,6 +22,8 @@ class StageMetrics:
         self.consumed = Counter("stylestream_messages_consumed_total", "Records fetched from Kafka", s + ("topic",), registry=r)
         self.processed = Counter("stylestream_messages_processed_total", "Records whose outputs were written", s, registry=r)
         self.dead_letters = Counter("stylestream_dead_letters_total", "Records sent to the DLQ", s + ("reason",), registry=r)
+        self.skipped = Counter("stylestream_bad_records_skipped_total",
+                               "Bad records left to the stage that owns their dead letter", s + ("reason",), registry=r)
         self.labeled = Counter("stylestream_posts_labeled_total", "Labels written to Redis and the labels topic", registry=r)
         self.hinted = Counter("stylestream_posts_with_hints_total", "Labels whose model used mined hints", registry=r)
         self.stage_latency = Histogram("stylestream_stage_latency_seconds", "Fetch-to-output time per record", s,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 #: Stage offsets added to ``metrics_port`` so several stages on one host don't collide.
@@ -77,7 +79,58 @@ class Settings(BaseSettings):
     trainer_cache_dir: Path = Path("cache/benchmark")
     kafka_options: dict[str, Any] = Field(default_factory=dict)
 
+    # Issue 13: security and interoperability (Kafka TLS/SASL, Redis Cluster + label TTL, URL fetching,
+    # health bind address). Secrets are SecretStr: they never appear in repr, logs or metrics.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    #: Talk to a Redis Cluster (every key one script touches shares a hash slot).
+    redis_cluster: bool = False
+    #: Expiry of label keys in seconds; None keeps labels forever.
+    redis_label_ttl_s: int | None = Field(None, ge=1)
+    #: Interface of /metrics, /healthz, /readyz; the container images set 0.0.0.0 so Prometheus can scrape.
+    health_host: str = "127.0.0.1"
+    #: Image URLs: plain http only when allowed; one deadline for resolve + connect + download.
+    url_allow_http: bool = False
+    url_timeout_s: float = Field(5.0, gt=0)
+
     config_file: Path | None = None
+
+    @field_validator("kafka_options")
+    @classmethod
+    def _no_security_in_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # aiokafka and kafka-python take TLS differently (context object vs file paths): the dedicated
+        # fields are translated per library, a pass-through dict cannot be.
+        misplaced = sorted(k for k in value if k.startswith(("security_", "ssl_", "sasl_")))
+        if misplaced:
+            raise ValueError(f"set {misplaced} with the STYLESTREAM_KAFKA_SECURITY_PROTOCOL / _SSL_* / _SASL_* "
+                             "settings, not in kafka_options")
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+                self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"kafka_security_protocol {self.kafka_security_protocol} needs kafka_sasl_username "
+                             "and kafka_sasl_password")
+        if self.kafka_ssl_keyfile and not self.kafka_ssl_certfile:
+            raise ValueError("kafka_ssl_keyfile needs kafka_ssl_certfile")
+        return self
+
+    def __repr_args__(self):
+        # The Redis URL and pass-through Kafka options may carry passwords; SecretStr fields mask themselves.
+        for name, value in super().__repr_args__():
+            if name == "redis_url" and value:
+                value = _mask_url(value)
+            elif name == "kafka_options":
+                value = {k: "**********" if _SECRET_WORDS.search(k) else v for k, v in value.items()}
+            yield name, value
 
     @field_validator("device")
     @classmethod
@@ -101,7 +154,7 @@ class Settings(BaseSettings):
         """Environment for a child process that should see these settings (``kafka``, ``redis_url``...)."""
         env = dict(os.environ)
         for name, value in self.model_dump(exclude={"kafka_options", "config_file"}, exclude_none=True).items():
-            env[f"STYLESTREAM_{name.upper()}"] = str(value)
+            env[f"STYLESTREAM_{name.upper()}"] = str(value.get_secret_value() if isinstance(value, SecretStr) else value)
         if self.kafka_options:
             env["STYLESTREAM_KAFKA_OPTIONS"] = json.dumps(self.kafka_options)
         return env
@@ -124,9 +177,27 @@ class Settings(BaseSettings):
         return self.metrics_port + STAGE_PORT_OFFSET.get(stage, 0) if self.metrics_port else 0
 
 
+_SECRET_WORDS = re.compile(r"password|secret|token|credential", re.IGNORECASE)
+
+
+def _mask_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by asterisks."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:**********@{netloc}"))
+
+
 @dataclass(frozen=True)
 class RedisKeys:
-    """Redis key names (SPEC "Redis keys" with the default prefix ``stylestream``)."""
+    """Redis key names (SPEC "Redis keys" with the default prefix ``stylestream``).
+
+    Redis Cluster: keys used together carry a hash tag equal to the name of the contract key they belong
+    with (``{stylestream:label:ID}:post`` hashes like ``stylestream:label:ID``), so one script or
+    transaction touches one slot while the contract names stay as documented.
+    """
 
     prefix: str = "stylestream"
 
@@ -134,9 +205,9 @@ class RedisKeys:
         """The Label JSON of one post."""
         return f"{self.prefix}:label:{post_id}"
 
-    def source(self, post_id: str) -> str:
-        """``topic/partition/offset`` of the message a post was first labelled from."""
-        return f"{self.prefix}:source:{post_id}"
+    def post_meta(self, post_id: str) -> str:
+        """Hash beside a label: the fingerprint of the post it was made from, whether it reached the stream."""
+        return f"{{{self.label(post_id)}}}:post"
 
     @property
     def labels_stream(self) -> str:
@@ -148,7 +219,8 @@ class RedisKeys:
 
     @property
     def model_history(self) -> str:
-        return f"{self.prefix}:model:history"
+        """Promotion history; in the serving pointer's slot so promote/rollback run as one transaction."""
+        return f"{{{self.model_current}}}:history"
 
 
 class _FileSource(PydanticBaseSettingsSource):

@@ -2,57 +2,91 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
+import asyncio
+import hashlib
 
 from streamcore.schemas import Label
 from streamcore.serde import encode
-from streamcore.settings import RedisKeys
+from streamcore.settings import RedisKeys, Settings
+from streamcore.redisconn import connect_async
 
 
-# A post id first seen at another Kafka position is a duplicate post: nil reply.
-# Keeps the stored label when it came from the same model version, so that reprocessing a post
-# (after a crash or rebalance) returns byte-identical output; the stream entry is added only once.
+def fingerprint(raw: bytes | None) -> str:
+    """Identity of a post's content: the same bytes produced twice are one post (a redo), not two."""
+    return hashlib.sha256(raw or b"").hexdigest()
+
+
+# KEYS[1] the label, KEYS[2] its meta hash: one hash slot (see RedisKeys), so this runs on Redis Cluster.
+# ARGV: label JSON, model version, post fingerprint, TTL seconds (0 = none).
+# Returns {stored label, 1 if it still needs its stream entry}, or nil when the post id was labelled from
+# other content (a conflicting duplicate). Keeps the stored label when it came from the same model
+# version, so a redo (crash, rebalance, producer retry) returns byte-identical output.
 _WRITE_LABEL = """
-local src = redis.call('GET', KEYS[3])
-if src and src ~= ARGV[5] then return false end
-if not src then redis.call('SET', KEYS[3], ARGV[5]) end
+local fp = redis.call('HGET', KEYS[2], 'fingerprint')
+if fp and fp ~= ARGV[3] then return false end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, obj = pcall(cjson.decode, cur)
-  if ok and obj['model_version'] == ARGV[2] then return cur end
+  if ok and obj['model_version'] == ARGV[2] then
+    return {cur, redis.call('HGET', KEYS[2], 'streamed') == '1' and 0 or 1}
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'post_id', ARGV[4], 'label', ARGV[1])
-return ARGV[1]
+local ttl = tonumber(ARGV[4])
+if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl) else redis.call('SET', KEYS[1], ARGV[1]) end
+redis.call('HSET', KEYS[2], 'fingerprint', ARGV[3], 'streamed', '0')
+if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+return {ARGV[1], 1}
 """
 
 
 class RedisLabelSink:
-    """Writes labels to ``<prefix>:label:{post_id}`` and the ``<prefix>:labels`` stream."""
+    """Writes labels to ``<prefix>:label:{post_id}`` and the ``<prefix>:labels`` stream.
 
-    def __init__(self, url: str, *, keys: RedisKeys, stream_maxlen: int) -> None:
-        self._redis = aioredis.Redis.from_url(url)
+    The stream lives in its own hash slot, so its entry is added by a second command after the label
+    script; the ``streamed`` flag makes a redo add an entry that a crash in between left out.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._redis = connect_async(settings)
         self._script = self._redis.register_script(_WRITE_LABEL)
-        self._keys = keys
-        self._maxlen = stream_maxlen
+        self._keys: RedisKeys = settings.keys
+        self._maxlen = settings.redis_stream_maxlen
+        self._ttl = settings.redis_label_ttl_s or 0
+        self._cluster = settings.redis_cluster
 
-    async def write(self, labels: list[Label], sources: list[str]) -> list[bytes | None]:
-        """Write labels in one round trip.
+    async def write(self, labels: list[Label], fingerprints: list[str]) -> list[bytes | None]:
+        """Write labels, then the stream entries that are due (two round trips on one server).
 
         Args:
-            sources: per label, the position of its post (``topic/partition/offset``).
+            fingerprints: per label, :func:`fingerprint` of its post's raw message.
 
         Returns:
             Per label, the stored (canonical) JSON, or ``None`` when the post id was already labelled
-            from another position (a duplicate post).
+            from different content (a conflicting duplicate post).
         """
+        calls = [([self._keys.label(label.post_id), self._keys.post_meta(label.post_id)],
+                  [encode(label), label.model_version, print_, self._ttl])
+                 for label, print_ in zip(labels, fingerprints, strict=True)]
+        replies = await self._run_scripts(calls)
+        due = [(label.post_id, reply[0]) for label, reply in zip(labels, replies) if reply and int(reply[1])]
+        if due:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for post_id, stored in due:
+                    pipe.xadd(self._keys.labels_stream, {"post_id": post_id, "label": stored},
+                              maxlen=self._maxlen, approximate=True)
+                    pipe.hset(self._keys.post_meta(post_id), "streamed", "1")
+                await pipe.execute()
+        return [reply[0] if reply else None for reply in replies]
+
+    async def _run_scripts(self, calls: list[tuple[list[str], list]]) -> list:
+        if self._cluster:
+            # Cluster pipelines refuse scripts: each call goes to the node owning its slot, concurrently.
+            # (The slot map must be loaded first: concurrent first commands race inside redis-py 8.)
+            await self._redis.initialize()
+            return list(await asyncio.gather(*(self._script(keys=keys, args=args) for keys, args in calls)))
         async with self._redis.pipeline(transaction=False) as pipe:
-            for label, source in zip(labels, sources, strict=True):
-                await self._script(
-                    keys=[self._keys.label(label.post_id), self._keys.labels_stream, self._keys.source(label.post_id)],
-                    args=[encode(label), label.model_version, self._maxlen, label.post_id, source],
-                    client=pipe,
-                )
+            for keys, args in calls:
+                await self._script(keys=keys, args=args, client=pipe)
             return list(await pipe.execute())
 
     async def current_model(self) -> str | None:

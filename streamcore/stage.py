@@ -110,6 +110,11 @@ class Stage(ABC):
         self.metrics.dead_letters.labels(self.name, error.code).inc()
         self.done(record)
 
+    def skip(self, record: ConsumerRecord, error: BadInput) -> None:
+        """Drop a bad record whose dead letter another stage owns (one letter per bad message); count it."""
+        self.metrics.skipped.labels(self.name, error.code).inc()
+        self.done(record)
+
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Produce one message and wait for the broker's acknowledgement."""
         await (await self.producer.send(self.settings.topic(topic), value=value, key=key))
@@ -145,7 +150,7 @@ class Stage(ABC):
     def serve_health(self, port: int) -> int:
         """``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` (0 = ephemeral); returns the bound port."""
         server = HealthServer(self.metrics.registry, heartbeat=self.heartbeat, ready=lambda: self.ready)
-        return server.start(port)
+        return server.start(port, self.settings.health_host)
 
     # -- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:

@@ -9,7 +9,8 @@ import redis
 from kafka import KafkaProducer
 
 from streamcore.exceptions import StylestreamError
-from streamcore.kafka import bootstrap
+from streamcore import redisconn
+from streamcore.kafka import bootstrap, kafka_python_security
 from streamcore.schemas import ModelUpdate, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
@@ -38,7 +39,8 @@ def _flat_metrics(entry: Entry) -> dict[str, float]:
 
 def _announce(settings: Settings, entry: Entry) -> ModelUpdate:
     update = ModelUpdate(version=entry.version, path=str(entry.path), metrics=_flat_metrics(entry), promoted_at=utcnow())
-    producer = KafkaProducer(bootstrap_servers=bootstrap(settings), acks="all", **settings.kafka_options)
+    producer = KafkaProducer(bootstrap_servers=bootstrap(settings), acks="all", **settings.kafka_options,
+                             **kafka_python_security(settings))
     try:
         producer.send(settings.topic("model-updates"), key=MODEL_NAME, value=encode(update)).get(timeout=30)
     finally:
@@ -49,7 +51,7 @@ def _announce(settings: Settings, entry: Entry) -> ModelUpdate:
 def _redis(settings: Settings) -> redis.Redis:
     if not settings.redis_url:
         raise StylestreamError("STYLESTREAM_REDIS_URL is not set: promotion moves the pointer in Redis")
-    return redis.Redis.from_url(settings.redis_url)
+    return redisconn.connect(settings)
 
 
 def promote(settings: Settings, version: str) -> ModelUpdate:

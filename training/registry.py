@@ -17,6 +17,21 @@ from training.checkpoint import WEIGHTS_FILE, load_checkpoint
 from training.models import DynamicCNN
 
 CHECKSUM_FILE = "SHA256"
+_VERSION_NAME = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}")
+
+
+def check_version_name(version: str) -> str:
+    """``version`` if it is a registry version name (1-128 of ``[A-Za-z0-9_.:-]``, no leading dot).
+
+    Versions come from Redis (the serving pointer) and the CLI: the check runs before the name is joined
+    to a path, so ``/abs``, ``../x`` or ``.`` can never name a folder outside the registry.
+
+    Raises:
+        ValueError: not a version name.
+    """
+    if not isinstance(version, str) or not _VERSION_NAME.fullmatch(version):
+        raise ValueError(f"version names are 1-128 of [A-Za-z0-9_.:-], not starting with '.', got {version!r:.200}")
+    return version
 
 
 def weights_checksum(directory: Path) -> str:
@@ -57,11 +72,12 @@ class Registry:
         """Published versions, oldest first."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / CHECKSUM_FILE).exists())
+        return sorted(p.name for p in self.root.iterdir()
+                      if _VERSION_NAME.fullmatch(p.name) and p.is_dir() and (p / CHECKSUM_FILE).exists())
 
     def get(self, version: str) -> Entry:
-        """The entry of ``version``; ``KeyError`` if it is not published."""
-        path = self.root / version
+        """The entry of ``version``; ``KeyError`` if it is not published, ``ValueError`` if not a version name."""
+        path = self.root / check_version_name(version)
         if not (path / CHECKSUM_FILE).exists():
             raise KeyError(f"no published checkpoint {version!r} in {self.root}")
         return Entry(version, path)
@@ -74,9 +90,7 @@ class Registry:
     def publish(self, checkpoint_dir: Path, *, name: str | None = None) -> Entry:
         """Copy a checkpoint into the registry as a new immutable version (temp dir + rename)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        version = name or datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S%fZ")
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", version) or version.startswith("."):
-            raise ValueError(f"version names are 1-128 of [A-Za-z0-9_.:-], not starting with '.', got {version!r}")
+        version = check_version_name(name or datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S%fZ"))
         target = self.root / version
         if target.exists():
             raise FileExistsError(f"version {version!r} already exists")

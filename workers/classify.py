@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from aiokafka import TopicPartition
@@ -29,7 +29,7 @@ from streamcore.images import load_image
 from streamcore.schemas import Hints, Post
 from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
-from streamcore.sinks import RedisLabelSink
+from streamcore.sinks import RedisLabelSink, fingerprint
 from streamcore.stage import Stage
 from training.hotswap import ModelSlot
 from training.predict import Predictor
@@ -47,6 +47,9 @@ class _Waiting:
     post: Post
     deadline: float
     hints: Hints | None = None
+    fingerprint: str = ""
+    #: Byte-identical copies fetched while this one waited: finished with it, not labelled twice.
+    redos: list[ConsumerRecord] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class _Item:
     hints: Hints | None
     post_id: str
     timestamp_ms: int
-    source: str
+    fingerprint: str
 
 
 class ClassifyStage(Stage):
@@ -75,8 +78,7 @@ class ClassifyStage(Stage):
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     async def setup(self) -> None:
-        self.sink = RedisLabelSink(self.settings.redis_url, keys=self.settings.keys,
-                                   stream_maxlen=self.settings.redis_stream_maxlen)
+        self.sink = RedisLabelSink(self.settings)
         loop = asyncio.get_running_loop()
         version = await self.sink.current_model()
         try:
@@ -113,12 +115,18 @@ class ClassifyStage(Stage):
         self.done(record)
 
     def _on_post(self, record: ConsumerRecord, post: Post, deadline: float) -> None:
-        # The same message fetched again (after a rebalance) is a redo, not a duplicate.
-        seen = self._started.get(post.post_id) or (
-            _source(self._waiting[post.post_id].record) if post.post_id in self._waiting else None)
-        if seen is not None and seen != _source(record):
-            raise BadInput("duplicate_post_id", f"post {post.post_id!r} was already received at {seen}")
-        waiting = _Waiting(record, post, deadline, self._hints.pop(post.post_id, None))
+        # Redo vs conflict: a post id seen before with the same bytes is a redo (the message read again
+        # after a rebalance or crash, or a producer retry) and is labelled again; the sink then returns
+        # the stored label. The same id with other bytes is a conflicting duplicate.
+        print_ = fingerprint(record.value)
+        earlier = self._waiting.get(post.post_id)
+        seen = self._started.get(post.post_id) or (earlier.fingerprint if earlier else None)
+        if seen is not None and seen != print_:
+            raise BadInput("duplicate_post_id", f"post {post.post_id!r} was already received with other content")
+        if earlier is not None and _position(earlier.record) != _position(record):
+            earlier.redos.append(record)  # one label for both copies; both offsets finish with it
+            return
+        waiting = _Waiting(record, post, deadline, self._hints.pop(post.post_id, None), print_)
         if waiting.hints is not None:
             self._start(waiting)
         else:
@@ -153,7 +161,7 @@ class ClassifyStage(Stage):
 
     # -- per post --------------------------------------------------------------------------------
     def _start(self, waiting: _Waiting) -> None:
-        _remember(self._started, waiting.post.post_id, _source(waiting.record))
+        _remember(self._started, waiting.post.post_id, waiting.fingerprint)
         task = asyncio.get_running_loop().create_task(self._process(waiting))
         self._tasks[task] = waiting.record
         task.add_done_callback(self._tasks.pop)
@@ -165,8 +173,9 @@ class ClassifyStage(Stage):
             image = await loop.run_in_executor(self._decode_pool, self._prepare, waiting.post)
         except BadInput as exc:
             await self.dead_letter(record, exc)
+            self._finish_redos(waiting)
             return
-        item = _Item(image, waiting.hints, waiting.post.post_id, record.timestamp, _source(record))
+        item = _Item(image, waiting.hints, waiting.post.post_id, record.timestamp, waiting.fingerprint)
         while True:
             try:
                 stored = await self.batcher.submit(item)
@@ -177,13 +186,19 @@ class ClassifyStage(Stage):
                 await asyncio.sleep(_RETRY_S)
         if stored is None:
             await self.dead_letter(record, BadInput("duplicate_post_id",
-                                                    f"post {item.post_id!r} was labelled from another message"))
+                                                    f"post {item.post_id!r} was labelled from other content"))
+            self._finish_redos(waiting)
             return
         self.done(record)
+        self._finish_redos(waiting)
         self.metrics.labeled.inc()
         if waiting.hints is not None and not waiting.hints.is_empty:
             self.metrics.hinted.inc()
         self.metrics.e2e_latency.observe(max(0.0, time.time() - record.timestamp / 1000))
+
+    def _finish_redos(self, waiting: _Waiting) -> None:
+        for redo in waiting.redos:
+            self.done(redo)
 
     def _prepare(self, post: Post) -> torch.Tensor:
         return self.models.current.to_tensor(load_image(post.image, self.settings))
@@ -194,7 +209,7 @@ class ClassifyStage(Stage):
         labels = await asyncio.get_running_loop().run_in_executor(
             self._model_pool, self.models.current.predict, [i.image for i in items], [i.hints for i in items],
             [i.post_id for i in items], [i.timestamp_ms for i in items])
-        stored = await self.sink.write(labels, [i.source for i in items])
+        stored = await self.sink.write(labels, [i.fingerprint for i in items])
         await self.send_many("labels", [(i.post_id.encode(), v) for i, v in zip(items, stored) if v is not None])
         return stored
 
@@ -219,8 +234,8 @@ class ClassifyStage(Stage):
         self._model_pool.shutdown()
 
 
-def _source(record: ConsumerRecord) -> str:
-    return f"{record.topic}/{record.partition}/{record.offset}"
+def _position(record: ConsumerRecord) -> tuple[str, int, int]:
+    return record.topic, record.partition, record.offset
 
 
 def _remember(cache: OrderedDict, key, value) -> None:

@@ -39,7 +39,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
 import torch
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge
@@ -47,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from streamcore.exceptions import BadInput, StylestreamError
+from streamcore import redisconn
 from streamcore.metrics import StageMetrics
 from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
@@ -171,7 +171,7 @@ class Trainer:
         self.ontology = load_ontology()
         self.registry = Registry(settings.model_dir)
         self.device = str(resolve_device(config.device))
-        self._redis = redis.Redis.from_url(settings.redis_url)
+        self._redis = redisconn.connect(settings)
         # Benchmark features of one backbone, keyed by the version that backbone belongs to.
         self._features: tuple[str, dict[str, Tensor]] | None = None
 
@@ -324,7 +324,10 @@ class TrainerStage(Stage):
                 else:
                     await self._on_feedback(record)
             except BadInput as exc:
-                await self.dead_letter(record, exc)
+                if record.topic == posts_topic:  # the classifier owns a bad post's letter; bad feedback's is ours
+                    self.skip(record, exc)
+                else:
+                    await self.dead_letter(record, exc)
                 continue
             self.done(record)
         self.stored_posts.set(len(self.store))

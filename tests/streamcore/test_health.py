@@ -103,3 +103,26 @@ def test_stop_releases_the_port():
 def test_heartbeat_rejects_a_non_positive_age():
     with pytest.raises(ValueError, match="got 0"):
         Heartbeat(0)
+
+
+def _connects(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("host, reaches_other", [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_stage_binds_the_configured_interface(host, reaches_other):
+    """Loopback by default; 0.0.0.0 (the container images) answers on every address, here 127.0.0.2."""
+    from streamcore.settings import Settings
+    from workers.text import TextStage
+
+    settings = Settings() if host == "127.0.0.1" else Settings(health_host=host)
+    assert settings.health_host == host
+    port = TextStage(settings).serve_health(0)
+    assert _connects("127.0.0.1", port)
+    assert _connects("127.0.0.2", port) is reaches_other

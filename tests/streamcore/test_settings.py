@@ -23,14 +23,16 @@ def test_env_and_file(monkeypatch, tmp_path):
     assert s.max_batch == 8
     assert s.topic("labels") == "env.labels"
     toml = tmp_path / "s.toml"
-    toml.write_text('partitions = 12\nkafka_options = { security_protocol = "SASL_SSL" }\n')
+    toml.write_text('partitions = 12\nkafka_options = { client_id = "c1" }\nkafka_security_protocol = "SSL"\n')
     monkeypatch.setenv("STYLESTREAM_CONFIG_FILE", str(toml))
     s = Settings()
-    assert s.partitions == 12 and s.kafka_options == {"security_protocol": "SASL_SSL"}
+    assert s.partitions == 12 and s.kafka_options == {"client_id": "c1"} and s.kafka_security_protocol == "SSL"
 
 
 def test_child_env_round_trips(monkeypatch):
-    s = Settings(kafka="h:1", redis_url="redis://r:2/0", max_batch=3, kafka_options={"client_id": "x"})
+    s = Settings(kafka="h:1", redis_url="redis://u:pw@r:2/0", max_batch=3, kafka_options={"client_id": "x"},
+                 kafka_security_protocol="SASL_SSL", kafka_sasl_username="u", kafka_sasl_password="pw",
+                 redis_label_ttl_s=60, health_host="0.0.0.0")
     for key, value in s.child_env().items():
         if key.startswith("STYLESTREAM_"):
             monkeypatch.setenv(key, value)

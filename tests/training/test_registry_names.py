@@ -1,0 +1,57 @@
+"""The serving pointer is checked as a version name before it is joined to a registry path."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from streamcore.metrics import StageMetrics
+from streamcore.settings import Settings
+from tests.support import publish_tiny
+from training.hotswap import ModelSlot
+from training.predict import Predictor
+from training.registry import Registry, check_version_name
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> tuple[Path, Path]:
+    """A registry with v1, and beside it a folder holding a complete, valid checkpoint (checksum + weights)."""
+    registry = tmp_path / "models"
+    publish_tiny(registry, "v1", seed=1)
+    publish_tiny(tmp_path / "elsewhere", "loot", seed=2)
+    return registry, tmp_path / "elsewhere" / "loot"
+
+
+def _pointers(outside: Path) -> list[str]:
+    return [str(outside), "../elsewhere/loot", "..", ".", "v1/..", ".hidden", "", "v1\x00", "a" * 129, "v1/"]
+
+
+def test_names_are_checked_before_the_file_system(layout):
+    registry, outside = layout
+    assert check_version_name("v20261130T101500123456Z") and check_version_name("tiny.dynamic_layers:2")
+    for pointer in _pointers(outside):
+        with pytest.raises(ValueError, match="version names"):
+            Registry(registry).get(pointer)
+    assert Registry(registry).get("v1").path == registry / "v1"
+
+
+def test_temp_folders_of_a_publish_are_never_versions(layout):
+    registry, _ = layout
+    shutil.copytree(registry / "v1", registry / ".publish-abc")  # a publish caught half-way
+    assert Registry(registry).versions() == ["v1"]
+
+
+def test_a_pointer_outside_the_registry_is_refused_and_v1_keeps_serving(layout):
+    registry, outside = layout
+    settings = Settings(model_dir=registry, device="cpu")
+    slot = ModelSlot(settings, Predictor.load(settings, "v1"), StageMetrics("classify"))
+
+    async def scenario() -> list[bool]:
+        return [await slot.offer(pointer) for pointer in (str(outside), "../elsewhere/loot")]
+
+    assert asyncio.run(scenario()) == [False, False]
+    assert slot.current.version == "v1"
+    assert slot.metrics.swaps.labels("failure")._value.get() == 2
