@@ -55,13 +55,12 @@ _CHECK_EVERY_S = 1.0
 
 
 def due(status: RunStatus, now: float, *, interval_s: float | None, min_feedback: int | None) -> bool:
-    """Whether a run should start at unix time ``now``: nothing serves yet, the schedule, or enough feedback;
-    never during the back-off after a failed run."""
+    """Whether a run should start at unix time ``now``: the schedule (which runs at once while nothing serves),
+    or enough feedback; never during the back-off after a failed run."""
     if status.retry_at is not None and now < status.retry_at:
         return False
-    scheduled = interval_s is not None and status.next_run_at is not None and now >= status.next_run_at
-    enough = min_feedback is not None and status.pending >= min_feedback
-    return not status.serving or scheduled or enough
+    scheduled = interval_s is not None and (not status.serving or (status.next_run_at or float("inf")) <= now)
+    return scheduled or (min_feedback is not None and status.pending >= min_feedback)
 
 
 class TrainerStage(Stage):

@@ -173,9 +173,10 @@ def test_a_run_is_due_on_schedule_or_after_enough_feedback(interval_s, min_feedb
     assert due(_status(next_run_at=now + 60), now + 61, **kw) == (interval_s is not None)
     assert not due(_status(pending=2, next_run_at=now + 60), now, **kw)
     assert due(_status(pending=3, next_run_at=now + 60), now, **kw) == (min_feedback is not None)
-    assert due(_status(serving=False), now, **kw)  # nothing serves: bootstrap a model now
+    # Nothing serves: a schedule bootstraps a model now; without one, feedback decides.
+    assert due(_status(serving=False), now, **kw) == (interval_s is not None)
     assert not due(_status(pending=3, serving=False, retry_at=now + 1), now, **kw)  # back-off after a failure
-    assert due(_status(serving=False, retry_at=now - 1), now, **kw)
+    assert due(_status(pending=3, serving=False, retry_at=now - 1), now, **kw)
 
 
 def test_a_cancelled_run_stops_at_the_next_step(tmp_path) -> None:
