@@ -124,7 +124,7 @@ class TrainerStage(Stage):
             except BadInput as exc:
                 await self.dead_letter(record, exc)
         loop = asyncio.get_running_loop()
-        for record, post in keep:
+        for _, post in keep:
             try:
                 stored.append(await loop.run_in_executor(
                     None, lambda p=post: StoredPost.from_post(p, self.settings, image_size=self.config.image_size)))

@@ -248,7 +248,7 @@ def test_two_replicas_run_once_per_trigger(make_settings, tmp_path, bench_cache)
         wait_until(lambda: _stored(settings, "posts") == 2 * n, timeout=120, what="posts stored")
         for trigger in (1, 2):  # each trigger: n more corrections, then exactly one more run
             _send_all(settings, "feedback", corrections[(trigger - 1) * n: trigger * n])
-            wait_until(lambda: runs("promoted", "rejected", "error") >= trigger, timeout=300,
+            wait_until(lambda t=trigger: runs("promoted", "rejected", "error") >= t, timeout=300,
                        what=f"run {trigger}", interval=0.05)
     assert most_running == 1
     assert runs("promoted") == 2 and runs("rejected", "error", "cancelled") == 0
@@ -299,7 +299,7 @@ def test_the_live_guard_rolls_back_a_worse_model(make_settings, tmp_path, bench_
     asyncio.run(_write_labels(settings, [_label(f.post_id, "good", f.categories[0]) for f in corrections[:n]]))
     promote(settings, "bad")  # by hand; its labels: what users then contradict
     wrong = [next(c for c in names if c != f.categories[0]) for f in corrections[n:]]
-    asyncio.run(_write_labels(settings, [_label(f.post_id, "bad", w) for f, w in zip(corrections[n:], wrong)]))
+    asyncio.run(_write_labels(settings, [_label(f.post_id, "bad", w) for f, w in zip(corrections[n:], wrong, strict=True)]))
 
     config = TrainerConfig.from_settings(settings, interval_s=None, min_feedback=1000)
     stage = TrainerStage(settings, config)

@@ -201,6 +201,34 @@ def test_a_cancelled_run_stops_at_the_next_step(tmp_path) -> None:
     assert metrics.trainer_elapsed._value.get() > 0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_run_on_cuda_trains_under_autocast_and_stops_when_cancelled(tmp_path) -> None:
+    ontology = load_ontology()
+    split = load_benchmark(ontology, BenchmarkConfig(n_train=256, n_test=16, size=64), cache_dir=tmp_path)
+    model = build_model(backbone="tiny", head="dynamic_layers", ontology=ontology, weights="random").to("cuda")
+    train, val = (Batchable.from_split(split[s], multi=False) for s in ("train", "val"))
+    metrics, cancel = StageMetrics("trainer"), threading.Event()
+    progress, dtypes = RunProgress(metrics, cancel), []
+    forward = model.forward
+
+    def spy(*args, **kwargs):  # the dtype the model computes in during training steps
+        out = forward(*args, **kwargs)
+        dtypes.append(out.categories.dtype)
+        return out
+
+    model.forward = spy
+
+    def hook(step: int, loss: float | None) -> None:
+        progress(step, loss)
+        if step == 5:
+            cancel.set()
+
+    with pytest.raises(RunCancelled):
+        fit(model, train, val, FitConfig(epochs=50, batch_size=32), features=False, device="cuda", on_step=hook)
+    assert metrics.trainer_step._value.get() == 5 and np.isfinite(metrics.trainer_loss._value.get())
+    assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+
+
 def test_the_guard_rolls_back_only_a_clearly_worse_version_with_enough_verdicts() -> None:
     good, bad = Agreement(45, 50), Agreement(10, 50)
     assert should_roll_back(bad, good, margin=0.1, min_corrections=50)
