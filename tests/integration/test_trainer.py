@@ -182,10 +182,10 @@ def test_corrections_survive_a_sigkill_before_the_next_run(make_settings, worker
     first = group.start("trainer", STYLESTREAM_TRAINER_MIN_FEEDBACK="1000")  # absorbs, never trains
     posts, corrections = _posts_and_corrections(settings, 50, seed=21)
     _send_all(settings, "posts", [p for p, _ in posts])
-    wait_until(lambda: _stored(settings, "posts") == 50, timeout=120, what="50 posts stored")
+    wait_until(lambda: _stored(settings, "posts") == 50, timeout=180, what="50 posts stored")
     _send_all(settings, "feedback", corrections)
     # Commit after durable: once the offsets are committed, every correction is in Redis.
-    wait_until(lambda: _committed(settings, "feedback") == 50, timeout=120, what="50 corrections committed")
+    wait_until(lambda: _committed(settings, "feedback") == 50, timeout=180, what="50 corrections committed")
     assert _stored(settings, "examples") == 50
 
     first.kill()
@@ -250,7 +250,7 @@ def test_two_replicas_run_once_per_trigger(make_settings, tmp_path, bench_cache)
             _send_all(settings, "feedback", corrections[(trigger - 1) * n: trigger * n])
             wait_until(lambda t=trigger: runs("promoted", "rejected", "error") >= t, timeout=300,
                        what=f"run {trigger}", interval=0.05)
-    assert most_running == 1
+    assert most_running <= 1  # sampled: never two replicas training at once
     assert runs("promoted") == 2 and runs("rejected", "error", "cancelled") == 0
     versions = [v for v in Registry(settings.model_dir).versions() if v != "v0"]
     assert len(versions) == 2
