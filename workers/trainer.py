@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -92,6 +93,9 @@ class TrainerStage(Stage):
     async def setup(self) -> None:
         loop = asyncio.get_running_loop()
         self.miner = await loop.run_in_executor(None, TextMiner.load, self.trainer.ontology)
+        # The miner's vocabularies are millions of long-lived objects: keep them out of every full garbage
+        # collection, including the ones at interpreter exit (seconds on a busy box, after SIGTERM).
+        gc.freeze()
         if self.config.interval_s is not None:
             await loop.run_in_executor(None, self.state.schedule, time.time() + self.config.interval_s)
 
