@@ -183,10 +183,11 @@ def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(x)
+            value = loss.item()
+            total += value * len(x)
             step += 1
             if on_step is not None:
-                on_step(step, loss.item())
+                on_step(step, value)
         val_loss = _val_loss(model, val, config, features=features, device=device)
         history.append({"epoch": epoch, "train_loss": total / len(train.inputs), "val_loss": val_loss})
         if val_loss < best - 1e-4:
