@@ -47,6 +47,23 @@ class StageMetrics:
                                     ("gate", "result"), registry=r)
         self.trainer_last_success = Gauge("stylestream_trainer_last_success_timestamp_seconds",
                                           "Unix time of the last successful training run", registry=r)
+        # Issue 15: progress of the training run in progress, and the live guard after a promotion.
+        self.trainer_step = Gauge("stylestream_trainer_run_step", "Steps done by the training run in progress",
+                                  registry=r)
+        self.trainer_loss = Gauge("stylestream_trainer_run_loss", "Latest training loss of the run in progress",
+                                  registry=r)
+        self.trainer_elapsed = Gauge("stylestream_trainer_run_elapsed_seconds",
+                                     "Wall time of the training run in progress", registry=r)
+        self.trainer_running = Gauge("stylestream_trainer_run_in_progress", "1 while this replica runs a training run",
+                                     registry=r)
+        self.corrections = Counter("stylestream_model_corrections_total",
+                                   "Corrected labels of a model version, by whether the label's top category was kept",
+                                   ("version", "result"), registry=r)
+        self.agreement = Gauge("stylestream_model_agreement_ratio",
+                               "Share of a model version's corrected labels that the correction agreed with",
+                               ("version",), registry=r)
+        self.rollbacks = Counter("stylestream_model_rollbacks_total",
+                                 "Serving versions rolled back by the live guard", registry=r)
         self.mined = Counter("stylestream_text_mined_posts_total", "Posts mined", registry=r)
         self.mine_seconds = Counter("stylestream_text_mine_seconds_total", "Wall seconds spent in the miner", registry=r)
         self.ready = Gauge("stylestream_ready", "1 when the worker is ready", s, registry=r)

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     trainer_pretrain_epochs: int = Field(4, ge=0)
     trainer_multi: bool = False
     trainer_cache_dir: Path = Path("cache/benchmark")
+    # Issue 15: one training run at a time across replicas, and the live guard after a promotion.
+    #: Life of the run lease without renewal: a killed trainer's lease frees itself after this long.
+    trainer_lease_ttl_s: float = Field(30.0, ge=1)
+    #: The guard rolls back a newly promoted version whose labels agree with users' corrections this much
+    #: less often than the previous version's did...
+    trainer_guard_margin: float = Field(0.1, ge=0, le=1)
+    #: ...once both versions have had at least this many of their labels corrected.
+    trainer_guard_min_corrections: int = Field(50, ge=1)
     kafka_options: dict[str, Any] = Field(default_factory=dict)
 
     # Issue 13: security and interoperability (Kafka TLS/SASL, Redis Cluster + label TTL, URL fetching,

@@ -1,21 +1,23 @@
 """User corrections (``feedback`` topic) joined with stored posts into extra training examples.
 
-The classifier does not keep posts, so the trainer keeps its own bounded :class:`PostStore`: per post id
-the text fields and either the image already shrunk to the training size (inline ``b64`` images, ~12 kB
-each at 64 px, so 10k posts stay near 120 MB) or the ``url``/``path`` reference (loaded only when
-feedback arrives, so the trainer does not fetch every post's image). A :class:`Feedback` record joins to
-its stored post; the hints come from the text miner on the post's text (as at serving time, never from
-the feedback), the targets from the feedback. Feedback for a post that is not (or no longer) stored is
-counted by the caller and skipped.
+The classifier does not keep posts, so the trainer keeps its own copy of each (:class:`StoredPost`): the
+text fields and either the image already shrunk to the training size (inline ``b64`` images, ~12 kB at
+64 px) or the ``url``/``path`` reference (loaded only when feedback arrives, so the trainer does not fetch
+every post's image). A :class:`Feedback` record joins to its stored post; the hints come from the text
+miner on the post's text (as at serving time, never from the feedback), the targets from the feedback.
+Both records have a byte codec (safetensors: no pickle, and equal values give equal bytes, which makes
+replayed writes recognisable) for the durable store in :mod:`training.state`.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save as save_tensors
 
 from streamcore.exceptions import BadInput
 from streamcore.images import decode_image, load_image, to_chw
@@ -25,6 +27,16 @@ from training.data.benchmark import Split
 from training.models import hints_to_tensors
 from training.ontology import Ontology
 from training.text import TextMiner
+
+_TEXT_FIELDS = ("post_id", "caption", "comments", "hashtags", "user_tags")
+
+
+def _text_tensor(value: object) -> np.ndarray:
+    return np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
+
+
+def _tensor_text(array: np.ndarray) -> object:
+    return json.loads(array.tobytes().decode())
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,46 @@ class StoredPost:
     pixels: np.ndarray | None  # uint8 [3, S, S] of an inline image
     source: ImageSource | None  # the url/path of an image not fetched yet
 
+    @classmethod
+    def from_post(cls, post: Post, settings: Settings, *, image_size: int) -> StoredPost:
+        """Keep ``post``; an inline image is decoded and shrunk now, so its raw bytes are not held.
+
+        Raises:
+            BadInput: the inline image cannot be decoded or is too large.
+        """
+        pixels, source = None, post.image
+        if post.image.b64 is not None:
+            pixels = to_chw(decode_image(post.image.raw_bytes(), max_pixels=settings.max_image_pixels), image_size)
+            source = None
+        return cls(post.post_id, post.caption, tuple(post.comments), tuple(post.hashtags), tuple(post.user_tags),
+                   pixels, source)
+
+    def to_bytes(self) -> bytes:
+        text = {name: getattr(self, name) for name in _TEXT_FIELDS}
+        text["source"] = self.source.model_dump(exclude_none=True) if self.source is not None else None
+        tensors = {"text": _text_tensor(text)}
+        if self.pixels is not None:
+            tensors["pixels"] = np.ascontiguousarray(self.pixels)
+        return save_tensors(tensors)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> StoredPost:
+        tensors = load_tensors(data)
+        text = _tensor_text(tensors["text"])
+        source = ImageSource(**text["source"]) if text["source"] is not None else None
+        return cls(text["post_id"], text["caption"], *(tuple(text[n]) for n in _TEXT_FIELDS[2:]),
+                   tensors.get("pixels"), source)
+
+    def image(self, settings: Settings, *, image_size: int) -> np.ndarray:
+        """The post's image at ``image_size`` (a url/path image is loaded now).
+
+        Raises:
+            BadInput: the referenced image cannot be loaded.
+        """
+        if self.pixels is not None:
+            return self.pixels
+        return to_chw(load_image(self.source, settings), image_size)
+
 
 @dataclass(frozen=True)
 class Example:
@@ -52,54 +104,15 @@ class Example:
     attributes: np.ndarray
     caption: str
 
+    def to_bytes(self) -> bytes:
+        tensors = {f.name: np.ascontiguousarray(getattr(self, f.name)) for f in fields(self) if f.name != "caption"}
+        return save_tensors({**tensors, "caption": _text_tensor(self.caption)})
 
-class PostStore:
-    """The most recently stored posts, at most ``capacity`` of them.
-
-    Args:
-        capacity: posts kept; the oldest is dropped first.
-        image_size: side of the stored square images (the benchmark's image size).
-    """
-
-    def __init__(self, capacity: int, *, image_size: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self.image_size = image_size
-        self._posts: OrderedDict[str, StoredPost] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._posts)
-
-    def add(self, post: Post, settings: Settings) -> None:
-        """Keep ``post``; an inline image is decoded and shrunk now, so its raw bytes are not held.
-
-        Raises:
-            BadInput: the inline image cannot be decoded or is too large.
-        """
-        pixels, source = None, post.image
-        if post.image.b64 is not None:
-            pixels = to_chw(decode_image(post.image.raw_bytes(), max_pixels=settings.max_image_pixels), self.image_size)
-            source = None
-        self._posts[post.post_id] = StoredPost(post.post_id, post.caption, tuple(post.comments), tuple(post.hashtags),
-                                               tuple(post.user_tags), pixels, source)
-        self._posts.move_to_end(post.post_id)
-        while len(self._posts) > self.capacity:
-            self._posts.popitem(last=False)
-
-    def get(self, post_id: str) -> StoredPost | None:
-        """The stored post, or None when it was never seen or has been evicted."""
-        return self._posts.get(post_id)
-
-    def pixels(self, stored: StoredPost, settings: Settings) -> np.ndarray:
-        """The post's image at the store's size (a url/path image is loaded now).
-
-        Raises:
-            BadInput: the referenced image cannot be loaded.
-        """
-        if stored.pixels is not None:
-            return stored.pixels
-        return to_chw(load_image(stored.source, settings), self.image_size)
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Example:
+        tensors = load_tensors(data)
+        return cls(**{f.name: tensors[f.name] for f in fields(cls) if f.name != "caption"},
+                   caption=_tensor_text(tensors["caption"]))
 
 
 def _multi_hot(names: Sequence[str], index: dict[str, int], what: str) -> np.ndarray:
@@ -111,17 +124,14 @@ def _multi_hot(names: Sequence[str], index: dict[str, int], what: str) -> np.nda
     return row
 
 
-def join(feedback: Feedback, store: PostStore, *, ontology: Ontology, miner: TextMiner, settings: Settings,
-         multi: bool) -> Example | None:
-    """The training example of ``feedback``, or None when its post is not in ``store``.
+def join(feedback: Feedback, stored: StoredPost, *, ontology: Ontology, miner: TextMiner, settings: Settings,
+         multi: bool, image_size: int) -> Example:
+    """The training example of ``feedback`` on its ``stored`` post.
 
     Raises:
         BadInput: unknown ontology terms, several categories for a one-item (``multi=False``) model,
             or an image reference that cannot be loaded.
     """
-    stored = store.get(feedback.post_id)
-    if stored is None:
-        return None
     if not multi and len(feedback.categories) != 1:
         raise BadInput("bad_schema", f"a one-item model takes exactly one category, got {feedback.categories}")
     targets = [_multi_hot(getattr(feedback, level), index, level)
@@ -130,7 +140,8 @@ def join(feedback: Feedback, store: PostStore, *, ontology: Ontology, miner: Tex
                                     ("attributes", ontology.attribute_ids))]
     hints = miner.mine_text(stored.caption, stored.comments, stored.hashtags, stored.user_tags, post_id=stored.post_id)
     hint_categories, hint_attributes = (t[0].numpy() for t in hints_to_tensors([hints], ontology))
-    return Example(store.pixels(stored, settings), hint_categories, hint_attributes, *targets, stored.caption)
+    return Example(stored.image(settings, image_size=image_size), hint_categories, hint_attributes, *targets,
+                   stored.caption)
 
 
 def to_split(examples: Sequence[Example]) -> Split:

@@ -15,10 +15,29 @@ from streamcore.schemas import ModelUpdate, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
 from training.checkpoint import METRICS_FILE
+from training.lease import Lease, LeaseLost
 from training.registry import Entry, Registry
 
 MODEL_NAME = b"stylestream"
 _HISTORY_LENGTH = 100
+
+# Move the pointer and record it, only while the lease KEYS[3] (if any) holds the token ARGV[3].
+_PROMOTE = """
+if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+return 1
+"""
+
+# Roll back only from the expected current version (ARGV[1], '' = any) to the expected previous one.
+_ROLLBACK = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('LINDEX', KEYS[2], 1) ~= ARGV[2] then return 0 end
+redis.call('LPOP', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 def _flat_metrics(entry: Entry) -> dict[str, float]:
@@ -54,31 +73,41 @@ def _redis(settings: Settings) -> redis.Redis:
     return redisconn.connect(settings)
 
 
-def promote(settings: Settings, version: str) -> ModelUpdate:
-    """Point ``<prefix>:model:current`` at a published ``version`` and announce it."""
+def promote(settings: Settings, version: str, *, lease: Lease | None = None) -> ModelUpdate:
+    """Point ``<prefix>:model:current`` at a published ``version`` and announce it.
+
+    Raises:
+        LeaseLost: ``lease`` was given and no longer holds its token; nothing moved.
+    """
     entry = Registry(settings.model_dir).get(version)
-    store, keys = _redis(settings), settings.keys
-    with store.pipeline() as pipe:
-        pipe.set(keys.model_current, entry.version).lpush(keys.model_history, entry.version)
-        pipe.ltrim(keys.model_history, 0, _HISTORY_LENGTH - 1)
-        pipe.execute()
+    keys = [settings.keys.model_current, settings.keys.model_history]
+    args = [entry.version, _HISTORY_LENGTH]
+    if lease is not None:
+        keys.append(lease.key)
+        args.append(lease.token or "")
+    if not _redis(settings).eval(_PROMOTE, len(keys), *keys, *args):
+        raise LeaseLost(f"lost the run lease before promoting {version}; another trainer holds it")
     return _announce(settings, entry)
 
 
-def rollback(settings: Settings) -> ModelUpdate:
+def rollback(settings: Settings, *, expected: str | None = None) -> ModelUpdate:
     """Serve the previously promoted version again.
 
+    Args:
+        expected: roll back only if this version is the one serving (several guards may decide at once;
+            only the first one moves the pointer).
+
     Raises:
-        StylestreamError: there is no earlier promotion to go back to.
+        StylestreamError: there is no earlier promotion to go back to, or ``expected`` no longer serves.
     """
     store, keys = _redis(settings), settings.keys
     history = [v.decode() for v in store.lrange(keys.model_history, 0, 1)]
     if len(history) < 2:
         raise StylestreamError("nothing to roll back to: fewer than two promotions recorded")
     entry = Registry(settings.model_dir).get(history[1])
-    with store.pipeline() as pipe:
-        pipe.lpop(keys.model_history).set(keys.model_current, entry.version)
-        pipe.execute()
+    if not store.eval(_ROLLBACK, 2, keys.model_current, keys.model_history, expected or "", entry.version):
+        raise StylestreamError(f"not rolled back: {expected or 'the serving version'} no longer serves "
+                               f"or the promotion history changed")
     return _announce(settings, entry)
 
 

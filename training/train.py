@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from training.ontology import Ontology
 
 #: Report level name → :class:`ModelOutput` field.
 LEVELS = {"category": "categories", "subcategory": "subcategories", "attribute": "attributes"}
+
+#: Called after each optimiser step with ``(step, loss)`` and after each feature batch with ``(batch, None)``:
+#: progress reports, and cancellation (an exception raised by the hook stops training at that step boundary).
+StepHook = Callable[[int, float | None], None]
 
 
 def compute_loss(output: ModelOutput, targets: dict[str, Tensor], *, multi: bool, kind: str = "bce") -> Tensor:
@@ -128,13 +133,16 @@ def _autocast(device: str):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
 
 
-def extract_features(model: DynamicCNN, images: Tensor, *, device: str = "cpu", batch_size: int = 256) -> Tensor:
+def extract_features(model: DynamicCNN, images: Tensor, *, device: str = "cpu", batch_size: int = 256,
+                     on_step: StepHook | None = None) -> Tensor:
     """Frozen-backbone features ``[N, F]`` of uint8 images: the cached fast path's input."""
     model.eval()
     chunks = []
     with torch.no_grad(), _autocast(device):
         for start in tqdm(range(0, len(images), batch_size), desc="features", leave=False, disable=None):
             chunks.append(model.backbone(model.preprocess(images[start : start + batch_size].to(device))).float().cpu())
+            if on_step is not None:
+                on_step(len(chunks), None)
     return torch.cat(chunks)
 
 
@@ -158,7 +166,8 @@ def _val_loss(model: DynamicCNN, val: Batchable, config: FitConfig, *, features:
     return (1 - config.hint_dropout) * hinted + config.hint_dropout * loss(silent)
 
 
-def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, *, features: bool, device: str = "cpu") -> dict:
+def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, *, features: bool, device: str = "cpu",
+        on_step: StepHook | None = None) -> dict:
     """Train with early stopping on validation loss; restores the best weights.
 
     With ``features=True`` the inputs are cached backbone features and only the head trains.
@@ -172,7 +181,7 @@ def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, 
     params = model.head.parameters() if features else model.parameters()
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     multi = model.config.multi
-    best, best_state, bad, history = float("inf"), None, 0, []
+    best, best_state, bad, history, step = float("inf"), None, 0, [], 0
     for epoch in range(config.epochs):
         model.train()
         if features:
@@ -186,7 +195,11 @@ def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.item() * len(x)
+            value = loss.item()
+            total += value * len(x)
+            step += 1
+            if on_step is not None:
+                on_step(step, value)
         val_loss = _val_loss(model, val, config, features=features, device=device)
         history.append({"epoch": epoch, "train_loss": total / len(train.inputs), "val_loss": val_loss})
         if val_loss < best - 1e-4:
@@ -202,7 +215,8 @@ def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, 
 
 
 def frozen_features(
-    backbone: str, ontology: Ontology, splits: dict[str, Split], *, multi: bool, pretrain: FitConfig | None, device: str = "cpu"
+    backbone: str, ontology: Ontology, splits: dict[str, Split], *, multi: bool, pretrain: FitConfig | None, device: str = "cpu",
+    on_step: StepHook | None = None,
 ) -> tuple[nn.Module, dict[str, Tensor]]:
     """The paper's freeze-then-fine-tune, cached: a backbone and its features for every split.
 
@@ -212,21 +226,22 @@ def frozen_features(
     model = build_model(backbone=backbone, head="base", ontology=ontology, multi=multi).to(device)
     if pretrain is not None:
         train, val = (Batchable.from_split(splits[s], multi=multi) for s in ("train", "val"))
-        fit(model, train, val, pretrain, features=False, device=device)
-    feats = {name: extract_features(model, torch.from_numpy(split.images), device=device) for name, split in splits.items()}
+        fit(model, train, val, pretrain, features=False, device=device, on_step=on_step)
+    feats = {name: extract_features(model, torch.from_numpy(split.images), device=device, on_step=on_step)
+             for name, split in splits.items()}
     return model.backbone, feats
 
 
 def train_head(
     head: str, backbone: nn.Module, feats: dict[str, Tensor], splits: dict[str, Split], *, name: str,
-    ontology: Ontology, multi: bool, config: FitConfig, device: str = "cpu", **model_kw,
+    ontology: Ontology, multi: bool, config: FitConfig, device: str = "cpu", on_step: StepHook | None = None, **model_kw,
 ) -> tuple[DynamicCNN, dict]:
     """Train ``head`` on cached features of a frozen ``backbone`` (shared, not copied)."""
     torch.manual_seed(config.seed)
     model = build_model(backbone=name, head=head, ontology=ontology, multi=multi, weights="random", **model_kw)
     model.backbone = backbone  # share the frozen, already-trained trunk
     train, val = (Batchable.from_split(splits[s], multi=multi, inputs=feats[s]) for s in ("train", "val"))
-    return model, fit(model.to(device), train, val, config, features=True, device=device)
+    return model, fit(model.to(device), train, val, config, features=True, device=device, on_step=on_step)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,20 +1,32 @@
-"""The trainer stage on the real broker + Redis: posts and feedback in, a retrained model promoted."""
+"""The trainer stage on the real broker + Redis: posts and feedback in, a retrained model promoted; corrections
+survive SIGKILL; SIGTERM cancels a run; replicas run once per trigger; the live guard rolls a bad model back."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import redis
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from streamcore.schemas import DeadLetter
+from streamcore.embedded import free_port
+from streamcore.schemas import DeadLetter, HintsUsed, Label, ModelUpdate, ScoredTerm, utcnow
 from streamcore.serde import encode
-from tests.support import wait_until
+from streamcore.sinks import RedisLabelSink
+from tests.support import publish_tiny, wait_until
 from streamcore.schemas import Feedback
+from training.checkpoint import METRICS_FILE
 from training.ontology import load_ontology
+from training.promotion import promote
+from training.registry import Registry
 from training.synthetic.posts import generate_posts
 from workers.trainer import TrainerConfig, TrainerStage
 
@@ -82,3 +94,224 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
     assert not thread.is_alive()
     letters = _dead_letters(settings, 1)
     assert [(d.stage, d.error) for d in letters] == [("trainer", "bad_schema")]
+
+
+# --- durability, cancellation, replicas, live guard (issue 15) ---------------------------------------------
+
+#: A small benchmark and few epochs: these tests are about the trainer's plumbing, not model quality.
+#: A gate margin of 1 publishes every finished run, so each run shows in the registry.
+SMALL = {"trainer_n_train": 300, "trainer_n_test": 100, "trainer_epochs": 2, "trainer_pretrain_epochs": 0,
+         "trainer_gate_margin": 1.0, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-cache")
+
+
+def _pointer(settings) -> str | None:
+    value = redis.Redis.from_url(settings.redis_url).get(settings.keys.model_current)
+    return value.decode() if value else None
+
+
+def _stored(settings, what: str) -> int:
+    return redis.Redis.from_url(settings.redis_url).hlen(f"{settings.redis_prefix}:trainer:{what}")
+
+
+def _committed(settings, topic: str) -> int:
+    """Records of ``topic`` whose offsets the trainer group committed (topics start at offset 0)."""
+    # A consumer that never subscribes reads the group's commits without joining the group.
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka, group_id=settings.group("trainer"),
+                             enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(settings.topic(topic), p) for p in range(settings.partitions)]
+        return sum(consumer.committed(tp) or 0 for tp in partitions)
+    finally:
+        consumer.close()
+
+
+def _posts_and_corrections(settings, n: int, *, seed: int) -> tuple[list, list[Feedback]]:
+    posts = list(generate_posts(load_ontology(), n, seed=seed, prefix=settings.group_prefix))
+    corrections = [Feedback(post_id=p.post_id, categories=[t.categories[0]], subcategories=[t.subcategories[0]],
+                            attributes=[t.materials[0]]) for p, t in posts]
+    return posts, corrections
+
+
+def _send_all(settings, topic: str, items) -> None:
+    _send(settings, topic, [(i.post_id, encode(i)) for i in items])
+
+
+def _metric(port: int, name: str) -> float | None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    return None
+
+
+@contextmanager
+def _running(stage: TrainerStage) -> Iterator[TrainerStage]:
+    """Run ``stage`` on its own event loop thread; stop it (and wait) on exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), name=f"stage-{id(stage)}")
+    thread.start()
+    try:
+        yield stage
+    finally:
+        loop.call_soon_threadsafe(stage.stop)
+        thread.join(timeout=60)
+        loop.close()
+    assert not thread.is_alive()
+
+
+def _assigned(stages: list[TrainerStage], settings) -> bool:
+    owned = [sum(s.metrics.assigned.labels(s.name, settings.topic(t))._value.get() for t in ("posts", "feedback"))
+             for s in stages]
+    return all(o > 0 for o in owned) and sum(owned) == 2 * settings.partitions
+
+
+def _data(settings, version: str) -> dict:
+    return json.loads((Registry(settings.model_dir).get(version).path / METRICS_FILE).read_text())["data"]
+
+
+def test_corrections_survive_a_sigkill_before_the_next_run(make_settings, workers, tmp_path, bench_cache) -> None:
+    settings = make_settings(model_dir=tmp_path / "models", trainer_cache_dir=bench_cache, **SMALL)
+    publish_tiny(settings.model_dir, "v0")
+    promote(settings, "v0")
+    group = workers(settings)
+    first = group.start("trainer", STYLESTREAM_TRAINER_MIN_FEEDBACK="1000")  # absorbs, never trains
+    posts, corrections = _posts_and_corrections(settings, 50, seed=21)
+    _send_all(settings, "posts", [p for p, _ in posts])
+    wait_until(lambda: _stored(settings, "posts") == 50, timeout=180, what="50 posts stored")
+    _send_all(settings, "feedback", corrections)
+    # Commit after durable: once the offsets are committed, every correction is in Redis.
+    wait_until(lambda: _committed(settings, "feedback") == 50, timeout=180, what="50 corrections committed")
+    assert _stored(settings, "examples") == 50
+
+    first.kill()
+    first.wait(timeout=30)
+    assert Registry(settings.model_dir).versions() == ["v0"], "a run happened before the kill"
+    group.start("trainer", STYLESTREAM_TRAINER_MIN_FEEDBACK="50")
+    wait_until(lambda: _pointer(settings) not in (None, "v0"), timeout=300, what="the restarted trainer's run")
+    version = _pointer(settings)
+    assert _data(settings, version)["feedback_examples"] == 50
+    assert Registry(settings.model_dir).versions() == sorted(["v0", version])
+
+
+def test_sigterm_cancels_a_run_at_a_step_boundary(make_settings, workers, tmp_path, bench_cache) -> None:
+    port = free_port()
+    # Cold start (nothing serves, so the schedule runs now) with many end-to-end epochs: a long run.
+    settings = make_settings(model_dir=tmp_path / "models", trainer_cache_dir=bench_cache, metrics_port=port - 2,
+                             **{**SMALL, "trainer_n_train": 1000, "trainer_pretrain_epochs": 50,
+                                "trainer_epochs": 50})
+    assert settings.stage_metrics_port("trainer") == port
+    proc = workers(settings).start("trainer")
+
+    def training() -> bool:
+        try:
+            return (_metric(port, "stylestream_trainer_run_step") or 0) >= 3
+        except OSError:  # not listening yet
+            return False
+
+    wait_until(training, timeout=240, what="a training run past its third step")
+    assert _metric(port, "stylestream_trainer_run_in_progress") == 1
+    assert _metric(port, "stylestream_trainer_run_elapsed_seconds") > 0
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    exited_s = time.monotonic() - started
+    print(f"\nSIGTERM mid-run: exited in {exited_s:.1f} s")
+    assert proc.returncode == 0 and exited_s < 10
+    assert Registry(settings.model_dir).versions() == [] and _pointer(settings) is None
+    # The run ended through its cancellation path, which gives the lease back (it would expire otherwise).
+    assert redis.Redis.from_url(settings.redis_url).get(f"{settings.redis_prefix}:trainer:lease") is None
+
+
+def test_two_replicas_run_once_per_trigger(make_settings, tmp_path, bench_cache) -> None:
+    n = 8
+    settings = make_settings(model_dir=tmp_path / "models", trainer_cache_dir=bench_cache, **SMALL)
+    publish_tiny(settings.model_dir, "v0")
+    promote(settings, "v0")
+    config = TrainerConfig.from_settings(settings, interval_s=None, min_feedback=n)
+    stages = [TrainerStage(settings, config) for _ in range(2)]
+    posts, corrections = _posts_and_corrections(settings, 2 * n, seed=31)
+    most_running = 0
+
+    def runs(*results: str) -> float:
+        nonlocal most_running
+        most_running = max(most_running, sum(s.metrics.trainer_running._value.get() for s in stages))
+        return sum(s.metrics.trainer_runs.labels(r)._value.get() for s in stages for r in results)
+
+    with _running(stages[0]), _running(stages[1]):
+        wait_until(lambda: _assigned(stages, settings), timeout=120, what="both replicas assigned partitions")
+        _send_all(settings, "posts", [p for p, _ in posts])
+        wait_until(lambda: _stored(settings, "posts") == 2 * n, timeout=120, what="posts stored")
+        for trigger in (1, 2):  # each trigger: n more corrections, then exactly one more run
+            _send_all(settings, "feedback", corrections[(trigger - 1) * n: trigger * n])
+            wait_until(lambda t=trigger: runs("promoted", "rejected", "error") >= t, timeout=300,
+                       what=f"run {trigger}", interval=0.05)
+    assert most_running <= 1  # sampled: never two replicas training at once
+    assert runs("promoted") == 2 and runs("rejected", "error", "cancelled") == 0
+    versions = [v for v in Registry(settings.model_dir).versions() if v != "v0"]
+    assert len(versions) == 2
+    assert [_data(settings, v)["feedback_examples"] for v in versions] == [n, 2 * n]
+
+
+def _label(post_id: str, version: str, category: str) -> Label:
+    now = utcnow()
+    return Label(post_id=post_id, model_version=version, head="dynamic_layers",
+                 categories=[ScoredTerm(term=category, score=1.0)], subcategories=[], attributes=[],
+                 hints_used=HintsUsed(source="none"), received_at=now, labeled_at=now)
+
+
+async def _write_labels(settings, labels: list[Label]) -> None:
+    sink = RedisLabelSink(settings.redis_url, keys=settings.keys, stream_maxlen=1000)
+    try:
+        await sink.write(labels, [f"posts/0/{i}" for i in range(len(labels))])
+    finally:
+        await sink.close()
+
+
+def _last_update(settings) -> ModelUpdate:
+    consumer = KafkaConsumer(settings.topic("model-updates"), bootstrap_servers=settings.kafka,
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+    updates: list[ModelUpdate] = []
+
+    def three() -> bool:  # good, bad (both by hand), then the guard's rollback
+        for batch in consumer.poll(timeout_ms=500).values():
+            updates.extend(ModelUpdate.model_validate_json(r.value) for r in batch)
+        return len(updates) >= 3
+
+    wait_until(three, timeout=30, what="three model updates")
+    consumer.close()
+    return max(updates, key=lambda u: u.promoted_at)
+
+
+def test_the_live_guard_rolls_back_a_worse_model(make_settings, tmp_path, bench_cache) -> None:
+    n = 10
+    settings = make_settings(model_dir=tmp_path / "models", trainer_cache_dir=bench_cache,
+                             trainer_guard_min_corrections=n, trainer_guard_margin=0.2, **SMALL)
+    names = load_ontology().category_names
+    posts, corrections = _posts_and_corrections(settings, 2 * n, seed=41)
+    publish_tiny(settings.model_dir, "good", seed=1)
+    publish_tiny(settings.model_dir, "bad", seed=2)
+    promote(settings, "good")  # its labels: what users then confirm
+    asyncio.run(_write_labels(settings, [_label(f.post_id, "good", f.categories[0]) for f in corrections[:n]]))
+    promote(settings, "bad")  # by hand; its labels: what users then contradict
+    wrong = [next(c for c in names if c != f.categories[0]) for f in corrections[n:]]
+    asyncio.run(_write_labels(settings, [_label(f.post_id, "bad", w) for f, w in zip(corrections[n:], wrong, strict=True)]))
+
+    config = TrainerConfig.from_settings(settings, interval_s=None, min_feedback=1000)
+    stage = TrainerStage(settings, config)
+    with _running(stage):
+        wait_until(lambda: _assigned([stage], settings), timeout=120, what="partitions assigned")
+        _send_all(settings, "posts", [p for p, _ in posts])
+        _send_all(settings, "feedback", corrections)
+        wait_until(lambda: _pointer(settings) == "good", timeout=120, what="the guard's rollback to 'good'")
+        metrics = stage.metrics
+        assert metrics.rollbacks._value.get() == 1
+        assert metrics.agreement.labels("good")._value.get() == 1.0
+        assert metrics.agreement.labels("bad")._value.get() == 0.0
+        assert metrics.corrections.labels("bad", "disagree")._value.get() == n
+    assert _last_update(settings).version == "good"  # the rollback was announced to the classifiers
+    assert redis.Redis.from_url(settings.redis_url).lrange(settings.keys.model_history, 0, -1) == [b"good"]

@@ -1,8 +1,10 @@
-"""The trainer's gate on the real Redis + broker: worse candidates stay out, better ones are promoted."""
+"""The trainer's pieces: the gate (real Redis + broker), the durable state, the run lease, cancellation, the guard."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -10,21 +12,29 @@ import numpy as np
 import pytest
 import redis
 import torch
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from streamcore.metrics import StageMetrics
+from streamcore.serde import encode
 from tests.support import publish_tiny
 from training.checkpoint import METRICS_FILE
 from training.models import DynamicCNN, build_model, hints_to_tensors
-from training.promotion import promote
-from streamcore.exceptions import BadInput
+from training.promotion import promote, rollback
+from streamcore.exceptions import BadInput, StylestreamError
 from streamcore.settings import Settings
 from training.data.benchmark import BenchmarkConfig, load_benchmark
 from streamcore.schemas import Feedback
-from training.feedback import PostStore, concat, join, to_split
+from training.feedback import Example, StoredPost, concat, join, to_split
+from training.guard import Agreement, LiveGuard, should_roll_back
+from training.lease import Lease, LeaseLost
 from training.ontology import load_ontology
+from training.retrain import GATES, RunCancelled, RunProgress, Trainer, TrainerConfig, gate
+from training.state import RunStatus, TrainerState
 from training.synthetic.posts import generate_posts
 from training.text import TextMiner
-from workers.trainer import GATES, Trainer, TrainerConfig, TrainerStage, gate
+from training.train import Batchable, FitConfig, fit
+from workers.trainer import TrainerStage, due
 
 
 
@@ -122,30 +132,31 @@ def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> N
 def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None:
     ontology, settings = load_ontology(), Settings(model_dir=tmp_path)
     miner = TextMiner.load(ontology)
-    (post, truth), (evicted, _), (kept, _) = generate_posts(ontology, 3, seed=11, prefix="fb")
-    store = PostStore(2, image_size=64)
-    for p in (evicted, post, kept):
-        store.add(p, settings)
-    assert len(store) == 2 and store.get(evicted.post_id) is None  # bounded: the oldest went first
+    post, truth = next(iter(generate_posts(ontology, 1, seed=11, prefix="fb")))
+    stored = StoredPost.from_post(post, settings, image_size=64)
+    assert StoredPost.from_bytes(stored.to_bytes()).caption == post.caption  # the durable store's codec
 
     category = truth.categories[0]
     feedback = Feedback(post_id=post.post_id, categories=[category], subcategories=list(truth.subcategories),
                         attributes=[*truth.materials, *truth.patterns])
-    example = join(feedback, store, ontology=ontology, miner=miner, settings=settings, multi=False)
-    assert example is not None and example.pixels.shape == (3, 64, 64) and example.pixels.dtype == np.uint8
+    kw = {"ontology": ontology, "miner": miner, "settings": settings, "multi": False, "image_size": 64}
+    example = join(feedback, StoredPost.from_bytes(stored.to_bytes()), **kw)
+    assert example.pixels.shape == (3, 64, 64) and example.pixels.dtype == np.uint8
     assert example.pixels.std() > 0  # the post's picture, not a blank
     assert [ontology.category_names[i] for i in np.flatnonzero(example.categories)] == [category]
     assert {ontology.attribute_names[i] for i in np.flatnonzero(example.attributes)} == set(feedback.attributes)
     # Hints are what the miner reads in the post's text, exactly as the text stage would send them.
     hint_categories, _ = hints_to_tensors([miner.mine(post)], ontology)
     np.testing.assert_allclose(example.hint_categories, hint_categories[0].numpy())
+    # Equal examples give equal bytes: the store recognises a replayed correction by them.
+    assert example.to_bytes() == join(feedback, stored, **kw).to_bytes()
+    back = Example.from_bytes(example.to_bytes())
+    assert back.caption == example.caption and np.array_equal(back.attributes, example.attributes)
 
-    for unknown in (evicted.post_id, "never-seen"):
-        assert join(Feedback(post_id=unknown, categories=[category]), store, ontology=ontology, miner=miner,
-                    settings=settings, multi=False) is None
     with pytest.raises(BadInput, match="unknown"):
-        join(Feedback(post_id=post.post_id, categories=["no-such-category"]), store, ontology=ontology, miner=miner,
-             settings=settings, multi=False)
+        join(Feedback(post_id=post.post_id, categories=["no-such-category"]), stored, **kw)
+    with pytest.raises(BadInput, match="exactly one category"):
+        join(Feedback(post_id=post.post_id, categories=[category, category]), stored, **kw)
 
     bench = load_benchmark(ontology, BenchmarkConfig(n_train=50, n_test=20), cache_dir=tmp_path)["train"]
     extended = concat(bench, to_split([example]))
@@ -154,14 +165,177 @@ def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None
     np.testing.assert_array_equal(extended.images[-1], example.pixels)
 
 
+def test_an_offset_is_not_done_until_its_post_is_stored(tmp_path) -> None:
+    settings = Settings(model_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")  # nothing listens there
+    stage = TrainerStage(settings, TrainerConfig.from_settings(settings))
+    post, _ = next(iter(generate_posts(load_ontology(), 1, seed=2, prefix="nd")))
+    value = encode(post)
+    record = ConsumerRecord(settings.topic("posts"), 0, 7, int(time.time() * 1000), 0, post.post_id.encode(),
+                            value, None, len(post.post_id), len(value), [])
+    tp = TopicPartition(record.topic, 0)
+    stage.offsets.add(tp, 7)
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(stage.handle([record]))
+    assert stage.offsets.pending() == 1 and stage.offsets.committable() == {tp: 7}  # offset 7 stays uncommitted
+
+
+def _status(pending: int = 0, next_run_at: float | None = None, retry_at: float | None = None,
+            serving: bool = True) -> RunStatus:
+    return RunStatus(pending, next_run_at, retry_at, serving)
+
+
 @pytest.mark.parametrize(("interval_s", "min_feedback"), [(60.0, 3), (None, 3), (60.0, None)])
-def test_a_run_is_due_on_schedule_or_after_enough_feedback(tmp_path, interval_s, min_feedback) -> None:
-    settings = Settings(model_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")  # never contacted here
-    stage = TrainerStage(settings, TrainerConfig.from_settings(settings, interval_s=interval_s, min_feedback=min_feedback))
-    start = time.monotonic()
-    assert not stage.due(start)
-    assert stage.due(start + 61) == (interval_s is not None)
-    stage.new_examples = 2
-    assert not stage.due(start)
-    stage.new_examples = 3
-    assert stage.due(start) == (min_feedback is not None)
+def test_a_run_is_due_on_schedule_or_after_enough_feedback(interval_s, min_feedback) -> None:
+    now, kw = 1000.0, {"interval_s": interval_s, "min_feedback": min_feedback}
+    assert not due(_status(next_run_at=now + 60), now, **kw)
+    assert due(_status(next_run_at=now + 60), now + 61, **kw) == (interval_s is not None)
+    assert not due(_status(pending=2, next_run_at=now + 60), now, **kw)
+    assert due(_status(pending=3, next_run_at=now + 60), now, **kw) == (min_feedback is not None)
+    # Nothing serves: a schedule bootstraps a model now; without one, feedback decides.
+    assert due(_status(serving=False), now, **kw) == (interval_s is not None)
+    assert not due(_status(pending=3, serving=False, retry_at=now + 1), now, **kw)  # back-off after a failure
+    assert due(_status(pending=3, serving=False, retry_at=now - 1), now, **kw)
+
+
+def test_a_cancelled_run_stops_at_the_next_step(tmp_path) -> None:
+    ontology = load_ontology()
+    split = load_benchmark(ontology, BenchmarkConfig(n_train=64, n_test=16, size=32), cache_dir=tmp_path)
+    model = build_model(backbone="tiny", head="base", ontology=ontology, weights="random", image_size=32)
+    train, val = (Batchable.from_split(split[s], multi=False) for s in ("train", "val"))
+    metrics, cancel = StageMetrics("trainer"), threading.Event()
+    progress = RunProgress(metrics, cancel)
+    steps: list[int] = []
+
+    def hook(step: int, loss: float | None) -> None:
+        progress(step, loss)
+        steps.append(step)
+        if len(steps) == 3:
+            cancel.set()  # what SIGTERM does; the next step boundary must stop the run
+
+    with pytest.raises(RunCancelled):
+        fit(model, train, val, FitConfig(epochs=50, batch_size=8), features=False, on_step=hook)
+    assert steps == [1, 2, 3]
+    assert metrics.trainer_step._value.get() == 3 and np.isfinite(metrics.trainer_loss._value.get())
+    assert metrics.trainer_elapsed._value.get() > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_run_on_cuda_trains_under_autocast_and_stops_when_cancelled(tmp_path) -> None:
+    ontology = load_ontology()
+    split = load_benchmark(ontology, BenchmarkConfig(n_train=256, n_test=16, size=64), cache_dir=tmp_path)
+    model = build_model(backbone="tiny", head="dynamic_layers", ontology=ontology, weights="random").to("cuda")
+    train, val = (Batchable.from_split(split[s], multi=False) for s in ("train", "val"))
+    metrics, cancel = StageMetrics("trainer"), threading.Event()
+    progress, dtypes = RunProgress(metrics, cancel), []
+    forward = model.forward
+
+    def spy(*args, **kwargs):  # the dtype the model computes in during training steps
+        out = forward(*args, **kwargs)
+        dtypes.append(out.categories.dtype)
+        return out
+
+    model.forward = spy
+
+    def hook(step: int, loss: float | None) -> None:
+        progress(step, loss)
+        if step == 5:
+            cancel.set()
+
+    with pytest.raises(RunCancelled):
+        fit(model, train, val, FitConfig(epochs=50, batch_size=32), features=False, device="cuda", on_step=hook)
+    assert metrics.trainer_step._value.get() == 5 and np.isfinite(metrics.trainer_loss._value.get())
+    assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+
+
+def test_the_guard_rolls_back_only_a_clearly_worse_version_with_enough_verdicts() -> None:
+    good, bad = Agreement(45, 50), Agreement(10, 50)
+    assert should_roll_back(bad, good, margin=0.1, min_corrections=50)
+    assert not should_roll_back(good, bad, margin=0.1, min_corrections=50)
+    assert not should_roll_back(Agreement(41, 50), good, margin=0.1, min_corrections=50)  # 0.82 vs 0.90: within
+    assert not should_roll_back(Agreement(0, 49), good, margin=0.1, min_corrections=50)  # too few verdicts
+    assert Agreement(0, 0).rate == 0.0
+
+
+@pytest.mark.integration
+def test_the_state_store_is_bounded_and_stores_a_replayed_correction_once(make_settings, tmp_path) -> None:
+    settings = make_settings(model_dir=tmp_path)
+    client = redis.Redis.from_url(settings.redis_url)
+    state = TrainerState(client, prefix=settings.redis_prefix, model_current=settings.keys.model_current,
+                         max_posts=2, max_examples=2)
+    posts = [StoredPost.from_post(p, settings, image_size=32)
+             for p, _ in generate_posts(load_ontology(), 3, seed=4, prefix="st")]
+    state.put_posts(posts)
+    assert state.posts() == 2 and state.post(posts[0].post_id) is None  # bounded: the oldest went first
+    assert np.array_equal(state.post(posts[2].post_id).pixels, posts[2].pixels)
+
+    def example(i: int) -> Example:
+        row = np.zeros(4, np.float32)
+        row[i % 4] = 1
+        return Example(posts[2].pixels, row, row, row, row, row, f"caption {i}")
+
+    assert state.put_example("a", example(0)) and not state.put_example("a", example(0))  # replay: once
+    assert state.put_example("a", example(1))  # a later correction of the same post replaces it
+    assert state.status().pending == 2 and not state.status().serving
+    assert state.put_example("b", example(2)) and state.put_example("c", example(3))
+    examples, absorbed = state.snapshot()
+    assert absorbed == 4 and [e.caption for e in examples] == ["caption 2", "caption 3"]  # bounded, oldest first
+    state.finish_run(absorbed, next_run_at=123.0)
+    assert state.status() == RunStatus(0, 123.0, None, False)
+
+
+@pytest.mark.integration
+def test_one_lease_holder_and_a_stale_holder_cannot_promote(make_settings, tmp_path) -> None:
+    settings = make_settings(model_dir=tmp_path / "models")
+    client = redis.Redis.from_url(settings.redis_url)
+    key = f"{settings.redis_prefix}:trainer:lease"
+    first, second = Lease(client, key, ttl_s=30), Lease(client, key, ttl_s=30)
+    token = first.acquire()
+    assert token is not None and second.acquire() is None and first.renew()
+    publish_tiny(settings.model_dir, "v1")
+    promote(settings, "v1", lease=first)
+    assert _pointer(settings) == "v1"
+
+    client.delete(key)  # the lease expired while its holder stalled; another replica takes it
+    assert second.acquire() is not None and int(second.token) > int(token)
+    assert not first.renew()
+    publish_tiny(settings.model_dir, "v2")
+    with pytest.raises(LeaseLost):
+        promote(settings, "v2", lease=first)
+    assert _pointer(settings) == "v1", "a fenced-off holder moved the serving pointer"
+    first.release()  # not ours any more: leaves the new holder's lease alone
+    assert client.get(key).decode() == second.token
+    second.release()
+    assert client.get(key) is None
+
+
+@pytest.mark.integration
+def test_rollback_is_conditional_on_the_version_still_serving(make_settings, tmp_path) -> None:
+    settings = make_settings(model_dir=tmp_path / "models")
+    for name in ("v1", "v2"):
+        publish_tiny(settings.model_dir, name)
+        promote(settings, name)
+    with pytest.raises(StylestreamError, match="no longer serves"):
+        rollback(settings, expected="v1")
+    assert _pointer(settings) == "v2"
+    rollback(settings, expected="v2")
+    assert _pointer(settings) == "v1"
+    with pytest.raises(StylestreamError, match="nothing to roll back"):
+        rollback(settings, expected="v1")
+
+
+@pytest.mark.integration
+def test_the_guard_counts_each_correction_once_per_version(make_settings, tmp_path) -> None:
+    settings = make_settings(model_dir=tmp_path, trainer_guard_min_corrections=2)
+    client, metrics = redis.Redis.from_url(settings.redis_url), StageMetrics("trainer")
+    guard = LiveGuard(settings, client, metrics)
+    for post_id, version, top in (("p1", "v1", "dresses"), ("p2", "v1", "dresses"), ("p3", "v2", "dresses")):
+        label = {"model_version": version, "categories": [{"term": top, "score": 1.0}]}
+        client.set(settings.keys.label(post_id), json.dumps(label))
+    corrections = [Feedback(post_id="p1", categories=["dresses"]), Feedback(post_id="p2", categories=["skirts"]),
+                   Feedback(post_id="p3", categories=["skirts"]), Feedback(post_id="unlabelled", categories=["skirts"])]
+    guard.observe(corrections)
+    guard.observe(corrections)  # replayed after a crash: no new verdicts
+    assert guard.agreement("v1") == Agreement(1, 2) and guard.agreement("v2") == Agreement(0, 1)
+    assert metrics.corrections.labels("v1", "agree")._value.get() == 1
+    assert metrics.corrections.labels("v1", "disagree")._value.get() == 1
+    assert metrics.agreement.labels("v1")._value.get() == pytest.approx(0.5)

@@ -1,0 +1,343 @@
+"""One retraining run: a candidate trained on the benchmark plus users' corrections, gated, published, promoted.
+
+* **What.** :meth:`Trainer.run_once`: the benchmark training split plus every stored correction (weighted
+  like benchmark rows). Warm start: the serving model (Redis pointer → registry, checksum verified) keeps
+  its frozen backbone and its head continues training on cached backbone features. Cold start (no
+  serving model): freeze-then-fine-tune from scratch. AMP (bfloat16 autocast) on CUDA.
+* **Progress and cancellation.** :class:`RunProgress` is the run's step hook: it exports step, loss and
+  elapsed time, logs them every few seconds, and raises :class:`RunCancelled` at the next step boundary
+  once its event is set; a cancelled run publishes nothing.
+* **Gate.** :meth:`Trainer.consider` evaluates candidate and serving model on the same held-out test
+  split in the same run (the paper's metrics, mined hints) and passes only if every gated metric of the
+  candidate is at least the serving model's minus ``gate_margin``. Only a passing candidate is
+  published (so ``Registry.newest()``, the fallback when no pointer is set, never names a rejected
+  model) and promoted, fenced by the run lease; its ``metrics.json`` holds both evaluations, the gate and
+  the data it saw (``data.feedback_examples``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from streamcore import redisconn
+from streamcore.exceptions import StylestreamError
+from streamcore.metrics import StageMetrics
+from streamcore.settings import Settings
+from training.checkpoint import save_checkpoint
+from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
+from training.feedback import Example, concat, to_split
+from training.lease import Lease, LeaseLost
+from training.models import DynamicCNN
+from training.ontology import load_ontology
+from training.predict import resolve_device
+from training.promotion import promote
+from training.registry import Registry
+from training.train import Batchable, FitConfig, StepHook, evaluate_model, extract_features, fit, frozen_features, train_head
+
+log = logging.getLogger(__name__)
+
+#: Gated metrics: name → (level, metric), evaluated with mined hints.
+GATES = {"attribute_p3": ("attribute", "P@3"), "category_p1": ("category", "P@1")}
+
+
+class TrainerConfig(BaseModel):
+    """The trainer's knobs. Build it with :meth:`from_settings`: the ``trainer_*`` defaults live in Settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    interval_s: float | None = Field(gt=0, description="retrain period; None: no schedule")
+    min_feedback: int | None = Field(ge=1, description="new feedback examples that trigger a run; None: never")
+    gate_margin: float = Field(ge=0, le=1, description="how much worse than serving a candidate may be")
+    max_posts: int = Field(ge=1, description="posts kept for joining feedback")
+    max_examples: int = Field(ge=1, description="feedback examples retained for training")
+    backbone: str
+    head: str
+    multi: bool
+    device: str
+    n_train: int = Field(ge=10)
+    n_test: int = Field(ge=10)
+    image_size: int = Field(64, ge=32, description="benchmark and stored-post image side")
+    epochs: int = Field(ge=1)
+    pretrain_epochs: int = Field(ge=0, description="cold start only: end-to-end epochs before freezing")
+    lr: float = Field(0.05, gt=0)
+    seed: int = 0
+    cache_dir: Path | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: object) -> TrainerConfig:
+        """The ``trainer_*`` settings plus the serving backbone, head and device."""
+        knobs = {name: getattr(settings, f"trainer_{name}") for name in
+                 ("interval_s", "min_feedback", "gate_margin", "max_posts", "max_examples", "n_train", "n_test",
+                  "epochs", "pretrain_epochs", "multi", "cache_dir")}
+        return cls(**{**knobs, "backbone": settings.backbone, "head": settings.head, "device": settings.device,
+                      **overrides})
+
+    def benchmark(self, *, multi: bool) -> BenchmarkConfig:
+        return BenchmarkConfig(multi=multi, n_train=self.n_train, n_test=self.n_test, size=self.image_size,
+                               seed=self.seed)
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    name: str
+    candidate: float
+    serving: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """The gate's checks; no checks (no serving model) passes."""
+
+    checks: tuple[GateCheck, ...]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+def gate(candidate: dict[str, dict], serving: dict[str, dict] | None, *, margin: float) -> GateDecision:
+    """Compare :func:`evaluate_model` results (mined hints): each gated metric ≥ serving − ``margin``."""
+    if serving is None:
+        return GateDecision(())
+    checks = []
+    for name, (level, metric) in GATES.items():
+        new, old = candidate[level][metric], serving[level][metric]
+        checks.append(GateCheck(name, new, old, new >= old - margin))
+    return GateDecision(tuple(checks))
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one training run decided."""
+
+    promoted: bool
+    version: str | None  # the published version when promoted
+    serving_version: str | None
+    decision: GateDecision
+    metrics: dict
+    feedback_examples: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Serving:
+    version: str
+    model: DynamicCNN
+
+
+#: A trained candidate, the backbone features of every split it saw, and its fit history.
+_Trained = tuple[DynamicCNN, dict[str, Tensor], dict]
+
+
+class RunCancelled(StylestreamError):
+    """A training run was stopped at a step boundary; it published nothing."""
+
+
+class RunProgress:
+    """The step hook of one run: exports step, loss and elapsed time, logs them, and stops a cancelled run.
+
+    Args:
+        cancel: set it to stop the run at its next step boundary.
+        log_every_s: seconds between progress log lines.
+    """
+
+    def __init__(self, metrics: StageMetrics, cancel: threading.Event, *, log_every_s: float = 5.0) -> None:
+        self.metrics = metrics
+        self.cancel = cancel
+        self.log_every_s = log_every_s
+        self.steps = 0
+        self.loss: float | None = None
+        self.started = time.monotonic()
+        self._next_log = self.started + log_every_s
+        metrics.trainer_step.set(0)
+        metrics.trainer_elapsed.set(0)
+
+    def __call__(self, step: int, loss: float | None) -> None:
+        """A :data:`~training.train.StepHook`: counts every step of every phase (features and fitting)."""
+        self.check()
+        self.steps += 1
+        now = time.monotonic()
+        self.metrics.trainer_step.set(self.steps)
+        self.metrics.trainer_elapsed.set(now - self.started)
+        if loss is not None:
+            self.loss = loss
+            self.metrics.trainer_loss.set(loss)
+        if now >= self._next_log:
+            self._next_log = now + self.log_every_s
+            log.info("trainer run: step %d, loss %s, %.1f s", self.steps,
+                     f"{self.loss:.4f}" if self.loss is not None else "-", now - self.started)
+
+    def check(self) -> None:
+        """Raise :class:`RunCancelled` once the run was cancelled."""
+        if self.cancel.is_set():
+            raise RunCancelled(f"training run cancelled after {self.steps} steps, "
+                               f"{time.monotonic() - self.started:.1f} s")
+
+
+class Trainer:
+    """Trains, evaluates, gates, publishes and promotes; holds the per-version feature cache."""
+
+    def __init__(self, settings: Settings, config: TrainerConfig, metrics: StageMetrics) -> None:
+        if not settings.redis_url:
+            raise StylestreamError("the trainer needs STYLESTREAM_REDIS_URL: the serving pointer lives in Redis")
+        self.settings = settings
+        self.config = config
+        self.metrics = metrics
+        self.ontology = load_ontology()
+        self.registry = Registry(settings.model_dir)
+        self.device = str(resolve_device(config.device))
+        self._redis = redisconn.connect(settings)
+        # Benchmark features of one backbone, keyed by the version that backbone belongs to.
+        self._features: tuple[str, dict[str, Tensor]] | None = None
+
+    def serving(self) -> Serving | None:
+        """The model the Redis pointer names, loaded with its checksum verified; None when unset."""
+        version = self._redis.get(self.settings.keys.model_current)
+        if version is None:
+            return None
+        entry = self.registry.get(version.decode())
+        return Serving(entry.version, entry.load(device=self.device))
+
+    def benchmark(self, *, multi: bool) -> dict[str, Split]:
+        return load_benchmark(self.ontology, self.config.benchmark(multi=multi), cache_dir=self.config.cache_dir)
+
+    def run_once(self, examples: Sequence[Example] = (), *, progress: RunProgress | None = None,
+                 lease: Lease | None = None) -> RunResult:
+        """One full run: train a candidate on benchmark + ``examples``, gate it, maybe promote it.
+
+        Args:
+            progress: step hook; when it is cancelled the run stops at a step boundary.
+            lease: the run lease; the promotion happens only while it still holds its token.
+
+        Raises:
+            RunCancelled: cancelled through ``progress``; nothing was published.
+            LeaseLost: the lease passed to another replica before the promotion.
+        """
+        started = time.perf_counter()
+        try:
+            serving = self.serving()
+            multi = serving.model.config.multi if serving else self.config.multi
+            splits = self.benchmark(multi=multi)
+            extra = to_split(examples) if examples else None
+            if serving is None:
+                candidate, feats, history = self._train_cold(splits, extra, multi, progress)
+            else:
+                candidate, feats, history = self._train_warm(serving, splits, extra, progress)
+            result = self.consider(candidate, serving, splits["test"], features=(candidate.backbone, feats["test"]),
+                                   history=history, feedback_examples=len(examples), started=started,
+                                   progress=progress, lease=lease)
+        except RunCancelled:
+            self.metrics.trainer_runs.labels("cancelled").inc()
+            raise
+        except Exception:
+            self.metrics.trainer_runs.labels("error").inc()
+            raise
+        if result.promoted:  # the promoted model keeps this backbone: its cached features stay valid
+            self._features = (result.version, {k: v[: len(splits[k])] for k, v in feats.items()})
+        return result
+
+    def _fit_config(self) -> FitConfig:
+        return FitConfig(epochs=self.config.epochs, lr=self.config.lr, seed=self.config.seed)
+
+    def _train_cold(self, splits: dict[str, Split], extra: Split | None, multi: bool,
+                    on_step: StepHook | None) -> _Trained:
+        data = {**splits, "train": concat(splits["train"], extra)} if extra is not None else splits
+        pretrain = FitConfig(epochs=self.config.pretrain_epochs, seed=self.config.seed) if self.config.pretrain_epochs else None
+        backbone, feats = frozen_features(self.config.backbone, self.ontology, data, multi=multi, pretrain=pretrain,
+                                          device=self.device, on_step=on_step)
+        model, history = train_head(self.config.head, backbone, feats, data, name=self.config.backbone,
+                                    ontology=self.ontology, multi=multi, config=self._fit_config(), device=self.device,
+                                    on_step=on_step)
+        return model, feats, history
+
+    def _train_warm(self, serving: Serving, splits: dict[str, Split], extra: Split | None,
+                    on_step: StepHook | None) -> _Trained:
+        feats = self._benchmark_features(serving, splits, on_step)
+        data = splits
+        if extra is not None:
+            data = {**splits, "train": concat(splits["train"], extra)}
+            extra_feats = extract_features(serving.model, torch.from_numpy(extra.images), device=self.device,
+                                           on_step=on_step)
+            feats = {**feats, "train": torch.cat([feats["train"], extra_feats])}
+        # The candidate shares the serving backbone (frozen) and continues from a copy of its head.
+        candidate = DynamicCNN(serving.model.backbone, copy.deepcopy(serving.model.head), serving.model.config)
+        multi = serving.model.config.multi
+        train, val = (Batchable.from_split(data[s], multi=multi, inputs=feats[s]) for s in ("train", "val"))
+        history = fit(candidate.to(self.device), train, val, self._fit_config(), features=True, device=self.device,
+                      on_step=on_step)
+        return candidate, feats, history
+
+    def _benchmark_features(self, serving: Serving, splits: dict[str, Split],
+                            on_step: StepHook | None) -> dict[str, Tensor]:
+        if self._features is None or self._features[0] != serving.version:
+            feats = {k: extract_features(serving.model, torch.from_numpy(s.images), device=self.device, on_step=on_step)
+                     for k, s in splits.items()}
+            self._features = (serving.version, feats)
+        return self._features[1]
+
+    def _evaluate(self, model: DynamicCNN, test: Split, features: tuple[nn.Module, Tensor] | None, *,
+                  hints: bool) -> dict[str, dict]:
+        # Cached features are valid only for the backbone they were computed with.
+        cached = features[1] if features is not None and model.backbone is features[0] else None
+        return evaluate_model(model, test, features=cached, hints=hints, device=self.device)
+
+    def consider(self, candidate: DynamicCNN, serving: Serving | None, test: Split, *,
+                 features: tuple[nn.Module, Tensor] | None = None, history: dict | None = None,
+                 feedback_examples: int = 0, started: float | None = None, progress: RunProgress | None = None,
+                 lease: Lease | None = None) -> RunResult:
+        """Evaluate ``candidate`` and ``serving`` on ``test``, gate, and publish + promote a passing candidate.
+
+        Args:
+            features: ``(backbone, test features)``: cached features, used for models with that backbone.
+            progress: checked once more before publishing, so a cancelled run publishes nothing.
+            lease: fences the promotion (see :func:`training.promotion.promote`).
+        """
+        started = time.perf_counter() if started is None else started
+        mined = self._evaluate(candidate, test, features, hints=True)
+        baseline = self._evaluate(serving.model, test, features, hints=True) if serving else None
+        decision = gate(mined, baseline, margin=self.config.gate_margin)
+        metrics = {"mined": mined, "none": self._evaluate(candidate, test, features, hints=False),
+                   "gate": {"margin": self.config.gate_margin, "serving_version": serving.version if serving else None,
+                            "serving": baseline, "passed": decision.passed},
+                   "data": {"feedback_examples": feedback_examples, "test_examples": len(test)}}
+        if progress is not None:
+            progress.check()
+        for check in decision.checks:
+            self.metrics.gate_results.labels(check.name, "pass" if check.passed else "fail").inc()
+        if serving is None:
+            for name in GATES:
+                self.metrics.gate_results.labels(name, "no_baseline").inc()
+        version = None
+        if decision.passed:
+            if lease is not None and not lease.renew():  # publish nothing the fenced promotion would refuse
+                raise LeaseLost("lost the run lease before publishing")
+            version = self._publish(candidate, metrics, history, feedback_examples)
+            promote(self.settings, version, lease=lease)
+        self.metrics.trainer_runs.labels("promoted" if decision.passed else "rejected").inc()
+        self.metrics.trainer_last_success.set_to_current_time()
+        result = RunResult(decision.passed, version, serving.version if serving else None, decision, metrics,
+                           feedback_examples, time.perf_counter() - started)
+        log.info("trainer run: %s (serving %s, %d feedback examples, %.1f s): %s",
+                 f"promoted {version}" if version else "rejected", result.serving_version, feedback_examples,
+                 result.seconds, [dataclasses.astuple(c) for c in decision.checks])
+        return result
+
+    def _publish(self, model: DynamicCNN, metrics: dict, history: dict | None, feedback_examples: int) -> str:
+        config = {"trainer": self.config.model_dump(mode="json"), "feedback_examples": feedback_examples,
+                  "history": history or {}}
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(model, Path(tmp) / "ckpt", config=config, metrics=metrics)
+            return self.registry.publish(Path(tmp) / "ckpt").version
