@@ -89,8 +89,9 @@ def test_bad_input_suite(make_settings, workers, tmp_path):
         if i < len(good):  # good posts interleaved with the bad ones
             producer.send(topic, key=good[i].post_id.encode(), value=encode(good[i]))
         producer.send(topic, key=key.encode(), value=value)
-    duplicate = good[0]
-    producer.send(topic, key=duplicate.post_id.encode(), value=encode(duplicate))  # same partition, later offset
+    # Other content under a used id (same partition, later offset); the same bytes again would be a redo.
+    duplicate = good[0].model_copy(update={"caption": "another post under a used id"})
+    producer.send(topic, key=duplicate.post_id.encode(), value=encode(duplicate))
     producer.flush()
 
     expected = {**{k: (c, d) for k, (_, c, d) in cases.items()}, duplicate.post_id: ("duplicate_post_id", duplicate.post_id)}
