@@ -263,3 +263,17 @@ def test_https_keeps_sni_and_verifies_the_name(certificate):
     assert seen_sni[0] == "images.example"
     assert {host for host, _ in network.dialled} == {PUBLIC}
     assert error.code == "url_unreachable" and "certificate" in error.detail.lower()
+
+
+def test_proxies_and_netrc_from_the_environment_are_ignored(monkeypatch, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine images.example login user password from-netrc\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    with serve(ok) as proxy, serve(ok) as state:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy['port']}")
+        resolve, network = _pinned(state)
+        assert fetch_url(f"http://images.example:{state['port']}/a.png", FetchPolicy(timeout_s=5, allow_http=True),
+                         resolve=resolve, network=network) == BODY
+        assert proxy["accepted"] == 0
+    assert "authorization" not in state["requests"][0].lower()
