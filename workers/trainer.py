@@ -45,8 +45,8 @@ from prometheus_client import Counter, Gauge
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from streamcore.exceptions import BadInput, StylestreamError
 from streamcore import redisconn
+from streamcore.exceptions import BadInput, StylestreamError
 from streamcore.metrics import StageMetrics
 from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
