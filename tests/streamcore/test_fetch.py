@@ -277,3 +277,22 @@ def test_proxies_and_netrc_from_the_environment_are_ignored(monkeypatch, tmp_pat
                          resolve=resolve, network=network) == BODY
         assert proxy["accepted"] == 0
     assert "authorization" not in state["requests"][0].lower()
+
+
+def test_a_dripped_tls_handshake_is_cut_at_the_deadline():
+    def slow_hello(conn: socket.socket, state: dict) -> None:
+        # A TLS handshake record announcing 16 kB, then one byte every 50 ms: each read of the client's
+        # handshake succeeds within any per-call timeout; only a total deadline ends it.
+        conn.sendall(b"\x16\x03\x03\x40\x00")
+        for _ in range(2000):
+            conn.sendall(b"\x00")
+            time.sleep(0.05)  # the slow server under test, not synchronisation
+
+    with serve(slow_hello) as state:
+        resolve, network = _pinned(state)
+        started = time.monotonic()
+        error = _code(fetch_url, f"https://slow.example:{state['port']}/a.png", FetchPolicy(timeout_s=1.0),
+                      resolve=resolve, network=network)
+        elapsed = time.monotonic() - started
+    assert error.code == "url_unreachable" and "1s" in error.detail, error
+    assert elapsed < 3.0, elapsed
