@@ -109,13 +109,13 @@ def fetch_url(url: str, policy: FetchPolicy, *, resolve: Resolver = system_resol
     timeout = {"connect": policy.timeout_s, "read": policy.timeout_s, "write": policy.timeout_s,
                "pool": policy.timeout_s}
     try:
-        with httpcore.ConnectionPool(ssl_context=policy.ssl_context or ssl.create_default_context(),
-                                     network_backend=backend, max_connections=1, retries=0) as pool:
-            with pool.stream("GET", url, headers=[(b"Accept", b"image/*"), (b"User-Agent", b"stylestream")],
-                             extensions={"timeout": timeout}) as response:
-                if response.status != 200:  # redirects included: their target was never vetted
-                    raise BadInput("url_unreachable", f"HTTP {response.status} for {url[:200]!r}")
-                return _read_capped(response, policy.max_bytes)
+        with (httpcore.ConnectionPool(ssl_context=policy.ssl_context or ssl.create_default_context(),
+                                      network_backend=backend, max_connections=1, retries=0) as pool,
+              pool.stream("GET", url, headers=[(b"Accept", b"image/*"), (b"User-Agent", b"stylestream")],
+                          extensions={"timeout": timeout}) as response):
+            if response.status != 200:  # redirects included: their target was never vetted
+                raise BadInput("url_unreachable", f"HTTP {response.status} for {url[:200]!r}")
+            return _read_capped(response, policy.max_bytes)
     except httpcore.TimeoutException:
         raise BadInput("url_unreachable", f"no complete response within {policy.timeout_s:g}s from {url[:200]!r}") from None
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:

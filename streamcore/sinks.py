@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+from streamcore.redisconn import connect_async
 from streamcore.schemas import Label
 from streamcore.serde import encode
 from streamcore.settings import RedisKeys, Settings
-from streamcore.redisconn import connect_async
 
 
 def fingerprint(raw: bytes | None) -> str:

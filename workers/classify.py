@@ -123,8 +123,9 @@ class ClassifyStage(Stage):
         seen = self._started.get(post.post_id) or (earlier.fingerprint if earlier else None)
         if seen is not None and seen != print_:
             raise BadInput("duplicate_post_id", f"post {post.post_id!r} was already received with other content")
-        if earlier is not None and _position(earlier.record) != _position(record):
-            earlier.redos.append(record)  # one label for both copies; both offsets finish with it
+        if earlier is not None:  # already held: a copy at another offset gets the same label and finishes with it
+            if _position(earlier.record) != _position(record):
+                earlier.redos.append(record)
             return
         waiting = _Waiting(record, post, deadline, self._hints.pop(post.post_id, None), print_)
         if waiting.hints is not None:

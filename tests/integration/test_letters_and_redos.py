@@ -80,7 +80,7 @@ def test_a_malformed_post_yields_exactly_one_letter_with_all_stages_running(make
 
     # Every stage has read (and committed past) every record: a stage that lettered would have done so.
     for stage in ("text", "classify", "trainer"):
-        wait_until(lambda: _committed_to_end(settings, stage), timeout=120, what=f"{stage} to commit every post")
+        wait_until(lambda s=stage: _committed_to_end(settings, s), timeout=120, what=f"{stage} to commit every post")
     letters = [DeadLetter.model_validate_json(r.value) for r in
                _read_topic(settings, "posts.dlq", until=lambda rs: len(rs) >= len(bad), timeout=30)]
     assert sorted((letter.error, letter.stage) for letter in letters) == sorted(

@@ -263,3 +263,36 @@ def test_https_keeps_sni_and_verifies_the_name(certificate):
     assert seen_sni[0] == "images.example"
     assert {host for host, _ in network.dialled} == {PUBLIC}
     assert error.code == "url_unreachable" and "certificate" in error.detail.lower()
+
+
+def test_proxies_and_netrc_from_the_environment_are_ignored(monkeypatch, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine images.example login user password from-netrc\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    with serve(ok) as proxy, serve(ok) as state:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy['port']}")
+        resolve, network = _pinned(state)
+        assert fetch_url(f"http://images.example:{state['port']}/a.png", FetchPolicy(timeout_s=5, allow_http=True),
+                         resolve=resolve, network=network) == BODY
+        assert proxy["accepted"] == 0
+    assert "authorization" not in state["requests"][0].lower()
+
+
+def test_a_dripped_tls_handshake_is_cut_at_the_deadline():
+    def slow_hello(conn: socket.socket, state: dict) -> None:
+        # A TLS handshake record announcing 16 kB, then one byte every 50 ms: each read of the client's
+        # handshake succeeds within any per-call timeout; only a total deadline ends it.
+        conn.sendall(b"\x16\x03\x03\x40\x00")
+        for _ in range(2000):
+            conn.sendall(b"\x00")
+            time.sleep(0.05)  # the slow server under test, not synchronisation
+
+    with serve(slow_hello) as state:
+        resolve, network = _pinned(state)
+        started = time.monotonic()
+        error = _code(fetch_url, f"https://slow.example:{state['port']}/a.png", FetchPolicy(timeout_s=1.0),
+                      resolve=resolve, network=network)
+        elapsed = time.monotonic() - started
+    assert error.code == "url_unreachable" and "1s" in error.detail, error
+    assert elapsed < 3.0, elapsed

@@ -61,9 +61,9 @@ def test_paths_stay_inside_the_image_root(tmp_path):
     assert _code(load_image, ImageSource(path="missing.jpg"), settings) == "path_unreadable"
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379/x.jpg", "https://localhost/a.png", "http://10.1.2.3/a.jpg",
-                                 "http://169.254.169.254/latest/meta-data", "http://[::1]/a.jpg",
-                                 "file:///etc/passwd", "ftp://example.com/a.jpg"])
+@pytest.mark.parametrize("url", ["https://127.0.0.1:6379/x.jpg", "https://localhost/a.png", "https://10.1.2.3/a.jpg",
+                                 "https://169.254.169.254/latest/meta-data", "https://[::1]/a.jpg",
+                                 "http://example.com/a.jpg", "file:///etc/passwd", "ftp://example.com/a.jpg"])
 def test_private_and_non_http_urls_are_refused_without_a_request(url):
     assert _code(load_image, ImageSource(url=url), Settings()) == "url_refused"
 

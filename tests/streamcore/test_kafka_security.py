@@ -111,9 +111,9 @@ def test_the_ssl_context_trusts_the_ca_and_presents_the_client_certificate(tls_f
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     context = aiokafka_security(_sasl_ssl(tls_files))["ssl_context"]
-    with socket.create_connection(listener.getsockname(), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname="localhost") as tls:
-            assert tls.version() is not None
+    with (socket.create_connection(listener.getsockname(), timeout=10) as raw,
+          context.wrap_socket(raw, server_hostname="localhost") as tls):
+        assert tls.version() is not None
     thread.join(timeout=10)
     listener.close()
     assert seen.get("peer") == ((("commonName", "stylestream"),),), seen

@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.table import Table
 
 from streamcore.embedded import EmbeddedStack, stop_processes, _die_with_parent, free_port
-from streamcore.kafka import ensure_topics
+from streamcore.kafka import aiokafka_security, ensure_topics, kafka_python_security
 from streamcore.serde import encode
 from streamcore.settings import STAGE_PORT_OFFSET, Settings
 from training.ontology import load_ontology
@@ -97,7 +97,8 @@ def _stop(members: Sequence[Member]) -> None:
 
 
 async def _describe(settings: Settings, groups: list[str]) -> dict[str, dict]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, **settings.kafka_options)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, **settings.kafka_options,
+                                **aiokafka_security(settings))
     await admin.start()
     try:
         # One group per request: the embedded broker drops the connection on multi-group DescribeGroups.
@@ -134,7 +135,8 @@ def _wait(predicate, timeout: float, what: str, members: Sequence[Member]) -> No
 def _burst(settings: Settings, count: int, seed: int) -> tuple[int, list[str]]:
     """Produce ``count`` posts; returns the first post's broker timestamp (ms) and the post ids."""
     posts = [p for p, _ in generate_posts(load_ontology(), count, seed=seed, prefix=uuid.uuid4().hex[:8])]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5, **settings.kafka_options)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5, **settings.kafka_options,
+                             **kafka_python_security(settings))
     first = producer.send(settings.topic("posts"), key=posts[0].post_id.encode(), value=encode(posts[0])).get(30)
     for post in posts[1:]:
         producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
@@ -146,7 +148,7 @@ def _burst(settings: Settings, count: int, seed: int) -> tuple[int, list[str]]:
 def _labels(settings: Settings, post_ids: list[str], timeout: float) -> list:
     wanted = set(post_ids)
     consumer = KafkaConsumer(settings.topic("labels"), bootstrap_servers=settings.kafka, auto_offset_reset="earliest",
-                             enable_auto_commit=False, **settings.kafka_options)
+                             enable_auto_commit=False, **settings.kafka_options, **kafka_python_security(settings))
     records, deadline = {}, time.monotonic() + timeout
     try:
         while len(records) < len(wanted) and time.monotonic() < deadline:
