@@ -75,6 +75,17 @@ class Settings(BaseSettings):
     trainer_pretrain_epochs: int = Field(4, ge=0)
     trainer_multi: bool = False
     trainer_cache_dir: Path = Path("cache/benchmark")
+    # Fault tolerance and bounded state (issue 11).
+    #: Bytes of held post records (waiting for hints or in a batch) before the posts partitions pause.
+    max_inflight_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    #: Bytes of hints held for posts not yet seen before the hints partitions pause.
+    max_held_hint_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: A hint whose post has not arrived after this long is evicted (committed) as ``expired``.
+    hint_hold_s: float = Field(300.0, gt=0)
+    #: Ceiling of the exponential backoff between retries of a failed Redis/Kafka operation.
+    retry_backoff_max_s: float = Field(5.0, gt=0)
+    #: Posts mined per executor call in the text stage: the loop yields (and ships hints) between chunks.
+    text_chunk_posts: int = Field(16, ge=1)
     kafka_options: dict[str, Any] = Field(default_factory=dict)
 
     config_file: Path | None = None

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -11,7 +15,11 @@ import pytest
 
 from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.kafka import ensure_topics
-from streamcore.settings import Settings
+from streamcore.settings import STAGE_PORT_OFFSET, Settings
+from tests.support import wait_until
+
+#: Input topics of each stage: a group is "ready" once every partition of these is owned by a member.
+STAGE_INPUTS = {"text": ("posts",), "classify": ("posts", "hints"), "trainer": ("posts", "feedback")}
 
 
 @pytest.fixture(scope="session")
@@ -41,24 +49,76 @@ def make_settings(infra: tuple[str, str]) -> Callable[..., Settings]:
     return make
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
+
+
 class Workers:
-    """Stage processes started the way operators start them: ``stylestream worker STAGE``."""
+    """Stage processes started the way operators start them: ``stylestream worker STAGE``.
+
+    Each process gets its own health port, so a test can wait for the state it needs (``wait_ready``)
+    instead of assuming how fast a worker starts on this machine (CUDA init, a loaded CI box).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.procs: dict[str, list[subprocess.Popen]] = {}
+        self.ports: dict[subprocess.Popen, int] = {}
 
     def start(self, stage: str, **env: str) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", stage],
-                                env={**self.settings.child_env(), **env})
+        env = {**self.settings.child_env(), **env}
+        port = self.settings.stage_metrics_port(stage)
+        if not port:  # settings asked for an ephemeral port: pick one we can find again
+            port = _free_port()
+            env["STYLESTREAM_METRICS_PORT"] = str(port - STAGE_PORT_OFFSET[stage])
+        proc = subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", stage], env=env)
         self.procs.setdefault(stage, []).append(proc)
+        self.ports[proc] = port
         return proc
+
+    def metrics(self, proc: subprocess.Popen) -> str:
+        """The process's ``/metrics`` text ('' while it does not answer)."""
+        return _scrape(self.ports[proc], "/metrics")[1]
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        """Wait until every live process answers ``/readyz`` and each stage's members own all input partitions."""
+        def ready() -> bool:
+            for stage, procs in self.procs.items():
+                live = [p for p in procs if p.poll() is None]
+                assert live, f"every {stage} worker exited"
+                if any(_scrape(self.ports[p], "/readyz")[0] != 200 for p in live):
+                    return False
+                for topic in STAGE_INPUTS[stage]:
+                    owned = sum(_assigned(self.metrics(p), stage, self.settings.topic(topic)) for p in live)
+                    if owned != self.settings.partitions:
+                        return False
+            return True
+
+        wait_until(ready, timeout=timeout, what="workers ready with every input partition assigned")
 
     def alive(self) -> bool:
         return all(p.poll() is None for ps in self.procs.values() for p in ps)
 
     def stop(self) -> None:
         stop_processes((p for ps in self.procs.values() for p in ps), timeout=20)
+
+
+def _assigned(metrics_text: str, stage: str, topic: str) -> int:
+    pattern = (r'^stylestream_assigned_partitions\{stage="%s",topic="%s"\} ([0-9.e+]+)$'
+               % (re.escape(stage), re.escape(topic)))
+    return sum(int(float(m.group(1))) for m in re.finditer(pattern, metrics_text, re.MULTILINE))
 
 
 @pytest.fixture

@@ -74,6 +74,7 @@ def test_bad_input_suite(make_settings, workers, tmp_path):
     settings = make_settings(hint_wait_ms=200, max_image_pixels=1_000_000, image_root=tmp_path)
     group = workers(settings)
     group.start("classify")
+    group.wait_ready()
 
     good = [p for p, _ in generate_posts(load_ontology(), 6, seed=11, prefix=settings.group_prefix)]
     cases = _cases(settings.group_prefix)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import time
+import threading
 from collections import defaultdict
 
 import pytest
@@ -18,6 +20,7 @@ from training.synthetic.posts import generate_posts
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_POSTS = 1000
+RATE = 40.0  # posts/s: the feed lasts 25 s
 
 
 def test_sigkill_mid_stream_loses_and_doubles_nothing(make_settings, workers):
@@ -26,12 +29,20 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(make_settings, workers):
     group.start("text")
     victim = group.start("classify")
     group.start("classify")
+    group.wait_ready()
 
     posts = [p for p, _ in generate_posts(load_ontology(), N_POSTS, seed=5, prefix=settings.group_prefix)]
     producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
-    for post in posts:
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
-    producer.flush()
+
+    def feed() -> None:  # paced, so the kill lands mid-stream however fast the workers are
+        start = time.monotonic()
+        for i, post in enumerate(posts):
+            time.sleep(max(0.0, start + i / RATE - time.monotonic()))
+            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.flush()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
 
     store = redis.Redis.from_url(settings.redis_url)
     keys = [settings.keys.label(p.post_id) for p in posts]
@@ -42,8 +53,9 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(make_settings, workers):
     wait_until(lambda: labelled() >= N_POSTS // 4, timeout=120, what="a quarter of the labels")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    assert labelled() < N_POSTS, "the stream finished before the kill; make it longer"
+    assert feeder.is_alive() or labelled() < N_POSTS, "the stream finished before the kill"
     group.start("classify")
+    feeder.join()
 
     wait_until(lambda: labelled() == N_POSTS, timeout=240, what="every post to be labelled")
     records = _read_topic(settings, "labels", until=lambda rs: len({r.key for r in rs}) >= N_POSTS, timeout=60)

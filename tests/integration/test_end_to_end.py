@@ -43,6 +43,7 @@ def test_200_posts_each_labelled_exactly_once(make_settings, workers):
     group = workers(settings)
     group.start("text")
     group.start("classify")
+    group.wait_ready()
 
     producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
     posts = [post for post, _ in generate_posts(load_ontology(), N_POSTS, seed=7, prefix=settings.group_prefix)]
@@ -74,6 +75,7 @@ def test_malformed_messages_go_to_dlq_and_the_worker_goes_on(make_settings, work
     settings = make_settings(hint_wait_ms=500)
     group = workers(settings)
     group.start("classify")
+    group.wait_ready()
 
     good = [post for post, _ in generate_posts(load_ontology(), 2, seed=3, prefix=settings.group_prefix)]
     wrong_schema = json.dumps({"schema": "post/v1", "post_id": "no image", "user": 3}).encode()

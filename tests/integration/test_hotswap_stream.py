@@ -36,7 +36,10 @@ def test_promotion_mid_stream_swaps_between_batches(make_settings, workers, tmp_
     store = redis.Redis.from_url(settings.redis_url)
     keys = [settings.keys.label(p.post_id) for p in posts]
     producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
-    wait_until(lambda: group.alive() and store.get(settings.keys.model_current) == b"v1", timeout=5)
+    assert store.get(settings.keys.model_current) == b"v1"
+    # Feed only once the worker serves v1 and owns every partition: a slow start (CUDA init, a loaded box)
+    # must not let it meet the whole backlog at once and label it all before the swap lands.
+    group.wait_ready()
 
     def feed() -> None:
         start = time.monotonic()
@@ -81,6 +84,7 @@ def test_a_corrupt_promotion_is_refused_while_the_stream_flows(make_settings, wo
     promote(settings, "v1")
     group = workers(settings)
     group.start("classify")
+    group.wait_ready()
 
     posts = [p for p, _ in generate_posts(load_ontology(), 60, seed=22, prefix=settings.group_prefix)]
     producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")

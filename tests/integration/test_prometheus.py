@@ -114,6 +114,7 @@ def test_prometheus_scrapes_workers_and_series_move(make_settings, workers, prom
     group = workers(settings)
     group.start("text")
     group.start("classify")
+    group.wait_ready()
     prom = prometheus({"stylestream-text": f"127.0.0.1:{port}", "stylestream-classify": f"127.0.0.1:{port + 1}"})
     wait_until(lambda: prom.scalar('sum(up{job=~"stylestream-.*"})') == 2, timeout=45, what="both workers scraped")
 
