@@ -51,13 +51,13 @@ class Limits:
         segment_chars: tags longer than this are looked up whole, not split.
     """
 
-    chars: int = 16_384
-    tokens: int = 4096
+    chars: int = 8192
+    tokens: int = 2048
     hashtags: int = 64
     handles: int = 64
     emojis: int = 64
     item_chars: int = 64
-    segment_cost: int = 4096
+    segment_cost: int = 2048
     segment_chars: int = 30
 
 
