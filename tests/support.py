@@ -34,3 +34,19 @@ def publish_tiny(model_dir, name: str, *, seed: int = 0, hidden: int = 256):
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(model, Path(tmp) / "ckpt", config={"seed": seed}, metrics={"test": {"P@1": 0.5}})
         return Registry(Path(model_dir)).publish(Path(tmp) / "ckpt", name=name)
+
+
+def committed_behind(settings, stage: str, topics: tuple[str, ...]) -> dict:
+    """``{(topic, partition): records}`` the stage's group has not committed yet; empty when at the end."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    tps = [TopicPartition(settings.topic(t), p) for t in topics for p in range(settings.partitions)]
+    # A consumer that never subscribes only reads the group's offsets; it does not join the group.
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka, group_id=settings.group(stage),
+                             enable_auto_commit=False)
+    try:
+        ends = consumer.end_offsets(tps)
+        behind = {(tp.topic, tp.partition): ends[tp] - (consumer.committed(tp) or 0) for tp in tps}
+    finally:
+        consumer.close()
+    return {tp: n for tp, n in behind.items() if n > 0}
