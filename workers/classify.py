@@ -139,18 +139,42 @@ class ClassifyStage(Stage):
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         deadline = time.monotonic() + self.settings.hint_wait_ms / 1000
         hints_topic = self.settings.topic("hints")
+        held: list[str] = []
         for record in records:
             try:
                 if record.topic == hints_topic:
-                    self._on_hints(record, decode(record.value, Hints, max_bytes=self.settings.max_message_bytes))
+                    hints = decode(record.value, Hints, max_bytes=self.settings.max_message_bytes)
+                    if self._on_hints(record, hints):
+                        held.append(hints.post_id)
                 else:
                     self._on_post(record, decode_post(record.value, self.settings), deadline)
             except BadInput as exc:
                 await self.dead_letter(record, exc)
             except Exception as exc:  # noqa: BLE001 - the error boundary: this record fails alone
                 await self.fail(record, exc)
+        if held:
+            await self._release_labelled(held)
 
-    def _on_hints(self, record: ConsumerRecord, hints: Hints) -> None:
+    async def _release_labelled(self, held: list[str]) -> None:
+        """Release newly held hints whose post is already labelled.
+
+        After a restart or rebalance, hints re-read from the partition's commit point include some whose
+        post was labelled (and committed) before; that post never comes again, so its hints would hold
+        the commit point until ``hint_hold_s``.
+        """
+        held = [p for p in held if p in self._hints]  # a post of the same round may have taken them
+        try:
+            labelled = await self.sink.labelled(held)
+        except RedisError as exc:  # they expire instead
+            self.metrics.infra_errors.labels(self.name, "label_lookup").inc()
+            log.warning("classify: cannot look up labelled posts (%s)", exc)
+            return
+        for post_id, done in zip(held, labelled):
+            if done and post_id in self._hints:
+                self._release_held(post_id, "late")
+
+    def _on_hints(self, record: ConsumerRecord, hints: Hints) -> bool:
+        """Join ``hints`` to their waiting post, or hold them for it; True when they are now held."""
         post_id = hints.post_id
         waiting = self._waiting.pop(post_id, None)
         if waiting is not None:
@@ -166,6 +190,8 @@ class ClassifyStage(Stage):
             self._hint_bytes += len(record.value)
             while len(self._hints) > _MAX_REMEMBERED:
                 self._release_held(next(iter(self._hints)), "capacity")
+            return True
+        return False
 
     def _on_post(self, record: ConsumerRecord, post: Post, deadline: float) -> None:
         # The same message fetched again (after a rebalance) is a redo, not a duplicate.

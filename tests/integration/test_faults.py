@@ -10,9 +10,7 @@ producer that times out).
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
-import json
 import random
 import re
 import string
@@ -124,7 +122,7 @@ def _good_posts(settings: Settings, n: int = N_GOOD, *, seed: int = 31, tag: str
 
 def _assert_caught_up(settings: Settings, stages: dict[str, tuple[str, ...]]) -> None:
     for stage, topics in stages.items():
-        wait_until(lambda: not committed_behind(settings, stage, topics), timeout=60,
+        wait_until(lambda s=stage, t=topics: not committed_behind(settings, s, t), timeout=60,
                    what=f"{stage}'s committed offsets to reach the end of {topics}")
 
 
@@ -216,7 +214,7 @@ def test_garbage_serving_pointer_is_ignored_and_the_model_kept(make_settings, wo
     assert _metric(group.metrics(proc), "stylestream_bad_state_total") == 1
     for seen, garbage in enumerate((b"../../../etc", b"v1\nv2", b"x" * 300), start=2):
         store.set(settings.keys.model_current, garbage)
-        wait_until(lambda: _metric(group.metrics(proc), "stylestream_bad_state_total") >= seen, timeout=30,
+        wait_until(lambda n=seen: _metric(group.metrics(proc), "stylestream_bad_state_total") >= n, timeout=30,
                    what=f"the bad pointer {garbage[:20]!r} to be counted")
     second = _good_posts(settings, 10, seed=3, tag="after")
     _produce(settings, [(p.post_id, encode(p), None) for p in second])

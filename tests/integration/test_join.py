@@ -1,0 +1,93 @@
+"""Posts join their mined hints for any classifier replica count, across a rebalance mid-stream.
+
+The join needs ``posts-i`` and ``hints-i`` on one member; the client's default round-robin assignor only
+does that when the replica count divides the partition count (3 replicas on 4 partitions: no post found
+its hints). With the co-partitioning assignor and hints held uncommitted until used, a post whose caption
+names fashion is labelled with ``hints_used.source == "mined"`` whoever owns it, before and after a new
+replica joins.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import pytest
+import redis
+from kafka import KafkaProducer
+
+from streamcore.schemas import Label
+from streamcore.serde import encode
+from tests.support import committed_behind, wait_until
+from training.ontology import load_ontology
+from training.synthetic.posts import generate_posts
+from training.text import TextMiner
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PARTITIONS = 4
+RATE = 5.0  # posts/s
+AFTER_REBALANCE = 25  # posts fed after the new member owns partitions
+MAX_POSTS = 600
+
+
+def _rebalances(metrics_text: str) -> float:
+    found = re.findall(r'^stylestream_rebalances_total\{stage="classify"\} ([0-9.e+]+)$', metrics_text, re.MULTILINE)
+    return sum(float(v) for v in found)
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 3, 5])
+def test_posts_join_their_hints_for_any_replica_count(make_settings, workers, replicas):
+    # A generous hint wait: this measures where hints go, not how fast a loaded box delivers them.
+    settings = make_settings(partitions=PARTITIONS, hint_wait_ms=15_000)
+    group = workers(settings)
+    group.start("text")
+    first = [group.start("classify") for _ in range(replicas)]
+    group.wait_ready()
+
+    ontology = load_ontology()
+    miner = TextMiner.load(ontology)
+    posts = [p for p, _ in generate_posts(ontology, MAX_POSTS, seed=40 + replicas, prefix=settings.group_prefix)]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
+    stop_at = [MAX_POSTS]
+    sent: list = []
+
+    def feed() -> None:  # paced, and running until well after the rebalance
+        start = time.monotonic()
+        for i, post in enumerate(posts):
+            if i >= stop_at[0]:
+                break
+            time.sleep(max(0.0, start + i / RATE - time.monotonic()))
+            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+            sent.append(post)
+        producer.flush()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        wait_until(lambda: len(sent) >= 10, timeout=30, what="the feed to start")
+        group.start("classify")  # a new replica joins mid-stream: every member is reassigned
+        wait_until(lambda: sum(_rebalances(group.metrics(p)) for p in first) >= 1, timeout=180,
+                   what="a rebalance of the first replicas")
+        group.wait_ready()
+        stop_at[0] = len(sent) + AFTER_REBALANCE
+        assert feeder.is_alive(), "the feed ended before the rebalance"
+    finally:
+        stop_at[0] = min(stop_at[0], len(sent) + AFTER_REBALANCE)
+        feeder.join()
+    assert group.alive()
+
+    store = redis.Redis.from_url(settings.redis_url)
+    keys = [settings.keys.label(p.post_id) for p in sent]
+    wait_until(lambda: sum(store.exists(*keys[i:i + 100]) for i in range(0, len(keys), 100)) == len(keys),
+               timeout=240, what="every post to be labelled")
+    hinted = [p for p in sent if not miner.mine(p).is_empty]
+    assert len(hinted) >= len(sent) // 2, "the synthetic captions should mostly name their garment"
+    labels = [Label.model_validate_json(store.get(settings.keys.label(p.post_id))) for p in hinted]
+    mined = sum(label.hints_used.source == "mined" for label in labels)
+    print(f"{replicas}+1 replicas: {mined}/{len(hinted)} hinted posts labelled with mined hints "
+          f"({len(sent)} posts)")
+    assert mined >= 0.95 * len(hinted), f"{mined} of {len(hinted)} posts with hints used them"
+    wait_until(lambda: not committed_behind(settings, "classify", ("posts", "hints")), timeout=60,
+               what="the classifiers' committed offsets to reach the end of posts and hints")
