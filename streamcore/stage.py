@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Failures of the broker or Redis, not of the record: retried, never dead-lettered. The producer and
-#: consumer are aiokafka's (their own ``KafkaError``); the admin client is kafka-python's.
-INFRA_ERRORS = (aiokafka.errors.KafkaError, kafka.errors.KafkaError, RedisError, OSError)
+#: consumer are aiokafka's (their own ``KafkaError``); the admin client is kafka-python's. Not every
+#: ``OSError``: one a record causes (a bad path) must not be retried forever.
+INFRA_ERRORS = (aiokafka.errors.KafkaError, kafka.errors.KafkaError, RedisError, ConnectionError, TimeoutError)
 _FIRST_BACKOFF_S = 0.1
 
 
