@@ -37,16 +37,26 @@ def publish_tiny(model_dir, name: str, *, seed: int = 0, hidden: int = 256):
 
 
 def committed_behind(settings, stage: str, topics: tuple[str, ...]) -> dict:
-    """``{(topic, partition): records}`` the stage's group has not committed yet; empty when at the end."""
+    """``{(topic, partition): records}`` the stage's group has not committed yet; empty when at the end.
+
+    The end is found by reading each partition (the embedded broker's ListOffsets can answer a batch's
+    base offset instead of the end).
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     tps = [TopicPartition(settings.topic(t), p) for t in topics for p in range(settings.partitions)]
+    reader = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False)
     # A consumer that never subscribes only reads the group's offsets; it does not join the group.
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka, group_id=settings.group(stage),
-                             enable_auto_commit=False)
+    group = KafkaConsumer(bootstrap_servers=settings.kafka, group_id=settings.group(stage), enable_auto_commit=False)
     try:
-        ends = consumer.end_offsets(tps)
-        behind = {(tp.topic, tp.partition): ends[tp] - (consumer.committed(tp) or 0) for tp in tps}
+        reader.assign(tps)
+        reader.seek_to_beginning()
+        ends = dict.fromkeys(tps, 0)
+        while batches := reader.poll(timeout_ms=1000):
+            for tp, records in batches.items():
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+        behind = {(tp.topic, tp.partition): ends[tp] - (group.committed(tp) or 0) for tp in tps}
     finally:
-        consumer.close()
+        reader.close()
+        group.close()
     return {tp: n for tp, n in behind.items() if n > 0}

@@ -28,8 +28,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PARTITIONS = 4
 RATE = 5.0  # posts/s
+BEFORE = 10  # posts fed before a new replica starts
 AFTER_REBALANCE = 25  # posts fed after the new member owns partitions
-MAX_POSTS = 600
+MAX_POSTS = 1000
 
 
 def _rebalances(metrics_text: str) -> float:
@@ -52,13 +53,15 @@ def test_posts_join_their_hints_for_any_replica_count(make_settings, workers, re
     producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
     stop_at = [MAX_POSTS]
     sent: list = []
+    joining = threading.Event()
 
-    def feed() -> None:  # paced, and running until well after the rebalance
-        start = time.monotonic()
+    def feed() -> None:  # paced; held after the first posts until the new replica is about to join
         for i, post in enumerate(posts):
             if i >= stop_at[0]:
                 break
-            time.sleep(max(0.0, start + i / RATE - time.monotonic()))
+            if i == BEFORE:
+                joining.wait()
+            time.sleep(1 / RATE)  # pacing, not synchronisation
             producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
             sent.append(post)
         producer.flush()
@@ -66,8 +69,12 @@ def test_posts_join_their_hints_for_any_replica_count(make_settings, workers, re
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        wait_until(lambda: len(sent) >= 10, timeout=30, what="the feed to start")
-        group.start("classify")  # a new replica joins mid-stream: every member is reassigned
+        wait_until(lambda: len(sent) >= BEFORE, timeout=30, what="the feed to start")
+        new = group.start("classify")  # a new replica joins mid-stream: every member is reassigned
+        # Its health server answers just before its consumer joins (a loaded box may take a minute to
+        # import torch): feeding resumes then, so the rebalance lands mid-stream.
+        wait_until(lambda: group.metrics(new) != "", timeout=240, what="the new replica to start")
+        joining.set()
         wait_until(lambda: sum(_rebalances(group.metrics(p)) for p in first) >= 1, timeout=180,
                    what="a rebalance of the first replicas")
         group.wait_ready()
@@ -75,6 +82,7 @@ def test_posts_join_their_hints_for_any_replica_count(make_settings, workers, re
         assert feeder.is_alive(), "the feed ended before the rebalance"
     finally:
         stop_at[0] = min(stop_at[0], len(sent) + AFTER_REBALANCE)
+        joining.set()
         feeder.join()
     assert group.alive()
 
