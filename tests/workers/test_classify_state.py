@@ -4,6 +4,7 @@ survive a reassignment, the serving pointer. The consumer is a stand-in that rec
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +14,7 @@ from aiokafka.structs import ConsumerRecord
 from streamcore.schemas import Hints, ImageSource, Post
 from streamcore.serde import encode
 from streamcore.settings import Settings
-from workers.classify import ClassifyStage
+from workers.classify import ClassifyStage, _received_ms
 
 TOPICS = ("posts", "hints")
 
@@ -146,3 +147,11 @@ def test_a_garbage_serving_pointer_is_counted_once_and_ignored(stage, raw):
 def test_a_version_name_is_passed_on(stage, raw):
     stage.sink = Sink(raw)
     assert asyncio.run(stage._serving_pointer()) == (raw.decode() if raw else None)
+
+
+@pytest.mark.parametrize("timestamp", [-5, 10**15, None])
+def test_a_record_timestamp_no_datetime_holds_becomes_the_read_time(timestamp):
+    before = int(time.time() * 1000)
+    record = ConsumerRecord("posts", 0, 0, timestamp, 0, None, b"x", None, 0, 1, ())
+    assert before <= _received_ms(record) <= int(time.time() * 1000)
+    assert _received_ms(_record("posts", 0, b"x")) == 1_700_000_000_000
