@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PARTITIONS = 4
 RATE = 5.0  # posts/s
-BEFORE = 10  # posts fed before a new replica starts
+BEFORE = 30  # posts labelled by the replica count under test before a new replica starts
 AFTER_REBALANCE = 25  # posts fed after the new member owns partitions
 MAX_POSTS = 1000
 
@@ -51,51 +51,55 @@ def test_posts_join_their_hints_for_any_replica_count(make_settings, workers, re
     miner = TextMiner.load(ontology)
     posts = [p for p, _ in generate_posts(ontology, MAX_POSTS, seed=40 + replicas, prefix=settings.group_prefix)]
     producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
-    stop_at = [MAX_POSTS]
-    sent: list = []
-    joining = threading.Event()
+    store = redis.Redis.from_url(settings.redis_url)
 
-    def feed() -> None:  # paced; held after the first posts until the new replica is about to join
-        for i, post in enumerate(posts):
-            if i >= stop_at[0]:
+    def labelled(batch: list) -> int:
+        keys = [settings.keys.label(p.post_id) for p in batch]
+        return sum(store.exists(*keys[i:i + 100]) for i in range(0, len(keys), 100))
+
+    # Phase 1: the replica count under test alone, every post labelled before anything changes.
+    sent = list(posts[:BEFORE])
+    for post in sent:
+        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+    producer.flush()
+    wait_until(lambda: labelled(sent) == BEFORE, timeout=120, what=f"the first posts labelled by {replicas}")
+
+    # Phase 2: a paced feed, and a new replica joining in the middle of it (every member is reassigned).
+    stop_at = [MAX_POSTS]
+
+    def feed() -> None:
+        for post in posts[BEFORE:]:
+            if len(sent) >= stop_at[0]:
                 break
-            if i == BEFORE:
-                joining.wait()
             time.sleep(1 / RATE)  # pacing, not synchronisation
             producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
             sent.append(post)
         producer.flush()
 
+    new = group.start("classify")
+    # Its health server answers just before its consumer joins (a loaded box may take a minute to
+    # import torch): the feed starts then, so the rebalance lands mid-stream.
+    wait_until(lambda: group.metrics(new) != "", timeout=240, what="the new replica to start")
     feeder = threading.Thread(target=feed)
     feeder.start()
     try:
-        wait_until(lambda: len(sent) >= BEFORE, timeout=30, what="the feed to start")
-        new = group.start("classify")  # a new replica joins mid-stream: every member is reassigned
-        # Its health server answers just before its consumer joins (a loaded box may take a minute to
-        # import torch): feeding resumes then, so the rebalance lands mid-stream.
-        wait_until(lambda: group.metrics(new) != "", timeout=240, what="the new replica to start")
-        joining.set()
         wait_until(lambda: sum(_rebalances(group.metrics(p)) for p in first) >= 1, timeout=180,
                    what="a rebalance of the first replicas")
         group.wait_ready()
-        stop_at[0] = len(sent) + AFTER_REBALANCE
         assert feeder.is_alive(), "the feed ended before the rebalance"
     finally:
         stop_at[0] = min(stop_at[0], len(sent) + AFTER_REBALANCE)
-        joining.set()
         feeder.join()
     assert group.alive()
 
-    store = redis.Redis.from_url(settings.redis_url)
-    keys = [settings.keys.label(p.post_id) for p in sent]
-    wait_until(lambda: sum(store.exists(*keys[i:i + 100]) for i in range(0, len(keys), 100)) == len(keys),
-               timeout=240, what="every post to be labelled")
+    wait_until(lambda: labelled(sent) == len(sent), timeout=240, what="every post to be labelled")
     hinted = [p for p in sent if not miner.mine(p).is_empty]
     assert len(hinted) >= len(sent) // 2, "the synthetic captions should mostly name their garment"
     labels = [Label.model_validate_json(store.get(settings.keys.label(p.post_id))) for p in hinted]
     mined = sum(label.hints_used.source == "mined" for label in labels)
-    print(f"{replicas}+1 replicas: {mined}/{len(hinted)} hinted posts labelled with mined hints "
-          f"({len(sent)} posts)")
+    before = sum(label.hints_used.source == "mined" for p, label in zip(hinted, labels) if p in sent[:BEFORE])
+    print(f"{replicas} then {replicas + 1} replicas: {mined}/{len(hinted)} hinted posts labelled with mined hints "
+          f"({before}/{sum(p in sent[:BEFORE] for p in hinted)} before the new replica; {len(sent)} posts)")
     assert mined >= 0.95 * len(hinted), f"{mined} of {len(hinted)} posts with hints used them"
     wait_until(lambda: not committed_behind(settings, "classify", ("posts", "hints")), timeout=60,
                what="the classifiers' committed offsets to reach the end of posts and hints")
