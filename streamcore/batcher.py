@@ -2,8 +2,8 @@
 through one batch handler; one future per item.
 
 Modelled on Ray Serve's ``@serve.batch`` (and its lessons): the timer starts at the first item of a
-batch, not when waiting began; a failed batch fails every member; a result list of the wrong length is
-an error, never silently misaligned.
+batch, not when waiting began; a result list of the wrong length is an error, never silently misaligned.
+Unlike Ray, a failed batch is retried item by item, so one poison item fails alone.
 """
 
 from __future__ import annotations
@@ -99,19 +99,28 @@ class MicroBatcher(Generic[T, R]):
                 for _, _, arrived in batch:
                     self._wait_histogram.observe(now - arrived)
             try:
-                results = await self._handler([item for item, _, _ in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"batch handler returned {len(results)} results for {len(batch)} items")
-            except Exception as exc:  # noqa: BLE001 - delivered to every member of the batch
-                for _, future, _ in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                results = await self._call([item for item, _, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - delivered to the members, or retried one by one
+                if len(batch) == 1:
+                    _settle(batch[0][1], error=exc)
+                    return
+                # A poison item must not fail its batch-mates: each is tried again on its own.
+                for item, future, _ in batch:
+                    try:
+                        _settle(future, result=(await self._call([item]))[0])
+                    except Exception as single:  # noqa: BLE001 - this item's own failure
+                        _settle(future, error=single)
                 return
             for (_, future, _), result in zip(batch, results):
-                if not future.done():
-                    future.set_result(result)
+                _settle(future, result=result)
         finally:
             self._slots.release()
+
+    async def _call(self, items: list[T]) -> Sequence[R]:
+        results = await self._handler(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"batch handler returned {len(results)} results for {len(items)} items")
+        return results
 
     async def close(self) -> None:
         """Stop the batching task; pending futures are cancelled."""
@@ -124,3 +133,12 @@ class MicroBatcher(Generic[T, R]):
         for _, future, _ in self._queue:
             future.cancel()
         self._queue.clear()
+
+
+def _settle(future: asyncio.Future, *, result: object = None, error: BaseException | None = None) -> None:
+    if future.done():  # the submitter gave up (cancelled)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

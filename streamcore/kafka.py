@@ -11,6 +11,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from streamcore.assignor import CopartitionedAssignor
 from streamcore.exceptions import InfrastructureError
 from streamcore.settings import TOPICS, Settings
 
@@ -111,7 +112,10 @@ def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
 
 
 def make_consumer(settings: Settings, *topics: str, group: str | None, **overrides: Any) -> AIOKafkaConsumer:
-    """A manually committing consumer; offsets are committed by the stage after outputs are written."""
+    """A manually committing consumer; offsets are committed by the stage after outputs are written.
+
+    Partition ``i`` of every subscribed topic goes to one member (:mod:`streamcore.assignor`).
+    """
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap(settings),
         "group_id": group,
@@ -123,6 +127,7 @@ def make_consumer(settings: Settings, *topics: str, group: str | None, **overrid
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "max_partition_fetch_bytes": settings.max_message_bytes + 64 * 1024,
         "fetch_max_bytes": max(52_428_800, settings.max_message_bytes * 2),
+        "partition_assignment_strategy": (CopartitionedAssignor,),
         **settings.kafka_options,
         **aiokafka_security(settings),
         **overrides,

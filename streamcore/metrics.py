@@ -66,6 +66,12 @@ class StageMetrics:
                                  "Serving versions rolled back by the live guard", registry=r)
         self.mined = Counter("stylestream_text_mined_posts_total", "Posts mined", registry=r)
         self.mine_seconds = Counter("stylestream_text_mine_seconds_total", "Wall seconds spent in the miner", registry=r)
+        self.infra_errors = Counter("stylestream_infrastructure_errors_total",
+                                    "Redis/Kafka operations that failed and were retried", s + ("operation",), registry=r)
+        self.bad_state = Counter("stylestream_bad_state_total", "Unusable values read from Redis, ignored",
+                                 s + ("key",), registry=r)
+        self.hints_released = Counter("stylestream_hints_released_total",
+                                      "Held hints committed without their post, by reason", ("reason",), registry=r)
         self.ready = Gauge("stylestream_ready", "1 when the worker is ready", s, registry=r)
         self.assigned = Gauge("stylestream_assigned_partitions", "Partitions owned", s + ("topic",), registry=r)
         # Series that should exist at 0 from the start, so rates and alerts see them before the first event.

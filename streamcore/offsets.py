@@ -24,6 +24,10 @@ class OffsetTracker:
         """Record that every output of ``offset`` is written (unknown offsets are ignored: revoked)."""
         self._inflight.get(tp, set()).discard(offset)
 
+    def is_pending(self, tp: TopicPartition, offset: int) -> bool:
+        """True while ``offset`` was fetched from ``tp`` and is not done (nor revoked)."""
+        return offset in self._inflight.get(tp, ())
+
     def next_offset(self, tp: TopicPartition) -> int | None:
         """One past the highest offset fetched from ``tp``, if any was."""
         return self._next.get(tp)

@@ -12,7 +12,11 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 #: Stage offsets added to ``metrics_port`` so several stages on one host don't collide.
 STAGE_PORT_OFFSET = {"text": 0, "classify": 1, "trainer": 2, "up": 3}
@@ -85,6 +89,17 @@ class Settings(BaseSettings):
     trainer_guard_margin: float = Field(0.1, ge=0, le=1)
     #: ...once both versions have had at least this many of their labels corrected.
     trainer_guard_min_corrections: int = Field(50, ge=1)
+    # Fault tolerance and bounded state (issue 11).
+    #: Bytes of held post records (waiting for hints or in a batch) before the posts partitions pause.
+    max_inflight_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    #: Bytes of hints held for posts not yet seen before the hints partitions pause.
+    max_held_hint_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: A hint whose post has not arrived after this long is evicted (committed) as ``expired``.
+    hint_hold_s: float = Field(300.0, gt=0)
+    #: Ceiling of the exponential backoff between retries of a failed Redis/Kafka operation.
+    retry_backoff_max_s: float = Field(5.0, gt=0)
+    #: Posts mined per executor call in the text stage: the loop yields (and ships hints) between chunks.
+    text_chunk_posts: int = Field(16, ge=1)
     kafka_options: dict[str, Any] = Field(default_factory=dict)
 
     # Issue 13: security and interoperability (Kafka TLS/SASL, Redis Cluster + label TTL, URL fetching,

@@ -89,6 +89,13 @@ class RedisLabelSink:
                 await self._script(keys=keys, args=args, client=pipe)
             return list(await pipe.execute())
 
+    async def labelled(self, post_ids: list[str]) -> list[bool]:
+        """Per post id, whether a label was already written for it (from any message), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.exists(self._keys.source(post_id))
+            return [bool(n) for n in await pipe.execute()]
+
     async def current_model(self) -> str | None:
         """The serving model version pointer, if any."""
         value = await self._redis.get(self._keys.model_current)

@@ -1,8 +1,15 @@
 """The run loop every stream stage shares: poll → handle → write outputs → commit.
 
 A stage subclass implements :meth:`Stage.handle` (and optionally :meth:`Stage.setup`, :meth:`Stage.tick`,
-:meth:`Stage.on_revoked`). It calls :meth:`Stage.done` for each record once all of that record's outputs
-are written; the loop commits per partition up to the lowest unfinished offset, after each round.
+:meth:`Stage.on_assigned`, :meth:`Stage.on_revoked`). It calls :meth:`Stage.done` for each record once all
+of that record's outputs are written; the loop commits per partition up to the lowest unfinished offset,
+after each round.
+
+Error boundary: whatever a record raises ends it as one dead letter (``unexpected_error`` with the
+exception class and message, or the :class:`BadInput` code), never as a dead loop. A round whose
+:meth:`Stage.handle` raises is handled again record by record, so one poison record cannot take its
+round-mates down. Broker and Redis errors (:data:`INFRA_ERRORS`) are retried with backoff by
+:meth:`Stage.retrying` while the record stays unfinished (uncommitted); they are counted and logged.
 """
 
 from __future__ import annotations
@@ -13,12 +20,21 @@ import logging
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+import aiokafka.errors
+import kafka.errors
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from redis.exceptions import RedisError
 
-from streamcore.exceptions import BadInput
+from streamcore.exceptions import BadInput, InfrastructureError
 from streamcore.health import HealthServer, Heartbeat
 from streamcore.kafka import make_consumer, make_producer
 from streamcore.metrics import StageMetrics
@@ -28,6 +44,13 @@ from streamcore.serde import encode
 from streamcore.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Failures of the broker or Redis, not of the record: retried, never dead-lettered. The producer and
+#: consumer are aiokafka's (their own ``KafkaError``); the admin client is kafka-python's. Not every
+#: ``OSError``: one a record causes (a bad path) must not be retried forever.
+INFRA_ERRORS = (aiokafka.errors.KafkaError, kafka.errors.KafkaError, RedisError, ConnectionError, TimeoutError)
+_FIRST_BACKOFF_S = 0.1
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -43,6 +66,7 @@ class _Rebalance(ConsumerRebalanceListener):
         for topic in (stage.settings.topic(t) for t in stage.inputs):
             owned = sum(1 for tp in assigned if tp.topic == topic)
             stage.metrics.assigned.labels(stage.name, topic).set(owned)
+        stage.on_assigned(assigned)
 
 
 class Stage(ABC):
@@ -79,6 +103,9 @@ class Stage(ABC):
     async def tick(self) -> None:
         """Called every round even without records (join timeouts)."""
 
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        """React to a new assignment before the next fetch (the client forgets pauses on reassignment)."""
+
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
         """Finish or drop work of partitions that now belong to another member (before the last commit)."""
 
@@ -90,7 +117,9 @@ class Stage(ABC):
         """Mark a record's outputs as written, so its offset may be committed."""
         self.offsets.done(TopicPartition(record.topic, record.partition), record.offset)
         self._processed.inc()
-        self._latency.observe(max(0.0, time.time() - record.timestamp / 1000))
+        now = time.time()
+        if record.timestamp is not None and 0 < record.timestamp / 1000 <= now:  # producers may set any value
+            self._latency.observe(now - record.timestamp / 1000)
 
     async def dead_letter(self, record: ConsumerRecord, error: BadInput) -> None:
         """Send ``record`` to ``posts.dlq`` with the reason and mark it done."""
@@ -105,7 +134,7 @@ class Stage(ABC):
             error=error.code, detail=detail, stage=self.name, original=base64.b64encode(original).decode(),
             topic=record.topic, partition=record.partition, offset=record.offset,
         )
-        await self.send("posts.dlq", record.key, encode(letter))
+        await self.retrying("dead_letter", lambda: self.send("posts.dlq", record.key, encode(letter)))
         log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, error)
         self.metrics.dead_letters.labels(self.name, error.code).inc()
         self.done(record)
@@ -114,6 +143,45 @@ class Stage(ABC):
         """Drop a bad record whose dead letter another stage owns (one letter per bad message); count it."""
         self.metrics.skipped.labels(self.name, error.code).inc()
         self.done(record)
+
+    async def fail(self, record: ConsumerRecord, exc: Exception) -> None:
+        """Dead-letter ``record`` after an error no check foresaw: ``unexpected_error``, traceback logged.
+
+        Raises:
+            InfrastructureError: the letter could not be written before the stage was stopped.
+        """
+        log.error("%s: unexpected error on %s[%d]@%d", self.name, record.topic, record.partition, record.offset,
+                  exc_info=exc)
+        await self.dead_letter(record, BadInput("unexpected_error", f"{type(exc).__name__}: {exc}"))
+
+    async def retrying(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``await call()`` until it succeeds, backing off exponentially on :data:`INFRA_ERRORS`.
+
+        Each failure is counted (``stylestream_infrastructure_errors_total{operation}``) and logged.
+
+        Raises:
+            InfrastructureError: the stage was asked to stop while the operation still failed; the
+                record stays unfinished, so the next owner redoes it.
+        """
+        delay = _FIRST_BACKOFF_S
+        while True:
+            try:
+                return await call()
+            except INFRA_ERRORS as exc:
+                self.metrics.infra_errors.labels(self.name, operation).inc()
+                if self._stopping.is_set():
+                    raise InfrastructureError(f"{operation} failed while stopping: {exc}") from exc
+                log.warning("%s: %s failed (%s: %s); retrying in %.1fs", self.name, operation,
+                            type(exc).__name__, exc, delay)
+                await self._backoff(delay)
+                delay = min(delay * 2, self.settings.retry_backoff_max_s)
+
+    async def _backoff(self, seconds: float) -> None:
+        """Back off for ``seconds``, or less if the stage is asked to stop."""
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Produce one message and wait for the broker's acknowledgement."""
@@ -184,18 +252,52 @@ class Stage(ABC):
         self.metrics.ready.labels(self.name).set(int(ready))
 
     async def _round(self) -> None:
-        batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms,
-                                              max_records=self.settings.fetch_max_records)
+        try:
+            batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms,
+                                                  max_records=self.settings.fetch_max_records)
+        except aiokafka.errors.KafkaError as exc:
+            self.metrics.infra_errors.labels(self.name, "fetch").inc()
+            log.warning("%s: fetch failed (%s: %s); retrying", self.name, type(exc).__name__, exc)
+            await self._backoff(self.settings.retry_backoff_max_s)
+            return
         records = [r for tp in sorted(batches, key=lambda t: (t.topic, t.partition)) for r in batches[tp]]
         for record in records:
             self.offsets.add(TopicPartition(record.topic, record.partition), record.offset)
             self.metrics.consumed.labels(self.name, record.topic).inc()
-        await self.handle(records)
-        await self.tick()
+        await self._handle(records)
+        try:
+            await self.tick()
+        except Exception:  # timers run again next round; a bug here must not stop the stage
+            self.metrics.infra_errors.labels(self.name, "tick").inc()
+            log.exception("%s: tick failed", self.name)
         await self._commit()
         self.metrics.inflight.labels(self.name).set(self.offsets.pending())
         self._observe_lag()
         self.heartbeat.beat()
+
+    async def _handle(self, records: list[ConsumerRecord]) -> None:
+        try:
+            await self.handle(records)
+            return
+        except InfrastructureError as exc:  # stopping: what is unfinished stays uncommitted
+            log.warning("%s: %s", self.name, exc)
+            return
+        except Exception:  # retried one record at a time below
+            log.exception("%s: a round of %d records failed; handling them one by one", self.name, len(records))
+        for record in records:
+            if not self.offsets.is_pending(TopicPartition(record.topic, record.partition), record.offset):
+                continue  # finished before the round failed
+            try:
+                await self.handle([record])
+            except InfrastructureError as exc:
+                log.warning("%s: %s", self.name, exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - the error boundary: this record, and only it, fails
+                try:
+                    await self.fail(record, exc)
+                except InfrastructureError as stop:
+                    log.warning("%s: %s", self.name, stop)
+                    return
 
     def _observe_lag(self) -> None:
         # Every owned partition every round, so a stuck consumer's lag keeps growing on the dashboard.
@@ -209,14 +311,24 @@ class Stage(ABC):
         offsets = {tp: o for tp, o in self.offsets.committable().items() if tp in assigned}
         if not offsets:
             return
-        await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        try:
+            await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        except aiokafka.errors.KafkaError as exc:
+            # CommitFailedError in a rebalance, or a broker hiccup: the offsets stay uncommitted and are
+            # tried again next round (or redone by the partition's next owner).
+            self.metrics.infra_errors.labels(self.name, "commit").inc()
+            log.warning("%s: commit failed (%s: %s); will retry", self.name, type(exc).__name__, exc)
+            return
         self.offsets.mark_committed(offsets)
         self.metrics.commits.labels(self.name).inc()
 
     async def _revoke(self, revoked: list[TopicPartition]) -> None:
         if revoked:  # the first join "revokes" nothing
             self.metrics.rebalances.labels(self.name).inc()
-        await self.on_revoked(revoked)
+        try:
+            await self.on_revoked(revoked)
+        except Exception:  # the revocation goes ahead; unfinished records go to the next owner
+            log.exception("%s: on_revoked failed", self.name)
         try:
             await self._commit()
         except Exception as exc:  # noqa: BLE001 - the group may already be gone; the next owner redoes

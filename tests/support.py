@@ -34,3 +34,29 @@ def publish_tiny(model_dir, name: str, *, seed: int = 0, hidden: int = 256):
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(model, Path(tmp) / "ckpt", config={"seed": seed}, metrics={"test": {"P@1": 0.5}})
         return Registry(Path(model_dir)).publish(Path(tmp) / "ckpt", name=name)
+
+
+def committed_behind(settings, stage: str, topics: tuple[str, ...]) -> dict:
+    """``{(topic, partition): records}`` the stage's group has not committed yet; empty when at the end.
+
+    The end is found by reading each partition (the embedded broker's ListOffsets can answer a batch's
+    base offset instead of the end).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    tps = [TopicPartition(settings.topic(t), p) for t in topics for p in range(settings.partitions)]
+    reader = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False)
+    # A consumer that never subscribes only reads the group's offsets; it does not join the group.
+    group = KafkaConsumer(bootstrap_servers=settings.kafka, group_id=settings.group(stage), enable_auto_commit=False)
+    try:
+        reader.assign(tps)
+        reader.seek_to_beginning()
+        ends = dict.fromkeys(tps, 0)
+        while batches := reader.poll(timeout_ms=1000):
+            for tp, records in batches.items():
+                ends[tp] = max(ends[tp], records[-1].offset + 1)
+        behind = {(tp.topic, tp.partition): ends[tp] - (group.committed(tp) or 0) for tp in tps}
+    finally:
+        reader.close()
+        group.close()
+    return {tp: n for tp, n in behind.items() if n > 0}

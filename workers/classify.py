@@ -1,16 +1,26 @@
 """Classifier stage: join ``posts`` with ``hints`` by post_id, micro-batch images through the Dynamic CNN,
 write labels to Redis and the ``labels`` topic, then let the loop commit.
 
-Both input topics are keyed by post_id with the same partition count, so one member owns a post's
-partition on both topics. A post waits at most ``hint_wait_ms`` for its hints, then is classified
-without them (``hints_used.source`` says which); later hints for it are ignored. When more than
-``max_inflight`` posts are held, the posts partitions are paused until half of them are done.
+Join invariant: the text stage writes a post's hints to the partition number of the post, and the
+co-partitioning assignor (:mod:`streamcore.assignor`) gives partition ``i`` of ``posts`` and ``hints`` to
+the same member, for any replica count. A post waits at most ``hint_wait_ms`` for its hints, then is
+classified without them (``hints_used.source`` says which); later hints for it are released.
+
+Hints are durable until used: a hints record stays unfinished (its offset uncommitted) until its post
+is labelled or dead-lettered, so a restart or rebalance re-reads the hints of every unlabelled post. A
+hint whose post does not come within ``hint_hold_s`` is released as ``expired`` (counted), so the hints
+partition's commit point never stalls for good.
+
+Memory is bounded in bytes: when held posts exceed ``max_inflight`` records or ``max_inflight_bytes``,
+the posts partitions pause until half are done; held hints over ``max_held_hint_bytes`` pause the hints
+partitions. Pauses are re-applied after a reassignment (the client forgets them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,11 +30,10 @@ from dataclasses import dataclass, field
 import torch
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from kafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from streamcore.batcher import MicroBatcher
-from streamcore.exceptions import BadInput
+from streamcore.exceptions import BadInput, InfrastructureError
 from streamcore.images import load_image
 from streamcore.schemas import Hints, Post
 from streamcore.serde import decode, decode_post
@@ -38,7 +47,19 @@ log = logging.getLogger(__name__)
 
 #: Bound on join state: hints waiting for their post, and recently labelled ids (to drop late hints).
 _MAX_REMEMBERED = 100_000
-_RETRY_S = 1.0
+#: The registry's version names (``Registry.publish``); anything else in the pointer is garbage.
+_VERSION_NAME = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}")
+#: 9999-12-31T23:59:59.999Z, the latest instant a ``datetime`` holds.
+_MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+
+@dataclass
+class _Held:
+    """A hints record waiting for its post; its offset stays uncommitted meanwhile."""
+
+    record: ConsumerRecord
+    hints: Hints
+    since: float
 
 
 @dataclass
@@ -47,6 +68,7 @@ class _Waiting:
     post: Post
     deadline: float
     hints: Hints | None = None
+    hints_record: ConsumerRecord | None = None
     fingerprint: str = ""
     #: Byte-identical copies fetched while this one waited: finished with it, not labelled twice.
     redos: list[ConsumerRecord] = field(default_factory=list)
@@ -69,18 +91,20 @@ class ClassifyStage(Stage):
 
     def __init__(self, settings: Settings, **kwargs) -> None:
         super().__init__(settings, **kwargs)
-        self._hints: OrderedDict[str, Hints] = OrderedDict()
+        self._hints: OrderedDict[str, _Held] = OrderedDict()  # arrival order = expiry order
+        self._hint_bytes = 0
         self._waiting: OrderedDict[str, _Waiting] = OrderedDict()
         self._started: OrderedDict[str, str] = OrderedDict()  # post_id -> source of the message started
         self._tasks: dict[asyncio.Task, ConsumerRecord] = {}
-        self._paused = False
+        self._paused: set[str] = set()  # logical topics whose partitions are paused
+        self._bad_pointer: bytes | str | None = None
         self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     async def setup(self) -> None:
         self.sink = RedisLabelSink(self.settings)
         loop = asyncio.get_running_loop()
-        version = await self.sink.current_model()
+        version = await self._serving_pointer(retry=True)
         try:
             predictor = await loop.run_in_executor(self._model_pool, Predictor.load, self.settings, version)
         except Exception as exc:  # noqa: BLE001 - serve what the registry has rather than not at all
@@ -92,27 +116,84 @@ class ClassifyStage(Stage):
                                     max_wait_s=self.settings.max_wait_ms / 1000,
                                     wait_histogram=self.metrics.batch_wait)
 
+    async def _serving_pointer(self, *, retry: bool = False) -> str | None:
+        """The serving-version pointer if it names a version; garbage is logged, counted and ignored."""
+        try:
+            raw = await (self.retrying("model_pointer", self.sink.current_model) if retry
+                         else self.sink.current_model())
+        except RedisError as exc:
+            self.metrics.infra_errors.labels(self.name, "model_pointer").inc()
+            log.warning("classify: cannot read the serving pointer (%s); keeping %s", exc, self.models.current.version)
+            return None
+        except UnicodeDecodeError as exc:
+            raw, problem = exc.object, "is not UTF-8"
+        else:
+            if raw is None or _VERSION_NAME.fullmatch(raw):
+                return raw
+            problem = "is not a version name"
+        if raw != self._bad_pointer:  # once per bad value, not once per poll
+            self._bad_pointer = raw
+            self.metrics.bad_state.labels(self.name, "model_current").inc()
+            log.error("classify: serving pointer %s %r %s; ignored", self.settings.keys.model_current, raw[:200], problem)
+        return None
+
     # -- join ------------------------------------------------------------------------------------
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         deadline = time.monotonic() + self.settings.hint_wait_ms / 1000
         hints_topic = self.settings.topic("hints")
+        held: list[str] = []
         for record in records:
             try:
                 if record.topic == hints_topic:
-                    self._on_hints(record, decode(record.value, Hints, max_bytes=self.settings.max_message_bytes))
+                    hints = decode(record.value, Hints, max_bytes=self.settings.max_message_bytes)
+                    if self._on_hints(record, hints):
+                        held.append(hints.post_id)
                 else:
                     self._on_post(record, decode_post(record.value, self.settings), deadline)
             except BadInput as exc:
                 await self.dead_letter(record, exc)
+            except Exception as exc:  # noqa: BLE001 - the error boundary: this record fails alone
+                await self.fail(record, exc)
+        if held:
+            await self._release_labelled(held)
 
-    def _on_hints(self, record: ConsumerRecord, hints: Hints) -> None:
-        waiting = self._waiting.pop(hints.post_id, None)
+    async def _release_labelled(self, held: list[str]) -> None:
+        """Release newly held hints whose post is already labelled.
+
+        After a restart or rebalance, hints re-read from the partition's commit point include some whose
+        post was labelled (and committed) before; that post never comes again, so its hints would hold
+        the commit point until ``hint_hold_s``.
+        """
+        held = [p for p in held if p in self._hints]  # a post of the same round may have taken them
+        try:
+            labelled = await self.sink.labelled(held)
+        except RedisError as exc:  # they expire instead
+            self.metrics.infra_errors.labels(self.name, "label_lookup").inc()
+            log.warning("classify: cannot look up labelled posts (%s)", exc)
+            return
+        for post_id, done in zip(held, labelled):
+            if done and post_id in self._hints:
+                self._release_held(post_id, "late")
+
+    def _on_hints(self, record: ConsumerRecord, hints: Hints) -> bool:
+        """Join ``hints`` to their waiting post, or hold them for it; True when they are now held."""
+        post_id = hints.post_id
+        waiting = self._waiting.pop(post_id, None)
         if waiting is not None:
-            waiting.hints = hints
+            waiting.hints, waiting.hints_record = hints, record
             self._start(waiting)
-        elif hints.post_id not in self._started:
-            _remember(self._hints, hints.post_id, hints)
-        self.done(record)
+        elif post_id in self._started:
+            self._release(record, "late")  # its post was classified without them
+        elif post_id in self._hints:
+            if self._hints[post_id].record.offset != record.offset:
+                self._release(record, "duplicate")  # the text stage redid the post
+        else:
+            self._hints[post_id] = _Held(record, hints, time.monotonic())
+            self._hint_bytes += len(record.value)
+            while len(self._hints) > _MAX_REMEMBERED:
+                self._release_held(next(iter(self._hints)), "capacity")
+            return True
+        return False
 
     def _on_post(self, record: ConsumerRecord, post: Post, deadline: float) -> None:
         # Redo vs conflict: a post id seen before with the same bytes is a redo (the message read again
@@ -127,11 +208,27 @@ class ClassifyStage(Stage):
             if _position(earlier.record) != _position(record):
                 earlier.redos.append(record)
             return
-        waiting = _Waiting(record, post, deadline, self._hints.pop(post.post_id, None), print_)
+        held = self._take_held(post.post_id)
+        waiting = _Waiting(record, post, deadline, hints=held.hints if held else None,
+                           hints_record=held.record if held else None, fingerprint=print_)
         if waiting.hints is not None:
             self._start(waiting)
         else:
             self._waiting[post.post_id] = waiting
+
+    def _take_held(self, post_id: str) -> _Held | None:
+        held = self._hints.pop(post_id, None)
+        if held is not None:
+            self._hint_bytes -= len(held.record.value)
+        return held
+
+    def _release_held(self, post_id: str, reason: str) -> None:
+        self._release(self._take_held(post_id).record, reason)
+
+    def _release(self, record: ConsumerRecord, reason: str) -> None:
+        """Finish a hints record that no post will use (``late``, ``duplicate``, ``expired``, ``capacity``)."""
+        self.metrics.hints_released.labels(reason).inc()
+        self.done(record)
 
     async def tick(self) -> None:
         now = time.monotonic()
@@ -140,25 +237,39 @@ class ClassifyStage(Stage):
             if first.deadline > now:  # insertion order = deadline order
                 break
             self._start(self._waiting.pop(first.post.post_id))
+        while self._hints and now - next(iter(self._hints.values())).since >= self.settings.hint_hold_s:
+            self._release_held(next(iter(self._hints)), "expired")
         self._backpressure()
         self.metrics.queue_depth.labels(self.name).set(self.batcher.queued)
         if now >= self._next_model_check:
             self._next_model_check = now + self.settings.model_poll_s
-            self.models.offer(await self.sink.current_model())
+            self.models.offer(await self._serving_pointer())
 
     def _backpressure(self) -> None:
-        held = len(self._waiting) + len(self._tasks)
-        pause = not self._paused and held >= self.settings.max_inflight
-        resume = self._paused and held <= self.settings.max_inflight // 2
-        if not (pause or resume):
-            return
-        posts = [tp for tp in self.consumer.assignment() if tp.topic == self.settings.topic("posts")]
-        if pause:
-            self.consumer.pause(*posts)
+        held = [w.record for w in self._waiting.values()] + list(self._tasks.values())
+        count, size = len(held), sum(len(r.value or b"") for r in held)
+        cap, cap_bytes = self.settings.max_inflight, self.settings.max_inflight_bytes
+        self._throttle("posts", over=count >= cap or size >= cap_bytes,
+                       under=count <= cap // 2 and size <= cap_bytes // 2)
+        cap_hints = self.settings.max_held_hint_bytes
+        self._throttle("hints", over=self._hint_bytes >= cap_hints, under=self._hint_bytes <= cap_hints // 2)
+
+    def _throttle(self, topic: str, *, over: bool, under: bool) -> None:
+        if topic not in self._paused and over:
+            self.consumer.pause(*self._owned(topic))
+            self._paused.add(topic)
             self.metrics.backpressure.labels(self.name).inc()
-        else:
-            self.consumer.resume(*posts)
-        self._paused = pause
+        elif topic in self._paused and under:
+            self.consumer.resume(*self._owned(topic))
+            self._paused.discard(topic)
+
+    def _owned(self, topic: str) -> list[TopicPartition]:
+        return [tp for tp in self.consumer.assignment() if tp.topic == self.settings.topic(topic)]
+
+    def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        """Keep paused topics paused on their newly assigned partitions (the client resumes them)."""
+        for topic in self._paused:
+            self.consumer.pause(*(tp for tp in partitions if tp.topic == self.settings.topic(topic)))
 
     # -- per post --------------------------------------------------------------------------------
     def _start(self, waiting: _Waiting) -> None:
@@ -168,38 +279,40 @@ class ClassifyStage(Stage):
         task.add_done_callback(self._tasks.pop)
 
     async def _process(self, waiting: _Waiting) -> None:
+        """One post to one label or one dead letter, whatever happens on the way (the error boundary)."""
+        try:
+            try:
+                await self._classify(waiting)
+            except BadInput as exc:
+                await self.dead_letter(waiting.record, exc)
+            except InfrastructureError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a bug or an input no check foresaw: this post only
+                await self.fail(waiting.record, exc)
+        except InfrastructureError as exc:  # stopping while Kafka/Redis fail: the next owner redoes it
+            log.warning("classify: %s[%d]@%d left unfinished: %s", waiting.record.topic, waiting.record.partition,
+                        waiting.record.offset, exc)
+            return
+        for redo in waiting.redos:  # byte-identical copies end with the post, as its label or letter
+            self.done(redo)
+        if waiting.hints_record is not None:  # the post is finished, so its hints are used
+            self.done(waiting.hints_record)
+
+    async def _classify(self, waiting: _Waiting) -> None:
         record = waiting.record
         loop = asyncio.get_running_loop()
-        try:
-            image = await loop.run_in_executor(self._decode_pool, self._prepare, waiting.post)
-        except BadInput as exc:
-            await self.dead_letter(record, exc)
-            self._finish_redos(waiting)
-            return
-        item = _Item(image, waiting.hints, waiting.post.post_id, record.timestamp, waiting.fingerprint)
-        while True:
-            try:
-                stored = await self.batcher.submit(item)
-                break
-            except (RedisError, KafkaError, OSError) as exc:
-                # Outputs could not be written: keep the record unfinished (uncommitted) and retry.
-                log.warning("classify: output write failed (%s); retrying in %.0fs", exc, _RETRY_S)
-                await asyncio.sleep(_RETRY_S)
+        image = await loop.run_in_executor(self._decode_pool, self._prepare, waiting.post)
+        received_ms = _received_ms(record)
+        item = _Item(image, waiting.hints, waiting.post.post_id, received_ms, waiting.fingerprint)
+        # Outputs not written: the record stays unfinished (uncommitted) while this retries.
+        stored = await self.retrying("label_write", lambda: self.batcher.submit(item))
         if stored is None:
-            await self.dead_letter(record, BadInput("duplicate_post_id",
-                                                    f"post {item.post_id!r} was labelled from other content"))
-            self._finish_redos(waiting)
-            return
+            raise BadInput("duplicate_post_id", f"post {item.post_id!r} was labelled from other content")
         self.done(record)
-        self._finish_redos(waiting)
         self.metrics.labeled.inc()
         if waiting.hints is not None and not waiting.hints.is_empty:
             self.metrics.hinted.inc()
-        self.metrics.e2e_latency.observe(max(0.0, time.time() - record.timestamp / 1000))
-
-    def _finish_redos(self, waiting: _Waiting) -> None:
-        for redo in waiting.redos:
-            self.done(redo)
+        self.metrics.e2e_latency.observe(max(0.0, time.time() - received_ms / 1000))
 
     def _prepare(self, post: Post) -> torch.Tensor:
         return self.models.current.to_tensor(load_image(post.image, self.settings))
@@ -216,9 +329,12 @@ class ClassifyStage(Stage):
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        # Held posts and hints of these partitions stay uncommitted: their next owner re-reads them.
         gone = {(tp.topic, tp.partition) for tp in partitions}
         for post_id in [p for p, w in self._waiting.items() if (w.record.topic, w.record.partition) in gone]:
             del self._waiting[post_id]
+        for post_id in [p for p, h in self._hints.items() if (h.record.topic, h.record.partition) in gone]:
+            self._take_held(post_id)
         # Let batches already in the model finish, so their offsets are committed before we let go.
         leaving = [t for t, r in self._tasks.items() if (r.topic, r.partition) in gone]
         if leaving:
@@ -237,6 +353,13 @@ class ClassifyStage(Stage):
 
 def _position(record: ConsumerRecord) -> tuple[str, int, int]:
     return record.topic, record.partition, record.offset
+
+
+def _received_ms(record: ConsumerRecord) -> int:
+    """The record's broker timestamp, or now when a producer set one no ``datetime`` can hold."""
+    if record.timestamp is None or not 0 <= record.timestamp <= _MAX_TIMESTAMP_MS:
+        return int(time.time() * 1000)
+    return record.timestamp
 
 
 def _remember(cache: OrderedDict, key, value) -> None:

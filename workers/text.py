@@ -1,4 +1,9 @@
-"""Text stage: ``posts`` → text miner → ``hints`` (keyed by post_id, at-least-once)."""
+"""Text stage: ``posts`` → text miner → ``hints`` (keyed by post_id, at-least-once).
+
+Work per post is bounded by the normaliser's caps, and a round is mined in chunks of
+``text_chunk_posts`` posts, each chunk's hints shipped before the next is mined: a flood of heavy posts
+delays the posts behind it by the flood's mining time only, and the loop keeps its heartbeats.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from collections.abc import Sequence
 from aiokafka.structs import ConsumerRecord
 
 from streamcore.exceptions import BadInput
+from streamcore.schemas import Hints, Post
 from streamcore.serde import decode_post, encode
 from streamcore.settings import Settings
 from streamcore.stage import Stage
@@ -33,20 +39,42 @@ class TextStage(Stage):
                 good.append((record, decode_post(record.value, self.settings)))
             except BadInput as exc:  # the classifier owns a bad post's dead letter (README "Dead-letter reasons")
                 self.skip(record, exc)
-        if not good:
-            return
+            except Exception as exc:  # noqa: BLE001 - the error boundary: this record fails alone
+                await self.fail(record, exc)
+        size = self.settings.text_chunk_posts
+        for start in range(0, len(good), size):
+            await self._mine(good[start:start + size])
+
+    async def _mine(self, chunk: list[tuple[ConsumerRecord, Post]]) -> None:
         # Mining is CPU work: keep it off the event loop so heartbeats keep flowing.
         started = time.perf_counter()
-        hints = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: [self.miner.mine(post) for _, post in good])
+        results = await asyncio.get_running_loop().run_in_executor(None, _mine_each, self.miner,
+                                                                   [post for _, post in chunk])
         self.metrics.mine_seconds.inc(time.perf_counter() - started)
-        self.metrics.mined.inc(len(good))
+        self.metrics.mined.inc(len(chunk))
+        mined = []
+        for (record, post), result in zip(chunk, results):
+            if isinstance(result, Exception):
+                await self.fail(record, result)
+            else:
+                mined.append((record, post, result))
         # Same partition number as the post: the classifier that owns the post owns its hints, even
         # when a producer keyed the post by something other than its id.
-        await self.send_to_partitions("hints", [(record.partition, post.post_id.encode(), encode(h))
-                                                for (record, post), h in zip(good, hints)])
-        for record, _ in good:
+        messages = [(record.partition, post.post_id.encode(), encode(h)) for record, post, h in mined]
+        await self.retrying("hints_write", lambda: self.send_to_partitions("hints", messages))
+        for record, _, _ in mined:
             self.done(record)
+
+
+def _mine_each(miner: TextMiner, posts: list[Post]) -> list[Hints | Exception]:
+    """Hints per post, or the exception mining it raised (one post's bug must not cost the others)."""
+    out: list[Hints | Exception] = []
+    for post in posts:
+        try:
+            out.append(miner.mine(post))
+        except Exception as exc:  # noqa: BLE001 - returned, and dead-lettered by the caller
+            out.append(exc)
+    return out
 
 
 def run(settings: Settings) -> None:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import signal
-import time
 import threading
+import time
 from collections import defaultdict
 
 import pytest
 import redis
 from kafka import KafkaProducer
 
+from streamcore.schemas import Label
 from streamcore.serde import encode
 from tests.integration.test_end_to_end import _read_topic
-from tests.support import wait_until
+from tests.support import committed_behind, wait_until
 from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
+from training.text import TextMiner
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -68,3 +71,49 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(make_settings, workers):
     for post in posts[:50]:
         assert store.get(settings.keys.label(post.post_id)) in contents[post.post_id]
     assert _read_topic(settings, "posts.dlq", until=lambda rs: False, timeout=1) == [], "false duplicates"
+
+
+def test_hints_read_before_a_sigkill_are_used_after_the_restart(make_settings, workers):
+    """Hints arrive first; the classifier is killed before their posts do; the restarted one joins them."""
+    settings = make_settings(partitions=4, hint_wait_ms=5000)
+    group = workers(settings)
+    victim = group.start("classify")
+    group.wait_ready()
+
+    ontology = load_ontology()
+    miner = TextMiner.load(ontology)
+    posts = [p for p, _ in generate_posts(ontology, 40, seed=17, prefix=settings.group_prefix)]
+    hinted = {p.post_id for p in posts if not miner.mine(p).is_empty}
+    assert len(hinted) >= 20
+    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    # The text stage's output, ahead of the posts: same key, same partition number as the post.
+    for i, post in enumerate(posts):
+        producer.send(settings.topic("hints"), key=post.post_id.encode(), value=encode(miner.mine(post)),
+                      partition=i % settings.partitions)
+    producer.flush()
+    topic = re.escape(settings.topic("hints"))
+    consumed = re.compile(rf'^stylestream_messages_consumed_total\{{stage="classify",topic="{topic}"\}} ([0-9.e+]+)$',
+                          re.MULTILINE)
+    wait_until(lambda: sum(float(v) for v in consumed.findall(group.metrics(victim))) >= len(posts), timeout=60,
+               what="the classifier to read every hint")
+    # Read but not used: nothing of hints may be committed yet.
+    assert committed_behind(settings, "classify", ("hints",)) == {
+        (settings.topic("hints"), p): len(posts) // settings.partitions for p in range(settings.partitions)}
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+
+    group.start("classify")
+    group.wait_ready()
+    for i, post in enumerate(posts):
+        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post),
+                      partition=i % settings.partitions)
+    producer.flush()
+
+    store = redis.Redis.from_url(settings.redis_url)
+    keys = [settings.keys.label(p.post_id) for p in posts]
+    wait_until(lambda: store.exists(*keys) == len(posts), timeout=120, what="every post to be labelled")
+    sources = {p.post_id: Label.model_validate_json(store.get(settings.keys.label(p.post_id))).hints_used.source
+               for p in posts}
+    assert {p for p in hinted if sources[p] != "mined"} == set(), "posts labelled without the hints read before the kill"
+    wait_until(lambda: not committed_behind(settings, "classify", ("posts", "hints")), timeout=60,
+               what="posts and hints committed to the end")

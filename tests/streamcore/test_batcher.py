@@ -106,11 +106,31 @@ def test_a_failed_batch_fails_every_member(bad):
         batcher = MicroBatcher(handler, max_batch=3, max_wait_s=3600)
         results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
         assert all(isinstance(r, (ValueError, RuntimeError)) for r in results)
-        if bad == "short":
-            assert "2 results for 3 items" in str(results[0])
+        if bad == "short":  # the batch, then each item alone, returned one result too few
+            assert "0 results for 1 items" in str(results[0])
         # the batcher keeps working after a failure
         batcher._handler = Recorder()
         assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 10, 20]
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_poison_item_fails_alone_and_its_batch_mates_get_results():
+    calls: list[list[int]] = []
+
+    async def handler(items):
+        calls.append(list(items))
+        if 13 in items:
+            raise ValueError("poison")
+        return [i * 10 for i in items]
+
+    async def scenario():
+        batcher = MicroBatcher(handler, max_batch=4, max_wait_s=3600)
+        results = await asyncio.gather(*(batcher.submit(i) for i in (1, 13, 2, 3)), return_exceptions=True)
+        assert results[0] == 10 and results[2:] == [20, 30]
+        assert isinstance(results[1], ValueError)
+        assert calls == [[1, 13, 2, 3], [1], [13], [2], [3]]
         await batcher.close()
 
     asyncio.run(scenario())

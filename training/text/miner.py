@@ -14,6 +14,9 @@ from training.text.vectors import DEFAULT_MAX_WORDS, load_vectors
 MINER_VERSION = "1.0"
 #: post_id used by :meth:`TextMiner.mine_text`, which has no post.
 PLACEHOLDER_ID = "x"
+#: UTF-8 bytes of the hashtags, handles and emojis one hint lists (the ranked terms are capped by the
+#: schema), so a hint stays a few KiB whatever its post holds.
+MAX_LISTED_BYTES = 8192
 
 
 class TextMiner:
@@ -51,19 +54,34 @@ class TextMiner:
         """Hints for raw text fields; ``post_id`` defaults to a placeholder for in-process use."""
         norm = self.normalizer(caption, comments, hashtags, user_tags)
         ranked = self.matcher.rank(self.matcher.score(norm.weights))
+        listed = _within(MAX_LISTED_BYTES, norm.hashtags, norm.handles, norm.emojis)
         # One validation of plain data: cheaper than a model per scored term.
         return Hints.model_validate({
             "post_id": post_id,
             "miner_version": self.version,
-            "hashtags": norm.hashtags,
-            "handles": norm.handles,
-            "emojis": norm.emojis,
+            "hashtags": listed[0],
+            "handles": listed[1],
+            "emojis": listed[2],
             **{name: [{"term": t, "score": min(s, 1.0)} for t, s in ranked[name]] for name in HINT_CLASSES},
         })
 
     def mine(self, post: Post) -> Hints:
         """``hints/v1`` for a ``post/v1``: caption, comments, hashtags and user tags, field-weighted."""
         return self.mine_text(post.caption, post.comments, post.hashtags, post.user_tags, post_id=post.post_id)
+
+
+def _within(budget: int, *lists: list[str]) -> list[list[str]]:
+    """Leading items of each list, in order, while their JSON size fits ``budget`` bytes in all."""
+    out = []
+    for items in lists:
+        kept = []
+        for item in items:
+            budget -= len(item.encode()) + 3  # quotes and a comma
+            if budget < 0:
+                break
+            kept.append(item)
+        out.append(kept)
+    return out
 
 
 @lru_cache(maxsize=4)

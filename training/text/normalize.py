@@ -3,6 +3,10 @@ segment hashtags, map emojis and slang to words, lower-case, drop stopwords, lem
 
 The output is a bag of weighted tokens (field weights 2/1/1/3 for caption/comments/user tags/hashtags,
 as in the authors' ``conf.json``) that the matcher scores against the ontology.
+
+Work per post is bounded (:class:`Limits`), whatever the post holds: a post at the size limits costs
+a few tens of milliseconds, not seconds. The caps are deterministic (the same post always gives the same
+hints), and generous for real posts: their first tokens and hashtags carry the fashion words.
 """
 
 from __future__ import annotations
@@ -32,6 +36,32 @@ _MAX_TOKEN = 40
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Caps on the work and output of one post.
+
+    Attributes:
+        chars: characters of caption and comments read per post (tokenising is the costly part).
+        tokens: tokens read per post, over all fields (the rest is not read).
+        hashtags: distinct hashtags per post; later ones are ignored.
+        handles: handles (``@user``) per post.
+        emojis: emojis listed per post.
+        item_chars: longer hashtags and handles are noise, not listed.
+        segment_cost: budget of hashtag segmentation per post, in squared characters (segmenting a tag
+            costs about its length squared); tags beyond it are looked up whole, not split.
+        segment_chars: tags longer than this are looked up whole, not split.
+    """
+
+    chars: int = 8192
+    tokens: int = 2048
+    hashtags: int = 64
+    handles: int = 64
+    emojis: int = 64
+    item_chars: int = 64
+    segment_cost: int = 2048
+    segment_chars: int = 30
+
+
+@dataclass(frozen=True)
 class FieldWeights:
     """How much a word counts depending on where it appears."""
 
@@ -50,6 +80,10 @@ class Normalized:
     handles: list[str] = field(default_factory=list)
     emojis: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    #: What is left of the post's :class:`Limits` budgets.
+    chars_left: int = 0
+    tokens_left: int = 0
+    segment_left: int = 0
 
     def add(self, words: Iterable[str], weight: float) -> None:
         """Add unigrams and adjacent bigrams ("leather jacket") of one text span."""
@@ -163,11 +197,14 @@ class Normalizer:
     Args:
         keep: words never lemmatised because the ontology uses them as they are (``shorts``, ``jeans``).
         weights: field weights; the authors' ``conf.json`` by default.
+        limits: caps on the work per post.
     """
 
-    def __init__(self, keep: frozenset[str], weights: FieldWeights | None = None) -> None:
+    def __init__(self, keep: frozenset[str], weights: FieldWeights | None = None,
+                 limits: Limits | None = None) -> None:
         self.keep = keep
         self.weights = weights or field_weights()
+        self.limits = limits or Limits()
         self._stop = stopwords()
         self._slang = slang()
         self._emoji = emoji_words()
@@ -182,10 +219,13 @@ class Normalizer:
         hashtags: Iterable[str] = (),
         user_tags: Iterable[str] = (),
     ) -> Normalized:
-        out = Normalized()
+        limits = self.limits
+        out = Normalized(chars_left=limits.chars, tokens_left=limits.tokens, segment_left=limits.segment_cost)
         w = self.weights
         self._text(caption, w.caption, out)
         for comment in comments:
+            if out.tokens_left <= 0 or out.chars_left <= 0:
+                break
             self._text(comment, w.comments, out)
         for tag in hashtags:
             self._hashtag(str(tag), out)
@@ -195,13 +235,17 @@ class Normalizer:
 
     def _text(self, text: str, weight: float, out: Normalized) -> None:
         """Tokenise one text span; words go in with ``weight``, hashtags with the hashtag weight."""
-        if not text or text.isspace():
+        if not text or text.isspace() or out.tokens_left <= 0 or out.chars_left <= 0:
             return
+        text = text[: out.chars_left]
+        out.chars_left -= len(text)
         if not text.isascii():  # ASCII is already NFKC
             text = unicodedata.normalize("NFKC", text)
         words: list[str] = []
         # NLTK's TweetTokenizer (lower-cased, ``sooooo`` → ``sooo``), minus its per-call overhead.
-        for token in tokenize(text):
+        tokens = tokenize(text)[: out.tokens_left]
+        out.tokens_left -= len(tokens)
+        for token in tokens:
             if token.startswith("#") and len(token) > 1:
                 self._hashtag(token, out)
             elif token.startswith("@") and len(token) > 1:
@@ -215,13 +259,22 @@ class Normalizer:
         out.add(words, weight)
 
     def _hashtag(self, tag: str, out: Normalized) -> None:
+        limits = self.limits
+        # NFKC can expand a character up to 18-fold: a tag that long before it is noise after it too.
+        if len(out.hashtags) >= limits.hashtags or len(tag) > 4 * limits.item_chars:
+            return
         tag = unicodedata.normalize("NFKC", tag).lower()
         if not tag.startswith("#"):
             tag = "#" + tag
-        if tag in out.hashtags:  # ``Post.hashtags`` usually repeats the caption's tags
+        if len(tag) > limits.item_chars or tag in out.hashtags:  # ``Post.hashtags`` repeats the caption's
             return
         out.hashtags.append(tag)
-        words = [w for part in segment_hashtag(tag) for w in self._words(part)]
+        cost = (len(tag) - 1) ** 2
+        if len(tag) - 1 <= limits.segment_chars and cost <= out.segment_left:
+            out.segment_left -= cost
+            words = [w for part in segment_hashtag(tag) for w in self._words(part)]
+        else:  # over the budget: the tag counts as one word (``#dress``, ``#louisvuitton``)
+            words = list(self._words(tag[1:]))
         out.add(words, self.weights.hashtags)
         body = tag[1:]
         # The unsegmented tag is kept too (brands like #louisvuitton, slang like #lbd); the matcher only
@@ -230,12 +283,15 @@ class Normalizer:
             out.weights[body] = out.weights.get(body, 0.0) + self.weights.hashtags
 
     def _handle(self, handle: str, weight: float, out: Normalized) -> None:
+        if len(out.handles) >= self.limits.handles or len(handle) > self.limits.item_chars:
+            return
         handle = "@" + handle.lstrip("@")
         out.handles.append(handle.lower())
         out.add(handle_words(handle), weight)
 
     def _emoji_word(self, token: str, out: Normalized) -> list[str]:
-        out.emojis.append(token)
+        if len(out.emojis) < self.limits.emojis:
+            out.emojis.append(token)
         return self._emoji.get(_strip_variation(token), "").split()
 
     def _expand(self, token: str) -> tuple[str, ...]:
