@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     head: str = "dynamic_layers"
     backbone: str = "tiny"
 
+    # Classifier data path (issue 12).
+    #: Threads decoding images for the classifier (Pillow releases the GIL); 0 = one per CPU core.
+    decode_workers: int = Field(0, ge=0, le=256)
+    #: Batch size follows the queue: a batch leaves as soon as the model can take it (up to
+    #: ``max_batch``); off = wait up to ``max_wait_ms`` after a batch's first item for more.
+    adaptive_batching: bool = True
+
     # Consumer behaviour. 6 s keeps group joins ~3 s on the embedded broker; production may raise it.
     group_prefix: str = "stylestream"
     session_timeout_ms: int = Field(6000, ge=1000)

@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis.asyncio as aioredis
 
-from streamcore.schemas import Label
-from streamcore.serde import encode
 from streamcore.settings import RedisKeys
 
 
-# A post id first seen at another Kafka position is a duplicate post: nil reply.
-# Keeps the stored label when it came from the same model version, so that reprocessing a post
-# (after a crash or rebalance) returns byte-identical output; the stream entry is added only once.
-_WRITE_LABEL = """
-local src = redis.call('GET', KEYS[3])
-if src and src ~= ARGV[5] then return false end
-if not src then redis.call('SET', KEYS[3], ARGV[5]) end
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, obj = pcall(cjson.decode, cur)
-  if ok and obj['model_version'] == ARGV[2] then return cur end
+# One call per micro-batch: KEYS = stream, then (label key, source key) per label; ARGV = version, maxlen,
+# then (label JSON, post id, source) per label. Per label: nil when the post id was first seen at another
+# Kafka position (a duplicate post); else the stored JSON. A label already stored by the same model version
+# is kept, so that reprocessing a post (after a crash or rebalance) returns byte-identical output and adds
+# no second stream entry.
+_WRITE_LABELS = """
+local out = {}
+for i = 1, (#KEYS - 1) / 2 do
+  local key, src_key = KEYS[2 * i], KEYS[2 * i + 1]
+  local label, post_id, source = ARGV[3 * i], ARGV[3 * i + 1], ARGV[3 * i + 2]
+  local src = redis.call('GET', src_key)
+  if src and src ~= source then
+    out[i] = false
+  else
+    if not src then redis.call('SET', src_key, source) end
+    local cur = redis.call('GET', key)
+    local ok, obj = false, nil
+    if cur then ok, obj = pcall(cjson.decode, cur) end
+    if ok and obj['model_version'] == ARGV[1] then
+      out[i] = cur
+    else
+      redis.call('SET', key, label)
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'post_id', post_id, 'label', label)
+      out[i] = label
+    end
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'post_id', ARGV[4], 'label', ARGV[1])
-return ARGV[1]
+return out
 """
 
 
@@ -32,28 +45,29 @@ class RedisLabelSink:
 
     def __init__(self, url: str, *, keys: RedisKeys, stream_maxlen: int) -> None:
         self._redis = aioredis.Redis.from_url(url)
-        self._script = self._redis.register_script(_WRITE_LABEL)
+        self._script = self._redis.register_script(_WRITE_LABELS)
         self._keys = keys
         self._maxlen = stream_maxlen
 
-    async def write(self, labels: list[Label], sources: list[str]) -> list[bytes | None]:
-        """Write labels in one round trip.
+    async def write(self, version: str, labels: Sequence[tuple[str, bytes]], sources: Sequence[str]) -> list[bytes | None]:
+        """Write one micro-batch of labels in one round trip (one script call).
 
         Args:
+            version: the model version every label of the batch came from.
+            labels: ``(post_id, label JSON)`` pairs.
             sources: per label, the position of its post (``topic/partition/offset``).
 
         Returns:
             Per label, the stored (canonical) JSON, or ``None`` when the post id was already labelled
             from another position (a duplicate post).
         """
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for label, source in zip(labels, sources, strict=True):
-                await self._script(
-                    keys=[self._keys.label(label.post_id), self._keys.labels_stream, self._keys.source(label.post_id)],
-                    args=[encode(label), label.model_version, self._maxlen, label.post_id, source],
-                    client=pipe,
-                )
-            return list(await pipe.execute())
+        if not labels:
+            return []
+        keys, args = [self._keys.labels_stream], [version, self._maxlen]
+        for (post_id, label), source in zip(labels, sources, strict=True):
+            keys += [self._keys.label(post_id), self._keys.source(post_id)]
+            args += [label, post_id, source]
+        return [value or None for value in await self._script(keys=keys, args=args)]
 
     async def current_model(self) -> str | None:
         """The serving model version pointer, if any."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from kafka.errors import KafkaError
@@ -32,7 +32,7 @@ from streamcore.settings import Settings
 from streamcore.sinks import RedisLabelSink
 from streamcore.stage import Stage
 from training.hotswap import ModelSlot
-from training.predict import Predictor
+from training.predict import Predictor, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class _Waiting:
 
 @dataclass(frozen=True)
 class _Item:
-    image: torch.Tensor
+    image: Prepared
     hints: Hints | None
     post_id: str
     timestamp_ms: int
@@ -71,7 +71,10 @@ class ClassifyStage(Stage):
         self._started: OrderedDict[str, str] = OrderedDict()  # post_id -> source of the message started
         self._tasks: dict[asyncio.Task, ConsumerRecord] = {}
         self._paused = False
-        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_workers or os.cpu_count() or 1,
+                                               thread_name_prefix="decode")
+        # One thread stages batch n+1 onto the device while the model thread runs batch n.
+        self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prep")
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     async def setup(self) -> None:
@@ -88,6 +91,7 @@ class ClassifyStage(Stage):
         self._next_model_check = 0.0
         self.batcher = MicroBatcher(self._run_batch, max_batch=self.settings.max_batch,
                                     max_wait_s=self.settings.max_wait_ms / 1000,
+                                    adaptive=self.settings.adaptive_batching,
                                     wait_histogram=self.metrics.batch_wait)
 
     # -- join ------------------------------------------------------------------------------------
@@ -175,6 +179,9 @@ class ClassifyStage(Stage):
                 # Outputs could not be written: keep the record unfinished (uncommitted) and retry.
                 log.warning("classify: output write failed (%s); retrying in %.0fs", exc, _RETRY_S)
                 await asyncio.sleep(_RETRY_S)
+        if isinstance(stored, BadInput):  # the image was refused where it was decoded, on the device
+            await self.dead_letter(record, stored)
+            return
         if stored is None:
             await self.dead_letter(record, BadInput("duplicate_post_id",
                                                     f"post {item.post_id!r} was labelled from another message"))
@@ -185,18 +192,32 @@ class ClassifyStage(Stage):
             self.metrics.hinted.inc()
         self.metrics.e2e_latency.observe(max(0.0, time.time() - record.timestamp / 1000))
 
-    def _prepare(self, post: Post) -> torch.Tensor:
-        return self.models.current.to_tensor(load_image(post.image, self.settings))
+    def _prepare(self, post: Post) -> Prepared:
+        predictor = self.models.current
+        if post.image.b64 is not None:
+            return predictor.prepare(post.image.raw_bytes(), max_pixels=self.settings.max_image_pixels)
+        return predictor.to_tensor(load_image(post.image, self.settings))
 
-    async def _run_batch(self, items: Sequence[_Item]) -> list[bytes | None]:
+    async def _run_batch(self, items: Sequence[_Item]) -> list[bytes | BadInput | None]:
+        """Per item: the stored label JSON, ``None`` for a duplicate post, or why its image was refused."""
         self.metrics.batch_size.observe(len(items))
+        loop = asyncio.get_running_loop()
         # The model is read once per batch: a swap lands between two batches, never inside one.
-        labels = await asyncio.get_running_loop().run_in_executor(
-            self._model_pool, self.models.current.predict, [i.image for i in items], [i.hints for i in items],
-            [i.post_id for i in items], [i.timestamp_ms for i in items])
-        stored = await self.sink.write(labels, [i.source for i in items])
-        await self.send_many("labels", [(i.post_id.encode(), v) for i, v in zip(items, stored) if v is not None])
-        return stored
+        predictor = self.models.current
+        staged = await loop.run_in_executor(self._prep_pool, predictor.stage, [i.image for i in items],
+                                            [i.hints for i in items])
+        scores = await loop.run_in_executor(self._model_pool, predictor.infer, staged)
+        results = await loop.run_in_executor(self._prep_pool, predictor.label_json, scores,
+                                             [i.post_id for i in items], [i.timestamp_ms for i in items])
+        kept = [n for n, r in enumerate(results) if not isinstance(r, BadInput)]
+        stored = await self.sink.write(predictor.version, [(items[n].post_id, results[n]) for n in kept],
+                                       [items[n].source for n in kept])
+        for n, value in zip(kept, stored):
+            results[n] = value
+        # Labels go to the partition of their post (same key, same partition count): one batch per partition.
+        await self.send_to_partitions("labels", [(_partition(items[n].source), items[n].post_id.encode(), results[n])
+                                                 for n in kept if results[n] is not None])
+        return results
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
@@ -216,11 +237,16 @@ class ClassifyStage(Stage):
         await self.sink.close()
         self.models.close()
         self._decode_pool.shutdown()
+        self._prep_pool.shutdown()
         self._model_pool.shutdown()
 
 
 def _source(record: ConsumerRecord) -> str:
     return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+def _partition(source: str) -> int:
+    return int(source.rsplit("/", 2)[1])
 
 
 def _remember(cache: OrderedDict, key, value) -> None:

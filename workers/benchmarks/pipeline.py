@@ -1,63 +1,160 @@
 """Classifier pipeline throughput and latency: posts in Kafka → labels in Redis, versus the model alone.
 
-    .venv/bin/stylestream bench pipeline --posts 4000 --backbone tiny --out reports/bench_pipeline.json
+    .venv/bin/stylestream bench pipeline --workload realistic   # 1080 px photos, EfficientNet-Lite0 @224
+    .venv/bin/stylestream bench pipeline --workload small       # the project's 64 px posts, tiny @64
 
-All in one run, on the same machine state:
+All in one run, on the same machine state (the machine is shared: compare the ratios, not across runs):
 
-1. *model only*: the worker's own ``Predictor.predict`` on pre-decoded images, at ``max_batch`` and at 1
-   (median of three);
-2. *pipeline*: N posts and their hints are produced before ONE ``stylestream worker classify`` starts;
-   the rate is taken from the labels' ``labeled_at`` over the last 90% of them (start-up excluded),
-   with micro-batching and with ``MAX_BATCH=1``;
-3. *latency*: posts (each followed by its hints, as a zero-latency text stage would) at ~50% of the
-   saturated rate; latency = ``labeled_at - received_at`` (Kafka timestamp of the post).
+1. *model alone*: the worker's own predictor (stage + forward + label JSON) on pre-decoded images at
+   each batch size (median of three);
+2. *decode alone*: images per second on ONE core, the old path (full decode, then resize) and the new one
+   (DCT-domain downscaling; on CUDA also nvJPEG in batches), and the new one on every core;
+3. *pipeline*: N posts and their hints are produced before ONE ``stylestream worker classify`` starts;
+   the rate is taken from the labels' ``labeled_at`` over the last 90% of them (start-up excluded), for
+   each ``max_batch`` of the sweep; on CUDA with the GPU's utilisation sampled every 200 ms;
+4. *latency*: posts (each followed by its hints, as a zero-latency text stage would) at 50% of the
+   pipeline's saturated rate; latency = ``labeled_at - received_at`` (Kafka timestamp of the post).
+
+Hints come from each post's ground truth (one category, material and pattern, as a perfect miner would
+give): the classifier's import path, and this benchmark's, stay free of the text miner (and of gensim).
+Realistic posts reuse ``--distinct`` generated photos under fresh post ids: decoding costs the same, and
+generating thousands of 1080 px photos would take longer than the benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import redis
+import torch
 from kafka import KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
+from streamcore.decode import decode_scaled
 from streamcore.embedded import EmbeddedStack, stop_processes
-from streamcore.images import load_image
+from streamcore.images import decode_image, to_chw
 from streamcore.kafka import ensure_topics
 from streamcore.reports import write_report
-from streamcore.schemas import Hints, Label, Post
+from streamcore.schemas import Hints, Label, Post, ScoredTerm
 from streamcore.serde import encode
 from streamcore.settings import Settings
+from training.checkpoint import save_checkpoint
+from training.models import build_model
 from training.ontology import load_ontology
-from training.predict import Predictor, resolve_device
-from training.synthetic.posts import generate_posts
-from training.text import TextMiner
+from training.predict import EncodedJpeg, Predictor
+from training.registry import Registry
+from training.synthetic.posts import Truth, generate_posts
 
 COMMAND = "stylestream bench pipeline"
 
+WORKLOADS = {
+    "realistic": {"image_size": 1080, "photo": True, "backbone": "efficientnet_lite0", "input_size": 224,
+                  "posts": 600, "latency_posts": 200, "out": "reports/bench_pipeline.json"},
+    "small": {"image_size": 64, "photo": False, "backbone": "tiny", "input_size": 64,
+              "posts": 4000, "latency_posts": 600, "out": "reports/bench_pipeline_small.json"},
+}
 
-def _model_only(predictor: Predictor, posts: list[Post], hints: list[Hints], batch: int, settings: Settings,
-                limit: int) -> float:
-    images = [predictor.to_tensor(load_image(p.image, settings)) for p in posts[:limit]]
-    predictor.predict(images[:batch], hints[:batch], [p.post_id for p in posts[:batch]], [0] * batch)  # warm-up
-    start = time.perf_counter()
-    for i in range(0, len(images), batch):
-        chunk = slice(i, i + batch)
-        predictor.predict(images[chunk], hints[chunk], [p.post_id for p in posts[chunk]], [0] * len(images[chunk]))
-    return len(images) / (time.perf_counter() - start)
+
+def _truth_hints(post: Post, truth: Truth) -> Hints:
+    def one(terms: tuple[str, ...]) -> list[ScoredTerm]:
+        return [ScoredTerm(term=terms[0], score=1.0)] if terms else []
+
+    return Hints(post_id=post.post_id, miner_version="ground-truth", categories=one(truth.categories),
+                 materials=one(truth.materials), patterns=one(truth.patterns))
+
+
+def _workload(count: int, *, image_size: int, photo: bool, distinct: int) -> tuple[list[Post], list[Hints]]:
+    generated = list(generate_posts(load_ontology(), min(count, distinct) if photo else count, seed=42,
+                                    prefix="bench", size=image_size, photo=photo))
+    posts, hints = [], []
+    for i in range(count):
+        post, truth = generated[i % len(generated)]
+        post = post.model_copy(update={"post_id": f"bench-{i}"})
+        posts.append(post)
+        hints.append(_truth_hints(post, truth))
+    return posts, hints
+
+
+def _publish_model(registry_dir: Path, backbone: str, head: str, input_size: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(backbone=backbone, head=head, ontology=load_ontology(), image_size=input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(model, tmp, config={"purpose": "pipeline benchmark"}, metrics={})
+        Registry(registry_dir).publish(Path(tmp), name=f"bench-{backbone}-{input_size}")
+
+
+def _rate(step: Callable[[], int], *, repeats: int) -> float:
+    """Median items/s of ``repeats`` timed runs of ``step`` (which returns how many items it did)."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        done = step()
+        rates.append(done / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def _model_alone(predictor: Predictor, hints: list[Hints], batch: int, images: int) -> float:
+    size = predictor.image_size
+    pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    rows, ids, stamps = list(pixels), [f"m{i}" for i in range(batch)], [0] * batch
+    batch_hints = [hints[i % len(hints)] for i in range(batch)]
+
+    def step() -> int:
+        for _ in range(max(1, images // batch)):
+            predictor.label_json(predictor.infer(predictor.stage(rows, batch_hints)), ids, stamps)
+        return max(1, images // batch) * batch
+
+    step()  # warm-up (cuDNN autotuning, allocator)
+    return _rate(step, repeats=3)
+
+
+def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, threads: int, cuda_batches: Sequence[int],
+                  max_pixels: int) -> dict:
+    size = predictor.image_size
+    work = [blobs[i % len(blobs)] for i in range(images)]
+
+    def serial(fn: Callable[[bytes], object]) -> Callable[[], int]:
+        return lambda: sum(1 for b in work if fn(b) is not None)
+
+    def old(b: bytes):
+        return to_chw(decode_image(b, max_pixels=max_pixels), size)
+
+    def new(b: bytes):
+        return decode_scaled(b, size, max_pixels=max_pixels)
+
+    with ThreadPoolExecutor(threads) as pool:
+        def parallel() -> int:
+            return sum(1 for _ in pool.map(new, work))
+
+        result = {"old_full_decode_1_core": round(_rate(serial(old), repeats=3), 1),
+                  "new_dct_scaled_1_core": round(_rate(serial(new), repeats=3), 1),
+                  f"new_dct_scaled_{threads}_threads": round(_rate(parallel, repeats=3), 1)}
+    if predictor.cuda:
+        for batch in cuda_batches:
+            encoded = [EncodedJpeg(work[i % len(work)]) for i in range(batch)]
+            predictor.stage(encoded, [None] * batch)  # warm-up
+            rounds = max(1, images // batch)
+            result[f"nvjpeg_batch_{batch}"] = round(_rate(
+                lambda: sum(predictor.stage(encoded, [None] * batch).images.shape[0] for _ in range(rounds)),
+                repeats=3), 1)
+    return result
 
 
 def _produce(settings: Settings, posts: list[Post], hints: list[Hints], *, rate: float | None = None) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks=1, linger_ms=5)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks=1, linger_ms=5, max_request_size=4 << 20)
     posts_topic, hints_topic = settings.topic("posts"), settings.topic("hints")
     start = time.monotonic()
     if rate is None:  # backlog: hints first so that every post is ready the moment it is read
@@ -100,16 +197,69 @@ def _fresh(base: Settings, posts: list[Post], hints: list[Hints], **changes) -> 
     return settings, posts, hints
 
 
-def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch: int) -> float:
+class _GpuSampler:
+    """Mean GPU utilisation (%) over 200 ms samples of ``nvidia-smi`` while the block runs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._index = device.index or 0
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", str(self._index),
+                 "-lms", "200"]
+        with subprocess.Popen(query, stdout=subprocess.PIPE, text=True) as proc:
+            for line in proc.stdout:
+                if self._stop.is_set():
+                    break
+                if line.strip().isdigit():
+                    self._samples.append(float(line))
+            proc.terminate()
+
+    def __enter__(self) -> _GpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def summary(self) -> dict:
+        if not self._samples:
+            return {}
+        ordered = sorted(self._samples)
+        return {"gpu_util_mean_pct": round(statistics.fmean(ordered), 1),
+                "gpu_util_p90_pct": ordered[int(0.9 * (len(ordered) - 1))], "gpu_util_samples": len(ordered)}
+
+
+def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch: int, device: torch.device) -> dict:
     settings, posts, hints = _fresh(base, posts, hints, max_batch=max_batch)
     _produce(settings, posts, hints)
     proc = _worker(settings)
+    sample = device.type == "cuda" and shutil.which("nvidia-smi") is not None
     try:
-        stamps = sorted(l.labeled_at.timestamp() for l in _labels(settings, len(posts), timeout=900))
+        if sample:
+            _labels_first(settings)
+            with _GpuSampler(device) as sampler:
+                labels = _labels(settings, len(posts), timeout=900)
+        else:
+            labels = _labels(settings, len(posts), timeout=900)
     finally:
         stop_processes([proc], timeout=30)
+    stamps = sorted(l.labeled_at.timestamp() for l in labels)
     skip = len(stamps) // 10
-    return (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip])
+    result = {"max_batch": max_batch, "images_per_s": round((len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip]), 1)}
+    return {**result, **(sampler.summary() if sample else {})}
+
+
+def _labels_first(settings: Settings) -> None:
+    """Wait for the worker's first label: GPU sampling starts once it is serving, not during CUDA start-up."""
+    store, deadline = redis.Redis.from_url(settings.redis_url), time.monotonic() + 300
+    while not store.xlen(settings.keys.labels_stream):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker labelled nothing in 300 s")
+        time.sleep(0.05)
 
 
 def _latency(base: Settings, posts: list[Post], hints: list[Hints], rate: float) -> list[float]:
@@ -117,7 +267,7 @@ def _latency(base: Settings, posts: list[Post], hints: list[Hints], rate: float)
     proc = _worker(settings)
     try:
         _produce(settings, posts[:1], hints[:1], rate=1.0)
-        _labels(settings, 1, timeout=120)  # worker is up and has joined the group
+        _labels(settings, 1, timeout=300)  # worker is up and has joined the group
         _produce(settings, posts[1:], hints[1:], rate=rate)
         labels = _labels(settings, len(posts) - 1, timeout=600)
     finally:
@@ -129,67 +279,99 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
-    parser.add_argument("--posts", type=int, default=4000)
-    parser.add_argument("--latency-posts", type=int, default=600)
-    parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--max-wait-ms", type=float, default=20.0)
-    parser.add_argument("--backbone", default="tiny")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="realistic",
+                        help="preset for the options below that are not given")
+    parser.add_argument("--image-size", type=int, help="side of the posted images in pixels")
+    parser.add_argument("--input-size", type=int, help="the model's input side in pixels")
+    parser.add_argument("--backbone")
     parser.add_argument("--head", default="dynamic_layers")
-    parser.add_argument("--out", type=Path, default=Path("reports/bench_pipeline.json"))
+    parser.add_argument("--posts", type=int, help="posts per pipeline run")
+    parser.add_argument("--distinct", type=int, default=64, help="distinct photos in the realistic workload")
+    parser.add_argument("--latency-posts", type=int)
+    parser.add_argument("--max-batches", type=_ints, default=[1, 8, 32, 128], help="the max_batch sweep")
+    parser.add_argument("--model-batches", type=_ints, help="batch sizes of the model-alone runs (default: the sweep)")
+    parser.add_argument("--latency-max-batch", type=int, default=32)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-
+    preset = WORKLOADS[args.workload]
+    for key in ("image_size", "input_size", "backbone", "posts", "latency_posts", "out"):
+        if getattr(args, key) is None:
+            setattr(args, key, Path(preset[key]) if key == "out" else preset[key])
+    model_batches = args.model_batches or args.max_batches
     console = Console()
-    ontology = load_ontology()
-    miner = TextMiner.load(ontology)
-    posts = [p for p, _ in generate_posts(ontology, args.posts, seed=42, prefix="bench")]
-    hints = [miner.mine(p) for p in posts]
-    with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as empty_registry:
-        base = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, max_batch=args.max_batch,
-                        max_wait_ms=args.max_wait_ms, backbone=args.backbone, head=args.head,
-                        model_dir=Path(empty_registry), hint_wait_ms=2000)
+
+    console.print(f"generating {args.posts} posts ({args.image_size} px, photo={preset['photo']}) …")
+    posts, hints = _workload(args.posts, image_size=args.image_size, photo=preset["photo"], distinct=args.distinct)
+    blobs = [p.image.raw_bytes() for p in posts[: args.distinct]]
+    with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as registry_dir:
+        _publish_model(Path(registry_dir), args.backbone, args.head, args.input_size)
+        base = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, backbone=args.backbone,
+                        head=args.head, model_dir=Path(registry_dir), hint_wait_ms=2000, device=args.device)
         predictor = Predictor.load(base)
-        console.print(f"model only ({args.backbone}/{args.head}, {predictor.device}) …")
-        # Medians of three: a few seconds of a shared machine's noise must not set the reference.
-        model_b = statistics.median(_model_only(predictor, posts, hints, args.max_batch, base, limit=len(posts))
-                                    for _ in range(3))
-        model_1 = statistics.median(_model_only(predictor, posts, hints, 1, base, limit=min(len(posts), 300))
-                                    for _ in range(3))
+        device = predictor.device
+        console.print(f"model alone ({args.backbone}@{args.input_size}/{args.head}, {device}) …")
+        model_images = max(2 * max(model_batches), 128 if device.type == "cpu" else 2048)
+        model = {str(b): round(_model_alone(predictor, hints, b, model_images), 1) for b in model_batches}
+        console.print(f"decode alone ({statistics.fmean(map(len, blobs)) / 1024:.0f} KB images) …")
+        decode = _decode_alone(predictor, blobs, images=max(64, len(blobs)) if device.type == "cpu" else 1024,
+                               threads=os.cpu_count() or 1, cuda_batches=[32, 128],
+                               max_pixels=base.max_image_pixels)
         del predictor
-        console.print("pipeline, micro-batched …")
-        pipe_b = _saturated(base, posts, hints, args.max_batch)
-        console.print("pipeline, MAX_BATCH=1 …")
-        pipe_1 = _saturated(base, posts, hints, 1)
-        # Half of what the machine sustains: the pipeline's rate, unless noise put it above the model's.
-        rate = 0.5 * min(pipe_b, model_b)
-        console.print(f"latency at {rate:.0f} posts/s …")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        sweep = []
+        for max_batch in args.max_batches:
+            console.print(f"pipeline, max_batch {max_batch} …")
+            run = _saturated(base, posts, hints, max_batch, device)
+            model_rate = model.get(str(max_batch))
+            if model_rate:
+                run["ratio_to_model_alone"] = round(run["images_per_s"] / model_rate, 3)
+            sweep.append(run)
+            console.print(f"  {run}")
+        reference = next((r for r in sweep if r["max_batch"] == args.latency_max_batch), sweep[-1])
+        rate = 0.5 * min(reference["images_per_s"], model.get(str(reference["max_batch"]), float("inf")))
+        console.print(f"latency at {rate:.0f} posts/s (max_batch {base.max_batch}) …")
         latencies = _latency(base, posts[: args.latency_posts + 1], hints[: args.latency_posts + 1], rate)
 
+    rates = [r["images_per_s"] for r in sweep]
     body = {
+        "workload": args.workload, "image_size": args.image_size, "input_size": args.input_size,
         "backbone": args.backbone, "head": args.head, "posts": args.posts,
-        "model_only_images_per_s": round(model_b, 1), "pipeline_images_per_s": round(pipe_b, 1),
-        "batch1_pipeline_images_per_s": round(pipe_1, 1), "model_only_batch1_images_per_s": round(model_1, 1),
-        "pipeline_to_model_ratio": round(pipe_b / model_b, 3),
-        "pipeline_batch_gain": round(pipe_b / pipe_1, 2), "model_batch_gain": round(model_b / model_1, 2),
-        "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
-        "p50_ms": round(_percentile(latencies, 0.50), 1), "p99_ms": round(_percentile(latencies, 0.99), 1),
-        "latency_posts": len(latencies), "load_posts_per_s": round(rate, 1), "load_fraction": 0.5,
+        "mean_image_kb": round(statistics.fmean(map(len, blobs)) / 1024, 1), "device": str(device),
+        "model_alone_images_per_s": model, "decode_alone_images_per_s": decode, "pipeline": sweep,
+        "sweep_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in zip(rates, rates[1:])),
+        "latency": {"load_posts_per_s": round(rate, 1), "load_fraction": 0.5, "max_batch": base.max_batch,
+                    "adaptive_batching": base.adaptive_batching, "posts": len(latencies),
+                    "p50_ms": round(_percentile(latencies, 0.50), 1), "p99_ms": round(_percentile(latencies, 0.99), 1)},
     }
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
-    write_report(args.out, body, command=command, device=str(resolve_device(base.device)))
+    write_report(args.out, body, command=command, device=str(device))
     _print(console, body)
     return body
 
 
 def _print(console: Console, body: dict) -> None:
-    table = Table(title=f"classifier pipeline — {body['backbone']}/{body['head']}, max_batch {body['max_batch']}")
+    table = Table(title=f"classifier pipeline — {body['workload']}: {body['image_size']} px → "
+                        f"{body['backbone']}@{body['input_size']}, {body['device']}")
     table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key in ("model_only_images_per_s", "pipeline_images_per_s", "pipeline_to_model_ratio",
-                "model_only_batch1_images_per_s", "batch1_pipeline_images_per_s", "model_batch_gain",
-                "pipeline_batch_gain", "load_posts_per_s", "p50_ms", "p99_ms"):
-        table.add_row(key, f"{body[key]:,}")
+    table.add_column("img/s", justify="right")
+    for batch, rate in body["model_alone_images_per_s"].items():
+        table.add_row(f"model alone, batch {batch}", f"{rate:,}")
+    for name, rate in body["decode_alone_images_per_s"].items():
+        table.add_row(f"decode alone, {name}", f"{rate:,}")
+    for run in body["pipeline"]:
+        extra = f" (×{run['ratio_to_model_alone']} of model)" if "ratio_to_model_alone" in run else ""
+        util = f", GPU {run['gpu_util_mean_pct']}%" if "gpu_util_mean_pct" in run else ""
+        table.add_row(f"pipeline, max_batch {run['max_batch']}{extra}{util}", f"{run['images_per_s']:,}")
+    lat = body["latency"]
+    table.add_row(f"latency p50 / p99 ms at {lat['load_posts_per_s']} posts/s", f"{lat['p50_ms']} / {lat['p99_ms']}")
     console.print(table)
 
 
