@@ -251,7 +251,7 @@ class Predictor:
         cuts = np.cumsum([0, *(k for k in self._k for _ in range(2))])
         terms = []
         for level, names in enumerate(self._names):
-            values = np.round(table[:, cuts[2 * level]: cuts[2 * level + 1]], 6).tolist()
+            values = np.round(table[:, cuts[2 * level]: cuts[2 * level + 1]].astype(np.float64), 6).tolist()
             indices = table[:, cuts[2 * level + 1]: cuts[2 * level + 2]].astype(np.int64).tolist()
             terms.append([[{"term": names[j], "score": v} for v, j in zip(vs, js)] for vs, js in zip(values, indices)])
         routes = table[:, cuts[-1]: cuts[-1] + len(self._names[0])] > 0.5
