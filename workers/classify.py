@@ -92,6 +92,8 @@ class ClassifyStage(Stage):
         self.batcher = MicroBatcher(self._run_batch, max_batch=self.settings.max_batch,
                                     max_wait_s=self.settings.max_wait_ms / 1000,
                                     adaptive=self.settings.adaptive_batching,
+                                    # three batches in flight: one staging, one in the model, one writing
+                                    max_concurrent=3,
                                     wait_histogram=self.metrics.batch_wait)
 
     # -- join ------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ COMMAND = "stylestream bench pipeline"
 
 WORKLOADS = {
     "realistic": {"image_size": 1080, "photo": True, "backbone": "efficientnet_lite0", "input_size": 224,
-                  "posts": 600, "latency_posts": 200, "out": "reports/bench_pipeline.json"},
+                  "posts": 400, "latency_posts": 150, "out": "reports/bench_pipeline.json"},
     "small": {"image_size": 64, "photo": False, "backbone": "tiny", "input_size": 64,
               "posts": 4000, "latency_posts": 600, "out": "reports/bench_pipeline_small.json"},
 }
@@ -112,13 +112,13 @@ def _model_alone(predictor: Predictor, hints: list[Hints], batch: int, images: i
     rows, ids, stamps = list(pixels), [f"m{i}" for i in range(batch)], [0] * batch
     batch_hints = [hints[i % len(hints)] for i in range(batch)]
 
-    def step() -> int:
-        for _ in range(max(1, images // batch)):
+    def step(rounds: int) -> int:
+        for _ in range(rounds):
             predictor.label_json(predictor.infer(predictor.stage(rows, batch_hints)), ids, stamps)
-        return max(1, images // batch) * batch
+        return rounds * batch
 
-    step()  # warm-up (cuDNN autotuning, allocator)
-    return _rate(step, repeats=3)
+    step(2)  # warm-up (cuDNN autotuning, allocator)
+    return _rate(lambda: step(max(1, images // batch)), repeats=3)
 
 
 def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, threads: int, cuda_batches: Sequence[int],
@@ -170,21 +170,27 @@ def _produce(settings: Settings, posts: list[Post], hints: list[Hints], *, rate:
     producer.close()
 
 
-def _labels(settings: Settings, count: int, timeout: float) -> list[Label]:
+def _labels(settings: Settings, count: int, timeout: float, worker: subprocess.Popen) -> list[Label]:
     store, stream = redis.Redis.from_url(settings.redis_url), settings.keys.labels_stream
     deadline = time.monotonic() + timeout
     while store.xlen(stream) < count:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the classify worker exited with {worker.returncode} after {store.xlen(stream)} labels")
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {store.xlen(stream)} of {count} labels after {timeout:.0f}s")
-        time.sleep(0.2)
+        time.sleep(0.05)
     entries = store.xrange(stream)
     store.delete(stream)
     return [Label.model_validate_json(fields[b"label"]) for _, fields in entries]
 
 
-def _worker(settings: Settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "streamcore.cli", "worker", "classify"],
-                            env=settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _worker(settings: Settings, logs: Path | None) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "streamcore.cli", "worker", "classify"]
+    if logs is None:
+        return subprocess.Popen(argv, env=settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"classify-{settings.group_prefix}-mb{settings.max_batch}.log", "wb") as log:
+        return subprocess.Popen(argv, env=settings.child_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _fresh(base: Settings, posts: list[Post], hints: list[Hints], **changes) -> tuple[Settings, list[Post], list[Hints]]:
@@ -233,43 +239,50 @@ class _GpuSampler:
                 "gpu_util_p90_pct": ordered[int(0.9 * (len(ordered) - 1))], "gpu_util_samples": len(ordered)}
 
 
-def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch: int, device: torch.device) -> dict:
+def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch: int, device: torch.device,
+               logs: Path | None, timeout: float) -> dict:
     settings, posts, hints = _fresh(base, posts, hints, max_batch=max_batch)
+    start = time.monotonic()
     _produce(settings, posts, hints)
-    proc = _worker(settings)
+    produced = time.monotonic() - start
+    proc = _worker(settings, logs)
     sample = device.type == "cuda" and shutil.which("nvidia-smi") is not None
     try:
         if sample:
-            _labels_first(settings)
+            _labels_first(settings, proc)
             with _GpuSampler(device) as sampler:
-                labels = _labels(settings, len(posts), timeout=900)
+                labels = _labels(settings, len(posts), timeout, proc)
         else:
-            labels = _labels(settings, len(posts), timeout=900)
+            labels = _labels(settings, len(posts), timeout, proc)
     finally:
         stop_processes([proc], timeout=30)
     stamps = sorted(l.labeled_at.timestamp() for l in labels)
     skip = len(stamps) // 10
-    result = {"max_batch": max_batch, "images_per_s": round((len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip]), 1)}
+    result = {"max_batch": max_batch, "images_per_s": round((len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip]), 1),
+              "produce_s": round(produced, 1)}
     return {**result, **(sampler.summary() if sample else {})}
 
 
-def _labels_first(settings: Settings) -> None:
+def _labels_first(settings: Settings, worker: subprocess.Popen) -> None:
     """Wait for the worker's first label: GPU sampling starts once it is serving, not during CUDA start-up."""
     store, deadline = redis.Redis.from_url(settings.redis_url), time.monotonic() + 300
     while not store.xlen(settings.keys.labels_stream):
+        if worker.poll() is not None:
+            raise RuntimeError(f"the classify worker exited with {worker.returncode} before its first label")
         if time.monotonic() > deadline:
             raise TimeoutError("the worker labelled nothing in 300 s")
         time.sleep(0.05)
 
 
-def _latency(base: Settings, posts: list[Post], hints: list[Hints], rate: float) -> list[float]:
+def _latency(base: Settings, posts: list[Post], hints: list[Hints], rate: float, logs: Path | None,
+             timeout: float) -> list[float]:
     settings, posts, hints = _fresh(base, posts, hints)
-    proc = _worker(settings)
+    proc = _worker(settings, logs)
     try:
         _produce(settings, posts[:1], hints[:1], rate=1.0)
-        _labels(settings, 1, timeout=300)  # worker is up and has joined the group
+        _labels(settings, 1, timeout, proc)  # worker is up and has joined the group
         _produce(settings, posts[1:], hints[1:], rate=rate)
-        labels = _labels(settings, len(posts) - 1, timeout=600)
+        labels = _labels(settings, len(posts) - 1, timeout, proc)
     finally:
         stop_processes([proc], timeout=30)
     return sorted((l.labeled_at - l.received_at).total_seconds() * 1000 for l in labels)
@@ -297,7 +310,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--max-batches", type=_ints, default=[1, 8, 32, 128], help="the max_batch sweep")
     parser.add_argument("--model-batches", type=_ints, help="batch sizes of the model-alone runs (default: the sweep)")
     parser.add_argument("--latency-max-batch", type=int, default=32)
+    parser.add_argument("--model-images", type=int, help="images per model-alone run (default 32 on CPU, 1024 on CUDA)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--run-timeout", type=float, default=900, help="seconds one pipeline run may take")
+    parser.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     preset = WORKLOADS[args.workload]
@@ -317,19 +333,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
         predictor = Predictor.load(base)
         device = predictor.device
         console.print(f"model alone ({args.backbone}@{args.input_size}/{args.head}, {device}) …")
-        model_images = max(2 * max(model_batches), 128 if device.type == "cpu" else 2048)
-        model = {str(b): round(_model_alone(predictor, hints, b, model_images), 1) for b in model_batches}
+        model_images = args.model_images or (32 if device.type == "cpu" else 1024)
+        model = {}
+        for batch in model_batches:
+            model[str(batch)] = round(_model_alone(predictor, hints, batch, max(batch, model_images)), 1)
+            console.print(f"  batch {batch}: {model[str(batch)]} img/s")
         console.print(f"decode alone ({statistics.fmean(map(len, blobs)) / 1024:.0f} KB images) …")
         decode = _decode_alone(predictor, blobs, images=max(64, len(blobs)) if device.type == "cpu" else 1024,
                                threads=os.cpu_count() or 1, cuda_batches=[32, 128],
                                max_pixels=base.max_image_pixels)
+        console.print(f"  {decode}")
         del predictor
         if device.type == "cuda":
             torch.cuda.empty_cache()
         sweep = []
         for max_batch in args.max_batches:
             console.print(f"pipeline, max_batch {max_batch} …")
-            run = _saturated(base, posts, hints, max_batch, device)
+            run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
             model_rate = model.get(str(max_batch))
             if model_rate:
                 run["ratio_to_model_alone"] = round(run["images_per_s"] / model_rate, 3)
@@ -338,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         reference = next((r for r in sweep if r["max_batch"] == args.latency_max_batch), sweep[-1])
         rate = 0.5 * min(reference["images_per_s"], model.get(str(reference["max_batch"]), float("inf")))
         console.print(f"latency at {rate:.0f} posts/s (max_batch {base.max_batch}) …")
-        latencies = _latency(base, posts[: args.latency_posts + 1], hints[: args.latency_posts + 1], rate)
+        latencies = _latency(base, posts[: args.latency_posts + 1], hints[: args.latency_posts + 1], rate, args.logs,
+                             args.run_timeout)
 
     rates = [r["images_per_s"] for r in sweep]
     body = {
