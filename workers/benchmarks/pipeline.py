@@ -96,17 +96,25 @@ def _publish_model(registry_dir: Path, backbone: str, head: str, input_size: int
         Registry(registry_dir).publish(Path(tmp), name=f"bench-{backbone}-{input_size}")
 
 
-def _rate(step: Callable[[], int], *, repeats: int) -> float:
-    """Median items/s of ``repeats`` timed runs of ``step`` (which returns how many items it did)."""
-    rates = []
+def _rate(step: Callable[[], int], *, repeats: int) -> tuple[float, float]:
+    """Median items/s of ``repeats`` timed runs of ``step`` (which returns how many items it did), and the
+    median CPU milliseconds per item of this process, all threads (steadier than wall time on a shared host)."""
+    rates, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, used = time.perf_counter(), time.process_time()
         done = step()
-        rates.append(done / (time.perf_counter() - start))
-    return statistics.median(rates)
+        rates.append(done / (time.perf_counter() - wall))
+        cpu.append((time.process_time() - used) * 1000 / done)
+    return statistics.median(rates), statistics.median(cpu)
 
 
-def _model_alone(predictor: Predictor, hints: list[Hints], batch: int, images: int) -> float:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _model_alone(predictor: Predictor, hints: list[Hints], batch: int, images: int) -> tuple[float, float]:
     size = predictor.image_size
     pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     rows, ids, stamps = list(pixels), [f"m{i}" for i in range(batch)], [0] * batch
@@ -139,9 +147,9 @@ def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, thre
         def parallel() -> int:
             return sum(1 for _ in pool.map(new, work))
 
-        result = {"old_full_decode_1_core": round(_rate(serial(old), repeats=3), 1),
-                  "new_dct_scaled_1_core": round(_rate(serial(new), repeats=3), 1),
-                  f"new_dct_scaled_{threads}_threads": round(_rate(parallel, repeats=3), 1)}
+        result = {"old_full_decode_1_core": round(_rate(serial(old), repeats=3)[0], 1),
+                  "new_dct_scaled_1_core": round(_rate(serial(new), repeats=3)[0], 1),
+                  f"new_dct_scaled_{threads}_threads": round(_rate(parallel, repeats=3)[0], 1)}
     if predictor.cuda:
         for batch in cuda_batches:
             encoded = [EncodedJpeg(work[i % len(work)]) for i in range(batch)]
@@ -149,7 +157,7 @@ def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, thre
             rounds = max(1, images // batch)
             result[f"nvjpeg_batch_{batch}"] = round(_rate(
                 lambda: sum(predictor.stage(encoded, [None] * batch).images.shape[0] for _ in range(rounds)),
-                repeats=3), 1)
+                repeats=3)[0], 1)
     return result
 
 
@@ -170,10 +178,14 @@ def _produce(settings: Settings, posts: list[Post], hints: list[Hints], *, rate:
     producer.close()
 
 
-def _labels(settings: Settings, count: int, timeout: float, worker: subprocess.Popen) -> list[Label]:
+def _labels(settings: Settings, count: int, timeout: float, worker: subprocess.Popen,
+            cpu: list[tuple[int, float]] | None = None) -> list[Label]:
+    """All ``count`` labels once they are in Redis; ``cpu`` collects (labels so far, worker CPU s) per poll."""
     store, stream = redis.Redis.from_url(settings.redis_url), settings.keys.labels_stream
     deadline = time.monotonic() + timeout
-    while store.xlen(stream) < count:
+    while (done := store.xlen(stream)) < count:
+        if cpu is not None:
+            cpu.append((done, _cpu_seconds(worker.pid)))
         if worker.poll() is not None:
             raise RuntimeError(f"the classify worker exited with {worker.returncode} after {store.xlen(stream)} labels")
         if time.monotonic() > deadline:
@@ -247,20 +259,26 @@ def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch:
     produced = time.monotonic() - start
     proc = _worker(settings, logs)
     sample = device.type == "cuda" and shutil.which("nvidia-smi") is not None
+    cpu: list[tuple[int, float]] = []
     try:
         if sample:
             _labels_first(settings, proc)
             with _GpuSampler(device) as sampler:
-                labels = _labels(settings, len(posts), timeout, proc)
+                labels = _labels(settings, len(posts), timeout, proc, cpu)
         else:
-            labels = _labels(settings, len(posts), timeout, proc)
+            labels = _labels(settings, len(posts), timeout, proc, cpu)
+        cpu.append((len(posts), _cpu_seconds(proc.pid)))
     finally:
         stop_processes([proc], timeout=30)
     # A batch's labels share one labeled_at: count the labels stamped after the first 10% were done.
     stamps = sorted(l.labeled_at.timestamp() for l in labels)
     start = stamps[len(stamps) // 10]
     after = sum(1 for t in stamps if t > start)
-    result = {"max_batch": max_batch, "images_per_s": round(after / (stamps[-1] - start), 1),
+    # The worker's CPU per image from the first 10% of labels on (start-up and model loading excluded).
+    first = next((n, t) for n, t in cpu if n >= len(posts) // 10)
+    result = {"max_batch": max_batch, "load_avg_1m_after": round(os.getloadavg()[0], 2),
+              "images_per_s": round(after / (stamps[-1] - start), 1),
+              "cpu_ms_per_image": round((cpu[-1][1] - first[1]) * 1000 / max(1, cpu[-1][0] - first[0]), 2),
               "produce_s": round(produced, 1)}
     return {**result, **(sampler.summary() if sample else {})}
 
@@ -334,12 +352,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         head=args.head, model_dir=Path(registry_dir), hint_wait_ms=2000, device=args.device)
         predictor = Predictor.load(base)
         device = predictor.device
+        load_before = round(os.getloadavg()[0], 2)
         console.print(f"model alone ({args.backbone}@{args.input_size}/{args.head}, {device}) …")
         model_images = args.model_images or (32 if device.type == "cpu" else 1024)
-        model = {}
+        model, model_cpu = {}, {}
         for batch in model_batches:
-            model[str(batch)] = round(_model_alone(predictor, hints, batch, max(batch, model_images)), 1)
-            console.print(f"  batch {batch}: {model[str(batch)]} img/s")
+            rate, cpu_ms = _model_alone(predictor, hints, batch, max(batch, model_images))
+            model[str(batch)], model_cpu[str(batch)] = round(rate, 1), round(cpu_ms, 2)
+            console.print(f"  batch {batch}: {model[str(batch)]} img/s, {model_cpu[str(batch)]} CPU ms/img")
         console.print(f"decode alone ({statistics.fmean(map(len, blobs)) / 1024:.0f} KB images) …")
         decode = _decode_alone(predictor, blobs, images=max(64, len(blobs)) if device.type == "cpu" else 1024,
                                threads=os.cpu_count() or 1, cuda_batches=[32, 128],
@@ -352,9 +372,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for max_batch in args.max_batches:
             console.print(f"pipeline, max_batch {max_batch} …")
             run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
-            model_rate = model.get(str(max_batch))
-            if model_rate:
-                run["ratio_to_model_alone"] = round(run["images_per_s"] / model_rate, 3)
+            if str(max_batch) in model:
+                run["ratio_to_model_alone"] = round(run["images_per_s"] / model[str(max_batch)], 3)
+                # Share of the worker's CPU doing what the model alone does: robust to other load.
+                run["cpu_ratio_to_model_alone"] = round(model_cpu[str(max_batch)] / run["cpu_ms_per_image"], 3)
             sweep.append(run)
             console.print(f"  {run}")
         reference = next((r for r in sweep if r["max_batch"] == args.latency_max_batch), sweep[-1])
@@ -366,9 +387,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rates = [r["images_per_s"] for r in sweep]
     body = {
         "workload": args.workload, "image_size": args.image_size, "input_size": args.input_size,
-        "backbone": args.backbone, "head": args.head, "posts": args.posts,
+        "backbone": args.backbone, "head": args.head, "posts": args.posts, "load_avg_1m_at_start": load_before,
         "mean_image_kb": round(statistics.fmean(map(len, blobs)) / 1024, 1), "device": str(device),
-        "model_alone_images_per_s": model, "decode_alone_images_per_s": decode, "pipeline": sweep,
+        "model_alone_images_per_s": model, "model_alone_cpu_ms_per_image": model_cpu,
+        "decode_alone_images_per_s": decode, "pipeline": sweep,
         "sweep_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in zip(rates, rates[1:])),
         "latency": {"load_posts_per_s": round(rate, 1), "load_fraction": 0.5, "max_batch": base.max_batch,
                     "adaptive_batching": base.adaptive_batching, "posts": len(latencies),
