@@ -5,8 +5,8 @@
 
 All in one run, on the same machine state (the machine is shared: compare the ratios, not across runs):
 
-1. *model alone*: the worker's own predictor (stage + forward + label JSON) on pre-decoded images at
-   each batch size (median of three);
+1. *model alone*: the worker's own predictor (forward with top-k + label JSON) on a batch already on the
+   device, at each batch size (median of three), in img/s and CPU ms per image;
 2. *decode alone*: images per second on ONE core, the old path (full decode, then resize) and the new one
    (DCT-domain downscaling; on CUDA also nvJPEG in batches), and the new one on every core;
 3. *pipeline*: N posts and their hints are produced before ONE ``stylestream worker classify`` starts;
@@ -24,6 +24,7 @@ generating thousands of 1080 px photos would take longer than the benchmark.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -39,14 +40,13 @@ from pathlib import Path
 
 import redis
 import torch
-from kafka import KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
 from streamcore.decode import decode_scaled
 from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.images import decode_image, to_chw
-from streamcore.kafka import ensure_topics
+from streamcore.kafka import ensure_topics, make_producer
 from streamcore.reports import write_report
 from streamcore.schemas import Hints, Label, Post, ScoredTerm
 from streamcore.serde import encode
@@ -62,7 +62,7 @@ COMMAND = "stylestream bench pipeline"
 
 WORKLOADS = {
     "realistic": {"image_size": 1080, "photo": True, "backbone": "efficientnet_lite0", "input_size": 224,
-                  "posts": 1024, "latency_posts": 150, "out": "reports/bench_pipeline.json"},
+                  "posts": 768, "latency_posts": 120, "out": "reports/bench_pipeline.json"},
     "small": {"image_size": 64, "photo": False, "backbone": "tiny", "input_size": 64,
               "posts": 4000, "latency_posts": 600, "out": "reports/bench_pipeline_small.json"},
 }
@@ -120,9 +120,11 @@ def _model_alone(predictor: Predictor, hints: list[Hints], batch: int, images: i
     rows, ids, stamps = list(pixels), [f"m{i}" for i in range(batch)], [0] * batch
     batch_hints = [hints[i % len(hints)] for i in range(batch)]
 
+    staged = predictor.stage(rows, batch_hints)  # on the device already, as nvJPEG leaves photos
+
     def step(rounds: int) -> int:
         for _ in range(rounds):
-            predictor.label_json(predictor.infer(predictor.stage(rows, batch_hints)), ids, stamps)
+            predictor.label_json(predictor.infer(staged), ids, stamps)
         return rounds * batch
 
     step(1)  # warm-up (cuDNN autotuning, allocator)
@@ -130,7 +132,7 @@ def _model_alone(predictor: Predictor, hints: list[Hints], batch: int, images: i
 
 
 def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, threads: int, cuda_batches: Sequence[int],
-                  max_pixels: int) -> dict:
+                  cuda_images: int, max_pixels: int) -> dict:
     size = predictor.image_size
     work = [blobs[i % len(blobs)] for i in range(images)]
 
@@ -154,7 +156,7 @@ def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, thre
         for batch in cuda_batches:
             encoded = [EncodedJpeg(work[i % len(work)]) for i in range(batch)]
             predictor.stage(encoded, [None] * batch)  # warm-up
-            rounds = max(1, images // batch)
+            rounds = max(1, cuda_images // batch)
             result[f"nvjpeg_batch_{batch}"] = round(_rate(
                 lambda: sum(predictor.stage(encoded, [None] * batch).images.shape[0] for _ in range(rounds)),
                 repeats=3)[0], 1)
@@ -162,20 +164,33 @@ def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, thre
 
 
 def _produce(settings: Settings, posts: list[Post], hints: list[Hints], *, rate: float | None = None) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks=1, linger_ms=5, max_request_size=4 << 20)
+    """Posts and hints to Kafka: all at once (hints first, a backlog), or at ``rate`` posts/s, each with its hints.
+
+    aiokafka, whose record batches and CRC32C are compiled: kafka-python's pure-Python CRC32C manages ~5 MB/s,
+    less than one CPU classifier reads 250 KB photos at, and it would compete with the worker for cores.
+    """
+    asyncio.run(_produce_async(settings, posts, hints, rate))
+
+
+async def _produce_async(settings: Settings, posts: list[Post], hints: list[Hints], rate: float | None) -> None:
+    producer = make_producer(settings, acks=1)
     posts_topic, hints_topic = settings.topic("posts"), settings.topic("hints")
-    start = time.monotonic()
-    if rate is None:  # backlog: hints first so that every post is ready the moment it is read
-        for h in hints:
-            producer.send(hints_topic, key=h.post_id.encode(), value=encode(h))
-    for i, (post, hint) in enumerate(zip(posts, hints)):
-        if rate is not None:
-            time.sleep(max(0.0, start + i / rate - time.monotonic()))
-        producer.send(posts_topic, key=post.post_id.encode(), value=encode(post))
-        if rate is not None:
-            producer.send(hints_topic, key=hint.post_id.encode(), value=encode(hint))
-    producer.flush()
-    producer.close()
+    await producer.start()
+    try:
+        sent = []
+        if rate is None:
+            for h in hints:
+                sent.append(await producer.send(hints_topic, encode(h), key=h.post_id.encode()))
+        start = time.monotonic()
+        for i, (post, hint) in enumerate(zip(posts, hints)):
+            if rate is not None:
+                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            sent.append(await producer.send(posts_topic, encode(post), key=post.post_id.encode()))
+            if rate is not None:
+                sent.append(await producer.send(hints_topic, encode(hint), key=hint.post_id.encode()))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
 
 
 def _labels(settings: Settings, count: int, timeout: float, worker: subprocess.Popen,
@@ -353,31 +368,38 @@ def main(argv: Sequence[str] | None = None) -> dict:
         predictor = Predictor.load(base)
         device = predictor.device
         load_before = round(os.getloadavg()[0], 2)
-        console.print(f"model alone ({args.backbone}@{args.input_size}/{args.head}, {device}) …")
+        console.print(f"decode alone ({statistics.fmean(map(len, blobs)) / 1024:.0f} KB images) …")
+        decode = _decode_alone(predictor, blobs, images=max(64, len(blobs)), threads=os.cpu_count() or 1,
+                               cuda_batches=[32, 128], cuda_images=1024, max_pixels=base.max_image_pixels)
+        console.print(f"  {decode}")
         model_images = args.model_images or (32 if device.type == "cpu" else 1024)
         model, model_cpu = {}, {}
-        for batch in model_batches:
+
+        def model_alone(batch: int) -> None:
             rate, cpu_ms = _model_alone(predictor, hints, batch, max(batch, model_images))
             model[str(batch)], model_cpu[str(batch)] = round(rate, 1), round(cpu_ms, 2)
-            console.print(f"  batch {batch}: {model[str(batch)]} img/s, {model_cpu[str(batch)]} CPU ms/img")
-        console.print(f"decode alone ({statistics.fmean(map(len, blobs)) / 1024:.0f} KB images) …")
-        decode = _decode_alone(predictor, blobs, images=max(64, len(blobs)) if device.type == "cpu" else 1024,
-                               threads=os.cpu_count() or 1, cuda_batches=[32, 128],
-                               max_pixels=base.max_image_pixels)
-        console.print(f"  {decode}")
-        del predictor
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            console.print(f"model alone ({args.backbone}@{args.input_size}, {device}), batch {batch}: "
+                          f"{model[str(batch)]} img/s, {model_cpu[str(batch)]} CPU ms/img")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        for batch in model_batches:
+            if batch not in args.max_batches:
+                model_alone(batch)
         sweep = []
         for max_batch in args.max_batches:
+            # The model alone right before the pipeline at the same batch size: the two see the same
+            # machine state, which on a shared host drifts within minutes.
+            if max_batch in model_batches:
+                model_alone(max_batch)
             console.print(f"pipeline, max_batch {max_batch} …")
             run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
             if str(max_batch) in model:
                 run["ratio_to_model_alone"] = round(run["images_per_s"] / model[str(max_batch)], 3)
-                # Share of the worker's CPU doing what the model alone does: robust to other load.
                 run["cpu_ratio_to_model_alone"] = round(model_cpu[str(max_batch)] / run["cpu_ms_per_image"], 3)
             sweep.append(run)
             console.print(f"  {run}")
+        del predictor
         reference = next((r for r in sweep if r["max_batch"] == args.latency_max_batch), sweep[-1])
         rate = 0.5 * min(reference["images_per_s"], model.get(str(reference["max_batch"]), float("inf")))
         console.print(f"latency at {rate:.0f} posts/s (max_batch {base.max_batch}) …")
