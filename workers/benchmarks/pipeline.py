@@ -407,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                              args.run_timeout)
 
     rates = [r["images_per_s"] for r in sweep]
+    per_cpu = [1000 / r["cpu_ms_per_image"] for r in sweep]
     body = {
         "workload": args.workload, "image_size": args.image_size, "input_size": args.input_size,
         "backbone": args.backbone, "head": args.head, "posts": args.posts, "load_avg_1m_at_start": load_before,
@@ -414,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "model_alone_images_per_s": model, "model_alone_cpu_ms_per_image": model_cpu,
         "decode_alone_images_per_s": decode, "pipeline": sweep,
         "sweep_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in zip(rates, rates[1:])),
+        # Images per CPU-second of the worker: what the sweep shows when other load moves wall time.
+        "sweep_images_per_cpu_s": [round(x, 1) for x in per_cpu],
+        "sweep_per_cpu_s_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in zip(per_cpu, per_cpu[1:])),
         "latency": {"load_posts_per_s": round(rate, 1), "load_fraction": 0.5, "max_batch": base.max_batch,
                     "adaptive_batching": base.adaptive_batching, "posts": len(latencies),
                     "p50_ms": round(_percentile(latencies, 0.50), 1), "p99_ms": round(_percentile(latencies, 0.99), 1)},
