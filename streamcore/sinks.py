@@ -8,7 +8,6 @@ import redis.asyncio as aioredis
 
 from streamcore.settings import RedisKeys
 
-
 # One call per micro-batch: KEYS = stream, then (label key, source key) per label; ARGV = version, maxlen,
 # then (label JSON, post id, source) per label. Per label: nil when the post id was first seen at another
 # Kafka position (a duplicate post); else the stored JSON. A label already stored by the same model version

@@ -18,7 +18,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, UTC
 
 import numpy as np
 import torch
@@ -244,7 +244,7 @@ class Predictor:
     # -- 3. label JSON ----------------------------------------------------------------------------
     def label_json(self, scores: Scores, post_ids: Sequence[str], timestamps_ms: Sequence[int]) -> list[bytes | BadInput]:
         """Per item, its ``label/v1`` JSON, or the :class:`BadInput` its image was refused with."""
-        results: list[bytes | BadInput] = list(scores.refused.get(i) for i in range(len(post_ids)))
+        results: list[bytes | BadInput] = [scores.refused.get(i) for i in range(len(post_ids))]
         if not scores.rows:
             return results
         table = scores.table
@@ -264,7 +264,7 @@ class Predictor:
                 "categories": terms[0][row], "subcategories": terms[1][row], "attributes": terms[2][row],
                 "hints_used": {"source": "mined" if hinted[row] else "predicted",
                                "categories": [categories[k] for k in np.flatnonzero(routes[row])]},
-                "received_at": datetime.fromtimestamp(timestamps_ms[i] / 1000, timezone.utc).isoformat(),
+                "received_at": datetime.fromtimestamp(timestamps_ms[i] / 1000, UTC).isoformat(),
                 "labeled_at": labeled_at,
             }
             results[i] = json.dumps(label, separators=(",", ":")).encode()

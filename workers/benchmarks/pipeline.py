@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import statistics
@@ -37,6 +38,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Self
 
 import redis
 import torch
@@ -157,9 +159,11 @@ def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, thre
             encoded = [EncodedJpeg(work[i % len(work)]) for i in range(batch)]
             predictor.stage(encoded, [None] * batch)  # warm-up
             rounds = max(1, cuda_images // batch)
-            result[f"nvjpeg_batch_{batch}"] = round(_rate(
-                lambda: sum(predictor.stage(encoded, [None] * batch).images.shape[0] for _ in range(rounds)),
-                repeats=3)[0], 1)
+
+            def staged(encoded: list[EncodedJpeg] = encoded, rounds: int = rounds) -> int:
+                return sum(predictor.stage(encoded, [None] * len(encoded)).images.shape[0] for _ in range(rounds))
+
+            result[f"nvjpeg_batch_{batch}"] = round(_rate(staged, repeats=3)[0], 1)
     return result
 
 
@@ -250,7 +254,7 @@ class _GpuSampler:
                     self._samples.append(float(line))
             proc.terminate()
 
-    def __enter__(self) -> _GpuSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -399,7 +403,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 run["cpu_ratio_to_model_alone"] = round(model_cpu[str(max_batch)] / run["cpu_ms_per_image"], 3)
             sweep.append(run)
             console.print(f"  {run}")
-        del predictor
         reference = next((r for r in sweep if r["max_batch"] == args.latency_max_batch), sweep[-1])
         rate = 0.5 * min(reference["images_per_s"], model.get(str(reference["max_batch"]), float("inf")))
         console.print(f"latency at {rate:.0f} posts/s (max_batch {base.max_batch}) …")
@@ -414,10 +417,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "mean_image_kb": round(statistics.fmean(map(len, blobs)) / 1024, 1), "device": str(device),
         "model_alone_images_per_s": model, "model_alone_cpu_ms_per_image": model_cpu,
         "decode_alone_images_per_s": decode, "pipeline": sweep,
-        "sweep_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in zip(rates, rates[1:])),
+        "sweep_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in itertools.pairwise(rates)),
         # Images per CPU-second of the worker: what the sweep shows when other load moves wall time.
         "sweep_images_per_cpu_s": [round(x, 1) for x in per_cpu],
-        "sweep_per_cpu_s_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in zip(per_cpu, per_cpu[1:])),
+        "sweep_per_cpu_s_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in itertools.pairwise(per_cpu)),
         "latency": {"load_posts_per_s": round(rate, 1), "load_fraction": 0.5, "max_batch": base.max_batch,
                     "adaptive_batching": base.adaptive_batching, "posts": len(latencies),
                     "p50_ms": round(_percentile(latencies, 0.50), 1), "p99_ms": round(_percentile(latencies, 0.99), 1)},
