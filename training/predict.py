@@ -6,7 +6,8 @@ The batch path is split in three steps so a worker can overlap them across batch
    decoded there by nvJPEG and resized on the GPU; images decoded on the CPU (:meth:`prepare`) are
    copied through pinned memory, without blocking the model thread.
 2. :meth:`Predictor.infer` (the model thread): AMP forward in channels_last, top-k of every level for the
-   whole batch on the device, and ONE device→host copy of a packed score table.
+   whole batch on the device, and ONE device→host copy of a packed score table. On a CPU the forward
+   runs in chunks of ``cpu_forward_batch`` images, the size a CPU's caches keep fastest per image.
 3. :meth:`Predictor.label_json`: label JSON straight from that table, no per-item model validation (the
    tests check the output validates against :class:`Label`).
 """
@@ -82,7 +83,8 @@ class Scores:
 class Predictor:
     """A loaded model plus everything needed to turn its outputs into labels."""
 
-    def __init__(self, model: DynamicCNN, ontology: Ontology, *, version: str, device: torch.device) -> None:
+    def __init__(self, model: DynamicCNN, ontology: Ontology, *, version: str, device: torch.device,
+                 cpu_forward_batch: int | None = None) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
         # channels_last: the layout cuDNN's fastest convolution kernels (and oneDNN's) want.
@@ -94,6 +96,8 @@ class Predictor:
         self._names = (ontology.category_names, ontology.subcategory_names, ontology.attribute_names)
         self._k = tuple(min(_TOP, len(n)) for n in self._names)
         self._copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        # Forward chunk: the whole batch on a GPU; on a CPU at most ``cpu_forward_batch`` (None: no limit).
+        self._chunk = None if self.cuda else cpu_forward_batch
 
     @classmethod
     def load(cls, settings: Settings, version: str | None = None) -> Predictor:
@@ -110,7 +114,7 @@ class Predictor:
             torch.manual_seed(0)
             model = build_model(backbone=settings.backbone, head=settings.head, ontology=ontology, weights="random")
             version = f"untrained-{settings.backbone}-{settings.head}"
-        return cls(model, ontology, version=version, device=device)
+        return cls(model, ontology, version=version, device=device, cpu_forward_batch=settings.cpu_forward_batch)
 
     @property
     def image_size(self) -> int:
@@ -223,13 +227,21 @@ class Predictor:
         """Run the model on a staged batch; top-k on the device, one copy of the results to the host."""
         if not staged.rows:
             return Scores(np.zeros((0, 0), dtype=np.float32), [], staged.refused)
-        images, hint_cat = staged.images, staged.hint_categories
+        images, hint_cat, hint_att = staged.images, staged.hint_categories, staged.hint_attributes
         if self.cuda:  # allocated on the copy stream, used on this one
-            for tensor in (images, hint_cat, staged.hint_attributes):
+            for tensor in (images, hint_cat, hint_att):
                 tensor.record_stream(torch.cuda.current_stream(self.device))
+        chunk = self._chunk or len(staged.rows)
+        tables = [self._forward(images[i: i + chunk], hint_cat[i: i + chunk], hint_att[i: i + chunk])
+                  for i in range(0, len(staged.rows), chunk)]
+        table = tables[0] if len(tables) == 1 else torch.cat(tables)
+        return Scores(table.cpu().numpy(), staged.rows, staged.refused)
+
+    def _forward(self, images: torch.Tensor, hint_cat: torch.Tensor, hint_att: torch.Tensor) -> torch.Tensor:
+        """One forward; the packed table ``[top-k values, indices per level | routes | hinted]`` on the device."""
         x = self.model.preprocess(images).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, enabled=self.cuda):
-            out = self.model(x, hint_cat, staged.hint_attributes)
+            out = self.model(x, hint_cat, hint_att)
         cat = out.categories.float()
         probs = (torch.sigmoid(cat) if self.model.config.multi else torch.softmax(cat, 1),
                  torch.sigmoid(out.subcategories.float()), torch.sigmoid(out.attributes.float()))
@@ -238,8 +250,7 @@ class Predictor:
             values, indices = p.topk(k, dim=1)
             parts += [values, indices.float()]
         hinted = hint_cat.abs().sum(1, keepdim=True) > 0
-        table = torch.cat([*parts, out.routes.float(), hinted.float()], 1)
-        return Scores(table.cpu().numpy(), staged.rows, staged.refused)
+        return torch.cat([*parts, out.routes.float(), hinted.float()], 1)
 
     # -- 3. label JSON ----------------------------------------------------------------------------
     def label_json(self, scores: Scores, post_ids: Sequence[str], timestamps_ms: Sequence[int]) -> list[bytes | BadInput]:

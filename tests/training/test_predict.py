@@ -25,10 +25,10 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEVICES = ["cpu", pytest.param("cuda", marks=cuda)]
 
 
-def _predictor(device: str = "cpu", backbone: str = "tiny", size: int | None = None) -> Predictor:
+def _predictor(device: str = "cpu", backbone: str = "tiny", size: int | None = None, chunk: int | None = None) -> Predictor:
     torch.manual_seed(0)
     model = build_model(backbone=backbone, head="dynamic_layers", ontology=ONTOLOGY, weights="random", image_size=size)
-    return Predictor(model, ONTOLOGY, version="v-test", device=torch.device(device))
+    return Predictor(model, ONTOLOGY, version="v-test", device=torch.device(device), cpu_forward_batch=chunk)
 
 
 def _hint(post_id: str) -> Hints:
@@ -61,6 +61,19 @@ def test_labels_validate_and_carry_the_models_top_scores():
     again = predictor.predict(images, hints, ids, stamps)
     assert [a.model_copy(update={"labeled_at": b.labeled_at}) for a, b in zip(again, labels)] == labels
     assert all(t.score == round(t.score, 6) for t in labels[0].categories)
+
+
+def test_a_batch_run_in_cpu_sized_chunks_gives_the_same_labels():
+    images = list(torch.randint(0, 256, (7, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)))
+    hints = [_hint("a"), None, None, _hint("d"), None, None, _hint("g")]
+    ids = list("abcdefg")
+    whole = _predictor().predict(images, hints, ids, [0] * 7)
+    chunked = _predictor(chunk=3).predict(images, hints, ids, [0] * 7)  # 3 + 3 + 1
+    for a, b in zip(whole, chunked):
+        assert a.post_id == b.post_id and a.hints_used == b.hints_used
+        for level in ("categories", "subcategories", "attributes"):
+            assert [t.term for t in getattr(a, level)] == [t.term for t in getattr(b, level)]
+            assert [t.score for t in getattr(a, level)] == pytest.approx([t.score for t in getattr(b, level)], abs=1e-5)
 
 
 def test_images_prepared_for_another_input_size_are_resized():
