@@ -23,7 +23,7 @@ if [[ $MODE == gpu ]]; then
   DEVICE=cuda
   nvidia-smi --query-gpu=name,memory.total,driver_version,utilization.gpu --format=csv || true
   $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())"
-  BENCH=(--workload realistic --posts 2000 --max-batches 1,8,32,128 --model-batches 8,32,128,512
+  BENCH=(--workload realistic --posts 4000 --max-batches 1,8,32,128 --model-batches 8,32,128,512
          --latency-posts 300 --run-timeout 120)
   TESTS_TIMEOUT=170
   BENCH_TIMEOUT=330
