@@ -225,9 +225,11 @@ def _worker(settings: Settings, logs: Path | None) -> subprocess.Popen:
 
 
 def _fresh(base: Settings, posts: list[Post], hints: list[Hints], **changes) -> tuple[Settings, list[Post], list[Hints]]:
-    """New topics, group and post ids: a post id labelled in an earlier run would be a duplicate."""
+    """New topics, group, Redis keys and post ids: a post id labelled in an earlier run would be a duplicate,
+    and a failed run's labels must not count for the next one."""
     run = uuid.uuid4().hex[:8]
-    settings = base.model_copy(update={"topic_prefix": f"bench{run}.", "group_prefix": f"bench{run}", **changes})
+    settings = base.model_copy(update={"topic_prefix": f"bench{run}.", "group_prefix": f"bench{run}",
+                                       "redis_prefix": f"bench{run}", **changes})
     ensure_topics(settings)
     posts = [p.model_copy(update={"post_id": f"{run}-{p.post_id}"}) for p in posts]
     hints = [h.model_copy(update={"post_id": f"{run}-{h.post_id}"}) for h in hints]
@@ -397,20 +399,36 @@ def main(argv: Sequence[str] | None = None) -> dict:
             if max_batch in model_batches:
                 model_alone(max_batch)
             console.print(f"pipeline, max_batch {max_batch} …")
-            run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
+            try:
+                run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
+            except (TimeoutError, RuntimeError) as exc:  # one failed run must not cost the whole report
+                sweep.append({"max_batch": max_batch, "error": f"{type(exc).__name__}: {exc}"})
+                console.print(f"  [red]failed[/]: {exc}")
+                continue
             if str(max_batch) in model:
                 run["ratio_to_model_alone"] = round(run["images_per_s"] / model[str(max_batch)], 3)
                 run["cpu_ratio_to_model_alone"] = round(model_cpu[str(max_batch)] / run["cpu_ms_per_image"], 3)
             sweep.append(run)
             console.print(f"  {run}")
-        reference = next((r for r in sweep if r["max_batch"] == args.latency_max_batch), sweep[-1])
-        rate = 0.5 * min(reference["images_per_s"], model.get(str(reference["max_batch"]), float("inf")))
-        console.print(f"latency at {rate:.0f} posts/s (max_batch {base.max_batch}) …")
-        latencies = _latency(base, posts[: args.latency_posts + 1], hints[: args.latency_posts + 1], rate, args.logs,
-                             args.run_timeout)
+        done = [r for r in sweep if "error" not in r]
+        reference = next((r for r in done if r["max_batch"] == args.latency_max_batch), done[-1] if done else None)
+        latency: dict = {"error": "no pipeline run succeeded"}
+        if reference is not None:
+            rate = 0.5 * min(reference["images_per_s"], model.get(str(reference["max_batch"]), float("inf")))
+            console.print(f"latency at {rate:.0f} posts/s (max_batch {reference['max_batch']}) …")
+            try:
+                latencies = _latency(base.model_copy(update={"max_batch": reference["max_batch"]}),
+                                     posts[: args.latency_posts + 1], hints[: args.latency_posts + 1], rate,
+                                     args.logs, args.run_timeout)
+                latency = {"load_posts_per_s": round(rate, 1), "load_fraction": 0.5,
+                           "max_batch": reference["max_batch"], "adaptive_batching": base.adaptive_batching,
+                           "posts": len(latencies), "p50_ms": round(_percentile(latencies, 0.50), 1),
+                           "p99_ms": round(_percentile(latencies, 0.99), 1)}
+            except (TimeoutError, RuntimeError) as exc:
+                latency = {"error": f"{type(exc).__name__}: {exc}"}
 
-    rates = [r["images_per_s"] for r in sweep]
-    per_cpu = [1000 / r["cpu_ms_per_image"] for r in sweep]
+    rates = [r["images_per_s"] for r in done]
+    per_cpu = [1000 / r["cpu_ms_per_image"] for r in done]
     body = {
         "workload": args.workload, "image_size": args.image_size, "input_size": args.input_size,
         "backbone": args.backbone, "head": args.head, "posts": args.posts, "load_avg_1m_at_start": load_before,
@@ -421,9 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         # Images per CPU-second of the worker: what the sweep shows when other load moves wall time.
         "sweep_images_per_cpu_s": [round(x, 1) for x in per_cpu],
         "sweep_per_cpu_s_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in itertools.pairwise(per_cpu)),
-        "latency": {"load_posts_per_s": round(rate, 1), "load_fraction": 0.5, "max_batch": base.max_batch,
-                    "adaptive_batching": base.adaptive_batching, "posts": len(latencies),
-                    "p50_ms": round(_percentile(latencies, 0.50), 1), "p99_ms": round(_percentile(latencies, 0.99), 1)},
+        "latency": latency,
     }
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     write_report(args.out, body, command=command, device=str(device))
@@ -441,11 +457,18 @@ def _print(console: Console, body: dict) -> None:
     for name, rate in body["decode_alone_images_per_s"].items():
         table.add_row(f"decode alone, {name}", f"{rate:,}")
     for run in body["pipeline"]:
+        if "error" in run:
+            table.add_row(f"pipeline, max_batch {run['max_batch']}", run["error"][:60])
+            continue
         extra = f" (×{run['ratio_to_model_alone']} of model)" if "ratio_to_model_alone" in run else ""
         util = f", GPU {run['gpu_util_mean_pct']}%" if "gpu_util_mean_pct" in run else ""
         table.add_row(f"pipeline, max_batch {run['max_batch']}{extra}{util}", f"{run['images_per_s']:,}")
     lat = body["latency"]
-    table.add_row(f"latency p50 / p99 ms at {lat['load_posts_per_s']} posts/s", f"{lat['p50_ms']} / {lat['p99_ms']}")
+    if "error" in lat:
+        table.add_row("latency at half load", lat["error"][:60])
+    else:
+        table.add_row(f"latency p50 / p99 ms at {lat['load_posts_per_s']} posts/s",
+                      f"{lat['p50_ms']} / {lat['p99_ms']}")
     console.print(table)
 
 
