@@ -2,7 +2,9 @@
 # The classifier pipeline benchmark on a CUDA machine (issue 12), in one go, ~6 minutes:
 # CUDA tests, then `stylestream bench pipeline` on 1080 px photos with EfficientNet-Lite0 @224:
 # model alone (AMP) at batch 32/128/512, decode alone (nvJPEG), pipeline with a max_batch sweep and
-# the GPU's utilisation. Writes $OUT/bench_pipeline_gpu.json (+ pytest and worker logs in $OUT).
+# the GPU's utilisation. Writes $OUT/bench_pipeline_gpu.json (+ pytest and worker logs in $OUT); the
+# report is rewritten after every phase, so a run cut short still leaves what it measured ("complete").
+# Failing tests do not stop the benchmark (one GPU session) but make the script exit 1 at the end.
 #
 #   GPU machine, repo root (wheels in .whl/):  OUT=/some/dir bash scripts/gpu_bench.sh
 #   rehearsal on a CPU machine, tiny sizes:     bash scripts/gpu_bench.sh --cpu-smoke
@@ -12,6 +14,7 @@ MODE=${1:-gpu}
 OUT=${OUT:-$PWD/reports}
 mkdir -p "$OUT"
 T0=$(date +%s)
+STATUS=0
 step() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 fail() { echo "FAILED: $*" >&2; exit 1; }
 
@@ -24,9 +27,9 @@ if [[ $MODE == gpu ]]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,utilization.gpu --format=csv || true
   $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())"
   BENCH=(--workload realistic --posts 4000 --max-batches 1,8,32,128 --model-batches 8,32,128,512
-         --latency-posts 300 --run-timeout 120)
-  TESTS_TIMEOUT=170
-  BENCH_TIMEOUT=330
+         --latency-posts 300 --run-timeout 90)
+  TESTS_TIMEOUT=150
+  BENCH_TIMEOUT=400
 elif [[ $MODE == --cpu-smoke ]]; then
   export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
   PY=${PYTHON:-/work/main/.venv/bin/python}
@@ -48,10 +51,12 @@ step "CUDA-path tests (skipped without CUDA), decode, sink, and the bad-input su
 if ! STYLESTREAM_DEVICE=$DEVICE timeout "$TESTS_TIMEOUT" $PY -m pytest -q -x -rs -p no:cacheprovider \
     tests/training/test_predict.py tests/streamcore/test_decode.py tests/streamcore/test_sinks.py \
     tests/integration/test_bad_input.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -20; then
-  fail "tests (see $OUT/gpu_tests.log)"
+  echo "TESTS FAILED (see $OUT/gpu_tests.log); benchmarking anyway" >&2
+  STATUS=1
 fi
 
 step "pipeline benchmark on $DEVICE"
 timeout "$BENCH_TIMEOUT" $PY -m streamcore.cli bench pipeline "${BENCH[@]}" --device "$DEVICE" \
-  --logs "$OUT/worker_logs" --out "$OUT/bench_pipeline_gpu.json" || fail "benchmark"
+  --logs "$OUT/worker_logs" --out "$OUT/bench_pipeline_gpu.json" || fail "benchmark (partial report kept)"
 step "done: $OUT/bench_pipeline_gpu.json"
+exit $STATUS

@@ -373,13 +373,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         head=args.head, model_dir=Path(registry_dir), hint_wait_ms=2000, device=args.device)
         predictor = Predictor.load(base)
         device = predictor.device
-        load_before = round(os.getloadavg()[0], 2)
+        command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+        model, model_cpu, sweep = {}, {}, []
+        body = {
+            "workload": args.workload, "image_size": args.image_size, "input_size": args.input_size,
+            "backbone": args.backbone, "head": args.head, "posts": args.posts,
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+            "mean_image_kb": round(statistics.fmean(map(len, blobs)) / 1024, 1), "device": str(device),
+            "model_alone_images_per_s": model, "model_alone_cpu_ms_per_image": model_cpu, "pipeline": sweep,
+            "complete": False,
+        }
+
+        def save() -> None:
+            """Write what is measured so far: a run cut short (a one-shot GPU session) still leaves a report."""
+            _summarise(body)
+            write_report(args.out, body, command=command, device=str(device))
+
         console.print(f"decode alone ({statistics.fmean(map(len, blobs)) / 1024:.0f} KB images) …")
         decode = _decode_alone(predictor, blobs, images=max(64, len(blobs)), threads=os.cpu_count() or 1,
                                cuda_batches=[32, 128], cuda_images=1024, max_pixels=base.max_image_pixels)
         console.print(f"  {decode}")
+        body["decode_alone_images_per_s"] = decode
+        save()
         model_images = args.model_images or (32 if device.type == "cpu" else 1024)
-        model, model_cpu = {}, {}
 
         def model_alone(batch: int) -> None:
             rate, cpu_ms = _model_alone(predictor, hints, batch, max(batch, model_images))
@@ -388,11 +404,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
                           f"{model[str(batch)]} img/s, {model_cpu[str(batch)]} CPU ms/img")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            save()
 
         for batch in model_batches:
             if batch not in args.max_batches:
                 model_alone(batch)
-        sweep = []
         for max_batch in args.max_batches:
             # The model alone right before the pipeline at the same batch size: the two see the same
             # machine state, which on a shared host drifts within minutes.
@@ -404,12 +420,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
             except (TimeoutError, RuntimeError) as exc:  # one failed run must not cost the whole report
                 sweep.append({"max_batch": max_batch, "error": f"{type(exc).__name__}: {exc}"})
                 console.print(f"  [red]failed[/]: {exc}")
+                save()
                 continue
             if str(max_batch) in model:
                 run["ratio_to_model_alone"] = round(run["images_per_s"] / model[str(max_batch)], 3)
                 run["cpu_ratio_to_model_alone"] = round(model_cpu[str(max_batch)] / run["cpu_ms_per_image"], 3)
             sweep.append(run)
             console.print(f"  {run}")
+            save()
         done = [r for r in sweep if "error" not in r]
         reference = next((r for r in done if r["max_batch"] == args.latency_max_batch), done[-1] if done else None)
         latency: dict = {"error": "no pipeline run succeeded"}
@@ -427,24 +445,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
             except (TimeoutError, RuntimeError) as exc:
                 latency = {"error": f"{type(exc).__name__}: {exc}"}
 
-    rates = [r["images_per_s"] for r in done]
-    per_cpu = [1000 / r["cpu_ms_per_image"] for r in done]
-    body = {
-        "workload": args.workload, "image_size": args.image_size, "input_size": args.input_size,
-        "backbone": args.backbone, "head": args.head, "posts": args.posts, "load_avg_1m_at_start": load_before,
-        "mean_image_kb": round(statistics.fmean(map(len, blobs)) / 1024, 1), "device": str(device),
-        "model_alone_images_per_s": model, "model_alone_cpu_ms_per_image": model_cpu,
-        "decode_alone_images_per_s": decode, "pipeline": sweep,
-        "sweep_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in itertools.pairwise(rates)),
-        # Images per CPU-second of the worker: what the sweep shows when other load moves wall time.
-        "sweep_images_per_cpu_s": [round(x, 1) for x in per_cpu],
-        "sweep_per_cpu_s_non_decreasing_within_5pct": all(b >= 0.95 * a for a, b in itertools.pairwise(per_cpu)),
-        "latency": latency,
-    }
-    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
-    write_report(args.out, body, command=command, device=str(device))
+        body["latency"], body["complete"] = latency, True
+        save()
     _print(console, body)
     return body
+
+
+def _summarise(body: dict) -> None:
+    """Whether the sweep's rates grow with max_batch, in wall time and per CPU-second of the worker."""
+    done = [r for r in body["pipeline"] if "error" not in r]
+    rates = [r["images_per_s"] for r in done]
+    per_cpu = [1000 / r["cpu_ms_per_image"] for r in done]
+    body["sweep_non_decreasing_within_5pct"] = all(b >= 0.95 * a for a, b in itertools.pairwise(rates))
+    # Images per CPU-second of the worker: what the sweep shows when other load moves wall time.
+    body["sweep_images_per_cpu_s"] = [round(x, 1) for x in per_cpu]
+    body["sweep_per_cpu_s_non_decreasing_within_5pct"] = all(b >= 0.95 * a for a, b in itertools.pairwise(per_cpu))
 
 
 def _print(console: Console, body: dict) -> None:
