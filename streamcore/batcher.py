@@ -4,6 +4,11 @@ through one batch handler; one future per item.
 Modelled on Ray Serve's ``@serve.batch`` (and its lessons): the timer starts at the first item of a
 batch, not when waiting began; a result list of the wrong length is an error, never silently misaligned.
 Unlike Ray, a failed batch is retried item by item, so one poison item fails alone.
+
+``adaptive=True`` lets the batch size follow the queue instead (continuous batching, as Triton's dynamic
+batcher without a queue delay): a batch leaves as soon as a handler slot is free, with everything queued
+up to ``max_batch``. Under light load each item goes alone at once (lowest latency); under heavy load
+items pile up while the model is busy, so batches grow to ``max_batch`` and fill the accelerator.
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ class MicroBatcher(Generic[T, R]):
         handler: called with 1..max_batch items; must return one result per item, in order.
         max_batch: flush as soon as this many items wait.
         max_wait_s: flush this long after the first item of a batch arrived, even if not full.
+        adaptive: flush whenever a handler slot is free (``max_wait_s`` then never delays a batch).
         max_concurrent: batches allowed in the handler at once (2 overlaps one batch's output writes
             with the next one's compute).
         clock: monotonic clock (tests pass a fake one).
     """
 
     def __init__(self, handler: BatchHandler, *, max_batch: int, max_wait_s: float, max_concurrent: int = 2,
-                 wait_histogram: Histogram | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 adaptive: bool = False, wait_histogram: Histogram | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_s < 0:
@@ -44,6 +50,7 @@ class MicroBatcher(Generic[T, R]):
         self._handler = handler
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.adaptive = adaptive
         self._clock = clock
         self._wait_histogram = wait_histogram
         self._queue: list[tuple[T, asyncio.Future, float]] = []
@@ -74,6 +81,10 @@ class MicroBatcher(Generic[T, R]):
     async def _run(self) -> None:
         while True:
             await self._arrived.wait()
+            if self.adaptive:  # wait for a free slot, not for companions: the queue grows meanwhile
+                await self._slots.acquire()
+                self._dispatch()
+                continue
             deadline = self._queue[0][2] + self.max_wait_s
             while len(self._queue) < self.max_batch:
                 remaining = deadline - self._clock()
@@ -85,12 +96,16 @@ class MicroBatcher(Generic[T, R]):
                 except asyncio.TimeoutError:
                     break
             await self._slots.acquire()
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
-            if not self._queue:
-                self._arrived.clear()
-            task = asyncio.get_running_loop().create_task(self._execute(batch))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start a batch of the first ``max_batch`` queued items (a slot is held for it)."""
+        batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+        if not self._queue:
+            self._arrived.clear()
+        task = asyncio.get_running_loop().create_task(self._execute(batch))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def _execute(self, batch: list[tuple[T, asyncio.Future, float]]) -> None:
         try:

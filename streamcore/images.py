@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from streamcore.decode import open_checked, refusals
 from streamcore.exceptions import BadInput
 from streamcore.fetch import FetchPolicy, fetch_url
 from streamcore.schemas import ImageSource
@@ -19,27 +18,12 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     """Decode JPEG/PNG/WebP bytes to RGB, refusing images over ``max_pixels`` before decoding them.
 
     Raises:
-        BadInput: ``image_empty``, ``image_too_large`` or ``image_undecodable``.
+        BadInput: ``image_empty``, ``image_too_large``, ``image_format`` or ``image_undecodable``.
     """
-    if not data:
-        raise BadInput("image_empty", "image has zero bytes")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size  # header only: nothing decoded yet
-            if width * height > max_pixels:
-                raise BadInput("image_too_large", f"{width}x{height} exceeds {max_pixels} pixels")
-            if img.format not in ("JPEG", "PNG", "WEBP"):
-                raise BadInput("image_format", f"format {img.format} is not JPEG, PNG or WebP")
-            img.load()
-            return img.convert("RGB")
-    except BadInput:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadInput("image_too_large", str(exc)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadInput("image_undecodable", f"{type(exc).__name__}: {exc}") from None
+    img = open_checked(data, max_pixels=max_pixels)
+    with refusals():
+        img.load()
+        return img.convert("RGB")
 
 
 def to_chw(image: Image.Image, size: int) -> np.ndarray:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 
 from streamcore.redisconn import connect_async
-from streamcore.schemas import Label
-from streamcore.serde import encode
 from streamcore.settings import RedisKeys, Settings
 
 
@@ -54,21 +53,25 @@ class RedisLabelSink:
         self._ttl = settings.redis_label_ttl_s or 0
         self._cluster = settings.redis_cluster
 
-    async def write(self, labels: list[Label], fingerprints: list[str]) -> list[bytes | None]:
-        """Write labels, then the stream entries that are due (two round trips on one server).
+    async def write(self, version: str, labels: Sequence[tuple[str, bytes]],
+                    fingerprints: Sequence[str]) -> list[bytes | None]:
+        """Write one micro-batch of labels, then the stream entries that are due (two round trips on one server).
 
         Args:
+            version: the model version every label of the batch came from.
+            labels: ``(post_id, label JSON)`` pairs.
             fingerprints: per label, :func:`fingerprint` of its post's raw message.
 
         Returns:
             Per label, the stored (canonical) JSON, or ``None`` when the post id was already labelled
             from different content (a conflicting duplicate post).
         """
-        calls = [([self._keys.label(label.post_id), self._keys.post_meta(label.post_id)],
-                  [encode(label), label.model_version, print_, self._ttl])
-                 for label, print_ in zip(labels, fingerprints, strict=True)]
+        if not labels:
+            return []
+        calls = [([self._keys.label(post_id), self._keys.post_meta(post_id)], [label, version, print_, self._ttl])
+                 for (post_id, label), print_ in zip(labels, fingerprints, strict=True)]
         replies = await self._run_scripts(calls)
-        due = [(label.post_id, reply[0]) for label, reply in zip(labels, replies) if reply and int(reply[1])]
+        due = [(post_id, reply[0]) for (post_id, _), reply in zip(labels, replies) if reply and int(reply[1])]
         if due:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for post_id, stored in due:
@@ -93,7 +96,7 @@ class RedisLabelSink:
         """Per post id, whether a label was already written for it (from any message), in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for post_id in post_ids:
-                pipe.exists(self._keys.source(post_id))
+                pipe.exists(self._keys.post_meta(post_id))
             return [bool(n) for n in await pipe.execute()]
 
     async def current_model(self) -> str | None:

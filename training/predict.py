@@ -1,16 +1,35 @@
-"""Serving-side inference: PIL images + mined hints → ``label/v1`` messages, batched, on CPU or CUDA."""
+"""Serving-side inference: images + mined hints → ``label/v1`` JSON, batched, on CPU or CUDA.
+
+The batch path is split in three steps so a worker can overlap them across batches:
+
+1. :meth:`Predictor.stage` (a prep thread): images to one uint8 batch on the device. JPEG bytes are
+   decoded there by nvJPEG and resized on the GPU; images decoded on the CPU (:meth:`prepare`) are
+   copied through pinned memory, without blocking the model thread.
+2. :meth:`Predictor.infer` (the model thread): AMP forward in channels_last, top-k of every level for the
+   whole batch on the device, and ONE device→host copy of a packed score table. On a CPU the forward
+   runs in chunks of ``cpu_forward_batch`` images, the size a CPU's caches keep fastest per image.
+3. :meth:`Predictor.label_json`: label JSON straight from that table, no per-item model validation (the
+   tests check the output validates against :class:`Label`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from streamcore.decode import decode_scaled, is_complete_jpeg, open_checked
+from streamcore.exceptions import BadInput
 from streamcore.images import to_chw
-from streamcore.schemas import Hints, HintsUsed, Label, ScoredTerm, utcnow
+from streamcore.schemas import Hints, Label, utcnow
 from streamcore.settings import Settings
 from training.models import DynamicCNN, build_model, hints_to_tensors
 from training.ontology import Ontology, load_ontology
@@ -19,6 +38,8 @@ from training.registry import Registry
 log = logging.getLogger(__name__)
 
 _TOP = 5
+#: Images resized together on the device: bounds the float copy of full-size photos (64 x 1080² x 12 B).
+_RESIZE_CHUNK = 64
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -28,16 +49,55 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+@dataclass(frozen=True)
+class EncodedJpeg:
+    """A complete JPEG (header already checked) whose decoding is left to the device."""
+
+    data: bytes
+
+
+#: What :meth:`Predictor.prepare` hands to :meth:`Predictor.stage`.
+Prepared = torch.Tensor | EncodedJpeg
+
+
+@dataclass
+class Staged:
+    """A batch on the device; ``rows`` maps batch rows to the caller's items, ``refused`` the rest."""
+
+    images: torch.Tensor
+    hint_categories: torch.Tensor
+    hint_attributes: torch.Tensor
+    rows: list[int]
+    refused: dict[int, BadInput]
+
+
+@dataclass
+class Scores:
+    """Host copy of one batch's top-k per level, its routes and whether hints steered it."""
+
+    table: np.ndarray
+    rows: list[int]
+    refused: dict[int, BadInput]
+
+
 class Predictor:
     """A loaded model plus everything needed to turn its outputs into labels."""
 
-    def __init__(self, model: DynamicCNN, ontology: Ontology, *, version: str, device: torch.device) -> None:
-        self.model = model.to(device).eval()
+    def __init__(self, model: DynamicCNN, ontology: Ontology, *, version: str, device: torch.device,
+                 cpu_forward_batch: int | None = None) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        # channels_last: the layout cuDNN's fastest convolution kernels (and oneDNN's) want.
+        self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.ontology = ontology
         self.version = version
-        self.device = device
         self.head = model.config.head
         self._size = model.preprocess.image_size
+        self._names = (ontology.category_names, ontology.subcategory_names, ontology.attribute_names)
+        self._k = tuple(min(_TOP, len(n)) for n in self._names)
+        self._copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        # Forward chunk: the whole batch on a GPU; on a CPU at most ``cpu_forward_batch`` (None: no limit).
+        self._chunk = None if self.cuda else cpu_forward_batch
 
     @classmethod
     def load(cls, settings: Settings, version: str | None = None) -> Predictor:
@@ -54,51 +114,182 @@ class Predictor:
             torch.manual_seed(0)
             model = build_model(backbone=settings.backbone, head=settings.head, ontology=ontology, weights="random")
             version = f"untrained-{settings.backbone}-{settings.head}"
-        return cls(model, ontology, version=version, device=device)
+        return cls(model, ontology, version=version, device=device, cpu_forward_batch=settings.cpu_forward_batch)
 
+    @property
+    def image_size(self) -> int:
+        """Side of the square input the model takes."""
+        return self._size
+
+    # -- 0. per image (decode threads) ------------------------------------------------------------
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """Resize to the model's input size; uint8 ``[3, S, S]`` (normalisation happens on the device)."""
         return torch.from_numpy(to_chw(image, self._size))
 
-    def _resize(self, image: torch.Tensor) -> torch.Tensor:
-        resized = torch.nn.functional.interpolate(image[None].float(), size=(self._size, self._size), mode="bilinear",
-                                                  antialias=True, align_corners=False)
-        return resized[0].round().clamp(0, 255).to(torch.uint8)
+    def prepare(self, data: bytes, *, max_pixels: int) -> Prepared:
+        """Check an image and make it ready for :meth:`stage`: complete RGB/grey JPEGs stay encoded when
+        the model is on CUDA (nvJPEG decodes them in batches); the rest is decoded here, DCT-downscaled.
 
+        Raises:
+            BadInput: the image is refused (see :mod:`streamcore.decode`).
+        """
+        if self.cuda:
+            img = open_checked(data, max_pixels=max_pixels)
+            if img.format == "JPEG" and img.mode in ("RGB", "L") and is_complete_jpeg(data):
+                return EncodedJpeg(data)
+        return torch.from_numpy(decode_scaled(data, self._size, max_pixels=max_pixels))
+
+    # -- 1. batch to device (prep thread) ---------------------------------------------------------
     @torch.inference_mode()
-    def predict(self, images: Sequence[torch.Tensor], hints: Sequence[Hints | None], post_ids: Sequence[str],
-                timestamps_ms: Sequence[int]) -> list[Label]:
-        """Classify a batch of :meth:`to_tensor` images; hints may mix present and absent rows."""
+    def stage(self, images: Sequence[Prepared], hints: Sequence[Hints | None]) -> Staged:
+        """Put a batch of prepared images and their hints on the device (see the module docstring)."""
+        if self._copy_stream is None:
+            return self._stage(images, hints)
+        with torch.cuda.stream(self._copy_stream):
+            staged = self._stage(images, hints)
+        self._copy_stream.synchronize()  # the model thread then reads finished tensors
+        return staged
+
+    def _stage(self, images: Sequence[Prepared], hints: Sequence[Hints | None]) -> Staged:
+        placed: dict[int, torch.Tensor] = {}
+        refused: dict[int, BadInput] = {}
+        decoded = [i for i, img in enumerate(images) if isinstance(img, torch.Tensor)]
+        if decoded:
+            host = torch.stack([self._fit(images[i]) for i in decoded])
+            if self.cuda:
+                host = host.pin_memory()
+            for i, row in zip(decoded, host.to(self.device, non_blocking=self.cuda)):
+                placed[i] = row
+        encoded = [i for i, img in enumerate(images) if isinstance(img, EncodedJpeg)]
+        if encoded:
+            for i, out in zip(encoded, self._decode_on_device([images[i].data for i in encoded])):
+                if isinstance(out, BadInput):
+                    refused[i] = out
+                else:
+                    placed[i] = out
+        rows = sorted(placed)
+        size = (0, 3, self._size, self._size)
+        batch = torch.stack([placed[i] for i in rows]) if rows else torch.empty(size, dtype=torch.uint8, device=self.device)
+        cat, att = hints_to_tensors([hints[i] for i in rows], self.ontology)
+        if self.cuda:
+            cat, att = cat.pin_memory(), att.pin_memory()
+        return Staged(batch, cat.to(self.device, non_blocking=self.cuda), att.to(self.device, non_blocking=self.cuda),
+                      rows, refused)
+
+    def _fit(self, image: torch.Tensor) -> torch.Tensor:
         # Images prepared for a previous model (a swap between decode and batch) may have another size.
-        batch = torch.stack([img if img.shape[-1] == self._size else self._resize(img) for img in images])
-        cuda = self.device.type == "cuda"
-        if cuda:
-            batch = batch.pin_memory()
-        x = self.model.preprocess(batch.to(self.device, non_blocking=cuda))
-        hint_cat, hint_att = (t.to(self.device, non_blocking=cuda) for t in hints_to_tensors(list(hints), self.ontology))
-        with torch.autocast(self.device.type, enabled=cuda):
+        if image.shape[-1] == self._size and image.shape[-2] == self._size:
+            return image
+        return self._resize(image[None])[0]
+
+    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+        resized = F.interpolate(images.float(), size=(self._size, self._size), mode="bilinear", antialias=True,
+                                align_corners=False)
+        return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+    def _decode_on_device(self, blobs: list[bytes]) -> list[torch.Tensor | BadInput]:
+        """nvJPEG in one batched call, resized on the device; one by one (then on the CPU) if the batch fails."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        # bytearray: torch wants a writable buffer; one memcpy of the compressed bytes.
+        raw = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        try:
+            full: list[torch.Tensor | BadInput] = list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device))
+        except RuntimeError as exc:
+            log.warning("batched nvJPEG decode failed (%s); decoding %d images one by one", exc, len(raw))
+            full = [self._decode_one(r, b) for r, b in zip(raw, blobs)]
+        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, img in enumerate(full):
+            if isinstance(img, torch.Tensor) and tuple(img.shape[-2:]) != (self._size, self._size):
+                by_shape[tuple(img.shape)].append(i)
+        for indices in by_shape.values():
+            for start in range(0, len(indices), _RESIZE_CHUNK):
+                chunk = indices[start: start + _RESIZE_CHUNK]
+                for i, small in zip(chunk, self._resize(torch.stack([full[i] for i in chunk]))):
+                    full[i] = small
+        return full
+
+    def _decode_one(self, raw: torch.Tensor, blob: bytes) -> torch.Tensor | BadInput:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            try:  # the CPU decoder gives the precise reason, or decodes what nvJPEG could not
+                pixels = decode_scaled(blob, self._size, max_pixels=2**62)
+            except BadInput as exc:
+                return exc
+            return torch.from_numpy(pixels).to(self.device)
+
+    # -- 2. forward + top-k (model thread) --------------------------------------------------------
+    @torch.inference_mode()
+    def infer(self, staged: Staged) -> Scores:
+        """Run the model on a staged batch; top-k on the device, one copy of the results to the host."""
+        if not staged.rows:
+            return Scores(np.zeros((0, 0), dtype=np.float32), [], staged.refused)
+        images, hint_cat, hint_att = staged.images, staged.hint_categories, staged.hint_attributes
+        if self.cuda:  # allocated on the copy stream, used on this one
+            for tensor in (images, hint_cat, hint_att):
+                tensor.record_stream(torch.cuda.current_stream(self.device))
+        chunk = self._chunk or len(staged.rows)
+        tables = [self._forward(images[i: i + chunk], hint_cat[i: i + chunk], hint_att[i: i + chunk])
+                  for i in range(0, len(staged.rows), chunk)]
+        table = tables[0] if len(tables) == 1 else torch.cat(tables)
+        return Scores(table.cpu().numpy(), staged.rows, staged.refused)
+
+    def _forward(self, images: torch.Tensor, hint_cat: torch.Tensor, hint_att: torch.Tensor) -> torch.Tensor:
+        """One forward; the packed table ``[top-k values, indices per level | routes | hinted]`` on the device."""
+        x = self.model.preprocess(images).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, enabled=self.cuda):
             out = self.model(x, hint_cat, hint_att)
-        multi = self.model.config.multi
-        cat_p = (torch.sigmoid(out.categories) if multi else torch.softmax(out.categories.float(), 1)).float().cpu()
-        sub_p = torch.sigmoid(out.subcategories.float()).cpu()
-        att_p = torch.sigmoid(out.attributes.float()).cpu()
-        routes = out.routes.cpu()
-        hinted = hint_cat.abs().sum(1).cpu() > 0
-        now = utcnow()
-        return [
-            Label(
-                post_id=post_ids[i], model_version=self.version, head=self.head,
-                categories=_top(cat_p[i], self.ontology.category_names),
-                subcategories=_top(sub_p[i], self.ontology.subcategory_names),
-                attributes=_top(att_p[i], self.ontology.attribute_names),
-                hints_used=HintsUsed(source="mined" if hinted[i] else "predicted",
-                                     categories=[self.ontology.category_names[k] for k in routes[i].nonzero().flatten().tolist()]),
-                received_at=datetime.fromtimestamp(timestamps_ms[i] / 1000, timezone.utc), labeled_at=now,
-            )
-            for i in range(len(post_ids))
-        ]
+        cat = out.categories.float()
+        probs = (torch.sigmoid(cat) if self.model.config.multi else torch.softmax(cat, 1),
+                 torch.sigmoid(out.subcategories.float()), torch.sigmoid(out.attributes.float()))
+        parts = []
+        for p, k in zip(probs, self._k):
+            values, indices = p.topk(k, dim=1)
+            parts += [values, indices.float()]
+        hinted = hint_cat.abs().sum(1, keepdim=True) > 0
+        return torch.cat([*parts, out.routes.float(), hinted.float()], 1)
 
+    # -- 3. label JSON ----------------------------------------------------------------------------
+    def label_json(self, scores: Scores, post_ids: Sequence[str], timestamps_ms: Sequence[int]) -> list[bytes | BadInput]:
+        """Per item, its ``label/v1`` JSON, or the :class:`BadInput` its image was refused with."""
+        results: list[bytes | BadInput] = [scores.refused.get(i) for i in range(len(post_ids))]
+        if not scores.rows:
+            return results
+        table = scores.table
+        cuts = np.cumsum([0, *(k for k in self._k for _ in range(2))])
+        terms = []
+        for level, names in enumerate(self._names):
+            values = np.round(table[:, cuts[2 * level]: cuts[2 * level + 1]].astype(np.float64), 6).tolist()
+            indices = table[:, cuts[2 * level + 1]: cuts[2 * level + 2]].astype(np.int64).tolist()
+            terms.append([[{"term": names[j], "score": v} for v, j in zip(vs, js)] for vs, js in zip(values, indices)])
+        routes = table[:, cuts[-1]: cuts[-1] + len(self._names[0])] > 0.5
+        hinted = table[:, -1] > 0.5
+        categories = self._names[0]
+        labeled_at = utcnow().isoformat()
+        for row, i in enumerate(scores.rows):
+            label = {
+                "schema": "label/v1", "post_id": post_ids[i], "model_version": self.version, "head": self.head,
+                "categories": terms[0][row], "subcategories": terms[1][row], "attributes": terms[2][row],
+                "hints_used": {"source": "mined" if hinted[row] else "predicted",
+                               "categories": [categories[k] for k in np.flatnonzero(routes[row])]},
+                "received_at": datetime.fromtimestamp(timestamps_ms[i] / 1000, UTC).isoformat(),
+                "labeled_at": labeled_at,
+            }
+            results[i] = json.dumps(label, separators=(",", ":")).encode()
+        return results
 
-def _top(scores: torch.Tensor, names: list[str]) -> list[ScoredTerm]:
-    values, indices = scores.topk(min(_TOP, len(names)))
-    return [ScoredTerm(term=names[j], score=round(float(v), 6)) for v, j in zip(values.tolist(), indices.tolist())]
+    def predict(self, images: Sequence[Prepared], hints: Sequence[Hints | None], post_ids: Sequence[str],
+                timestamps_ms: Sequence[int]) -> list[Label]:
+        """All three steps in one call, as validated :class:`Label` objects (tests, smoke checks, tools).
+
+        Raises:
+            BadInput: an image was refused on the device.
+        """
+        out = self.label_json(self.infer(self.stage(images, hints)), post_ids, timestamps_ms)
+        for result in out:
+            if isinstance(result, BadInput):
+                raise result
+        return [Label.model_validate_json(raw) for raw in out]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 from collections import OrderedDict
@@ -27,7 +28,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from redis.exceptions import RedisError
@@ -41,7 +41,7 @@ from streamcore.settings import Settings
 from streamcore.sinks import RedisLabelSink, fingerprint
 from streamcore.stage import Stage
 from training.hotswap import ModelSlot
-from training.predict import Predictor
+from training.predict import Predictor, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,12 @@ class _Waiting:
 
 @dataclass(frozen=True)
 class _Item:
-    image: torch.Tensor
+    image: Prepared
     hints: Hints | None
     post_id: str
     timestamp_ms: int
     fingerprint: str
+    partition: int  # of the post: its label goes to the same partition of ``labels``
 
 
 class ClassifyStage(Stage):
@@ -98,7 +99,10 @@ class ClassifyStage(Stage):
         self._tasks: dict[asyncio.Task, ConsumerRecord] = {}
         self._paused: set[str] = set()  # logical topics whose partitions are paused
         self._bad_pointer: bytes | str | None = None
-        self._decode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode")
+        self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_workers or os.cpu_count() or 1,
+                                               thread_name_prefix="decode")
+        # One thread stages batch n+1 onto the device while the model thread runs batch n.
+        self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prep")
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
     async def setup(self) -> None:
@@ -114,6 +118,9 @@ class ClassifyStage(Stage):
         self._next_model_check = 0.0
         self.batcher = MicroBatcher(self._run_batch, max_batch=self.settings.max_batch,
                                     max_wait_s=self.settings.max_wait_ms / 1000,
+                                    adaptive=self.settings.adaptive_batching,
+                                    # three batches in flight: one staging, one in the model, one writing
+                                    max_concurrent=3,
                                     wait_histogram=self.metrics.batch_wait)
 
     async def _serving_pointer(self, *, retry: bool = False) -> str | None:
@@ -303,9 +310,11 @@ class ClassifyStage(Stage):
         loop = asyncio.get_running_loop()
         image = await loop.run_in_executor(self._decode_pool, self._prepare, waiting.post)
         received_ms = _received_ms(record)
-        item = _Item(image, waiting.hints, waiting.post.post_id, received_ms, waiting.fingerprint)
+        item = _Item(image, waiting.hints, waiting.post.post_id, received_ms, waiting.fingerprint, record.partition)
         # Outputs not written: the record stays unfinished (uncommitted) while this retries.
         stored = await self.retrying("label_write", lambda: self.batcher.submit(item))
+        if isinstance(stored, BadInput):  # the image was refused where it was decoded, on the device
+            raise stored
         if stored is None:
             raise BadInput("duplicate_post_id", f"post {item.post_id!r} was labelled from other content")
         self.done(record)
@@ -314,18 +323,32 @@ class ClassifyStage(Stage):
             self.metrics.hinted.inc()
         self.metrics.e2e_latency.observe(max(0.0, time.time() - received_ms / 1000))
 
-    def _prepare(self, post: Post) -> torch.Tensor:
-        return self.models.current.to_tensor(load_image(post.image, self.settings))
+    def _prepare(self, post: Post) -> Prepared:
+        predictor = self.models.current
+        if post.image.b64 is not None:
+            return predictor.prepare(post.image.raw_bytes(), max_pixels=self.settings.max_image_pixels)
+        return predictor.to_tensor(load_image(post.image, self.settings))
 
-    async def _run_batch(self, items: Sequence[_Item]) -> list[bytes | None]:
+    async def _run_batch(self, items: Sequence[_Item]) -> list[bytes | BadInput | None]:
+        """Per item: the stored label JSON, ``None`` for a duplicate post, or why its image was refused."""
         self.metrics.batch_size.observe(len(items))
+        loop = asyncio.get_running_loop()
         # The model is read once per batch: a swap lands between two batches, never inside one.
-        labels = await asyncio.get_running_loop().run_in_executor(
-            self._model_pool, self.models.current.predict, [i.image for i in items], [i.hints for i in items],
-            [i.post_id for i in items], [i.timestamp_ms for i in items])
-        stored = await self.sink.write(labels, [i.fingerprint for i in items])
-        await self.send_many("labels", [(i.post_id.encode(), v) for i, v in zip(items, stored) if v is not None])
-        return stored
+        predictor = self.models.current
+        staged = await loop.run_in_executor(self._prep_pool, predictor.stage, [i.image for i in items],
+                                            [i.hints for i in items])
+        scores = await loop.run_in_executor(self._model_pool, predictor.infer, staged)
+        results = await loop.run_in_executor(self._prep_pool, predictor.label_json, scores,
+                                             [i.post_id for i in items], [i.timestamp_ms for i in items])
+        kept = [n for n, r in enumerate(results) if not isinstance(r, BadInput)]
+        stored = await self.sink.write(predictor.version, [(items[n].post_id, results[n]) for n in kept],
+                                       [items[n].fingerprint for n in kept])
+        for n, value in zip(kept, stored):
+            results[n] = value
+        # Labels go to the partition of their post (same key, same partition count): one batch per partition.
+        await self.send_to_partitions("labels", [(items[n].partition, items[n].post_id.encode(), results[n])
+                                                 for n in kept if results[n] is not None])
+        return results
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
@@ -348,6 +371,7 @@ class ClassifyStage(Stage):
         await self.sink.close()
         self.models.close()
         self._decode_pool.shutdown()
+        self._prep_pool.shutdown()
         self._model_pool.shutdown()
 
 

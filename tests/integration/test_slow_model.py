@@ -27,9 +27,9 @@ STEP_S = 4.0
 class SlowPredictor(Predictor):
     """The real predictor, plus a model step longer than the consumer's max poll interval."""
 
-    def predict(self, *args, **kwargs):
+    def infer(self, *args, **kwargs):
         time.sleep(STEP_S)
-        return super().predict(*args, **kwargs)
+        return super().infer(*args, **kwargs)
 
 
 def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, monkeypatch):

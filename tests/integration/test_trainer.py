@@ -20,7 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streamcore.embedded import free_port
 from streamcore.schemas import DeadLetter, HintsUsed, Label, ModelUpdate, ScoredTerm, utcnow
 from streamcore.serde import encode
-from streamcore.sinks import RedisLabelSink
+from streamcore.sinks import RedisLabelSink, fingerprint
 from tests.support import publish_tiny, wait_until
 from streamcore.schemas import Feedback
 from training.checkpoint import METRICS_FILE
@@ -265,9 +265,10 @@ def _label(post_id: str, version: str, category: str) -> Label:
 
 
 async def _write_labels(settings, labels: list[Label]) -> None:
-    sink = RedisLabelSink(settings.redis_url, keys=settings.keys, stream_maxlen=1000)
+    sink = RedisLabelSink(settings)
     try:
-        await sink.write(labels, [f"posts/0/{i}" for i in range(len(labels))])
+        for label in labels:  # one model version per write, as the classifier writes them
+            await sink.write(label.model_version, [(label.post_id, encode(label))], [fingerprint(label.post_id.encode())])
     finally:
         await sink.close()
 

@@ -134,3 +134,34 @@ def test_a_poison_item_fails_alone_and_its_batch_mates_get_results():
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+def test_adaptive_a_lone_item_leaves_at_once_without_waiting_for_max_wait():
+    async def scenario():
+        handler = Recorder()
+        batcher = MicroBatcher(handler, max_batch=64, max_wait_s=3600, adaptive=True)
+        assert await asyncio.wait_for(batcher.submit(7), timeout=5) == 70
+        assert handler.batches == [[7]]
+        await batcher.close()
+
+    asyncio.run(scenario())
+
+
+def test_adaptive_batch_follows_the_queue_while_the_handler_is_busy():
+    async def scenario():
+        gate = asyncio.Event()
+        handler = Recorder(gate)
+        batcher = MicroBatcher(handler, max_batch=4, max_wait_s=3600, max_concurrent=1, adaptive=True)
+        first = batcher.submit(0)
+        await _settle()
+        assert handler.batches == [[0]]  # the handler was free: no waiting for companions
+        rest = [batcher.submit(i) for i in range(1, 11)]  # arrive while batch [0] is in the handler
+        await _settle()
+        assert batcher.queued == 10 and len(handler.batches) == 1
+        gate.set()
+        assert await asyncio.gather(first, *rest) == [i * 10 for i in range(11)]
+        # The queue, cut at max_batch, set the sizes: 1 while idle, then full batches, then the rest.
+        assert handler.batches == [[0], [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+        await batcher.close()
+
+    asyncio.run(scenario())

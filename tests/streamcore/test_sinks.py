@@ -14,6 +14,7 @@ from redis.cluster import RedisCluster, key_slot
 
 from streamcore.embedded import free_port, redis_binary, stop_processes
 from streamcore.schemas import HintsUsed, Label, ScoredTerm, utcnow
+from streamcore.serde import encode
 from streamcore.settings import RedisKeys, Settings
 from streamcore.sinks import RedisLabelSink, fingerprint
 from tests.support import wait_until
@@ -31,7 +32,9 @@ def _label(post_id: str, version: str = "v1", term: str = "dresses") -> Label:
 async def _write(settings: Settings, labels: list[Label], prints: list[str]) -> list[bytes | None]:
     sink = RedisLabelSink(settings)
     try:
-        return await sink.write(labels, prints)
+        versions = {label.model_version for label in labels}
+        assert len(versions) == 1, "a micro-batch comes from one model version"
+        return await sink.write(versions.pop(), [(label.post_id, encode(label)) for label in labels], prints)
     finally:
         await sink.close()
 
@@ -159,3 +162,17 @@ def test_promotion_pointer_and_history_on_a_redis_cluster(redis_cluster, make_se
             await sink.close()
 
     assert asyncio.run(current()) == "v-one"
+
+
+def test_an_empty_batch_writes_nothing(make_settings):
+    settings = make_settings()
+
+    async def scenario():
+        sink = RedisLabelSink(settings)
+        try:
+            return await sink.write("v1", [], [])
+        finally:
+            await sink.close()
+
+    assert asyncio.run(scenario()) == []
+    assert redis.Redis.from_url(settings.redis_url).xlen(settings.keys.labels_stream) == 0

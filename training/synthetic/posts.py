@@ -21,7 +21,7 @@ from streamcore.schemas import ImageSource, Post, utcnow
 from training.ontology import Ontology
 from training.synthetic.captions import make_caption
 from training.synthetic.fashion_mnist import CLASS_MAP, load_split, resize_grey
-from training.synthetic.images import colour_names, draw_garment, jpeg_bytes
+from training.synthetic.images import colour_names, draw_garment, jpeg_bytes, photo_like
 from training.synthetic.textures import paint
 
 
@@ -86,13 +86,16 @@ def _image(items: list[_Item], size: int, rng: random.Random) -> Image.Image:
 
 
 def generate_posts(ontology: Ontology, count: int, *, seed: int = 0, multi: bool = False,
-                   mention_prob: float = 0.8, size: int = 64, prefix: str = "syn") -> Iterator[tuple[Post, Truth]]:
+                   mention_prob: float = 0.8, size: int = 64, prefix: str = "syn",
+                   photo: bool = False) -> Iterator[tuple[Post, Truth]]:
     """Yield ``count`` posts with their ground truth, deterministically for a ``seed``.
 
     Args:
         multi: outfits of 2–4 items per image instead of one garment.
         mention_prob: probability that the caption names the (first) category.
         size: image side in pixels (the benchmark's models take 64).
+        photo: photo-like pictures of the first item (texture, lighting, noise; ~250 KB at 1080 px)
+            instead of Fashion-MNIST garments: the realistic workload of the pipeline benchmark.
     """
     rng = random.Random(seed)
     start = utcnow()
@@ -103,11 +106,13 @@ def generate_posts(ontology: Ontology, count: int, *, seed: int = 0, multi: bool
         first = items[0]
         caption = make_caption(rng, ontology, category=first.category, subcategory=first.subcategory,
                                materials=[first.material], patterns=[first.pattern], mention_prob=mention_prob)
+        image = (photo_like(first.category, first.pattern, rng.choice(colour_names()), size=size, rng=rng) if photo
+                 else _image(items, size, rng))
         post = Post(
             post_id=f"{prefix}-{seed}-{i}", created_at=start + timedelta(milliseconds=i),
             user=f"user{rng.randint(1, 500)}", caption=caption.caption, comments=list(caption.comments),
             hashtags=list(caption.hashtags), user_tags=list(caption.user_tags),
-            image=ImageSource(b64=base64.b64encode(jpeg_bytes(_image(items, size, rng))).decode()),
+            image=ImageSource(b64=base64.b64encode(jpeg_bytes(image)).decode()),
         )
         yield post, Truth(*(tuple(dict.fromkeys(getattr(it, f) for it in items))
                             for f in ("category", "subcategory", "material", "pattern")))

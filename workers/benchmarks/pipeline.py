@@ -1,124 +1,329 @@
 """Classifier pipeline throughput and latency: posts in Kafka → labels in Redis, versus the model alone.
 
-    .venv/bin/stylestream bench pipeline --posts 4000 --backbone tiny --out reports/bench_pipeline.json
+    .venv/bin/stylestream bench pipeline --workload realistic   # 1080 px photos, EfficientNet-Lite0 @224
+    .venv/bin/stylestream bench pipeline --workload small       # the project's 64 px posts, tiny @64
 
-All in one run, on the same machine state:
+All in one run, on the same machine state (the machine is shared: compare the ratios, not across runs):
 
-1. *model only*: the worker's own ``Predictor.predict`` on pre-decoded images, at ``max_batch`` and at 1
-   (median of three);
-2. *pipeline*: N posts and their hints are produced before ONE ``stylestream worker classify`` starts;
-   the rate is taken from the labels' ``labeled_at`` over the last 90% of them (start-up excluded),
-   with micro-batching and with ``MAX_BATCH=1``;
-3. *latency*: posts (each followed by its hints, as a zero-latency text stage would) at ~50% of the
-   saturated rate; latency = ``labeled_at - received_at`` (Kafka timestamp of the post).
+1. *model alone*: the worker's own predictor (forward with top-k + label JSON) on a batch already on the
+   device, at each batch size (median of three), in img/s and CPU ms per image;
+2. *decode alone*: images per second on ONE core, the old path (full decode, then resize) and the new one
+   (DCT-domain downscaling; on CUDA also nvJPEG in batches), and the new one on every core;
+3. *pipeline*: N posts and their hints are produced before ONE ``stylestream worker classify`` starts;
+   the rate is taken from the labels' ``labeled_at`` over the last 90% of them (start-up excluded), for
+   each ``max_batch`` of the sweep; on CUDA with the GPU's utilisation sampled every 200 ms;
+4. *latency*: posts (each followed by its hints, as a zero-latency text stage would) at 50% of the
+   pipeline's saturated rate; latency = ``labeled_at - received_at`` (Kafka timestamp of the post).
+
+Hints come from each post's ground truth (one category, material and pattern, as a perfect miner would
+give): the classifier's import path, and this benchmark's, stay free of the text miner (and of gensim).
+Realistic posts reuse ``--distinct`` generated photos under fresh post ids: decoding costs the same, and
+generating thousands of 1080 px photos would take longer than the benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import itertools
+import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Self
 
 import redis
-from kafka import KafkaProducer
+import torch
 from rich.console import Console
 from rich.table import Table
 
+from streamcore.decode import decode_scaled
 from streamcore.embedded import EmbeddedStack, stop_processes
-from streamcore.images import load_image
-from streamcore.kafka import ensure_topics
+from streamcore.images import decode_image, to_chw
+from streamcore.kafka import ensure_topics, make_producer
 from streamcore.reports import write_report
-from streamcore.schemas import Hints, Label, Post
+from streamcore.schemas import Hints, Label, Post, ScoredTerm
 from streamcore.serde import encode
 from streamcore.settings import Settings
+from training.checkpoint import save_checkpoint
+from training.models import build_model
 from training.ontology import load_ontology
-from training.predict import Predictor, resolve_device
-from training.synthetic.posts import generate_posts
+from training.predict import EncodedJpeg, Predictor
+from training.registry import Registry
+from training.synthetic.posts import Truth, generate_posts
 
 COMMAND = "stylestream bench pipeline"
 
+WORKLOADS = {
+    "realistic": {"image_size": 1080, "photo": True, "backbone": "efficientnet_lite0", "input_size": 224,
+                  "posts": 768, "latency_posts": 120, "out": "reports/bench_pipeline.json"},
+    "small": {"image_size": 64, "photo": False, "backbone": "tiny", "input_size": 64,
+              "posts": 4000, "latency_posts": 600, "out": "reports/bench_pipeline_small.json"},
+}
 
-def _model_only(predictor: Predictor, posts: list[Post], hints: list[Hints], batch: int, settings: Settings,
-                limit: int) -> float:
-    images = [predictor.to_tensor(load_image(p.image, settings)) for p in posts[:limit]]
-    predictor.predict(images[:batch], hints[:batch], [p.post_id for p in posts[:batch]], [0] * batch)  # warm-up
-    start = time.perf_counter()
-    for i in range(0, len(images), batch):
-        chunk = slice(i, i + batch)
-        predictor.predict(images[chunk], hints[chunk], [p.post_id for p in posts[chunk]], [0] * len(images[chunk]))
-    return len(images) / (time.perf_counter() - start)
+
+def _truth_hints(post: Post, truth: Truth) -> Hints:
+    def one(terms: tuple[str, ...]) -> list[ScoredTerm]:
+        return [ScoredTerm(term=terms[0], score=1.0)] if terms else []
+
+    return Hints(post_id=post.post_id, miner_version="ground-truth", categories=one(truth.categories),
+                 materials=one(truth.materials), patterns=one(truth.patterns))
+
+
+def _workload(count: int, *, image_size: int, photo: bool, distinct: int) -> tuple[list[Post], list[Hints]]:
+    generated = list(generate_posts(load_ontology(), min(count, distinct) if photo else count, seed=42,
+                                    prefix="bench", size=image_size, photo=photo))
+    posts, hints = [], []
+    for i in range(count):
+        post, truth = generated[i % len(generated)]
+        post = post.model_copy(update={"post_id": f"bench-{i}"})
+        posts.append(post)
+        hints.append(_truth_hints(post, truth))
+    return posts, hints
+
+
+def _publish_model(registry_dir: Path, backbone: str, head: str, input_size: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(backbone=backbone, head=head, ontology=load_ontology(), image_size=input_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(model, tmp, config={"purpose": "pipeline benchmark"}, metrics={})
+        Registry(registry_dir).publish(Path(tmp), name=f"bench-{backbone}-{input_size}")
+
+
+def _rate(step: Callable[[], int], *, repeats: int) -> tuple[float, float]:
+    """Median items/s of ``repeats`` timed runs of ``step`` (which returns how many items it did), and the
+    median CPU milliseconds per item of this process, all threads (steadier than wall time on a shared host)."""
+    rates, cpu = [], []
+    for _ in range(repeats):
+        wall, used = time.perf_counter(), time.process_time()
+        done = step()
+        rates.append(done / (time.perf_counter() - wall))
+        cpu.append((time.process_time() - used) * 1000 / done)
+    return statistics.median(rates), statistics.median(cpu)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _model_alone(predictor: Predictor, hints: list[Hints], batch: int, images: int) -> tuple[float, float]:
+    size = predictor.image_size
+    pixels = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    rows, ids, stamps = list(pixels), [f"m{i}" for i in range(batch)], [0] * batch
+    batch_hints = [hints[i % len(hints)] for i in range(batch)]
+
+    staged = predictor.stage(rows, batch_hints)  # on the device already, as nvJPEG leaves photos
+
+    def step(rounds: int) -> int:
+        for _ in range(rounds):
+            predictor.label_json(predictor.infer(staged), ids, stamps)
+        return rounds * batch
+
+    step(1)  # warm-up (cuDNN autotuning, allocator)
+    return _rate(lambda: step(max(1, images // batch)), repeats=3)
+
+
+def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, threads: int, cuda_batches: Sequence[int],
+                  cuda_images: int, max_pixels: int) -> dict:
+    size = predictor.image_size
+    work = [blobs[i % len(blobs)] for i in range(images)]
+
+    def serial(fn: Callable[[bytes], object]) -> Callable[[], int]:
+        return lambda: sum(1 for b in work if fn(b) is not None)
+
+    def old(b: bytes):
+        return to_chw(decode_image(b, max_pixels=max_pixels), size)
+
+    def new(b: bytes):
+        return decode_scaled(b, size, max_pixels=max_pixels)
+
+    with ThreadPoolExecutor(threads) as pool:
+        def parallel() -> int:
+            return sum(1 for _ in pool.map(new, work))
+
+        result = {"old_full_decode_1_core": round(_rate(serial(old), repeats=3)[0], 1),
+                  "new_dct_scaled_1_core": round(_rate(serial(new), repeats=3)[0], 1),
+                  f"new_dct_scaled_{threads}_threads": round(_rate(parallel, repeats=3)[0], 1)}
+    if predictor.cuda:
+        for batch in cuda_batches:
+            encoded = [EncodedJpeg(work[i % len(work)]) for i in range(batch)]
+            predictor.stage(encoded, [None] * batch)  # warm-up
+            rounds = max(1, cuda_images // batch)
+
+            def staged(encoded: list[EncodedJpeg] = encoded, rounds: int = rounds) -> int:
+                return sum(predictor.stage(encoded, [None] * len(encoded)).images.shape[0] for _ in range(rounds))
+
+            result[f"nvjpeg_batch_{batch}"] = round(_rate(staged, repeats=3)[0], 1)
+    return result
 
 
 def _produce(settings: Settings, posts: list[Post], hints: list[Hints], *, rate: float | None = None) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks=1, linger_ms=5)
+    """Posts and hints to Kafka: all at once (hints first, a backlog), or at ``rate`` posts/s, each with its hints.
+
+    aiokafka, whose record batches and CRC32C are compiled: kafka-python's pure-Python CRC32C manages ~5 MB/s,
+    less than one CPU classifier reads 250 KB photos at, and it would compete with the worker for cores.
+    """
+    asyncio.run(_produce_async(settings, posts, hints, rate))
+
+
+async def _produce_async(settings: Settings, posts: list[Post], hints: list[Hints], rate: float | None) -> None:
+    producer = make_producer(settings, acks=1)
     posts_topic, hints_topic = settings.topic("posts"), settings.topic("hints")
-    start = time.monotonic()
-    if rate is None:  # backlog: hints first so that every post is ready the moment it is read
-        for h in hints:
-            producer.send(hints_topic, key=h.post_id.encode(), value=encode(h))
-    for i, (post, hint) in enumerate(zip(posts, hints)):
-        if rate is not None:
-            time.sleep(max(0.0, start + i / rate - time.monotonic()))
-        producer.send(posts_topic, key=post.post_id.encode(), value=encode(post))
-        if rate is not None:
-            producer.send(hints_topic, key=hint.post_id.encode(), value=encode(hint))
-    producer.flush()
-    producer.close()
+    await producer.start()
+    try:
+        sent = []
+        if rate is None:
+            for h in hints:
+                sent.append(await producer.send(hints_topic, encode(h), key=h.post_id.encode()))
+        start = time.monotonic()
+        for i, (post, hint) in enumerate(zip(posts, hints)):
+            if rate is not None:
+                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+            sent.append(await producer.send(posts_topic, encode(post), key=post.post_id.encode()))
+            if rate is not None:
+                sent.append(await producer.send(hints_topic, encode(hint), key=hint.post_id.encode()))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
 
 
-def _labels(settings: Settings, count: int, timeout: float) -> list[Label]:
+def _labels(settings: Settings, count: int, timeout: float, worker: subprocess.Popen,
+            cpu: list[tuple[int, float]] | None = None) -> list[Label]:
+    """All ``count`` labels once they are in Redis; ``cpu`` collects (labels so far, worker CPU s) per poll."""
     store, stream = redis.Redis.from_url(settings.redis_url), settings.keys.labels_stream
     deadline = time.monotonic() + timeout
-    while store.xlen(stream) < count:
+    while (done := store.xlen(stream)) < count:
+        if cpu is not None:
+            cpu.append((done, _cpu_seconds(worker.pid)))
+        if worker.poll() is not None:
+            raise RuntimeError(f"the classify worker exited with {worker.returncode} after {store.xlen(stream)} labels")
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {store.xlen(stream)} of {count} labels after {timeout:.0f}s")
-        time.sleep(0.2)
+        time.sleep(0.05)
     entries = store.xrange(stream)
     store.delete(stream)
     return [Label.model_validate_json(fields[b"label"]) for _, fields in entries]
 
 
-def _worker(settings: Settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", "classify"],
-                            env=settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def _worker(settings: Settings, logs: Path | None) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "workers.cli", "worker", "classify"]
+    if logs is None:
+        return subprocess.Popen(argv, env=settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"classify-{settings.group_prefix}-mb{settings.max_batch}.log", "wb") as log:
+        return subprocess.Popen(argv, env=settings.child_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _fresh(base: Settings, posts: list[Post], hints: list[Hints], **changes) -> tuple[Settings, list[Post], list[Hints]]:
-    """New topics, group and post ids: a post id labelled in an earlier run would be a duplicate."""
+    """New topics, group, Redis keys and post ids: a post id labelled in an earlier run would be a duplicate,
+    and a failed run's labels must not count for the next one."""
     run = uuid.uuid4().hex[:8]
-    settings = base.model_copy(update={"topic_prefix": f"bench{run}.", "group_prefix": f"bench{run}", **changes})
+    settings = base.model_copy(update={"topic_prefix": f"bench{run}.", "group_prefix": f"bench{run}",
+                                       "redis_prefix": f"bench{run}", **changes})
     ensure_topics(settings)
     posts = [p.model_copy(update={"post_id": f"{run}-{p.post_id}"}) for p in posts]
     hints = [h.model_copy(update={"post_id": f"{run}-{h.post_id}"}) for h in hints]
     return settings, posts, hints
 
 
-def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch: int) -> float:
+class _GpuSampler:
+    """Mean GPU utilisation (%) over 200 ms samples of ``nvidia-smi`` while the block runs."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._index = device.index or 0
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", str(self._index),
+                 "-lms", "200"]
+        with subprocess.Popen(query, stdout=subprocess.PIPE, text=True) as proc:
+            for line in proc.stdout:
+                if self._stop.is_set():
+                    break
+                if line.strip().isdigit():
+                    self._samples.append(float(line))
+            proc.terminate()
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def summary(self) -> dict:
+        if not self._samples:
+            return {}
+        ordered = sorted(self._samples)
+        return {"gpu_util_mean_pct": round(statistics.fmean(ordered), 1),
+                "gpu_util_p90_pct": ordered[int(0.9 * (len(ordered) - 1))], "gpu_util_samples": len(ordered)}
+
+
+def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch: int, device: torch.device,
+               logs: Path | None, timeout: float) -> dict:
     settings, posts, hints = _fresh(base, posts, hints, max_batch=max_batch)
+    start = time.monotonic()
     _produce(settings, posts, hints)
-    proc = _worker(settings)
+    produced = time.monotonic() - start
+    proc = _worker(settings, logs)
+    sample = device.type == "cuda" and shutil.which("nvidia-smi") is not None
+    cpu: list[tuple[int, float]] = []
     try:
-        stamps = sorted(l.labeled_at.timestamp() for l in _labels(settings, len(posts), timeout=900))
+        if sample:
+            _labels_first(settings, proc)
+            with _GpuSampler(device) as sampler:
+                labels = _labels(settings, len(posts), timeout, proc, cpu)
+        else:
+            labels = _labels(settings, len(posts), timeout, proc, cpu)
+        cpu.append((len(posts), _cpu_seconds(proc.pid)))
     finally:
         stop_processes([proc], timeout=30)
-    skip = len(stamps) // 10
-    return (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip])
+    # A batch's labels share one labeled_at: count the labels stamped after the first 10% were done.
+    stamps = sorted(l.labeled_at.timestamp() for l in labels)
+    start = stamps[len(stamps) // 10]
+    after = sum(1 for t in stamps if t > start)
+    # The worker's CPU per image from the first 10% of labels on (start-up and model loading excluded).
+    first = next((n, t) for n, t in cpu if n >= len(posts) // 10)
+    result = {"max_batch": max_batch, "load_avg_1m_after": round(os.getloadavg()[0], 2),
+              "images_per_s": round(after / (stamps[-1] - start), 1),
+              "cpu_ms_per_image": round((cpu[-1][1] - first[1]) * 1000 / max(1, cpu[-1][0] - first[0]), 2),
+              "produce_s": round(produced, 1)}
+    return {**result, **(sampler.summary() if sample else {})}
 
 
-def _latency(base: Settings, posts: list[Post], hints: list[Hints], rate: float) -> list[float]:
+def _labels_first(settings: Settings, worker: subprocess.Popen) -> None:
+    """Wait for the worker's first label: GPU sampling starts once it is serving, not during CUDA start-up."""
+    store, deadline = redis.Redis.from_url(settings.redis_url), time.monotonic() + 300
+    while not store.xlen(settings.keys.labels_stream):
+        if worker.poll() is not None:
+            raise RuntimeError(f"the classify worker exited with {worker.returncode} before its first label")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the worker labelled nothing in 300 s")
+        time.sleep(0.05)
+
+
+def _latency(base: Settings, posts: list[Post], hints: list[Hints], rate: float, logs: Path | None,
+             timeout: float) -> list[float]:
     settings, posts, hints = _fresh(base, posts, hints)
-    proc = _worker(settings)
+    proc = _worker(settings, logs)
     try:
         _produce(settings, posts[:1], hints[:1], rate=1.0)
-        _labels(settings, 1, timeout=120)  # worker is up and has joined the group
+        _labels(settings, 1, timeout, proc)  # worker is up and has joined the group
         _produce(settings, posts[1:], hints[1:], rate=rate)
-        labels = _labels(settings, len(posts) - 1, timeout=600)
+        labels = _labels(settings, len(posts) - 1, timeout, proc)
     finally:
         stop_processes([proc], timeout=30)
     return sorted((l.labeled_at - l.received_at).total_seconds() * 1000 for l in labels)
@@ -128,71 +333,157 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.splitlines()[0])
-    parser.add_argument("--posts", type=int, default=4000)
-    parser.add_argument("--latency-posts", type=int, default=600)
-    parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--max-wait-ms", type=float, default=20.0)
-    parser.add_argument("--backbone", default="tiny")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default="realistic",
+                        help="preset for the options below that are not given")
+    parser.add_argument("--image-size", type=int, help="side of the posted images in pixels")
+    parser.add_argument("--input-size", type=int, help="the model's input side in pixels")
+    parser.add_argument("--backbone")
     parser.add_argument("--head", default="dynamic_layers")
-    parser.add_argument("--out", type=Path, default=Path("reports/bench_pipeline.json"))
+    parser.add_argument("--posts", type=int, help="posts per pipeline run")
+    parser.add_argument("--distinct", type=int, default=64, help="distinct photos in the realistic workload")
+    parser.add_argument("--latency-posts", type=int)
+    parser.add_argument("--max-batches", type=_ints, default=[1, 8, 32, 128], help="the max_batch sweep")
+    parser.add_argument("--model-batches", type=_ints, help="batch sizes of the model-alone runs (default: the sweep)")
+    parser.add_argument("--latency-max-batch", type=int, default=32)
+    parser.add_argument("--model-images", type=int, help="images per model-alone run (default 32 on CPU, 1024 on CUDA)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--run-timeout", type=float, default=900, help="seconds one pipeline run may take")
+    parser.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-
-    # Imported here, not at the top: only a run mines hints; importing the benchmark must not need gensim
-    # and nltk, which a classify-only (GPU) machine need not have.
-    from training.text import TextMiner
-
+    preset = WORKLOADS[args.workload]
+    for key in ("image_size", "input_size", "backbone", "posts", "latency_posts", "out"):
+        if getattr(args, key) is None:
+            setattr(args, key, Path(preset[key]) if key == "out" else preset[key])
+    model_batches = args.model_batches or args.max_batches
     console = Console()
-    ontology = load_ontology()
-    miner = TextMiner.load(ontology)
-    posts = [p for p, _ in generate_posts(ontology, args.posts, seed=42, prefix="bench")]
-    hints = [miner.mine(p) for p in posts]
-    with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as empty_registry:
-        base = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, max_batch=args.max_batch,
-                        max_wait_ms=args.max_wait_ms, backbone=args.backbone, head=args.head,
-                        model_dir=Path(empty_registry), hint_wait_ms=2000)
-        predictor = Predictor.load(base)
-        console.print(f"model only ({args.backbone}/{args.head}, {predictor.device}) …")
-        # Medians of three: a few seconds of a shared machine's noise must not set the reference.
-        model_b = statistics.median(_model_only(predictor, posts, hints, args.max_batch, base, limit=len(posts))
-                                    for _ in range(3))
-        model_1 = statistics.median(_model_only(predictor, posts, hints, 1, base, limit=min(len(posts), 300))
-                                    for _ in range(3))
-        del predictor
-        console.print("pipeline, micro-batched …")
-        pipe_b = _saturated(base, posts, hints, args.max_batch)
-        console.print("pipeline, MAX_BATCH=1 …")
-        pipe_1 = _saturated(base, posts, hints, 1)
-        # Half of what the machine sustains: the pipeline's rate, unless noise put it above the model's.
-        rate = 0.5 * min(pipe_b, model_b)
-        console.print(f"latency at {rate:.0f} posts/s …")
-        latencies = _latency(base, posts[: args.latency_posts + 1], hints[: args.latency_posts + 1], rate)
 
-    body = {
-        "backbone": args.backbone, "head": args.head, "posts": args.posts,
-        "model_only_images_per_s": round(model_b, 1), "pipeline_images_per_s": round(pipe_b, 1),
-        "batch1_pipeline_images_per_s": round(pipe_1, 1), "model_only_batch1_images_per_s": round(model_1, 1),
-        "pipeline_to_model_ratio": round(pipe_b / model_b, 3),
-        "pipeline_batch_gain": round(pipe_b / pipe_1, 2), "model_batch_gain": round(model_b / model_1, 2),
-        "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
-        "p50_ms": round(_percentile(latencies, 0.50), 1), "p99_ms": round(_percentile(latencies, 0.99), 1),
-        "latency_posts": len(latencies), "load_posts_per_s": round(rate, 1), "load_fraction": 0.5,
-    }
-    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
-    write_report(args.out, body, command=command, device=str(resolve_device(base.device)))
+    console.print(f"generating {args.posts} posts ({args.image_size} px, photo={preset['photo']}) …")
+    posts, hints = _workload(args.posts, image_size=args.image_size, photo=preset["photo"], distinct=args.distinct)
+    blobs = [p.image.raw_bytes() for p in posts[: args.distinct]]
+    with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as registry_dir:
+        _publish_model(Path(registry_dir), args.backbone, args.head, args.input_size)
+        base = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, backbone=args.backbone,
+                        head=args.head, model_dir=Path(registry_dir), hint_wait_ms=2000, device=args.device)
+        predictor = Predictor.load(base)
+        device = predictor.device
+        command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
+        model, model_cpu, sweep = {}, {}, []
+        body = {
+            "workload": args.workload, "image_size": args.image_size, "input_size": args.input_size,
+            "backbone": args.backbone, "head": args.head, "posts": args.posts,
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+            "mean_image_kb": round(statistics.fmean(map(len, blobs)) / 1024, 1), "device": str(device),
+            "model_alone_images_per_s": model, "model_alone_cpu_ms_per_image": model_cpu, "pipeline": sweep,
+            "complete": False,
+        }
+
+        def save() -> None:
+            """Write what is measured so far: a run cut short (a one-shot GPU session) still leaves a report."""
+            _summarise(body)
+            write_report(args.out, body, command=command, device=str(device))
+
+        console.print(f"decode alone ({statistics.fmean(map(len, blobs)) / 1024:.0f} KB images) …")
+        decode = _decode_alone(predictor, blobs, images=max(64, len(blobs)), threads=os.cpu_count() or 1,
+                               cuda_batches=[32, 128], cuda_images=1024, max_pixels=base.max_image_pixels)
+        console.print(f"  {decode}")
+        body["decode_alone_images_per_s"] = decode
+        save()
+        model_images = args.model_images or (32 if device.type == "cpu" else 1024)
+
+        def model_alone(batch: int) -> None:
+            rate, cpu_ms = _model_alone(predictor, hints, batch, max(batch, model_images))
+            model[str(batch)], model_cpu[str(batch)] = round(rate, 1), round(cpu_ms, 2)
+            console.print(f"model alone ({args.backbone}@{args.input_size}, {device}), batch {batch}: "
+                          f"{model[str(batch)]} img/s, {model_cpu[str(batch)]} CPU ms/img")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            save()
+
+        for batch in model_batches:
+            if batch not in args.max_batches:
+                model_alone(batch)
+        for max_batch in args.max_batches:
+            # The model alone right before the pipeline at the same batch size: the two see the same
+            # machine state, which on a shared host drifts within minutes.
+            if max_batch in model_batches:
+                model_alone(max_batch)
+            console.print(f"pipeline, max_batch {max_batch} …")
+            try:
+                run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
+            except (TimeoutError, RuntimeError) as exc:  # one failed run must not cost the whole report
+                sweep.append({"max_batch": max_batch, "error": f"{type(exc).__name__}: {exc}"})
+                console.print(f"  [red]failed[/]: {exc}")
+                save()
+                continue
+            if str(max_batch) in model:
+                run["ratio_to_model_alone"] = round(run["images_per_s"] / model[str(max_batch)], 3)
+                run["cpu_ratio_to_model_alone"] = round(model_cpu[str(max_batch)] / run["cpu_ms_per_image"], 3)
+            sweep.append(run)
+            console.print(f"  {run}")
+            save()
+        done = [r for r in sweep if "error" not in r]
+        reference = next((r for r in done if r["max_batch"] == args.latency_max_batch), done[-1] if done else None)
+        latency: dict = {"error": "no pipeline run succeeded"}
+        if reference is not None:
+            rate = 0.5 * min(reference["images_per_s"], model.get(str(reference["max_batch"]), float("inf")))
+            console.print(f"latency at {rate:.0f} posts/s (max_batch {reference['max_batch']}) …")
+            try:
+                latencies = _latency(base.model_copy(update={"max_batch": reference["max_batch"]}),
+                                     posts[: args.latency_posts + 1], hints[: args.latency_posts + 1], rate,
+                                     args.logs, args.run_timeout)
+                latency = {"load_posts_per_s": round(rate, 1), "load_fraction": 0.5,
+                           "max_batch": reference["max_batch"], "adaptive_batching": base.adaptive_batching,
+                           "posts": len(latencies), "p50_ms": round(_percentile(latencies, 0.50), 1),
+                           "p99_ms": round(_percentile(latencies, 0.99), 1)}
+            except (TimeoutError, RuntimeError) as exc:
+                latency = {"error": f"{type(exc).__name__}: {exc}"}
+
+        body["latency"], body["complete"] = latency, True
+        save()
     _print(console, body)
     return body
 
 
+def _summarise(body: dict) -> None:
+    """Whether the sweep's rates grow with max_batch, in wall time and per CPU-second of the worker."""
+    done = [r for r in body["pipeline"] if "error" not in r]
+    rates = [r["images_per_s"] for r in done]
+    per_cpu = [1000 / r["cpu_ms_per_image"] for r in done]
+    body["sweep_non_decreasing_within_5pct"] = all(b >= 0.95 * a for a, b in itertools.pairwise(rates))
+    # Images per CPU-second of the worker: what the sweep shows when other load moves wall time.
+    body["sweep_images_per_cpu_s"] = [round(x, 1) for x in per_cpu]
+    body["sweep_per_cpu_s_non_decreasing_within_5pct"] = all(b >= 0.95 * a for a, b in itertools.pairwise(per_cpu))
+
+
 def _print(console: Console, body: dict) -> None:
-    table = Table(title=f"classifier pipeline — {body['backbone']}/{body['head']}, max_batch {body['max_batch']}")
+    table = Table(title=f"classifier pipeline — {body['workload']}: {body['image_size']} px → "
+                        f"{body['backbone']}@{body['input_size']}, {body['device']}")
     table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key in ("model_only_images_per_s", "pipeline_images_per_s", "pipeline_to_model_ratio",
-                "model_only_batch1_images_per_s", "batch1_pipeline_images_per_s", "model_batch_gain",
-                "pipeline_batch_gain", "load_posts_per_s", "p50_ms", "p99_ms"):
-        table.add_row(key, f"{body[key]:,}")
+    table.add_column("img/s", justify="right")
+    for batch, rate in body["model_alone_images_per_s"].items():
+        table.add_row(f"model alone, batch {batch}", f"{rate:,}")
+    for name, rate in body["decode_alone_images_per_s"].items():
+        table.add_row(f"decode alone, {name}", f"{rate:,}")
+    for run in body["pipeline"]:
+        if "error" in run:
+            table.add_row(f"pipeline, max_batch {run['max_batch']}", run["error"][:60])
+            continue
+        extra = f" (×{run['ratio_to_model_alone']} of model)" if "ratio_to_model_alone" in run else ""
+        util = f", GPU {run['gpu_util_mean_pct']}%" if "gpu_util_mean_pct" in run else ""
+        table.add_row(f"pipeline, max_batch {run['max_batch']}{extra}{util}", f"{run['images_per_s']:,}")
+    lat = body["latency"]
+    if "error" in lat:
+        table.add_row("latency at half load", lat["error"][:60])
+    else:
+        table.add_row(f"latency p50 / p99 ms at {lat['load_posts_per_s']} posts/s",
+                      f"{lat['p50_ms']} / {lat['p99_ms']}")
     console.print(table)
 
 

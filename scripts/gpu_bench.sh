@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The classifier pipeline benchmark on a CUDA machine (issue 12), in one go, ~6 minutes:
+# CUDA tests, then `stylestream bench pipeline` on 1080 px photos with EfficientNet-Lite0 @224:
+# model alone (AMP) at batch 32/128/512, decode alone (nvJPEG), pipeline with a max_batch sweep and
+# the GPU's utilisation. Writes $OUT/bench_pipeline_gpu.json (+ pytest and worker logs in $OUT); the
+# report is rewritten after every phase, so a run cut short still leaves what it measured ("complete").
+# Failing tests do not stop the benchmark (one GPU session) but make the script exit 1 at the end.
+#
+#   GPU machine, repo root (wheels in .whl/):  OUT=/some/dir bash scripts/gpu_bench.sh
+#   rehearsal on a CPU machine, tiny sizes:     bash scripts/gpu_bench.sh --cpu-smoke
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-gpu}
+OUT=${OUT:-$PWD/reports}
+mkdir -p "$OUT"
+T0=$(date +%s)
+STATUS=0
+step() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
+fail() { echo "FAILED: $*" >&2; exit 1; }
+
+if [[ $MODE == gpu ]]; then
+  step "installing wheels"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  PY=python3
+  DEVICE=cuda
+  nvidia-smi --query-gpu=name,memory.total,driver_version,utilization.gpu --format=csv || true
+  $PY -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name())"
+  BENCH=(--workload realistic --posts 4000 --max-batches 1,8,32,128 --model-batches 8,32,128,512
+         --latency-posts 300 --run-timeout 90)
+  TESTS_TIMEOUT=150
+  BENCH_TIMEOUT=400
+elif [[ $MODE == --cpu-smoke ]]; then
+  export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+  PY=${PYTHON:-/work/main/.venv/bin/python}
+  DEVICE=cpu
+  BENCH=(--workload realistic --image-size 256 --input-size 64 --backbone tiny --posts 64 --distinct 8
+         --max-batches 1,8 --model-batches 8 --latency-posts 20 --run-timeout 120)
+  TESTS_TIMEOUT=300
+  BENCH_TIMEOUT=400
+else
+  fail "usage: $0 [--cpu-smoke]"
+fi
+
+step "the classify path and the benchmark import without the text miner (no gensim there)"
+if $PY -X importtime -c "import workers.classify, workers.benchmarks.pipeline" 2>&1 | grep -E "gensim|nltk"; then
+  fail "the classifier imports the text miner"
+fi
+
+step "CUDA-path tests (skipped without CUDA), decode, sink, and the bad-input suite through a real worker"
+if ! STYLESTREAM_DEVICE=$DEVICE timeout "$TESTS_TIMEOUT" $PY -m pytest -q -x -rs -p no:cacheprovider \
+    tests/training/test_predict.py tests/streamcore/test_decode.py tests/streamcore/test_sinks.py \
+    tests/integration/test_bad_input.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -20; then
+  echo "TESTS FAILED (see $OUT/gpu_tests.log); benchmarking anyway" >&2
+  STATUS=1
+fi
+
+step "pipeline benchmark on $DEVICE"
+timeout "$BENCH_TIMEOUT" $PY -m workers.cli bench pipeline "${BENCH[@]}" --device "$DEVICE" \
+  --logs "$OUT/worker_logs" --out "$OUT/bench_pipeline_gpu.json" || fail "benchmark (partial report kept)"
+step "done: $OUT/bench_pipeline_gpu.json"
+exit $STATUS
