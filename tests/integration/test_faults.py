@@ -246,12 +246,13 @@ def _running(stage: Stage) -> Iterator[None]:
 
 
 class PoisonPredictor(Predictor):
-    """The real predictor, except that a batch holding a ``poison`` post raises inside the model step."""
+    """The real predictor, except that a batch holding a ``poison`` post raises inside the batch step
+    (``label_json``: the step of the per-batch model work that sees post ids)."""
 
-    def predict(self, images, hints, post_ids, timestamps_ms):
+    def label_json(self, scores, post_ids, timestamps_ms):
         if any("poison" in p for p in post_ids):
             raise RuntimeError("model step exploded on " + ",".join(p for p in post_ids if "poison" in p))
-        return super().predict(images, hints, post_ids, timestamps_ms)
+        return super().label_json(scores, post_ids, timestamps_ms)
 
 
 def test_model_step_exceptions_fail_only_their_post(make_settings, monkeypatch):
@@ -279,16 +280,16 @@ def test_model_step_exceptions_fail_only_their_post(make_settings, monkeypatch):
 def test_redis_and_kafka_errors_mid_batch_are_retried_not_fatal(make_settings, monkeypatch):
     settings = make_settings(hint_wait_ms=100, max_batch=8, retry_backoff_max_s=0.5)
     store = redis.Redis.from_url(settings.redis_url)
-    real_send = aiokafka.AIOKafkaProducer.send
+    real_send_batch = aiokafka.AIOKafkaProducer.send_batch
     kafka_failures = {"left": 3}
 
-    async def flaky_send(self, topic, *args, **kwargs):  # the broker times out the first label writes
+    async def flaky_send_batch(self, batch, topic, *args, **kwargs):  # the broker times out the first label writes
         if topic == settings.topic("labels") and kafka_failures["left"] > 0:
             kafka_failures["left"] -= 1
             raise aiokafka.errors.KafkaTimeoutError()
-        return await real_send(self, topic, *args, **kwargs)
+        return await real_send_batch(self, batch, topic, *args, **kwargs)
 
-    monkeypatch.setattr(aiokafka.AIOKafkaProducer, "send", flaky_send)
+    monkeypatch.setattr(aiokafka.AIOKafkaProducer, "send_batch", flaky_send_batch)
     stage = ClassifyStage(settings)
     posts = _good_posts(settings, 30, seed=12)
     failures = stage.metrics.infra_errors.labels("classify", "label_write")
