@@ -381,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
             "mean_image_kb": round(statistics.fmean(map(len, blobs)) / 1024, 1), "device": str(device),
             "model_alone_images_per_s": model, "model_alone_cpu_ms_per_image": model_cpu, "pipeline": sweep,
-            "complete": False,
+            "reference_max_batch": args.latency_max_batch, "max_wait_ms": base.max_wait_ms, "complete": False,
         }
 
         def save() -> None:
@@ -452,8 +452,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 def _summarise(body: dict) -> None:
-    """Whether the sweep's rates grow with max_batch, in wall time and per CPU-second of the worker."""
+    """SPEC's summary fields, and whether the sweep's rates grow with max_batch (wall time and per CPU-second)."""
     done = [r for r in body["pipeline"] if "error" not in r]
+    model = body["model_alone_images_per_s"]
+    reference = next((r for r in done if r["max_batch"] == body["reference_max_batch"]), done[-1] if done else None)
+    if reference is not None:
+        body["max_batch"], body["pipeline_images_per_s"] = reference["max_batch"], reference["images_per_s"]
+        body["model_only_images_per_s"] = model.get(str(reference["max_batch"]))
+    single = next((r for r in done if r["max_batch"] == 1), None)
+    if single is not None:
+        body["batch1_pipeline_images_per_s"] = single["images_per_s"]
+        body["model_only_batch1_images_per_s"] = model.get("1")
+    for key in ("p50_ms", "p99_ms", "load_fraction"):
+        if key in body.get("latency", {}):
+            body[key] = body["latency"][key]
     rates = [r["images_per_s"] for r in done]
     per_cpu = [1000 / r["cpu_ms_per_image"] for r in done]
     body["sweep_non_decreasing_within_5pct"] = all(b >= 0.95 * a for a, b in itertools.pairwise(rates))

@@ -1,0 +1,37 @@
+"""The committed reports keep SPEC's contract: the fields users and checks read, and their provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
+PROVENANCE = ("generated_at", "git_sha", "machine", "command")
+
+#: SPEC "Reports": top-level fields of each report, and the fields of each of its rows.
+CONTRACT = {
+    "table2.json": ((), ("scenario", "backbone", "head", "hints", "level", "P@1", "P@3", "P@5", "R@1", "R@3",
+                         "R@5", "mAP")),
+    "bench_heads.json": (("batch", "naive_per_sample_ms_per_batch"), ("head", "backbone", "ms_per_batch",
+                                                                       "ratio_to_base")),
+    "bench_pipeline.json": (("model_only_images_per_s", "pipeline_images_per_s", "batch1_pipeline_images_per_s",
+                             "model_only_batch1_images_per_s", "max_batch", "max_wait_ms", "p50_ms", "p99_ms",
+                             "load_fraction"), ()),
+    "text_miner.json": (("posts_per_s_one_core",), ("set", "class", "P@1", "P@3", "top4_recall")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTRACT))
+def test_report_has_the_spec_fields_and_provenance(name: str) -> None:
+    report = json.loads((REPORTS / name).read_text())
+    fields, row_fields = CONTRACT[name]
+    missing = [f for f in (*PROVENANCE, *fields) if report.get(f) is None]
+    assert not missing, f"{name} lacks {missing}"
+    for key in ("cpu", "cores", "torch", "device"):
+        assert key in json.dumps(report["machine"]), f"{name}: machine lacks {key}"
+    if row_fields:
+        assert report["rows"], f"{name} has no rows"
+        for row in report["rows"]:
+            assert set(row_fields) <= row.keys(), f"{name}: a row lacks {set(row_fields) - row.keys()}"
