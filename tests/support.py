@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
@@ -60,3 +61,23 @@ def committed_behind(settings, stage: str, topics: tuple[str, ...]) -> dict:
         reader.close()
         group.close()
     return {tp: n for tp, n in behind.items() if n > 0}
+
+
+def feed_paced(producer, topic: str, posts: Sequence, rate: float) -> threading.Thread:
+    """Produce ``posts`` (keyed by id) at ``rate`` per second from a started thread; flushes at the end.
+
+    A paced feed makes "mid-stream" mean the same on any machine: however fast the workers are, the
+    posts are still arriving when the test acts (a kill, a promotion).
+    """
+    from streamcore.serde import encode
+
+    def feed() -> None:
+        start = time.monotonic()
+        for i, post in enumerate(posts):
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+            producer.send(topic, key=post.post_id.encode(), value=encode(post))
+        producer.flush()
+
+    feeder = threading.Thread(target=feed, name="paced-feed")
+    feeder.start()
+    return feeder

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import threading
-import time
 from collections import defaultdict
 
 import pytest
@@ -15,7 +13,7 @@ from kafka import KafkaProducer
 from streamcore.schemas import Label
 from streamcore.serde import encode
 from tests.integration.test_end_to_end import _read_topic
-from tests.support import committed_behind, wait_until
+from tests.support import committed_behind, feed_paced, wait_until
 from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
 from training.text import TextMiner
@@ -37,15 +35,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(make_settings, workers):
     posts = [p for p, _ in generate_posts(load_ontology(), N_POSTS, seed=5, prefix=settings.group_prefix)]
     producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
 
-    def feed() -> None:  # paced, so the kill lands mid-stream however fast the workers are
-        start = time.monotonic()
-        for i, post in enumerate(posts):
-            time.sleep(max(0.0, start + i / RATE - time.monotonic()))
-            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
-        producer.flush()
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    feeder = feed_paced(producer, settings.topic("posts"), posts, RATE)
 
     store = redis.Redis.from_url(settings.redis_url)
     keys = [settings.keys.label(p.post_id) for p in posts]

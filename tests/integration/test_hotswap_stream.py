@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections import Counter
 
 import pytest
@@ -13,7 +11,7 @@ from kafka import KafkaProducer
 from streamcore.schemas import Label
 from streamcore.serde import encode
 from tests.integration.test_end_to_end import _read_topic
-from tests.support import publish_tiny, wait_until
+from tests.support import feed_paced, publish_tiny, wait_until
 from training.ontology import load_ontology
 from training.promotion import promote
 from training.synthetic.posts import generate_posts
@@ -41,15 +39,7 @@ def test_promotion_mid_stream_swaps_between_batches(make_settings, workers, tmp_
     # must not let it meet the whole backlog at once and label it all before the swap lands.
     group.wait_ready()
 
-    def feed() -> None:
-        start = time.monotonic()
-        for i, post in enumerate(posts):
-            time.sleep(max(0.0, start + i / RATE - time.monotonic()))
-            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
-        producer.flush()
-
-    feeder = threading.Thread(target=feed)
-    feeder.start()
+    feeder = feed_paced(producer, settings.topic("posts"), posts, RATE)
     wait_until(lambda: store.exists(*keys) >= N_POSTS // 3, timeout=120, what="a third of the labels")
     promote(settings, "v2")
     feeder.join()
