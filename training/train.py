@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from training.data import Split
 from training.models import DynamicCNN, ModelOutput, build_model
+from training.models.build import HintTensors
 from training.ontology import Ontology
 
 LEVELS = ("categories", "subcategories", "attributes")
@@ -54,10 +55,10 @@ class FitConfig:
     patience: int = 3
     seed: int = 0
     loss: str = "bce"
-    #: Probability of zeroing a training sample's hints, so the dynamic heads also learn the no-hint
-    #: fallback. High on purpose: on hinted samples the learned logits only fit the residual over the
-    #: alpha boost, which is a poor ranking on its own; 0.8 keeps the hinted gain (Table II, issue #4).
-    hint_dropout: float = 0.8
+    #: Probability of zeroing a training sample's hints, so the hint-reading heads also learn the no-hint
+    #: fallback. The Table II run picks it per head on validation (``training.evaluate``); this default
+    #: is what that selection chose most often.
+    hint_dropout: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -65,40 +66,45 @@ class Batchable:
     """Inputs (images uint8 or cached features), mined hints and targets of one split, as tensors."""
 
     inputs: Tensor
-    hint_categories: Tensor
-    hint_attributes: Tensor
+    hints: HintTensors
     targets: dict[str, Tensor]
 
     @classmethod
     def from_split(cls, split: Split, *, multi: bool, inputs: Tensor | None = None, hints: bool = True) -> Batchable:
-        hc, ha = torch.from_numpy(split.hint_categories), torch.from_numpy(split.hint_attributes)
+        tensors = HintTensors(*(torch.from_numpy(getattr(split, f"hint_{level}")) for level in LEVELS))
         if not hints:  # "hints removed at test time": the model must fall back on its own prediction
-            hc, ha = torch.zeros_like(hc), torch.zeros_like(ha)
-        return cls(torch.from_numpy(split.images) if inputs is None else inputs, hc, ha, split.targets(multi=multi))
+            tensors = silent(tensors)
+        return cls(torch.from_numpy(split.images) if inputs is None else inputs, tensors, split.targets(multi=multi))
 
     def batches(self, size: int, generator: torch.Generator | None = None):
+        """``(inputs, hints, targets)`` per batch, shuffled when a ``generator`` is given."""
         order = torch.randperm(len(self.inputs), generator=generator) if generator else torch.arange(len(self.inputs))
         for start in range(0, len(order), size):
             idx = order[start : start + size]
-            yield self.inputs[idx], self.hint_categories[idx], self.hint_attributes[idx], {k: v[idx] for k, v in self.targets.items()}
+            yield self.inputs[idx], HintTensors(*(t[idx] for t in self.hints)), {k: v[idx] for k, v in self.targets.items()}
 
 
-def drop_hints(hint_categories: Tensor, hint_attributes: Tensor, p: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Zero both hint rows of each sample with probability ``p`` (text that mentions nothing).
+def silent(hints: HintTensors) -> HintTensors:
+    """The same hints with every score zeroed (text that says nothing)."""
+    return HintTensors(*(torch.zeros_like(t) for t in hints))
+
+
+def drop_hints(hints: HintTensors, p: float, generator: torch.Generator) -> HintTensors:
+    """Zero all hint rows of each sample with probability ``p`` (text that mentions nothing).
 
     Training only on hinted samples teaches the dynamic heads to lean on the alpha boost; silent samples
     make them route through their own predicted category instead, as they must at test time.
     """
     if p <= 0:
-        return hint_categories, hint_attributes
-    keep = (torch.rand(len(hint_categories), 1, generator=generator) >= p).to(hint_categories.dtype)
-    return hint_categories * keep, hint_attributes * keep
+        return hints
+    keep = (torch.rand(len(hints.categories), 1, generator=generator) >= p).to(hints.categories.dtype)
+    return HintTensors(*(t * keep for t in hints))
 
 
-def _forward(model: DynamicCNN, x: Tensor, hc: Tensor, ha: Tensor, *, features: bool) -> ModelOutput:
+def _forward(model: DynamicCNN, x: Tensor, hints: HintTensors, *, features: bool) -> ModelOutput:
     if features:
-        return model.classify(x, hc, ha)
-    return model(model.preprocess(x), hc, ha)
+        return model.classify(x, hints.categories, hints.attributes, hints.subcategories)
+    return model(model.preprocess(x), hints.categories, hints.attributes, hints.subcategories)
 
 
 def predict(model: DynamicCNN, data: Batchable, *, features: bool, device: str = "cpu", batch_size: int = 256) -> ModelOutput:
@@ -106,9 +112,13 @@ def predict(model: DynamicCNN, data: Batchable, *, features: bool, device: str =
     model.eval()
     outs = []
     with torch.no_grad(), _autocast(device):
-        for x, hc, ha, _ in data.batches(batch_size):
-            outs.append(_forward(model, x.to(device), hc.to(device), ha.to(device), features=features))
+        for x, hints, _ in data.batches(batch_size):
+            outs.append(_forward(model, x.to(device), _to(hints, device), features=features))
     return ModelOutput(*(torch.cat([getattr(o, f).float().cpu() for o in outs]) for f in ModelOutput._fields))
+
+
+def _to(hints: HintTensors, device: str) -> HintTensors:
+    return HintTensors(*(t.to(device) for t in hints))
 
 
 def _autocast(device: str):
@@ -141,9 +151,8 @@ def _val_loss(model: DynamicCNN, val: Batchable, config: FitConfig, *, features:
     hinted = loss(val)
     if config.hint_dropout <= 0 or model.config.head == "base":  # Base ignores hints: same loss twice
         return hinted
-    silent = dataclasses.replace(val, hint_categories=torch.zeros_like(val.hint_categories),
-                                 hint_attributes=torch.zeros_like(val.hint_attributes))
-    return (1 - config.hint_dropout) * hinted + config.hint_dropout * loss(silent)
+    quiet = dataclasses.replace(val, hints=silent(val.hints))
+    return (1 - config.hint_dropout) * hinted + config.hint_dropout * loss(quiet)
 
 
 def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, *, features: bool, device: str = "cpu") -> dict:
@@ -166,10 +175,10 @@ def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, 
         if features:
             model.backbone.eval()  # frozen: keep BatchNorm statistics as they are
         total = 0.0
-        for x, hc, ha, y in tqdm(list(train.batches(config.batch_size, generator)), desc=f"epoch {epoch}", leave=False, disable=None):
-            hc, ha = drop_hints(hc, ha, config.hint_dropout, hint_generator)
+        for x, hints, y in tqdm(list(train.batches(config.batch_size, generator)), desc=f"epoch {epoch}", leave=False, disable=None):
+            hints = drop_hints(hints, config.hint_dropout, hint_generator)
             with _autocast(device):
-                out = _forward(model, x.to(device), hc.to(device), ha.to(device), features=features)
+                out = _forward(model, x.to(device), _to(hints, device), features=features)
                 loss = compute_loss(out, {k: v.to(device) for k, v in y.items()}, multi=multi, kind=config.loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
