@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = BenchmarkConfig(n_train=args.n_train, n_test=args.n_test)
         fit = FitConfig(epochs=args.epochs)
         raw.parent.mkdir(parents=True, exist_ok=True)
-        for scenario, name, seed in itertools.product(args.scenarios, args.backbones, args.seeds):
+        # Seeds outermost: a run stopped early still covers every scenario with its first seeds.
+        for seed, name, scenario in itertools.product(args.seeds, args.backbones, args.scenarios):
             if (seed, scenario, name) in finished:
                 continue
             started = time.perf_counter()
