@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -12,13 +13,17 @@ from PIL import Image
 from streamcore.images import to_chw
 from streamcore.schemas import Hints, HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.settings import Settings
-from training.models import DynamicCNN, build_model, hints_to_tensors
+from training.models import DynamicCNN
+from training.models.build import hint_tensors
+from training.models.heads import DYNAMIC_HEADS, coherent_subcategories
 from training.ontology import Ontology, load_ontology
-from training.registry import Registry
+from training.registry import Entry, Registry
 
 log = logging.getLogger(__name__)
 
 _TOP = 5
+#: The model served before the trainer publishes one: trained on the benchmark, shipped as package data.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "data" / "default"
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -41,20 +46,15 @@ class Predictor:
 
     @classmethod
     def load(cls, settings: Settings, version: str | None = None) -> Predictor:
-        """``version`` (or the registry's serving one) loaded, or an untrained model when there is none."""
+        """``version`` (or the registry's newest) loaded; the packaged default model when the registry is empty."""
         ontology = load_ontology()
         device = resolve_device(settings.device)
         registry = Registry(settings.model_dir)
         found = registry.get(version) if version else registry.newest()
-        if found is not None:
-            version, model = found.version, found.load(device=device)
-        else:
-            log.warning("no checkpoint in %s: serving an untrained %s/%s model", settings.model_dir,
-                        settings.backbone, settings.head)
-            torch.manual_seed(0)
-            model = build_model(backbone=settings.backbone, head=settings.head, ontology=ontology, weights="random")
-            version = f"untrained-{settings.backbone}-{settings.head}"
-        return cls(model, ontology, version=version, device=device)
+        if found is None:
+            found = default_entry()
+            log.warning("no checkpoint in %s: serving the packaged default model %s", settings.model_dir, found.version)
+        return cls(found.load(device=device), ontology, version=found.version, device=device)
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
         """Resize to the model's input size; uint8 ``[3, S, S]`` (normalisation happens on the device)."""
@@ -75,15 +75,19 @@ class Predictor:
         if cuda:
             batch = batch.pin_memory()
         x = self.model.preprocess(batch.to(self.device, non_blocking=cuda))
-        hint_cat, hint_att = (t.to(self.device, non_blocking=cuda) for t in hints_to_tensors(list(hints), self.ontology))
+        tensors = hint_tensors(list(hints), self.ontology)
+        hint_cat, hint_sub, hint_att = (t.to(self.device, non_blocking=cuda) for t in tensors)
         with torch.autocast(self.device.type, enabled=cuda):
-            out = self.model(x, hint_cat, hint_att)
+            out = self.model(x, hint_cat, hint_att, hint_sub)
         multi = self.model.config.multi
         cat_p = (torch.sigmoid(out.categories) if multi else torch.softmax(out.categories.float(), 1)).float().cpu()
-        sub_p = torch.sigmoid(out.subcategories.float()).cpu()
+        sub_logits = out.subcategories.float()
+        if not multi:  # the top sub-category lies under the top category
+            sub_logits = coherent_subcategories(out.categories.float(), sub_logits, self.model.head.subcategory_parent)
+        sub_p = torch.sigmoid(sub_logits).cpu()
         att_p = torch.sigmoid(out.attributes.float()).cpu()
-        routes = out.routes.cpu()
-        hinted = hint_cat.abs().sum(1).cpu() > 0
+        used = [_hints_used(self.head, *row, self.ontology)
+                for row in zip(out.routes.cpu(), *(t.abs().sum(1) > 0 for t in tensors), tensors.categories > 0, strict=True)]
         now = utcnow()
         return [
             Label(
@@ -91,12 +95,31 @@ class Predictor:
                 categories=_top(cat_p[i], self.ontology.category_names),
                 subcategories=_top(sub_p[i], self.ontology.subcategory_names),
                 attributes=_top(att_p[i], self.ontology.attribute_names),
-                hints_used=HintsUsed(source="mined" if hinted[i] else "predicted",
-                                     categories=[self.ontology.category_names[k] for k in routes[i].nonzero().flatten().tolist()]),
+                hints_used=used[i],
                 received_at=datetime.fromtimestamp(timestamps_ms[i] / 1000, timezone.utc), labeled_at=now,
             )
             for i in range(len(post_ids))
         ]
+
+
+def default_entry() -> Entry:
+    """The packaged default checkpoint (same layout as a registry version, checksum included)."""
+    checksum = (DEFAULT_MODEL_DIR / "SHA256").read_text().strip()
+    return Entry(f"default-{checksum[:12]}", DEFAULT_MODEL_DIR)
+
+
+def _hints_used(head: str, route: torch.Tensor, has_cat: torch.Tensor, has_sub: torch.Tensor, has_att: torch.Tensor,
+                hinted: torch.Tensor, ontology: Ontology) -> HintsUsed:
+    """What steered one label: nothing (Base), the text (any hint), or the image's own prediction (dynamic, silent text)."""
+    any_hint = bool(has_cat or has_sub or has_att)
+    if head in DYNAMIC_HEADS:
+        steered = route
+    elif any_hint and head != "base":  # late fusion reads every hint, routes nothing
+        steered = hinted
+    else:
+        return HintsUsed(source="none")
+    return HintsUsed(source="mined" if any_hint else "predicted",
+                     categories=[ontology.category_names[k] for k in steered.nonzero().flatten().tolist()])
 
 
 def _top(scores: torch.Tensor, names: list[str]) -> list[ScoredTerm]:
