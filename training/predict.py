@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -13,17 +12,16 @@ from PIL import Image
 from streamcore.images import to_chw
 from streamcore.schemas import Hints, HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.settings import Settings
+from training.default_model import default_entry
 from training.models import DynamicCNN
 from training.models.build import hint_tensors
 from training.models.heads import DYNAMIC_HEADS, coherent_subcategories
 from training.ontology import Ontology, load_ontology
-from training.registry import Entry, Registry
+from training.registry import Registry
 
 log = logging.getLogger(__name__)
 
 _TOP = 5
-#: The model served before the trainer publishes one: trained on the benchmark, shipped as package data.
-DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "data" / "default"
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -100,12 +98,6 @@ class Predictor:
             )
             for i in range(len(post_ids))
         ]
-
-
-def default_entry() -> Entry:
-    """The packaged default checkpoint (same layout as a registry version, checksum included)."""
-    checksum = (DEFAULT_MODEL_DIR / "SHA256").read_text().strip()
-    return Entry(f"default-{checksum[:12]}", DEFAULT_MODEL_DIR)
 
 
 def _hints_used(head: str, route: torch.Tensor, has_cat: torch.Tensor, has_sub: torch.Tensor, has_att: torch.Tensor,

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from training.data import Split
 from training.models import DynamicCNN, ModelOutput, build_model
 from training.models.build import HintTensors
+from training.models.heads import ROUTE_THRESHOLD
 from training.ontology import Ontology
 
 LEVELS = ("categories", "subcategories", "attributes")
@@ -252,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hint-dropout", type=float, default=FitConfig.hint_dropout,
                         help="probability of training a sample without its hints")
+    parser.add_argument("--route-threshold", type=float, default=ROUTE_THRESHOLD,
+                        help="image probability at which a category's range opens besides the hinted ones")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     ontology, multi = load_ontology(), args.scenario == "multi"
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     backbone, feats = frozen_features(args.backbone, ontology, splits, multi=multi, pretrain=pretrain, device=args.device)
     fit_config = FitConfig(epochs=args.epochs, seed=args.seed, hint_dropout=args.hint_dropout)
     model, history = train_head(args.head, backbone, feats, splits, name=args.backbone, ontology=ontology,
-                                multi=multi, config=fit_config, device=args.device)
+                                multi=multi, config=fit_config, device=args.device, route_threshold=args.route_threshold)
     metrics = {hints: evaluate_model(model, splits["test"], features=feats["test"], hints=hints == "mined", device=args.device)
                for hints in ("mined", "none")}
     config = {"benchmark": dataclasses.asdict(bench), "fit": dataclasses.asdict(fit_config), "history": history}
