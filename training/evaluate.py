@@ -266,14 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     for entry in done:
         if entry.get("kind") == "selection":
             selected[f"{entry['scenario']}/{entry['backbone']}"] = entry["settings"]
-    finished = {(e["seed"], e["scenario"], e["backbone"]) for e in done if e.get("kind") == "seed"}
+    # A later invocation may add conditions (e.g. the visible-material ablation on fewer seeds) to the same raw file.
+    finished = {(e["seed"], e["scenario"], e["backbone"], tuple(e["variants"])) for e in done if e.get("kind") == "seed"}
     if not args.aggregate_only:
         bench = BenchmarkConfig(n_train=args.n_train, n_test=args.n_test)
         fit = FitConfig(epochs=args.epochs)
         raw.parent.mkdir(parents=True, exist_ok=True)
         # Seeds outermost: a run stopped early still covers every scenario with its first seeds.
         for seed, name, scenario in itertools.product(args.seeds, args.backbones, args.scenarios):
-            if (seed, scenario, name) in finished:
+            if (seed, scenario, name, tuple(args.variants)) in finished:
                 continue
             started = time.perf_counter()
             pretrain = FitConfig(epochs=args.pretrain_epochs, seed=seed) if name == "tiny" else None
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                     selected[f"{scenario}/{name}"] = settings
                     fh.write(json.dumps({"kind": "selection", "scenario": scenario, "backbone": name, "settings": settings}) + "\n")
                 fh.write(json.dumps({"kind": "seed", "seed": seed, "scenario": scenario, "backbone": name,
-                                     "records": records}) + "\n")
+                                     "variants": args.variants, "records": records}) + "\n")
             done.append({"kind": "seed", "records": records})
             print(f"{scenario}/{name}/seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     records = [r for e in done if e.get("kind") == "seed" for r in e["records"]]
