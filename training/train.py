@@ -26,16 +26,19 @@ def compute_loss(output: ModelOutput, targets: dict[str, Tensor], *, multi: bool
     """Sum of the three levels' losses.
 
     Single-class categories use cross-entropy on class indices; every multi-label level uses
-    BCE-with-logits (``kind="bce"``) or the paper's MSE on sigmoid scores (``kind="mse"``).
+    BCE-with-logits (``kind="bce"``) or the paper's MSE on sigmoid scores (``kind="mse"``), summed over
+    classes and averaged over samples.
     Deactivated logits are finite (-30), so they add a constant and no gradient.
     """
     if kind not in ("bce", "mse"):
         raise ValueError(f"loss kind must be 'bce' or 'mse', got {kind!r}")
 
+    # Summed over classes, averaged over samples: a mean over ~40 mostly-negative outputs divides each
+    # positive's gradient by the class count, and SGD then learns little beyond the label prior.
     def multilabel(logits: Tensor, target: Tensor) -> Tensor:
         if kind == "mse":
-            return F.mse_loss(torch.sigmoid(logits), target)
-        return F.binary_cross_entropy_with_logits(logits, target)
+            return F.mse_loss(torch.sigmoid(logits), target, reduction="sum") / len(target)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(target)
 
     if multi:
         category_loss = multilabel(output.categories, targets["categories"])

@@ -28,7 +28,7 @@ def test_train_writes_a_loadable_checkpoint(tmp_path) -> None:
 
 def test_table2_report_shape(tmp_path) -> None:
     out = tmp_path / "table2.json"
-    argv = ["--backbones", "tiny", "--scenarios", "single", "--seeds", "0", "1", "--variants", "main", "wrong_0.5",
+    argv = ["--backbones", "tiny", "--scenarios", "single", "--seeds", "0", "1", "--variants", "main", "wrong_0.5", "--share-backbone",
             "--n-train", "150", "--n-test", "60", "--epochs", "2", "--pretrain-epochs", "1",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--device", "cpu"]
     assert evaluate.main(argv) == 0

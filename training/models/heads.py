@@ -4,7 +4,8 @@ All heads share a trunk (two FC layers) and a category layer. They differ in the
 (sub-categories and attributes):
 
 * :class:`BaseHead` — plain linear layers; hints are ignored.
-* :class:`FusionHead` — late fusion: Base with the hint vectors concatenated to the trunk's input.
+* :class:`FusionHead` — late fusion: Base whose output layers read the hint vectors next to the trunk's
+  features (a learned, linear path from each hint to each output; no routing, no fixed boosts).
 * :class:`DynamicPruningHead` — one linear layer per level; per sample, outputs outside the range of the
   routed categories are deactivated, the allowed range is boosted by ``beta`` and directly hinted
   sub-categories / attributes by ``alpha``. Masks are per sample, so a batch mixes hints; learned
@@ -180,7 +181,7 @@ class _Head(nn.Module):
     """Trunk (two FC layers) + category layer + one module per dependent level."""
 
     level_type: type[nn.Module] | partial = _Plain
-    #: Whether the hint vectors are concatenated to the trunk's input (late fusion).
+    #: Whether the hint vectors are concatenated to the output layers' input (late fusion).
     fuses_hints = False
 
     def __init__(
@@ -200,11 +201,12 @@ class _Head(nn.Module):
         num_categories, num_subcategories, num_attributes = sizes
         self.multi = multi
         self.route_threshold = route_threshold
-        trunk_in = in_features + (sum(sizes) if self.fuses_hints else 0)
         self.trunk = nn.Sequential(
-            nn.Linear(trunk_in, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
         )
+        if self.fuses_hints:
+            hidden += sum(sizes)
         self.categories = nn.Linear(hidden, num_categories)
         parent = torch.zeros(num_subcategories, dtype=torch.long)
         for k, indices in enumerate(ranges[0]):
@@ -216,14 +218,14 @@ class _Head(nn.Module):
 
     def forward(self, features: Tensor, hint_categories: Tensor, hint_attributes: Tensor | None = None,
                 hint_subcategories: Tensor | None = None) -> ModelOutput:
+        h = self.trunk(features)
         if self.fuses_hints:
             def zeros(layer: nn.Module) -> Tensor:
-                return features.new_zeros(len(features), layer.linear.out_features)
+                return h.new_zeros(len(h), layer.linear.out_features)
 
-            features = torch.cat([features, hint_categories,
-                                  zeros(self.subcategories) if hint_subcategories is None else hint_subcategories,
-                                  zeros(self.attributes) if hint_attributes is None else hint_attributes], dim=1)
-        h = self.trunk(features)
+            h = torch.cat([h, hint_categories,
+                           zeros(self.subcategories) if hint_subcategories is None else hint_subcategories,
+                           zeros(self.attributes) if hint_attributes is None else hint_attributes], dim=1)
         categories = self.categories(h)
         routes = route_categories(hint_categories, categories.detach(), multi=self.multi, threshold=self.route_threshold)
         return ModelOutput(
@@ -239,7 +241,7 @@ class BaseHead(_Head):
 
 
 class FusionHead(_Head):
-    """Late-fusion baseline: Base whose trunk also reads the hint vectors (categories, sub-categories, attributes)."""
+    """Late-fusion baseline: Base whose output layers also read the hint vectors (categories, sub-categories, attributes)."""
 
     fuses_hints = True
 
