@@ -30,7 +30,7 @@ from streamcore.reports import report_meta
 from training.data import BenchmarkConfig, Split, load_benchmark
 from training.metrics import hint_quality, level_metrics, paired_interval
 from training.models import DynamicCNN, build_model
-from training.models.heads import DYNAMIC_HEADS, coherent_subcategories
+from training.models.heads import DYNAMIC_HEADS, ROUTE_THRESHOLD, coherent_subcategories
 from training.ontology import Ontology, load_ontology
 from training.train import (
     Batchable,
@@ -106,7 +106,8 @@ def _fit_row(row_head: str, settings: dict, backbone, feats, splits, *, name, on
         feats = {k: torch.zeros_like(v) for k, v in feats.items()}
     config = dataclasses.replace(fit, hint_dropout=settings.get("hint_dropout", 0.0))
     model, _ = train_head(_trained_head(row_head), backbone, feats, splits, name=name, ontology=ontology, multi=multi,
-                          config=config, device=device, route_threshold=settings.get("route_threshold", 0.3))
+                          config=config, device=device,
+                          route_threshold=settings.get("route_threshold", ROUTE_THRESHOLD))
     if row_head == "base_masked":  # Base's weights under DynamicPruning's test-time masks and boosts
         masked, _ = train_head("dynamic_pruning", backbone, feats, splits, name=name, ontology=ontology, multi=multi,
                                config=dataclasses.replace(config, epochs=0), device=device,
