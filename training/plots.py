@@ -36,7 +36,7 @@ def plot_table2(rows: Sequence[dict], quality: Sequence[dict], path: Path) -> Pa
     import matplotlib.pyplot as plt
 
     scenarios = sorted({r["scenario"] for r in rows})
-    backbone = sorted({r["backbone"] for r in rows})[-1]
+    backbone = max(rows, key=lambda r: r["n_seeds"])["backbone"]  # the backbone with the most seeds
     panels = (("attribute", "P@3"), ("subcategory", "R@5"), ("category", "P@1"))
     fig, axes = plt.subplots(len(scenarios), len(panels) + 1, figsize=(5 * (len(panels) + 1), 4.2 * len(scenarios)),
                              squeeze=False)
@@ -56,15 +56,19 @@ def plot_table2(rows: Sequence[dict], quality: Sequence[dict], path: Path) -> Pa
             ax.legend(fontsize=7)
         ax = axes[i][-1]
         precision = {q["variant"]: q["precision"] for q in quality if q["scenario"] == scenario and q["backbone"] == backbone}
-        for head in ("dynamic_pruning", "dynamic_layers", "dynamic_layers_pure"):
-            for ref, style in (("base", "-o"), ("fusion", "--s")):
-                pts = sorted((precision[r["variant"]], *r[f"diff_vs_{ref}"]["P@3"]) for r in rows
-                             if r["scenario"] == scenario and r["backbone"] == backbone and r["head"] == head
-                             and r["hints"] == "mined" and r["level"] == "attribute" and f"diff_vs_{ref}" in r
-                             and r["variant"] in precision and r["variant"] != "visible")
-                if pts:
-                    ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=style,
-                                capsize=3, label=f"{head} − {ref}", markersize=4)
+        # Two sweeps: less text (mention rate) and wrong category hints (attribute hints stay true).
+        families = {"mention": ("easy", "main", "mention_0.5", "mention_0.3"), "wrong": ("main", "wrong_0.25", "wrong_0.5")}
+        for head, colour in (("dynamic_pruning", "tab:blue"), ("dynamic_layers", "tab:green")):
+            for ref, marker in (("base", "o"), ("fusion", "s")):
+                for family, variants in families.items():
+                    pts = sorted((precision[r["variant"]], *r[f"diff_vs_{ref}"]["P@3"]) for r in rows
+                                 if r["scenario"] == scenario and r["backbone"] == backbone and r["head"] == head
+                                 and r["hints"] == "mined" and r["level"] == "attribute" and f"diff_vs_{ref}" in r
+                                 and r["variant"] in precision and r["variant"] in variants)
+                    if pts:
+                        ax.errorbar([q[0] for q in pts], [q[1] for q in pts], yerr=[q[2] for q in pts], color=colour,
+                                    marker=marker, linestyle="-" if family == "mention" else ":", capsize=3, markersize=4,
+                                    label=f"{head} − {ref} ({family} sweep)")
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set(xlabel="hint precision (top hinted category is true)", ylabel="Δ attribute P@3 (mined hints)")
         ax.set_title(f"{scenario}: gain vs hint precision", fontsize=9)
