@@ -104,7 +104,7 @@ def _fit_row(row_head: str, settings: dict, backbone, feats, splits, *, name, on
     """Train (or derive) the model of one table row with its chosen settings; returns model and its features."""
     if row_head == "text_only":  # late fusion on blank image features: the text alone
         feats = {k: torch.zeros_like(v) for k, v in feats.items()}
-    config = dataclasses.replace(fit, hint_dropout=settings.get("hint_dropout", 0.0))
+    config = dataclasses.replace(fit, hint_dropout=settings.get("hint_dropout", 0.0), lr=settings.get("lr", fit.lr))
     model, _ = train_head(_trained_head(row_head), backbone, feats, splits, name=name, ontology=ontology, multi=multi,
                           config=config, device=device,
                           route_threshold=settings.get("route_threshold", ROUTE_THRESHOLD))
@@ -117,23 +117,29 @@ def _fit_row(row_head: str, settings: dict, backbone, feats, splits, *, name, on
     return model, feats
 
 
-def _grid(row_head: str) -> list[dict]:
+def _grid(row_head: str, lrs: tuple[float, ...] = ()) -> list[dict]:
+    """The settings tried for one row head; ``lrs`` adds the learning rate to every trained head's grid."""
     if row_head in DYNAMIC_HEADS:
-        return [{"hint_dropout": d, "route_threshold": t} for d, t in itertools.product(HINT_DROPOUTS, ROUTE_THRESHOLDS)]
-    if row_head == "fusion":
-        return [{"hint_dropout": d} for d in HINT_DROPOUTS]
-    if row_head == "base_masked":
+        grid = [{"hint_dropout": d, "route_threshold": t} for d, t in itertools.product(HINT_DROPOUTS, ROUTE_THRESHOLDS)]
+    elif row_head == "fusion":
+        grid = [{"hint_dropout": d} for d in HINT_DROPOUTS]
+    elif row_head == "base_masked":  # Base's weights: its learning rate is Base's choice
         return [{"route_threshold": t} for t in ROUTE_THRESHOLDS]
-    return [{}]
+    else:
+        grid = [{}]
+    return [{**g, "lr": lr} for g in grid for lr in lrs] if lrs else grid
 
 
 def select_settings(backbone, feats, splits, *, name: str, ontology: Ontology, multi: bool, fit: FitConfig,
-                    device: str) -> dict[str, dict]:
+                    device: str, lrs: tuple[float, ...] = ()) -> dict[str, dict]:
     """Per row head, the grid point with the best :func:`selection_score` on the validation split."""
-    chosen = {}
+    chosen: dict[str, dict] = {}
     for row_head in ROW_HEADS:
         best = None
-        for settings in _grid(row_head):
+        grid = _grid(row_head, lrs)
+        if row_head == "base_masked" and lrs:
+            grid = [{**g, "lr": chosen["base"]["lr"]} for g in grid]
+        for settings in grid:
             model, used = _fit_row(row_head, settings, backbone, feats, splits, name=name, ontology=ontology,
                                    multi=multi, fit=fit, device=device)
             mined = evaluate_model(model, splits["val"], features=used["val"], hints=True, device=device)
@@ -163,7 +169,7 @@ def _features(backbone_name: str, ontology: Ontology, splits: dict[str, Split], 
 
 def run_seed(*, seed: int, scenario: str, backbone_name: str, variants: list[str], bench: BenchmarkConfig,
              fit: FitConfig, pretrain: FitConfig | None, settings: dict[str, dict] | None, cache_dir: Path | None,
-             device: str, shared: dict | None = None) -> tuple[list[dict], dict[str, dict]]:
+             device: str, shared: dict | None = None, lrs: tuple[float, ...] = ()) -> tuple[list[dict], dict[str, dict]]:
     """Every row head on every condition of one seed; selects settings first when ``settings`` is None.
 
     ``shared`` (a dict kept across calls) reuses one pretrained backbone per scenario and image condition
@@ -188,7 +194,7 @@ def run_seed(*, seed: int, scenario: str, backbone_name: str, variants: list[str
             raise RuntimeError(f"variant {variant} was expected to share images with {found[0]}")
         if settings is None:
             settings = select_settings(backbone, feats, splits, name=backbone_name, ontology=ontology, multi=multi,
-                                       fit=fit, device=device)
+                                       fit=fit, device=device, lrs=lrs)
         quality = hint_quality(torch.from_numpy(splits["test"].hint_categories), torch.from_numpy(splits["test"].categories))
         records.append({"seed": seed, "scenario": scenario, "backbone": backbone_name, "variant": variant,
                         "head": "_hints", "hints": "mined", "level": "category", "metrics": quality})
@@ -283,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aggregate-only", action="store_true")
     parser.add_argument("--share-backbone", action="store_true",
                         help="pretrain the backbone once per scenario/image condition (first seed) instead of per seed")
+    parser.add_argument("--lrs", nargs="+", type=float, default=[],
+                        help="also select each head's learning rate on validation from these values")
     parser.add_argument("--out", type=Path, default=Path("reports/table2.json"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--notes", default=None, help="free text stored in the report")
@@ -309,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             records, settings = run_seed(seed=seed, scenario=scenario, backbone_name=name, variants=args.variants,
                                          bench=bench, fit=fit, pretrain=pretrain,
                                          settings=selected.get(f"{scenario}/{name}"), cache_dir=args.cache_dir,
-                                         device=args.device, shared=shared)
+                                         device=args.device, shared=shared, lrs=tuple(args.lrs))
             with raw.open("a", encoding="utf-8") as fh:
                 if f"{scenario}/{name}" not in selected:
                     selected[f"{scenario}/{name}"] = settings

@@ -56,3 +56,11 @@ def test_table2_report_shape(tmp_path) -> None:
     again = tmp_path / "again.json"
     assert evaluate.main([*argv[:-4], "--raw", str(out.with_suffix(".raw.jsonl")), "--out", str(again), "--aggregate-only"]) == 0
     assert json.loads(again.read_text())["rows"] == rows
+
+
+def test_selection_grid_adds_learning_rates_to_trained_heads() -> None:
+    assert all("lr" not in g for g in evaluate._grid("dynamic_layers"))
+    grid = evaluate._grid("dynamic_layers", (0.05, 0.01))
+    assert len(grid) == 2 * len(evaluate._grid("dynamic_layers")) and {g["lr"] for g in grid} == {0.05, 0.01}
+    assert all("lr" not in g for g in evaluate._grid("base_masked", (0.05, 0.01)))  # takes Base's choice
+    assert [g["lr"] for g in evaluate._grid("base", (0.05, 0.01))] == [0.05, 0.01]
