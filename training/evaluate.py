@@ -109,11 +109,11 @@ def _fit_row(row_head: str, settings: dict, backbone, feats, splits, *, name, on
                           config=config, device=device,
                           route_threshold=settings.get("route_threshold", ROUTE_THRESHOLD))
     if row_head == "base_masked":  # Base's weights under DynamicPruning's test-time masks and boosts
-        masked, _ = train_head("dynamic_pruning", backbone, feats, splits, name=name, ontology=ontology, multi=multi,
-                               config=dataclasses.replace(config, epochs=0), device=device,
-                               route_threshold=settings["route_threshold"])
+        masked = build_model(backbone=name, head="dynamic_pruning", ontology=ontology, multi=multi, weights="random",
+                             route_threshold=settings["route_threshold"])
+        masked.backbone = backbone
         masked.head.load_state_dict(model.head.state_dict())
-        model = masked
+        model = masked.to(device)
     return model, feats
 
 
