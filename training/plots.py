@@ -36,7 +36,8 @@ def plot_table2(rows: Sequence[dict], quality: Sequence[dict], path: Path) -> Pa
     import matplotlib.pyplot as plt
 
     scenarios = sorted({r["scenario"] for r in rows})
-    backbone = max(rows, key=lambda r: r["n_seeds"])["backbone"]  # the backbone with the most seeds
+    # The backbone with the most conditions (the sweeps need them); the JSON holds every backbone.
+    backbone = max(sorted({r["backbone"] for r in rows}), key=lambda b: len({r["variant"] for r in rows if r["backbone"] == b}))
     panels = (("attribute", "P@3"), ("subcategory", "R@5"), ("category", "P@1"))
     fig, axes = plt.subplots(len(scenarios), len(panels) + 1, figsize=(5 * (len(panels) + 1), 4.2 * len(scenarios)),
                              squeeze=False)
