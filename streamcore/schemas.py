@@ -138,7 +138,7 @@ class Label(_Message):
     schema_: Literal["label/v1"] = Field("label/v1", alias="schema")
     post_id: PostId
     model_version: str
-    head: Literal["base", "dynamic_pruning", "dynamic_layers"]
+    head: Literal["base", "fusion", "dynamic_pruning", "dynamic_layers", "dynamic_layers_pure"]
     categories: list[ScoredTerm]
     subcategories: list[ScoredTerm]
     attributes: list[ScoredTerm]

@@ -62,6 +62,7 @@ def load_checkpoint(directory: Path | str, *, device: str | torch.device = "cpu"
         beta=config.beta,
         hidden=config.hidden,
         image_size=config.preprocess.image_size,
+        route_threshold=config.route_threshold,
     )
     model.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
     return model.to(device).eval()

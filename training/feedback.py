@@ -153,7 +153,8 @@ def to_split(examples: Sequence[Example]) -> Split:
         return np.stack([getattr(e, name) for e in examples])
 
     return Split(stack("pixels"), stack("categories"), stack("subcategories"), stack("attributes"),
-                 stack("hint_categories"), stack("hint_attributes"), np.array([e.caption for e in examples], dtype=str))
+                 stack("hint_categories"), stack("hint_attributes"), np.array([e.caption for e in examples], dtype=str),
+                 np.zeros_like(stack("subcategories")))  # feedback keeps no sub-category hints
 
 
 def concat(base: Split, extra: Split) -> Split:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,3 +43,34 @@ def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
 def level_metrics(scores: Tensor, targets: Tensor) -> dict[str, float]:
     """P@k, R@k for k in 1, 3, 5 and mAP for one level."""
     return {**precision_recall_at_k(scores, targets), "mAP": mean_average_precision(scores, targets)}
+
+
+def paired_interval(values: list[float]) -> tuple[float, float]:
+    """``(mean, half-width)`` of a t-based 95% confidence interval of ``values`` (e.g. per-seed differences).
+
+    One value gives an infinite half-width: a single seed says nothing about the spread.
+    """
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return float(x.mean()) if len(x) else float("nan"), float("inf")
+    half = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean()), float(half)
+
+
+def hint_quality(hint_categories: Tensor, categories: Tensor) -> dict[str, float]:
+    """How good the mined category hints are on a split.
+
+    ``coverage``: fraction of images with any category hint; ``precision``: among those, fraction whose
+    top hinted category is a true one; ``recall``: fraction of true categories hinted at all.
+    """
+    hinted = (hint_categories > 0).any(1)
+    top = hint_categories.argmax(1)
+    top_right = categories.gather(1, top[:, None])[:, 0] > 0
+    found = ((hint_categories > 0) & (categories > 0)).sum()
+    return {
+        "coverage": float(hinted.float().mean()),
+        "precision": float(top_right[hinted].float().mean()) if hinted.any() else 0.0,
+        "recall": float(found / categories.sum().clamp(min=1)),
+    }

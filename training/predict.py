@@ -31,9 +31,11 @@ from streamcore.exceptions import BadInput
 from streamcore.images import to_chw
 from streamcore.schemas import Hints, Label, utcnow
 from streamcore.settings import Settings
-from training.models import DynamicCNN, build_model, hints_to_tensors
+from training.models import DynamicCNN
+from training.models.build import hint_tensors
+from training.models.heads import DYNAMIC_HEADS, coherent_subcategories
 from training.ontology import Ontology, load_ontology
-from training.registry import Registry
+from training.registry import Registry, default_entry
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class Staged:
     images: torch.Tensor
     hint_categories: torch.Tensor
     hint_attributes: torch.Tensor
+    hint_subcategories: torch.Tensor
     rows: list[int]
     refused: dict[int, BadInput]
 
@@ -101,20 +104,16 @@ class Predictor:
 
     @classmethod
     def load(cls, settings: Settings, version: str | None = None) -> Predictor:
-        """``version`` (or the registry's serving one) loaded, or an untrained model when there is none."""
+        """``version`` (or the registry's newest) loaded; the packaged default model when the registry is empty."""
         ontology = load_ontology()
         device = resolve_device(settings.device)
         registry = Registry(settings.model_dir)
         found = registry.get(version) if version else registry.newest()
-        if found is not None:
-            version, model = found.version, found.load(device=device)
-        else:
-            log.warning("no checkpoint in %s: serving an untrained %s/%s model", settings.model_dir,
-                        settings.backbone, settings.head)
-            torch.manual_seed(0)
-            model = build_model(backbone=settings.backbone, head=settings.head, ontology=ontology, weights="random")
-            version = f"untrained-{settings.backbone}-{settings.head}"
-        return cls(model, ontology, version=version, device=device, cpu_forward_batch=settings.cpu_forward_batch)
+        if found is None:
+            found = default_entry()
+            log.warning("no checkpoint in %s: serving the packaged default model %s", settings.model_dir, found.version)
+        return cls(found.load(device=device), ontology, version=found.version, device=device,
+                   cpu_forward_batch=settings.cpu_forward_batch)
 
     @property
     def image_size(self) -> int:
@@ -170,11 +169,9 @@ class Predictor:
         rows = sorted(placed)
         size = (0, 3, self._size, self._size)
         batch = torch.stack([placed[i] for i in rows]) if rows else torch.empty(size, dtype=torch.uint8, device=self.device)
-        cat, att = hints_to_tensors([hints[i] for i in rows], self.ontology)
-        if self.cuda:
-            cat, att = cat.pin_memory(), att.pin_memory()
-        return Staged(batch, cat.to(self.device, non_blocking=self.cuda), att.to(self.device, non_blocking=self.cuda),
-                      rows, refused)
+        cat, sub, att = (t.pin_memory() if self.cuda else t for t in hint_tensors([hints[i] for i in rows], self.ontology))
+        cat, sub, att = (t.to(self.device, non_blocking=self.cuda) for t in (cat, sub, att))
+        return Staged(batch, cat, att, sub, rows, refused)
 
     def _fit(self, image: torch.Tensor) -> torch.Tensor:
         # Images prepared for a previous model (a swap between decode and batch) may have another size.
@@ -227,30 +224,34 @@ class Predictor:
         """Run the model on a staged batch; top-k on the device, one copy of the results to the host."""
         if not staged.rows:
             return Scores(np.zeros((0, 0), dtype=np.float32), [], staged.refused)
-        images, hint_cat, hint_att = staged.images, staged.hint_categories, staged.hint_attributes
+        tensors = (staged.images, staged.hint_categories, staged.hint_attributes, staged.hint_subcategories)
         if self.cuda:  # allocated on the copy stream, used on this one
-            for tensor in (images, hint_cat, hint_att):
+            for tensor in tensors:
                 tensor.record_stream(torch.cuda.current_stream(self.device))
         chunk = self._chunk or len(staged.rows)
-        tables = [self._forward(images[i: i + chunk], hint_cat[i: i + chunk], hint_att[i: i + chunk])
-                  for i in range(0, len(staged.rows), chunk)]
+        tables = [self._forward(*(t[i: i + chunk] for t in tensors)) for i in range(0, len(staged.rows), chunk)]
         table = tables[0] if len(tables) == 1 else torch.cat(tables)
         return Scores(table.cpu().numpy(), staged.rows, staged.refused)
 
-    def _forward(self, images: torch.Tensor, hint_cat: torch.Tensor, hint_att: torch.Tensor) -> torch.Tensor:
-        """One forward; the packed table ``[top-k values, indices per level | routes | hinted]`` on the device."""
+    def _forward(self, images: torch.Tensor, hint_cat: torch.Tensor, hint_att: torch.Tensor,
+                 hint_sub: torch.Tensor) -> torch.Tensor:
+        """One forward; the packed table ``[top-k values, indices per level | routes | hinted categories |
+        any hint]`` on the device."""
         x = self.model.preprocess(images).contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, enabled=self.cuda):
-            out = self.model(x, hint_cat, hint_att)
-        cat = out.categories.float()
-        probs = (torch.sigmoid(cat) if self.model.config.multi else torch.softmax(cat, 1),
-                 torch.sigmoid(out.subcategories.float()), torch.sigmoid(out.attributes.float()))
+            out = self.model(x, hint_cat, hint_att, hint_sub)
+        cat, sub = out.categories.float(), out.subcategories.float()
+        multi = self.model.config.multi
+        if not multi:  # the top sub-category lies under the top category
+            sub = coherent_subcategories(cat, sub, self.model.head.subcategory_parent)
+        probs = (torch.sigmoid(cat) if multi else torch.softmax(cat, 1), torch.sigmoid(sub),
+                 torch.sigmoid(out.attributes.float()))
         parts = []
         for p, k in zip(probs, self._k):
             values, indices = p.topk(k, dim=1)
             parts += [values, indices.float()]
-        hinted = hint_cat.abs().sum(1, keepdim=True) > 0
-        return torch.cat([*parts, out.routes.float(), hinted.float()], 1)
+        any_hint = (hint_cat.abs().sum(1) + hint_sub.abs().sum(1) + hint_att.abs().sum(1) > 0)[:, None]
+        return torch.cat([*parts, out.routes.float(), (hint_cat > 0).float(), any_hint.float()], 1)
 
     # -- 3. label JSON ----------------------------------------------------------------------------
     def label_json(self, scores: Scores, post_ids: Sequence[str], timestamps_ms: Sequence[int]) -> list[bytes | BadInput]:
@@ -265,16 +266,18 @@ class Predictor:
             values = np.round(table[:, cuts[2 * level]: cuts[2 * level + 1]].astype(np.float64), 6).tolist()
             indices = table[:, cuts[2 * level + 1]: cuts[2 * level + 2]].astype(np.int64).tolist()
             terms.append([[{"term": names[j], "score": v} for v, j in zip(vs, js)] for vs, js in zip(values, indices)])
-        routes = table[:, cuts[-1]: cuts[-1] + len(self._names[0])] > 0.5
-        hinted = table[:, -1] > 0.5
+        n_cat = len(self._names[0])
+        routes = table[:, cuts[-1]: cuts[-1] + n_cat] > 0.5
+        hinted_categories = table[:, cuts[-1] + n_cat: cuts[-1] + 2 * n_cat] > 0.5
+        any_hint = table[:, -1] > 0.5
         categories = self._names[0]
         labeled_at = utcnow().isoformat()
         for row, i in enumerate(scores.rows):
             label = {
                 "schema": "label/v1", "post_id": post_ids[i], "model_version": self.version, "head": self.head,
                 "categories": terms[0][row], "subcategories": terms[1][row], "attributes": terms[2][row],
-                "hints_used": {"source": "mined" if hinted[row] else "predicted",
-                               "categories": [categories[k] for k in np.flatnonzero(routes[row])]},
+                "hints_used": _hints_used(self.head, routes[row], hinted_categories[row], bool(any_hint[row]),
+                                          categories),
                 "received_at": datetime.fromtimestamp(timestamps_ms[i] / 1000, UTC).isoformat(),
                 "labeled_at": labeled_at,
             }
@@ -293,3 +296,15 @@ class Predictor:
             if isinstance(result, BadInput):
                 raise result
         return [Label.model_validate_json(raw) for raw in out]
+
+
+def _hints_used(head: str, route: np.ndarray, hinted: np.ndarray, any_hint: bool, categories: Sequence[str]) -> dict:
+    """What steered one label: nothing (Base), the text (any hint), or the image's own prediction (a dynamic
+    head whose text was silent)."""
+    if head in DYNAMIC_HEADS:
+        steered = route
+    elif any_hint and head != "base":  # late fusion reads every hint, routes nothing
+        steered = hinted
+    else:
+        return {"source": "none", "categories": []}
+    return {"source": "mined" if any_hint else "predicted", "categories": [categories[k] for k in np.flatnonzero(steered)]}

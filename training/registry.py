@@ -103,3 +103,17 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return Entry(version, target)
+
+
+#: The packaged default model (``python -m training.default_model`` rebuilds it), in the registry's layout.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "data" / "default"
+
+
+def default_entry(directory: Path = DEFAULT_MODEL_DIR) -> Entry:
+    """The packaged checkpoint as a registry entry (its version names the weights' checksum).
+
+    Raises:
+        FileNotFoundError: the package ships without it (rebuild with ``python -m training.default_model``).
+    """
+    checksum = (directory / CHECKSUM_FILE).read_text().strip()
+    return Entry(f"default-{checksum[:12]}", directory)

@@ -70,3 +70,20 @@ def test_splits_use_different_templates(ontology: Ontology) -> None:
 def test_bad_arguments_raise(ontology: Ontology, bad: dict) -> None:
     with pytest.raises(ValueError):
         _make(ontology, 0, **bad)
+
+
+def test_distractors_name_another_category(ontology: Ontology) -> None:
+    dress_words = {"dress", "gown", "frock", "maxi"}
+    other_words = {w for c in ontology.categories if c.name != "dresses" for w in c.keywords} - dress_words
+    caps = [_make(ontology, s, mention_prob=1.0, noise=0.0, distractor_prob=1.0) for s in range(40)]
+    assert all(any(w in c.caption.lower().split() for w in other_words) for c in caps)
+    plain = [_make(ontology, s, mention_prob=1.0, noise=0.0) for s in range(40)]
+    assert plain == [_make(ontology, s, mention_prob=1.0, noise=0.0, distractor_prob=0.0) for s in range(40)]
+
+
+def test_slang_stays_outside_the_ontology_keywords(ontology: Ontology) -> None:
+    keywords = {w for c in ontology.categories for w in (*c.keywords, *(k for s in c.subcategories for k in s.keywords))}
+    caps = [_make(ontology, s, category="coats", subcategory="parka", mention_prob=1.0, noise=0.0, slang_prob=1.0)
+            for s in range(30)]
+    for cap in caps:
+        assert not any(w in keywords for w in cap.caption.lower().replace("!", " ").split()), cap.caption

@@ -28,11 +28,39 @@ def test_train_writes_a_loadable_checkpoint(tmp_path) -> None:
 
 def test_table2_report_shape(tmp_path) -> None:
     out = tmp_path / "table2.json"
-    argv = ["--backbones", "tiny", "--n-train", "150", "--n-test", "60", "--epochs", "2", "--pretrain-epochs", "1",
+    argv = ["--backbones", "tiny", "--scenarios", "single", "--seeds", "0", "1", "--variants", "main", "wrong_0.5", "--share-backbone",
+            "--n-train", "150", "--n-test", "60", "--epochs", "2", "--pretrain-epochs", "1",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--device", "cpu"]
     assert evaluate.main(argv) == 0
     report = json.loads(out.read_text())
-    assert {"rows", "generated_at", "git_sha", "machine", "command"} <= set(report)
-    keys = {(r["scenario"], r["head"], r["hints"], r["level"]) for r in report["rows"]}
-    assert len(keys) == 2 * 3 * 2 * 3 == len(report["rows"])
+    assert {"rows", "hint_quality", "selected_settings", "verdicts", "protocol", "generated_at", "git_sha", "machine",
+            "command"} <= set(report)
+    rows = report["rows"]
+    keys = {(r["variant"], r["head"], r["hints"], r["level"]) for r in rows}
+    assert len(keys) == len(rows)
+    for variant in ("main", "wrong_0.5"):
+        for level in ("category", "subcategory", "attribute"):
+            assert (variant, "base", "none", level) in keys and (variant, "base", "mined", level) not in keys
+            assert (variant, "text_only", "mined", level) in keys and (variant, "text_only", "none", level) not in keys
+            for head in ("fusion", "base_masked", "dynamic_pruning", "dynamic_layers", "dynamic_layers_pure"):
+                assert {(variant, head, h, level) for h in ("mined", "none")} <= keys
+    for row in rows:
+        assert row["n_seeds"] == 2 and set(row["ci95"]) == {"P@1", "P@3", "P@5", "R@1", "R@3", "R@5", "mAP"}
+        assert ("diff_vs_base" in row) is (row["head"] != "base")
+    precision = {q["variant"]: q["precision"] for q in report["hint_quality"]}
+    assert precision["wrong_0.5"] < precision["main"]
+    assert set(report["selected_settings"]["single/tiny"]) == {"base", "text_only", "fusion", "base_masked",
+                                                              "dynamic_pruning", "dynamic_layers", "dynamic_layers_pure"}
     assert out.with_suffix(".png").stat().st_size > 0
+    # the raw per-seed results rebuild the same table without retraining
+    again = tmp_path / "again.json"
+    assert evaluate.main([*argv[:-4], "--raw", str(out.with_suffix(".raw.jsonl")), "--out", str(again), "--aggregate-only"]) == 0
+    assert json.loads(again.read_text())["rows"] == rows
+
+
+def test_selection_grid_adds_learning_rates_to_trained_heads() -> None:
+    assert all("lr" not in g for g in evaluate._grid("dynamic_layers"))
+    grid = evaluate._grid("dynamic_layers", (0.05, 0.01))
+    assert len(grid) == 2 * len(evaluate._grid("dynamic_layers")) and {g["lr"] for g in grid} == {0.05, 0.01}
+    assert all("lr" not in g for g in evaluate._grid("base_masked", (0.05, 0.01)))  # takes Base's choice
+    assert [g["lr"] for g in evaluate._grid("base", (0.05, 0.01))] == [0.05, 0.01]

@@ -4,6 +4,10 @@ and hinted by the text miner — generated deterministically and cached as ``.np
 Single-class: one garment per image. Multi-class: outfits of 2–4 garments of distinct categories in a
 2×2 grid; labels are the union. Splits: ``train``/``val`` = 80/20 of a subset of Fashion-MNIST train,
 ``test`` = a subset of the Fashion-MNIST test set (held out).
+
+Images and text draw from separate random streams: configs that differ only in their text settings
+(mention rate, distractors, slang, injected wrong hints) share the same images and labels, so their
+results are paired and a frozen backbone's features can be reused across them.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ import numpy as np
 import torch
 
 from training.data.captions import caption_item, mine
-from training.models import hints_to_tensors
+from training.models.build import hint_tensors
 from training.ontology import Ontology
+from training.synthetic.captions import CAPTIONS_VERSION
 from training.synthetic.fashion_mnist import CLASS_MAP, load_split, resize_grey
 from training.synthetic.textures import paint
+from training.text import TextMiner
 
 SPLITS = ("train", "val", "test")
 
@@ -36,10 +42,26 @@ class BenchmarkConfig:
     size: int = 64
     mention_prob: float = 0.8
     seed: int = 0
+    #: Probability that a caption also names another category's garment ("with my black boots").
+    distractor_prob: float = 0.0
+    #: Probability that the garment / an attribute is named by slang outside the ontology's keywords.
+    slang_prob: float = 0.0
+    #: Fraction of images whose category hints are replaced by a wrong category (known hint error rate).
+    wrong_hint_rate: float = 0.0
+    #: Paint a per-material signature, so materials are distinguishable in the image (ablation).
+    visible_materials: bool = False
 
     def key(self, ontology: Ontology) -> str:
-        blob = json.dumps({**asdict(self), "ontology": ontology.version, "v": 1}, sort_keys=True)
+        """Cache name: the config plus every generator version the data depends on."""
+        versions = {"ontology": ontology.version, "miner": TextMiner.load(ontology).version,
+                    "captions": CAPTIONS_VERSION, "v": 2}
+        blob = json.dumps({**asdict(self), **versions}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def same_images(self, other: BenchmarkConfig) -> bool:
+        """Whether ``other`` differs only in text settings (then images and labels are identical)."""
+        image_fields = ("multi", "n_train", "n_test", "size", "seed", "visible_materials")
+        return all(getattr(self, f) == getattr(other, f) for f in image_fields)
 
 
 @dataclass(frozen=True)
@@ -53,6 +75,7 @@ class Split:
     hint_categories: np.ndarray
     hint_attributes: np.ndarray
     captions: np.ndarray
+    hint_subcategories: np.ndarray
 
     def __len__(self) -> int:
         return len(self.images)
@@ -90,14 +113,14 @@ def _pick_outfit(rng: random.Random, labels: np.ndarray, multi: bool) -> list[in
     return chosen
 
 
-def _render(greys: list[np.ndarray], items: list[tuple], size: int, np_rng: np.random.Generator) -> np.ndarray:
+def _render(greys: list[np.ndarray], items: list[tuple], size: int, np_rng: np.random.Generator, visible: bool) -> np.ndarray:
     if len(greys) == 1:
-        return paint(greys[0], items[0][3], items[0][2], size, np_rng)
+        return paint(greys[0], items[0][3], items[0][2], size, np_rng, visible_materials=visible)
     tile = size // 2
     canvas = np.full((3, size, size), 235, np.uint8)
     for slot, (grey, item) in enumerate(zip(greys, items, strict=True)):
         y, x = (slot // 2) * tile, (slot % 2) * tile
-        canvas[:, y : y + tile, x : x + tile] = paint(grey, item[3], item[2], tile, np_rng)
+        canvas[:, y : y + tile, x : x + tile] = paint(grey, item[3], item[2], tile, np_rng, visible_materials=visible)
     return canvas
 
 
@@ -106,6 +129,7 @@ def _generate(ontology: Ontology, config: BenchmarkConfig, split: str, pool: tup
     K, M, P = len(ontology.category_names), len(ontology.subcategory_names), len(ontology.attribute_names)
     seed = config.seed * 1000 + SPLITS.index(split)
     rng, np_rng = random.Random(seed), np.random.default_rng(seed)
+    text_rng = random.Random(f"text-{seed}")
     tile = config.size // 2 if config.multi else config.size
     attribute_index = ontology.attribute_ids
     images = np.empty((count, 3, config.size, config.size), np.uint8)
@@ -114,16 +138,34 @@ def _generate(ontology: Ontology, config: BenchmarkConfig, split: str, pool: tup
     for n in range(count):
         chosen = _pick_outfit(rng, labels, config.multi)
         items = [_draw_item(rng, ontology, int(labels[i])) for i in chosen]
-        images[n] = _render(list(resize_grey(images_28[chosen], tile)), items, config.size, np_rng)
+        images[n] = _render(list(resize_grey(images_28[chosen], tile)), items, config.size, np_rng, config.visible_materials)
         for k, sub, material, pattern in items:
             targets[0][n, k] = targets[1][n, sub] = 1
             targets[2][n, [attribute_index[material], attribute_index[pattern]]] = 1
-        texts = [caption_item(rng, ontology, item, mention_prob=config.mention_prob, heldout=split == "test") for item in items]
+        texts = [caption_item(text_rng, ontology, item, mention_prob=config.mention_prob, heldout=split == "test",
+                              distractor_prob=config.distractor_prob, slang_prob=config.slang_prob) for item in items]
         text, hint = mine(ontology, texts)
         captions.append(text)
         hints.append(hint)
-    hint_categories, hint_attributes = hints_to_tensors(hints, ontology)
-    return Split(images, *targets, hint_categories.numpy(), hint_attributes.numpy(), np.array(captions))
+    tensors = [t.numpy() for t in hint_tensors(hints, ontology)]
+    _inject_wrong_hints(tensors, targets[0], config.wrong_hint_rate, np.random.default_rng([seed, 7]))
+    hint_categories, hint_subcategories, hint_attributes = tensors
+    return Split(images, *targets, hint_categories, hint_attributes, np.array(captions), hint_subcategories)
+
+
+def _inject_wrong_hints(tensors: list[np.ndarray], categories: np.ndarray, rate: float, rng: np.random.Generator) -> None:
+    """For a ``rate`` fraction of images, hint one category the image does not show (in place).
+
+    The category hint row becomes that wrong category alone (score 1) and the sub-category hints are
+    cleared, so the text points entirely elsewhere; attribute hints are kept.
+    """
+    if rate <= 0:
+        return
+    hint_categories, hint_subcategories, _ = tensors
+    for n in np.flatnonzero(rng.random(len(categories)) < rate):
+        hint_categories[n] = 0
+        hint_categories[n, rng.choice(np.flatnonzero(categories[n] == 0))] = 1
+        hint_subcategories[n] = 0
 
 
 def _split_pools(config: BenchmarkConfig, root: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:

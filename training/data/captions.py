@@ -13,12 +13,14 @@ from training.text import TextMiner
 Item = tuple[int, int, str, str]
 
 
-def caption_item(rng: random.Random, ontology: Ontology, item: Item, *, mention_prob: float, heldout: bool) -> Caption:
+def caption_item(rng: random.Random, ontology: Ontology, item: Item, *, mention_prob: float, heldout: bool,
+                 distractor_prob: float = 0.0, slang_prob: float = 0.0) -> Caption:
     """A caption about one item; ``heldout`` uses the template bank kept out of training."""
     k, sub, material, pattern = item
     return make_caption(
         rng, ontology, category=ontology.category_names[k], subcategory=ontology.subcategory_names[sub],
         materials=[material], patterns=[pattern], mention_prob=mention_prob, split="heldout" if heldout else "dev",
+        distractor_prob=distractor_prob, slang_prob=slang_prob,
     )
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from streamcore.schemas import Hints
 from training.models.backbones import BACKBONES, Backbone, Preprocess
-from training.models.heads import HEADS, ModelOutput
+from training.models.heads import HEADS, ROUTE_THRESHOLD, ModelOutput
 from training.ontology import Ontology
 
 
@@ -27,6 +28,8 @@ class ModelConfig:
     hidden: int
     ontology_version: str
     preprocess: Preprocess
+    #: Image-confidence bar for opening a category's range (chosen on validation; older checkpoints: default).
+    route_threshold: float = ROUTE_THRESHOLD
 
     def to_dict(self) -> dict:
         return {**asdict(self), "preprocess": self.preprocess.to_dict()}
@@ -34,7 +37,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         fields = {k: data[k] for k in ("backbone", "head", "multi", "alpha", "beta", "hidden", "ontology_version")}
-        return cls(**fields, preprocess=Preprocess.from_dict(data["preprocess"]))
+        return cls(**fields, preprocess=Preprocess.from_dict(data["preprocess"]),
+                   route_threshold=data.get("route_threshold", ROUTE_THRESHOLD))
 
 
 class DynamicCNN(nn.Module):
@@ -51,14 +55,16 @@ class DynamicCNN(nn.Module):
         """Resize/normalise transform the serving side applies to raw images before ``forward``."""
         return self.config.preprocess
 
-    def forward(self, images: Tensor, hint_categories: Tensor | None = None, hint_attributes: Tensor | None = None) -> ModelOutput:
-        return self.classify(self.backbone(images), hint_categories, hint_attributes)
+    def forward(self, images: Tensor, hint_categories: Tensor | None = None, hint_attributes: Tensor | None = None,
+                hint_subcategories: Tensor | None = None) -> ModelOutput:
+        return self.classify(self.backbone(images), hint_categories, hint_attributes, hint_subcategories)
 
-    def classify(self, features: Tensor, hint_categories: Tensor | None = None, hint_attributes: Tensor | None = None) -> ModelOutput:
+    def classify(self, features: Tensor, hint_categories: Tensor | None = None, hint_attributes: Tensor | None = None,
+                 hint_subcategories: Tensor | None = None) -> ModelOutput:
         """Run the head on pooled backbone features (the cached-feature fast path uses this)."""
         if hint_categories is None:
             hint_categories = features.new_zeros(features.shape[0], self.head.categories.out_features)
-        return self.head(features, hint_categories, hint_attributes)
+        return self.head(features, hint_categories, hint_attributes, hint_subcategories)
 
 
 def build_model(
@@ -73,6 +79,7 @@ def build_model(
     hidden: int = 256,
     dropout: float = 0.2,
     image_size: int | None = None,
+    route_threshold: float = ROUTE_THRESHOLD,
 ) -> DynamicCNN:
     """Build a model for ``ontology``.
 
@@ -82,7 +89,8 @@ def build_model(
         multi: multi-class outfits (multi-label categories) instead of one item per image.
         weights: backbone weights: ``None`` = the backbone's default (ImageNet for
             ``efficientnet_lite0``, random for the rest), ``"random"``, or a state-dict file.
-        alpha: boost of directly hinted attributes; beta: boost of the hinted categories' range.
+        alpha: boost of directly hinted sub-categories/attributes; beta: boost of the routed categories' range.
+        route_threshold: image probability at which a category's range opens besides the hinted ones.
         image_size: override the backbone's default input size.
 
     Raises:
@@ -94,6 +102,8 @@ def build_model(
         raise ValueError(f"unknown head {head!r}; choose from {sorted(HEADS)}")
     if not (alpha >= 0 and beta >= 0):
         raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
+    if not 0 < route_threshold <= 1:
+        raise ValueError(f"route_threshold must be in (0, 1], got {route_threshold}")
     if hidden < 1:
         raise ValueError(f"hidden must be >= 1, got {hidden}")
     factory, preprocess = BACKBONES[backbone]
@@ -112,28 +122,44 @@ def build_model(
         dropout=dropout,
         alpha=alpha,
         beta=beta,
+        route_threshold=route_threshold,
     )
-    config = ModelConfig(backbone, head, multi, alpha, beta, hidden, ontology.version, preprocess)
+    config = ModelConfig(backbone, head, multi, alpha, beta, hidden, ontology.version, preprocess, route_threshold)
     return DynamicCNN(net, head_module, config)
 
 
-def hints_to_tensors(hints: Sequence[Hints | None], ontology: Ontology) -> tuple[Tensor, Tensor]:
-    """Turn mined ``hints/v1`` into ``(hint_categories [B, K], hint_attributes [B, P])`` score tensors.
+class HintTensors(NamedTuple):
+    """Mined hint scores as model inputs: ``[B, K]``, ``[B, M]``, ``[B, P]``."""
+
+    categories: Tensor
+    subcategories: Tensor
+    attributes: Tensor
+
+
+def hint_tensors(hints: Sequence[Hints | None], ontology: Ontology) -> HintTensors:
+    """Turn mined ``hints/v1`` into category, sub-category and attribute score tensors.
 
     ``None`` or empty hints give zero rows (the model then falls back to its own prediction). Terms the
     ontology does not know are skipped: hints only steer the model, so a miner on another ontology
     version must not stop labelling.
     """
-    categories, attributes = ontology.category_ids, ontology.attribute_ids
-    cat = torch.zeros(len(hints), len(categories))
-    att = torch.zeros(len(hints), len(attributes))
-    for row, hint in enumerate(hints):
-        if hint is None:
-            continue
-        for term in hint.categories:
-            if term.term in categories:
-                cat[row, categories[term.term]] = term.score
-        for term in (*hint.materials, *hint.patterns):
-            if term.term in attributes:
-                att[row, attributes[term.term]] = term.score
-    return cat, att
+    spaces = (
+        (ontology.category_ids, lambda h: h.categories),
+        (ontology.subcategory_ids, lambda h: h.subcategories),
+        (ontology.attribute_ids, lambda h: (*h.materials, *h.patterns)),
+    )
+    out = []
+    for ids, terms_of in spaces:
+        scores = torch.zeros(len(hints), len(ids))
+        for row, hint in enumerate(hints):
+            for term in terms_of(hint) if hint is not None else ():
+                if term.term in ids:
+                    scores[row, ids[term.term]] = term.score
+        out.append(scores)
+    return HintTensors(*out)
+
+
+def hints_to_tensors(hints: Sequence[Hints | None], ontology: Ontology) -> tuple[Tensor, Tensor]:
+    """``(hint_categories [B, K], hint_attributes [B, P])``: :func:`hint_tensors` without sub-categories."""
+    tensors = hint_tensors(hints, ontology)
+    return tensors.categories, tensors.attributes

@@ -1,16 +1,23 @@
-"""Classification heads: Base, DynamicPruning (Algorithm 1) and DynamicLayers (Algorithm 2).
+"""Classification heads: Base, DynamicPruning (Algorithm 1), DynamicLayers (Algorithm 2) and baselines.
 
 All heads share a trunk (two FC layers) and a category layer. They differ in the *dependent* levels
 (sub-categories and attributes):
 
 * :class:`BaseHead` — plain linear layers; hints are ignored.
+* :class:`FusionHead` — late fusion: Base whose output layers read the hint vectors next to the trunk's
+  features (a learned, linear path from each hint to each output; no routing, no fixed boosts).
 * :class:`DynamicPruningHead` — one linear layer per level; per sample, outputs outside the range of the
   routed categories are deactivated, the allowed range is boosted by ``beta`` and directly hinted
-  attributes by ``alpha``. Masks are per sample, so a batch mixes hints; learned weights are never
-  modified (the authors' code overwrote ``weight.data`` in ``forward`` and so never learned).
+  sub-categories / attributes by ``alpha``. Masks are per sample, so a batch mixes hints; learned
+  weights are never modified (the authors' code overwrote ``weight.data`` in ``forward``).
 * :class:`DynamicLayersHead` — one small layer per category, sized to its range (shared rows plus a
   per-category part); each sample uses only its routed categories' layers, merged into the unified
   tensor for the loss, with the same boosts as DynamicPruning.
+* :class:`DynamicLayersPureHead` — the paper's DynamicLayers without shared rows (fully separate
+  per-category layers): the ablation that makes the DynamicLayers-vs-DynamicPruning comparison.
+
+Routing (:func:`route_categories`) opens the hinted categories *and* the image's confident predictions,
+so a wrong or missing hint cannot silence what the image shows.
 
 "Boosting a connection by v" follows the paper literally: v is added to every incoming weight of that
 output, i.e. ``v * sum(h)`` is added to its logit, computed without materialising per-sample weights.
@@ -20,6 +27,8 @@ it teaches the trunk to scale its activations to the (noisy) hints, which hurts 
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -27,6 +36,11 @@ from torch import Tensor, nn
 
 #: Logit of a deactivated output: sigmoid ~ 1e-13 and finite, so BCE/CE stay finite and pass no gradient.
 DEACTIVATED = -30.0
+#: Default of the image-confidence bar for opening a category's range: what Table II's validation-only
+#: selection picked for most dynamic heads (``training.evaluate``).
+ROUTE_THRESHOLD = 0.1
+#: Pushes a single-class label's sub-categories outside its top category below every one inside it.
+_INCOHERENT = 100.0
 
 
 class ModelOutput(NamedTuple):
@@ -38,26 +52,34 @@ class ModelOutput(NamedTuple):
     routes: Tensor
 
 
-def route_categories(hint_categories: Tensor, category_logits: Tensor, *, multi: bool, threshold: float = 0.05) -> Tensor:
+def route_categories(hint_categories: Tensor, category_logits: Tensor, *, multi: bool, threshold: float = ROUTE_THRESHOLD) -> Tensor:
     """Per sample, the categories whose dependent ranges are opened (``[B, K]`` bool).
 
-    With hints: single-class, the top hinted category; multi-class, the hinted categories scoring at
-    least half the top hint (the miner always ranks four, the tail is mostly noise). Without (silent
-    text), the model's own prediction: its top category plus every category with probability at least
-    ``threshold`` (softmax for single-class, sigmoid for multi-class). The bar is low on purpose:
-    opening a wrong range costs a few candidates, closing a right one loses its labels outright.
+    The union of the text's categories and the image's: the top hinted category (single-class) or every
+    hinted category (multi-class), plus the image's top category and every category whose probability
+    (softmax for single-class, sigmoid for multi-class) reaches ``threshold``. A hint can add a range but
+    never close one the image is confident about; silent text leaves the image's route alone.
     """
-    top_hint = hint_categories.max(dim=1, keepdim=True).values
-    hinted = (hint_categories > 0) & (hint_categories >= 0.5 * top_hint)
-    has_hint = hinted.any(dim=1, keepdim=True)
-    predicted_top = nn.functional.one_hot(category_logits.argmax(1), category_logits.shape[1]).bool()
     if multi:
-        from_hints = hinted
         probabilities = torch.sigmoid(category_logits)
+        hinted = hint_categories > 0
     else:
-        from_hints = nn.functional.one_hot(hint_categories.argmax(1), hint_categories.shape[1]).bool()
         probabilities = torch.softmax(category_logits, dim=1)
-    return torch.where(has_hint, from_hints, predicted_top | (probabilities >= threshold))
+        has_hint = (hint_categories > 0).any(dim=1, keepdim=True)
+        hinted = nn.functional.one_hot(hint_categories.argmax(1), hint_categories.shape[1]).bool() & has_hint
+    predicted_top = nn.functional.one_hot(category_logits.argmax(1), category_logits.shape[1]).bool()
+    return hinted | predicted_top | (probabilities >= threshold)
+
+
+def coherent_subcategories(category_logits: Tensor, subcategory_logits: Tensor, parent: Tensor) -> Tensor:
+    """Single-class labels: rank the top category's sub-categories above all others (order kept within).
+
+    ``parent`` maps each sub-category to its category index (``[M]`` long). Shifting the others by a
+    constant keeps every ranking inside each group, so the top sub-category always lies under the top
+    category and the rest of the list stays informative.
+    """
+    outside = parent[None, :] != category_logits.argmax(1, keepdim=True)
+    return subcategory_logits - _INCOHERENT * outside.to(subcategory_logits.dtype)
 
 
 def _range_mask(ranges: list[list[int]], size: int) -> Tensor:
@@ -94,9 +116,14 @@ class RoutedLinear(nn.Module):
     gathers its slots (one per category whose range holds it) and keeps their max, which merges
     overlapping ranges when a sample is routed to several categories. The gather index is built once:
     a gather + max is cheaper than a ``scatter_reduce`` and allocates nothing per call but the outputs.
+
+    With ``shared=True`` category k's layer is ``shared[range_k] + (weight[k], bias[k])``: the shared rows
+    learn from every sample whose route holds an output, the per-category part (starting at zero) from
+    that category's samples only. ``shared=False`` is the paper's literal, fully separate layers.
     """
 
-    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float) -> None:
+    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float,
+                 shared: bool = True) -> None:
         super().__init__()
         width = max(len(r) for r in ranges)
         slots_of: list[list[int]] = [[] for _ in range(out_features)]
@@ -113,12 +140,14 @@ class RoutedLinear(nn.Module):
         self.register_buffer("range_mask", _range_mask(ranges, out_features), persistent=False)
         self.weight = nn.Parameter(torch.empty(len(ranges), width, in_features))
         self.bias = nn.Parameter(torch.empty(len(ranges), width))
-        # Category k's layer is ``shared[range_k] + (weight[k], bias[k])``: the shared rows learn from
-        # every sample whose route holds an output, the per-category part (starting at zero) from that
-        # category's samples only. Fully separate layers each see ~1/K of the data and stay undertrained.
-        self.shared = nn.Linear(in_features, out_features)
-        nn.init.zeros_(self.weight)
-        nn.init.zeros_(self.bias)
+        self.shared = nn.Linear(in_features, out_features) if shared else None
+        if shared:
+            nn.init.zeros_(self.weight)
+            nn.init.zeros_(self.bias)
+        else:  # each category's layer starts like its own nn.Linear
+            bound = 1 / math.sqrt(in_features)
+            nn.init.uniform_(self.weight, -bound, bound)
+            nn.init.uniform_(self.bias, -bound, bound)
         self.alpha = alpha
         self.beta = beta
 
@@ -128,7 +157,8 @@ class RoutedLinear(nn.Module):
         slots = slots.masked_fill(~routes.index_select(1, self.slot_category), DEACTIVATED)
         slots = nn.functional.pad(slots, (0, 1), value=DEACTIVATED)
         logits = slots.index_select(1, self.gather.flatten()).view(len(h), *self.gather.shape).amax(dim=2)
-        logits = logits + self.shared(h)
+        if self.shared is not None:
+            logits = logits + self.shared(h)
         # Shared rows and boosts depend only on the output, so they are added after the merge
         # (max(a + c) = max(a) + c).
         allowed = (routes.to(h.dtype) @ self.range_mask.to(h.dtype)) > 0
@@ -137,10 +167,23 @@ class RoutedLinear(nn.Module):
         return logits.masked_fill(~allowed, DEACTIVATED)
 
 
+class _Plain(nn.Module):
+    """A linear level that ignores routes and hints (Base, fusion)."""
+
+    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None) -> Tensor:
+        return self.linear(h)
+
+
 class _Head(nn.Module):
     """Trunk (two FC layers) + category layer + one module per dependent level."""
 
-    level_type: type[nn.Module] | None = None
+    level_type: type[nn.Module] | partial = _Plain
+    #: Whether the hint vectors are concatenated to the output layers' input (late fusion).
+    fuses_hints = False
 
     def __init__(
         self,
@@ -153,45 +196,55 @@ class _Head(nn.Module):
         dropout: float = 0.2,
         alpha: float = 0.1,
         beta: float = 0.01,
+        route_threshold: float = ROUTE_THRESHOLD,
     ) -> None:
         super().__init__()
         num_categories, num_subcategories, num_attributes = sizes
         self.multi = multi
+        self.route_threshold = route_threshold
         self.trunk = nn.Sequential(
             nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
         )
+        if self.fuses_hints:
+            hidden += sum(sizes)
         self.categories = nn.Linear(hidden, num_categories)
+        parent = torch.zeros(num_subcategories, dtype=torch.long)
+        for k, indices in enumerate(ranges[0]):
+            parent[indices] = k
+        #: Category index of every sub-category (for coherent single-class labels).
+        self.register_buffer("subcategory_parent", parent, persistent=False)
         self.subcategories = self.level_type(hidden, ranges[0], num_subcategories, alpha=alpha, beta=beta)
         self.attributes = self.level_type(hidden, ranges[1], num_attributes, alpha=alpha, beta=beta)
 
-    def forward(self, features: Tensor, hint_categories: Tensor, hint_attributes: Tensor | None = None) -> ModelOutput:
+    def forward(self, features: Tensor, hint_categories: Tensor, hint_attributes: Tensor | None = None,
+                hint_subcategories: Tensor | None = None) -> ModelOutput:
         h = self.trunk(features)
+        if self.fuses_hints:
+            def zeros(layer: nn.Module) -> Tensor:
+                return h.new_zeros(len(h), layer.linear.out_features)
+
+            h = torch.cat([h, hint_categories,
+                           zeros(self.subcategories) if hint_subcategories is None else hint_subcategories,
+                           zeros(self.attributes) if hint_attributes is None else hint_attributes], dim=1)
         categories = self.categories(h)
-        routes = route_categories(hint_categories, categories.detach(), multi=self.multi)
+        routes = route_categories(hint_categories, categories.detach(), multi=self.multi, threshold=self.route_threshold)
         return ModelOutput(
             categories,
-            self.subcategories(h, routes, None),
+            self.subcategories(h, routes, hint_subcategories),
             self.attributes(h, routes, hint_attributes),
             routes,
         )
 
 
-class _Plain(nn.Module):
-    """A linear level that ignores routes and hints (Base)."""
-
-    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float) -> None:
-        super().__init__()
-        self.linear = nn.Linear(in_features, out_features)
-
-    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None) -> Tensor:
-        return self.linear(h)
-
-
 class BaseHead(_Head):
     """The paper's Base model: backbone → 2 FC → category / sub-category / attribute layers."""
 
-    level_type = _Plain
+
+class FusionHead(_Head):
+    """Late-fusion baseline: Base whose output layers also read the hint vectors (categories, sub-categories, attributes)."""
+
+    fuses_hints = True
 
 
 class DynamicPruningHead(_Head):
@@ -201,13 +254,23 @@ class DynamicPruningHead(_Head):
 
 
 class DynamicLayersHead(_Head):
-    """Algorithm 2, batched: per-category dependent layers, scattered into the unified tensor."""
+    """Algorithm 2, batched: per-category dependent layers (plus shared rows), scattered into the unified tensor."""
 
     level_type = RoutedLinear
 
 
+class DynamicLayersPureHead(_Head):
+    """Algorithm 2 as the paper states it: fully separate per-category layers, no shared rows."""
+
+    level_type = partial(RoutedLinear, shared=False)
+
+
 HEADS: dict[str, type[_Head]] = {
     "base": BaseHead,
+    "fusion": FusionHead,
     "dynamic_pruning": DynamicPruningHead,
     "dynamic_layers": DynamicLayersHead,
+    "dynamic_layers_pure": DynamicLayersPureHead,
 }
+#: Heads whose dependent levels read the hints through routes and boosts.
+DYNAMIC_HEADS = ("dynamic_pruning", "dynamic_layers", "dynamic_layers_pure")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from training.ontology import Ontology
 
+#: Bump when the generated text changes for the same seed (benchmark caches key on it).
+CAPTIONS_VERSION = "2"
 NOISE_KINDS = ("typo", "language", "chatter", "hashtags_only", "emoji_only", "brand_only")
 SPLITS = ("dev", "heldout")
 
@@ -91,6 +93,26 @@ _FOREIGN = {
         ("Eindelijk mijn nieuwe {item} {emo}", {"dresses": "jurk", "trouser_and_shorts": "broek", "bags": "tas", "shoes": "schoenen"}),
     ),
 }
+# Slang and synonyms the ontology's keyword lists do not hold: the miner can only catch them by similarity.
+_SLANG = {
+    "dresses": ("slip", "wrap number", "sundress fit", "midi number"),
+    "tops_and_tshirts": ("crop", "baby tee fit", "muscle shirt", "graphic number"),
+    "trouser_and_shorts": ("trackies", "culottes", "cargos", "bottoms"),
+    "jumpers_and_cardigans": ("knitwear", "turtleneck", "roll neck", "woolly"),
+    "coats": ("outerwear", "duffle", "peacoat", "topper"),
+    "shoes": ("footwear", "mules", "clogs", "stompers"),
+    "blouses_and_tunics": ("button-up", "smock", "peasant number"),
+    "bags": ("carryall", "satchel", "arm candy", "holdall"),
+}
+_ATTRIBUTE_SLANG = {
+    "striped": ("breton",), "floral": ("ditsy",), "checked": ("windowpane",), "polka_dot": ("spotty",),
+    "animal_print": ("leo",), "camouflage": ("army print",), "plain": ("basic",), "cotton": ("organic",),
+    "wool": ("woolly",), "silk": ("silky",), "leather": ("buttery",), "satin": ("slinky",),
+    "denim": ("double-d",), "fleece": ("fluffy",), "cashmere": ("cosy knit",),
+}
+# Other garments named next to the true one ("with my black boots" under a dress).
+_DISTRACTORS = ("with my {colour} {item}", "paired with a {colour} {item}", "+ my fave {item}", "and the {item} from last week")
+_COLOUR_WORDS = ("black", "white", "red", "navy", "beige", "grey")
 _KEYBOARD = {c: n for c, n in zip("qwertyuiopasdfghjklzxcvbnm", "wertyuioqpsdfghjkalxcvbnmz")}
 
 
@@ -149,6 +171,8 @@ def make_caption(
     mention_prob: float = 0.8,
     noise: float = 0.3,
     split: str = "dev",
+    distractor_prob: float = 0.0,
+    slang_prob: float = 0.0,
 ) -> Caption:
     """A caption (plus hashtags, comments, user tags) for one ground-truth garment.
 
@@ -158,6 +182,9 @@ def make_caption(
             or a translation); otherwise it says nothing fashion-related or names a wrong category.
         noise: probability of one noise kind from :data:`NOISE_KINDS` being applied.
         split: ``"dev"`` or ``"heldout"`` template bank.
+        distractor_prob: probability of also naming another category's garment (not the true one).
+        slang_prob: probability of naming the garment, and each attribute, by slang outside the
+            ontology's keywords (where the generator has slang for it).
 
     Raises:
         ValueError: unknown split, category, sub-category, material or pattern.
@@ -165,7 +192,11 @@ def make_caption(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cat_words, sub_words = _terms(ontology, category, subcategory)
-    words = [_attribute_word(ontology, a, rng) for a in (*patterns, *materials)]  # validates every name
+    names = (*patterns, *materials)
+    words = [_attribute_word(ontology, a, rng) for a in names]  # validates every name
+    if slang_prob > 0:  # drawn only when asked, so captions without slang keep their random stream
+        words = [rng.choice(_ATTRIBUTE_SLANG[n]) if n in _ATTRIBUTE_SLANG and rng.random() < slang_prob else w
+                 for n, w in zip(names, words, strict=True)]
     attrs = [w for w in words if rng.random() < 0.7]
     kind = rng.choice(NOISE_KINDS) if rng.random() < noise else None
     emo = rng.choice(_HAPPY_EMOJI)
@@ -175,14 +206,21 @@ def make_caption(
     if brand:
         handles.append("@" + brand.replace("_", ""))
 
+    distractor = ""
+    if distractor_prob > 0 and rng.random() < distractor_prob:
+        distractor = " " + rng.choice(_DISTRACTORS).format(colour=rng.choice(_COLOUR_WORDS),
+                                                          item=_wrong_category(ontology, category, rng))
+
     if rng.random() >= mention_prob:
         # Silent or misleading text: chatter, or another category named (the photo shows more than one thing).
         text = rng.choice(_CHATTER[split])
         if rng.random() < 0.5:
             text = rng.choice(_TEMPLATES[split]).format(item=_wrong_category(ontology, category, rng), emo=emo)
-        return Caption(text, tuple(tags), comments, tuple(handles), mentioned=False, noise=kind)
+        return Caption(text + distractor, tuple(tags), comments, tuple(handles), mentioned=False, noise=kind)
 
     item = rng.choice(sub_words if rng.random() < 0.6 else cat_words)
+    if slang_prob > 0 and category in _SLANG and rng.random() < slang_prob:
+        item = rng.choice(_SLANG[category])
     phrase = " ".join([*attrs, item])
     text = rng.choice(_TEMPLATES[split]).format(item=phrase, emo=emo)
     mentioned = True
@@ -208,4 +246,4 @@ def make_caption(
     if style and mentioned and rng.random() < 0.5:
         tags.append(_hashtag(f"{style.replace('_', ' ')} style", split))
     rng.shuffle(tags)
-    return Caption(text.strip(), tuple(tags), comments, tuple(handles), mentioned=mentioned, noise=kind)
+    return Caption((text + distractor).strip(), tuple(tags), comments, tuple(handles), mentioned=mentioned, noise=kind)

@@ -86,8 +86,27 @@ def pattern_ink(pattern: str, size: int, rng: np.random.Generator) -> np.ndarray
     raise ValueError(f"no texture for pattern {pattern!r}")
 
 
-def material_surface(material: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(multiplicative shading ``[S, S]``, additive RGB tint ``[3]``) of the material's family."""
+#: Order of materials for the visible-material signature (materials outside the families come last).
+_MATERIAL_ORDER = sorted(MATERIAL_FAMILY)
+
+
+def _material_signature(material: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A per-material (not per-family) weave and colour cast: the visible-attribute ablation's extra cue."""
+    i = _MATERIAL_ORDER.index(material) if material in _MATERIAL_ORDER else len(_MATERIAL_ORDER)
+    y, x = _grid(size)
+    angle = np.pi * i / (len(_MATERIAL_ORDER) + 1)
+    period = (3 + i % 4) * size / 64
+    weave = 1 + 0.15 * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period)
+    hue = 2 * np.pi * i / (len(_MATERIAL_ORDER) + 1)
+    tint = 0.12 * np.cos(hue + np.array((0, 2 * np.pi / 3, 4 * np.pi / 3)))
+    return weave.astype(np.float32), tint.astype(np.float32)
+
+
+def material_surface(material: str, size: int, rng: np.random.Generator, *, visible: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(multiplicative shading ``[S, S]``, additive RGB tint ``[3]``) of the material's family.
+
+    ``visible=True`` adds a per-material signature, so the image alone tells, say, cotton from linen.
+    """
     y, x = _grid(size)
     p = size / 64
     family = MATERIAL_FAMILY.get(material, "matte")
@@ -105,15 +124,19 @@ def material_surface(material: str, size: int, rng: np.random.Generator) -> tupl
     else:  # metal: strong highlight and a cold/warm cast
         shade = 1 + 0.6 * np.exp(-(((x + y) / size - 0.9) ** 2) / 0.02)
         tint = np.array((0.15, 0.12, 0.05), np.float32)
+    if visible:
+        weave, cast = _material_signature(material, size)
+        shade, tint = shade * weave, tint + cast
     return shade.astype(np.float32), tint
 
 
-def paint(grey: np.ndarray, pattern: str, material: str, size: int, rng: np.random.Generator) -> np.ndarray:
+def paint(grey: np.ndarray, pattern: str, material: str, size: int, rng: np.random.Generator, *,
+          visible_materials: bool = False) -> np.ndarray:
     """Render one garment: ``grey`` (``[S, S]`` 0..1 Fashion-MNIST intensity) → ``[3, S, S]`` uint8."""
     base, ink = PALETTE[rng.choice(len(PALETTE), size=2, replace=False)]
     mix = pattern_ink(pattern, size, rng)[..., None]
     colour = base * (1 - mix) + ink * mix
-    shade, tint = material_surface(material, size, rng)
+    shade, tint = material_surface(material, size, rng, visible=visible_materials)
     # The Fashion-MNIST intensity keeps the garment's folds and outline visible under the texture.
     fabric = np.clip(colour * (0.55 + 0.45 * grey[..., None]) * shade[..., None] + tint, 0, 1)
     mask = (grey > 0.08)[..., None]

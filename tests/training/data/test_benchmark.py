@@ -53,3 +53,45 @@ def test_every_pattern_and_material_family_renders() -> None:
     assert len({r.tobytes() for r in renders.values()}) == len(renders)
     families = {f: paint(grey, "plain", next(m for m, g in MATERIAL_FAMILY.items() if g == f), 64, rng) for f in set(MATERIAL_FAMILY.values())}
     assert all(r.shape == (3, 64, 64) for r in families.values())
+
+
+def test_cache_key_follows_generator_versions(monkeypatch) -> None:
+    import types
+
+    config = BenchmarkConfig(n_train=60, n_test=20)
+    key = config.key(ONTOLOGY)
+    monkeypatch.setattr("training.data.benchmark.CAPTIONS_VERSION", "changed")
+    assert config.key(ONTOLOGY) != key
+    monkeypatch.undo()
+    assert config.key(ONTOLOGY) == key
+    monkeypatch.setattr("training.data.benchmark.TextMiner.load", lambda ontology: types.SimpleNamespace(version="other"))
+    assert config.key(ONTOLOGY) != key
+
+
+def test_text_variants_share_images_and_labels() -> None:
+    base = BenchmarkConfig(n_train=40, n_test=10, seed=1)
+    harder = BenchmarkConfig(n_train=40, n_test=10, seed=1, mention_prob=0.3, distractor_prob=0.5, slang_prob=0.5)
+    assert base.same_images(harder) and not base.same_images(BenchmarkConfig(n_train=40, n_test=10, seed=1, visible_materials=True))
+    a, b = load_benchmark(ONTOLOGY, base), load_benchmark(ONTOLOGY, harder)
+    for name in a:
+        np.testing.assert_array_equal(a[name].images, b[name].images)
+        np.testing.assert_array_equal(a[name].attributes, b[name].attributes)
+    assert not np.array_equal(a["train"].hint_categories, b["train"].hint_categories)
+
+
+def test_wrong_hints_are_injected_at_the_known_rate() -> None:
+    data = load_benchmark(ONTOLOGY, BenchmarkConfig(n_train=400, n_test=10, seed=2, wrong_hint_rate=0.5))["train"]
+    top = data.hint_categories.argmax(1)
+    wrong = data.categories[np.arange(len(data)), top] == 0
+    assert 0.5 <= wrong.mean() < 0.5 + 0.3  # injected half, plus the miner's own mistakes and silences
+    assert data.hint_subcategories.shape == data.subcategories.shape
+
+
+def test_visible_materials_tell_look_alikes_apart() -> None:
+    grey = np.ones((64, 64), np.float32)
+    def render(material: str, visible: bool) -> np.ndarray:
+        return paint(grey, "plain", material, 64, np.random.default_rng(5), visible_materials=visible).astype(float)
+    # cotton and linen share the "matte" family: nearly equal without the signature, apart with it
+    hidden = np.abs(render("cotton", False) - render("linen", False)).mean()
+    shown = np.abs(render("cotton", True) - render("linen", True)).mean()
+    assert shown > 5 * max(hidden, 0.5)

@@ -4,18 +4,20 @@ import pytest
 import torch
 
 from training.models import build_model
-from training.models.heads import DEACTIVATED
+from training.models.build import HintTensors
+from training.models.heads import DEACTIVATED, coherent_subcategories, route_categories
 from training.ontology import load_ontology
 from training.train import compute_loss, drop_hints
 
 ONTOLOGY = load_ontology()
 K, M, P = len(ONTOLOGY.category_names), len(ONTOLOGY.subcategory_names), len(ONTOLOGY.attribute_names)
-HEADS = ["base", "dynamic_pruning", "dynamic_layers"]
+HEADS = ["base", "fusion", "dynamic_pruning", "dynamic_layers", "dynamic_layers_pure"]
+DYNAMIC = ["dynamic_pruning", "dynamic_layers", "dynamic_layers_pure"]
 
 
-def _model(head: str, multi: bool = False):
+def _model(head: str, multi: bool = False, **kw):
     torch.manual_seed(0)
-    return build_model(backbone="tiny", head=head, ontology=ONTOLOGY, multi=multi)
+    return build_model(backbone="tiny", head=head, ontology=ONTOLOGY, multi=multi, **kw)
 
 
 def _targets(batch: int, multi: bool) -> dict:
@@ -45,20 +47,26 @@ def test_one_step_changes_every_head_parameter(head: str, multi: bool) -> None:
         assert not torch.equal(before[name], param.detach()), f"{head}: {name} did not change"
 
 
-def test_dynamic_layers_gradients_reach_only_routed_layers() -> None:
-    model = _model("dynamic_layers")
-    routed = [0, 5]
+@pytest.mark.parametrize("head", ["dynamic_layers", "dynamic_layers_pure"])
+def test_dynamic_layers_gradients_reach_only_routed_layers(head: str) -> None:
+    model = _model(head)
     hints = torch.zeros(4, K)
-    hints[:2, routed[0]] = 1
-    hints[2:, routed[1]] = 1
+    hints[:2, 0] = 1
+    hints[2:, 5] = 1
     targets, _ = _targets(4, False)
-    compute_loss(model(torch.rand(4, 3, 64, 64), hints), targets, multi=False).backward()
+    out = model(torch.rand(4, 3, 64, 64), hints)
+    routed = out.routes.any(0).nonzero().flatten().tolist()  # the hinted categories plus the image's own
+    assert {0, 5} <= set(routed)
+    compute_loss(out, targets, multi=False).backward()
     for level, ranges in ((model.head.attributes, ONTOLOGY.attribute_ranges), (model.head.subcategories, ONTOLOGY.subcategory_ranges)):
         grad = level.weight.grad.abs().sum(dim=2)  # [K, R]
         for k in range(K):
             used = grad[k, : len(ranges[k])]
-            if k in routed:
-                assert (used > 0).all()
+            if k in routed and head == "dynamic_layers":
+                assert (used > 0).all()  # zero-initialised parts tie, so the max passes gradient to each
+            elif k in routed:
+                # Separate layers: an output in two routed ranges keeps the larger slot, which alone learns.
+                assert used.sum() > 0
             else:
                 assert (grad[k] == 0).all(), f"gradient leaked into category {k}'s layer"
         for k in range(K):
@@ -86,40 +94,70 @@ def test_mixed_batch_equals_each_sample_alone(head: str, multi: bool) -> None:
             assert torch.equal(batch.routes[i : i + 1], alone.routes)
 
 
-@pytest.mark.parametrize("head", ["dynamic_pruning", "dynamic_layers"])
-def test_outputs_outside_hinted_range_are_deactivated(head: str) -> None:
-    model = _model(head).eval()
+@pytest.mark.parametrize("head", DYNAMIC)
+def test_outputs_outside_routed_ranges_are_deactivated(head: str) -> None:
+    model = _model(head, route_threshold=1.0).eval()  # the image adds only its top category
     hints = torch.zeros(2, K)
     hints[0, 4] = 1.0
-    hints[1, [4, 11]] = torch.tensor([0.3, 0.7])  # single-class: the top hint (11) wins
+    hints[1, [4, 11]] = torch.tensor([0.3, 0.7])  # single-class: the top hint (11) is routed, 4 is not
     with torch.no_grad():
         out = model(torch.rand(2, 3, 64, 64), hints)
+    image_top = out.categories.argmax(1).tolist()
     for row, k in ((0, 4), (1, 11)):
+        assert set(out.routes[row].nonzero().flatten().tolist()) == {k, image_top[row]}
         allowed = torch.zeros(P, dtype=torch.bool)
-        allowed[ONTOLOGY.attribute_ranges[k]] = True
+        for c in {k, image_top[row]}:
+            allowed[ONTOLOGY.attribute_ranges[c]] = True
         assert (out.attributes[row, ~allowed] == DEACTIVATED).all()
         assert (out.attributes[row, allowed] > DEACTIVATED).all()
-        assert out.routes[row].nonzero().flatten().tolist() == [k]
 
 
-def test_multi_class_opens_the_union_of_hinted_ranges() -> None:
-    model = _model("dynamic_layers", multi=True).eval()
+def test_a_hint_cannot_silence_a_confident_image() -> None:
+    logits = torch.full((2, K), -5.0)
+    logits[:, 2] = 5.0  # the image is sure of category 2
+    logits[1, 6] = 4.5  # ... and fairly sure of 6 on row 1
+    hints = torch.zeros(2, K)
+    hints[:, 9] = 1.0  # the text says 9
+    single = route_categories(hints, logits, multi=False, threshold=0.3)
+    assert single[0].nonzero().flatten().tolist() == [2, 9]
+    assert single[1].nonzero().flatten().tolist() == [2, 6, 9]
+    multi = route_categories(hints, logits, multi=True, threshold=0.9)
+    assert multi[1].nonzero().flatten().tolist() == [2, 6, 9]
+    silent = route_categories(torch.zeros(2, K), logits, multi=False, threshold=0.3)
+    assert silent[0].nonzero().flatten().tolist() == [2]
+
+
+def test_multi_class_opens_every_hinted_range() -> None:
+    model = _model("dynamic_layers", multi=True, route_threshold=1.0).eval()
     hints = torch.zeros(1, K)
-    hints[0, [1, 9]] = 0.5
+    hints[0, [1, 9]] = torch.tensor([0.8, 0.1])  # a weak hint still opens its range
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64), hints)
-    union = set(ONTOLOGY.attribute_ranges[1]) | set(ONTOLOGY.attribute_ranges[9])
+    routed = {1, 9, int(out.categories.argmax())}
+    union = set().union(*(ONTOLOGY.attribute_ranges[k] for k in routed))
     opened = set((out.attributes[0] > DEACTIVATED).nonzero().flatten().tolist())
     assert opened == union
 
 
 @pytest.mark.parametrize("head", HEADS)
 def test_no_hint_falls_back_to_predicted_category(head: str) -> None:
-    model = _model(head).eval()
+    model = _model(head, route_threshold=0.05).eval()
     with torch.no_grad():
         out = model(torch.rand(3, 3, 64, 64))
     top = torch.nn.functional.one_hot(out.categories.argmax(1), K).bool()
     assert torch.equal(out.routes, top | (out.categories.softmax(1) >= 0.05))
+
+
+def test_coherent_subcategories_put_the_top_category_first() -> None:
+    parent = torch.tensor(ONTOLOGY.subcategory_parent)
+    categories = torch.zeros(1, K)
+    categories[0, 3] = 4.0
+    subs = torch.randn(1, M) * 5
+    subs[0, ONTOLOGY.subcategory_ranges[7][0]] = 20.0  # the raw winner lies under another category
+    coherent = coherent_subcategories(categories, subs, parent)
+    assert parent[coherent.argmax()] == 3
+    inside = parent == 3
+    assert torch.equal(coherent[0, inside].argsort(), subs[0, inside].argsort())  # order kept within
 
 
 @pytest.mark.parametrize("multi", [False, True])
@@ -127,9 +165,9 @@ def test_hint_dropout_one_trains_through_the_fallback_route(multi: bool) -> None
     model = _model("dynamic_layers", multi)
     targets, category = _targets(8, multi)
     hints = torch.nn.functional.one_hot((category + 1) % K, K).float()  # hint a wrong category everywhere
-    hc, ha = drop_hints(hints, torch.rand(8, P), 1.0, torch.Generator().manual_seed(0))
-    assert not hc.any() and not ha.any()
-    out = model(torch.rand(8, 3, 64, 64), hc, ha)
+    hc, hs, ha = drop_hints(HintTensors(hints, torch.rand(8, M), torch.rand(8, P)), 1.0, torch.Generator().manual_seed(0))
+    assert not hc.any() and not ha.any() and not hs.any()
+    out = model(torch.rand(8, 3, 64, 64), hc, ha, hs)
     compute_loss(out, targets, multi=multi).backward()
     routed = out.routes.any(0)  # the fallback: the model's own predicted categories
     grad = model.head.attributes.weight.grad.abs().sum(dim=(1, 2))
@@ -138,17 +176,17 @@ def test_hint_dropout_one_trains_through_the_fallback_route(multi: bool) -> None
 
 
 def test_hint_dropout_keeps_or_zeroes_whole_rows() -> None:
-    hints, attributes = torch.rand(1000, K) + 0.1, torch.rand(1000, P) + 0.1
-    unchanged = drop_hints(hints, attributes, 0.0, torch.Generator())
-    assert unchanged[0] is hints and unchanged[1] is attributes
-    hc, ha = drop_hints(hints, attributes, 0.3, torch.Generator().manual_seed(0))
-    silent = ~hc.any(1)
-    assert torch.equal(silent, ~ha.any(1))
-    assert torch.equal(hc[~silent], hints[~silent]) and torch.equal(ha[~silent], attributes[~silent])
+    hints = HintTensors(torch.rand(1000, K) + 0.1, torch.rand(1000, M) + 0.1, torch.rand(1000, P) + 0.1)
+    assert drop_hints(hints, 0.0, torch.Generator()) is hints
+    dropped = drop_hints(hints, 0.3, torch.Generator().manual_seed(0))
+    silent = ~dropped.categories.any(1)
+    for kept, original in zip(dropped, hints, strict=True):
+        assert torch.equal(silent, ~kept.any(1))
+        assert torch.equal(kept[~silent], original[~silent])
     assert 0.25 < silent.float().mean() < 0.35
 
 
-@pytest.mark.parametrize("head", ["dynamic_pruning", "dynamic_layers"])
+@pytest.mark.parametrize("head", DYNAMIC)
 def test_hinted_attribute_is_boosted_by_alpha(head: str) -> None:
     model = _model(head).eval()
     images = torch.rand(1, 3, 64, 64)
@@ -176,3 +214,39 @@ def test_forward_never_writes_weights(head: str) -> None:
     model(torch.rand(4, 3, 64, 64), hints, torch.rand(4, P))
     for name, tensor in before.items():
         assert torch.equal(tensor, model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("head", DYNAMIC)
+def test_hinted_subcategory_is_boosted_by_alpha(head: str) -> None:
+    model = _model(head).eval()
+    images = torch.rand(1, 3, 64, 64)
+    hints = torch.zeros(1, K)
+    hints[0, 2] = 1.0
+    target = ONTOLOGY.subcategory_ranges[2][1]
+    sub_hint = torch.zeros(1, M)
+    sub_hint[0, target] = 0.5
+    with torch.no_grad():
+        plain = model(images, hints).subcategories
+        boosted = model(images, hints, None, sub_hint).subcategories
+        h = model.head.trunk(model.backbone(images))
+    delta = boosted - plain
+    torch.testing.assert_close(delta[0, target], 0.1 * 0.5 * h.sum(), rtol=1e-4, atol=1e-4)
+    delta[0, target] = 0
+    assert (delta == 0).all()
+
+
+def test_fusion_reads_the_hints_and_base_does_not() -> None:
+    images = torch.rand(2, 3, 64, 64)
+    hints = torch.zeros(2, K)
+    hints[:, 4] = 1.0
+    for head, changes in (("fusion", True), ("base", False)):
+        model = _model(head).eval()
+        with torch.no_grad():
+            silent, hinted = model(images), model(images, hints, torch.rand(2, P), torch.rand(2, M))
+        assert (not torch.allclose(silent.categories, hinted.categories)) is changes, head
+
+
+def test_pure_dynamic_layers_have_no_shared_rows() -> None:
+    pure, shared = _model("dynamic_layers_pure"), _model("dynamic_layers")
+    assert pure.head.attributes.shared is None and shared.head.attributes.shared is not None
+    assert pure.head.attributes.weight.abs().sum() > 0  # separate layers start like nn.Linear, not at zero
