@@ -38,6 +38,7 @@ from tests.integration.test_end_to_end import _read_topic
 from tests.support import committed_behind, wait_until
 from training.ontology import load_ontology
 from training.predict import Predictor
+from training.registry import default_entry
 from training.synthetic.posts import generate_posts
 from workers.classify import ClassifyStage
 
@@ -222,7 +223,7 @@ def test_garbage_serving_pointer_is_ignored_and_the_model_kept(make_settings, wo
                what="labels after the pointer changed to garbage")
     text = group.metrics(proc)
     assert _metric(text, "stylestream_bad_state_total") >= 4, "each distinct bad value is counted"
-    assert 'version="untrained-' in text  # still the model it started with
+    assert f'version="{default_entry().version}"' in text  # still the model it started with (the packaged one)
     assert _metric(text, "stylestream_model_swaps_total") == 0
     assert group.alive()
 
