@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -42,13 +41,12 @@ from streamcore.sinks import RedisLabelSink, fingerprint
 from streamcore.stage import Stage
 from training.hotswap import ModelSlot
 from training.predict import Predictor, Prepared
+from training.registry import check_version_name
 
 log = logging.getLogger(__name__)
 
 #: Bound on join state: hints waiting for their post, and recently labelled ids (to drop late hints).
 _MAX_REMEMBERED = 100_000
-#: The registry's version names (``Registry.publish``); anything else in the pointer is garbage.
-_VERSION_NAME = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}")
 #: 9999-12-31T23:59:59.999Z, the latest instant a ``datetime`` holds.
 _MAX_TIMESTAMP_MS = 253_402_300_799_999
 
@@ -95,7 +93,7 @@ class ClassifyStage(Stage):
         self._hints: OrderedDict[str, _Held] = OrderedDict()  # arrival order = expiry order
         self._hint_bytes = 0
         self._waiting: OrderedDict[str, _Waiting] = OrderedDict()
-        self._started: OrderedDict[str, str] = OrderedDict()  # post_id -> source of the message started
+        self._started: OrderedDict[str, str] = OrderedDict()  # post_id -> fingerprint of the message started
         self._tasks: dict[asyncio.Task, ConsumerRecord] = {}
         self._paused: set[str] = set()  # logical topics whose partitions are paused
         self._bad_pointer: bytes | str | None = None
@@ -135,9 +133,12 @@ class ClassifyStage(Stage):
         except UnicodeDecodeError as exc:
             raw, problem = exc.object, "is not UTF-8"
         else:
-            if raw is None or _VERSION_NAME.fullmatch(raw):
-                return raw
-            problem = "is not a version name"
+            if raw is None:
+                return None
+            try:
+                return check_version_name(raw)
+            except ValueError:
+                problem = "is not a version name"
         if raw != self._bad_pointer:  # once per bad value, not once per poll
             self._bad_pointer = raw
             self.metrics.bad_state.labels(self.name, "model_current").inc()
