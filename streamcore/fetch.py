@@ -11,6 +11,7 @@ from the environment (no proxies, no ``.netrc``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 import ssl
@@ -109,7 +110,7 @@ def fetch_url(url: str, policy: FetchPolicy, *, resolve: Resolver = system_resol
     timeout = {"connect": policy.timeout_s, "read": policy.timeout_s, "write": policy.timeout_s,
                "pool": policy.timeout_s}
     try:
-        with (httpcore.ConnectionPool(ssl_context=policy.ssl_context or ssl.create_default_context(),
+        with (httpcore.ConnectionPool(ssl_context=policy.ssl_context or _default_tls(),
                                       network_backend=backend, max_connections=1, retries=0) as pool,
               pool.stream("GET", url, headers=[(b"Accept", b"image/*"), (b"User-Agent", b"stylestream")],
                           extensions={"timeout": timeout}) as response):
@@ -120,6 +121,12 @@ def fetch_url(url: str, policy: FetchPolicy, *, resolve: Resolver = system_resol
         raise BadInput("url_unreachable", f"no complete response within {policy.timeout_s:g}s from {url[:200]!r}") from None
     except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
         raise BadInput("url_unreachable", f"{type(exc).__name__}: {exc}") from None
+
+
+@functools.cache
+def _default_tls() -> ssl.SSLContext:
+    """The system's TLS context, built once: creating one reloads the CA bundle from disk."""
+    return ssl.create_default_context()
 
 
 def _check_url(url: str, policy: FetchPolicy) -> tuple[str, int]:

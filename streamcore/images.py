@@ -49,16 +49,23 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
                        allow_http=settings.url_allow_http)
 
 
+def load_bytes(source: ImageSource, settings: Settings) -> bytes:
+    """The encoded image of a post's source: inline, under the image root, or downloaded.
+
+    Raises:
+        BadInput: ``image_b64_invalid``/``image_empty``, ``path_*`` or ``url_*`` reasons.
+    """
+    if source.b64 is not None:
+        return source.raw_bytes()
+    if source.path is not None:
+        return _read_path(source.path, settings.image_root)
+    return fetch_url(source.url, fetch_policy(settings))
+
+
 def load_image(source: ImageSource, settings: Settings) -> Image.Image:
     """Bytes from the post's image source, checked and decoded to RGB.
 
     Raises:
         BadInput: with a reason code for every way an image can be refused.
     """
-    if source.b64 is not None:
-        data = source.raw_bytes()
-    elif source.path is not None:
-        data = _read_path(source.path, settings.image_root)
-    else:
-        data = fetch_url(source.url, fetch_policy(settings))
-    return decode_image(data, max_pixels=settings.max_image_pixels)
+    return decode_image(load_bytes(source, settings), max_pixels=settings.max_image_pixels)

@@ -206,11 +206,6 @@ class Stage(ABC):
             futures.append(await self.producer.send_batch(batch, full_topic, partition=partition))
         await asyncio.gather(*futures)
 
-    async def send_many(self, topic: str, messages: Iterable[tuple[bytes | None, bytes]]) -> None:
-        """Produce messages concurrently and wait until all are acknowledged."""
-        futures = [await self.producer.send(self.settings.topic(topic), value=v, key=k) for k, v in messages]
-        await asyncio.gather(*futures)
-
     def stop(self) -> None:
         """Ask the loop to finish the current round, commit and leave the group."""
         self._stopping.set()

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 
 from streamcore.batcher import MicroBatcher
 from streamcore.exceptions import BadInput, InfrastructureError
-from streamcore.images import load_image
+from streamcore.images import load_bytes
 from streamcore.schemas import Hints, Post
 from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
@@ -325,10 +325,9 @@ class ClassifyStage(Stage):
         self.metrics.e2e_latency.observe(max(0.0, time.time() - received_ms / 1000))
 
     def _prepare(self, post: Post) -> Prepared:
-        predictor = self.models.current
-        if post.image.b64 is not None:
-            return predictor.prepare(post.image.raw_bytes(), max_pixels=self.settings.max_image_pixels)
-        return predictor.to_tensor(load_image(post.image, self.settings))
+        # Every source takes the same path: DCT-scaled decode on the CPU, or nvJPEG on the device.
+        return self.models.current.prepare(load_bytes(post.image, self.settings),
+                                           max_pixels=self.settings.max_image_pixels)
 
     async def _run_batch(self, items: Sequence[_Item]) -> list[bytes | BadInput | None]:
         """Per item: the stored label JSON, ``None`` for a duplicate post, or why its image was refused."""

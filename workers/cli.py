@@ -15,10 +15,10 @@ import typer
 from rich.console import Console
 
 from streamcore.settings import Settings
+from workers import STAGES
 
 app = typer.Typer(help="Event-driven fashion classifier for Instagram posts.", no_args_is_help=True)
 console = Console()
-STAGES = ("text", "classify", "trainer")
 
 
 def _settings() -> Settings:

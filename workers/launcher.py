@@ -16,10 +16,10 @@ from streamcore.embedded import EmbeddedStack, _die_with_parent, stop_processes
 from streamcore.kafka import ensure_topics
 from streamcore.schemas import Label
 from streamcore.settings import Settings
+from workers import STAGES
 
 log = logging.getLogger(__name__)
 
-_STAGES = ("text", "classify", "trainer")
 
 
 def produce_synthetic(settings: Settings, *, count: int, rate: float | None = None, multi: bool = False,
@@ -76,8 +76,8 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
         console.print(f"topics ready ({len(created)} created, {settings.partitions} partitions)")
         procs: list[subprocess.Popen] = []
         stack.callback(stop_processes, procs)
-        procs.extend(_spawn_stage(stage, settings) for stage in _STAGES)
-        console.print(f"stages started: {', '.join(_STAGES)} · metrics from port {settings.metrics_port}")
+        procs.extend(_spawn_stage(stage, settings) for stage in STAGES)
+        console.print(f"stages started: {', '.join(STAGES)} · metrics from port {settings.metrics_port}")
         stop = threading.Event()
         stack.callback(stop.set)
         try:

@@ -295,6 +295,7 @@ def test_redis_and_kafka_errors_mid_batch_are_retried_not_fatal(make_settings, m
     posts = _good_posts(settings, 30, seed=12)
     failures = stage.metrics.infra_errors.labels("classify", "label_write")
     with _running(stage):
+        policy = store.config_get("maxmemory-policy")["maxmemory-policy"]  # the session's Redis: put it back
         store.config_set("maxmemory-policy", "noeviction")
         store.config_set("maxmemory", 1)  # Redis refuses every write (OOM) until it is lifted
         try:
@@ -302,6 +303,7 @@ def test_redis_and_kafka_errors_mid_batch_are_retried_not_fatal(make_settings, m
             wait_until(lambda: failures._value.get() >= 3, timeout=60, what="label writes to fail on a full Redis")
         finally:
             store.config_set("maxmemory", 0)
+            store.config_set("maxmemory-policy", policy)
         _produce(settings, [(p.post_id, encode(p), None) for p in posts[15:]])
         labels, letters = _outcomes(settings, {p.post_id for p in posts}, timeout=120)
         _assert_caught_up(settings, {"classify": ("posts",)})
