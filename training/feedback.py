@@ -24,7 +24,7 @@ from streamcore.images import decode_image, load_image, to_chw
 from streamcore.schemas import Feedback, ImageSource, Post
 from streamcore.settings import Settings
 from training.data.benchmark import Split
-from training.models import hints_to_tensors
+from training.models.build import hint_tensors
 from training.ontology import Ontology
 from training.text import TextMiner
 
@@ -103,16 +103,23 @@ class Example:
     subcategories: np.ndarray
     attributes: np.ndarray
     caption: str
+    #: Mined sub-category hint scores, as serving feeds them (None in records stored before they were kept).
+    hint_subcategories: np.ndarray | None = None
 
     def to_bytes(self) -> bytes:
-        tensors = {f.name: np.ascontiguousarray(getattr(self, f.name)) for f in fields(self) if f.name != "caption"}
+        tensors = {f.name: np.ascontiguousarray(getattr(self, f.name)) for f in fields(self)
+                   if f.name != "caption" and getattr(self, f.name) is not None}
         return save_tensors({**tensors, "caption": _text_tensor(self.caption)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Example:
         tensors = load_tensors(data)
-        return cls(**{f.name: tensors[f.name] for f in fields(cls) if f.name != "caption"},
+        return cls(**{f.name: tensors[f.name] for f in fields(cls) if f.name != "caption" and f.name in tensors},
                    caption=_tensor_text(tensors["caption"]))
+
+    def subcategory_hints(self) -> np.ndarray:
+        """Sub-category hint scores; zeros for a record stored without them."""
+        return self.hint_subcategories if self.hint_subcategories is not None else np.zeros_like(self.subcategories)
 
 
 def _multi_hot(names: Sequence[str], index: dict[str, int], what: str) -> np.ndarray:
@@ -139,9 +146,10 @@ def join(feedback: Feedback, stored: StoredPost, *, ontology: Ontology, miner: T
                                     ("subcategories", ontology.subcategory_ids),
                                     ("attributes", ontology.attribute_ids))]
     hints = miner.mine_text(stored.caption, stored.comments, stored.hashtags, stored.user_tags, post_id=stored.post_id)
-    hint_categories, hint_attributes = (t[0].numpy() for t in hints_to_tensors([hints], ontology))
-    return Example(stored.image(settings, image_size=image_size), hint_categories, hint_attributes, *targets,
-                   stored.caption)
+    tensors = hint_tensors([hints], ontology)
+    return Example(stored.image(settings, image_size=image_size), tensors.categories[0].numpy(),
+                   tensors.attributes[0].numpy(), *targets, stored.caption,
+                   hint_subcategories=tensors.subcategories[0].numpy())
 
 
 def to_split(examples: Sequence[Example]) -> Split:
@@ -154,7 +162,7 @@ def to_split(examples: Sequence[Example]) -> Split:
 
     return Split(stack("pixels"), stack("categories"), stack("subcategories"), stack("attributes"),
                  stack("hint_categories"), stack("hint_attributes"), np.array([e.caption for e in examples], dtype=str),
-                 np.zeros_like(stack("subcategories")))  # feedback keeps no sub-category hints
+                 np.stack([e.subcategory_hints() for e in examples]))
 
 
 def concat(base: Split, extra: Split) -> Split:

@@ -43,7 +43,13 @@ from streamcore.stage import Stage
 from training.feedback import Example, StoredPost, join
 from training.guard import LiveGuard
 from training.lease import Lease, LeaseLost
-from training.retrain import RunCancelled, RunProgress, RunResult, Trainer, TrainerConfig
+from training.retrain import (
+    RunCancelled,
+    RunProgress,
+    RunResult,
+    Trainer,
+    TrainerConfig,
+)
 from training.state import RunStatus, TrainerState
 from training.text import TextMiner
 
@@ -172,7 +178,7 @@ class TrainerStage(Stage):
                     log.error("trainer: run lease lost; cancelling the run")
                     self._cancel.set()
             return
-        if now < self._next_check or self._cancel.is_set():
+        if now < self._next_check or self._stopping.is_set():
             return
         self._next_check = now + _CHECK_EVERY_S
         if not await loop.run_in_executor(None, self._is_due):
@@ -185,6 +191,7 @@ class TrainerStage(Stage):
             return
         examples, absorbed = await loop.run_in_executor(None, self.state.snapshot)
         self._next_renew = now + self.settings.trainer_lease_ttl_s / 3
+        self._cancel = threading.Event()  # per run: a run cancelled for a lost lease must not block the next
         self._running = loop.run_in_executor(self._train_pool, self._run, examples, absorbed)
 
     def _is_due(self) -> bool:

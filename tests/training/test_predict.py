@@ -14,7 +14,7 @@ import torch
 from streamcore.decode import decode_scaled
 from streamcore.exceptions import BadInput
 from streamcore.schemas import Hints, Label, ScoredTerm
-from training.models import build_model, hints_to_tensors
+from training.models import build_model, hint_tensors
 from training.ontology import load_ontology
 from training.predict import EncodedJpeg, Predictor
 from training.synthetic.images import draw_garment, jpeg_bytes, photo_like
@@ -45,8 +45,9 @@ def test_labels_validate_and_carry_the_models_top_scores():
     labels = [Label.model_validate_json(r) for r in raw]  # the contract's validation, field by field
 
     with torch.inference_mode():  # reference: the model called directly, per-item top-k on the host
-        cat, att = hints_to_tensors(hints, ONTOLOGY)
-        out = predictor.model(predictor.model.preprocess(torch.stack(images)), cat, att)
+        tensors = hint_tensors(hints, ONTOLOGY)
+        out = predictor.model(predictor.model.preprocess(torch.stack(images)), tensors.categories,
+                              tensors.attributes, tensors.subcategories)
         probs = torch.softmax(out.categories.float(), 1)
     for i, label in enumerate(labels):
         assert label.post_id == ids[i] and label.model_version == "v-test" and label.head == "dynamic_layers"

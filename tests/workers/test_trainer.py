@@ -15,28 +15,33 @@ import torch
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from streamcore.exceptions import BadInput, StylestreamError
 from streamcore.metrics import StageMetrics
+from streamcore.schemas import Feedback
 from streamcore.serde import encode
+from streamcore.settings import Settings
 from tests.support import publish_tiny
 from training.checkpoint import METRICS_FILE
-from training.models import DynamicCNN, build_model, hints_to_tensors
-from training.promotion import promote, rollback
-from streamcore.exceptions import BadInput, StylestreamError
-from streamcore.settings import Settings
 from training.data.benchmark import BenchmarkConfig, load_benchmark
-from streamcore.schemas import Feedback
 from training.feedback import Example, StoredPost, concat, join, to_split
 from training.guard import Agreement, LiveGuard, should_roll_back
 from training.lease import Lease, LeaseLost
+from training.models import DynamicCNN, build_model, hint_tensors
 from training.ontology import load_ontology
-from training.retrain import GATES, RunCancelled, RunProgress, Trainer, TrainerConfig, gate
+from training.promotion import promote, rollback
+from training.retrain import (
+    GATES,
+    RunCancelled,
+    RunProgress,
+    Trainer,
+    TrainerConfig,
+    gate,
+)
 from training.state import RunStatus, TrainerState
 from training.synthetic.posts import generate_posts
 from training.text import TextMiner
 from training.train import Batchable, FitConfig, fit
 from workers.trainer import TrainerStage, due
-
-
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +153,9 @@ def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None
     assert [ontology.category_names[i] for i in np.flatnonzero(example.categories)] == [category]
     assert {ontology.attribute_names[i] for i in np.flatnonzero(example.attributes)} == set(feedback.attributes)
     # Hints are what the miner reads in the post's text, exactly as the text stage would send them.
-    hint_categories, _ = hints_to_tensors([miner.mine(post)], ontology)
-    np.testing.assert_allclose(example.hint_categories, hint_categories[0].numpy())
+    mined = hint_tensors([miner.mine(post)], ontology)
+    np.testing.assert_allclose(example.hint_categories, mined.categories[0].numpy())
+    np.testing.assert_allclose(example.hint_subcategories, mined.subcategories[0].numpy())
     # Equal examples give equal bytes: the store recognises a replayed correction by them.
     assert example.to_bytes() == join(feedback, stored, **kw).to_bytes()
     back = Example.from_bytes(example.to_bytes())

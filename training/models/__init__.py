@@ -1,7 +1,7 @@
 """Dynamic CNN models: backbones, heads (Base, DynamicPruning, DynamicLayers) and the builder."""
 
 from training.models.backbones import BACKBONES, Preprocess
-from training.models.build import DynamicCNN, ModelConfig, build_model, hints_to_tensors
+from training.models.build import DynamicCNN, ModelConfig, build_model, hint_tensors
 from training.models.heads import HEADS, ModelOutput, route_categories
 
 __all__ = [
@@ -12,6 +12,6 @@ __all__ = [
     "ModelOutput",
     "Preprocess",
     "build_model",
-    "hints_to_tensors",
+    "hint_tensors",
     "route_categories",
 ]

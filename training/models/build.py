@@ -158,8 +158,3 @@ def hint_tensors(hints: Sequence[Hints | None], ontology: Ontology) -> HintTenso
         out.append(scores)
     return HintTensors(*out)
 
-
-def hints_to_tensors(hints: Sequence[Hints | None], ontology: Ontology) -> tuple[Tensor, Tensor]:
-    """``(hint_categories [B, K], hint_attributes [B, P])``: :func:`hint_tensors` without sub-categories."""
-    tensors = hint_tensors(hints, ontology)
-    return tensors.categories, tensors.attributes

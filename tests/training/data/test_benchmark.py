@@ -56,15 +56,13 @@ def test_every_pattern_and_material_family_renders() -> None:
 
 
 def test_cache_key_follows_generator_versions(monkeypatch) -> None:
-    import types
-
     config = BenchmarkConfig(n_train=60, n_test=20)
     key = config.key(ONTOLOGY)
     monkeypatch.setattr("training.data.benchmark.CAPTIONS_VERSION", "changed")
     assert config.key(ONTOLOGY) != key
     monkeypatch.undo()
     assert config.key(ONTOLOGY) == key
-    monkeypatch.setattr("training.data.benchmark.TextMiner.load", lambda ontology: types.SimpleNamespace(version="other"))
+    monkeypatch.setattr("training.data.benchmark.MINER_VERSION", "other")
     assert config.key(ONTOLOGY) != key
 
 

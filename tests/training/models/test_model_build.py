@@ -5,7 +5,7 @@ import torch
 
 from streamcore.schemas import Hints, ScoredTerm
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.models import BACKBONES, build_model, hints_to_tensors
+from training.models import BACKBONES, build_model, hint_tensors
 from training.ontology import load_ontology
 
 ONTOLOGY = load_ontology()
@@ -45,7 +45,7 @@ def test_preprocess_resizes_and_normalises() -> None:
     torch.testing.assert_close(x[0, :, 0, 0], (1 - torch.tensor(pre.mean)) / torch.tensor(pre.std))
 
 
-def test_hints_to_tensors() -> None:
+def test_hint_tensors() -> None:
     hints = Hints(
         post_id="p1",
         miner_version="t",
@@ -53,11 +53,13 @@ def test_hints_to_tensors() -> None:
         materials=[ScoredTerm(term="leather", score=1.0)],
         patterns=[ScoredTerm(term="no_such_pattern", score=1.0)],
     )
-    cats, atts = hints_to_tensors([hints, None], ONTOLOGY)
+    tensors = hint_tensors([hints, None], ONTOLOGY)
+    cats, atts = tensors.categories, tensors.attributes
     assert cats[0, ONTOLOGY.category_index("shoes")] == 0.75
     assert cats[0, ONTOLOGY.category_index("bags")] == 0.25
     assert atts[0, ONTOLOGY.attribute_names.index("leather")] == 1.0
     assert atts[0].sum() == 1.0 and cats[1].abs().sum() == 0 and atts[1].abs().sum() == 0
+    assert tensors.subcategories.abs().sum() == 0  # the hints name no sub-category
 
 
 def test_checkpoint_round_trip(tmp_path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -36,7 +36,7 @@ def test_load_is_cached_per_process(miner: TextMiner, ontology: Ontology) -> Non
 
 
 def test_mine_copies_post_id_and_uses_all_fields(miner: TextMiner) -> None:
-    post = Post(post_id="p-1", created_at=datetime.now(timezone.utc), user="u", caption="new in!",
+    post = Post(post_id="p-1", created_at=datetime.now(UTC), user="u", caption="new in!",
                 comments=["that silk is gorgeous"], hashtags=["#floraldress"], user_tags=["@prada"],
                 image=ImageSource(path="a.jpg"))
     hints = miner.mine(post)
