@@ -256,6 +256,20 @@ class RedisKeys:
         """Promotion history; in the serving pointer's slot so promote/rollback run as one transaction."""
         return f"{{{self.model_current}}}:history"
 
+    @property
+    def trainer(self) -> str:
+        """Prefix of the trainer's state keys: one hash tag, so its scripts and transactions use one slot."""
+        return f"{{{self.prefix}:trainer}}:"
+
+    @property
+    def run_lease(self) -> str:
+        """The trainer's run lease; in the serving pointer's slot, so promotion checks it in the same script."""
+        return f"{{{self.model_current}}}:lease"
+
+    def guard(self, version: str) -> str:
+        """The live guard's tally of one model version (its ``:posts`` set shares the tag)."""
+        return f"{{{self.prefix}:guard:{version}}}"
+
 
 class _FileSource(PydanticBaseSettingsSource):
     """Values from the file named by ``STYLESTREAM_CONFIG_FILE`` (TOML or JSON), below env vars."""

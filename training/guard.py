@@ -69,10 +69,10 @@ class LiveGuard:
         self.min_corrections = settings.trainer_guard_min_corrections
         self._redis = client
         self._verdict = client.register_script(_VERDICT)
-        self._prefix = f"{settings.redis_prefix}:guard:"
 
     def _keys(self, version: str) -> list[str]:
-        return [f"{self._prefix}{version}:posts", f"{self._prefix}{version}"]
+        tally = self.settings.keys.guard(version)  # both keys in one slot: the verdict script runs on a Cluster
+        return [f"{tally}:posts", tally]
 
     def observe(self, corrections: Sequence[Feedback]) -> None:
         """Record whether each corrected post's stored label agreed; posts without a label are skipped."""

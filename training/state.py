@@ -4,7 +4,7 @@ Every trainer replica reads and writes the same keys, so whichever replica holds
 (:mod:`training.lease`) trains on every correction, whichever replica absorbed it. A write returns only
 once Redis has applied it; the stage commits a record's offset after that (commit after durable).
 
-Keys, under ``<redis_prefix>:trainer:``:
+Keys, under ``{<redis_prefix>:trainer}:`` (one hash tag: a Redis Cluster runs every script here on one slot):
 
 * ``posts`` (hash post_id → :class:`StoredPost` bytes) and ``posts:order`` (zset by arrival): at most
   ``max_posts``, oldest dropped first; ``posts:seq`` numbers the arrivals.
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import redis
 
+from streamcore.settings import RedisKeys
 from training.feedback import Example, StoredPost
 
 # Store a value under a key of a hash bounded by an arrival-ordered zset; identical bytes are a no-op.
@@ -69,7 +70,7 @@ class TrainerState:
         if max_posts < 1 or max_examples < 1:
             raise ValueError(f"max_posts and max_examples must be >= 1, got {max_posts}, {max_examples}")
         self._redis = client
-        self._prefix = f"{prefix}:trainer:"
+        self._prefix = RedisKeys(prefix).trainer
         self._model_current = model_current
         self.max_posts, self.max_examples = max_posts, max_examples
         self._put = client.register_script(_BOUNDED_PUT)

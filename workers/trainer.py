@@ -83,7 +83,7 @@ class TrainerStage(Stage):
         client = redisconn.connect(settings)
         self.state = TrainerState(client, prefix=settings.redis_prefix, model_current=settings.keys.model_current,
                                   max_posts=self.config.max_posts, max_examples=self.config.max_examples)
-        self.lease = Lease(client, f"{settings.redis_prefix}:trainer:lease", ttl_s=settings.trainer_lease_ttl_s)
+        self.lease = Lease(client, settings.keys.run_lease, ttl_s=settings.trainer_lease_ttl_s)
         self.guard = LiveGuard(settings, client, self.metrics)
         self.last_run: RunResult | None = None
         self.feedback = Counter("stylestream_trainer_feedback_total", "Feedback records, by outcome", ("result",),

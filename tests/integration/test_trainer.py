@@ -115,7 +115,7 @@ def _pointer(settings) -> str | None:
 
 
 def _stored(settings, what: str) -> int:
-    return redis.Redis.from_url(settings.redis_url).hlen(f"{settings.redis_prefix}:trainer:{what}")
+    return redis.Redis.from_url(settings.redis_url).hlen(settings.keys.trainer + what)
 
 
 def _committed(settings, topic: str) -> int:
@@ -224,7 +224,7 @@ def test_sigterm_cancels_a_run_at_a_step_boundary(make_settings, workers, tmp_pa
     assert proc.returncode == 0 and exited_s < 10
     assert Registry(settings.model_dir).versions() == [] and _pointer(settings) is None
     # The run ended through its cancellation path, which gives the lease back (it would expire otherwise).
-    assert redis.Redis.from_url(settings.redis_url).get(f"{settings.redis_prefix}:trainer:lease") is None
+    assert redis.Redis.from_url(settings.redis_url).get(settings.keys.run_lease) is None
 
 
 def test_two_replicas_run_once_per_trigger(make_settings, tmp_path, bench_cache) -> None:

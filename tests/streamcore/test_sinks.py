@@ -51,6 +51,17 @@ def test_every_key_of_one_label_write_shares_a_hash_slot():
     assert len(slots) > 40  # labels themselves still spread over the cluster
 
 
+
+def test_the_trainers_keys_used_together_share_a_hash_slot():
+    keys = RedisKeys("stylestream")
+    names = ("posts", "posts:order", "posts:seq", "examples", "examples:order", "absorbed", "trained",
+             "next_run_at", "retry_at")
+    assert len({key_slot((keys.trainer + n).encode()) for n in names}) == 1  # state scripts + finish_run
+    # promotion checks the lease in the script that moves the pointer and its history
+    assert key_slot(keys.run_lease.encode()) == key_slot(keys.model_current.encode())
+    for version in ("v1", "default-bbaf4fbd341b"):
+        assert key_slot(keys.guard(version).encode()) == key_slot(f"{keys.guard(version)}:posts".encode())
+
 def _run_sink_checks(settings: Settings, client: redis.Redis | RedisCluster) -> None:
     ids = [f"{settings.redis_prefix}-{i}" for i in range(24)]
     first = [_label(p) for p in ids]

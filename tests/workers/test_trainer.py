@@ -295,7 +295,7 @@ def test_the_state_store_is_bounded_and_stores_a_replayed_correction_once(make_s
 def test_one_lease_holder_and_a_stale_holder_cannot_promote(make_settings, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     client = redis.Redis.from_url(settings.redis_url)
-    key = f"{settings.redis_prefix}:trainer:lease"
+    key = settings.keys.run_lease
     first, second = Lease(client, key, ttl_s=30), Lease(client, key, ttl_s=30)
     token = first.acquire()
     assert token is not None and second.acquire() is None and first.renew()
