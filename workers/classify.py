@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 #: Bound on join state: hints waiting for their post, and recently labelled ids (to drop late hints).
 _MAX_REMEMBERED = 100_000
+#: Records parsed per decode-thread call: enough to amortise the hop, small enough to spread a round.
+_PARSE_CHUNK = 64
 #: 9999-12-31T23:59:59.999Z, the latest instant a ``datetime`` holds.
 _MAX_TIMESTAMP_MS = 253_402_300_799_999
 
@@ -99,6 +101,8 @@ class ClassifyStage(Stage):
         self._bad_pointer: bytes | str | None = None
         self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_workers or os.cpu_count() or 1,
                                                thread_name_prefix="decode")
+        # Parsing has threads of its own: a round's messages never queue behind the images of the last.
+        self._parse_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="parse")
         # One thread stages batch n+1 onto the device while the model thread runs batch n.
         self._prep_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prep")
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -148,22 +152,47 @@ class ClassifyStage(Stage):
     # -- join ------------------------------------------------------------------------------------
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         deadline = time.monotonic() + self.settings.hint_wait_ms / 1000
-        hints_topic = self.settings.topic("hints")
+        parsed = await self._parse(records)
         held: list[str] = []
-        for record in records:
+        for record, (message, print_) in zip(records, parsed):
             try:
-                if record.topic == hints_topic:
-                    hints = decode(record.value, Hints, max_bytes=self.settings.max_message_bytes)
-                    if self._on_hints(record, hints):
-                        held.append(hints.post_id)
+                if isinstance(message, Exception):
+                    raise message
+                if isinstance(message, Hints):
+                    if self._on_hints(record, message):
+                        held.append(message.post_id)
                 else:
-                    self._on_post(record, decode_post(record.value, self.settings), deadline)
+                    self._on_post(record, message, deadline, print_)
             except BadInput as exc:
                 await self.dead_letter(record, exc)
             except Exception as exc:  # noqa: BLE001 - the error boundary: this record fails alone
                 await self.fail(record, exc)
         if held:
             await self._release_labelled(held)
+
+    async def _parse(self, records: Sequence[ConsumerRecord]) -> list[tuple[Post | Hints | Exception, str]]:
+        """Per record, its validated message (or why not) and, for posts, the content fingerprint.
+
+        Parsing, validation and the SHA-256 of every post run in the parse threads, in chunks, so the
+        event loop that feeds the model only joins; hashing a photo-sized post releases the GIL.
+        """
+        loop = asyncio.get_running_loop()
+        chunks = [records[i : i + _PARSE_CHUNK] for i in range(0, len(records), _PARSE_CHUNK)]
+        done = await asyncio.gather(*(loop.run_in_executor(self._parse_pool, self._parse_chunk, c) for c in chunks))
+        return [entry for chunk in done for entry in chunk]
+
+    def _parse_chunk(self, records: Sequence[ConsumerRecord]) -> list[tuple[Post | Hints | Exception, str]]:
+        hints_topic, limit = self.settings.topic("hints"), self.settings.max_message_bytes
+        out: list[tuple[Post | Hints | Exception, str]] = []
+        for record in records:
+            try:
+                if record.topic == hints_topic:
+                    out.append((decode(record.value, Hints, max_bytes=limit), ""))
+                else:
+                    out.append((decode_post(record.value, self.settings), fingerprint(record.value)))
+            except Exception as exc:  # noqa: BLE001 - handed to the record's own error boundary
+                out.append((exc, ""))
+        return out
 
     async def _release_labelled(self, held: list[str]) -> None:
         """Release newly held hints whose post is already labelled.
@@ -203,11 +232,10 @@ class ClassifyStage(Stage):
             return True
         return False
 
-    def _on_post(self, record: ConsumerRecord, post: Post, deadline: float) -> None:
-        # Redo vs conflict: a post id seen before with the same bytes is a redo (the message read again
-        # after a rebalance or crash, or a producer retry) and is labelled again; the sink then returns
-        # the stored label. The same id with other bytes is a conflicting duplicate.
-        print_ = fingerprint(record.value)
+    def _on_post(self, record: ConsumerRecord, post: Post, deadline: float, print_: str) -> None:
+        # Redo vs conflict: a post id seen before with the same bytes (``print_``) is a redo (the message
+        # read again after a rebalance or crash, or a producer retry) and is labelled again; the sink then
+        # returns the stored label. The same id with other bytes is a conflicting duplicate.
         earlier = self._waiting.get(post.post_id)
         seen = self._started.get(post.post_id) or (earlier.fingerprint if earlier else None)
         if seen is not None and seen != print_:
@@ -371,6 +399,7 @@ class ClassifyStage(Stage):
         await self.sink.close()
         self.models.close()
         self._decode_pool.shutdown()
+        self._parse_pool.shutdown()
         self._prep_pool.shutdown()
         self._model_pool.shutdown()
 
