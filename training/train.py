@@ -18,7 +18,7 @@ from training.data.benchmark import Split
 from training.metrics import level_metrics
 from training.models import DynamicCNN, ModelOutput, build_model
 from training.models.build import HintTensors
-from training.models.heads import ROUTE_THRESHOLD, coherent_subcategories
+from training.models.heads import DYNAMIC_HEADS, ROUTE_THRESHOLD, coherent_subcategories
 from training.ontology import Ontology
 
 #: Report level name → :class:`ModelOutput` field.
@@ -206,7 +206,7 @@ def fit(model: DynamicCNN, train: Batchable, val: Batchable, config: FitConfig, 
     generator = torch.Generator().manual_seed(config.seed)
     # Separate stream: the batch order stays the same whatever the dropout rate.
     hint_generator = torch.Generator().manual_seed(config.seed + 1)
-    params = model.head.parameters() if features else model.parameters()
+    params = [p for p in (model.head if features else model).parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     multi = model.config.multi
     best, best_state, bad, history, step = float("inf"), None, 0, [], 0
@@ -266,12 +266,22 @@ def frozen_features(
 
 def train_head(
     head: str, backbone: nn.Module, feats: dict[str, Tensor], splits: dict[str, Split], *, name: str,
-    ontology: Ontology, multi: bool, config: FitConfig, device: str = "cpu", on_step: StepHook | None = None, **model_kw,
+    ontology: Ontology, multi: bool, config: FitConfig, device: str = "cpu", on_step: StepHook | None = None,
+    base: DynamicCNN | None = None, **model_kw,
 ) -> tuple[DynamicCNN, dict]:
-    """Train ``head`` on cached features of a frozen ``backbone`` (shared, not copied)."""
+    """Train ``head`` on cached features of a frozen ``backbone`` (shared, not copied).
+
+    A dynamic head continues a trained Base (:meth:`~training.models.heads._Head.start_from`): ``base``,
+    or one trained here first with the same settings.
+    """
+    if head in DYNAMIC_HEADS and base is None:
+        base, _ = train_head("base", backbone, feats, splits, name=name, ontology=ontology, multi=multi,
+                             config=config, device=device, on_step=on_step)
     torch.manual_seed(config.seed)
     model = build_model(backbone=name, head=head, ontology=ontology, multi=multi, weights="random", **model_kw)
     model.backbone = backbone  # share the frozen, already-trained trunk
+    if head in DYNAMIC_HEADS:
+        model.head.start_from(base.head)
     train, val = (Batchable.from_split(splits[s], multi=multi, inputs=feats[s]) for s in ("train", "val"))
     return model, fit(model.to(device), train, val, config, features=True, device=device, on_step=on_step)
 

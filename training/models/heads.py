@@ -19,6 +19,14 @@ All heads share a trunk (two FC layers) and a category layer. They differ in the
 Routing (:func:`route_categories`) opens the hinted categories *and* the image's confident predictions,
 so a wrong or missing hint cannot silence what the image shows.
 
+Dynamic heads start from a trained Base (:meth:`_Head.start_from`): its trunk and category layer are
+copied and frozen, its dependent layers seed theirs. The category level is then Base's exactly, and
+what the dynamic layers learn is what the hints add, so a silent text cannot leave them below Base.
+
+Deactivated outputs keep the image's order among themselves (:func:`deactivate`): they all score about
+``DEACTIVATED``, so no closed range ever outranks an open one, but a top-5 list that runs past the open
+range fills with the image's next guesses, not with arbitrary ties.
+
 "Boosting a connection by v" follows the paper literally: v is added to every incoming weight of that
 output, i.e. ``v * sum(h)`` is added to its logit, computed without materialising per-sample weights.
 ``sum(h)`` is detached there: the boost is a prior from the text, and letting the trunk learn through
@@ -82,6 +90,16 @@ def coherent_subcategories(category_logits: Tensor, subcategory_logits: Tensor, 
     return subcategory_logits - _INCOHERENT * outside.to(subcategory_logits.dtype)
 
 
+def deactivate(logits: Tensor, allowed: Tensor, raw: Tensor | None) -> Tensor:
+    """Close the outputs outside ``allowed``: ``DEACTIVATED`` in training, and at inference just below
+    it, ordered by the unrouted logits ``raw`` (no gradient ever reaches a closed output)."""
+    if raw is None:
+        return logits.masked_fill(~allowed, DEACTIVATED)
+    # In (DEACTIVATED - 1, DEACTIVATED): below every open output, monotone in the image's own score.
+    closed = DEACTIVATED - torch.sigmoid(-raw.detach().float()).to(logits.dtype)
+    return torch.where(allowed, logits, closed)
+
+
 def _range_mask(ranges: list[list[int]], size: int) -> Tensor:
     mask = torch.zeros(len(ranges), size, dtype=torch.bool)
     for k, indices in enumerate(ranges):
@@ -104,8 +122,13 @@ class PrunedLinear(nn.Module):
         boost = self.beta * allowed.to(h.dtype)
         if hint is not None:
             boost = boost + self.alpha * hint * allowed
-        logits = self.linear(h) + boost * h.sum(dim=1, keepdim=True).detach()
-        return logits.masked_fill(~allowed, DEACTIVATED)
+        raw = self.linear(h)
+        logits = raw + boost * h.sum(dim=1, keepdim=True).detach()
+        return deactivate(logits, allowed, None if self.training else raw)
+
+    def start_from(self, base: nn.Linear) -> None:
+        """Begin as Base's dependent layer."""
+        self.linear.load_state_dict(base.state_dict())
 
 
 class RoutedLinear(nn.Module):
@@ -154,17 +177,38 @@ class RoutedLinear(nn.Module):
     def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None) -> Tensor:
         slots = nn.functional.linear(h, self.weight.flatten(0, 1), self.bias.flatten())
         # index_select, not advanced indexing: the latter is several times slower on CPU.
-        slots = slots.masked_fill(~routes.index_select(1, self.slot_category), DEACTIVATED)
-        slots = nn.functional.pad(slots, (0, 1), value=DEACTIVATED)
-        logits = slots.index_select(1, self.gather.flatten()).view(len(h), *self.gather.shape).amax(dim=2)
-        if self.shared is not None:
-            logits = logits + self.shared(h)
+        logits = self._merge(slots.masked_fill(~routes.index_select(1, self.slot_category), DEACTIVATED))
+        shared = self.shared(h) if self.shared is not None else 0
         # Shared rows and boosts depend only on the output, so they are added after the merge
         # (max(a + c) = max(a) + c).
         allowed = (routes.to(h.dtype) @ self.range_mask.to(h.dtype)) > 0
         boost = self.beta if hint is None else self.beta + self.alpha * hint
-        logits = logits + boost * h.sum(dim=1, keepdim=True).detach()
-        return logits.masked_fill(~allowed, DEACTIVATED)
+        logits = logits + shared + boost * h.sum(dim=1, keepdim=True).detach()
+        # The unrouted score of an output (every category's layer) orders the closed ones at inference.
+        raw = None if self.training else self._merge(slots) + shared
+        return deactivate(logits, allowed, raw)
+
+    def _merge(self, slots: Tensor) -> Tensor:
+        """Per output, the max over its slots (the spare column never wins)."""
+        slots = nn.functional.pad(slots, (0, 1), value=-math.inf)
+        return slots.index_select(1, self.gather.flatten()).view(len(slots), *self.gather.shape).amax(dim=2)
+
+    @torch.no_grad()
+    def start_from(self, base: nn.Linear) -> None:
+        """Begin as Base's dependent layer: the shared rows are Base's; without them, each category's layer
+        starts as Base's rows of its range."""
+        if self.shared is not None:
+            self.shared.load_state_dict(base.state_dict())
+            self.weight.zero_()
+            self.bias.zero_()
+            return
+        self.weight.zero_()
+        self.bias.zero_()
+        width, spare = self.weight.shape[1], self.weight.shape[0] * self.weight.shape[1]
+        for output, slots in enumerate(self.gather.tolist()):
+            for slot in (s for s in slots if s != spare):
+                self.weight[slot // width, slot % width] = base.weight[output]
+                self.bias[slot // width, slot % width] = base.bias[output]
 
 
 class _Plain(nn.Module):
@@ -235,6 +279,18 @@ class _Head(nn.Module):
             self.attributes(h, routes, hint_attributes),
             routes,
         )
+
+
+    @torch.no_grad()
+    def start_from(self, base: _Head) -> None:
+        """Continue a trained Base: trunk and category layer copied and frozen (the category level stays
+        Base's), dependent layers seeded from Base's. Training then learns only what the hints add."""
+        self.trunk.load_state_dict(base.trunk.state_dict())
+        self.categories.load_state_dict(base.categories.state_dict())
+        for module in (self.trunk, self.categories):
+            module.requires_grad_(False)
+        self.subcategories.start_from(base.subcategories.linear)
+        self.attributes.start_from(base.attributes.linear)
 
 
 class BaseHead(_Head):

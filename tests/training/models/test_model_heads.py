@@ -108,8 +108,64 @@ def test_outputs_outside_routed_ranges_are_deactivated(head: str) -> None:
         allowed = torch.zeros(P, dtype=torch.bool)
         for c in {k, image_top[row]}:
             allowed[ONTOLOGY.attribute_ranges[c]] = True
-        assert (out.attributes[row, ~allowed] == DEACTIVATED).all()
+        closed = out.attributes[row, ~allowed]
+        # Closed outputs score about DEACTIVATED, below every open one, whatever the image says.
+        assert ((closed <= DEACTIVATED) & (closed > DEACTIVATED - 1)).all()
         assert (out.attributes[row, allowed] > DEACTIVATED).all()
+    model.train()
+    out = model(torch.rand(2, 3, 64, 64), hints)
+    assert (out.attributes[~out.attributes.gt(DEACTIVATED)] == DEACTIVATED).all()  # training: the constant
+
+
+@pytest.mark.parametrize("head", DYNAMIC)
+def test_closed_outputs_keep_the_images_order(head: str) -> None:
+    """A top-5 that runs past the open range fills with the image's next guesses, not arbitrary ties."""
+    model = _model(head, route_threshold=1.0).eval()
+    base = _model("base").eval()
+    model.head.start_from(base.head)  # closed outputs then rank as Base ranks them
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        out, expected = model(images, torch.zeros(3, K)), base(images)
+    for row in range(3):
+        closed = out.attributes[row] <= DEACTIVATED
+        assert closed.sum() > 1
+        got, want = out.attributes[row, closed], expected.attributes[row, closed]
+        apart = want[:, None] > want[None, :] + 1e-2  # pairs the image tells apart (no float ties)
+        assert apart.any() and (got[:, None] > got[None, :])[apart].all()
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("head", DYNAMIC)
+def test_a_dynamic_head_continues_base(head: str, multi: bool) -> None:
+    """Started from Base, a dynamic head is Base at the category level and, with every range open and no
+    hints, ranks the dependent levels as Base does; training then leaves Base's part alone."""
+    base = _model("base", multi)
+    targets, _ = _targets(8, multi)
+    torch.optim.SGD(base.parameters(), lr=0.1).zero_grad()
+    compute_loss(base(torch.rand(8, 3, 64, 64)), targets, multi=multi).backward()  # Base leaves its init
+    with torch.no_grad():
+        for p in base.parameters():
+            p -= 0.1 * p.grad
+    model = _model(head, multi, route_threshold=1e-9)  # every category routed
+    model.backbone = base.backbone
+    model.head.start_from(base.head)
+    images = torch.rand(4, 3, 64, 64)
+    model.eval(), base.eval()
+    with torch.no_grad():
+        out, expected = model(images), base(images)
+    assert out.routes.all()
+    assert torch.equal(out.categories, expected.categories)
+    for level in ("subcategories", "attributes"):  # Base's logits plus one boost per sample
+        got, want = getattr(out, level), getattr(expected, level)
+        torch.testing.assert_close(got - got.mean(1, keepdim=True), want - want.mean(1, keepdim=True),
+                                   rtol=0, atol=1e-4)
+    frozen = {n: p.clone() for n, p in model.head.named_parameters() if n.startswith(("trunk", "categories"))}
+    assert frozen and not any(p.requires_grad for n, p in model.head.named_parameters() if n in frozen)
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.head.parameters() if p.requires_grad], lr=0.1)
+    compute_loss(model(images, torch.rand(4, K)), {k: v[:4] for k, v in targets.items()}, multi=multi).backward()
+    optimizer.step()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.head.named_parameters() if n in frozen)
 
 
 def test_a_hint_cannot_silence_a_confident_image() -> None:
