@@ -25,9 +25,8 @@ import torch
 
 from streamcore.reports import report_meta
 from training.models import DynamicCNN, build_model
+from training.models.heads import HEADS
 from training.ontology import Ontology, load_ontology
-
-HEADS = ("base", "dynamic_pruning", "dynamic_layers")
 
 
 def _time_ms(fn: Callable[[], object], repeats: int) -> float:

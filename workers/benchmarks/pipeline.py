@@ -8,7 +8,9 @@ All in one run, on the same machine state (the machine is shared: compare the ra
 1. *model alone*: the worker's own predictor (forward with top-k + label JSON) on a batch already on the
    device, at each batch size (median of three), in img/s and CPU ms per image;
 2. *decode alone*: images per second on ONE core, the old path (full decode, then resize) and the new one
-   (DCT-domain downscaling; on CUDA also nvJPEG in batches), and the new one on every core;
+   (DCT-domain downscaling; on CUDA also nvJPEG in batches), and the new one on every core; *ingest alone*:
+   posts per second through parsing, validation, fingerprint and base64 (old: stdlib on the event loop;
+   new: pybase64 in the parse threads);
 3. *pipeline*: N posts and their hints are produced before ONE ``stylestream worker classify`` starts;
    the rate is taken from the labels' ``labeled_at`` over the last 90% of them (start-up excluded), for
    each ``max_batch`` of the sweep; on CUDA with the GPU's utilisation sampled every 200 ms;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import itertools
 import os
 import shutil
@@ -51,8 +54,9 @@ from streamcore.images import decode_image, to_chw
 from streamcore.kafka import ensure_topics, make_producer
 from streamcore.reports import write_report
 from streamcore.schemas import Hints, Label, Post, ScoredTerm
-from streamcore.serde import encode
+from streamcore.serde import decode_post, encode
 from streamcore.settings import Settings
+from streamcore.sinks import fingerprint
 from training.checkpoint import save_checkpoint
 from training.models import build_model
 from training.ontology import load_ontology
@@ -165,6 +169,28 @@ def _decode_alone(predictor: Predictor, blobs: list[bytes], *, images: int, thre
 
             result[f"nvjpeg_batch_{batch}"] = round(_rate(staged, repeats=3)[0], 1)
     return result
+
+
+def _ingest_alone(posts: list[Post], settings: Settings, *, images: int, threads: int) -> dict:
+    """Posts per second through what the classifier does to a message before its image is decoded: parse and
+    validate, fingerprint (SHA-256), base64 → JPEG bytes. Old: stdlib base64, all of it on the event loop's
+    one thread; new: pybase64, in the parse/decode threads."""
+    raw = [encode(posts[i % len(posts)]) for i in range(images)]
+
+    def old(value: bytes) -> bytes:
+        post = decode_post(value, settings)
+        fingerprint(value)
+        return base64.b64decode(post.image.b64, validate=True)
+
+    def new(value: bytes) -> bytes:
+        post = decode_post(value, settings)
+        fingerprint(value)
+        return post.image.raw_bytes()
+
+    with ThreadPoolExecutor(threads) as pool:
+        return {"old_stdlib_1_core": round(_rate(lambda: sum(1 for v in raw if old(v)), repeats=3)[0], 1),
+                "new_1_core": round(_rate(lambda: sum(1 for v in raw if new(v)), repeats=3)[0], 1),
+                f"new_{threads}_threads": round(_rate(lambda: sum(1 for _ in pool.map(new, raw)), repeats=3)[0], 1)}
 
 
 def _produce(settings: Settings, posts: list[Post], hints: list[Hints], *, rate: float | None = None) -> None:
@@ -394,6 +420,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                cuda_batches=[32, 128], cuda_images=1024, max_pixels=base.max_image_pixels)
         console.print(f"  {decode}")
         body["decode_alone_images_per_s"] = decode
+        console.print("ingest alone (parse, validate, fingerprint, base64) …")
+        body["ingest_alone_posts_per_s"] = _ingest_alone(posts[: args.distinct], base, images=max(256, len(blobs)),
+                                                         threads=os.cpu_count() or 1)
+        console.print(f"  {body['ingest_alone_posts_per_s']}")
         save()
         model_images = args.model_images or (32 if device.type == "cpu" else 1024)
 
@@ -483,6 +513,8 @@ def _print(console: Console, body: dict) -> None:
         table.add_row(f"model alone, batch {batch}", f"{rate:,}")
     for name, rate in body["decode_alone_images_per_s"].items():
         table.add_row(f"decode alone, {name}", f"{rate:,}")
+    for name, rate in body.get("ingest_alone_posts_per_s", {}).items():
+        table.add_row(f"ingest alone (posts/s), {name}", f"{rate:,}")
     for run in body["pipeline"]:
         if "error" in run:
             table.add_row(f"pipeline, max_batch {run['max_batch']}", run["error"][:60])
