@@ -63,6 +63,7 @@ def load_checkpoint(directory: Path | str, *, device: str | torch.device = "cpu"
         hidden=config.hidden,
         image_size=config.preprocess.image_size,
         route_threshold=config.route_threshold,
+        silent_fallback=config.silent_fallback,
     )
     model.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
     return model.to(device).eval()

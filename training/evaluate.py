@@ -104,7 +104,7 @@ def _fit_row(row_head: str, settings: dict, backbone, feats, splits, *, name, on
                               route_threshold=settings.get("route_threshold", ROUTE_THRESHOLD))
     if row_head == "base_masked":  # Base's weights under DynamicPruning's test-time masks and boosts
         masked = build_model(backbone=name, head="dynamic_pruning", ontology=ontology, multi=multi, weights="random",
-                             route_threshold=settings["route_threshold"])
+                             route_threshold=settings["route_threshold"], silent_fallback=False)
         masked.backbone = backbone
         masked.head.load_state_dict(model.head.state_dict())
         model = masked.to(device)

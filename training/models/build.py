@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from streamcore.schemas import Hints
 from training.models.backbones import BACKBONES, Backbone, Preprocess
-from training.models.heads import HEADS, ROUTE_THRESHOLD, ModelOutput
+from training.models.heads import DYNAMIC_HEADS, HEADS, ROUTE_THRESHOLD, ModelOutput
 from training.ontology import Ontology
 
 
@@ -30,6 +30,8 @@ class ModelConfig:
     preprocess: Preprocess
     #: Image-confidence bar for opening a category's range (chosen on validation; older checkpoints: default).
     route_threshold: float = ROUTE_THRESHOLD
+    #: Dynamic heads: silent-text samples use a frozen copy of Base's dependent layers (older checkpoints: no).
+    silent_fallback: bool = False
 
     def to_dict(self) -> dict:
         return {**asdict(self), "preprocess": self.preprocess.to_dict()}
@@ -38,7 +40,8 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> ModelConfig:
         fields = {k: data[k] for k in ("backbone", "head", "multi", "alpha", "beta", "hidden", "ontology_version")}
         return cls(**fields, preprocess=Preprocess.from_dict(data["preprocess"]),
-                   route_threshold=data.get("route_threshold", ROUTE_THRESHOLD))
+                   route_threshold=data.get("route_threshold", ROUTE_THRESHOLD),
+                   silent_fallback=data.get("silent_fallback", False))
 
 
 class DynamicCNN(nn.Module):
@@ -80,6 +83,7 @@ def build_model(
     dropout: float = 0.2,
     image_size: int | None = None,
     route_threshold: float = ROUTE_THRESHOLD,
+    silent_fallback: bool = True,
 ) -> DynamicCNN:
     """Build a model for ``ontology``.
 
@@ -91,6 +95,8 @@ def build_model(
             ``efficientnet_lite0``, random for the rest), ``"random"``, or a state-dict file.
         alpha: boost of directly hinted sub-categories/attributes; beta: boost of the routed categories' range.
         route_threshold: image probability at which a category's range opens besides the hinted ones.
+        silent_fallback: dynamic heads only: samples whose text is silent use a frozen copy of Base's
+            dependent layers (set by ``start_from``) instead of the dynamic ones.
         image_size: override the backbone's default input size.
 
     Raises:
@@ -106,6 +112,7 @@ def build_model(
         raise ValueError(f"route_threshold must be in (0, 1], got {route_threshold}")
     if hidden < 1:
         raise ValueError(f"hidden must be >= 1, got {hidden}")
+    silent_fallback = silent_fallback and head in DYNAMIC_HEADS
     factory, preprocess = BACKBONES[backbone]
     if image_size is not None:
         if image_size < 32:
@@ -123,8 +130,10 @@ def build_model(
         alpha=alpha,
         beta=beta,
         route_threshold=route_threshold,
+        silent_fallback=silent_fallback,
     )
-    config = ModelConfig(backbone, head, multi, alpha, beta, hidden, ontology.version, preprocess, route_threshold)
+    config = ModelConfig(backbone, head, multi, alpha, beta, hidden, ontology.version, preprocess, route_threshold,
+                         silent_fallback)
     return DynamicCNN(net, head_module, config)
 
 

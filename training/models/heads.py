@@ -20,8 +20,10 @@ Routing (:func:`route_categories`) opens the hinted categories *and* the image's
 so a wrong or missing hint cannot silence what the image shows.
 
 Dynamic heads start from a trained Base (:meth:`_Head.start_from`): its trunk and category layer are
-copied and frozen, its dependent layers seed theirs. The category level is then Base's exactly, and
-what the dynamic layers learn is what the hints add, so a silent text cannot leave them below Base.
+copied and frozen, its dependent layers seed theirs, and a frozen copy of them serves the samples whose
+text is silent (no hint at all), under the image's own route: "when the text is silent, fall back to the
+predicted category". The category level is then Base's exactly; the dynamic layers learn what the hints
+add, and a silent text cannot leave a dynamic head below Base.
 
 Deactivated outputs keep the image's order among themselves (:func:`deactivate`): they all score about
 ``DEACTIVATED``, so no closed range ever outranks an open one, but a top-5 list that runs past the open
@@ -100,6 +102,19 @@ def deactivate(logits: Tensor, allowed: Tensor, raw: Tensor | None) -> Tensor:
     return torch.where(allowed, logits, closed)
 
 
+def _with_fallback(logits: Tensor, fallback: nn.Linear | None, h: Tensor, silent: Tensor) -> Tensor:
+    """``logits`` with the rows of silent-text samples replaced by the fallback layer's."""
+    if fallback is None or not silent.any():
+        return logits
+    return torch.where(silent[:, None], fallback(h).to(logits.dtype), logits)
+
+
+def _freeze_copy(fallback: nn.Linear | None, base: nn.Linear) -> None:
+    if fallback is not None:
+        fallback.load_state_dict(base.state_dict())
+        fallback.requires_grad_(False)
+
+
 def _range_mask(ranges: list[list[int]], size: int) -> Tensor:
     mask = torch.zeros(len(ranges), size, dtype=torch.bool)
     for k, indices in enumerate(ranges):
@@ -110,25 +125,30 @@ def _range_mask(ranges: list[list[int]], size: int) -> Tensor:
 class PrunedLinear(nn.Module):
     """One dependent layer whose outputs are masked and boosted per sample (DynamicPruning)."""
 
-    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float) -> None:
+    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float,
+                 fallback: bool = False) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, out_features)
+        #: The layer of samples whose text is silent (Base's, frozen, after :meth:`start_from`).
+        self.fallback = nn.Linear(in_features, out_features) if fallback else None
         self.register_buffer("range_mask", _range_mask(ranges, out_features), persistent=False)
         self.alpha = alpha
         self.beta = beta
 
-    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None, silent: Tensor) -> Tensor:
         allowed = (routes.to(h.dtype) @ self.range_mask.to(h.dtype)) > 0
         boost = self.beta * allowed.to(h.dtype)
         if hint is not None:
             boost = boost + self.alpha * hint * allowed
-        raw = self.linear(h)
+        raw = _with_fallback(self.linear(h), self.fallback, h, silent)
         logits = raw + boost * h.sum(dim=1, keepdim=True).detach()
         return deactivate(logits, allowed, None if self.training else raw)
 
+    @torch.no_grad()
     def start_from(self, base: nn.Linear) -> None:
-        """Begin as Base's dependent layer."""
+        """Begin as Base's dependent layer (and keep a frozen copy for silent text)."""
         self.linear.load_state_dict(base.state_dict())
+        _freeze_copy(self.fallback, base)
 
 
 class RoutedLinear(nn.Module):
@@ -146,8 +166,10 @@ class RoutedLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float,
-                 shared: bool = True) -> None:
+                 shared: bool = True, fallback: bool = False) -> None:
         super().__init__()
+        #: The layer of samples whose text is silent (Base's, frozen, after :meth:`start_from`).
+        self.fallback = nn.Linear(in_features, out_features) if fallback else None
         width = max(len(r) for r in ranges)
         slots_of: list[list[int]] = [[] for _ in range(out_features)]
         for k, indices in enumerate(ranges):
@@ -174,7 +196,7 @@ class RoutedLinear(nn.Module):
         self.alpha = alpha
         self.beta = beta
 
-    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None, silent: Tensor) -> Tensor:
         slots = nn.functional.linear(h, self.weight.flatten(0, 1), self.bias.flatten())
         # index_select, not advanced indexing: the latter is several times slower on CPU.
         logits = self._merge(slots.masked_fill(~routes.index_select(1, self.slot_category), DEACTIVATED))
@@ -183,9 +205,10 @@ class RoutedLinear(nn.Module):
         # (max(a + c) = max(a) + c).
         allowed = (routes.to(h.dtype) @ self.range_mask.to(h.dtype)) > 0
         boost = self.beta if hint is None else self.beta + self.alpha * hint
-        logits = logits + shared + boost * h.sum(dim=1, keepdim=True).detach()
+        logits = _with_fallback(logits + shared, self.fallback, h, silent)
+        logits = logits + boost * h.sum(dim=1, keepdim=True).detach()
         # The unrouted score of an output (every category's layer) orders the closed ones at inference.
-        raw = None if self.training else self._merge(slots) + shared
+        raw = None if self.training else _with_fallback(self._merge(slots) + shared, self.fallback, h, silent)
         return deactivate(logits, allowed, raw)
 
     def _merge(self, slots: Tensor) -> Tensor:
@@ -197,6 +220,7 @@ class RoutedLinear(nn.Module):
     def start_from(self, base: nn.Linear) -> None:
         """Begin as Base's dependent layer: the shared rows are Base's; without them, each category's layer
         starts as Base's rows of its range."""
+        _freeze_copy(self.fallback, base)
         if self.shared is not None:
             self.shared.load_state_dict(base.state_dict())
             self.weight.zero_()
@@ -214,11 +238,12 @@ class RoutedLinear(nn.Module):
 class _Plain(nn.Module):
     """A linear level that ignores routes and hints (Base, fusion)."""
 
-    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float) -> None:
+    def __init__(self, in_features: int, ranges: list[list[int]], out_features: int, *, alpha: float, beta: float,
+                 fallback: bool = False) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, out_features)
 
-    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None) -> Tensor:
+    def forward(self, h: Tensor, routes: Tensor, hint: Tensor | None, silent: Tensor) -> Tensor:
         return self.linear(h)
 
 
@@ -241,6 +266,7 @@ class _Head(nn.Module):
         alpha: float = 0.1,
         beta: float = 0.01,
         route_threshold: float = ROUTE_THRESHOLD,
+        silent_fallback: bool = False,
     ) -> None:
         super().__init__()
         num_categories, num_subcategories, num_attributes = sizes
@@ -258,8 +284,9 @@ class _Head(nn.Module):
             parent[indices] = k
         #: Category index of every sub-category (for coherent single-class labels).
         self.register_buffer("subcategory_parent", parent, persistent=False)
-        self.subcategories = self.level_type(hidden, ranges[0], num_subcategories, alpha=alpha, beta=beta)
-        self.attributes = self.level_type(hidden, ranges[1], num_attributes, alpha=alpha, beta=beta)
+        level = partial(self.level_type, alpha=alpha, beta=beta, fallback=silent_fallback)
+        self.subcategories = level(hidden, ranges[0], num_subcategories)
+        self.attributes = level(hidden, ranges[1], num_attributes)
 
     def forward(self, features: Tensor, hint_categories: Tensor, hint_attributes: Tensor | None = None,
                 hint_subcategories: Tensor | None = None) -> ModelOutput:
@@ -273,10 +300,14 @@ class _Head(nn.Module):
                            zeros(self.attributes) if hint_attributes is None else hint_attributes], dim=1)
         categories = self.categories(h)
         routes = route_categories(hint_categories, categories.detach(), multi=self.multi, threshold=self.route_threshold)
+        silent = ~(hint_categories > 0).any(1)
+        for hint in (hint_subcategories, hint_attributes):
+            if hint is not None:
+                silent &= ~(hint > 0).any(1)
         return ModelOutput(
             categories,
-            self.subcategories(h, routes, hint_subcategories),
-            self.attributes(h, routes, hint_attributes),
+            self.subcategories(h, routes, hint_subcategories, silent),
+            self.attributes(h, routes, hint_attributes, silent),
             routes,
         )
 

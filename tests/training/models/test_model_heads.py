@@ -38,6 +38,7 @@ def test_one_step_changes_every_head_parameter(head: str, multi: bool) -> None:
     model = _model(head, multi)
     targets, category = _targets(8, multi)
     hints = torch.nn.functional.one_hot(category, K).float()
+    hints[-1] = 0  # one silent sample: it trains the (not yet frozen) silent-text fallback of dynamic heads
     before = {n: p.detach().clone() for n, p in model.head.named_parameters()}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loss = compute_loss(model(torch.rand(8, 3, 64, 64), hints), targets, multi=multi)
@@ -138,7 +139,8 @@ def test_closed_outputs_keep_the_images_order(head: str) -> None:
 @pytest.mark.parametrize("head", DYNAMIC)
 def test_a_dynamic_head_continues_base(head: str, multi: bool) -> None:
     """Started from Base, a dynamic head is Base at the category level and, with every range open and no
-    hints, ranks the dependent levels as Base does; training then leaves Base's part alone."""
+    hints, ranks the dependent levels as Base does; training then leaves Base's part (trunk, category
+    layer, silent-text fallback) alone."""
     base = _model("base", multi)
     targets, _ = _targets(8, multi)
     torch.optim.SGD(base.parameters(), lr=0.1).zero_grad()
@@ -159,7 +161,8 @@ def test_a_dynamic_head_continues_base(head: str, multi: bool) -> None:
         got, want = getattr(out, level), getattr(expected, level)
         torch.testing.assert_close(got - got.mean(1, keepdim=True), want - want.mean(1, keepdim=True),
                                    rtol=0, atol=1e-4)
-    frozen = {n: p.clone() for n, p in model.head.named_parameters() if n.startswith(("trunk", "categories"))}
+    frozen = {n: p.clone() for n, p in model.head.named_parameters() if n.startswith(("trunk", "categories"))
+              or ".fallback." in n}
     assert frozen and not any(p.requires_grad for n, p in model.head.named_parameters() if n in frozen)
     model.train()
     optimizer = torch.optim.SGD([p for p in model.head.parameters() if p.requires_grad], lr=0.1)
@@ -217,17 +220,18 @@ def test_coherent_subcategories_put_the_top_category_first() -> None:
 
 
 @pytest.mark.parametrize("multi", [False, True])
-def test_hint_dropout_one_trains_through_the_fallback_route(multi: bool) -> None:
-    model = _model("dynamic_layers", multi)
+def test_hint_dropout_one_trains_only_the_silent_text_fallback(multi: bool) -> None:
+    model = _model("dynamic_layers", multi)  # not started from Base: its fallback layer still learns
     targets, category = _targets(8, multi)
     hints = torch.nn.functional.one_hot((category + 1) % K, K).float()  # hint a wrong category everywhere
     hc, hs, ha = drop_hints(HintTensors(hints, torch.rand(8, M), torch.rand(8, P)), 1.0, torch.Generator().manual_seed(0))
     assert not hc.any() and not ha.any() and not hs.any()
     out = model(torch.rand(8, 3, 64, 64), hc, ha, hs)
     compute_loss(out, targets, multi=multi).backward()
-    routed = out.routes.any(0)  # the fallback: the model's own predicted categories
-    grad = model.head.attributes.weight.grad.abs().sum(dim=(1, 2))
-    assert (grad[routed] > 0).all() and (grad[~routed] == 0).all()
+    allowed = (out.routes.float() @ model.head.attributes.range_mask.float()) > 0  # the image's own route
+    grad = model.head.attributes.fallback.weight.grad.abs().sum(1)
+    assert (grad[allowed.any(0)] > 0).all() and (grad[~allowed.any(0)] == 0).all()
+    assert model.head.attributes.weight.grad.abs().sum() == 0  # the per-category layers learn from hints only
     assert model.head.categories.weight.grad.abs().sum() > 0
 
 
@@ -306,3 +310,32 @@ def test_pure_dynamic_layers_have_no_shared_rows() -> None:
     pure, shared = _model("dynamic_layers_pure"), _model("dynamic_layers")
     assert pure.head.attributes.shared is None and shared.head.attributes.shared is not None
     assert pure.head.attributes.weight.abs().sum() > 0  # separate layers start like nn.Linear, not at zero
+
+
+@pytest.mark.parametrize("head", DYNAMIC)
+def test_silent_text_uses_bases_layers_whatever_the_dynamic_ones_learned(head: str) -> None:
+    """The fallback of "when the text is silent": Base's dependent layers under the image's route, so what
+    the dynamic layers learned from hints cannot cost a post without text; hinted posts use the dynamic ones."""
+    base = _model("base").eval()
+    model = _model(head).eval()
+    model.backbone = base.backbone
+    model.head.start_from(base.head)
+    with torch.no_grad():  # the dynamic layers learn something else entirely
+        for name, param in model.head.named_parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param))
+    images = torch.rand(4, 3, 64, 64)
+    hints = torch.zeros(4, K)
+    hints[2:, 3] = 1.0  # rows 0-1 silent, rows 2-3 hinted
+    with torch.no_grad():
+        out, expected = model(images, hints), base(images)
+    for level in ("subcategories", "attributes"):
+        got, want = getattr(out, level), getattr(expected, level)
+        for row in (0, 1):
+            open_ = got[row] > DEACTIVATED
+            shift = (got[row, open_] - want[row, open_]).mean()  # one boost per sample
+            torch.testing.assert_close(got[row, open_], want[row, open_] + shift, rtol=0, atol=1e-4)
+        for row in (2, 3):
+            open_ = got[row] > DEACTIVATED
+            assert not torch.allclose(got[row, open_] - got[row, open_].mean(), want[row, open_] - want[row, open_].mean(),
+                                      atol=1e-2)
