@@ -104,7 +104,7 @@ def deactivate(logits: Tensor, allowed: Tensor, raw: Tensor | None) -> Tensor:
 
 def _with_fallback(logits: Tensor, fallback: nn.Linear | None, h: Tensor, silent: Tensor) -> Tensor:
     """``logits`` with the rows of silent-text samples replaced by the fallback layer's."""
-    if fallback is None or not silent.any():
+    if fallback is None:
         return logits
     return torch.where(silent[:, None], fallback(h).to(logits.dtype), logits)
 
@@ -221,13 +221,11 @@ class RoutedLinear(nn.Module):
         """Begin as Base's dependent layer: the shared rows are Base's; without them, each category's layer
         starts as Base's rows of its range."""
         _freeze_copy(self.fallback, base)
-        if self.shared is not None:
-            self.shared.load_state_dict(base.state_dict())
-            self.weight.zero_()
-            self.bias.zero_()
-            return
         self.weight.zero_()
         self.bias.zero_()
+        if self.shared is not None:
+            self.shared.load_state_dict(base.state_dict())
+            return
         width, spare = self.weight.shape[1], self.weight.shape[0] * self.weight.shape[1]
         for output, slots in enumerate(self.gather.tolist()):
             for slot in (s for s in slots if s != spare):
@@ -310,7 +308,6 @@ class _Head(nn.Module):
             self.attributes(h, routes, hint_attributes, silent),
             routes,
         )
-
 
     @torch.no_grad()
     def start_from(self, base: _Head) -> None:
