@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 #: Bound on join state: hints waiting for their post, and recently labelled ids (to drop late hints).
 _MAX_REMEMBERED = 100_000
-#: Records parsed per decode-thread call: enough to amortise the hop, small enough to spread a round.
+#: Records parsed per parse-thread call: enough to amortise the hop, small enough to spread a round.
 _PARSE_CHUNK = 64
 #: 9999-12-31T23:59:59.999Z, the latest instant a ``datetime`` holds.
 _MAX_TIMESTAMP_MS = 253_402_300_799_999
