@@ -48,10 +48,12 @@ def test_nine_items_wait_the_tenth_releases_the_batch():
     asyncio.run(scenario())
 
 
-def test_a_lone_item_is_released_after_max_wait():
+# Fixed: the lone item leaves after max_wait; adaptive: at once, even with an hour's max_wait.
+@pytest.mark.parametrize(("adaptive", "max_wait_s"), [(False, 0.02), (True, 3600)])
+def test_a_lone_item_is_released(adaptive: bool, max_wait_s: float):
     async def scenario():
         handler = Recorder()
-        batcher = MicroBatcher(handler, max_batch=64, max_wait_s=0.02)
+        batcher = MicroBatcher(handler, max_batch=64, max_wait_s=max_wait_s, adaptive=adaptive)
         assert await asyncio.wait_for(batcher.submit(7), timeout=5) == 70
         assert handler.batches == [[7]]
         await batcher.close()
@@ -131,17 +133,6 @@ def test_a_poison_item_fails_alone_and_its_batch_mates_get_results():
         assert results[0] == 10 and results[2:] == [20, 30]
         assert isinstance(results[1], ValueError)
         assert calls == [[1, 13, 2, 3], [1], [13], [2], [3]]
-        await batcher.close()
-
-    asyncio.run(scenario())
-
-
-def test_adaptive_a_lone_item_leaves_at_once_without_waiting_for_max_wait():
-    async def scenario():
-        handler = Recorder()
-        batcher = MicroBatcher(handler, max_batch=64, max_wait_s=3600, adaptive=True)
-        assert await asyncio.wait_for(batcher.submit(7), timeout=5) == 70
-        assert handler.batches == [[7]]
         await batcher.close()
 
     asyncio.run(scenario())
