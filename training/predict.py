@@ -2,12 +2,9 @@
 
 The batch path is split in three steps so a worker can overlap them across batches:
 
-1. :meth:`Predictor.stage`: images to one uint8 batch on the device. On CUDA (a prep thread, overlapping
-   the previous batch's forward) JPEG bytes are decoded by nvJPEG and resized on the GPU; images decoded
-   on the CPU are copied through pinned memory, without blocking the model thread. On a CPU the images
-   are decoded here, DCT-downscaled, on every core, in the model's turn: decode and forward compete for
-   the same cores, and a forward whose threads share a core with a decoder stalls at every barrier
-   (measured: 28 CPU ms per image overlapped vs 19 in turn), so on a CPU they take turns.
+1. :meth:`Predictor.stage` (a prep thread): images to one uint8 batch on the device. JPEG bytes are
+   decoded there by nvJPEG and resized on the GPU; images decoded on the CPU (:meth:`prepare`) are
+   copied through pinned memory, without blocking the model thread.
 2. :meth:`Predictor.infer` (the model thread): AMP forward in channels_last, top-k of every level for the
    whole batch on the device, and ONE device→host copy of a packed score table. On a CPU the forward
    runs in chunks of ``cpu_forward_batch`` images, the size a CPU's caches keep fastest per image.
@@ -20,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -61,19 +58,8 @@ class EncodedJpeg:
     data: bytes
 
 
-@dataclass(frozen=True)
-class CheckedImage:
-    """An image whose header passed the checks, decoded on the CPU with its batch (:meth:`Predictor.stage`)."""
-
-    data: bytes
-    max_pixels: int
-
-
 #: What :meth:`Predictor.prepare` hands to :meth:`Predictor.stage`.
-Prepared = torch.Tensor | EncodedJpeg | CheckedImage
-#: ``map`` or an executor's ``map``: how :meth:`Predictor.stage` spreads a batch's CPU decoding.
-Mapper = Callable[[Callable[[CheckedImage], torch.Tensor | BadInput], Iterable[CheckedImage]],
-                  Iterator[torch.Tensor | BadInput]]
+Prepared = torch.Tensor | EncodedJpeg
 
 
 @dataclass
@@ -140,44 +126,32 @@ class Predictor:
         return torch.from_numpy(to_chw(image, self._size))
 
     def prepare(self, data: bytes, *, max_pixels: int) -> Prepared:
-        """Check an image's header and leave its decoding to :meth:`stage`: complete RGB/grey JPEGs for
-        nvJPEG when the model is on CUDA, every complete image for the batch's CPU decode on a CPU. An
-        image that is not (a truncated JPEG, or one nvJPEG does not take) is decoded here, DCT-downscaled,
-        so its refusal names the decoder's own reason.
+        """Check an image and make it ready for :meth:`stage`: complete RGB/grey JPEGs stay encoded when
+        the model is on CUDA (nvJPEG decodes them in batches); the rest is decoded here, DCT-downscaled.
 
         Raises:
             BadInput: the image is refused (see :mod:`streamcore.decode`).
         """
-        img = open_checked(data, max_pixels=max_pixels)
-        complete = img.format != "JPEG" or is_complete_jpeg(data)
-        if self.cuda and complete and img.format == "JPEG" and img.mode in ("RGB", "L"):
-            return EncodedJpeg(data)
-        if not self.cuda and complete:
-            return CheckedImage(data, max_pixels)
+        if self.cuda:
+            img = open_checked(data, max_pixels=max_pixels)
+            if img.format == "JPEG" and img.mode in ("RGB", "L") and is_complete_jpeg(data):
+                return EncodedJpeg(data)
         return torch.from_numpy(decode_scaled(data, self._size, max_pixels=max_pixels))
 
     # -- 1. batch to device (prep thread) ---------------------------------------------------------
     @torch.inference_mode()
-    def stage(self, images: Sequence[Prepared], hints: Sequence[Hints | None], *, decode_map: Mapper = map) -> Staged:
-        """Put a batch of prepared images and their hints on the device (see the module docstring);
-        ``decode_map`` spreads the decoding of :class:`CheckedImage` items (an executor's ``map``)."""
+    def stage(self, images: Sequence[Prepared], hints: Sequence[Hints | None]) -> Staged:
+        """Put a batch of prepared images and their hints on the device (see the module docstring)."""
         if self._copy_stream is None:
-            return self._stage(images, hints, decode_map)
+            return self._stage(images, hints)
         with torch.cuda.stream(self._copy_stream):
-            staged = self._stage(images, hints, decode_map)
+            staged = self._stage(images, hints)
         self._copy_stream.synchronize()  # the model thread then reads finished tensors
         return staged
 
-    def _stage(self, images: Sequence[Prepared], hints: Sequence[Hints | None], decode_map: Mapper) -> Staged:
+    def _stage(self, images: Sequence[Prepared], hints: Sequence[Hints | None]) -> Staged:
         placed: dict[int, torch.Tensor] = {}
         refused: dict[int, BadInput] = {}
-        images = list(images)
-        checked = [i for i, img in enumerate(images) if isinstance(img, CheckedImage)]
-        for i, out in zip(checked, decode_map(self._decode_checked, [images[i] for i in checked])):
-            if isinstance(out, BadInput):
-                refused[i] = out
-            else:
-                images[i] = out
         decoded = [i for i, img in enumerate(images) if isinstance(img, torch.Tensor)]
         if decoded:
             host = torch.stack([self._fit(images[i]) for i in decoded])
@@ -198,12 +172,6 @@ class Predictor:
         cat, sub, att = (t.pin_memory() if self.cuda else t for t in hint_tensors([hints[i] for i in rows], self.ontology))
         cat, sub, att = (t.to(self.device, non_blocking=self.cuda) for t in (cat, sub, att))
         return Staged(batch, cat, att, sub, rows, refused)
-
-    def _decode_checked(self, image: CheckedImage) -> torch.Tensor | BadInput:
-        try:
-            return torch.from_numpy(decode_scaled(image.data, self._size, max_pixels=image.max_pixels))
-        except BadInput as exc:
-            return exc
 
     def _fit(self, image: torch.Tensor) -> torch.Tensor:
         # Images prepared for a previous model (a swap between decode and batch) may have another size.

@@ -26,7 +26,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -100,10 +99,8 @@ class ClassifyStage(Stage):
         self._tasks: dict[asyncio.Task, ConsumerRecord] = {}
         self._paused: set[str] = set()  # logical topics whose partitions are paused
         self._bad_pointer: bytes | str | None = None
-        workers = settings.decode_workers or os.cpu_count() or 1
-        # Loading (inline, file or URL) and header checks: a slow download never holds up a batch's decode.
-        self._load_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="load")
-        self._decode_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_workers or os.cpu_count() or 1,
+                                               thread_name_prefix="decode")
         # Parsing has threads of its own: a round's messages never queue behind the images of the last.
         self._parse_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="parse")
         # One thread stages batch n+1 onto the device while the model thread runs batch n.
@@ -340,7 +337,7 @@ class ClassifyStage(Stage):
     async def _classify(self, waiting: _Waiting) -> None:
         record = waiting.record
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(self._load_pool, self._prepare, waiting.post)
+        image = await loop.run_in_executor(self._decode_pool, self._prepare, waiting.post)
         received_ms = _received_ms(record)
         item = _Item(image, waiting.hints, waiting.post.post_id, received_ms, waiting.fingerprint, record.partition)
         # Outputs not written: the record stays unfinished (uncommitted) while this retries.
@@ -356,7 +353,7 @@ class ClassifyStage(Stage):
         self.metrics.e2e_latency.observe(max(0.0, time.time() - received_ms / 1000))
 
     def _prepare(self, post: Post) -> Prepared:
-        # Every source takes the same path: decoded with its batch, by nvJPEG on a GPU or on every core on a CPU.
+        # Every source takes the same path: DCT-scaled decode on the CPU, or nvJPEG on the device.
         return self.models.current.prepare(load_bytes(post.image, self.settings),
                                            max_pixels=self.settings.max_image_pixels)
 
@@ -366,11 +363,8 @@ class ClassifyStage(Stage):
         loop = asyncio.get_running_loop()
         # The model is read once per batch: a swap lands between two batches, never inside one.
         predictor = self.models.current
-        # On a GPU batch n+1 is staged (nvJPEG) while batch n runs; on a CPU its decode takes every core in
-        # the model's turn, since a forward sharing cores with decoders stalls (training.predict).
-        stage_pool = self._prep_pool if predictor.cuda else self._model_pool
-        staged = await loop.run_in_executor(stage_pool, partial(predictor.stage, decode_map=self._decode_pool.map),
-                                            [i.image for i in items], [i.hints for i in items])
+        staged = await loop.run_in_executor(self._prep_pool, predictor.stage, [i.image for i in items],
+                                            [i.hints for i in items])
         scores = await loop.run_in_executor(self._model_pool, predictor.infer, staged)
         results = await loop.run_in_executor(self._prep_pool, predictor.label_json, scores,
                                              [i.post_id for i in items], [i.timestamp_ms for i in items])
@@ -404,7 +398,6 @@ class ClassifyStage(Stage):
         await self.batcher.close()
         await self.sink.close()
         self.models.close()
-        self._load_pool.shutdown()
         self._decode_pool.shutdown()
         self._parse_pool.shutdown()
         self._prep_pool.shutdown()

@@ -5,20 +5,18 @@ CUDA tests (nvJPEG decoding, AMP) run where CUDA is present and are skipped else
 
 from __future__ import annotations
 
-import io
 import random
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from streamcore.decode import decode_scaled
 from streamcore.exceptions import BadInput
 from streamcore.schemas import Hints, Label, ScoredTerm
 from training.models import build_model, hint_tensors
 from training.ontology import load_ontology
-from training.predict import CheckedImage, EncodedJpeg, Predictor
+from training.predict import EncodedJpeg, Predictor
 from training.synthetic.images import draw_garment, jpeg_bytes, photo_like
 
 ONTOLOGY = load_ontology()
@@ -86,38 +84,13 @@ def test_images_prepared_for_another_input_size_are_resized():
     assert tuple(staged.images.shape) == (1, 3, predictor.image_size, predictor.image_size)
 
 
-def test_on_cpu_prepare_checks_the_header_and_the_batch_decodes_to_model_size():
+def test_on_cpu_prepare_decodes_to_model_size_and_refuses_bad_bytes():
     predictor = _predictor()
     photo = jpeg_bytes(photo_like("shoes", "plain", "black", size=512, rng=random.Random(0)))
     prepared = predictor.prepare(photo, max_pixels=10**8)
-    assert isinstance(prepared, CheckedImage)  # decoded later, with its batch
-    with pytest.raises(BadInput, match="image_too_large"):  # refused on the header, before any decode
-        predictor.prepare(photo, max_pixels=100)
-    with pytest.raises(BadInput, match="image_undecodable"):  # truncated: decoded now, for the decoder's reason
+    assert isinstance(prepared, torch.Tensor) and tuple(prepared.shape) == (3, 64, 64)
+    with pytest.raises(BadInput, match="image_undecodable"):
         predictor.prepare(photo[:1000], max_pixels=10**8)
-    used = []
-
-    def spread(fn, items):  # stands in for an executor's map
-        used.extend(items)
-        return map(fn, items)
-
-    staged = predictor.stage([prepared, prepared], [None, None], decode_map=spread)
-    assert len(used) == 2 and tuple(staged.images.shape) == (2, 3, 64, 64)
-    expected = torch.from_numpy(decode_scaled(photo, 64, max_pixels=10**8))
-    assert torch.equal(staged.images[0], expected) and not staged.refused
-
-
-def test_on_cpu_an_image_whose_decode_fails_in_the_batch_is_refused_alone():
-    predictor = _predictor()
-    good = jpeg_bytes(draw_garment("dresses", "plain", "red", size=256, rng=random.Random(0)))
-    png = io.BytesIO()
-    Image.new("RGB", (32, 32), "red").save(png, format="PNG")
-    broken_png = png.getvalue()[:-40]  # header intact, image data cut: refused only when decoded
-    items = [predictor.prepare(b, max_pixels=10**8) for b in (good, broken_png, good)]
-    assert all(isinstance(i, CheckedImage) for i in items)
-    raw = predictor.label_json(predictor.infer(predictor.stage(items, [None] * 3)), ["a", "b", "c"], [0, 0, 0])
-    assert isinstance(raw[1], BadInput) and raw[1].code == "image_undecodable"
-    assert [Label.model_validate_json(raw[i]).post_id for i in (0, 2)] == ["a", "c"]
 
 
 # -- CUDA --------------------------------------------------------------------------------------------
