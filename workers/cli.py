@@ -7,13 +7,13 @@ Each command imports what it runs inside its body, so ``worker classify`` never 
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import closing
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
+from streamcore.runtime import tune_process
 from streamcore.settings import Settings
 from workers import STAGES
 
@@ -27,11 +27,7 @@ def _settings() -> Settings:
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    # Before any command loads torch (OpenMP reads this once): idle OpenMP threads sleep instead of
-    # spinning. On a host with more runnable threads than cores (decode threads, other workers, a shared
-    # machine) spinning threads starve the rest: an EfficientNet-Lite0 forward measured 15 ms passive vs
-    # 400-3500 ms spinning at load 12-19 on 2 cores. An operator's own OMP_WAIT_POLICY wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    tune_process()  # before any command loads torch: OpenMP reads its wait policy once
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("aiokafka", "kafka"):
