@@ -57,9 +57,10 @@ class Settings(BaseSettings):
     #: ``max_batch``); off = wait up to ``max_wait_ms`` after a batch's first item for more.
     adaptive_batching: bool = True
     #: Largest batch one forward gets on a CPU; bigger micro-batches run through the model in chunks of
-    #: it. Past the caches a CPU gets slower per image as batches grow (EfficientNet-Lite0 @224 on the
-    #: project's machine: 11-15 ms/img at 4-8, 35 at 32, 44 at 64). GPUs take the whole micro-batch.
-    cpu_forward_batch: int = Field(8, ge=1, le=4096)
+    #: it, which bounds the activations' memory (~4.8 MB per image at 224 px). EfficientNet-Lite0 @224 on
+    #: the project's machine, large blocks kept on the heap (streamcore.runtime): 107/130/137/142/141
+    #: img/s at chunks of 4/8/16/32/64. GPUs take the whole micro-batch.
+    cpu_forward_batch: int = Field(32, ge=1, le=4096)
 
     # Consumer behaviour. 6 s keeps group joins ~3 s on the embedded broker; production may raise it.
     group_prefix: str = "stylestream"
