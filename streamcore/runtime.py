@@ -8,9 +8,10 @@ Two defaults that cost a CPU model most of its speed, both measured on this proj
 - *glibc hands every allocation over its mmap threshold back to the kernel* on ``free``: a forward's
   activations (38 MB for 8 images at 224 px) were mapped, zero-filled page by page and unmapped again on
   every call: ~4,800 page faults and 8 ms of kernel time per image in the worker, up to half of the
-  model's time. Large blocks now come from the heap and stay there (no mmap, a 64 MB top pad so a
-  thread's heap is not dropped between batches, trimming only past 1 GB free): RSS stays at the peak a
-  batch needs, and a forward stops faulting.
+  model's time. Large blocks now come from the heap and stay there (no mmap, trimming only past 1 GB
+  free, a 64 MB top pad): RSS stays at the peak a batch needs, and a forward stops faulting. All threads
+  share the main heap: a thread's own arena grows in 64 MB heaps, and a block larger than that (a
+  32-image chunk's activations are ~150 MB) would be mapped per call again.
 
 An operator's own ``OMP_WAIT_POLICY``, ``MALLOC_*`` or ``GLIBC_TUNABLES`` settings win.
 """
@@ -25,13 +26,14 @@ import sys
 log = logging.getLogger(__name__)
 
 # mallopt(3) parameters (glibc's malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 _TRIM_THRESHOLD = 1 << 30
 _TOP_PAD = 64 << 20
 
 
 def tune_process() -> dict[str, bool]:
-    """Apply both defaults unless the environment already decides; what was applied, by name."""
+    """Apply both defaults unless the environment already decides (call before starting threads); what was
+    applied, by name."""
     applied = {"omp_passive": "OMP_WAIT_POLICY" not in os.environ, "malloc_heap": _may_tune_malloc()}
     if applied["omp_passive"]:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read once, when torch loads OpenMP
@@ -51,7 +53,7 @@ def _keep_large_blocks_on_heap() -> bool:
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     done = all(mallopt(param, value) == 1 for param, value in
-               ((_M_MMAP_MAX, 0), (_M_TOP_PAD, _TOP_PAD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
+               ((_M_MMAP_MAX, 0), (_M_TOP_PAD, _TOP_PAD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_ARENA_MAX, 1)))
     if not done:
         log.warning("mallopt refused a setting: large allocations may still be mapped and unmapped per call")
     return done

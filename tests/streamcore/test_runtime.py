@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(sys.platform != "linux" or not hasattr(ctypes.CD
                                 reason="glibc >= 2.33 malloc only")
 
 _PROBE = """
-import ctypes, json, os, sys
+import ctypes, json, os, sys, threading
 import numpy as np
 from streamcore.runtime import tune_process
 
@@ -33,8 +33,15 @@ block = np.ones(40 << 20, dtype=np.uint8)  # a forward's activations
 held = info()
 del block
 freed = info()
+in_thread = []
+def model_thread():  # a chunk's activations, in another thread, larger than a thread arena's 64 MB heap
+    block = np.ones(100 << 20, dtype=np.uint8)
+    in_thread.append(info().hblkhd)
+thread = threading.Thread(target=model_thread)
+thread.start()
+thread.join()
 print(json.dumps({"applied": applied, "omp": os.environ.get("OMP_WAIT_POLICY"), "mapped_while_held": held.hblkhd,
-                  "heap_after_free": freed.arena}))
+                  "heap_after_free": freed.arena, "mapped_in_thread": in_thread[0]}))
 """
 
 
@@ -49,6 +56,7 @@ def test_tuned_a_large_block_comes_from_the_heap_and_stays_there_after_free():
     plain, tuned = _probe("plain"), _probe("tuned")
     assert plain["mapped_while_held"] >= 40 << 20  # glibc's default: mapped, and unmapped again on free
     assert tuned["mapped_while_held"] < 40 << 20 and tuned["heap_after_free"] >= 40 << 20
+    assert plain["mapped_in_thread"] >= 100 << 20 and tuned["mapped_in_thread"] < 100 << 20
     assert tuned["applied"] == {"omp_passive": True, "malloc_heap": True} and tuned["omp"] == "PASSIVE"
 
 
