@@ -59,7 +59,7 @@ def _cases(prefix: str) -> dict[str, tuple[bytes, str, str]]:
         "zero-byte-image": (_post(f"{p}-z", image=_b64(b"")), "image_empty", "zero"),
         "truncated-jpeg": (_post(f"{p}-j", image=_b64(JPEG[: len(JPEG) // 2])), "image_undecodable", ""),
         "garbage-image": (_post(f"{p}-g", image=_b64(b"definitely not an image")), "image_undecodable", ""),
-        # Header intact, pixel data cut: passes the header checks, refused by its batch's decode.
+        # Header intact, pixel data cut: passes the header checks, refused by the decoder itself.
         "corrupt-png-body": (_post(f"{p}-p", image=_b64(_png((64, 64))[:-40])), "image_undecodable", ""),
         "gif-image": (_post(f"{p}-f", image=_b64(_png((8, 8), "P", "GIF"))), "image_format", "GIF"),
         "over-pixel-limit": (_post(f"{p}-o", image=_b64(_png((1500, 1000)))), "image_too_large", "1500x1000"),

@@ -6,7 +6,8 @@
 All in one run, on the same machine state (the machine is shared: compare the ratios, not across runs):
 
 1. *model alone*: the worker's own predictor (forward with top-k + label JSON) on a batch already on the
-   device, at each batch size (median of three), in img/s and CPU ms per image;
+   device, at each batch size (median of three), in img/s and CPU ms per image, measured right before and
+   right after the pipeline run at that batch size (the mean is the ratio's reference);
 2. *decode alone*: images per second on ONE core, the old path (full decode, then resize) and the new one
    (DCT-domain downscaling; on CUDA also nvJPEG in batches), and the new one on every core; *ingest alone*:
    posts per second through parsing, validation, fingerprint and base64 (old: stdlib on the event loop;
@@ -400,13 +401,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         predictor = Predictor.load(base)
         device = predictor.device
         command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
-        model, model_cpu, sweep = {}, {}, []
+        model, model_cpu, bracket, sweep = {}, {}, {}, []
         body = {
             "workload": args.workload, "image_size": args.image_size, "input_size": args.input_size,
             "backbone": args.backbone, "head": args.head, "posts": args.posts,
             "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
             "mean_image_kb": round(statistics.fmean(map(len, blobs)) / 1024, 1), "device": str(device),
-            "model_alone_images_per_s": model, "model_alone_cpu_ms_per_image": model_cpu, "pipeline": sweep,
+            "model_alone_images_per_s": model, "model_alone_cpu_ms_per_image": model_cpu,
+            "model_alone_before_after_images_per_s": bracket, "pipeline": sweep,
             "reference_max_batch": args.latency_max_batch, "max_wait_ms": base.max_wait_ms, "complete": False,
         }
 
@@ -427,23 +429,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
         save()
         model_images = args.model_images or (32 if device.type == "cpu" else 1024)
 
-        def model_alone(batch: int) -> None:
+        def model_alone(batch: int) -> tuple[float, float]:
             rate, cpu_ms = _model_alone(predictor, hints, batch, max(batch, model_images))
-            model[str(batch)], model_cpu[str(batch)] = round(rate, 1), round(cpu_ms, 2)
             console.print(f"model alone ({args.backbone}@{args.input_size}, {device}), batch {batch}: "
-                          f"{model[str(batch)]} img/s, {model_cpu[str(batch)]} CPU ms/img")
+                          f"{rate:.1f} img/s, {cpu_ms:.2f} CPU ms/img")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            return rate, cpu_ms
+
+        def record(batch: int, *measured: tuple[float, float]) -> None:
+            model[str(batch)] = round(statistics.fmean(r for r, _ in measured), 1)
+            model_cpu[str(batch)] = round(statistics.fmean(c for _, c in measured), 2)
+            if len(measured) > 1:
+                bracket[str(batch)] = [round(r, 1) for r, _ in measured]
             save()
 
         for batch in model_batches:
             if batch not in args.max_batches:
-                model_alone(batch)
+                record(batch, model_alone(batch))
         for max_batch in args.max_batches:
-            # The model alone right before the pipeline at the same batch size: the two see the same
-            # machine state, which on a shared host drifts within minutes.
-            if max_batch in model_batches:
-                model_alone(max_batch)
+            # The model alone right before AND right after the pipeline at the same batch size, and the
+            # ratio to their mean: the three see nearly the same machine state, which on a shared host
+            # drifts within minutes.
+            before = model_alone(max_batch) if max_batch in model_batches else None
+            if before is not None:
+                record(max_batch, before)  # a run cut short (a one-shot GPU session) still reports it
             console.print(f"pipeline, max_batch {max_batch} …")
             try:
                 run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
@@ -452,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 console.print(f"  [red]failed[/]: {exc}")
                 save()
                 continue
-            if str(max_batch) in model:
+            if before is not None:
+                record(max_batch, before, model_alone(max_batch))
                 run["ratio_to_model_alone"] = round(run["images_per_s"] / model[str(max_batch)], 3)
                 run["cpu_ratio_to_model_alone"] = round(model_cpu[str(max_batch)] / run["cpu_ms_per_image"], 3)
             sweep.append(run)
