@@ -34,12 +34,10 @@ _TOP_PAD = 64 << 20
 def tune_process() -> dict[str, bool]:
     """Apply both defaults unless the environment already decides (call before starting threads); what was
     applied, by name."""
-    applied = {"omp_passive": "OMP_WAIT_POLICY" not in os.environ, "malloc_heap": _may_tune_malloc()}
-    if applied["omp_passive"]:
+    omp_passive = "OMP_WAIT_POLICY" not in os.environ
+    if omp_passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read once, when torch loads OpenMP
-    if applied["malloc_heap"]:
-        applied["malloc_heap"] = _keep_large_blocks_on_heap()
-    return applied
+    return {"omp_passive": omp_passive, "malloc_heap": _may_tune_malloc() and _keep_large_blocks_on_heap()}
 
 
 def _may_tune_malloc() -> bool:
