@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -74,6 +74,9 @@ class StageMetrics:
                                       "Held hints committed without their post, by reason", ("reason",), registry=r)
         self.ready = Gauge("stylestream_ready", "1 when the worker is ready", s, registry=r)
         self.assigned = Gauge("stylestream_assigned_partitions", "Partitions owned", s + ("topic",), registry=r)
+        # process_resident_memory_bytes, process_cpu_seconds_total...: the stage's registry is its own, so the
+        # process series that prometheus_client puts on its global registry must be added here.
+        ProcessCollector(registry=r)
         # Series that should exist at 0 from the start, so rates and alerts see them before the first event.
         for metric in (self.rebalances, self.processed, self.commits, self.inflight, self.queue_depth, self.ready):
             metric.labels(self.stage)

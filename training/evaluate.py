@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{scenario}/{name}/seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
     records = [r for e in done if e.get("kind") == "seed" for r in e["records"]]
     rows, quality = aggregate(records)
-    command = " ".join(["python -m training.evaluate", *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(["stylestream eval", *(argv if argv is not None else sys.argv[1:])])
     report = {
         "rows": rows, "hint_quality": quality, "selected_settings": selected, "verdicts": verdicts(rows),
         "protocol": {"variants": {v: {**MAIN_TEXT, **VARIANTS[v]} for v in VARIANTS},
