@@ -125,7 +125,7 @@ def test_prometheus_scrapes_workers_and_series_move(make_settings, workers, prom
     moving = (labelled, 'sum(stylestream_messages_processed_total{stage="text"})',
               "sum(stylestream_end_to_end_latency_seconds_count)", "sum(stylestream_batch_size_sum)")
     for expr in moving:  # targets are scraped independently: the text worker's may lag a scrape behind
-        wait_until(lambda: prom.scalar(expr) > 0, timeout=15, what=f"{expr} above 0")
+        wait_until(lambda expr=expr: prom.scalar(expr) > 0, timeout=15, what=f"{expr} above 0")
     first = {expr: prom.scalar(expr) for expr in moving}
 
     for expr in ("stylestream_messages_consumed_total", "stylestream_stage_latency_seconds_bucket",
