@@ -7,14 +7,17 @@ All in one run, on the same machine state (the machine is shared: compare the ra
 
 1. *model alone*: the worker's own predictor (forward with top-k + label JSON) on a batch already on the
    device, at each batch size (median of three), in img/s and CPU ms per image, measured right before and
-   right after the pipeline run at that batch size (the mean is the ratio's reference);
+   right after each pipeline run at that batch size (their mean is that run's reference);
 2. *decode alone*: images per second on ONE core, the old path (full decode, then resize) and the new one
    (DCT-domain downscaling; on CUDA also nvJPEG in batches), and the new one on every core; *ingest alone*:
    posts per second through parsing, validation, fingerprint and base64 (old: stdlib on the event loop;
    new: pybase64 in the parse threads);
 3. *pipeline*: N posts and their hints are produced before ONE ``stylestream worker classify`` starts;
    the rate is taken from the labels' ``labeled_at`` over the last 90% of them (start-up excluded), for
-   each ``max_batch`` of the sweep; on CUDA with the GPU's utilisation sampled every 200 ms;
+   each ``max_batch`` of the sweep; on CUDA with the GPU's utilisation sampled every 200 ms. The sweep
+   runs ``--rounds`` times (3 on CPU, every other round backwards) and each entry gives the medians of its
+   rounds, the range of its ratio and every round: two cores shared with other machines' work drift by
+   20% within minutes, more than the differences measured;
 4. *latency*: posts (each followed by its hints, as a zero-latency text stage would) at 50% of the
    pipeline's saturated rate; latency = ``labeled_at - received_at`` (Kafka timestamp of the post).
 
@@ -377,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--latency-posts", type=int)
     parser.add_argument("--max-batches", type=_ints, default=[1, 8, 32, 128], help="the max_batch sweep")
     parser.add_argument("--model-batches", type=_ints, help="batch sizes of the model-alone runs (default: the sweep)")
+    parser.add_argument("--rounds", type=int, help="times the sweep runs, the model alone bracketing each run; the "
+                        "report gives medians (default 3 on CPU, whose shared cores drift by 20%% within minutes; "
+                        "1 on CUDA)")
     parser.add_argument("--latency-max-batch", type=int, default=32)
     parser.add_argument("--model-images", type=int, help="images per model-alone run (default 32 on CPU, 1024 on CUDA)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -384,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--logs", type=Path, help="keep the workers' logs in this folder")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be >= 1")
     preset = WORKLOADS[args.workload]
     for key in ("image_size", "input_size", "backbone", "posts", "latency_posts", "out"):
         if getattr(args, key) is None:
@@ -428,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         console.print(f"  {body['ingest_alone_posts_per_s']}")
         save()
         model_images = args.model_images or (32 if device.type == "cpu" else 1024)
+        rounds_wanted = body["rounds"] = args.rounds or (3 if device.type == "cpu" else 1)
 
         def model_alone(batch: int) -> tuple[float, float]:
             rate, cpu_ms = _model_alone(predictor, hints, batch, max(batch, model_images))
@@ -438,8 +447,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             return rate, cpu_ms
 
         def record(batch: int, *measured: tuple[float, float]) -> None:
-            model[str(batch)] = round(statistics.fmean(r for r, _ in measured), 1)
-            model_cpu[str(batch)] = round(statistics.fmean(c for _, c in measured), 2)
+            model[str(batch)] = round(statistics.median(r for r, _ in measured), 1)
+            model_cpu[str(batch)] = round(statistics.median(c for _, c in measured), 2)
             if len(measured) > 1:
                 bracket[str(batch)] = [round(r, 1) for r, _ in measured]
             save()
@@ -447,28 +456,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for batch in model_batches:
             if batch not in args.max_batches:
                 record(batch, model_alone(batch))
-        for max_batch in args.max_batches:
-            # The model alone right before AND right after the pipeline at the same batch size, and the
-            # ratio to their mean: the three see nearly the same machine state, which on a shared host
-            # drifts within minutes.
-            before = model_alone(max_batch) if max_batch in model_batches else None
-            if before is not None:
-                record(max_batch, before)  # a run cut short (a one-shot GPU session) still reports it
-            console.print(f"pipeline, max_batch {max_batch} …")
-            try:
-                run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
-            except (TimeoutError, RuntimeError) as exc:  # one failed run must not cost the whole report
-                sweep.append({"max_batch": max_batch, "error": f"{type(exc).__name__}: {exc}"})
-                console.print(f"  [red]failed[/]: {exc}")
+        rounds: dict[int, list[dict]] = {max_batch: [] for max_batch in args.max_batches}
+        alone: dict[int, list[tuple[float, float]]] = {max_batch: [] for max_batch in args.max_batches}
+        for round_ in range(rounds_wanted):
+            # Odd rounds run the sweep backwards: a drift of the shared host then favours no batch size.
+            for max_batch in args.max_batches if round_ % 2 == 0 else args.max_batches[::-1]:
+                # The model alone right before AND right after the pipeline at the same batch size, and the
+                # ratio to their mean: the three see nearly the same machine state, which on a shared host
+                # drifts within minutes.
+                before = model_alone(max_batch) if max_batch in model_batches else None
+                console.print(f"pipeline, max_batch {max_batch}, round {round_ + 1} of {rounds_wanted} …")
+                try:
+                    run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
+                except (TimeoutError, RuntimeError) as exc:  # one failed run must not cost the whole report
+                    run = {"error": f"{type(exc).__name__}: {exc}"}
+                    console.print(f"  [red]failed[/]: {exc}")
+                if before is not None:
+                    measured = (before, model_alone(max_batch)) if "error" not in run else (before,)
+                    alone[max_batch] += measured
+                    record(max_batch, *alone[max_batch])
+                    if "error" not in run:
+                        reference = statistics.fmean(r for r, _ in measured)
+                        run["model_alone_images_per_s"] = [round(r, 1) for r, _ in measured]
+                        run["ratio_to_model_alone"] = round(run["images_per_s"] / reference, 3)
+                        run["cpu_ratio_to_model_alone"] = round(
+                            statistics.fmean(c for _, c in measured) / run["cpu_ms_per_image"], 3)
+                rounds[max_batch].append(run)
+                sweep[:] = [_combine(b, rounds[b]) for b in args.max_batches if rounds[b]]
+                console.print(f"  {run}")
                 save()
-                continue
-            if before is not None:
-                record(max_batch, before, model_alone(max_batch))
-                run["ratio_to_model_alone"] = round(run["images_per_s"] / model[str(max_batch)], 3)
-                run["cpu_ratio_to_model_alone"] = round(model_cpu[str(max_batch)] / run["cpu_ms_per_image"], 3)
-            sweep.append(run)
-            console.print(f"  {run}")
-            save()
         done = [r for r in sweep if "error" not in r]
         reference = next((r for r in done if r["max_batch"] == args.latency_max_batch), done[-1] if done else None)
         latency: dict = {"error": "no pipeline run succeeded"}
@@ -490,6 +506,24 @@ def main(argv: Sequence[str] | None = None) -> dict:
         save()
     _print(console, body)
     return body
+
+
+def _combine(max_batch: int, rounds: list[dict]) -> dict:
+    """One sweep entry from the rounds at ``max_batch``: medians (rates, CPU per image, ratios), the range of
+    the ratio, and every round as measured."""
+    done = [r for r in rounds if "error" not in r]
+    if not done:
+        return {"max_batch": max_batch, "error": rounds[-1]["error"], "rounds": rounds}
+    entry: dict = {"max_batch": max_batch}
+    for key in ("images_per_s", "cpu_ms_per_image", "ratio_to_model_alone", "cpu_ratio_to_model_alone",
+                "gpu_util_mean_pct", "gpu_util_p90_pct"):
+        values = [r[key] for r in done if key in r]
+        if values:
+            entry[key] = round(statistics.median(values), 3 if "ratio" in key else 2 if key.startswith("cpu") else 1)
+    ratios = [r["ratio_to_model_alone"] for r in done if "ratio_to_model_alone" in r]
+    if ratios:
+        entry["ratio_range"] = [min(ratios), max(ratios)]
+    return {**entry, "rounds": rounds}
 
 
 def _summarise(body: dict) -> None:
@@ -530,7 +564,10 @@ def _print(console: Console, body: dict) -> None:
         if "error" in run:
             table.add_row(f"pipeline, max_batch {run['max_batch']}", run["error"][:60])
             continue
-        extra = f" (×{run['ratio_to_model_alone']} of model)" if "ratio_to_model_alone" in run else ""
+        extra = ""
+        if "ratio_to_model_alone" in run:
+            low, high = run["ratio_range"]
+            extra = f" (×{run['ratio_to_model_alone']} of model, {low}–{high} in {len(run['rounds'])} rounds)"
         util = f", GPU {run['gpu_util_mean_pct']}%" if "gpu_util_mean_pct" in run else ""
         table.add_row(f"pipeline, max_batch {run['max_batch']}{extra}{util}", f"{run['images_per_s']:,}")
     lat = body["latency"]
