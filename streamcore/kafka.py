@@ -51,6 +51,19 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
         admin.close()
 
 
+def delete_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> None:
+    """Delete the contract topics of ``settings`` that exist (their records with them)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id="stylestream-admin",
+                             **kafka_python_security(settings))
+    try:
+        existing = set(admin.list_topics())
+        doomed = [settings.topic(name) for name in names if settings.topic(name) in existing]
+        if doomed:
+            admin.delete_topics(doomed)
+    finally:
+        admin.close()
+
+
 def _sasl(settings: Settings) -> dict[str, Any]:
     # Both libraries name SCRAM credentials sasl_plain_* too.
     if not settings.kafka_security_protocol.startswith("SASL"):

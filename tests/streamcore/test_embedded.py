@@ -12,8 +12,8 @@ import redis
 from kafka import KafkaAdminClient
 
 from streamcore.embedded import EmbeddedStack
-from streamcore.kafka import ensure_topics
-from streamcore.settings import Settings
+from streamcore.kafka import delete_topics, ensure_topics
+from streamcore.settings import TOPICS, Settings
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -36,8 +36,13 @@ def test_start_answer_stop():
         assert ensure_topics(settings) and ensure_topics(settings) == []  # idempotent
         admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
         described = admin.describe_topics(["posts"])
-        admin.close()
         assert len(described[0]["partitions"]) == 3
+        other = Settings(kafka=stack.bootstrap, topic_prefix="other.")
+        ensure_topics(other)
+        delete_topics(settings)
+        delete_topics(settings)  # nothing left to delete: no error
+        assert sorted(admin.list_topics()) == sorted(other.topic(name) for name in TOPICS)
+        admin.close()
     assert not any(_alive(pid) for pid in pids)
 
 

@@ -55,7 +55,7 @@ from rich.table import Table
 from streamcore.decode import decode_scaled
 from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.images import decode_image, to_chw
-from streamcore.kafka import ensure_topics, make_producer
+from streamcore.kafka import delete_topics, ensure_topics, make_producer
 from streamcore.reports import write_report
 from streamcore.schemas import Hints, Label, Post, ScoredTerm
 from streamcore.serde import decode_post, encode
@@ -321,6 +321,7 @@ def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch:
         cpu.append((len(posts), _cpu_seconds(proc.pid)))
     finally:
         stop_processes([proc], timeout=30)
+        delete_topics(settings)  # the embedded broker keeps records in memory: 0.5 GB per realistic run
     # A batch's labels share one labeled_at: count the labels stamped after the first 10% were done.
     stamps = sorted(l.labeled_at.timestamp() for l in labels)
     start = stamps[len(stamps) // 10]
@@ -356,6 +357,7 @@ def _latency(base: Settings, posts: list[Post], hints: list[Hints], rate: float,
         labels = _labels(settings, len(posts) - 1, timeout, proc)
     finally:
         stop_processes([proc], timeout=30)
+        delete_topics(settings)
     return sorted((l.labeled_at - l.received_at).total_seconds() * 1000 for l in labels)
 
 
