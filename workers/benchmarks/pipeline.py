@@ -467,22 +467,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 # ratio to their mean: the three see nearly the same machine state, which on a shared host
                 # drifts within minutes.
                 before = model_alone(max_batch) if max_batch in model_batches else None
+                if before is not None:
+                    alone[max_batch].append(before)
+                    record(max_batch, *alone[max_batch])  # a run cut short (a one-shot GPU session) still reports it
                 console.print(f"pipeline, max_batch {max_batch}, round {round_ + 1} of {rounds_wanted} …")
                 try:
                     run = _saturated(base, posts, hints, max_batch, device, args.logs, args.run_timeout)
                 except (TimeoutError, RuntimeError) as exc:  # one failed run must not cost the whole report
-                    run = {"error": f"{type(exc).__name__}: {exc}"}
+                    run = {"max_batch": max_batch, "error": f"{type(exc).__name__}: {exc}"}
                     console.print(f"  [red]failed[/]: {exc}")
-                if before is not None:
-                    measured = (before, model_alone(max_batch)) if "error" not in run else (before,)
-                    alone[max_batch] += measured
+                if before is not None and "error" not in run:
+                    measured = (before, model_alone(max_batch))
+                    alone[max_batch].append(measured[1])
                     record(max_batch, *alone[max_batch])
-                    if "error" not in run:
-                        reference = statistics.fmean(r for r, _ in measured)
-                        run["model_alone_images_per_s"] = [round(r, 1) for r, _ in measured]
-                        run["ratio_to_model_alone"] = round(run["images_per_s"] / reference, 3)
-                        run["cpu_ratio_to_model_alone"] = round(
-                            statistics.fmean(c for _, c in measured) / run["cpu_ms_per_image"], 3)
+                    run["model_alone_images_per_s"] = [round(r, 1) for r, _ in measured]
+                    run["ratio_to_model_alone"] = round(run["images_per_s"] / statistics.fmean(r for r, _ in measured), 3)
+                    run["cpu_ratio_to_model_alone"] = round(
+                        statistics.fmean(c for _, c in measured) / run["cpu_ms_per_image"], 3)
                 rounds[max_batch].append(run)
                 sweep[:] = [_combine(b, rounds[b]) for b in args.max_batches if rounds[b]]
                 console.print(f"  {run}")

@@ -1,0 +1,29 @@
+"""The pipeline benchmark's sweep entries: medians over rounds, the ratio's range, failed rounds kept."""
+
+from __future__ import annotations
+
+from workers.benchmarks.pipeline import _combine
+
+
+def _round(rate: float, ratio: float, cpu: float) -> dict:
+    return {"max_batch": 8, "images_per_s": rate, "cpu_ms_per_image": cpu, "ratio_to_model_alone": ratio}
+
+
+def test_an_entry_gives_the_medians_of_its_rounds_and_the_range_of_the_ratio() -> None:
+    rounds = [_round(100.0, 0.70, 14.0), _round(120.0, 0.90, 12.0), {"max_batch": 8, "error": "TimeoutError: x"},
+              _round(110.0, 0.80, 13.0)]
+    entry = _combine(8, rounds)
+    assert entry["images_per_s"] == 110.0 and entry["ratio_to_model_alone"] == 0.8
+    assert entry["cpu_ms_per_image"] == 13.0 and entry["ratio_range"] == [0.7, 0.9]
+    assert entry["rounds"] == rounds and "error" not in entry  # the failed round is kept, not counted
+
+
+def test_an_entry_without_a_successful_round_is_an_error() -> None:
+    entry = _combine(32, [{"max_batch": 32, "error": "RuntimeError: worker exited"}])
+    assert entry["max_batch"] == 32 and entry["error"] == "RuntimeError: worker exited"
+    assert "images_per_s" not in entry
+
+
+def test_without_a_model_alone_reference_there_is_no_ratio() -> None:
+    entry = _combine(1, [{"max_batch": 1, "images_per_s": 40.0, "cpu_ms_per_image": 25.0}])
+    assert entry["images_per_s"] == 40.0 and "ratio_to_model_alone" not in entry and "ratio_range" not in entry
