@@ -69,6 +69,10 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
     with ExitStack() as stack:
         if not settings.kafka or not settings.redis_url:
             embedded = stack.enter_context(EmbeddedStack())
+            # Runs just before the broker stops: kafka-python's shared IO thread can still hold a socket of the
+            # label consumer that Ctrl-C interrupted (closed, but not by its IO loop yet), and would log the
+            # broker going away as errors.
+            stack.callback(logging.getLogger("kafka").setLevel, logging.CRITICAL)
             settings = settings.model_copy(update={"kafka": settings.kafka or embedded.bootstrap,
                                                    "redis_url": settings.redis_url or embedded.redis_url})
             console.print(f"embedded broker [bold]{embedded.bootstrap}[/], redis [bold]{embedded.redis_url}[/]")
@@ -85,6 +89,11 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
                 feeder = threading.Thread(target=produce_synthetic, args=(settings,),
                                           kwargs={"count": 10**9, "rate": rate, "stop": stop}, daemon=True)
                 feeder.start()
+
+                def stop_feeder() -> None:  # its producer must close while the broker still runs
+                    stop.set()
+                    feeder.join(timeout=10)
+                stack.callback(stop_feeder)
                 # closing(): the label consumer must be closed now, while the broker still runs.
                 with StylestreamClient(settings) as client, closing(client.labels(from_beginning=True)) as labels:
                     for label in labels:
