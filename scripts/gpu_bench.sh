@@ -7,11 +7,12 @@
 # Failing tests do not stop the benchmark (one GPU session) but make the script exit 1 at the end.
 #
 #   GPU machine, repo root (wheels in .whl/):  OUT=/some/dir bash scripts/gpu_bench.sh
-#   rehearsal on a CPU machine, tiny sizes:     bash scripts/gpu_bench.sh --cpu-smoke
+#   rehearsal on a CPU machine, tiny sizes:     bash scripts/gpu_bench.sh --cpu-smoke   (OUT: a temp dir)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-gpu}
-OUT=${OUT:-$PWD/reports}
+# A rehearsal's tiny CPU figures must never land in reports/ under the GPU report's name.
+if [[ $MODE == gpu ]]; then OUT=${OUT:-$PWD/reports}; else OUT=${OUT:-$(mktemp -d)}; fi
 mkdir -p "$OUT"
 T0=$(date +%s)
 STATUS=0
