@@ -69,9 +69,9 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
     with ExitStack() as stack:
         if not settings.kafka or not settings.redis_url:
             embedded = stack.enter_context(EmbeddedStack())
-            # Runs just before the broker stops: kafka-python's shared IO thread can still hold a socket of the
-            # label consumer that Ctrl-C interrupted (closed, but not by its IO loop yet), and would log the
-            # broker going away as errors.
+            # Runs just before the broker stops: after a Ctrl-C, kafka-python's shared IO thread can still hold
+            # a socket when every client is closed (none is left to close), and would log the broker going away
+            # as errors.
             stack.callback(logging.getLogger("kafka").setLevel, logging.CRITICAL)
             settings = settings.model_copy(update={"kafka": settings.kafka or embedded.bootstrap,
                                                    "redis_url": settings.redis_url or embedded.redis_url})
