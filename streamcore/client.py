@@ -11,6 +11,7 @@ Synchronous (kafka-python, redis-py) so it drops into scripts and notebooks::
 from __future__ import annotations
 
 import base64
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -67,17 +68,27 @@ class StylestreamClient:
 
     # -- reading ---------------------------------------------------------------------------------
     def labels(self, *, timeout: float | None = None, from_beginning: bool = False,
-               group: str | None = None) -> Iterator[Label]:
-        """Labels from the ``labels`` topic as they arrive; stops after ``timeout`` s without one."""
+               group: str | None = None, stop: threading.Event | None = None) -> Iterator[Label]:
+        """Labels from the ``labels`` topic as they arrive; stops after ``timeout`` s without one, or within
+        half a second of ``stop`` being set (a Ctrl-C handler sets it: an interrupt raised inside the
+        Kafka client could leave it unable to close)."""
         consumer = KafkaConsumer(
             self.settings.topic("labels"), bootstrap_servers=bootstrap(self.settings), group_id=group,
             auto_offset_reset="earliest" if from_beginning else "latest", enable_auto_commit=group is not None,
-            session_timeout_ms=self.settings.session_timeout_ms, consumer_timeout_ms=int(timeout * 1000) if timeout else float("inf"),
+            session_timeout_ms=self.settings.session_timeout_ms,
             **self.settings.kafka_options, **kafka_python_security(self.settings),
         )
         try:
-            for record in consumer:
-                yield decode(record.value, Label, max_bytes=self.settings.max_message_bytes)
+            idle_since = time.monotonic()
+            while stop is None or not stop.is_set():
+                batches = consumer.poll(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        yield decode(record.value, Label, max_bytes=self.settings.max_message_bytes)
+                if batches:
+                    idle_since = time.monotonic()
+                elif timeout is not None and time.monotonic() - idle_since >= timeout:
+                    return
         finally:
             consumer.close()
 

@@ -7,6 +7,7 @@ Each command imports what it runs inside its body, so ``worker classify`` never 
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import closing
 from typing import Annotated, Optional
 
@@ -70,9 +71,11 @@ def tail(
 ) -> None:
     """Print labels as they arrive."""
     from streamcore.client import StylestreamClient
-    from workers.launcher import print_label
+    from workers.launcher import ctrl_c_sets, print_label
 
-    with StylestreamClient(_settings()) as client, closing(client.labels(from_beginning=from_beginning)) as labels:
+    stop = threading.Event()
+    with ctrl_c_sets(stop), StylestreamClient(_settings()) as client, \
+            closing(client.labels(from_beginning=from_beginning, stop=stop)) as labels:
         for n, label in enumerate(labels, 1):
             print_label(console, label)
             if count is not None and n >= count:

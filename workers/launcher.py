@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 import threading
 import time
-from contextlib import ExitStack, closing
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
 
 from rich.console import Console
 
@@ -50,6 +52,17 @@ def print_label(console: Console, label: Label) -> None:
     latency = (label.labeled_at - label.received_at).total_seconds() * 1000
     console.print(f"[bold]{label.post_id}[/] [green]{top.term}[/] {top.score:.2f} · {sub} · {attrs} "
                   f"[dim]({steer}, {label.model_version}, {latency:.0f} ms)[/]", soft_wrap=True)
+
+
+@contextmanager
+def ctrl_c_sets(event: threading.Event) -> Iterator[None]:
+    """Within the block, Ctrl-C (SIGINT) sets ``event`` instead of raising KeyboardInterrupt wherever the
+    main thread is: inside a Kafka client's wait, an interrupt could leave it unable to close."""
+    previous = signal.signal(signal.SIGINT, lambda *_: event.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _spawn_stage(stage: str, settings: Settings) -> subprocess.Popen:
@@ -95,9 +108,11 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
                     feeder.join(timeout=10)
                 stack.callback(stop_feeder)
                 # closing(): the label consumer must be closed now, while the broker still runs.
-                with StylestreamClient(settings) as client, closing(client.labels(from_beginning=True)) as labels:
+                with ctrl_c_sets(stop), StylestreamClient(settings) as client, \
+                        closing(client.labels(from_beginning=True, stop=stop)) as labels:
                     for label in labels:
                         print_label(console, label)
+                console.print("stopping…")
             else:
                 while all(p.poll() is None for p in procs):
                     time.sleep(0.5)
