@@ -89,6 +89,8 @@ def test_on_cpu_prepare_decodes_to_model_size_and_refuses_bad_bytes():
     photo = jpeg_bytes(photo_like("shoes", "plain", "black", size=512, rng=random.Random(0)))
     prepared = predictor.prepare(photo, max_pixels=10**8)
     assert isinstance(prepared, torch.Tensor) and tuple(prepared.shape) == (3, 64, 64)
+    with pytest.raises(BadInput, match="image_too_large"):  # refused on the header, before any decode
+        predictor.prepare(photo, max_pixels=100)
     with pytest.raises(BadInput, match="image_undecodable"):
         predictor.prepare(photo[:1000], max_pixels=10**8)
 
