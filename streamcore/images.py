@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from streamcore.decode import open_checked, refusals
+from streamcore.decode import open_checked, orientation, refusals, to_rgb, upright
 from streamcore.exceptions import BadInput
 from streamcore.fetch import FetchPolicy, fetch_url
 from streamcore.schemas import ImageSource
@@ -15,15 +15,17 @@ from streamcore.settings import Settings
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Decode JPEG/PNG/WebP bytes to RGB, refusing images over ``max_pixels`` before decoding them.
+    """Decode JPEG/PNG/WebP bytes to upright RGB (see :mod:`streamcore.decode`), refusing images over
+    ``max_pixels`` before decoding them.
 
     Raises:
         BadInput: ``image_empty``, ``image_too_large``, ``image_format`` or ``image_undecodable``.
     """
     img = open_checked(data, max_pixels=max_pixels)
+    turn = orientation(img)
     with refusals():
         img.load()
-        return img.convert("RGB")
+        return upright(to_rgb(img), turn)
 
 
 def to_chw(image: Image.Image, size: int) -> np.ndarray:

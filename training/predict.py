@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from streamcore.decode import decode_scaled, is_complete_jpeg, open_checked
+from streamcore.decode import decode_scaled, is_complete_jpeg, open_checked, orientation
 from streamcore.exceptions import BadInput
 from streamcore.images import to_chw
 from streamcore.schemas import Hints, Label, utcnow
@@ -56,6 +56,20 @@ class EncodedJpeg:
     """A complete JPEG (header already checked) whose decoding is left to the device."""
 
     data: bytes
+    #: EXIF orientation, applied on the device after decoding (nvJPEG ignores it).
+    orientation: int = 1
+
+
+#: EXIF orientation → the turn of ``[..., H, W]`` tensors that :data:`streamcore.decode.UPRIGHT` makes.
+_TURNS = {2: lambda t: t.flip(-1), 3: lambda t: t.flip(-2, -1), 4: lambda t: t.flip(-2),
+          5: lambda t: t.transpose(-2, -1), 6: lambda t: torch.rot90(t, -1, (-2, -1)),
+          7: lambda t: t.transpose(-2, -1).flip(-2, -1), 8: lambda t: torch.rot90(t, 1, (-2, -1))}
+
+
+def upright(images: torch.Tensor, exif_orientation: int) -> torch.Tensor:
+    """``[..., H, W]`` images turned by their EXIF orientation, as :func:`streamcore.decode.upright` does."""
+    turn = _TURNS.get(exif_orientation)
+    return images if turn is None else turn(images)
 
 
 #: What :meth:`Predictor.prepare` hands to :meth:`Predictor.stage`.
@@ -135,7 +149,7 @@ class Predictor:
         if self.cuda:
             img = open_checked(data, max_pixels=max_pixels)
             if img.format == "JPEG" and img.mode in ("RGB", "L") and is_complete_jpeg(data):
-                return EncodedJpeg(data)
+                return EncodedJpeg(data, orientation(img))
         return torch.from_numpy(decode_scaled(data, self._size, max_pixels=max_pixels))
 
     # -- 1. batch to device (prep thread) ---------------------------------------------------------
@@ -161,7 +175,7 @@ class Predictor:
                 placed[i] = row
         encoded = [i for i, img in enumerate(images) if isinstance(img, EncodedJpeg)]
         if encoded:
-            for i, out in zip(encoded, self._decode_on_device([images[i].data for i in encoded])):
+            for i, out in zip(encoded, self._decode_on_device([images[i] for i in encoded])):
                 if isinstance(out, BadInput):
                     refused[i] = out
                 else:
@@ -184,17 +198,19 @@ class Predictor:
                                 align_corners=False)
         return resized.round_().clamp_(0, 255).to(torch.uint8)
 
-    def _decode_on_device(self, blobs: list[bytes]) -> list[torch.Tensor | BadInput]:
-        """nvJPEG in one batched call, resized on the device; one by one (then on the CPU) if the batch fails."""
+    def _decode_on_device(self, jpegs: list[EncodedJpeg]) -> list[torch.Tensor | BadInput]:
+        """nvJPEG in one batched call, turned upright and resized on the device; one by one (then on the CPU)
+        if the batch fails."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         # bytearray: torch wants a writable buffer; one memcpy of the compressed bytes.
-        raw = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        raw = [torch.frombuffer(bytearray(j.data), dtype=torch.uint8) for j in jpegs]
         try:
-            full: list[torch.Tensor | BadInput] = list(decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device))
+            decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+            full: list[torch.Tensor | BadInput] = [upright(img, j.orientation) for img, j in zip(decoded, jpegs)]
         except RuntimeError as exc:
             log.warning("batched nvJPEG decode failed (%s); decoding %d images one by one", exc, len(raw))
-            full = [self._decode_one(r, b) for r, b in zip(raw, blobs)]
+            full = [self._decode_one(r, j) for r, j in zip(raw, jpegs)]
         by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
         for i, img in enumerate(full):
             if isinstance(img, torch.Tensor) and tuple(img.shape[-2:]) != (self._size, self._size):
@@ -206,14 +222,14 @@ class Predictor:
                     full[i] = small
         return full
 
-    def _decode_one(self, raw: torch.Tensor, blob: bytes) -> torch.Tensor | BadInput:
+    def _decode_one(self, raw: torch.Tensor, jpeg: EncodedJpeg) -> torch.Tensor | BadInput:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         try:
-            return decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
+            return upright(decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device), jpeg.orientation)
         except RuntimeError:
-            try:  # the CPU decoder gives the precise reason, or decodes what nvJPEG could not
-                pixels = decode_scaled(blob, self._size, max_pixels=2**62)
+            try:  # the CPU decoder gives the precise reason, or decodes what nvJPEG could not (upright)
+                pixels = decode_scaled(jpeg.data, self._size, max_pixels=2**62)
             except BadInput as exc:
                 return exc
             return torch.from_numpy(pixels).to(self.device)

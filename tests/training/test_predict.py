@@ -5,18 +5,20 @@ CUDA tests (nvJPEG decoding, AMP) run where CUDA is present and are skipped else
 
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from streamcore.decode import decode_scaled
+from streamcore.decode import UPRIGHT, decode_scaled, orientation
 from streamcore.exceptions import BadInput
 from streamcore.schemas import Hints, Label, ScoredTerm
 from training.models import build_model, hint_tensors
 from training.ontology import load_ontology
-from training.predict import EncodedJpeg, Predictor
+from training.predict import EncodedJpeg, Predictor, upright
 from training.synthetic.images import draw_garment, jpeg_bytes, photo_like
 
 ONTOLOGY = load_ontology()
@@ -116,6 +118,33 @@ def test_device_decoding_of_a_batch_matches_the_cpu_decode(device):
     assert not staged.refused
     for row, blob in zip(staged.images.cpu(), blobs):
         cpu = decode_scaled(blob, 224, max_pixels=10**8).astype(int)
+        assert np.abs(row.numpy().astype(int) - cpu).mean() < 4
+
+
+@pytest.mark.parametrize("value", range(1, 9))
+def test_the_device_turn_matches_the_pil_turn_for_every_exif_orientation(value):
+    pixels = np.random.default_rng(value).integers(0, 256, (30, 50, 3), dtype=np.uint8)  # H != W
+    expected = np.asarray(Image.fromarray(pixels).transpose(UPRIGHT[value]) if value in UPRIGHT
+                          else Image.fromarray(pixels)).transpose(2, 0, 1)
+    assert torch.equal(upright(torch.from_numpy(pixels.transpose(2, 0, 1).copy()), value), torch.from_numpy(expected.copy()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_decoding_turns_phone_photos_upright(device):
+    predictor = _predictor(device, size=224)
+    stored = draw_garment("dresses", "checked", "blue", size=720, rng=random.Random(4)).crop((0, 0, 720, 480))
+    blobs = []
+    for value in (6, 3, 8):
+        exif = Image.Exif()
+        exif[0x0112] = value
+        buf = io.BytesIO()
+        stored.save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+        blobs.append(buf.getvalue())
+    items = [EncodedJpeg(b, orientation(Image.open(io.BytesIO(b)))) for b in blobs]
+    assert [i.orientation for i in items] == [6, 3, 8]
+    staged = predictor.stage(items, [None] * len(items))
+    for row, blob in zip(staged.images.cpu(), blobs):
+        cpu = decode_scaled(blob, 224, max_pixels=10**8).astype(int)  # upright (tested against Pillow)
         assert np.abs(row.numpy().astype(int) - cpu).mean() < 4
 
 
