@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--head", default="dynamic_layers")
     parser.add_argument("--posts", type=int, help="posts per pipeline run")
     parser.add_argument("--distinct", type=int, default=64, help="distinct photos in the realistic workload")
-    parser.add_argument("--latency-posts", type=int)
+    parser.add_argument("--latency-posts", type=int, help="posts of the latency phase (0 skips it)")
     parser.add_argument("--max-batches", type=_ints, default=[1, 8, 32, 128], help="the max_batch sweep")
     parser.add_argument("--model-batches", type=_ints, help="batch sizes of the model-alone runs (default: the sweep)")
     parser.add_argument("--rounds", type=int, help="times the sweep runs, the model alone bracketing each run; the "
@@ -394,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be >= 1")
+    if args.latency_posts is not None and args.latency_posts < 0:
+        parser.error("--latency-posts must be >= 0")
     preset = WORKLOADS[args.workload]
     for key in ("image_size", "input_size", "backbone", "posts", "latency_posts", "out"):
         if getattr(args, key) is None:
@@ -491,7 +493,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         done = [r for r in sweep if "error" not in r]
         reference = next((r for r in done if r["max_batch"] == args.latency_max_batch), done[-1] if done else None)
         latency: dict = {"error": "no pipeline run succeeded"}
-        if reference is not None:
+        if args.latency_posts == 0:
+            latency = {"skipped": "--latency-posts 0"}
+        elif reference is not None:
             rate = 0.5 * min(reference["images_per_s"], model.get(str(reference["max_batch"]), float("inf")))
             console.print(f"latency at {rate:.0f} posts/s (max_batch {reference['max_batch']}) …")
             try:
@@ -574,8 +578,8 @@ def _print(console: Console, body: dict) -> None:
         util = f", GPU {run['gpu_util_mean_pct']}%" if "gpu_util_mean_pct" in run else ""
         table.add_row(f"pipeline, max_batch {run['max_batch']}{extra}{util}", f"{run['images_per_s']:,}")
     lat = body["latency"]
-    if "error" in lat:
-        table.add_row("latency at half load", lat["error"][:60])
+    if "error" in lat or "skipped" in lat:
+        table.add_row("latency at half load", lat.get("error", lat.get("skipped", ""))[:60])
     else:
         table.add_row(f"latency p50 / p99 ms at {lat['load_posts_per_s']} posts/s",
                       f"{lat['p50_ms']} / {lat['p99_ms']}")
