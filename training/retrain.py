@@ -2,8 +2,11 @@
 
 * **What.** :meth:`Trainer.run_once`: the benchmark training split plus every stored correction (weighted
   like benchmark rows). Warm start: the serving model (Redis pointer → registry, checksum verified) keeps
-  its frozen backbone and its head continues training on cached backbone features. Cold start (no
-  serving model): freeze-then-fine-tune from scratch. AMP (bfloat16 autocast) on CUDA.
+  its frozen backbone and its head continues training on cached backbone features; a dynamic head in two
+  phases, as it was made: the Base it keeps (trunk, categories, silent-text layers) continues first, then
+  the dynamic layers continue on top of it, frozen (so corrections reach every level and a silent text
+  still gets exactly Base's answer). Cold start (no serving model): freeze-then-fine-tune from scratch.
+  AMP (bfloat16 autocast) on CUDA.
 * **Progress and cancellation.** :class:`RunProgress` is the run's step hook: it exports step, loss and
   elapsed time, logs them every few seconds, and raises :class:`RunCancelled` at the next step boundary
   once its event is set; a cancelled run publishes nothing.
@@ -39,7 +42,7 @@ from training.checkpoint import save_checkpoint
 from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.feedback import Example, concat, to_split
 from training.lease import Lease, LeaseLost
-from training.models import DynamicCNN
+from training.models import DynamicCNN, build_head
 from training.ontology import load_ontology
 from training.predict import resolve_device
 from training.promotion import promote
@@ -273,9 +276,17 @@ class Trainer:
                                            on_step=on_step)
             feats = {**feats, "train": torch.cat([feats["train"], extra_feats])}
         # The candidate shares the serving backbone (frozen) and continues from a copy of its head.
-        candidate = DynamicCNN(serving.model.backbone, copy.deepcopy(serving.model.head), serving.model.config)
-        multi = serving.model.config.multi
-        train, val = (Batchable.from_split(data[s], multi=multi, inputs=feats[s]) for s in ("train", "val"))
+        config = serving.model.config
+        candidate = DynamicCNN(serving.model.backbone, copy.deepcopy(serving.model.head), config)
+        train, val = (Batchable.from_split(data[s], multi=config.multi, inputs=feats[s]) for s in ("train", "val"))
+        if config.silent_fallback:
+            base_config = dataclasses.replace(config, head="base", silent_fallback=False)
+            base = DynamicCNN(serving.model.backbone,
+                              build_head(base_config, serving.model.backbone.out_features, self.ontology), base_config)
+            base.head.load_state_dict(serving.model.head.kept_base())
+            fit(base.to(self.device), train, val, self._fit_config(), features=True, device=self.device,
+                on_step=on_step)
+            candidate.head.keep_base(base.head)
         history = fit(candidate.to(self.device), train, val, self._fit_config(), features=True, device=self.device,
                       on_step=on_step)
         return candidate, feats, history

@@ -33,6 +33,7 @@ from training.retrain import (
     GATES,
     RunCancelled,
     RunProgress,
+    Serving,
     Trainer,
     TrainerConfig,
     gate,
@@ -134,6 +135,28 @@ def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> N
     assert trainer.metrics.trainer_last_success._value.get() > 0
     print(f"\nwarm start {warm_s:.1f} s; promoted: "
           + ", ".join(f"{n} {c:.3f} vs serving {s:.3f}" for n, (c, s) in improved.items()))
+
+
+def test_a_warm_retrain_of_a_dynamic_head_retrains_the_base_it_keeps_then_its_dynamic_layers(tmp_path, cache_dir):
+    # A checkpoint does not keep requires_grad: loaded, every part of a head would train.
+    trainer = _trainer(Settings(model_dir=tmp_path, redis_url="redis://127.0.0.1:9"), cache_dir)  # never connects
+    torch.manual_seed(0)
+    serving = build_model(backbone="tiny", head="dynamic_layers", ontology=trainer.ontology, weights="random")
+    before = {k: v.clone() for k, v in serving.head.state_dict().items()}
+    candidate, _, history = trainer._train_warm(Serving("v-serving", serving), trainer.benchmark(multi=False), None, None)
+
+    head = candidate.head
+    kept = [head.trunk, head.categories, head.subcategories.fallback, head.attributes.fallback]
+    assert all(not p.requires_grad for module in kept for p in module.parameters()), "the kept Base trains on"
+    assert all(p.requires_grad for p in head.subcategories.shared.parameters())
+    after = head.state_dict()
+    # Corrections reach every level: the Base (trunk, categories, silent-text layers) learned in its own phase,
+    # the dynamic layers in theirs.
+    for key in ("trunk.0.weight", "categories.weight", "subcategories.fallback.weight", "attributes.fallback.weight",
+                "subcategories.shared.weight", "subcategories.weight"):
+        assert not torch.equal(after[key], before[key]), f"{key} did not train"
+    assert history["epochs_run"] >= 1
+    assert all(torch.equal(v, before[k]) for k, v in serving.head.state_dict().items()), "the serving model changed"
 
 
 def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None:

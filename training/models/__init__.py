@@ -1,7 +1,13 @@
 """Dynamic CNN models: backbones, heads (Base, DynamicPruning, DynamicLayers) and the builder."""
 
 from training.models.backbones import BACKBONES, Preprocess
-from training.models.build import DynamicCNN, ModelConfig, build_model, hint_tensors
+from training.models.build import (
+    DynamicCNN,
+    ModelConfig,
+    build_head,
+    build_model,
+    hint_tensors,
+)
 from training.models.heads import HEADS, ModelOutput, route_categories
 
 __all__ = [
@@ -11,6 +17,7 @@ __all__ = [
     "ModelConfig",
     "ModelOutput",
     "Preprocess",
+    "build_head",
     "build_model",
     "hint_tensors",
     "route_categories",

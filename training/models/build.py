@@ -119,22 +119,26 @@ def build_model(
             raise ValueError(f"image_size must be >= 32, got {image_size}")
         preprocess = Preprocess(image_size, preprocess.mean, preprocess.std)
     net = factory() if weights is None else factory(weights=None if weights == "random" else weights)
-    sizes = (len(ontology.category_names), len(ontology.subcategory_names), len(ontology.attribute_names))
-    head_module = HEADS[head](
-        net.out_features,
-        ranges=(ontology.subcategory_ranges, ontology.attribute_ranges),
-        sizes=sizes,
-        multi=multi,
-        hidden=hidden,
-        dropout=dropout,
-        alpha=alpha,
-        beta=beta,
-        route_threshold=route_threshold,
-        silent_fallback=silent_fallback,
-    )
     config = ModelConfig(backbone, head, multi, alpha, beta, hidden, ontology.version, preprocess, route_threshold,
                          silent_fallback)
-    return DynamicCNN(net, head_module, config)
+    return DynamicCNN(net, build_head(config, net.out_features, ontology, dropout=dropout), config)
+
+
+def build_head(config: ModelConfig, in_features: int, ontology: Ontology, *, dropout: float = 0.2) -> nn.Module:
+    """The head ``config`` names, freshly initialised, for a backbone with ``in_features`` outputs."""
+    sizes = (len(ontology.category_names), len(ontology.subcategory_names), len(ontology.attribute_names))
+    return HEADS[config.head](
+        in_features,
+        ranges=(ontology.subcategory_ranges, ontology.attribute_ranges),
+        sizes=sizes,
+        multi=config.multi,
+        hidden=config.hidden,
+        dropout=dropout,
+        alpha=config.alpha,
+        beta=config.beta,
+        route_threshold=config.route_threshold,
+        silent_fallback=config.silent_fallback,
+    )
 
 
 class HintTensors(NamedTuple):

@@ -23,7 +23,9 @@ Dynamic heads start from a trained Base (:meth:`_Head.start_from`): its trunk an
 copied and frozen, its dependent layers seed theirs, and a frozen copy of them serves the samples whose
 text is silent (no hint at all), under the image's own route: "when the text is silent, fall back to the
 predicted category". The category level is then Base's exactly; the dynamic layers learn what the hints
-add, and a silent text cannot leave a dynamic head below Base.
+add, and a silent text cannot leave a dynamic head below Base. A warm retrain keeps it so: the kept Base
+comes out (:meth:`_Head.kept_base`), retrains as a Base, and goes back in frozen (:meth:`_Head.keep_base`)
+before the dynamic layers continue.
 
 Deactivated outputs keep the image's order among themselves (:func:`deactivate`): they all score about
 ``DEACTIVATED``, so no closed range ever outranks an open one, but a top-5 list that runs past the open
@@ -146,9 +148,8 @@ class PrunedLinear(nn.Module):
 
     @torch.no_grad()
     def start_from(self, base: nn.Linear) -> None:
-        """Begin as Base's dependent layer (and keep a frozen copy for silent text)."""
+        """Begin as Base's dependent layer."""
         self.linear.load_state_dict(base.state_dict())
-        _freeze_copy(self.fallback, base)
 
 
 class RoutedLinear(nn.Module):
@@ -220,7 +221,6 @@ class RoutedLinear(nn.Module):
     def start_from(self, base: nn.Linear) -> None:
         """Begin as Base's dependent layer: the shared rows are Base's; without them, each category's layer
         starts as Base's rows of its range."""
-        _freeze_copy(self.fallback, base)
         self.weight.zero_()
         self.bias.zero_()
         if self.shared is not None:
@@ -311,14 +311,42 @@ class _Head(nn.Module):
 
     @torch.no_grad()
     def start_from(self, base: _Head) -> None:
-        """Continue a trained Base: trunk and category layer copied and frozen (the category level stays
-        Base's), dependent layers seeded from Base's. Training then learns only what the hints add."""
+        """Continue a trained Base: :meth:`keep_base`, and the dependent layers seeded from Base's.
+        Training then learns only what the hints add."""
+        self.keep_base(base)
+        self.subcategories.start_from(base.subcategories.linear)
+        self.attributes.start_from(base.attributes.linear)
+
+    @torch.no_grad()
+    def keep_base(self, base: _Head) -> None:
+        """Take a trained Base's trunk and category layer (the category level stays Base's) and its dependent
+        layers as the silent-text fallbacks, all frozen; the dynamic layers are left as they are.
+
+        A checkpoint does not keep ``requires_grad``, so a warm start calls this again (with the Base it
+        retrained) before the dynamic layers continue: without it a retrain would train the kept Base too.
+        """
         self.trunk.load_state_dict(base.trunk.state_dict())
         self.categories.load_state_dict(base.categories.state_dict())
         for module in (self.trunk, self.categories):
             module.requires_grad_(False)
-        self.subcategories.start_from(base.subcategories.linear)
-        self.attributes.start_from(base.attributes.linear)
+        _freeze_copy(getattr(self.subcategories, "fallback", None), base.subcategories.linear)
+        _freeze_copy(getattr(self.attributes, "fallback", None), base.attributes.linear)
+
+    def kept_base(self) -> dict[str, Tensor]:
+        """The state dict of the Base this head keeps (trunk, category layer, silent-text fallbacks), for a
+        :class:`BaseHead` of the same sizes.
+
+        Raises:
+            ValueError: the head keeps no fallbacks (not dynamic, or built without ``silent_fallback``).
+        """
+        fallbacks = {name: getattr(getattr(self, name), "fallback", None) for name in ("subcategories", "attributes")}
+        if any(f is None for f in fallbacks.values()):
+            raise ValueError(f"{type(self).__name__} keeps no Base (no silent-text fallbacks)")
+        state = {f"trunk.{k}": v for k, v in self.trunk.state_dict().items()}
+        state.update({f"categories.{k}": v for k, v in self.categories.state_dict().items()})
+        for name, fallback in fallbacks.items():
+            state.update({f"{name}.linear.{k}": v for k, v in fallback.state_dict().items()})
+        return state
 
 
 class BaseHead(_Head):

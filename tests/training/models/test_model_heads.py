@@ -323,3 +323,38 @@ def test_silent_text_uses_bases_layers_whatever_the_dynamic_ones_learned(head: s
             open_ = got[row] > DEACTIVATED
             assert not torch.allclose(got[row, open_] - got[row, open_].mean(), want[row, open_] - want[row, open_].mean(),
                                       atol=1e-2)
+
+
+@pytest.mark.parametrize("head", DYNAMIC)
+def test_the_kept_base_comes_out_whole_and_goes_back_in_without_touching_the_dynamic_layers(head: str) -> None:
+    """What a warm retrain does (``training.retrain``): take out the Base a dynamic head keeps, retrain it,
+    put it back; the dynamic layers stay as they were and the kept parts are frozen again."""
+    base = _model("base").eval()
+    model = _model(head).eval()
+    model.backbone = base.backbone
+    model.head.start_from(base.head)
+    with torch.no_grad():
+        for param in model.head.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param))
+    out = _model("base").eval()
+    out.backbone = base.backbone
+    out.head.load_state_dict(model.head.kept_base())  # strict: every key of a Base, nothing else
+    images = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(out(images).subcategories, base(images).subcategories, rtol=0, atol=0)
+        for param in out.head.parameters():  # the retrain
+            param.add_(0.1 * torch.randn_like(param))
+    dynamic = {n: p.clone() for n, p in model.head.named_parameters() if p.requires_grad}
+    model.head.requires_grad_(True)  # as loaded from a checkpoint
+    model.head.keep_base(out.head)
+    assert all(torch.equal(p, dynamic[n]) for n, p in model.head.named_parameters() if n in dynamic)
+    assert {n for n, p in model.head.named_parameters() if p.requires_grad} == set(dynamic)
+    with torch.no_grad():
+        assert torch.equal(model(images).categories, out(images).categories)
+    assert torch.equal(model.head.subcategories.fallback.weight, out.head.subcategories.linear.weight)
+
+
+def test_a_head_without_silent_text_layers_keeps_no_base() -> None:
+    with pytest.raises(ValueError, match="keeps no Base"):
+        _model("fusion").head.kept_base()
