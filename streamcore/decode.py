@@ -107,10 +107,11 @@ def decode_scaled(data: bytes, size: int, *, max_pixels: int) -> np.ndarray:
         BadInput: as :func:`open_checked`, or ``image_undecodable`` for corrupt or truncated data.
     """
     img = open_checked(data, max_pixels=max_pixels)
-    turn = orientation(img)
     with refusals():
         if img.format == "JPEG":
             img.draft("RGB", (size, size))  # smallest 1/2^k scale still >= size on both sides
+        img.load()  # before reading the EXIF: a PNG's may follow its pixels, and Pillow would load for it
+        turn = orientation(img)
         # reducing_gap: box-reduce by an integer factor first, then a short bilinear filter. Resizing to a
         # square before turning gives the same pixels as turning first, on a quarter of the data or less.
         resized = to_rgb(img).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)

@@ -22,10 +22,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         BadInput: ``image_empty``, ``image_too_large``, ``image_format`` or ``image_undecodable``.
     """
     img = open_checked(data, max_pixels=max_pixels)
-    turn = orientation(img)
     with refusals():
         img.load()
-        return upright(to_rgb(img), turn)
+        return upright(to_rgb(img), orientation(img))
 
 
 def to_chw(image: Image.Image, size: int) -> np.ndarray:

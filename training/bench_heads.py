@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         next(r["ms_per_batch"] for r in rows if r["head"] == "dynamic_pruning") / report["naive_per_sample_ms_per_batch"], 4)
     # Timings on a shared machine mean little without the load they were taken under.
     report["load_average_1_5_15"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
-    report.update(report_meta(" ".join(["python -m training.bench_heads", *(argv if argv is not None else sys.argv[1:])])))
+    report.update(report_meta(" ".join(["stylestream bench heads", *(argv if argv is not None else sys.argv[1:])])))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     return 0

@@ -82,9 +82,10 @@ def _with_orientation(img: Image.Image, value: int, fmt="JPEG") -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("value", range(1, 9))
-def test_every_exif_orientation_is_turned_upright_like_pillows_exif_transpose(value):
-    data = _with_orientation(_quadrants(), value)
+def test_every_exif_orientation_is_turned_upright_like_pillows_exif_transpose(value, fmt):
+    data = _with_orientation(_quadrants(), value, fmt)
     seen = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     expected = to_chw(seen, 224).astype(int)
     ours = decode_scaled(data, 224, max_pixels=10**8).astype(int)
