@@ -74,6 +74,19 @@ class _Waiting:
     redos: list[ConsumerRecord] = field(default_factory=list)
 
 
+class _Ahead:
+    """A place among the images prepared ahead of the model; given back once, when its batch starts."""
+
+    def __init__(self, places: asyncio.Semaphore) -> None:
+        self._places = places
+        self._held = True
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            self._places.release()
+
+
 @dataclass(frozen=True)
 class _Item:
     image: Prepared
@@ -82,6 +95,7 @@ class _Item:
     timestamp_ms: int
     fingerprint: str
     partition: int  # of the post: its label goes to the same partition of ``labels``
+    ahead: _Ahead
 
 
 class ClassifyStage(Stage):
@@ -99,8 +113,8 @@ class ClassifyStage(Stage):
         self._tasks: dict[asyncio.Task, ConsumerRecord] = {}
         self._paused: set[str] = set()  # logical topics whose partitions are paused
         self._bad_pointer: bytes | str | None = None
-        self._decode_pool = ThreadPoolExecutor(max_workers=settings.decode_workers or os.cpu_count() or 1,
-                                               thread_name_prefix="decode")
+        self._decode_workers = settings.decode_workers or os.cpu_count() or 1
+        self._decode_pool = ThreadPoolExecutor(max_workers=self._decode_workers, thread_name_prefix="decode")
         # Parsing has threads of its own: a round's messages never queue behind the images of the last.
         self._parse_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="parse")
         # One thread stages batch n+1 onto the device while the model thread runs batch n.
@@ -118,6 +132,10 @@ class ClassifyStage(Stage):
             predictor = await loop.run_in_executor(self._model_pool, Predictor.load, self.settings, None)
         self.models = ModelSlot(self.settings, predictor, self.metrics)
         self._next_model_check = 0.0
+        # Images are prepared just ahead of the model (two batches and one per decode thread), not for every
+        # post in flight: decoding far ahead holds memory and, on shared cores, only moves the decode work
+        # to the front of a backlog, where it competes with the forward anyway.
+        self._ahead = asyncio.Semaphore(2 * self.settings.max_batch + self._decode_workers)
         self.batcher = MicroBatcher(self._run_batch, max_batch=self.settings.max_batch,
                                     max_wait_s=self.settings.max_wait_ms / 1000,
                                     adaptive=self.settings.adaptive_batching,
@@ -337,11 +355,16 @@ class ClassifyStage(Stage):
     async def _classify(self, waiting: _Waiting) -> None:
         record = waiting.record
         loop = asyncio.get_running_loop()
-        image = await loop.run_in_executor(self._decode_pool, self._prepare, waiting.post)
-        received_ms = _received_ms(record)
-        item = _Item(image, waiting.hints, waiting.post.post_id, received_ms, waiting.fingerprint, record.partition)
-        # Outputs not written: the record stays unfinished (uncommitted) while this retries.
-        stored = await self.retrying("label_write", lambda: self.batcher.submit(item))
+        await self._ahead.acquire()
+        ahead = _Ahead(self._ahead)
+        try:
+            image = await loop.run_in_executor(self._decode_pool, self._prepare, waiting.post)
+            item = _Item(image, waiting.hints, waiting.post.post_id, _received_ms(record), waiting.fingerprint,
+                         record.partition, ahead)
+            # Outputs not written: the record stays unfinished (uncommitted) while this retries.
+            stored = await self.retrying("label_write", lambda: self.batcher.submit(item))
+        finally:
+            ahead.give_back()  # a refused image, a cancelled task: the place is not lost
         if isinstance(stored, BadInput):  # the image was refused where it was decoded, on the device
             raise stored
         if stored is None:
@@ -350,7 +373,7 @@ class ClassifyStage(Stage):
         self.metrics.labeled.inc()
         if waiting.hints is not None and not waiting.hints.is_empty:
             self.metrics.hinted.inc()
-        self.metrics.e2e_latency.observe(max(0.0, time.time() - received_ms / 1000))
+        self.metrics.e2e_latency.observe(max(0.0, time.time() - item.timestamp_ms / 1000))
 
     def _prepare(self, post: Post) -> Prepared:
         # Every source takes the same path: DCT-scaled decode on the CPU, or nvJPEG on the device.
@@ -360,6 +383,8 @@ class ClassifyStage(Stage):
     async def _run_batch(self, items: Sequence[_Item]) -> list[bytes | BadInput | None]:
         """Per item: the stored label JSON, ``None`` for a duplicate post, or why its image was refused."""
         self.metrics.batch_size.observe(len(items))
+        for item in items:  # they leave the queue: the next images may be prepared
+            item.ahead.give_back()
         loop = asyncio.get_running_loop()
         # The model is read once per batch: a swap lands between two batches, never inside one.
         predictor = self.models.current

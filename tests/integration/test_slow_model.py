@@ -69,3 +69,45 @@ def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, mo
         loop.call_soon_threadsafe(stage.stop)
         runner.join(timeout=30)
     assert not runner.is_alive()
+
+
+def test_images_are_prepared_just_ahead_of_a_slow_model_not_for_every_post_in_flight(make_settings, monkeypatch):
+    settings = make_settings(max_batch=2, decode_workers=1, hint_wait_ms=100, max_inflight=64, fetch_max_records=64)
+    real_load = Predictor.load.__func__
+
+    class Slower(Predictor):
+        def infer(self, *args, **kwargs):
+            time.sleep(0.3)
+            return super().infer(*args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, *a: real_load(Slower, *a)))
+    prepared = []
+    real_prepare = ClassifyStage._prepare
+    monkeypatch.setattr(ClassifyStage, "_prepare", lambda self, post: prepared.append(1) or real_prepare(self, post))
+    stage = ClassifyStage(settings)
+    loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), daemon=True)
+    runner.start()
+    try:
+        posts = [p for p, _ in generate_posts(load_ontology(), 24, seed=11, prefix=settings.group_prefix)]
+        producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+        for post in posts:
+            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.flush()
+        store = redis.Redis.from_url(settings.redis_url)
+        keys = [settings.keys.label(p.post_id) for p in posts]
+        ahead = []
+
+        def all_labelled() -> bool:
+            batched = next(s.value for s in stage.metrics.batch_size.collect()[0].samples if s.name.endswith("_sum"))
+            ahead.append(len(prepared) - batched)
+            return store.exists(*keys) == len(posts)
+
+        wait_until(all_labelled, timeout=120, what="all labels from the slow model")
+        # Two batches and one per decode thread: 5, where all 24 posts were in flight at once.
+        assert max(ahead) <= 2 * settings.max_batch + settings.decode_workers
+        assert len(prepared) == len(posts)
+    finally:
+        loop.call_soon_threadsafe(stage.stop)
+        runner.join(timeout=30)
+    assert not runner.is_alive()

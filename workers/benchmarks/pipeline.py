@@ -13,8 +13,9 @@ All in one run, on the same machine state (the machine is shared: compare the ra
    posts per second through parsing, validation, fingerprint and base64 (old: stdlib on the event loop;
    new: pybase64 in the parse threads);
 3. *pipeline*: N posts and their hints are produced before ONE ``stylestream worker classify`` starts;
-   the rate is taken from the labels' ``labeled_at`` over the last 90% of them (start-up excluded), for
-   each ``max_batch`` of the sweep; on CUDA with the GPU's utilisation sampled every 200 ms. The sweep
+   the rate is taken from the labels' ``labeled_at`` between the first 10% and the last 20% of them (the
+   steady state: start-up excluded, and the tail whose images were prepared while the rest ran, which the
+   model then runs alone; each third's rate is reported too), for each ``max_batch`` of the sweep; on CUDA with the GPU's utilisation sampled every 200 ms. The sweep
    runs ``--rounds`` times (3 on CPU, every other round backwards) and each entry gives the medians of its
    rounds, the range of its ratio and every round: two cores shared with other machines' work drift by
    20% within minutes, more than the differences measured;
@@ -322,17 +323,24 @@ def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch:
     finally:
         stop_processes([proc], timeout=30)
         delete_topics(settings)  # the embedded broker keeps records in memory: 0.5 GB per realistic run
-    # A batch's labels share one labeled_at: count the labels stamped after the first 10% were done.
+    # The steady state: labels between the first 10% (start-up, the first batches) and the last 20% (whose
+    # images were prepared ahead while the rest ran, so the model runs them alone).
     stamps = sorted(l.labeled_at.timestamp() for l in labels)
-    start = stamps[len(stamps) // 10]
-    after = sum(1 for t in stamps if t > start)
     # The worker's CPU per image from the first 10% of labels on (start-up and model loading excluded).
     first = next((n, t) for n, t in cpu if n >= len(posts) // 10)
     result = {"max_batch": max_batch, "load_avg_1m_after": round(os.getloadavg()[0], 2),
-              "images_per_s": round(after / (stamps[-1] - start), 1),
+              "images_per_s": _label_rate(stamps, 0.1, 0.8),
+              # A tail faster than the rest would mean work done ahead (decoding) inflates the rate.
+              "images_per_s_by_third": [_label_rate(stamps, a, b) for a, b in ((0.1, 0.4), (0.4, 0.7), (0.7, 1.0))],
               "cpu_ms_per_image": round((cpu[-1][1] - first[1]) * 1000 / max(1, cpu[-1][0] - first[0]), 2),
               "produce_s": round(produced, 1)}
     return {**result, **(sampler.summary() if sample else {})}
+
+
+def _label_rate(stamps: list[float], start: float, end: float) -> float:
+    """Labels per second between the ``start`` and ``end`` fractions of the sorted label times."""
+    first, last = int(start * len(stamps)), max(int(start * len(stamps)) + 1, int(end * len(stamps)) - 1)
+    return round((last - first) / max(stamps[last] - stamps[first], 1e-9), 1)
 
 
 def _labels_first(settings: Settings, worker: subprocess.Popen) -> None:
