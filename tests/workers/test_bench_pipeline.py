@@ -1,8 +1,9 @@
-"""The pipeline benchmark's sweep entries: medians over rounds, the ratio's range, failed rounds kept."""
+"""The pipeline benchmark's sweep entries (medians over rounds, the ratio's range, failed rounds kept) and its
+steady-state label rate."""
 
 from __future__ import annotations
 
-from workers.benchmarks.pipeline import _combine
+from workers.benchmarks.pipeline import _combine, _label_rate
 
 
 def _round(rate: float, ratio: float, cpu: float) -> dict:
@@ -27,3 +28,11 @@ def test_an_entry_without_a_successful_round_is_an_error() -> None:
 def test_without_a_model_alone_reference_there_is_no_ratio() -> None:
     entry = _combine(1, [{"max_batch": 1, "images_per_s": 40.0, "cpu_ms_per_image": 25.0}])
     assert entry["images_per_s"] == 40.0 and "ratio_to_model_alone" not in entry and "ratio_range" not in entry
+
+
+def test_the_label_rate_is_taken_between_two_fractions_of_the_run() -> None:
+    # 100 labels: the first 80 one per 10 ms, the last 20 (a tail the model ran alone) ten times faster.
+    stamps = [i * 0.01 for i in range(80)] + [0.8 + i * 0.001 for i in range(20)]
+    assert _label_rate(stamps, 0.1, 0.8) == 100.0
+    assert _label_rate(stamps, 0.8, 1.0) > 500
+    assert _label_rate([0.0, 2.0], 0.1, 0.8) == 0.5  # two labels: still a rate, not an index error

@@ -15,10 +15,11 @@ All in one run, on the same machine state (the machine is shared: compare the ra
 3. *pipeline*: N posts and their hints are produced before ONE ``stylestream worker classify`` starts;
    the rate is taken from the labels' ``labeled_at`` between the first 10% and the last 20% of them (the
    steady state: start-up excluded, and the tail whose images were prepared while the rest ran, which the
-   model then runs alone; each third's rate is reported too), for each ``max_batch`` of the sweep; on CUDA with the GPU's utilisation sampled every 200 ms. The sweep
-   runs ``--rounds`` times (3 on CPU, every other round backwards) and each entry gives the medians of its
-   rounds, the range of its ratio and every round: two cores shared with other machines' work drift by
-   20% within minutes, more than the differences measured;
+   model then runs alone; each third's rate is reported too), for each ``max_batch`` of the sweep; on
+   CUDA with the GPU's utilisation sampled every 200 ms. The sweep runs ``--rounds`` times (3 on CPU,
+   every other round backwards) and each entry gives the medians of its rounds, the range of its ratio
+   and every round: two cores shared with other machines' work drift by 20% within minutes, more than
+   the differences measured;
 4. *latency*: posts (each followed by its hints, as a zero-latency text stage would) at 50% of the
    pipeline's saturated rate; latency = ``labeled_at - received_at`` (Kafka timestamp of the post).
 
@@ -339,7 +340,8 @@ def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch:
 
 def _label_rate(stamps: list[float], start: float, end: float) -> float:
     """Labels per second between the ``start`` and ``end`` fractions of the sorted label times."""
-    first, last = int(start * len(stamps)), max(int(start * len(stamps)) + 1, int(end * len(stamps)) - 1)
+    first = min(int(start * len(stamps)), len(stamps) - 2)
+    last = max(first + 1, int(end * len(stamps)) - 1)
     return round((last - first) / max(stamps[last] - stamps[first], 1e-9), 1)
 
 
