@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import pytest
 import redis
@@ -24,39 +25,57 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STEP_S = 4.0
 
 
-class SlowPredictor(Predictor):
-    """The real predictor, plus a model step longer than the consumer's max poll interval."""
-
-    def infer(self, *args, **kwargs):
-        time.sleep(STEP_S)
-        return super().infer(*args, **kwargs)
-
-
-def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, monkeypatch):
-    settings = make_settings(max_poll_interval_ms=2000, session_timeout_ms=6000, max_batch=8, hint_wait_ms=100,
-                             max_inflight=8, fetch_max_records=8)
-    real_load = Predictor.load.__func__
-    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, *a: real_load(SlowPredictor, *a)))
+@contextmanager
+def _running(settings, posts):
+    """A classify stage on its own loop, fed ``posts``; stopped (and its thread gone) on exit."""
     stage = ClassifyStage(settings)
     loop = asyncio.new_event_loop()
     runner = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), daemon=True)
     runner.start()
     try:
-        posts = [p for p, _ in generate_posts(load_ontology(), 32, seed=9, prefix=settings.group_prefix)]
         producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
         for post in posts:
             producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
         producer.flush()
+        yield stage
+    finally:
+        loop.call_soon_threadsafe(stage.stop)
+        runner.join(timeout=30)
+    assert not runner.is_alive()
 
-        store = redis.Redis.from_url(settings.redis_url)
-        keys = [settings.keys.label(p.post_id) for p in posts]
+
+def _slow_model(monkeypatch, step_s: float) -> None:
+    """Stages started from now on run the real predictor with a model step ``step_s`` longer."""
+    real_load = Predictor.load.__func__
+
+    class Slow(Predictor):
+        def infer(self, *args, **kwargs):
+            time.sleep(step_s)
+            return super().infer(*args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, *a: real_load(Slow, *a)))
+
+
+def _wait_labelled(settings, posts, sample) -> None:
+    """Until every post has its label in Redis, calling ``sample()`` at each poll."""
+    store = redis.Redis.from_url(settings.redis_url)
+    keys = [settings.keys.label(p.post_id) for p in posts]
+
+    def all_labelled() -> bool:
+        sample()
+        return store.exists(*keys) == len(posts)
+
+    wait_until(all_labelled, timeout=120, what="all labels from the slow model")
+
+
+def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, monkeypatch):
+    settings = make_settings(max_poll_interval_ms=2000, session_timeout_ms=6000, max_batch=8, hint_wait_ms=100,
+                             max_inflight=8, fetch_max_records=8)
+    _slow_model(monkeypatch, STEP_S)  # longer than the consumer's max poll interval
+    posts = [p for p, _ in generate_posts(load_ontology(), 32, seed=9, prefix=settings.group_prefix)]
+    with _running(settings, posts) as stage:
         held = []
-
-        def all_labelled() -> bool:
-            held.append(stage.metrics.inflight.labels("classify")._value.get())
-            return store.exists(*keys) == len(posts)
-
-        wait_until(all_labelled, timeout=120, what="all labels despite the slow model")
+        _wait_labelled(settings, posts, lambda: held.append(stage.metrics.inflight.labels("classify")._value.get()))
         # Backpressure: fetching paused at max_inflight, so at most one more fetch is ever held.
         assert stage.metrics.backpressure.labels("classify")._value.get() >= 1
         assert max(held) <= settings.max_inflight + settings.fetch_max_records
@@ -65,49 +84,23 @@ def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, mo
         assert stage.metrics.rebalances.labels("classify")._value.get() == 0
         records = _read_topic(settings, "labels", until=lambda rs: len(rs) >= len(posts), timeout=30)
         assert Counter(r.key.decode() for r in records) == Counter({p.post_id: 1 for p in posts})
-    finally:
-        loop.call_soon_threadsafe(stage.stop)
-        runner.join(timeout=30)
-    assert not runner.is_alive()
 
 
 def test_images_are_prepared_just_ahead_of_a_slow_model_not_for_every_post_in_flight(make_settings, monkeypatch):
     settings = make_settings(max_batch=2, decode_workers=1, hint_wait_ms=100, max_inflight=64, fetch_max_records=64)
-    real_load = Predictor.load.__func__
-
-    class Slower(Predictor):
-        def infer(self, *args, **kwargs):
-            time.sleep(0.3)
-            return super().infer(*args, **kwargs)
-
-    monkeypatch.setattr(Predictor, "load", classmethod(lambda cls, *a: real_load(Slower, *a)))
+    _slow_model(monkeypatch, 0.3)
     prepared = []
     real_prepare = ClassifyStage._prepare
     monkeypatch.setattr(ClassifyStage, "_prepare", lambda self, post: prepared.append(1) or real_prepare(self, post))
-    stage = ClassifyStage(settings)
-    loop = asyncio.new_event_loop()
-    runner = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), daemon=True)
-    runner.start()
-    try:
-        posts = [p for p, _ in generate_posts(load_ontology(), 24, seed=11, prefix=settings.group_prefix)]
-        producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
-        for post in posts:
-            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
-        producer.flush()
-        store = redis.Redis.from_url(settings.redis_url)
-        keys = [settings.keys.label(p.post_id) for p in posts]
+    posts = [p for p, _ in generate_posts(load_ontology(), 24, seed=11, prefix=settings.group_prefix)]
+    with _running(settings, posts) as stage:
         ahead = []
 
-        def all_labelled() -> bool:
+        def sample() -> None:
             batched = next(s.value for s in stage.metrics.batch_size.collect()[0].samples if s.name.endswith("_sum"))
             ahead.append(len(prepared) - batched)
-            return store.exists(*keys) == len(posts)
 
-        wait_until(all_labelled, timeout=120, what="all labels from the slow model")
+        _wait_labelled(settings, posts, sample)
         # Two batches and one per decode thread: 5, where all 24 posts were in flight at once.
         assert max(ahead) <= 2 * settings.max_batch + settings.decode_workers
         assert len(prepared) == len(posts)
-    finally:
-        loop.call_soon_threadsafe(stage.stop)
-        runner.join(timeout=30)
-    assert not runner.is_alive()
