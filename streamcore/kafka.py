@@ -28,8 +28,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
 
     Returns the topics that were created by this call.
     """
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id="stylestream-admin",
-                             **kafka_python_security(settings))
+    admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
         wanted = []
@@ -53,8 +52,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
 
 def delete_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> None:
     """Delete the contract topics of ``settings`` that exist (their records with them)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id="stylestream-admin",
-                             **kafka_python_security(settings))
+    admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
         doomed = [settings.topic(name) for name in names if settings.topic(name) in existing]
@@ -62,6 +60,11 @@ def delete_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> None:
             admin.delete_topics(doomed)
     finally:
         admin.close()
+
+
+def _admin(settings: Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id="stylestream-admin",
+                            **kafka_python_security(settings))
 
 
 def _sasl(settings: Settings) -> dict[str, Any]:
