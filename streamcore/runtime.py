@@ -14,6 +14,10 @@ Two defaults that cost a CPU model most of its speed, both measured on this proj
   32-image chunk's activations are ~150 MB) would be mapped per call again.
 
 An operator's own ``OMP_WAIT_POLICY``, ``MALLOC_*`` or ``GLIBC_TUNABLES`` settings win.
+
+Per thread, :func:`run_at_idle_priority` lets work that only feeds the model (the classifier's decoding on a
+CPU model) take the CPU time the forward leaves, instead of preempting one of its OpenMP threads and
+stalling the whole team at the next barrier.
 """
 
 from __future__ import annotations
@@ -38,6 +42,20 @@ def tune_process() -> dict[str, bool]:
     if omp_passive:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"  # read once, when torch loads OpenMP
     return {"omp_passive": omp_passive, "malloc_heap": _may_tune_malloc() and _keep_large_blocks_on_heap()}
+
+
+def run_at_idle_priority() -> bool:
+    """Run the calling thread at idle priority (Linux ``SCHED_IDLE``): it gets a core only when no other
+    thread wants it. True when applied; False where the platform has no such policy or refuses it (a
+    thread pool's initializer must not raise, so a refusal is logged, not raised)."""
+    if not hasattr(os, "SCHED_IDLE"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # pid 0: this thread, not the process
+    except OSError as exc:
+        log.warning("cannot run a thread at idle priority (%s): it keeps the normal one", exc)
+        return False
+    return True
 
 
 def _may_tune_malloc() -> bool:

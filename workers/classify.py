@@ -34,13 +34,14 @@ from redis.exceptions import RedisError
 from streamcore.batcher import MicroBatcher
 from streamcore.exceptions import BadInput, InfrastructureError
 from streamcore.images import load_bytes
+from streamcore.runtime import run_at_idle_priority
 from streamcore.schemas import Hints, Post
 from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
 from streamcore.sinks import RedisLabelSink, fingerprint
 from streamcore.stage import Stage
 from training.hotswap import ModelSlot
-from training.predict import Predictor, Prepared
+from training.predict import Predictor, Prepared, resolve_device
 from training.registry import check_version_name
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,10 @@ class ClassifyStage(Stage):
         self._paused: set[str] = set()  # logical topics whose partitions are paused
         self._bad_pointer: bytes | str | None = None
         self._decode_workers = settings.decode_workers or os.cpu_count() or 1
-        self._decode_pool = ThreadPoolExecutor(max_workers=self._decode_workers, thread_name_prefix="decode")
+        # On a CPU model the decoding shares cores with the forward: it yields to it (settings.decode_idle_priority).
+        yields = settings.decode_idle_priority and resolve_device(settings.device).type == "cpu"
+        self._decode_pool = ThreadPoolExecutor(max_workers=self._decode_workers, thread_name_prefix="decode",
+                                               initializer=run_at_idle_priority if yields else None)
         # Parsing has threads of its own: a round's messages never queue behind the images of the last.
         self._parse_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="parse")
         # One thread stages batch n+1 onto the device while the model thread runs batch n.

@@ -1,5 +1,5 @@
 """Process tuning: a large block comes from the heap and stays there (no map, zero-fill, unmap per call);
-an operator's own settings win.
+an operator's own settings win; idle priority is per thread.
 
 Each case runs in a fresh interpreter: the tuning is process-wide and must happen before torch loads.
 """
@@ -11,8 +11,11 @@ import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
+
+from streamcore.runtime import run_at_idle_priority
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or not hasattr(ctypes.CDLL(None), "mallinfo2"),
                                 reason="glibc >= 2.33 malloc only")
@@ -64,3 +67,17 @@ def test_an_operators_own_settings_win():
     mine = _probe("tuned", MALLOC_ARENA_MAX="2", OMP_WAIT_POLICY="ACTIVE")
     assert mine["applied"] == {"omp_passive": False, "malloc_heap": False} and mine["omp"] == "ACTIVE"
     assert mine["mapped_while_held"] >= 40 << 20  # glibc's default behaviour, untouched
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE on this platform")
+def test_idle_priority_is_taken_by_the_calling_thread_only():
+    seen = []
+
+    def decode_thread():
+        seen.append((run_at_idle_priority(), os.sched_getscheduler(0)))
+
+    thread = threading.Thread(target=decode_thread)
+    thread.start()
+    thread.join()
+    assert seen == [(True, os.SCHED_IDLE)]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the process and its other threads keep theirs

@@ -4,6 +4,7 @@ survive a reassignment, the serving pointer. The consumer is a stand-in that rec
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime
 
@@ -155,3 +156,14 @@ def test_a_record_timestamp_no_datetime_holds_becomes_the_read_time(timestamp):
     record = ConsumerRecord("posts", 0, 0, timestamp, 0, None, b"x", None, 0, 1, ())
     assert before <= _received_ms(record) <= int(time.time() * 1000)
     assert _received_ms(_record("posts", 0, b"x")) == 1_700_000_000_000
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE on this platform")
+@pytest.mark.parametrize(("device", "idle", "policy"),
+                         [("cpu", True, "SCHED_IDLE"), ("cpu", False, "SCHED_OTHER"), ("cuda", True, "SCHED_OTHER")])
+def test_decode_threads_yield_to_a_model_on_the_cpu_only(device, idle, policy):
+    stage = ClassifyStage(Settings(device=device, decode_idle_priority=idle))
+    try:  # a GPU model leaves the cores to the decoding: there it keeps the normal priority
+        assert stage._decode_pool.submit(os.sched_getscheduler, 0).result(timeout=30) == getattr(os, policy)
+    finally:
+        stage._decode_pool.shutdown()
