@@ -53,10 +53,10 @@ class Settings(BaseSettings):
     # Classifier data path (issue 12).
     #: Threads decoding images for the classifier (Pillow releases the GIL); 0 = one per CPU core.
     decode_workers: int = Field(0, ge=0, le=256)
-    #: With the model on the CPU, decode threads run at idle priority (Linux ``SCHED_IDLE``): they use the
-    #: CPU time the forward leaves (its serial stretches, the gaps between batches) and never stall its
-    #: OpenMP team by taking one of its cores. Realistic photos on the project's 2 cores: 104 against 91
-    #: img/s at max_batch 8. Turn off on a host shared with other busy processes, which would starve them.
+    #: With the model on the CPU, images beyond those the next batch lacks are decoded at idle priority
+    #: (Linux ``SCHED_IDLE``): in the CPU time the forward leaves (its serial stretches, the gaps between
+    #: batches), never stalling its OpenMP team by taking one of its cores. Turn off on a host shared with
+    #: other busy processes, which would starve them.
     decode_idle_priority: bool = True
     #: Batch size follows the queue: a batch leaves as soon as the model can take it (up to
     #: ``max_batch``); off = wait up to ``max_wait_ms`` after a batch's first item for more.

@@ -115,10 +115,14 @@ class ClassifyStage(Stage):
         self._paused: set[str] = set()  # logical topics whose partitions are paused
         self._bad_pointer: bytes | str | None = None
         self._decode_workers = settings.decode_workers or os.cpu_count() or 1
-        # On a CPU model the decoding shares cores with the forward: it yields to it (settings.decode_idle_priority).
+        self._decode_pool = ThreadPoolExecutor(max_workers=self._decode_workers, thread_name_prefix="decode")
+        # On a CPU model the decoding shares cores with the forward (settings.decode_idle_priority): images the
+        # next batch still lacks are decoded at normal priority, so the model never waits for them; the rest
+        # at idle priority, in the time the forward leaves, so they never stall its OpenMP team.
         yields = settings.decode_idle_priority and resolve_device(settings.device).type == "cpu"
-        self._decode_pool = ThreadPoolExecutor(max_workers=self._decode_workers, thread_name_prefix="decode",
-                                               initializer=run_at_idle_priority if yields else None)
+        self._spare_decode_pool = ThreadPoolExecutor(max_workers=self._decode_workers, thread_name_prefix="decode-idle",
+                                                     initializer=run_at_idle_priority) if yields else None
+        self._urgent_decodes = 0
         # Parsing has threads of its own: a round's messages never queue behind the images of the last.
         self._parse_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="parse")
         # One thread stages batch n+1 onto the device while the model thread runs batch n.
@@ -358,11 +362,10 @@ class ClassifyStage(Stage):
 
     async def _classify(self, waiting: _Waiting) -> None:
         record = waiting.record
-        loop = asyncio.get_running_loop()
         await self._ahead.acquire()
         ahead = _Ahead(self._ahead)
         try:
-            image = await loop.run_in_executor(self._decode_pool, self._prepare, waiting.post)
+            image = await self._decode(waiting.post)
             item = _Item(image, waiting.hints, waiting.post.post_id, _received_ms(record), waiting.fingerprint,
                          record.partition, ahead)
             # Outputs not written: the record stays unfinished (uncommitted) while this retries.
@@ -378,6 +381,17 @@ class ClassifyStage(Stage):
         if waiting.hints is not None and not waiting.hints.is_empty:
             self.metrics.hinted.inc()
         self.metrics.e2e_latency.observe(max(0.0, time.time() - item.timestamp_ms / 1000))
+
+    async def _decode(self, post: Post) -> Prepared:
+        loop = asyncio.get_running_loop()
+        spare = self._spare_decode_pool
+        if spare is not None and self.batcher.queued + self._urgent_decodes >= self.settings.max_batch:
+            return await loop.run_in_executor(spare, self._prepare, post)  # the next batch is covered
+        self._urgent_decodes += 1
+        try:
+            return await loop.run_in_executor(self._decode_pool, self._prepare, post)
+        finally:
+            self._urgent_decodes -= 1
 
     def _prepare(self, post: Post) -> Prepared:
         # Every source takes the same path: DCT-scaled decode on the CPU, or nvJPEG on the device.
@@ -428,6 +442,8 @@ class ClassifyStage(Stage):
         await self.sink.close()
         self.models.close()
         self._decode_pool.shutdown()
+        if self._spare_decode_pool is not None:
+            self._spare_decode_pool.shutdown()
         self._parse_pool.shutdown()
         self._prep_pool.shutdown()
         self._model_pool.shutdown()

@@ -7,6 +7,7 @@ import asyncio
 import os
 import time
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from aiokafka import TopicPartition
@@ -158,12 +159,35 @@ def test_a_record_timestamp_no_datetime_holds_becomes_the_read_time(timestamp):
     assert _received_ms(_record("posts", 0, b"x")) == 1_700_000_000_000
 
 
-@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE on this platform")
-@pytest.mark.parametrize(("device", "idle", "policy"),
-                         [("cpu", True, "SCHED_IDLE"), ("cpu", False, "SCHED_OTHER"), ("cuda", True, "SCHED_OTHER")])
-def test_decode_threads_yield_to_a_model_on_the_cpu_only(device, idle, policy):
-    stage = ClassifyStage(Settings(device=device, decode_idle_priority=idle))
-    try:  # a GPU model leaves the cores to the decoding: there it keeps the normal priority
-        assert stage._decode_pool.submit(os.sched_getscheduler, 0).result(timeout=30) == getattr(os, policy)
+def _decoded_at(stage: ClassifyStage, queued: int, count: int) -> list[int]:
+    """The scheduling policy of the thread that decoded each of ``count`` images started together while
+    ``queued`` decoded images wait for a batch."""
+    stage._prepare = lambda post: os.sched_getscheduler(0)
+    stage.batcher = SimpleNamespace(queued=queued)
+
+    async def together() -> list[int]:
+        return list(await asyncio.gather(*(stage._decode(None) for _ in range(count))))
+
+    try:
+        return asyncio.run(together())
     finally:
         stage._decode_pool.shutdown()
+        if stage._spare_decode_pool is not None:
+            stage._spare_decode_pool.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE on this platform")
+def test_on_a_cpu_model_only_images_beyond_the_next_batch_are_decoded_at_idle_priority():
+    cpu = {"device": "cpu", "max_batch": 4}
+    # The next batch lacks images: decoded at normal priority, the model would wait for them...
+    assert _decoded_at(ClassifyStage(Settings(**cpu)), queued=0, count=1) == [os.SCHED_OTHER]
+    # ... until queued and urgent ones cover it: the rest use the time the forward leaves.
+    assert _decoded_at(ClassifyStage(Settings(**cpu)), queued=3, count=3) == [os.SCHED_OTHER, os.SCHED_IDLE, os.SCHED_IDLE]
+    assert _decoded_at(ClassifyStage(Settings(**cpu)), queued=4, count=1) == [os.SCHED_IDLE]
+
+
+@pytest.mark.parametrize("settings", [{"device": "cpu", "decode_idle_priority": False},
+                                      {"device": "cuda", "decode_idle_priority": True}])
+def test_a_gpu_model_or_the_setting_off_keeps_every_decode_at_normal_priority(settings):
+    # A GPU model leaves the cores to the decoding; a host shared with busy processes would starve it.
+    assert _decoded_at(ClassifyStage(Settings(max_batch=4, **settings)), queued=8, count=2) == [os.SCHED_OTHER] * 2
