@@ -36,3 +36,9 @@ def test_the_label_rate_is_taken_between_two_fractions_of_the_run() -> None:
     assert _label_rate(stamps, 0.1, 0.8) == 100.0
     assert _label_rate(stamps, 0.8, 1.0) > 500
     assert _label_rate([0.0, 2.0], 0.1, 0.8) == 0.5  # two labels: still a rate, not an index error
+
+
+def test_labels_of_one_batch_count_once_whatever_the_window() -> None:
+    stamps = [float(second) for second in range(10) for _ in range(128)]  # a batch of 128 a second
+    assert {_label_rate(stamps, a, b) for a, b in ((0.1, 0.8), (0.05, 0.5), (0.1, 0.4), (0.4, 0.7))} == {128.0}
+    assert _label_rate([1.0] * 10, 0.1, 0.8) == 0.0  # one batch: no rate to measure

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import bisect
 import itertools
 import os
 import shutil
@@ -339,10 +340,18 @@ def _saturated(base: Settings, posts: list[Post], hints: list[Hints], max_batch:
 
 
 def _label_rate(stamps: list[float], start: float, end: float) -> float:
-    """Labels per second between the ``start`` and ``end`` fractions of the sorted label times."""
+    """Labels per second between the ``start`` and ``end`` fractions of the sorted label times.
+
+    A batch's labels share one time, so the rate counts the labels finished after the window's first time
+    up to its last (counted by index, a window of ten batches of 128 would gain or lose up to one batch).
+    """
     first = min(int(start * len(stamps)), len(stamps) - 2)
     last = max(first + 1, int(end * len(stamps)) - 1)
-    return round((last - first) / max(stamps[last] - stamps[first], 1e-9), 1)
+    t0, t1 = stamps[first], stamps[last]
+    if t1 <= t0:  # the window lies in one batch: up to the next one
+        t1 = next((t for t in stamps[last:] if t > t0), t0)
+    done = bisect.bisect_right(stamps, t1) - bisect.bisect_right(stamps, t0)
+    return round(done / max(t1 - t0, 1e-9), 1)
 
 
 def _labels_first(settings: Settings, worker: subprocess.Popen) -> None:
