@@ -383,6 +383,7 @@ class ClassifyStage(Stage):
         self.metrics.e2e_latency.observe(max(0.0, time.time() - item.timestamp_ms / 1000))
 
     async def _decode(self, post: Post) -> Prepared:
+        """Decode at normal priority while the next batch lacks images, at idle priority beyond it (CPU model)."""
         loop = asyncio.get_running_loop()
         spare = self._spare_decode_pool
         if spare is not None and self.batcher.queued + self._urgent_decodes >= self.settings.max_batch:
