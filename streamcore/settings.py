@@ -53,11 +53,12 @@ class Settings(BaseSettings):
     # Classifier data path (issue 12).
     #: Threads decoding images for the classifier (Pillow releases the GIL); 0 = one per CPU core.
     decode_workers: int = Field(0, ge=0, le=256)
-    #: With the model on the CPU, images beyond those the next batch lacks are decoded at idle priority
-    #: (Linux ``SCHED_IDLE``): in the CPU time the forward leaves (its serial stretches, the gaps between
-    #: batches), never stalling its OpenMP team by taking one of its cores. Turn off on a host shared with
-    #: other busy processes, which would starve them.
-    decode_idle_priority: bool = True
+    #: For a CPU classifier with cores of its own: images beyond those the next batch lacks are decoded at
+    #: idle priority (Linux ``SCHED_IDLE``), in the CPU time the forward leaves (its serial stretches, the
+    #: gaps between batches), never stalling its OpenMP team by taking one of its cores. Off by default:
+    #: next to other busy processes (text workers, a trainer, other pods) those decodes starve, and the
+    #: classifier with them (2 cores, two busy loops beside it, max_batch 32: 34 img/s on, 57 off).
+    decode_idle_priority: bool = False
     #: Batch size follows the queue: a batch leaves as soon as the model can take it (up to
     #: ``max_batch``); off = wait up to ``max_wait_ms`` after a batch's first item for more.
     adaptive_batching: bool = True

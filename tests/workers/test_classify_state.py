@@ -178,7 +178,7 @@ def _decoded_at(stage: ClassifyStage, queued: int, count: int) -> list[int]:
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE on this platform")
 def test_on_a_cpu_model_only_images_beyond_the_next_batch_are_decoded_at_idle_priority():
-    cpu = {"device": "cpu", "max_batch": 4}
+    cpu = {"device": "cpu", "max_batch": 4, "decode_idle_priority": True}
     # The next batch lacks images: decoded at normal priority, the model would wait for them...
     assert _decoded_at(ClassifyStage(Settings(**cpu)), queued=0, count=1) == [os.SCHED_OTHER]
     # ... until queued and urgent ones cover it: the rest use the time the forward leaves.
@@ -186,8 +186,8 @@ def test_on_a_cpu_model_only_images_beyond_the_next_batch_are_decoded_at_idle_pr
     assert _decoded_at(ClassifyStage(Settings(**cpu)), queued=4, count=1) == [os.SCHED_IDLE]
 
 
-@pytest.mark.parametrize("settings", [{"device": "cpu", "decode_idle_priority": False},
+@pytest.mark.parametrize("settings", [{"device": "cpu"}, {"device": "cpu", "decode_idle_priority": False},
                                       {"device": "cuda", "decode_idle_priority": True}])
-def test_a_gpu_model_or_the_setting_off_keeps_every_decode_at_normal_priority(settings):
-    # A GPU model leaves the cores to the decoding; a host shared with busy processes would starve it.
+def test_by_default_on_a_gpu_model_or_off_every_decode_keeps_normal_priority(settings):
+    # Off by default: busy neighbours would starve idle decodes. A GPU model leaves the cores to the decoding.
     assert _decoded_at(ClassifyStage(Settings(max_batch=4, **settings)), queued=8, count=2) == [os.SCHED_OTHER] * 2
