@@ -17,8 +17,8 @@ import pytest
 
 from streamcore.runtime import run_at_idle_priority
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux" or not hasattr(ctypes.CDLL(None), "mallinfo2"),
-                                reason="glibc >= 2.33 malloc only")
+glibc_malloc = pytest.mark.skipif(sys.platform != "linux" or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+                                  reason="glibc >= 2.33 malloc only")
 
 _PROBE = """
 import ctypes, json, os, sys, threading
@@ -55,6 +55,7 @@ def _probe(mode: str, **env: str) -> dict:
     return json.loads(out.stdout)
 
 
+@glibc_malloc
 def test_tuned_a_large_block_comes_from_the_heap_and_stays_there_after_free():
     plain, tuned = _probe("plain"), _probe("tuned")
     assert plain["mapped_while_held"] >= 40 << 20  # glibc's default: mapped, and unmapped again on free
@@ -63,6 +64,7 @@ def test_tuned_a_large_block_comes_from_the_heap_and_stays_there_after_free():
     assert tuned["applied"] == {"omp_passive": True, "malloc_heap": True} and tuned["omp"] == "PASSIVE"
 
 
+@glibc_malloc
 def test_an_operators_own_settings_win():
     mine = _probe("tuned", MALLOC_ARENA_MAX="2", OMP_WAIT_POLICY="ACTIVE")
     assert mine["applied"] == {"omp_passive": False, "malloc_heap": False} and mine["omp"] == "ACTIVE"
