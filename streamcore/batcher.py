@@ -93,7 +93,7 @@ class MicroBatcher(Generic[T, R]):
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             await self._slots.acquire()
             self._dispatch()

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Self
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
@@ -127,7 +128,7 @@ class StylestreamClient:
             self._redis.close()
             self._redis = None
 
-    def __enter__(self) -> StylestreamClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

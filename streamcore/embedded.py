@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import redis
 from kafka import KafkaAdminClient
@@ -25,6 +26,9 @@ from kafka import KafkaAdminClient
 from streamcore.exceptions import InfrastructureError
 
 _PR_SET_PDEATHSIG = 1
+# Looked up here, not in the child: between fork and exec a child must not load libraries (the loader's lock
+# may be held by a thread that does not exist there).
+_PRCTL = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
 
 
 def free_port() -> int:
@@ -34,9 +38,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent() -> None:
+    """``preexec_fn`` of every child process: SIGTERM to it when this process dies, even by SIGKILL (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_processes(procs: Iterable[subprocess.Popen], timeout: float = 15.0) -> None:
@@ -135,7 +140,8 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
         # A session of their own: a terminal's Ctrl-C reaches the stages, which still need the broker
         # to commit on the way out; we stop the servers last, and PDEATHSIG covers a killed parent.
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=_die_with_parent, start_new_session=True, env={"PATH": "/usr/bin:/bin"})
+                                preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call, resolved before the fork
+                                start_new_session=True, env={"PATH": "/usr/bin:/bin"})
         self._procs.append((name, proc))
 
     def _wait_answers(self) -> None:
@@ -159,7 +165,7 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
             self._tmp.cleanup()
             self._tmp = None
 
-    def __enter__(self) -> EmbeddedStack:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

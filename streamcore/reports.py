@@ -6,7 +6,7 @@ import json
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def machine(device: str = "cpu") -> dict[str, Any]:
 
 def report_meta(command: str, *, device: str = "cpu") -> dict[str, Any]:
     """``generated_at``, ``git_sha``, ``machine`` and the exact ``command``."""
-    return {"generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_sha": git_sha(),
+    return {"generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "git_sha": git_sha(),
             "machine": machine(device), "command": command}
 
 

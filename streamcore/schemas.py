@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import binascii
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import pybase64
@@ -15,7 +15,7 @@ PostId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=
 
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock used for message timestamps."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _Message(BaseModel):

@@ -116,8 +116,7 @@ class Workers:
 
 
 def _assigned(metrics_text: str, stage: str, topic: str) -> int:
-    pattern = (r'^stylestream_assigned_partitions\{stage="%s",topic="%s"\} ([0-9.e+]+)$'
-               % (re.escape(stage), re.escape(topic)))
+    pattern = rf'^stylestream_assigned_partitions\{{stage="{re.escape(stage)}",topic="{re.escape(topic)}"\}} ([0-9.e+]+)$'
     return sum(int(float(m.group(1))) for m in re.finditer(pattern, metrics_text, re.MULTILINE))
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import redis
 from kafka import KafkaProducer
 
-from streamcore.exceptions import StylestreamError
 from streamcore import redisconn
+from streamcore.exceptions import StylestreamError
 from streamcore.kafka import bootstrap, kafka_python_security
 from streamcore.schemas import ModelUpdate, utcnow
 from streamcore.serde import encode

@@ -8,7 +8,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -90,7 +90,7 @@ class Registry:
     def publish(self, checkpoint_dir: Path, *, name: str | None = None) -> Entry:
         """Copy a checkpoint into the registry as a new immutable version (temp dir + rename)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        version = check_version_name(name or datetime.now(timezone.utc).strftime("v%Y%m%dT%H%M%S%fZ"))
+        version = check_version_name(name or datetime.now(UTC).strftime("v%Y%m%dT%H%M%S%fZ"))
         target = self.root / version
         if target.exists():
             raise FileExistsError(f"version {version!r} already exists")

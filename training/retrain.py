@@ -47,7 +47,16 @@ from training.ontology import load_ontology
 from training.predict import resolve_device
 from training.promotion import promote
 from training.registry import Registry
-from training.train import Batchable, FitConfig, StepHook, evaluate_model, extract_features, fit, frozen_features, train_head
+from training.train import (
+    Batchable,
+    FitConfig,
+    StepHook,
+    evaluate_model,
+    extract_features,
+    fit,
+    frozen_features,
+    train_head,
+)
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import closing
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -52,7 +52,7 @@ def up(
 @app.command()
 def produce(
     count: Annotated[int, typer.Option(help="Number of posts.")] = 100,
-    rate: Annotated[Optional[float], typer.Option(help="Posts per second (default: as fast as possible).")] = None,
+    rate: Annotated[float | None, typer.Option(help="Posts per second (default: as fast as possible).")] = None,
     multi: Annotated[bool, typer.Option(help="Outfits of 2-4 items per image.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
@@ -66,7 +66,7 @@ def produce(
 
 @app.command()
 def tail(
-    count: Annotated[Optional[int], typer.Option(help="Stop after N labels.")] = None,
+    count: Annotated[int | None, typer.Option(help="Stop after N labels.")] = None,
     from_beginning: Annotated[bool, typer.Option(help="Replay the labels topic from the start.")] = False,
 ) -> None:
     """Print labels as they arrive."""

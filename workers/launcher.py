@@ -14,7 +14,7 @@ from contextlib import ExitStack, closing, contextmanager
 from rich.console import Console
 
 from streamcore.client import StylestreamClient
-from streamcore.embedded import EmbeddedStack, _die_with_parent, stop_processes
+from streamcore.embedded import EmbeddedStack, die_with_parent, stop_processes
 from streamcore.kafka import ensure_topics
 from streamcore.schemas import Label
 from streamcore.settings import Settings
@@ -67,7 +67,7 @@ def ctrl_c_sets(event: threading.Event) -> Iterator[None]:
 
 def _spawn_stage(stage: str, settings: Settings) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", stage], env=settings.child_env(),
-                            preexec_fn=_die_with_parent)
+                            preexec_fn=die_with_parent)  # noqa: PLW1509 - one prctl call, resolved before the fork
 
 
 #: A demo's trainer bootstraps a model in about a minute on two cores instead of many.

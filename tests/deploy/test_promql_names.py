@@ -9,7 +9,14 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="PyYAML missing: it is a test extra (pip install -e .[test])")
 
 from tests.deploy.promql import (
-    DASHBOARD, DEPLOY, SYNTHETIC, alert_expressions, dashboard_expressions, exported_names, metric_names)
+    DASHBOARD,
+    DEPLOY,
+    SYNTHETIC,
+    alert_expressions,
+    dashboard_expressions,
+    exported_names,
+    metric_names,
+)
 
 EXPRESSIONS = [*dashboard_expressions(), *alert_expressions()]
 

@@ -13,9 +13,9 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from streamcore.schemas import DeadLetter, Label
 from streamcore.serde import encode
+from tests.support import wait_until
 from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
-from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 
 import pytest
@@ -55,7 +56,7 @@ def test_promotion_mid_stream_swaps_between_batches(make_settings, workers, tmp_
     assert Counter(r.key.decode() for r in records) == Counter({p.post_id: 1 for p in posts})
 
     stamps = [l.labeled_at.timestamp() for l in labels]
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     at_swap = max(gaps[max(0, first_new - 3): first_new + 3])
     typical = sorted(gaps)[len(gaps) // 2]
     with capsys.disabled():

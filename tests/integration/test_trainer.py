@@ -18,11 +18,10 @@ import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamcore.embedded import free_port
-from streamcore.schemas import DeadLetter, HintsUsed, Label, ModelUpdate, ScoredTerm, utcnow
+from streamcore.schemas import DeadLetter, Feedback, HintsUsed, Label, ModelUpdate, ScoredTerm, utcnow
 from streamcore.serde import encode
 from streamcore.sinks import RedisLabelSink, fingerprint
 from tests.support import publish_tiny, wait_until
-from streamcore.schemas import Feedback
 from training.checkpoint import METRICS_FILE
 from training.ontology import load_ontology
 from training.promotion import promote

@@ -16,15 +16,15 @@ import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from streamcore.schemas import Hints, ImageSource, Post
 from streamcore.reports import write_report
+from streamcore.schemas import Hints, ImageSource, Post
 from training.ontology import Ontology, load_ontology
 from training.synthetic.captions import make_caption
 from training.text.bench import posts_per_second
@@ -48,7 +48,7 @@ class Example:
 
 def _post(post_id: str, caption: str, comments: Iterable[str] = (), hashtags: Iterable[str] = (),
           user_tags: Iterable[str] = ()) -> Post:
-    return Post(post_id=post_id, created_at=datetime.now(timezone.utc), user="eval", caption=caption,
+    return Post(post_id=post_id, created_at=datetime.now(UTC), user="eval", caption=caption,
                 comments=list(comments), hashtags=list(hashtags), user_tags=list(user_tags), image=_IMAGE)
 
 

@@ -34,7 +34,7 @@ def variants(keyword: str) -> set[str]:
     for tag in ("NN", "NNS"):
         for infl in getAllInflections(last, upos="NOUN").get(tag, ()):
             forms.add(f"{head} {infl}".strip())
-    for form in list(forms):
+    for form in list(forms):  # noqa: PERF101 - a copy: the loop adds to the set
         forms.add(form.replace(" ", ""))
         forms.add(form.replace("-", ""))
         forms.add(form.replace("-", " "))

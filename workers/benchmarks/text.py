@@ -31,8 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from streamcore.embedded import EmbeddedStack, stop_processes
-from streamcore.reports import write_report
 from streamcore.kafka import ensure_topics
+from streamcore.reports import write_report
 from streamcore.schemas import ImageSource, Post
 from streamcore.serde import encode
 from streamcore.settings import Settings
