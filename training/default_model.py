@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from training.checkpoint import save_checkpoint
-    from training.data.benchmark import BenchmarkConfig, load_benchmark
-    from training.evaluate import evaluate_model, variant_config
+    from training.data.benchmark import BenchmarkConfig
+    from training.evaluate import variant_config
     from training.ontology import load_ontology
-    from training.train import FitConfig, frozen_features, train_head
+    from training.train import FitConfig, train_on_benchmark
 
     parser = argparse.ArgumentParser(prog="default_model", description=main.__doc__)
     parser.add_argument("--head", default="fusion", help="the head Table II found best (README)")
@@ -48,19 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    ontology = load_ontology()
     bench = variant_config(BenchmarkConfig(n_train=args.n_train, n_test=args.n_test, seed=args.seed), "main")
-    splits = load_benchmark(ontology, bench, cache_dir=args.cache_dir)
-    backbone, feats = frozen_features("tiny", ontology, splits, multi=False,
-                                      pretrain=FitConfig(epochs=args.pretrain_epochs, seed=args.seed), device="cpu")
     fit = FitConfig(epochs=args.epochs, seed=args.seed, hint_dropout=args.hint_dropout)
-    model, history = train_head(args.head, backbone, feats, splits, name="tiny", ontology=ontology, multi=False,
-                                config=fit, route_threshold=args.route_threshold)
-    metrics = {hints: evaluate_model(model, splits["test"], features=feats["test"], hints=hints == "mined")
-               for hints in ("mined", "none")}
+    trained = train_on_benchmark(bench, backbone="tiny", head=args.head, ontology=load_ontology(), config=fit,
+                                 pretrain=FitConfig(epochs=args.pretrain_epochs, seed=args.seed),
+                                 cache_dir=args.cache_dir, route_threshold=args.route_threshold)
+    model, metrics = trained.model, trained.metrics
     command = " ".join(["python -m training.default_model", *(argv if argv is not None else sys.argv[1:])])
     config = {"command": command, "benchmark": dataclasses.asdict(bench), "fit": dataclasses.asdict(fit),
-              "epochs_run": history["epochs_run"]}
+              "epochs_run": trained.history["epochs_run"]}
     shutil.rmtree(args.out, ignore_errors=True)
     save_checkpoint(model, args.out, config=config, metrics=metrics)
     (args.out / CHECKSUM_FILE).write_text(weights_checksum(args.out) + "\n")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from training.data.benchmark import Split
+from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.metrics import level_metrics
 from training.models import DynamicCNN, ModelOutput, build_model
 from training.models.build import HintTensors
@@ -286,6 +286,29 @@ def train_head(
     return model, fit(model.to(device), train, val, config, features=True, device=device, on_step=on_step)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """A model trained on the benchmark, its fit history and its test metrics with mined hints and with none."""
+
+    model: DynamicCNN
+    history: dict
+    metrics: dict[str, dict]
+
+
+def train_on_benchmark(bench: BenchmarkConfig, *, backbone: str, head: str, ontology: Ontology, config: FitConfig,
+                       pretrain: FitConfig | None, cache_dir: Path, device: str = "cpu",
+                       route_threshold: float = ROUTE_THRESHOLD) -> Trained:
+    """Load (or build and cache) the benchmark, freeze ``backbone`` on it (after ``pretrain``), train ``head`` on
+    its features and evaluate on the test split."""
+    splits = load_benchmark(ontology, bench, cache_dir=cache_dir)
+    trunk, feats = frozen_features(backbone, ontology, splits, multi=bench.multi, pretrain=pretrain, device=device)
+    model, history = train_head(head, trunk, feats, splits, name=backbone, ontology=ontology, multi=bench.multi,
+                                config=config, device=device, route_threshold=route_threshold)
+    metrics = {hints: evaluate_model(model, splits["test"], features=feats["test"], hints=hints == "mined",
+                                     device=device) for hints in ("mined", "none")}
+    return Trained(model, history, metrics)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``stylestream train``: train one model on the benchmark and write a checkpoint directory.
 
@@ -293,7 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     on cached features.
     """
     from training.checkpoint import save_checkpoint
-    from training.data.benchmark import BenchmarkConfig, load_benchmark
     from training.ontology import load_ontology
     from training.plots import plot_training_curves
 
@@ -315,19 +337,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="image probability at which a category's range opens besides the hinted ones")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    ontology, multi = load_ontology(), args.scenario == "multi"
-    bench = BenchmarkConfig(multi=multi, n_train=args.n_train, n_test=args.n_test, seed=args.seed)
-    splits = load_benchmark(ontology, bench, cache_dir=args.cache_dir)
+    bench = BenchmarkConfig(multi=args.scenario == "multi", n_train=args.n_train, n_test=args.n_test, seed=args.seed)
     pretrain = FitConfig(epochs=args.pretrain_epochs, seed=args.seed) if args.pretrain_epochs else None
-    backbone, feats = frozen_features(args.backbone, ontology, splits, multi=multi, pretrain=pretrain, device=args.device)
     fit_config = FitConfig(epochs=args.epochs, seed=args.seed, hint_dropout=args.hint_dropout)
-    model, history = train_head(args.head, backbone, feats, splits, name=args.backbone, ontology=ontology,
-                                multi=multi, config=fit_config, device=args.device, route_threshold=args.route_threshold)
-    metrics = {hints: evaluate_model(model, splits["test"], features=feats["test"], hints=hints == "mined", device=args.device)
-               for hints in ("mined", "none")}
-    config = {"benchmark": dataclasses.asdict(bench), "fit": dataclasses.asdict(fit_config), "history": history}
-    save_checkpoint(model, args.out, config=config, metrics=metrics)
-    plot_training_curves(history["history"], args.out / "training_curves.png",
+    trained = train_on_benchmark(bench, backbone=args.backbone, head=args.head, ontology=load_ontology(), config=fit_config,
+                                 pretrain=pretrain, cache_dir=args.cache_dir, device=args.device,
+                                 route_threshold=args.route_threshold)
+    config = {"benchmark": dataclasses.asdict(bench), "fit": dataclasses.asdict(fit_config), "history": trained.history}
+    save_checkpoint(trained.model, args.out, config=config, metrics=trained.metrics)
+    plot_training_curves(trained.history["history"], args.out / "training_curves.png",
                          title=f"{args.scenario} · {args.backbone} · {args.head}")
     return 0
 

@@ -4,8 +4,9 @@ import json
 
 import torch
 
-from training import evaluate, train
+from training import default_model, evaluate, train
 from training.checkpoint import load_checkpoint
+from training.registry import default_entry, weights_checksum
 
 
 def test_train_writes_a_loadable_checkpoint(tmp_path) -> None:
@@ -24,6 +25,19 @@ def test_train_writes_a_loadable_checkpoint(tmp_path) -> None:
     assert model.config.head == "dynamic_layers" and model.config.backbone == "tiny"
     with torch.no_grad():
         assert model(torch.rand(2, 3, 64, 64)).attributes.shape[0] == 2
+
+
+def test_default_model_rebuild_writes_an_entry_the_worker_can_serve(tmp_path) -> None:
+    out = tmp_path / "default"
+    argv = ["--head", "fusion", "--n-train", "200", "--n-test", "100", "--epochs", "1", "--pretrain-epochs", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert default_model.main(argv) == 0
+    entry = default_entry(out)
+    assert entry.version == f"default-{weights_checksum(out)[:12]}"
+    config = json.loads((out / "config.json").read_text())["training"]
+    assert config["command"].startswith("python -m training.default_model") and config["epochs_run"] >= 1
+    model = entry.load(device="cpu")
+    assert model.config.head == "fusion" and model.config.backbone == "tiny"
 
 
 def test_table2_report_shape(tmp_path) -> None:
