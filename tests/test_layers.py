@@ -28,6 +28,8 @@ ENTRIES = {
     "worker text": (_WORKER.format(stage="text"), ("torchvision", "training.models")),
     "synthetic posts": (_IMPORT.format(module="training.synthetic.posts"), MINER),
     "pipeline benchmark": (_IMPORT.format(module="workers.benchmarks.pipeline"), MINER),
+    # `python -m training.default_model` tunes the process before torch loads (OpenMP reads its policy once).
+    "default model rebuild": (_IMPORT.format(module="training.default_model"), ("torch",)),
 }
 
 

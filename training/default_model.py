@@ -17,12 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from training.registry import (
-    CHECKSUM_FILE,
-    DEFAULT_MODEL_DIR,
-    default_entry,
-    weights_checksum,
-)
+from streamcore.runtime import tune_process
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.data.benchmark import BenchmarkConfig
     from training.evaluate import variant_config
     from training.ontology import load_ontology
+    from training.registry import CHECKSUM_FILE, DEFAULT_MODEL_DIR, default_entry, weights_checksum
     from training.train import FitConfig, train_on_benchmark
 
     parser = argparse.ArgumentParser(prog="default_model", description=main.__doc__)
@@ -66,4 +62,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    tune_process()  # as every `stylestream` command does; torch is not loaded yet (nothing above imports it)
     raise SystemExit(main())
