@@ -14,11 +14,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import redis
 from kafka import KafkaAdminClient
@@ -38,10 +38,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` of every child process: SIGTERM to it when this process dies, even by SIGKILL (Linux)."""
+def _die_with_parent() -> None:
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn(argv: Sequence[str], **popen: Any) -> subprocess.Popen:
+    """``subprocess.Popen(argv, **popen)`` for a child that gets SIGTERM when this process dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``; the parent is the spawning thread, so spawn from one that lives as long)."""
+    return subprocess.Popen(argv, preexec_fn=_die_with_parent, **popen)  # noqa: PLW1509 - one prctl call, resolved before the fork
 
 
 def stop_processes(procs: Iterable[subprocess.Popen], timeout: float = 15.0) -> None:
@@ -139,9 +144,8 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
         log = open(Path(self._tmp.name) / f"{name}.log", "wb")  # noqa: SIM115 - closed with the tmp dir
         # A session of their own: a terminal's Ctrl-C reaches the stages, which still need the broker
         # to commit on the way out; we stop the servers last, and PDEATHSIG covers a killed parent.
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                preexec_fn=die_with_parent,  # noqa: PLW1509 - one prctl call, resolved before the fork
-                                start_new_session=True, env={"PATH": "/usr/bin:/bin"})
+        proc = spawn(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                     env={"PATH": "/usr/bin:/bin"})
         self._procs.append((name, proc))
 
     def _wait_answers(self) -> None:

@@ -8,13 +8,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
+from typing import Any
 
 from rich.console import Console
 
 from streamcore.client import StylestreamClient
-from streamcore.embedded import EmbeddedStack, die_with_parent, stop_processes
+from streamcore.embedded import EmbeddedStack, spawn, stop_processes
 from streamcore.kafka import ensure_topics
 from streamcore.schemas import Label
 from streamcore.settings import Settings
@@ -65,9 +66,10 @@ def ctrl_c_sets(event: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _spawn_stage(stage: str, settings: Settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", stage], env=settings.child_env(),
-                            preexec_fn=die_with_parent)  # noqa: PLW1509 - one prctl call, resolved before the fork
+def start_stage(stage: str, env: dict[str, str], *, prefix: Sequence[str] = (), **popen: Any) -> subprocess.Popen:
+    """``stylestream worker STAGE`` in a child process that dies with this one; ``prefix`` wraps the command
+    (``taskset``), ``popen`` goes to :class:`subprocess.Popen` (output redirection)."""
+    return spawn([*prefix, sys.executable, "-m", "workers.cli", "worker", stage], env=env, **popen)
 
 
 #: A demo's trainer bootstraps a model in about a minute on two cores instead of many.
@@ -93,7 +95,7 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
         console.print(f"topics ready ({len(created)} created, {settings.partitions} partitions)")
         procs: list[subprocess.Popen] = []
         stack.callback(stop_processes, procs)
-        procs.extend(_spawn_stage(stage, settings) for stage in STAGES)
+        procs.extend(start_stage(stage, settings.child_env()) for stage in STAGES)
         console.print(f"stages started: {', '.join(STAGES)} · metrics from port {settings.metrics_port}")
         stop = threading.Event()
         stack.callback(stop.set)

@@ -70,6 +70,7 @@ from training.ontology import load_ontology
 from training.predict import EncodedJpeg, Predictor
 from training.registry import Registry
 from training.synthetic.posts import Truth, generate_posts
+from workers.launcher import start_stage
 
 COMMAND = "stylestream bench pipeline"
 
@@ -252,12 +253,11 @@ def _labels(settings: Settings, count: int, timeout: float, worker: subprocess.P
 
 
 def _worker(settings: Settings, logs: Path | None) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "workers.cli", "worker", "classify"]
     if logs is None:
-        return subprocess.Popen(argv, env=settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return start_stage("classify", settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"classify-{settings.group_prefix}-mb{settings.max_batch}.log", "wb") as log:
-        return subprocess.Popen(argv, env=settings.child_env(), stdout=log, stderr=subprocess.STDOUT)
+        return start_stage("classify", settings.child_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _fresh(base: Settings, posts: list[Post], hints: list[Hints], **changes) -> tuple[Settings, list[Post], list[Hints]]:

@@ -35,13 +35,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from streamcore.embedded import EmbeddedStack, die_with_parent, free_port, stop_processes
+from streamcore.embedded import EmbeddedStack, free_port, stop_processes
 from streamcore.kafka import aiokafka_security, ensure_topics, kafka_python_security
 from streamcore.reports import write_report
 from streamcore.serde import encode
 from streamcore.settings import STAGE_PORT_OFFSET, Settings
 from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
+from workers.launcher import start_stage
 
 COMMAND = ".venv/bin/python -m workers.benchmarks.scale_out"
 _ASSIGNED = re.compile(r"(\w+) assigned (\[.*\])")
@@ -87,9 +88,7 @@ def _start(settings: Settings, stage: str, index: int, logs: Path) -> Member:
     log = logs / f"{stage}-{index}.log"
     env = {**settings.child_env(), "STYLESTREAM_METRICS_PORT": str(port - STAGE_PORT_OFFSET[stage])}
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "worker", stage], env=env, stdout=out,
-                                stderr=subprocess.STDOUT,
-                                preexec_fn=die_with_parent)  # noqa: PLW1509 - one prctl call, resolved before the fork
+        proc = start_stage(stage, env, stdout=out, stderr=subprocess.STDOUT)
     return Member(stage, port, log, proc, name=f"{stage}-{index}")
 
 

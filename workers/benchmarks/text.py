@@ -40,6 +40,7 @@ from training.ontology import load_ontology
 from training.text.bench import posts_per_second
 from training.text.evaluate import EVAL_SEED, synthetic_set
 from training.text.miner import TextMiner
+from workers.launcher import start_stage
 
 COMMAND = ".venv/bin/python -m workers.benchmarks.text"
 
@@ -74,11 +75,9 @@ def _produce(settings: Settings, posts: Sequence[Post]) -> None:
 
 
 def _start_worker(settings: Settings, core: int | None, log: Path) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "workers.cli", "worker", "text"]
-    if core is not None and shutil.which("taskset"):
-        argv = ["taskset", "-c", str(core), *argv]
+    pin = ["taskset", "-c", str(core)] if core is not None and shutil.which("taskset") else []
     with log.open("wb") as out:
-        return subprocess.Popen(argv, env=settings.child_env(), stdout=out, stderr=subprocess.STDOUT)
+        return start_stage("text", settings.child_env(), prefix=pin, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _hint_timestamps(settings: Settings, count: int, timeout_s: float) -> list[int]:
