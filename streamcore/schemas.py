@@ -145,6 +145,9 @@ class Label(_Message):
     hints_used: HintsUsed
     received_at: datetime
     labeled_at: datetime
+    #: Set when the model refuses to name garments: ``"no_garment"`` (the photo shows none); the
+    #: categories, sub-categories and attributes are then empty. Absent otherwise.
+    abstain: Literal["no_garment"] | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

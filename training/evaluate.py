@@ -88,7 +88,7 @@ def _trained_head(row_head: str) -> str:
     return {"text_only": "fusion", "base_masked": "base"}.get(row_head, row_head)
 
 
-def _fit_row(row_head: str, settings: dict, backbone, feats, splits, *, name, ontology, multi, fit, device, base=None):
+def fit_row(row_head: str, settings: dict, backbone, feats, splits, *, name, ontology, multi, fit, device, base=None):
     """Train (or derive) the model of one table row with its chosen settings; returns model and its features.
 
     ``base`` is the row Base model of the same data: the dynamic heads continue it, Base+mask reuses it.
@@ -125,7 +125,7 @@ def _grid(row_head: str, lrs: tuple[float, ...] = ()) -> list[dict]:
 
 
 def select_settings(backbone, feats, splits, *, name: str, ontology: Ontology, multi: bool, fit: FitConfig,
-                    device: str, lrs: tuple[float, ...] = ()) -> dict[str, dict]:
+                    device: str, lrs: tuple[float, ...] = (), rows: tuple[str, ...] = ROW_HEADS) -> dict[str, dict]:
     """Per row head, the grid point with the best :func:`selection_score` on the validation split.
 
     A dynamic head must also hold Base's level when the text is silent: only grid points whose
@@ -134,13 +134,13 @@ def select_settings(backbone, feats, splits, *, name: str, ontology: Ontology, m
     """
     chosen: dict[str, dict] = {}
     base, base_val = None, None  # the selected Base model (what the dynamic heads continue) and its scores
-    for row_head in ROW_HEADS:
+    for row_head in rows:
         best = None
         grid = _grid(row_head, lrs)
         if row_head == "base_masked" and lrs:
             grid = [{**g, "lr": chosen["base"]["lr"]} for g in grid]
         for settings in grid:
-            model, used = _fit_row(row_head, settings, backbone, feats, splits, name=name, ontology=ontology,
+            model, used = fit_row(row_head, settings, backbone, feats, splits, name=name, ontology=ontology,
                                    multi=multi, fit=fit, device=device, base=base)
             mined = evaluate_model(model, splits["val"], features=used["val"], hints=True, device=device)
             silent = None if row_head in TEXT_ONLY else evaluate_model(model, splits["val"], features=used["val"],
@@ -208,7 +208,7 @@ def run_seed(*, seed: int, scenario: str, backbone_name: str, variants: list[str
                         "head": "_hints", "hints": "mined", "level": "category", "metrics": quality})
         base_model = None
         for row_head in ROW_HEADS:  # Base first: the dynamic heads continue it
-            model, used = _fit_row(row_head, settings[row_head], backbone, feats, splits, name=backbone_name,
+            model, used = fit_row(row_head, settings[row_head], backbone, feats, splits, name=backbone_name,
                                    ontology=ontology, multi=multi, fit=fit, device=device, base=base_model)
             if row_head == "base":
                 base_model = model

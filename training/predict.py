@@ -111,7 +111,14 @@ class Predictor:
         self.head = model.config.head
         self._size = model.preprocess.image_size
         self._names = (ontology.category_names, ontology.subcategory_names, ontology.attribute_names)
-        self._k = tuple(min(_TOP, len(n)) for n in self._names)
+        config = model.config
+        # A multi-label model lists every category above its floor, so all of them come back from the device.
+        listed = len(self._names[0]) if config.multi and config.label_floor > 0 else _TOP
+        self._k = (min(listed, len(self._names[0])), *(min(_TOP, len(n)) for n in self._names[1:]))
+        self._floor = config.label_floor if config.multi else 0.0
+        self._abstain_below = config.abstain_below if config.multi else 0.0
+        self._parent = [ontology.category_names[int(k)] for k in model.head.subcategory_parent.tolist()]
+        self._sub_ids = ontology.subcategory_ids
         self._copy_stream = torch.cuda.Stream(device) if self.cuda else None
         # Forward chunk: the whole batch on a GPU; on a CPU at most ``cpu_forward_batch`` (None: no limit).
         self._chunk = None if self.cuda else cpu_forward_batch
@@ -291,14 +298,29 @@ class Predictor:
         for row, i in enumerate(scores.rows):
             label = {
                 "schema": "label/v1", "post_id": post_ids[i], "model_version": self.version, "head": self.head,
-                "categories": terms[0][row], "subcategories": terms[1][row], "attributes": terms[2][row],
+                **self._listed(terms[0][row], terms[1][row], terms[2][row]),
                 "hints_used": _hints_used(self.head, routes[row], hinted_categories[row], bool(any_hint[row]),
                                           categories),
                 "received_at": datetime.fromtimestamp(timestamps_ms[i] / 1000, UTC).isoformat(),
                 "labeled_at": labeled_at,
             }
+            if not label["categories"] and self._abstain_below > 0:
+                label["abstain"] = "no_garment"
             results[i] = json.dumps(label, separators=(",", ":")).encode()
         return results
+
+    def _listed(self, categories: list[dict], subcategories: list[dict], attributes: list[dict]) -> dict:
+        """One label's ranked terms: every category at or above the floor, and sub-categories under them; none
+        at all when the top category is below the abstain bar (the photo shows no garment)."""
+        if self._floor <= 0 and self._abstain_below <= 0:
+            return {"categories": categories, "subcategories": subcategories, "attributes": attributes}
+        if not categories or categories[0]["score"] < self._abstain_below:
+            return {"categories": [], "subcategories": [], "attributes": []}
+        shown = [t for t in categories if t["score"] >= self._floor] or categories[:1]
+        names = {t["term"] for t in shown}
+        subs = [t for t in subcategories if t["score"] >= self._floor and self._parent[self._sub_ids[t["term"]]] in names]
+        return {"categories": shown, "subcategories": subs,
+                "attributes": [t for t in attributes if t["score"] >= self._floor]}
 
     def predict(self, images: Sequence[Prepared], hints: Sequence[Hints | None], post_ids: Sequence[str],
                 timestamps_ms: Sequence[int]) -> list[Label]:

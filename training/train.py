@@ -45,18 +45,21 @@ def compute_loss(output: ModelOutput, targets: dict[str, Tensor], *, multi: bool
 
     # Summed over classes, averaged over samples: a mean over ~40 mostly-negative outputs divides each
     # positive's gradient by the class count, and SGD then learns little beyond the label prior.
-    def multilabel(logits: Tensor, target: Tensor) -> Tensor:
+    # ``known`` (optional, same shape) zeroes the loss of targets nobody labelled.
+    def multilabel(logits: Tensor, target: Tensor, known: Tensor | None = None) -> Tensor:
         if kind == "mse":
-            total = F.mse_loss(torch.sigmoid(logits), target, reduction="sum")
+            each = F.mse_loss(torch.sigmoid(logits), target, reduction="none")
         else:
-            total = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+            each = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        total = (each * known).sum() if known is not None else each.sum()
         return total / (len(target) if reduction == "sum" else target.numel())
 
     if multi:
         category_loss = multilabel(output.categories, targets["categories"])
     else:
         category_loss = F.cross_entropy(output.categories, targets["categories"])
-    return category_loss + multilabel(output.subcategories, targets["subcategories"]) + multilabel(output.attributes, targets["attributes"])
+    return (category_loss + multilabel(output.subcategories, targets["subcategories"], targets.get("subcategories_known"))
+            + multilabel(output.attributes, targets["attributes"], targets.get("attributes_known")))
 
 
 @dataclass(frozen=True)

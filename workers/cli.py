@@ -40,7 +40,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 
 @app.command()
 def up(
-    demo: Annotated[bool, typer.Option(help="Also produce synthetic posts and print labels.")] = False,
+    demo: Annotated[bool, typer.Option(help="Also produce posts of real photos and print labels.")] = False,
     rate: Annotated[float, typer.Option(help="Demo posts per second.")] = 5.0,
 ) -> None:
     """Start the broker + Redis (unless external ones are configured), topics and all stages."""
@@ -55,12 +55,13 @@ def produce(
     rate: Annotated[float | None, typer.Option(help="Posts per second (default: as fast as possible).")] = None,
     multi: Annotated[bool, typer.Option(help="Outfits of 2-4 items per image.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    real: Annotated[bool, typer.Option(help="Real photos (the packaged fixture) with generated captions.")] = False,
 ) -> None:
-    """Produce synthetic posts (images + captions) to the posts topic."""
+    """Produce generated posts (images + captions) to the posts topic: drawn garments, or real photos."""
     from workers.launcher import produce_synthetic
 
     settings = _settings()
-    sent = produce_synthetic(settings, count=count, rate=rate, multi=multi, seed=seed)
+    sent = produce_synthetic(settings, count=count, rate=rate, multi=multi, seed=seed, real=real)
     console.print(f"produced {sent} posts to {settings.topic('posts')}")
 
 

@@ -26,16 +26,27 @@ log = logging.getLogger(__name__)
 
 
 def produce_synthetic(settings: Settings, *, count: int, rate: float | None = None, multi: bool = False,
-                      seed: int = 0, stop: threading.Event | None = None) -> int:
-    """Publish ``count`` synthetic posts, at ``rate`` per second if given; returns how many were sent."""
-    from training.ontology import load_ontology
-    from training.synthetic.posts import generate_posts
+                      seed: int = 0, stop: threading.Event | None = None, real: bool = False) -> int:
+    """Publish ``count`` generated posts, at ``rate`` per second if given; returns how many were sent.
 
+    ``real``: the committed fixture's real photos with generated captions (what the demo sends) instead of
+    drawn garments.
+    """
+    from training.ontology import load_ontology
+
+    if real:
+        from training.real.posts import fixture_posts
+
+        posts = fixture_posts(load_ontology(), count, seed=seed, prefix=f"photo{int(time.time())}")
+    else:
+        from training.synthetic.posts import generate_posts
+
+        posts = generate_posts(load_ontology(), count, seed=seed, multi=multi, prefix=f"syn{int(time.time())}")
     stop = stop or threading.Event()
     sent = 0
     start = time.monotonic()
     with StylestreamClient(settings) as client:
-        for post, _ in generate_posts(load_ontology(), count, seed=seed, multi=multi, prefix=f"syn{int(time.time())}"):
+        for post, _ in posts:
             delay = start + sent / rate - time.monotonic() if rate else 0.0
             if stop.wait(max(0.0, delay)):
                 break
@@ -45,14 +56,18 @@ def produce_synthetic(settings: Settings, *, count: int, rate: float | None = No
 
 
 def print_label(console: Console, label: Label) -> None:
-    """One line per label: top category, sub-category, attributes, and what steered the model."""
-    top = label.categories[0]
-    sub = label.subcategories[0].term if label.subcategories else "-"
-    attrs = ", ".join(f"{a.term} {a.score:.2f}" for a in label.attributes[:3])
+    """One line per label: the categories shown (or the abstention), sub-category, attributes, and what steered
+    the model."""
     steer = f"{label.hints_used.source}:{'/'.join(label.hints_used.categories) or '-'}"
     latency = (label.labeled_at - label.received_at).total_seconds() * 1000
-    console.print(f"[bold]{label.post_id}[/] [green]{top.term}[/] {top.score:.2f} · {sub} · {attrs} "
-                  f"[dim]({steer}, {label.model_version}, {latency:.0f} ms)[/]", soft_wrap=True)
+    tail = f"[dim]({steer}, {label.model_version}, {latency:.0f} ms)[/]"
+    if not label.categories:
+        console.print(f"[bold]{label.post_id}[/] [yellow]no garment[/] {tail}", soft_wrap=True)
+        return
+    shown = " ".join(f"[green]{c.term}[/] {c.score:.2f}" for c in label.categories[:4])
+    sub = label.subcategories[0].term if label.subcategories else "-"
+    attrs = ", ".join(f"{a.term} {a.score:.2f}" for a in label.attributes[:3])
+    console.print(f"[bold]{label.post_id}[/] {shown} · {sub} · {attrs} {tail}", soft_wrap=True)
 
 
 @contextmanager
@@ -102,7 +117,8 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
         try:
             if demo:
                 feeder = threading.Thread(target=produce_synthetic, args=(settings,),
-                                          kwargs={"count": 10**9, "rate": rate, "stop": stop}, daemon=True)
+                                          kwargs={"count": 10**9, "rate": rate, "stop": stop, "real": True},
+                                          daemon=True)
                 feeder.start()
 
                 def stop_feeder() -> None:  # its producer must close while the broker still runs

@@ -77,6 +77,10 @@ class Split:
     hint_attributes: np.ndarray
     captions: np.ndarray
     hint_subcategories: np.ndarray
+    #: Which sub-category / attribute targets are known (1) or unknown (0, no loss): real photos are
+    #: often labelled with a category only. ``None``: every target is known.
+    subcategory_known: np.ndarray | None = None
+    attribute_known: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -84,11 +88,15 @@ class Split:
     def targets(self, *, multi: bool) -> dict[str, torch.Tensor]:
         """Loss targets: class indices for single-class categories, multi-hot everywhere else."""
         cats = torch.from_numpy(self.categories)
-        return {
+        targets = {
             "categories": cats if multi else cats.argmax(1),
             "subcategories": torch.from_numpy(self.subcategories),
             "attributes": torch.from_numpy(self.attributes),
         }
+        for level, known in (("subcategories", self.subcategory_known), ("attributes", self.attribute_known)):
+            if known is not None:
+                targets[f"{level}_known"] = torch.from_numpy(known)
+        return targets
 
 
 def _draw_item(rng: random.Random, ontology: Ontology, label: int) -> tuple[int, int, str, str]:

@@ -79,7 +79,11 @@ def tiny(*, weights: Path | None = None, width: int = 32) -> Backbone:
 
 
 class _LiteFeatures(nn.Module):
-    """EfficientNet-Lite's convolutional trunk (its ``extract_features``) as a module."""
+    """EfficientNet-Lite's convolutional trunk (its ``extract_features``) as a module, splittable at a block.
+
+    ``tail(front(x, cut), cut)`` equals ``forward(x)`` in eval mode: fine-tuning on a CPU caches the
+    frozen ``front`` once and trains only the ``tail`` (where the semantics are learnt).
+    """
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -87,6 +91,23 @@ class _LiteFeatures(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net.extract_features(x)
+
+    def front(self, x: Tensor, cut: int) -> Tensor:
+        """Stem and blocks ``[0, cut)``."""
+        x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
+        for block in self.net._blocks[:cut]:
+            x = block(x)
+        return x
+
+    def tail(self, x: Tensor, cut: int, *, drop_connect_rate: float = 0.0) -> Tensor:
+        """Blocks ``[cut, end)`` and the head convolution (stochastic depth only while training)."""
+        for block in self.net._blocks[cut:]:
+            x = block(x, drop_connect_rate=drop_connect_rate if self.training else 0.0)
+        return self.net._swish(self.net._bn1(self.net._conv_head(x)))
+
+    def tail_modules(self, cut: int) -> list[nn.Module]:
+        """The modules :meth:`tail` runs (what a cut fine-tune trains)."""
+        return [*self.net._blocks[cut:], self.net._conv_head, self.net._bn1]
 
 
 def efficientnet_lite0(*, weights: Path | str | None = "imagenet") -> Backbone:

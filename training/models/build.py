@@ -32,6 +32,12 @@ class ModelConfig:
     route_threshold: float = ROUTE_THRESHOLD
     #: Dynamic heads: silent-text samples use a frozen copy of Base's dependent layers (older checkpoints: no).
     silent_fallback: bool = False
+    #: Multi-label models: a photo whose top category probability is below this shows no garment and the
+    #: label abstains (chosen on validation with no-garment negatives; 0 = never abstain).
+    abstain_below: float = 0.0
+    #: Multi-label models: a label lists every category (and sub-category, attribute) at or above this
+    #: probability, ranked (0 = the top five of each level, as single-class models do).
+    label_floor: float = 0.0
 
     def to_dict(self) -> dict:
         return {**asdict(self), "preprocess": self.preprocess.to_dict()}
@@ -41,7 +47,8 @@ class ModelConfig:
         fields = {k: data[k] for k in ("backbone", "head", "multi", "alpha", "beta", "hidden", "ontology_version")}
         return cls(**fields, preprocess=Preprocess.from_dict(data["preprocess"]),
                    route_threshold=data.get("route_threshold", ROUTE_THRESHOLD),
-                   silent_fallback=data.get("silent_fallback", False))
+                   silent_fallback=data.get("silent_fallback", False),
+                   abstain_below=data.get("abstain_below", 0.0), label_floor=data.get("label_floor", 0.0))
 
 
 class DynamicCNN(nn.Module):

@@ -116,8 +116,10 @@ _COLOUR_WORDS = ("black", "white", "red", "navy", "beige", "grey")
 _KEYBOARD = {c: n for c, n in zip("qwertyuiopasdfghjklzxcvbnm", "wertyuioqpsdfghjkalxcvbnmz")}
 
 
-def _terms(ontology: Ontology, category: str, subcategory: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _terms(ontology: Ontology, category: str, subcategory: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     cat = ontology.categories[ontology.category_index(category)]
+    if subcategory is None:  # a photo labelled with its category only: the text names the category
+        return cat.keywords, cat.keywords
     sub = next((s for s in cat.subcategories if s.name == subcategory), None)
     if sub is None:
         raise ValueError(f"{subcategory!r} is not a sub-category of {category!r}")
@@ -163,7 +165,7 @@ def make_caption(
     ontology: Ontology,
     *,
     category: str,
-    subcategory: str,
+    subcategory: str | None,
     materials: Sequence[str] = (),
     patterns: Sequence[str] = (),
     style: str | None = None,
@@ -178,6 +180,7 @@ def make_caption(
 
     Args:
         rng: the only source of randomness, so captions are reproducible.
+        subcategory: ``None`` when only the category is known (the text then names the category).
         mention_prob: probability that the text names the category (directly, by sub-category, emoji
             or a translation); otherwise it says nothing fashion-related or names a wrong category.
         noise: probability of one noise kind from :data:`NOISE_KINDS` being applied.

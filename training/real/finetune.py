@@ -1,0 +1,137 @@
+"""Fine-tune a pretrained EfficientNet-Lite trunk on real photos, affordably on a CPU.
+
+The trunk is cut at a block: the part before it stays frozen (ImageNet's edges, textures and parts) and
+its outputs are computed once per photo, flipped and unflipped; the part after it (where a garment's
+identity is decided) trains together with a Base head, on those cached activations. Every epoch then
+costs only the tail's forward and backward, a fraction of the whole network's.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from training.data.benchmark import Split
+from training.models import DynamicCNN
+from training.train import compute_loss
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Fine-tuning settings: where to cut the trunk, and AdamW with a one-cycle schedule."""
+
+    cut: int = 11
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 3e-4
+    head_lr: float = 3e-3
+    weight_decay: float = 1e-4
+    drop_connect: float = 0.1
+    #: Street photos (several garments, small items) are few next to single-garment photos: each is seen
+    #: this many times per epoch.
+    street_repeat: int = 3
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Fronts:
+    """Cached activations of the frozen front for one split, as photographed and mirrored, plus targets."""
+
+    plain: Tensor
+    mirrored: Tensor
+    targets: dict[str, Tensor]
+    #: Times each row is drawn per epoch (``None``: once).
+    repeats: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.plain)
+
+
+def cache_fronts(model: DynamicCNN, split: Split, cut: int, *, batch_size: int = 64, mirrored: bool = True,
+                 desc: str = "front") -> Fronts:
+    """Run the frozen front over a split's images once (float16 on the host: half the memory)."""
+    trunk = model.backbone.features
+    trunk.eval()
+    plain, flipped = [], []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(split), batch_size), desc=desc, leave=False, disable=None):
+            x = model.preprocess(torch.from_numpy(split.images[start: start + batch_size]))
+            x = x.contiguous(memory_format=torch.channels_last)
+            plain.append(trunk.front(x, cut).half())
+            if mirrored:
+                flipped.append(trunk.front(x.flip(3), cut).half())
+    plain_t = torch.cat(plain)
+    return Fronts(plain_t, torch.cat(flipped) if mirrored else plain_t, split.targets(multi=True))
+
+
+def pooled(model: DynamicCNN, fronts: Tensor, cut: int, *, batch_size: int = 128) -> Tensor:
+    """Backbone features ``[N, F]`` from cached front activations (what ``model.backbone`` would give)."""
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(fronts), batch_size):
+            x = model.backbone.features.tail(fronts[start: start + batch_size].float(), cut)
+            out.append(torch.flatten(model.backbone.pool(x), 1))
+    return torch.cat(out)
+
+
+def _forward(model: DynamicCNN, x: Tensor, config: TuneConfig):
+    features = torch.flatten(model.backbone.pool(model.backbone.features.tail(x, config.cut,
+                                                                            drop_connect_rate=config.drop_connect)), 1)
+    return model.classify(features)
+
+
+def _loss(model: DynamicCNN, data: Fronts, config: TuneConfig) -> float:
+    model.eval()
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(data), 128):
+            idx = slice(start, start + 128)
+            out = _forward(model, data.plain[idx].float(), config)
+            total += float(compute_loss(out, {k: v[idx] for k, v in data.targets.items()}, multi=True)) * len(out[0])
+    return total / len(data)
+
+
+def finetune(model: DynamicCNN, train: Fronts, val: Fronts, config: TuneConfig) -> dict:
+    """Train the trunk's tail and the head on cached fronts; keeps the epoch with the best validation loss."""
+    torch.manual_seed(config.seed)
+    trunk = model.backbone.features
+    model.requires_grad_(False)
+    tail = [p for m in trunk.tail_modules(config.cut) for p in m.parameters()]
+    head = list(model.head.parameters())
+    for p in (*tail, *head):
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW([{"params": tail, "lr": config.lr}, {"params": head, "lr": config.head_lr}],
+                                  weight_decay=config.weight_decay)
+    rows = np.repeat(np.arange(len(train)), train.repeats) if train.repeats is not None else np.arange(len(train))
+    steps_per_epoch = -(-len(rows) // config.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[config.lr, config.head_lr], pct_start=0.15,
+                                                   total_steps=config.epochs * steps_per_epoch)
+    rng = np.random.default_rng(config.seed)
+    history, best, best_state = [], float("inf"), None
+    for epoch in range(config.epochs):
+        model.train()
+        total = 0.0
+        order = torch.from_numpy(rng.permutation(rows))
+        for start in tqdm(range(0, len(order), config.batch_size), desc=f"fine-tune {epoch}", leave=False, disable=None):
+            idx = order[start: start + config.batch_size]
+            mirror = torch.from_numpy(rng.random(len(idx)) < 0.5)[:, None, None, None]
+            x = torch.where(mirror, train.mirrored[idx], train.plain[idx]).float()
+            loss = compute_loss(_forward(model, x, config), {k: v[idx] for k, v in train.targets.items()}, multi=True)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * len(idx)
+        val_loss = _loss(model, val, config)
+        history.append({"epoch": epoch, "train_loss": total / len(rows), "val_loss": val_loss})
+        if val_loss < best:
+            best, best_state = val_loss, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    model.requires_grad_(True)
+    return {"best_val_loss": best, "epochs_run": len(history), "history": history}

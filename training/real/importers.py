@@ -1,0 +1,177 @@
+"""Importers: public labelled-photo datasets → manifests (:mod:`training.real.manifest`).
+
+Each dataset's classes are mapped to the ontology by a documented table (``CLOTHING_DATASET`` and
+``CO_PARSING`` below, also in ``docs/real-photos.md``); classes with no place in it are dropped and counted.
+
+* **Clothing dataset** (``alexeygrigorev/clothing-dataset``, CC0): single garments, ``images.csv`` with
+  ``image,sender_id,label,kids``. One category per photo.
+* **Clothing Co-Parsing** (``bearpaw/clothing-co-parsing``, Apache-2.0): street photos of people with a
+  per-pixel label mask (``annotations/pixel-level/NNNN.mat``). A photo's labels are the classes its mask
+  shows. Only photos 0001–1004 are read: 1005–2098 and the image-level annotations are an outside
+  hold-out, which this importer refuses to touch. It also cuts street-background regions (no person pixel
+  in them) as no-garment negatives.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training.real.manifest import Record
+
+#: Clothing dataset class → (category, sub-category or None). Unlisted classes are dropped.
+CLOTHING_DATASET: dict[str, tuple[str, str | None]] = {
+    "T-Shirt": ("tops_and_tshirts", "t_shirt"),
+    "Longsleeve": ("tops_and_tshirts", "long_sleeve_top"),
+    "Polo": ("tops_and_tshirts", "polo"),
+    "Undershirt": ("tops_and_tshirts", "tank_top"),
+    "Top": ("tops_and_tshirts", None),
+    "Shirt": ("blouses_and_tunics", "shirt"),
+    "Blouse": ("blouses_and_tunics", "blouse"),
+    "Pants": ("trouser_and_shorts", "trousers"),
+    "Shorts": ("trouser_and_shorts", "shorts"),
+    "Dress": ("dresses", None),
+    "Skirt": ("skirts", None),
+    "Outwear": ("jackets", None),  # the dataset's jackets and coats; most are jackets
+    "Blazer": ("jackets", "blazer"),
+    "Hoodie": ("jumpers_and_cardigans", "hoodie"),
+    "Shoes": ("shoes", None),
+    "Hat": ("all_accessories", "hat"),
+}
+#: Dropped on purpose: ``Body`` (babies' bodysuits: no ontology term), ``Other``, ``Not sure``, ``Skip``.
+
+#: Clothing Co-Parsing label → (category, sub-category or None). Unlisted labels (null, skin, hair, bra,
+#: panties, intimate, swimwear) are not garments of the ontology and are ignored.
+CO_PARSING: dict[str, tuple[str, str | None]] = {
+    "accessories": ("all_accessories", None), "belt": ("all_accessories", "belt"),
+    "bracelet": ("all_accessories", "jewellery"), "earrings": ("all_accessories", "jewellery"),
+    "necklace": ("all_accessories", "jewellery"), "ring": ("all_accessories", "jewellery"),
+    "glasses": ("all_accessories", None), "sunglasses": ("all_accessories", "sunglasses"),
+    "gloves": ("all_accessories", "gloves"), "hat": ("all_accessories", "hat"),
+    "scarf": ("all_accessories", "scarf"), "tie": ("all_accessories", None), "watch": ("all_accessories", "watch"),
+    "bag": ("bags", None), "purse": ("bags", "handbag"), "wallet": ("bags", None),
+    "blazer": ("jackets", "blazer"), "cape": ("jackets", "cape"), "jacket": ("jackets", None),
+    "suit": ("jackets", "blazer"), "vest": ("jackets", "gilet"),
+    "blouse": ("blouses_and_tunics", "blouse"), "shirt": ("blouses_and_tunics", "shirt"),
+    "bodysuit": ("tops_and_tshirts", None), "top": ("tops_and_tshirts", None), "t-shirt": ("tops_and_tshirts", "t_shirt"),
+    "cardigan": ("jumpers_and_cardigans", "cardigan"), "hoodie": ("jumpers_and_cardigans", "hoodie"),
+    "jumper": ("jumpers_and_cardigans", "jumper"), "sweater": ("jumpers_and_cardigans", "jumper"),
+    "sweatshirt": ("jumpers_and_cardigans", "sweatshirt"),
+    "coat": ("coats", None), "dress": ("dresses", None), "jeans": ("jeans", None), "skirt": ("skirts", None),
+    "leggings": ("trouser_and_shorts", "leggings"), "pants": ("trouser_and_shorts", "trousers"),
+    "romper": ("trouser_and_shorts", "jumpsuit"), "shorts": ("trouser_and_shorts", "shorts"),
+    "socks": ("tights_and_socks", "socks"), "stockings": ("tights_and_socks", "tights"),
+    "tights": ("tights_and_socks", "tights"),
+    "boots": ("shoes", "ankle_boot"), "clogs": ("shoes", None), "flats": ("shoes", "flats"),
+    "heels": ("shoes", "heels"), "loafers": ("shoes", "flats"), "pumps": ("shoes", "heels"),
+    "sandals": ("shoes", "sandal"), "shoes": ("shoes", None), "sneakers": ("shoes", "sneaker"),
+    "wedges": ("shoes", "heels"),
+}
+NOT_GARMENTS = ("null", "skin", "hair", "bra", "panties", "intimate", "swimwear")
+
+#: The last Co-Parsing photo the project may read; later ones are the outside hold-out.
+CO_PARSING_LAST_ALLOWED = 1004
+
+
+@dataclass
+class ImportReport:
+    """What an importer kept and dropped."""
+
+    records: list[Record] = field(default_factory=list)
+    kept: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> dict:
+        return {"records": len(self.records), "kept": dict(self.kept.most_common()),
+                "dropped": dict(self.dropped.most_common())}
+
+
+def _record(image: str, pairs: list[tuple[str, str | None]], source: str, **extra) -> Record:
+    categories = list(dict.fromkeys(c for c, _ in pairs))
+    subcategories = list(dict.fromkeys(s for _, s in pairs if s is not None))
+    return Record(image=image, categories=categories, subcategories=subcategories, source=source, **extra)
+
+
+def import_clothing_dataset(root: Path) -> ImportReport:
+    """Records for the clothing dataset checked out at ``root`` (``images.csv`` + ``images/``)."""
+    report = ImportReport()
+    with (root / "images.csv").open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            label = row["label"]
+            if label not in CLOTHING_DATASET or not (root / "images" / f"{row['image']}.jpg").exists():
+                report.dropped[label] += 1
+                continue
+            report.kept[label] += 1
+            report.records.append(_record(f"images/{row['image']}.jpg", [CLOTHING_DATASET[label]], "clothing_dataset"))
+    return report
+
+
+def co_parsing_ids(root: Path) -> list[int]:
+    """Photo numbers with a pixel-level mask that the project may read (never above 1004)."""
+    ids = []
+    for mask in sorted((root / "annotations" / "pixel-level").glob("*.mat")):
+        if mask.stem.isdigit() and int(mask.stem) <= CO_PARSING_LAST_ALLOWED:
+            ids.append(int(mask.stem))
+    return ids
+
+
+def import_co_parsing(root: Path, *, min_pixels: int = 0, background_crops: int = 1,
+                      crop_fraction: float = 0.3) -> ImportReport:
+    """Records for Clothing Co-Parsing photos 0001–1004 at ``root``, plus background negatives.
+
+    Args:
+        min_pixels: a class shown by fewer mask pixels is not counted as present.
+        background_crops: per photo, up to this many negative regions (``box``) with no person pixel,
+            each ``crop_fraction`` of the photo's shorter side or larger.
+    """
+    from scipy.io import loadmat
+
+    names = [str(x[0]) for x in loadmat(root / "label_list.mat")["label_list"][0]]
+    report = ImportReport()
+    rng = np.random.default_rng(0)
+    for number in co_parsing_ids(root):
+        mask = loadmat(root / "annotations" / "pixel-level" / f"{number:04d}.mat")["groundtruth"]
+        present = [names[i] for i, n in zip(*np.unique(mask, return_counts=True)) if n > min_pixels]
+        pairs = []
+        for name in present:
+            if name in CO_PARSING:
+                report.kept[name] += 1
+                pairs.append(CO_PARSING[name])
+            elif name not in NOT_GARMENTS:
+                report.dropped[name] += 1
+        image = f"photos/{number:04d}.jpg"
+        report.records.append(_record(image, pairs, "co_parsing", split=_co_parsing_split(number)))
+        for box in background_boxes(mask == 0, background_crops, crop_fraction, rng):
+            report.kept["(background region)"] += 1
+            report.records.append(Record(image=image, categories=[], box=box, source="co_parsing_background",
+                                         split=_co_parsing_split(number)))
+    return report
+
+
+def _co_parsing_split(number: int) -> str:
+    # Photos, not records, are split, so a photo's background regions stay in its split.
+    return "test" if number % 5 == 0 else "val" if number % 5 == 1 else "train"
+
+
+def background_boxes(background: np.ndarray, count: int, fraction: float,
+                     rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
+    """Up to ``count`` boxes (left, top, right, bottom) lying wholly in ``background`` (a bool mask)."""
+    h, w = background.shape
+    side = max(16, int(min(h, w) * fraction))
+    # Summed-area table: a box is clear when its count of non-background pixels is zero.
+    person = np.pad((~background).astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    boxes: list[tuple[int, int, int, int]] = []
+    for _ in range(count * 40):
+        if len(boxes) == count:
+            break
+        bw, bh = (int(side * s) for s in rng.uniform(1.0, 1.6, size=2))
+        if bw >= w or bh >= h:
+            continue
+        x, y = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
+        if person[y + bh, x + bw] - person[y, x + bw] - person[y + bh, x] + person[y, x] == 0:
+            boxes.append((x, y, x + bw, y + bh))
+    return boxes

@@ -1,0 +1,183 @@
+"""Training on real photos, end to end: manifest → photos → fine-tuned trunk → served head → calibrated,
+abstaining model, and its scores on held-out photos.
+
+1. Photos are decoded as the classifier decodes posts; no-garment images are added (background regions
+   from the manifest, plus drawn flat colours, noise and gradients).
+2. The trunk is fine-tuned with a Base head on the photos (:mod:`training.real.finetune`), text silent.
+3. The served head trains on the fine-tuned trunk's cached features, with captions generated from each
+   photo's labels and mined (:mod:`training.real.data`), dropping hints at the configured rate.
+4. On validation: a temperature makes the category probabilities calibrated (folded into the category
+   layer), and the abstain bar is set from garment photos against no-garment images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from training.data.benchmark import SPLITS, Split
+from training.models import DynamicCNN, build_model
+from training.models.heads import DYNAMIC_HEADS
+from training.ontology import Ontology
+from training.real.data import build_split, split_records, with_condition
+from training.real.finetune import Fronts, TuneConfig, cache_fronts, finetune, pooled
+from training.real.images import load_records, no_garment_images
+from training.real.manifest import Record
+from training.real.scores import abstain_threshold, summary
+from training.train import Batchable, FitConfig, predict, train_head
+
+#: Sources whose photos show one garment; ``co_parsing`` photos are street photos of people.
+STREET = ("co_parsing",)
+NEGATIVE = ("co_parsing_background", "synthetic_negative")
+
+
+@dataclass(frozen=True)
+class RealConfig:
+    """Everything that decides a real-photo model (stored with its checkpoint)."""
+
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 224
+    head: str = "fusion"
+    hint_dropout: float = 0.5
+    route_threshold: float = 0.1
+    negatives: int = 400
+    label_floor: float = 0.05
+    max_garment_abstain: float = 0.02
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=40, lr=0.02, patience=5, batch_size=64))
+    seed: int = 0
+    #: Where the frozen front's activations are kept between runs on the same photos (``None``: not kept).
+    cache_dir: Path | None = None
+
+
+@dataclass
+class Prepared:
+    """Photos, their splits under the main text condition, and the fine-tuned trunk's features."""
+
+    records: dict[str, list[Record]]
+    splits: dict[str, Split]
+    sources: dict[str, np.ndarray]
+    base: DynamicCNN
+    features: dict[str, Tensor]
+    history: dict
+
+
+def _drawn_negatives(count: int) -> list[Record]:
+    return [Record(image=f"drawn:no_garment/{i}", categories=[], source="synthetic_negative",
+                   split="train" if i % 20 < 14 else "val" if i % 20 < 17 else "test") for i in range(count)]
+
+
+def load_photos(records: list[Record], config: RealConfig) -> dict[str, tuple[list[Record], np.ndarray]]:
+    """Per split, the records that loaded and their images (drawn negatives included); bad photos are dropped."""
+    records = records + _drawn_negatives(config.negatives)
+    drawn = no_garment_images(config.negatives, config.image_size, seed=config.seed)
+    out = {}
+    for name, chosen in split_records(records).items():
+        real = [r for r in chosen if r.source != "synthetic_negative"]
+        images, errors = load_records(real, config.image_size, desc=f"{name} photos")
+        keep = [i for i, e in enumerate(errors) if not e]
+        negatives = [int(r.image.rsplit("/", 1)[1]) for r in chosen if r.source == "synthetic_negative"]
+        out[name] = ([real[i] for i in keep] + [r for r in chosen if r.source == "synthetic_negative"],
+                     np.concatenate([images[keep], drawn[negatives]]))
+    return out
+
+
+def prepare(records: list[Record], ontology: Ontology, config: RealConfig) -> Prepared:
+    """Load the photos, fine-tune the trunk with a Base head, and cache every split's features."""
+    photos = load_photos(records, config)
+    splits = {name: build_split(recs, images, ontology, condition="main", seed=config.seed, heldout=name == "test")
+              for name, (recs, images) in photos.items()}
+    torch.manual_seed(config.seed)
+    base = build_model(backbone=config.backbone, head="base", ontology=ontology, multi=True,
+                       image_size=config.image_size)
+    fronts = {name: _fronts(base, split, photos[name][0], name, config) for name, split in splits.items()}
+    street = np.isin([r.source for r in photos["train"][0]], STREET)
+    fronts["train"] = dataclasses.replace(fronts["train"], repeats=np.where(street, config.tune.street_repeat, 1))
+    history = finetune(base, fronts["train"], fronts["val"], dataclasses.replace(config.tune, seed=config.seed))
+    features = {name: pooled(base, f.plain, config.tune.cut) for name, f in fronts.items()}
+    base.backbone.requires_grad_(False)
+    return Prepared({n: p[0] for n, p in photos.items()}, splits,
+                    {n: np.array([r.source for r in p[0]]) for n, p in photos.items()}, base, features, history)
+
+
+def _fronts(base: DynamicCNN, split: Split, records: list[Record], name: str, config: RealConfig) -> Fronts:
+    """The frozen front's activations of a split, from ``config.cache_dir`` when the same photos were seen before."""
+    if config.cache_dir is None:
+        return cache_fronts(base, split, config.tune.cut, mirrored=name == "train", desc=f"{name} front")
+    key = hashlib.sha256(json.dumps([config.backbone, config.image_size, config.tune.cut, config.negatives,
+                                     config.seed, name, [(r.image, r.box) for r in records]]).encode()).hexdigest()[:16]
+    path = Path(config.cache_dir) / f"fronts-{name}-{key}.pt"
+    if path.exists():
+        plain, mirrored = torch.load(path, weights_only=True)
+        return Fronts(plain, mirrored, split.targets(multi=True))
+    fronts = cache_fronts(base, split, config.tune.cut, mirrored=name == "train", desc=f"{name} front")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save((fronts.plain, fronts.mirrored), path)
+    return fronts
+
+
+def train_served(prepared: Prepared, ontology: Ontology, config: RealConfig, *, head: str | None = None,
+                 seed: int | None = None) -> tuple[DynamicCNN, dict]:
+    """The served head on the fine-tuned trunk, calibrated and with its abstain bar and label floor set."""
+    head = head or config.head
+    seed = config.seed if seed is None else seed
+    fit = dataclasses.replace(config.fit, seed=seed, hint_dropout=0.0 if head == "base" else config.hint_dropout)
+    extra = {"route_threshold": config.route_threshold} if head in DYNAMIC_HEADS else {}
+    model, history = train_head(head, prepared.base.backbone, prepared.features, prepared.splits,
+                                name=config.backbone, ontology=ontology, multi=True, config=fit,
+                                base=prepared.base if head in DYNAMIC_HEADS else None,
+                                image_size=config.image_size, **extra)
+    calibrate(model, prepared.splits["val"], prepared.features["val"])
+    top = category_probs(model, prepared.splits["val"], prepared.features["val"], hints=False).max(1)
+    garment = prepared.splits["val"].categories.any(1)
+    bar = abstain_threshold(top[garment], top[~garment], max_garment_abstain=config.max_garment_abstain)
+    model.config = dataclasses.replace(model.config, abstain_below=bar, label_floor=config.label_floor)
+    return model, history
+
+
+def category_probs(model: DynamicCNN, split: Split, features: Tensor, *, hints: bool) -> np.ndarray:
+    """Sigmoid category probabilities ``[N, K]`` for a split's cached features, with its hints or silent."""
+    out = predict(model, Batchable.from_split(split, multi=True, inputs=features, hints=hints), features=True)
+    return torch.sigmoid(out.categories.float()).numpy()
+
+
+def calibrate(model: DynamicCNN, val: Split, features: Tensor) -> float:
+    """Fit one temperature on validation category logits (silent text: the hardest case) and fold it into the
+    category layer; returns it."""
+    out = predict(model, Batchable.from_split(val, multi=True, inputs=features, hints=False), features=True)
+    logits, target = out.categories.float(), torch.from_numpy(val.categories)
+    grid = torch.linspace(0.5, 3.0, 51)
+    losses = [float(torch.nn.functional.binary_cross_entropy_with_logits(logits / t, target)) for t in grid]
+    temperature = float(grid[int(np.argmin(losses))])
+    with torch.no_grad():
+        model.head.categories.weight.div_(temperature)
+        model.head.categories.bias.div_(temperature)
+    return temperature
+
+
+def scores(model: DynamicCNN, prepared: Prepared, ontology: Ontology, *, split: str = "test",
+           conditions: tuple[str, ...] = ("silent", "mention", "main"), seed: int = 0) -> dict:
+    """Per text condition and photo kind (street, single garment), every real-photo score of ``split``."""
+    base = prepared.splits[split]
+    sources = prepared.sources[split]
+    kinds = {"street": np.isin(sources, STREET), "single_garment": ~np.isin(sources, (*STREET, *NEGATIVE))}
+    negative = np.isin(sources, NEGATIVE)
+    out = {}
+    for condition in conditions:
+        data = base if condition == "main" else with_condition(base, prepared.records[split], ontology, condition,
+                                                                 seed=seed, heldout=split == "test")
+        probs = category_probs(model, data, prepared.features[split], hints=condition != "silent")
+        out[condition] = {kind: summary(probs[rows | negative], data.categories[rows | negative],
+                                        ontology.category_names, abstain_below=model.config.abstain_below)
+                          for kind, rows in kinds.items() if rows.any()}
+    return out
+
+
+__all__ = ["SPLITS", "Prepared", "RealConfig", "category_probs", "prepare", "scores", "train_served"]
