@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     trainer_pretrain_epochs: int = Field(4, ge=0)
     trainer_multi: bool = False
     trainer_cache_dir: Path = Path("cache/benchmark")
+    #: Gate every candidate on real photos too (see ``training.real.gate``).
+    trainer_real_gate: bool = True
     # Issue 15: one training run at a time across replicas, and the live guard after a promotion.
     #: Life of the run lease without renewal: a killed trainer's lease frees itself after this long.
     trainer_lease_ttl_s: float = Field(30.0, ge=1)

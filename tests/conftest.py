@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,11 +34,27 @@ def infra() -> Iterator[tuple[str, str]]:
         yield env.kafka or stack.bootstrap, env.redis_url or stack.redis_url
 
 
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory):
+    """A registry serving an untrained tiny model: the stream tests are about delivery, not labels, and the
+    packaged real-photo model costs ~50 times the CPU per image (tests that mean the default name a
+    ``model_dir`` of their own)."""
+    from tests.support import publish_tiny
+
+    path = tmp_path_factory.mktemp("tiny-registry")
+    publish_tiny(path, "tiny-test")
+    return path
+
+
 @pytest.fixture
-def make_settings(infra: tuple[str, str]) -> Callable[..., Settings]:
-    """Settings on the test infrastructure with fresh topic, group and Redis key prefixes (no cross-talk)."""
+def make_settings(infra: tuple[str, str], tiny_registry, tmp_path_factory) -> Callable[..., Settings]:
+    """Settings on the test infrastructure with fresh topic, group and Redis key prefixes (no cross-talk), and a
+    registry of their own holding the tiny model (unless the test names one)."""
 
     def make(**overrides) -> Settings:
+        if "model_dir" not in overrides:
+            overrides["model_dir"] = tmp_path_factory.mktemp("registry") / "models"
+            shutil.copytree(tiny_registry, overrides["model_dir"])
         run = uuid.uuid4().hex[:8]
         values = {"kafka": infra[0], "redis_url": infra[1], "topic_prefix": f"t{run}.", "group_prefix": f"g{run}",
                   "redis_prefix": f"r{run}",

@@ -5,6 +5,7 @@ Weights are stored as safetensors, so loading never unpickles anything.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -66,4 +67,6 @@ def load_checkpoint(directory: Path | str, *, device: str | torch.device = "cpu"
         silent_fallback=config.silent_fallback,
     )
     model.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
+    # Serving settings chosen after training (the label floor, the abstain bar) live only in the config.
+    model.config = dataclasses.replace(model.config, abstain_below=config.abstain_below, label_floor=config.label_floor)
     return model.to(device).eval()

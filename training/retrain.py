@@ -15,7 +15,8 @@
   candidate is at least the serving model's minus ``gate_margin``. Only a passing candidate is
   published (so ``Registry.newest()``, the fallback when no pointer is set, never names a rejected
   model) and promoted, fenced by the run lease; its ``metrics.json`` holds both evaluations, the gate and
-  the data it saw (``data.feedback_examples``).
+  the data it saw (``data.feedback_examples``). With ``real_gate`` the candidate must also match, on real
+  photos (:mod:`training.real.gate`), the model it would replace, the packaged default included.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from training.models import DynamicCNN, build_head
 from training.ontology import load_ontology
 from training.predict import resolve_device
 from training.promotion import promote
-from training.registry import Registry
+from training.registry import Registry, default_entry
 from training.train import (
     Batchable,
     FitConfig,
@@ -85,6 +86,9 @@ class TrainerConfig(BaseModel):
     pretrain_epochs: int = Field(ge=0, description="cold start only: end-to-end epochs before freezing")
     lr: float = Field(0.05, gt=0)
     seed: int = 0
+    #: Also gate on real photos (the committed fixture): never replace a model that is right about photos by
+    #: one that only learnt the synthetic benchmark.
+    real_gate: bool = True
     cache_dir: Path | None
 
     @classmethod
@@ -92,7 +96,7 @@ class TrainerConfig(BaseModel):
         """The ``trainer_*`` settings plus the serving backbone, head and device."""
         knobs = {name: getattr(settings, f"trainer_{name}") for name in
                  ("interval_s", "min_feedback", "gate_margin", "max_posts", "max_examples", "n_train", "n_test",
-                  "epochs", "pretrain_epochs", "multi", "cache_dir")}
+                  "epochs", "pretrain_epochs", "multi", "cache_dir", "real_gate")}
         return cls(**{**knobs, "backbone": settings.backbone, "head": settings.head, "device": settings.device,
                       **overrides})
 
@@ -214,6 +218,7 @@ class Trainer:
         self._redis = redisconn.connect(settings)
         # Benchmark features of one backbone, keyed by the version that backbone belongs to.
         self._features: tuple[str, dict[str, Tensor]] | None = None
+        self._default: DynamicCNN | None = None  # the packaged default, loaded for the real-photo check
 
     def serving(self) -> Serving | None:
         """The model the Redis pointer names, loaded with its checksum verified; None when unset."""
@@ -329,9 +334,13 @@ class Trainer:
         mined = self._evaluate(candidate, test, features, hints=True)
         baseline = self._evaluate(serving.model, test, features, hints=True) if serving else None
         decision = gate(mined, baseline, margin=self.config.gate_margin)
+        real = self._real_check(candidate, serving) if self.config.real_gate else None
+        if real is not None:
+            decision = GateDecision((*decision.checks, real))
         metrics = {"mined": mined, "none": self._evaluate(candidate, test, features, hints=False),
                    "gate": {"margin": self.config.gate_margin, "serving_version": serving.version if serving else None,
-                            "serving": baseline, "passed": decision.passed},
+                            "serving": baseline, "passed": decision.passed,
+                            "real_photos": dataclasses.asdict(real) if real else None},
                    "data": {"feedback_examples": feedback_examples, "test_examples": len(test)}}
         if progress is not None:
             progress.check()
@@ -354,6 +363,20 @@ class Trainer:
                  f"promoted {version}" if version else "rejected", result.serving_version, feedback_examples,
                  result.seconds, [dataclasses.astuple(c) for c in decision.checks])
         return result
+
+    def _real_check(self, candidate: DynamicCNN, serving: Serving | None) -> GateCheck:
+        """Category mAP on real photos against what the candidate would replace: the serving model, or the
+        packaged default that serves while nothing is promoted."""
+        from training.real.gate import real_photo_map
+
+        if serving is None:
+            if self._default is None:
+                self._default = default_entry().load(device=self.device)
+            reference = self._default
+        else:
+            reference = serving.model
+        new, old = real_photo_map(candidate, self.ontology), real_photo_map(reference, self.ontology)
+        return GateCheck("real_category_map", new, old, new >= old - self.config.gate_margin)
 
     def _publish(self, model: DynamicCNN, metrics: dict, history: dict | None, feedback_examples: int) -> str:
         config = {"trainer": self.config.model_dump(mode="json"), "feedback_examples": feedback_examples,

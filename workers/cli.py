@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import closing
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -116,6 +117,29 @@ def train(ctx: typer.Context) -> None:
     from training.train import main
 
     raise typer.Exit(main(ctx.args))
+
+
+@app.command(name="import")
+def import_(
+    dataset: Annotated[str, typer.Argument(help="clothing-dataset | co-parsing")],
+    root: Annotated[Path, typer.Argument(help="the dataset's checkout", exists=True, file_okay=False)],
+    out: Annotated[Path | None, typer.Option(help="manifest to write (JSONL); ROOT/manifest.jsonl by default")] = None,
+) -> None:
+    """Turn a public labelled-photo dataset into a manifest for ``train --data`` (mapping: docs/real-photos.md)."""
+    from training.real.importers import import_clothing_dataset, import_co_parsing
+    from training.real.manifest import write_manifest
+
+    importers = {"clothing-dataset": import_clothing_dataset, "co-parsing": import_co_parsing}
+    if dataset not in importers:
+        raise typer.BadParameter(f"choose one of {', '.join(importers)}, got {dataset!r}")
+    report = importers[dataset](root)
+    out = out or root / "manifest.jsonl"
+    records = report.records
+    if out.resolve().parent != root.resolve():  # image paths are relative to the manifest's folder
+        records = [r.model_copy(update={"image": str((root / r.image).resolve())}) for r in records]
+    write_manifest(records, out)
+    summary = report.summary()
+    console.print(f"{summary['records']} records → {out}; kept {summary['kept']}; dropped {summary['dropped']}")
 
 
 @app.command(name="eval", context_settings=_PASS_THROUGH)

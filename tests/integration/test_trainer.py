@@ -61,7 +61,8 @@ def _dead_letters(settings, count: int) -> list[DeadLetter]:
 def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     config = TrainerConfig.from_settings(settings, interval_s=None, min_feedback=N_FEEDBACK, n_train=300, n_test=150,
-                                         epochs=5, pretrain_epochs=1, cache_dir=tmp_path / "cache", device="cpu")
+                                         epochs=5, pretrain_epochs=1, cache_dir=tmp_path / "cache", device="cpu",
+                                         real_gate=False)  # plumbing: a synthetic model may replace the default
     stage = TrainerStage(settings, config)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), name="trainer-stage")

@@ -6,6 +6,9 @@ import torch
 
 from training import default_model, evaluate, train
 from training.checkpoint import load_checkpoint
+from training.ontology import load_ontology
+from training.real.fixture import fixture_records
+from training.real.manifest import write_manifest
 from training.registry import default_entry, weights_checksum
 
 
@@ -28,16 +31,24 @@ def test_train_writes_a_loadable_checkpoint(tmp_path) -> None:
 
 
 def test_default_model_rebuild_writes_an_entry_the_worker_can_serve(tmp_path) -> None:
+    # The fixture's real photos, split here (the committed manifest keeps them all for testing).
+    manifest = tmp_path / "photos.jsonl"
+    splits = ("train", "train", "train", "val", "test")
+    write_manifest([r.model_copy(update={"split": splits[i % 5]}) for i, r in enumerate(fixture_records(load_ontology()))],
+                   manifest)
     out = tmp_path / "default"
-    argv = ["--head", "fusion", "--n-train", "200", "--n-test", "100", "--epochs", "1", "--pretrain-epochs", "1",
-            "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    argv = ["--data", str(manifest), "--out", str(out), "--reports", "", "--cache-dir", str(tmp_path / "cache"),
+            "--image-size", "64", "--epochs", "1", "--negatives", "40"]
     assert default_model.main(argv) == 0
     entry = default_entry(out)
     assert entry.version == f"default-{weights_checksum(out)[:12]}"
     config = json.loads((out / "config.json").read_text())["training"]
-    assert config["command"].startswith("python -m training.default_model") and config["epochs_run"] >= 1
+    assert config["command"].startswith("python -m training.default_model") and config["finetune"]["epochs_run"] == 1
     model = entry.load(device="cpu")
-    assert model.config.head == "fusion" and model.config.backbone == "tiny"
+    assert model.config.head == "fusion" and model.config.backbone == "efficientnet_lite0" and model.config.multi
+    assert 0 < model.config.abstain_below < 1 and model.config.label_floor > 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"silent", "mention", "main"} <= set(metrics)
 
 
 def test_table2_report_shape(tmp_path) -> None:

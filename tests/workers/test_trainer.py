@@ -52,7 +52,8 @@ def cache_dir(tmp_path_factory) -> Path:
 
 def _trainer(settings, cache_dir: Path) -> Trainer:
     config = TrainerConfig.from_settings(settings, n_train=300, n_test=150, epochs=8, pretrain_epochs=2,
-                                         cache_dir=cache_dir, device="cpu", gate_margin=0.01)
+                                         cache_dir=cache_dir, device="cpu", gate_margin=0.01,
+                                         real_gate=False)  # the synthetic gate's mechanics, alone
     return Trainer(settings, config, StageMetrics("trainer"))
 
 

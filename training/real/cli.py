@@ -36,6 +36,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cut", type=int, default=TuneConfig.cut, help="first trunk block that is fine-tuned")
     parser.add_argument("--negatives", type=int, default=RealConfig.negatives, help="drawn no-garment images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache-dir", type=Path, default=Path("cache/real"),
+                        help="keeps the frozen trunk's activations for reruns on the same photos")
     parser.add_argument("--report", type=Path, help="write the real-photo report (JSON + PNG) here")
     parser.add_argument("--table2", type=Path, help="also run Table II on these photos and write it here")
     parser.add_argument("--seeds", type=int, default=5, help="Table II seeds")
@@ -49,8 +51,8 @@ def pick_head(table: dict) -> str:
     return max(candidates, key=lambda h: settings[h]["val_score"])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Train on real photos; see the module docstring."""
+def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
+    """Train on real photos; see the module docstring. ``command``: what reports say produced them."""
     import torch
 
     from training.checkpoint import save_checkpoint
@@ -60,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     from training.registry import CHECKSUM_FILE, weights_checksum
 
     args = parse(argv)
-    command = " ".join(["stylestream train", *(argv if argv is not None else sys.argv[1:])])
+    command = command or " ".join(["stylestream train", *(argv if argv is not None else sys.argv[1:])])
     ontology = load_ontology()
     records = [r for path in args.data for r in read_manifest(path, ontology)]
-    config = RealConfig(image_size=args.image_size, negatives=args.negatives, seed=args.seed,
+    config = RealConfig(image_size=args.image_size, negatives=args.negatives, seed=args.seed, cache_dir=args.cache_dir,
                         tune=TuneConfig(cut=args.cut, epochs=args.epochs, seed=args.seed))
     torch.manual_seed(args.seed)
     started = time.monotonic()

@@ -9,7 +9,7 @@ URL) and any subset of its labels as ontology term names::
 ``categories: []`` marks a photo that shows no garment (a negative). A sub-category implies its
 category. ``box`` (left, top, right, bottom in pixels) uses a region of the photo, e.g. the street behind
 a person. ``split`` (``train`` / ``val`` / ``test``) is optional; records without it are split by a hash
-of their image name, so a photo stays in its split however the manifest grows.
+of their image's file name, so a photo stays in its split however the manifest grows and wherever it lives.
 
 A folder with one sub-folder per category (``FOLDER/shoes/*.jpg``) reads as a manifest too.
 """
@@ -76,10 +76,12 @@ class Record(BaseModel):
         return self.model_copy(update={"categories": categories})
 
     def split_of(self, *, val: float = 0.15, test: float = 0.15) -> str:
-        """The record's split: its own, or a stable hash of its image name and box."""
+        """The record's split: its own, or a stable hash of its image's file name and box (not its folder: the
+        same photo keeps its split wherever the dataset is checked out)."""
         if self.split is not None:
             return self.split
-        digest = hashlib.sha256(f"{self.image}|{self.box}".encode()).digest()
+        name = self.image.rstrip("/").rsplit("/", 1)[-1]
+        digest = hashlib.sha256(f"{name}|{self.box}".encode()).digest()
         u = int.from_bytes(digest[:8], "big") / 2**64
         return "test" if u < test else "val" if u < test + val else "train"
 

@@ -74,5 +74,12 @@ def test_the_fixture_is_small_real_and_covers_the_dataset_categories():
     size = sum(p.stat().st_size for p in (FIXTURE_DIR / "images").iterdir())
     assert 90 <= len(records) <= 120 and size <= 3 * 2**20
     assert all(Path(r.image).is_file() and r.split == "test" for r in records)
+    # Held out by the dataset's own split, so no model trained on the dataset has seen them.
+    assert all(r.model_copy(update={"split": None}).split_of() == "test" for r in records)
     assert len({c for r in records for c in r.categories}) >= 8
     assert (FIXTURE_DIR / "ATTRIBUTION.md").read_text().count("CC0") >= 1
+
+
+def test_a_photo_keeps_its_split_wherever_the_dataset_lives():
+    here, there = Record(image="images/abc.jpg", categories=[]), Record(image="/data/x/images/abc.jpg", categories=[])
+    assert here.split_of() == there.split_of()
