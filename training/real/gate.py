@@ -9,6 +9,7 @@ committed fixture's real photos, which no model was trained on, by category mAP.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ _SIDE = 320
 def fixture_photos(ontology: Ontology) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 ``[N, 3, 320, 320]`` fixture photos and their multi-hot categories."""
     records = fixture_records(ontology)
-    images = np.stack([decode_scaled(open(r.image, "rb").read(), _SIDE, max_pixels=MAX_PIXELS) for r in records])
+    images = np.stack([decode_scaled(Path(r.image).read_bytes(), _SIDE, max_pixels=MAX_PIXELS) for r in records])
     return torch.from_numpy(images), torch.from_numpy(targets(records, ontology)[0])
 
 
