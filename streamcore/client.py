@@ -5,7 +5,7 @@ Synchronous (kafka-python, redis-py) so it drops into scripts and notebooks::
     with StylestreamClient(Settings(kafka="broker:9092", redis_url="redis://cache:6379")) as client:
         post_id = client.publish_image("look.jpg", caption="new #ootd 👗")
         for label in client.labels(timeout=30):
-            print(label.post_id, label.categories[0].term)
+            print(label.post_id, [c.term for c in label.categories] or label.abstain)
 """
 
 from __future__ import annotations

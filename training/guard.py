@@ -83,8 +83,9 @@ class LiveGuard:
             if raw is None:
                 continue
             label = json.loads(raw)
-            version, top = label["model_version"], label["categories"][0]["term"]
-            agree = top in feedback.categories
+            version, shown = label["model_version"], label["categories"]
+            # An abstaining label ("no garment") disagrees with any correction: corrections name a garment.
+            agree = bool(shown) and shown[0]["term"] in feedback.categories
             new, agreed, total = self._verdict(keys=self._keys(version), args=[feedback.post_id, int(agree)])
             if new:
                 self.metrics.corrections.labels(version, "agree" if agree else "disagree").inc()

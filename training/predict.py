@@ -133,8 +133,11 @@ class Predictor:
         if found is None:
             found = default_entry()
             log.warning("no checkpoint in %s: serving the packaged default model %s", settings.model_dir, found.version)
-        return cls(found.load(device=device), ontology, version=found.version, device=device,
-                   cpu_forward_batch=settings.cpu_forward_batch)
+        model = found.load(device=device)
+        if model.config.head != settings.head:  # the head is the checkpoint's; the setting is what the trainer trains
+            log.warning("serving %s with head %s; STYLESTREAM_HEAD=%s applies to the models the trainer trains next",
+                        found.version, model.config.head, settings.head)
+        return cls(model, ontology, version=found.version, device=device, cpu_forward_batch=settings.cpu_forward_batch)
 
     @property
     def image_size(self) -> int:

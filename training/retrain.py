@@ -334,7 +334,7 @@ class Trainer:
         mined = self._evaluate(candidate, test, features, hints=True)
         baseline = self._evaluate(serving.model, test, features, hints=True) if serving else None
         decision = gate(mined, baseline, margin=self.config.gate_margin)
-        real = self._real_check(candidate, serving) if self.config.real_gate else None
+        real = self.real_check(candidate, serving) if self.config.real_gate else None
         if real is not None:
             decision = GateDecision((*decision.checks, real))
         metrics = {"mined": mined, "none": self._evaluate(candidate, test, features, hints=False),
@@ -364,7 +364,7 @@ class Trainer:
                  result.seconds, [dataclasses.astuple(c) for c in decision.checks])
         return result
 
-    def _real_check(self, candidate: DynamicCNN, serving: Serving | None) -> GateCheck:
+    def real_check(self, candidate: DynamicCNN, serving: Serving | None) -> GateCheck:
         """Category mAP on real photos against what the candidate would replace: the serving model, or the
         packaged default that serves while nothing is promoted."""
         from training.real.gate import real_photo_map

@@ -62,11 +62,13 @@ _CHECK_EVERY_S = 1.0
 
 
 def due(status: RunStatus, now: float, *, interval_s: float | None, min_feedback: int | None) -> bool:
-    """Whether a run should start at unix time ``now``: the schedule (which runs at once while nothing serves),
-    or enough feedback; never during the back-off after a failed run."""
+    """Whether a run should start at unix time ``now``: the schedule (which runs at once while nothing serves and
+    no run has finished: a rejected first candidate waits for the next slot, not a loop of retries), or enough
+    feedback; never during the back-off after a failed run."""
     if status.retry_at is not None and now < status.retry_at:
         return False
-    scheduled = interval_s is not None and (not status.serving or (status.next_run_at or float("inf")) <= now)
+    bootstrap = not status.serving and status.next_run_at is None
+    scheduled = interval_s is not None and (bootstrap or (status.next_run_at or float("inf")) <= now)
     return scheduled or (min_feedback is not None and status.pending >= min_feedback)
 
 

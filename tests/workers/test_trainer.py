@@ -225,6 +225,9 @@ def test_a_run_is_due_on_schedule_or_after_enough_feedback(interval_s, min_feedb
     assert due(_status(pending=3, next_run_at=now + 60), now, **kw) == (min_feedback is not None)
     # Nothing serves: a schedule bootstraps a model now; without one, feedback decides.
     assert due(_status(serving=False), now, **kw) == (interval_s is not None)
+    # ... once: a rejected first candidate (still nothing serves) waits for the schedule's next slot.
+    assert not due(_status(serving=False, next_run_at=now + 60), now, **kw)
+    assert due(_status(serving=False, next_run_at=now + 60), now + 61, **kw) == (interval_s is not None)
     assert not due(_status(pending=3, serving=False, retry_at=now + 1), now, **kw)  # back-off after a failure
     assert due(_status(pending=3, serving=False, retry_at=now - 1), now, **kw)
 
@@ -371,3 +374,13 @@ def test_the_guard_counts_each_correction_once_per_version(make_settings, tmp_pa
     assert metrics.corrections.labels("v1", "agree")._value.get() == 1
     assert metrics.corrections.labels("v1", "disagree")._value.get() == 1
     assert metrics.agreement.labels("v1")._value.get() == pytest.approx(0.5)
+
+
+@pytest.mark.integration
+def test_a_correction_of_an_abstaining_label_is_a_disagreement(make_settings, tmp_path) -> None:
+    settings = make_settings(model_dir=tmp_path)
+    client, metrics = redis.Redis.from_url(settings.redis_url), StageMetrics("trainer")
+    label = {"model_version": "v1", "categories": [], "subcategories": [], "attributes": [], "abstain": "no_garment"}
+    client.set(settings.keys.label("p1"), json.dumps(label))
+    LiveGuard(settings, client, metrics).observe([Feedback(post_id="p1", categories=["dresses"])])
+    assert LiveGuard(settings, client, metrics).agreement("v1") == Agreement(0, 1)
