@@ -47,7 +47,8 @@ class Settings(BaseSettings):
     max_inflight: int = Field(1024, ge=1)
     #: How often a classifier checks the serving pointer in Redis for a new model.
     model_poll_s: float = Field(1.0, gt=0)
-    head: str = "fusion"  # issue 14: late fusion beats the dynamic heads in Table II (README)
+    #: The head the trainer trains; the classifier serves the head its checkpoint holds (and warns on a mismatch).
+    head: str = "fusion"
     backbone: str = "tiny"
 
     # Classifier data path (issue 12).

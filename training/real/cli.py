@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
     from training.registry import CHECKSUM_FILE, weights_checksum
 
     args = parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     command = command or " ".join(["stylestream train", *(argv if argv is not None else sys.argv[1:])])
     ontology = load_ontology()
     records = [r for path in args.data for r in read_manifest(path, ontology)]

@@ -9,6 +9,7 @@ costs only the tail's forward and backward, a fraction of the whole network's.
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,8 @@ from tqdm import tqdm
 from training.data.benchmark import Split
 from training.models import DynamicCNN
 from training.train import compute_loss
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ def finetune(model: DynamicCNN, train: Fronts, val: Fronts, config: TuneConfig) 
             total += loss.item() * len(idx)
         val_loss = _loss(model, val, config)
         history.append({"epoch": epoch, "train_loss": total / len(rows), "val_loss": val_loss})
+        log.info("fine-tune epoch %d/%d: train loss %.3f, validation loss %.3f", epoch + 1, config.epochs,
+                 total / len(rows), val_loss)
         if val_loss < best:
             best, best_state = val_loss, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
