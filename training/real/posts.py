@@ -41,7 +41,8 @@ def fixture_posts(ontology: Ontology, count: int, *, seed: int = 0, mention_prob
         caption = make_caption(rng, ontology, category=category, subcategory=subs[0] if subs else None,
                                mention_prob=mention_prob)
         post = Post(
-            post_id=f"{prefix}-{seed}-{i}", created_at=start + timedelta(milliseconds=i),
+            # The photo's file name in the id: whoever reads a label can look at the photo it describes.
+            post_id=f"{prefix}-{seed}-{i}-{Path(record.image).stem[:8]}", created_at=start + timedelta(milliseconds=i),
             user=f"user{rng.randint(1, 500)}", caption=caption.caption, comments=list(caption.comments),
             hashtags=list(caption.hashtags), user_tags=list(caption.user_tags),
             image=ImageSource(b64=base64.b64encode(data).decode()),
