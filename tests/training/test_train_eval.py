@@ -51,6 +51,24 @@ def test_default_model_rebuild_writes_an_entry_the_worker_can_serve(tmp_path) ->
     assert {"silent", "mention", "main"} <= set(metrics)
 
 
+def test_a_head_retrains_on_a_reused_trunk(tmp_path) -> None:
+    manifest = tmp_path / "photos.jsonl"
+    splits = ("train", "train", "train", "val", "test")
+    write_manifest([r.model_copy(update={"split": splits[i % 5]}) for i, r in enumerate(fixture_records(load_ontology()))],
+                   manifest)
+    out = tmp_path / "retrained"
+    argv = ["--data", str(manifest), "--out", str(out), "--trunk-from", str(default_entry().path), "--image-size", "64",
+            "--negatives", "40", "--head", "dynamic_pruning", "--hint-dropout", "0", "--route-threshold", "0.05",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert train.main(argv) == 0
+    model = default_entry(out).load()
+    assert (model.config.head, model.config.route_threshold) == ("dynamic_pruning", 0.05)
+    config = json.loads((out / "config.json").read_text())["training"]
+    assert config["finetune"] == {"trunk_from": str(default_entry().path)} and config["config"]["hint_dropout"] == 0
+    trunk = default_entry().load().backbone.features.net._blocks[15]._project_conv.weight
+    assert torch.equal(model.backbone.features.net._blocks[15]._project_conv.weight, trunk)
+
+
 def test_table2_report_shape(tmp_path) -> None:
     out = tmp_path / "table2.json"
     argv = ["--backbones", "tiny", "--scenarios", "single", "--seeds", "0", "1", "--variants", "main", "wrong_0.5", "--share-backbone",

@@ -36,6 +36,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="fine-tuning epochs")
     parser.add_argument("--cut", type=int, default=TuneConfig.cut, help="first trunk block that is fine-tuned")
     parser.add_argument("--negatives", type=int, default=RealConfig.negatives, help="drawn no-garment images")
+    parser.add_argument("--hint-dropout", type=float, help="served head: share of samples trained without hints "
+                        f"(default: Table II's choice, else {RealConfig.hint_dropout})")
+    parser.add_argument("--route-threshold", type=float, help="dynamic heads: image probability that opens a range "
+                        f"(default: Table II's choice, else {RealConfig.route_threshold})")
+    parser.add_argument("--trunk-from", type=Path, help="reuse this checkpoint's fine-tuned trunk (same --image-size "
+                        "and --cut) instead of fine-tuning: retrains the head only")
+    parser.add_argument("--head-street-repeat", type=int, default=RealConfig.head_street_repeat,
+                        help="street photos drawn this many times per epoch when the served head trains")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache-dir", type=Path, default=Path("cache/real"),
                         help="keeps the frozen trunk's activations for reruns on the same photos")
@@ -68,11 +76,12 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
     ontology = load_ontology()
     records = [r for path in args.data for r in read_manifest(path, ontology)]
     config = RealConfig(image_size=args.image_size, negatives=args.negatives, seed=args.seed, cache_dir=args.cache_dir,
+                        head_street_repeat=args.head_street_repeat,
                         tune=TuneConfig(cut=args.cut, epochs=args.epochs, seed=args.seed))
     torch.manual_seed(args.seed)
     started = time.monotonic()
-    prepared = prepare(records, ontology, config)
-    print(f"fine-tuned in {time.monotonic() - started:.0f} s: {prepared.history['history'][-1]}", file=sys.stderr)
+    prepared = prepare(records, ontology, config, trunk_from=args.trunk_from)
+    print(f"trunk ready in {time.monotonic() - started:.0f} s: {prepared.history}", file=sys.stderr)
     head, table, settings = args.head, None, {}
     if args.table2:
         from training.real.report import write_table2
@@ -86,7 +95,9 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
         settings = table["settings"][head]
         config = dataclasses.replace(config, hint_dropout=settings.get("hint_dropout", config.hint_dropout),
                                      route_threshold=settings.get("route_threshold", config.route_threshold))
-    config = dataclasses.replace(config, head=head)
+    explicit = {k: v for k, v in (("hint_dropout", args.hint_dropout), ("route_threshold", args.route_threshold))
+                if v is not None}
+    config = dataclasses.replace(config, head=head, **explicit)
     model, history = train_served(prepared, ontology, config)
     metrics = scores(model, prepared, ontology)
     training = {"command": command, "config": _jsonable(dataclasses.asdict(config)),

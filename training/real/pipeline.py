@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from training.checkpoint import load_checkpoint
 from training.data.benchmark import SPLITS, Split
 from training.models import DynamicCNN, build_model
 from training.models.heads import DYNAMIC_HEADS
@@ -50,6 +51,8 @@ class RealConfig:
     negatives: int = 400
     label_floor: float = 0.05
     max_garment_abstain: float = 0.02
+    #: Street photos drawn this many times per epoch when the served head trains (as in fine-tuning).
+    head_street_repeat: int = 1
     tune: TuneConfig = field(default_factory=TuneConfig)
     fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=40, lr=0.02, patience=5, batch_size=64))
     seed: int = 0
@@ -89,8 +92,12 @@ def load_photos(records: list[Record], config: RealConfig) -> dict[str, tuple[li
     return out
 
 
-def prepare(records: list[Record], ontology: Ontology, config: RealConfig) -> Prepared:
-    """Load the photos, fine-tune the trunk with a Base head, and cache every split's features."""
+def prepare(records: list[Record], ontology: Ontology, config: RealConfig, *, trunk_from: Path | None = None) -> Prepared:
+    """Load the photos, fine-tune the trunk with a Base head, and cache every split's features.
+
+    ``trunk_from``: a checkpoint whose already fine-tuned trunk is reused instead (same backbone, input size
+    and cut): retraining heads, on the same or new photos, then costs minutes instead of the fine-tuning.
+    """
     photos = load_photos(records, config)
     splits = {name: build_split(recs, images, ontology, condition="main", seed=config.seed, heldout=name == "test")
               for name, (recs, images) in photos.items()}
@@ -100,7 +107,11 @@ def prepare(records: list[Record], ontology: Ontology, config: RealConfig) -> Pr
     fronts = {name: _fronts(base, split, photos[name][0], name, config) for name, split in splits.items()}
     street = np.isin([r.source for r in photos["train"][0]], STREET)
     fronts["train"] = dataclasses.replace(fronts["train"], repeats=np.where(street, config.tune.street_repeat, 1))
-    history = finetune(base, fronts["train"], fronts["val"], dataclasses.replace(config.tune, seed=config.seed))
+    if trunk_from is None:
+        history = finetune(base, fronts["train"], fronts["val"], dataclasses.replace(config.tune, seed=config.seed))
+    else:
+        history = {"trunk_from": str(trunk_from)}
+        base.backbone.load_state_dict(load_checkpoint(trunk_from, ontology=ontology).backbone.state_dict())
     features = {name: pooled(base, f.plain, config.tune.cut) for name, f in fronts.items()}
     base.backbone.requires_grad_(False)
     return Prepared({n: p[0] for n, p in photos.items()}, splits,
@@ -130,9 +141,14 @@ def train_served(prepared: Prepared, ontology: Ontology, config: RealConfig, *, 
     seed = config.seed if seed is None else seed
     fit = dataclasses.replace(config.fit, seed=seed, hint_dropout=0.0 if head == "base" else config.hint_dropout)
     extra = {"route_threshold": config.route_threshold} if head in DYNAMIC_HEADS else {}
-    model, history = train_head(head, prepared.base.backbone, prepared.features, prepared.splits,
+    splits, features = prepared.splits, prepared.features
+    if config.head_street_repeat > 1:
+        street = np.isin(prepared.sources["train"], STREET)
+        rows = np.repeat(np.arange(len(street)), np.where(street, config.head_street_repeat, 1))
+        splits = {**splits, "train": _rows(splits["train"], rows)}
+        features = {**features, "train": features["train"][torch.from_numpy(rows)]}
+    model, history = train_head(head, prepared.base.backbone, features, splits,
                                 name=config.backbone, ontology=ontology, multi=True, config=fit,
-                                base=prepared.base if head in DYNAMIC_HEADS else None,
                                 image_size=config.image_size, **extra)
     calibrate(model, prepared.splits["val"], prepared.features["val"])
     top = category_probs(model, prepared.splits["val"], prepared.features["val"], hints=False).max(1)
@@ -140,6 +156,13 @@ def train_served(prepared: Prepared, ontology: Ontology, config: RealConfig, *, 
     bar = abstain_threshold(top[garment], top[~garment], max_garment_abstain=config.max_garment_abstain)
     model.config = dataclasses.replace(model.config, abstain_below=bar, label_floor=config.label_floor)
     return model, history
+
+
+def _rows(split: Split, rows: np.ndarray) -> Split:
+    """``split`` with its rows taken in the order (and multiplicity) of ``rows``."""
+    n = len(split)
+    return Split(**{f.name: (v[rows] if isinstance(v, np.ndarray) and len(v) == n else v)
+                    for f in dataclasses.fields(split) for v in [getattr(split, f.name)]})
 
 
 def category_probs(model: DynamicCNN, split: Split, features: Tensor, *, hints: bool) -> np.ndarray:
