@@ -20,6 +20,9 @@ CONTRACT = {
                              "model_only_batch1_images_per_s", "max_batch", "max_wait_ms", "p50_ms", "p99_ms",
                              "load_fraction"), ()),
     "text_miner.json": (("posts_per_s_one_core",), ("set", "class", "P@1", "P@3", "top4_recall")),
+    "table2_real.json": (("settings",), ("scenario", "backbone", "head", "hints", "level", "P@1", "P@3", "P@5", "R@1",
+                                         "R@3", "R@5", "mAP")),
+    "real_photos.json": (("model", "photos", "metrics", "reliability_silent"), ()),
 }
 
 
@@ -35,3 +38,14 @@ def test_report_has_the_spec_fields_and_provenance(name: str) -> None:
         assert report["rows"], f"{name} has no rows"
         for row in report["rows"]:
             assert set(row_fields) <= row.keys(), f"{name}: a row lacks {set(row_fields) - row.keys()}"
+
+
+def test_the_real_photo_report_scores_street_and_single_garment_photos_against_chance() -> None:
+    report = json.loads((REPORTS / "real_photos.json").read_text())
+    assert (REPORTS / "real_photos.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for condition in ("silent", "mention"):
+        for kind in ("street", "single_garment"):
+            scores = report["metrics"][condition][kind]
+            assert {"mAP", "chance_mAP", "AP", "top1", "top_worn", "calibration_error", "abstain_rate_garment",
+                    "abstain_rate_no_garment"} <= scores.keys()
+            assert scores["mAP"] > scores["chance_mAP"] and scores["photos"] >= 100
