@@ -315,15 +315,11 @@ def train_on_benchmark(bench: BenchmarkConfig, *, backbone: str, head: str, onto
 def main(argv: list[str] | None = None) -> int:
     """``stylestream train``: train one model on the benchmark and write a checkpoint directory.
 
-    With ``--data MANIFEST`` it trains on real labelled photos instead (:mod:`training.real.cli`).
+    (``stylestream train --data MANIFEST`` trains on real labelled photos instead: :mod:`training.real.cli`.)
 
     The backbone is frozen (after ``--pretrain-epochs`` end-to-end epochs, if any) and the head trains
     on cached features.
     """
-    if argv is not None and any(a == "--data" or a.startswith("--data=") for a in argv):
-        from training.real.cli import main as train_real  # real photos from a manifest
-
-        return train_real(argv)
     from training.checkpoint import save_checkpoint
     from training.ontology import load_ontology
     from training.plots import plot_training_curves

@@ -113,8 +113,12 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 
 @app.command(context_settings=_PASS_THROUGH)
 def train(ctx: typer.Context) -> None:
-    """Train one model on the benchmark and write a checkpoint directory (``train --help`` for options)."""
-    from training.train import main
+    """Train a model and write a checkpoint directory: on labelled real photos with ``--data MANIFEST``, else on
+    the synthetic benchmark (``train --help``, ``train --data x --help`` for options)."""
+    if any(a == "--data" or a.startswith("--data=") for a in ctx.args):
+        from training.real.cli import main
+    else:
+        from training.train import main
 
     raise typer.Exit(main(ctx.args))
 

@@ -7,6 +7,7 @@ import torch
 from training import default_model, evaluate, train
 from training.checkpoint import load_checkpoint
 from training.ontology import load_ontology
+from training.real.cli import main as train_real
 from training.real.fixture import fixture_records
 from training.real.manifest import write_manifest
 from training.registry import default_entry, weights_checksum
@@ -60,7 +61,7 @@ def test_a_head_retrains_on_a_reused_trunk(tmp_path) -> None:
     argv = ["--data", str(manifest), "--out", str(out), "--trunk-from", str(default_entry().path), "--image-size", "64",
             "--negatives", "40", "--head", "dynamic_pruning", "--hint-dropout", "0", "--route-threshold", "0.05",
             "--cache-dir", str(tmp_path / "cache")]
-    assert train.main(argv) == 0
+    assert train_real(argv) == 0
     model = default_entry(out).load()
     assert (model.config.head, model.config.route_threshold) == ("dynamic_pruning", 0.05)
     config = json.loads((out / "config.json").read_text())["training"]
