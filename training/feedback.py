@@ -173,4 +173,13 @@ def concat(base: Split, extra: Split) -> Split:
     """
     if extra.images.shape[1:] != base.images.shape[1:]:
         raise ValueError(f"extra images {extra.images.shape[1:]} do not match {base.images.shape[1:]}")
-    return Split(*(np.concatenate([getattr(base, f.name), getattr(extra, f.name)]) for f in fields(Split)))
+    def joined(name: str) -> np.ndarray | None:
+        parts = [getattr(base, name), getattr(extra, name)]
+        if all(p is None for p in parts):
+            return None
+        if name.endswith("_known"):  # a split without a known-mask knows every target
+            like = {"subcategory_known": "subcategories", "attribute_known": "attributes"}[name]
+            parts = [np.ones_like(getattr(s, like)) if p is None else p for s, p in zip((base, extra), parts)]
+        return np.concatenate(parts)
+
+    return Split(**{f.name: joined(f.name) for f in fields(Split)})

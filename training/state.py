@@ -50,6 +50,7 @@ class RunStatus:
     next_run_at: float | None
     retry_at: float | None
     serving: bool  # a serving pointer is set
+    finished: bool = False  # a run has ended (promoted or rejected) since the state was created
 
 
 def _float(value: bytes | None) -> float | None:
@@ -113,7 +114,8 @@ class TrainerState:
             pipe.get(self._key("absorbed")).get(self._key("trained")).get(self._key("next_run_at"))
             pipe.get(self._key("retry_at")).exists(self._model_current)
             absorbed, trained, next_run_at, retry_at, serving = pipe.execute()
-        return RunStatus(int(absorbed or 0) - int(trained or 0), _float(next_run_at), _float(retry_at), bool(serving))
+        return RunStatus(int(absorbed or 0) - int(trained or 0), _float(next_run_at), _float(retry_at), bool(serving),
+                         trained is not None)
 
     def schedule(self, at: float) -> None:
         """Set the next scheduled run unless one is set (the first replica to start sets it)."""

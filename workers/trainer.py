@@ -67,7 +67,7 @@ def due(status: RunStatus, now: float, *, interval_s: float | None, min_feedback
     feedback; never during the back-off after a failed run."""
     if status.retry_at is not None and now < status.retry_at:
         return False
-    bootstrap = not status.serving and status.next_run_at is None
+    bootstrap = not status.serving and not status.finished
     scheduled = interval_s is not None and (bootstrap or (status.next_run_at or float("inf")) <= now)
     return scheduled or (min_feedback is not None and status.pending >= min_feedback)
 

@@ -212,8 +212,8 @@ def test_an_offset_is_not_done_until_its_post_is_stored(tmp_path) -> None:
 
 
 def _status(pending: int = 0, next_run_at: float | None = None, retry_at: float | None = None,
-            serving: bool = True) -> RunStatus:
-    return RunStatus(pending, next_run_at, retry_at, serving)
+            serving: bool = True, finished: bool = False) -> RunStatus:
+    return RunStatus(pending, next_run_at, retry_at, serving, finished)
 
 
 @pytest.mark.parametrize(("interval_s", "min_feedback"), [(60.0, 3), (None, 3), (60.0, None)])
@@ -226,8 +226,9 @@ def test_a_run_is_due_on_schedule_or_after_enough_feedback(interval_s, min_feedb
     # Nothing serves: a schedule bootstraps a model now; without one, feedback decides.
     assert due(_status(serving=False), now, **kw) == (interval_s is not None)
     # ... once: a rejected first candidate (still nothing serves) waits for the schedule's next slot.
-    assert not due(_status(serving=False, next_run_at=now + 60), now, **kw)
-    assert due(_status(serving=False, next_run_at=now + 60), now + 61, **kw) == (interval_s is not None)
+    assert due(_status(serving=False, next_run_at=now + 60), now, **kw) == (interval_s is not None)
+    assert not due(_status(serving=False, next_run_at=now + 60, finished=True), now, **kw)
+    assert due(_status(serving=False, next_run_at=now + 60, finished=True), now + 61, **kw) == (interval_s is not None)
     assert not due(_status(pending=3, serving=False, retry_at=now + 1), now, **kw)  # back-off after a failure
     assert due(_status(pending=3, serving=False, retry_at=now - 1), now, **kw)
 
@@ -310,12 +311,12 @@ def test_the_state_store_is_bounded_and_stores_a_replayed_correction_once(make_s
 
     assert state.put_example("a", example(0)) and not state.put_example("a", example(0))  # replay: once
     assert state.put_example("a", example(1))  # a later correction of the same post replaces it
-    assert state.status().pending == 2 and not state.status().serving
+    assert state.status().pending == 2 and not state.status().serving and not state.status().finished
     assert state.put_example("b", example(2)) and state.put_example("c", example(3))
     examples, absorbed = state.snapshot()
     assert absorbed == 4 and [e.caption for e in examples] == ["caption 2", "caption 3"]  # bounded, oldest first
     state.finish_run(absorbed, next_run_at=123.0)
-    assert state.status() == RunStatus(0, 123.0, None, False)
+    assert state.status() == RunStatus(0, 123.0, None, False, finished=True)
 
 
 @pytest.mark.integration

@@ -55,7 +55,7 @@ class BenchmarkConfig:
         """Cache name: the config plus every generator version the data depends on."""
         # The miner's version names its code; the ontology's is already here. No need to load its vectors.
         versions = {"ontology": ontology.version, "miner": MINER_VERSION,
-                    "captions": CAPTIONS_VERSION, "v": 2}
+                    "captions": CAPTIONS_VERSION, "v": 3}
         blob = json.dumps({**asdict(self), **versions}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -199,12 +199,14 @@ def load_benchmark(ontology: Ontology, config: BenchmarkConfig, *, cache_dir: Pa
     path = cache_dir / f"benchmark-{'multi' if config.multi else 'single'}-{config.key(ontology)}.npz" if cache_dir else None
     if path is not None and path.exists():
         with np.load(path) as data:
-            return {s: Split(*(data[f"{s}/{f.name}"] for f in fields(Split))) for s in SPLITS}
+            return {s: Split(**{f.name: data[f"{s}/{f.name}"] for f in fields(Split) if f"{s}/{f.name}" in data.files})
+                    for s in SPLITS}
     pools = _split_pools(config, root)
     counts = {"train": int(config.n_train * 0.8), "val": config.n_train - int(config.n_train * 0.8), "test": config.n_test}
     splits = {s: _generate(ontology, config, s, pools[s], counts[s]) for s in SPLITS}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"{s}/{f.name}": getattr(splits[s], f.name) for s in SPLITS for f in fields(Split)}
+        arrays = {f"{s}/{f.name}": getattr(splits[s], f.name) for s in SPLITS for f in fields(Split)
+                  if getattr(splits[s], f.name) is not None}
         np.savez_compressed(path, **arrays)
     return splits
