@@ -31,12 +31,17 @@ def test_train_writes_a_loadable_checkpoint(tmp_path) -> None:
         assert model(torch.rand(2, 3, 64, 64)).attributes.shape[0] == 2
 
 
-def test_default_model_rebuild_writes_an_entry_the_worker_can_serve(tmp_path) -> None:
-    # The fixture's real photos, split here (the committed manifest keeps them all for testing).
+def _fixture_manifest(tmp_path):
+    """The fixture's real photos, split here (the committed manifest keeps them all for testing)."""
     manifest = tmp_path / "photos.jsonl"
     splits = ("train", "train", "train", "val", "test")
     write_manifest([r.model_copy(update={"split": splits[i % 5]}) for i, r in enumerate(fixture_records(load_ontology()))],
                    manifest)
+    return manifest
+
+
+def test_default_model_rebuild_writes_an_entry_the_worker_can_serve(tmp_path) -> None:
+    manifest = _fixture_manifest(tmp_path)
     out = tmp_path / "default"
     argv = ["--data", str(manifest), "--out", str(out), "--reports", "", "--cache-dir", str(tmp_path / "cache"),
             "--image-size", "64", "--epochs", "1", "--negatives", "40"]
@@ -53,10 +58,7 @@ def test_default_model_rebuild_writes_an_entry_the_worker_can_serve(tmp_path) ->
 
 
 def test_a_head_retrains_on_a_reused_trunk(tmp_path) -> None:
-    manifest = tmp_path / "photos.jsonl"
-    splits = ("train", "train", "train", "val", "test")
-    write_manifest([r.model_copy(update={"split": splits[i % 5]}) for i, r in enumerate(fixture_records(load_ontology()))],
-                   manifest)
+    manifest = _fixture_manifest(tmp_path)
     out = tmp_path / "retrained"
     argv = ["--data", str(manifest), "--out", str(out), "--trunk-from", str(default_entry().path), "--image-size", "64",
             "--negatives", "40", "--head", "dynamic_pruning", "--hint-dropout", "0", "--route-threshold", "0.05",
