@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-LABEL_LINE = re.compile(r"^syn\S+ \w+ [01]\.\d\d · ")
+#: A demo label: a real photo's post id, then its categories with probabilities (or "no garment").
+LABEL_LINE = re.compile(r"^photo\S+ ((\w+ [01]\.\d\d )+· |no garment )")
 
 
 @pytest.mark.integration
