@@ -54,7 +54,7 @@ class StageMetrics:
                                     ("gate", "result"), registry=r)
         self.trainer_last_success = Gauge("stylestream_trainer_last_success_timestamp_seconds",
                                           "Unix time of the last successful training run", registry=r)
-        # Issue 15: progress of the training run in progress, and the live guard after a promotion.
+        # Progress of the training run in progress, and the live guard after a promotion.
         self.trainer_step = Gauge("stylestream_trainer_run_step", "Steps done by the training run in progress",
                                   registry=r)
         self.trainer_loss = Gauge("stylestream_trainer_run_loss", "Latest training loss of the run in progress",

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     head: str = "fusion"
     backbone: str = "tiny"
 
-    # Classifier data path (issue 12).
+    # Classifier data path.
     #: Threads decoding images for the classifier (Pillow releases the GIL); 0 = one per CPU core.
     decode_workers: int = Field(0, ge=0, le=256)
     #: For a CPU classifier with cores of its own: images beyond those the next batch lacks are decoded at
@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     trainer_cache_dir: Path = Path("cache/benchmark")
     #: Gate every candidate on real photos too (see ``training.real.gate``).
     trainer_real_gate: bool = True
-    # Issue 15: one training run at a time across replicas, and the live guard after a promotion.
+    # One training run at a time across replicas, and the live guard after a promotion.
     #: Life of the run lease without renewal: a killed trainer's lease frees itself after this long.
     trainer_lease_ttl_s: float = Field(30.0, ge=1)
     #: The guard rolls back a newly promoted version whose labels agree with users' corrections this much
@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     trainer_guard_margin: float = Field(0.1, ge=0, le=1)
     #: ...once both versions have had at least this many of their labels corrected.
     trainer_guard_min_corrections: int = Field(50, ge=1)
-    # Fault tolerance and bounded state (issue 11).
+    # Fault tolerance and bounded state.
     #: Bytes of held post records (waiting for hints or in a batch) before the posts partitions pause.
     max_inflight_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     #: Bytes of hints held for posts not yet seen before the hints partitions pause.
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     text_chunk_posts: int = Field(16, ge=1)
     kafka_options: dict[str, Any] = Field(default_factory=dict)
 
-    # Issue 13: security and interoperability (Kafka TLS/SASL, Redis Cluster + label TTL, URL fetching,
+    # Security and interoperability (Kafka TLS/SASL, Redis Cluster + label TTL, URL fetching,
     # health bind address). Secrets are SecretStr: they never appear in repr, logs or metrics.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_ssl_cafile: Path | None = None

@@ -96,7 +96,7 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
     assert [(d.stage, d.error) for d in letters] == [("trainer", "bad_schema")]
 
 
-# --- durability, cancellation, replicas, live guard (issue 15) ---------------------------------------------
+# --- durability, cancellation, replicas, live guard ------------------------------------------------------
 
 #: A small benchmark and few epochs: these tests are about the trainer's plumbing, not model quality.
 #: A gate margin of 1 publishes every finished run, so each run shows in the registry.

@@ -122,7 +122,7 @@ def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> N
     for name in GATES:
         assert _count(trainer, "gate_results", name, "pass") == 1
     improved = {c.name: (c.candidate, c.serving) for c in result.decision.checks}
-    # Strictly better than serving (the class-summed multi-label loss of issue 14 moves category P@1 less in
+    # Strictly better than serving (the class-summed multi-label loss moves category P@1 less in
     # the test's few epochs than the old class-mean did: +0.04 here, not the former +0.1).
     assert improved["category_p1"][0] > improved["category_p1"][1]
     # metrics.json of the published version holds the evaluation and the gate against the old model.

@@ -7,8 +7,8 @@ Each dataset's classes are mapped to the ontology by a documented table (``CLOTH
   ``image,sender_id,label,kids``. One category per photo.
 * **Clothing Co-Parsing** (``bearpaw/clothing-co-parsing``, Apache-2.0): street photos of people with a
   per-pixel label mask (``annotations/pixel-level/NNNN.mat``). A photo's labels are the classes its mask
-  shows. Only photos 0001–1004 are read: 1005–2098 and the image-level annotations are an outside
-  hold-out, which this importer refuses to touch. It also cuts street-background regions (no person pixel
+  shows. Only photos 0001–1004 and their pixel masks are read; everything else in the repository is an
+  outside hold-out, which this importer never opens. It also cuts street-background regions (no person pixel
   in them) as no-garment negatives.
 """
 

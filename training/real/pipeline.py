@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from training.checkpoint import load_checkpoint
-from training.data.benchmark import SPLITS, Split
+from training.data.benchmark import Split
 from training.models import DynamicCNN, build_model
 from training.models.heads import DYNAMIC_HEADS
 from training.ontology import Ontology
@@ -202,5 +202,3 @@ def scores(model: DynamicCNN, prepared: Prepared, ontology: Ontology, *, split: 
                           for kind, rows in kinds.items() if rows.any()}
     return out
 
-
-__all__ = ["SPLITS", "Prepared", "RealConfig", "category_probs", "prepare", "scores", "train_served"]

@@ -9,7 +9,7 @@ import numpy as np
 from streamcore.reports import write_report
 from training.models import DynamicCNN
 from training.ontology import Ontology
-from training.real.pipeline import NEGATIVE, STREET, Prepared, category_probs
+from training.real.pipeline import NEGATIVE, Prepared, category_probs
 from training.real.scores import reliability
 
 
@@ -75,5 +75,3 @@ def plot(path: Path, metrics: dict, curve: list[dict], ontology: Ontology) -> Pa
     plt.close(fig)
     return path
 
-
-__all__ = ["STREET", "plot", "write_real_report", "write_table2"]
