@@ -42,6 +42,7 @@ from streamcore.offsets import OffsetTracker
 from streamcore.schemas import DeadLetter
 from streamcore.serde import encode
 from streamcore.settings import Settings
+from streamcore.sinks import produce_by_partition
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -188,23 +189,8 @@ class Stage(ABC):
         await (await self.producer.send(self.settings.topic(topic), value=value, key=key))
 
     async def send_to_partitions(self, topic: str, messages: Iterable[tuple[int, bytes | None, bytes]]) -> None:
-        """Produce ``(partition, key, value)`` messages as per-partition batches; wait for all acks.
-
-        Skips the client's per-key hashing and per-message overhead where the partition is known.
-        """
-        full_topic, futures = self.settings.topic(topic), []
-        batches: dict[int, object] = {}
-        for partition, key, value in messages:
-            if partition not in batches:
-                batches[partition] = self.producer.create_batch()
-            batch = batches[partition]
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
-                futures.append(await self.producer.send_batch(batch, full_topic, partition=partition))
-                batch = batches[partition] = self.producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        for partition, batch in batches.items():
-            futures.append(await self.producer.send_batch(batch, full_topic, partition=partition))
-        await asyncio.gather(*futures)
+        """Produce ``(partition, key, value)`` messages as per-partition batches; wait for all acks."""
+        await produce_by_partition(self.producer, self.settings.topic(topic), messages)
 
     def stop(self) -> None:
         """Ask the loop to finish the current round, commit and leave the group."""
