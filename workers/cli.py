@@ -95,7 +95,7 @@ def topics() -> None:
 
 
 @app.command()
-def worker(stage: Annotated[str, typer.Argument(help="text | classify | trainer")]) -> None:
+def worker(stage: Annotated[str, typer.Argument(help="text | classify | trainer | profiles")]) -> None:
     """Run one stage against the configured Kafka/Redis (run many for scale-out)."""
     if stage == "text":
         from workers.text import run
@@ -103,9 +103,31 @@ def worker(stage: Annotated[str, typer.Argument(help="text | classify | trainer"
         from workers.classify import run
     elif stage == "trainer":
         from workers.trainer import run
+    elif stage == "profiles":
+        from workers.profiles import run
     else:
         raise typer.BadParameter(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     run(_settings())
+
+
+@app.command()
+def recommend(
+    user: Annotated[str, typer.Argument(help="whose style profile to recommend for")] = "",
+    k: Annotated[int, typer.Option("--k", min=1, max=1000, help="how many items")] = 10,
+    like: Annotated[str | None, typer.Option("--like", help="items like this post instead of a user's profile")] = None,
+    ranking: Annotated[str, typer.Option(help="parts | mmr | plain")] = "parts",
+) -> None:
+    """Recommend repository items for USER's style profile, or items like a post (``--like POST_ID``), as JSON."""
+    import json
+
+    from training.recommend.service import Recommender
+
+    settings = _settings()
+    recommender = Recommender(settings, index_dir=settings.recommend_index_dir)
+    recommender.sync()
+    recommender.save()
+    answer = recommender.more_like_this(like, k, ranking=ranking) if like else recommender.recommend(user, k, ranking=ranking)
+    console.print_json(json.dumps(answer.to_dict()))
 
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}

@@ -35,22 +35,16 @@ from training.recommend.vectors import Layout, VectorRecord
 
 log = logging.getLogger(__name__)
 
-#: Posts kept per user and version (the newest); and the half-life of a post's weight in its profile.
-MAX_POSTS = 200
-HALF_LIFE_S = 30 * 86400.0
-
-
 class ProfilesStage(Stage):
     """Labels + vector records → profiles and repositories."""
 
     name = "profiles"
     inputs = ("labels",)
 
-    def __init__(self, settings: Settings, *, max_posts: int = MAX_POSTS, half_life_s: float = HALF_LIFE_S,
-                 **kwargs) -> None:
+    def __init__(self, settings: Settings, **kwargs) -> None:
         super().__init__(settings, **kwargs)
-        self.max_posts = max_posts
-        self.half_life_s = half_life_s
+        self.max_posts = settings.profile_max_posts
+        self.half_life_s = settings.profile_half_life_days * 86400.0
         self.layout = Layout(load_ontology())
         registry = self.metrics.registry
         self.outcomes = Counter("stylestream_profile_posts_total", "Labels the profile stage took, by outcome",
@@ -111,15 +105,20 @@ class ProfilesStage(Stage):
         for user, version in due:
             started = time.perf_counter()
             rev, raw = await self.writer.members(user, version)
-            members = [Member.decode(m) for m in raw]
+            if not raw:  # nothing left to aggregate (cannot happen with a cap of at least one post)
+                continue
             profile = await asyncio.get_running_loop().run_in_executor(
-                self._pool, lambda: aggregate(members, user=user, half_life_s=self.half_life_s).encode())
+                self._pool, _profile_bytes, raw, user, self.half_life_s)
             await self.writer.set_profile(user, version, rev, profile)
             self.recomputed.observe(time.perf_counter() - started)
 
     async def shutdown(self) -> None:
         await self.writer.redis.aclose()
         self._pool.shutdown()
+
+
+def _profile_bytes(members: list[bytes], user: str, half_life_s: float) -> bytes:
+    return aggregate([Member.decode(m) for m in members], user=user, half_life_s=half_life_s).encode()
 
 
 def _parse(value: bytes | None) -> dict:

@@ -55,7 +55,7 @@ def part_queries(embedding: np.ndarray, label: np.ndarray, layout: Layout, *, mi
     out = []
     for part in shown:
         row = rows[PART_REGION[part]] if bands and len(rows) > PART_REGION[part] else rows[0]
-        out.append(PartQuery(part, weights[part], joint(row, label * layout.part_query_masks[part], embed_weight)))
+        out.append(PartQuery(part, weights[part], joint(row, label * layout.part_query_mask(part, label), embed_weight)))
     return out
 
 

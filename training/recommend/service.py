@@ -174,7 +174,7 @@ class Recommender:
         items = []
         for position, part in picked:
             item_label = index.label(position)
-            query_label = label * self.layout.part_query_masks[part] if part else label
+            query_label = label * self.layout.part_query_mask(part, label) if part else label
             facet, terms = explain(query_label, item_label, self.layout)
             score = float(index.vector(position) @ whole)
             items.append(Item(index.post_ids[position], index.users[position], round(score, 4), part or facet, terms))

@@ -84,20 +84,16 @@ class Layout:
         masks["pattern"][att0 + n_materials:] = True
         return masks
 
-    @cached_property
-    def part_query_masks(self) -> dict[str, np.ndarray]:
-        """Per part, what a query for that part keeps of a label vector: the part's categories and
-        sub-categories, and the attributes those categories allow (a striped top asks for stripes on tops,
-        not on bags)."""
+    def part_query_mask(self, part: str, label: np.ndarray) -> np.ndarray:
+        """What a query for one part keeps of a label vector: the part's categories and sub-categories, and the
+        attributes allowed by the part's categories the label shows (a striped top asks for stripes on tops,
+        not on bags; a top shown alone does not ask for the leather a jacket could have)."""
         o, (_, _, att0) = self.ontology, self.offsets
-        out = {}
-        for part in PARTS:
-            mask = self.facet_masks[part].copy()
-            for k, name in enumerate(o.category_names):
-                if CATEGORY_PART[name] == part:
-                    mask[[att0 + a for a in o.attribute_ranges[k]]] = True
-            out[part] = mask
-        return out
+        mask = self.facet_masks[part].copy()
+        for k, name in enumerate(o.category_names):
+            if CATEGORY_PART[name] == part and label[k] > 0:
+                mask[[att0 + a for a in o.attribute_ranges[k]]] = True
+        return mask
 
     def label_vector(self, label: Mapping) -> np.ndarray:
         """A ``label/v1`` (as a dict) → float32 ``[size]``; terms outside the ontology are ignored."""
