@@ -77,7 +77,8 @@ class ProfilesStage(Stage):
             if post is not None:
                 posts.append(post)
         if posts:
-            await self.retrying("profile_write", lambda: self._write(posts))
+            fresh = iter(await self.retrying("profile_write", lambda: self._write(posts)))
+            outcomes = [("added" if next(fresh) else "already_added") if o == "added" else o for o in outcomes]
         for (record, _), outcome in zip(parsed, outcomes):
             self.outcomes.labels(outcome).inc()
             self.done(record)
@@ -100,8 +101,9 @@ class ProfilesStage(Stage):
         return "added", (record.post_id, record.user, record.model_version, record.created_ms,
                          Member(vec, record).encode(), Member(vec, item).encode())
 
-    async def _write(self, posts: list[tuple]) -> None:
-        due = await self.writer.add(posts, self.max_posts)
+    async def _write(self, posts: list[tuple]) -> list[bool]:
+        """Add the posts, recompute the profiles that changed; per post, whether it was new."""
+        fresh, due = await self.writer.add(posts, self.max_posts)
         for user, version in due:
             started = time.perf_counter()
             rev, raw = await self.writer.members(user, version)
@@ -111,6 +113,7 @@ class ProfilesStage(Stage):
                 self._pool, _profile_bytes, raw, user, self.half_life_s)
             await self.writer.set_profile(user, version, rev, profile)
             self.recomputed.observe(time.perf_counter() - started)
+        return fresh
 
     async def shutdown(self) -> None:
         await self.writer.redis.aclose()

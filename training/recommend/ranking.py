@@ -94,19 +94,21 @@ def round_robin(lists: Sequence[tuple[str, Sequence[int]]], k: int, *, exclude: 
     return out
 
 
-def explain(query_label: np.ndarray, item_label: np.ndarray, layout: Layout, *, top: int = 3) -> tuple[str, list[str]]:
-    """Why an item matches a query: the facet (part or attribute family) where their labels overlap most, and
-    the shared terms there, strongest first; ``("look", [])`` when they share no term (the image did it)."""
+def explain(query_label: np.ndarray, item_label: np.ndarray, layout: Layout, *, facet: str | None = None,
+            top: int = 3) -> tuple[str, list[str]]:
+    """Why an item matches a query: ``facet`` (the part a per-part query asked for) or else the facet (part
+    or attribute family) where their labels overlap most, and the terms they share, strongest first;
+    ``("look", [])`` when they share no term (the image did it)."""
     shared = np.minimum(query_label, item_label)
+    terms = [layout.names[i] for i in np.argsort(-shared, kind="stable")[:top] if shared[i] > 0]
+    if facet is not None:
+        return facet, terms
     best, best_mass = "look", 0.0
-    for facet in FACETS:
-        mass = float(shared[layout.facet_masks[facet]].sum())
+    for name in FACETS:
+        mass = float(shared[layout.facet_masks[name]].sum())
         if mass > best_mass + 1e-6:
-            best, best_mass = facet, mass
-    if best == "look":
-        return best, []
-    order = [i for i in np.argsort(-shared) if layout.facet_masks[best][i] and shared[i] > 0][:top]
-    return best, [layout.names[i] for i in order]
+            best, best_mass = name, mass
+    return best, terms if best != "look" else []
 
 
 def facets_matched(query_label: np.ndarray, item_label: np.ndarray, layout: Layout, *, floor: float = 0.1) -> set[str]:

@@ -175,9 +175,9 @@ class Recommender:
         for position, part in picked:
             item_label = index.label(position)
             query_label = label * self.layout.part_query_mask(part, label) if part else label
-            facet, terms = explain(query_label, item_label, self.layout)
+            facet, terms = explain(query_label, item_label, self.layout, facet=part)
             score = float(index.vector(position) @ whole)
-            items.append(Item(index.post_ids[position], index.users[position], round(score, 4), part or facet, terms))
+            items.append(Item(index.post_ids[position], index.users[position], round(score, 4), facet, terms))
         return Answer(query, index.version, ranking, items)
 
     # -- reading the repository stream -----------------------------------------------------------

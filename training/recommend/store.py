@@ -124,10 +124,12 @@ class ProfileWriter:
                 pipe.get(self.keys.label_vector(post_id))
             return list(await pipe.execute())
 
-    async def add(self, posts: list[tuple[str, str, str, int, bytes, bytes]], cap: int) -> list[tuple[str, str]]:
+    async def add(self, posts: list[tuple[str, str, str, int, bytes, bytes]],
+                  cap: int) -> tuple[list[bool], list[tuple[str, str]]]:
         """Add ``(post id, user, version, created ms, member, item)`` to profiles and repositories.
 
-        Returns the ``(user, version)`` profiles to recompute: changed, or left behind by an earlier crash.
+        Returns per post whether it was new to its profile, and the ``(user, version)`` profiles to
+        recompute: changed, or left behind by an earlier crash.
         """
         calls = []
         for post_id, user, version, created, member, item in posts:
@@ -143,7 +145,7 @@ class ProfileWriter:
         for (_, user, version, *_), reply in zip(posts, replies[::2]):
             if int(reply[0]) or reply[1] != reply[2]:
                 due.append((user, version))
-        return list(dict.fromkeys(due))
+        return [bool(int(r[0])) for r in replies[::2]], list(dict.fromkeys(due))
 
     async def members(self, user: str, version: str) -> tuple[bytes, list[bytes]]:
         """``(rev, member bytes)`` of one profile, as one snapshot."""

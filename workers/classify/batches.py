@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from streamcore.exceptions import BadInput
@@ -47,7 +48,7 @@ class BatchRunner:
     """The batcher's handler: items in, one :data:`Outcome` per item out, in order."""
 
     def __init__(self, models: ModelSlot, sink: LabelSink, metrics: StageMetrics, retrying: Retrying,
-                 model_pool: ThreadPoolExecutor, *, vectors: bool = True) -> None:
+                 model_pool: ThreadPoolExecutor, *, vectors: bool = False) -> None:
         self._models = models
         self._vectors = vectors  # fashion vector records beside the labels
         self._sink = sink
@@ -65,7 +66,8 @@ class BatchRunner:
         predictor = self._models.current
         staged = await loop.run_in_executor(self._prep_pool, predictor.stage, [i.image for i in items],
                                             [i.hints for i in items])
-        scores = await loop.run_in_executor(self._model_pool, lambda: predictor.infer(staged, embeddings=self._vectors))
+        infer = partial(predictor.infer, embeddings=True) if self._vectors else predictor.infer
+        scores = await loop.run_in_executor(self._model_pool, infer, staged)
         results: list[Outcome] = await loop.run_in_executor(
             self._prep_pool, predictor.label_json, scores, [i.post_id for i in items], [i.timestamp_ms for i in items])
         vectors = _vector_records(scores, items, predictor.version)
@@ -86,7 +88,7 @@ class BatchRunner:
 
 def _vector_records(scores: Scores, items: Sequence[Item], version: str) -> dict[int, bytes]:
     """Per item index with an embedding, its encoded fashion vector record."""
-    if scores.embeddings is None or not scores.rows:
+    if getattr(scores, "embeddings", None) is None or not scores.rows:
         return {}
     chosen = [items[i] for i in scores.rows]
     records = encode_embeddings([i.post_id for i in chosen], [i.user for i in chosen], [i.created_ms for i in chosen],

@@ -62,7 +62,7 @@ def test_a_striped_top_with_a_leather_bag_asks_once_per_part(layout: Layout) -> 
 def test_explain_names_the_facet_and_the_shared_terms(layout: Layout) -> None:
     query = _label(layout, tops_and_tshirts=0.9, bags=0.7, striped=0.8, leather=0.6)
     bag = _label(layout, bags=0.9, handbag=0.8, leather=0.9)
-    assert explain(query, bag, layout) == ("bag", ["bags"])  # shares 0.7 of bags, 0.6 of leather
-    facet, terms = explain(query * layout.facet_masks["material"], bag, layout)
-    assert (facet, terms) == ("material", ["leather"])
+    assert explain(query, bag, layout) == ("bag", ["bags", "leather"])  # shares 0.7 of bags, 0.6 of leather
+    assert explain(query * layout.facet_masks["material"], bag, layout) == ("material", ["leather"])
+    assert explain(query, bag, layout, facet="upper") == ("upper", ["bags", "leather"])
     assert explain(query, _label(layout, jeans=0.9), layout) == ("look", [])
