@@ -152,3 +152,40 @@ def test_a_striped_top_and_leather_bag_user_gets_both_and_a_replay_changes_no_by
         wait_until(lambda: _count(replay, "already_added") == len(posts), timeout=60, what="the replay")
         assert _count(replay, "added") == 0
     assert _state(settings) == before
+
+
+def test_a_hot_swap_to_another_embedding_space_rebuilds_without_mixing(make_settings, tmp_path) -> None:
+    settings = make_settings()
+    redis = connect(settings)
+    old, new = _posts("v1", Space(32, seed=1)), _posts("v2", Space(48, seed=2))
+    asyncio.run(_classifier_output(settings, "v1", old))
+    redis.set(settings.keys.model_current, "v1")
+    with _running(ProfilesStage(settings)) as stage:
+        wait_until(lambda: _count(stage, "added") == len(old), timeout=60, what="v1 labels in profiles")
+        recommender = Recommender(settings, index_dir=tmp_path / "index")
+        recommender.sync()
+        assert recommender.recommend("ana").model_version == "v1"
+
+        redis.set(settings.keys.model_current, "v2")  # the promotion: new labels come in v2's space
+        asyncio.run(_classifier_output(settings, "v2", new[:20]))
+        wait_until(lambda: _count(stage, "added") == len(old) + 20, timeout=60, what="the first v2 labels")
+        assert recommender.sync()["v2"] == 20
+        filling = [recommender.recommend("ana"), recommender.more_like_this("striped-top-0")]
+        assert [a.model_version for a in filling] == ["v1", "v1"]  # v2's index is not ready: v1 answers whole
+        assert all(len(a.items) == 10 for a in filling)
+
+        asyncio.run(_classifier_output(settings, "v2", new[20:]))  # the rest, re-embedded by the new model
+        wait_until(lambda: _count(stage, "added") == len(old) + len(new), timeout=60, what="every v2 label")
+    recommender.sync()
+    assert {v: len(i) for v, i in recommender.indexes.items()} == {"v1": len(old), "v2": len(new)}
+    assert recommender.indexes["v2"].dim == 48 + recommender.layout.size
+    swapped = recommender.recommend("ana")
+    kinds = {item.post_id.rsplit("-", 1)[0] for item in swapped.items}
+    assert swapped.model_version == "v2" and {"striped-top", "leather-bag"} <= kinds
+
+    recommender.save()  # a restart loads the snapshots; a rebuild reads the streams from the start
+    restarted, rebuilt = Recommender(settings, index_dir=tmp_path / "index"), Recommender(settings)
+    restarted.sync()
+    rebuilt.sync()
+    assert restarted.indexes["v2"].cursor == recommender.indexes["v2"].cursor
+    assert restarted.recommend("ana") == rebuilt.recommend("ana") == swapped
