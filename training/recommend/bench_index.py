@@ -1,9 +1,10 @@
 """Which vector index: hnswlib, usearch and FAISS on 100,000 items, one core, against exact search.
 
 Items are synthetic vectors of the real item dimension (the 1280 trunk features plus the 112-term label
-vector), drawn around 1,000 cluster centres so that neighbourhoods look like a catalogue's, not like
-uniform noise (on which every approximate index does badly and no real repository looks like). Queries
-come from the same distribution and are not in the index. Each library is timed on single queries, the
+vector), drawn around the held-out real photos' own item vectors (a kernel density estimate with their
+principal components), so that neighbourhoods look like a catalogue's, not like uniform noise (on which
+every approximate index does badly and no repository looks like); without the photos, around 1,000
+random centres. Queries come from the same distribution and are not in the index. Each library is timed on single queries, the
 way the recommender asks, for top-10 and for the top-100 candidates the diverse ranking starts from.
 
 ``python -m training.recommend.bench_index [--items N] [--out reports/recommend_index.json]``
@@ -34,6 +35,26 @@ def clustered(n: int, dim: int, *, centres: int, seed: int) -> np.ndarray:
     x = c[rng.integers(0, centres, n)] + rng.standard_normal((n, dim)).astype(np.float32) * (0.9 / np.sqrt(dim))
     x += rng.standard_normal((n, dim)).astype(np.float32) * (0.3 / np.sqrt(dim))
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def around_photos(path: Path, n: int, *, seed: int, bandwidth: float = 0.5) -> np.ndarray:
+    """``n`` unit vectors drawn around real photos' item vectors (a Gaussian kernel density estimate: a
+    photo at random, plus noise shaped like the photos' own principal components, scaled by ``bandwidth``)."""
+    from training.recommend.photos import Embedded
+    from training.recommend.ranking import joint
+
+    data = Embedded.load(path)
+    real = joint(data.embeddings[:, 0], data.labels)
+    centred = real - real.mean(axis=0)
+    _, sigma, basis = np.linalg.svd(centred, full_matrices=False)
+    scale = sigma / np.sqrt(len(real) - 1) * bandwidth
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, real.shape[1]), dtype=np.float32)
+    for start in range(0, n, 10_000):
+        m = min(10_000, n - start)
+        noise = (rng.standard_normal((m, len(scale))) * scale) @ basis
+        out[start: start + m] = real[rng.integers(0, len(real), m)] + noise
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def exact_top(items: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -118,10 +139,13 @@ def bench_faiss(items: np.ndarray, m: int, ef_construction: int, efs: list[int])
     return build, [(f"faiss HNSW M={m} efC={ef_construction} ef={ef}", at(ef)) for ef in efs] + [exact]
 
 
-def run(n_items: int, n_queries: int, *, m: int = 16, ef_construction: int = 100, seed: int = 0) -> dict:
-    items = clustered(n_items, DIM, centres=1000, seed=seed)
-    # The same centres (same seed), fresh draws: queries near the items, never among them.
-    queries = clustered(n_items + n_queries, DIM, centres=1000, seed=seed)[n_items:]
+def run(n_items: int, n_queries: int, *, photos: Path | None, m: int = 16, ef_construction: int = 100,
+        seed: int = 0) -> dict:
+    if photos is not None and photos.exists():
+        both, source = around_photos(photos, n_items + n_queries, seed=seed), f"around the real photos of {photos}"
+    else:  # one distribution, fresh draws: queries near the items, never among them
+        both, source = clustered(n_items + n_queries, DIM, centres=1000, seed=seed), "1,000 random cluster centres"
+    items, queries = both[:n_items], both[n_items:]
     truth = exact_top(items, queries, 100)
     efs = [32, 64, 128]
     rows, builds = [], {}
@@ -134,8 +158,8 @@ def run(n_items: int, n_queries: int, *, m: int = 16, ef_construction: int = 100
         for label, search in searches:
             rows.append({"index": label, **measure(search, queries, truth)})
             print(json.dumps(rows[-1]), flush=True)
-    return {"items": n_items, "queries": n_queries, "dim": DIM, "threads": 1, "build_seconds_one_core": builds,
-            "rows": rows}
+    return {"items": n_items, "queries": n_queries, "dim": items.shape[1], "vectors": source, "threads": 1,
+            "hnsw": {"M": m, "ef_construction": ef_construction}, "build_seconds_one_core": builds, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,9 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("reports/recommend_index.json"))
+    parser.add_argument("--photos", type=Path, default=Path("cache/recommend/test_photos.npz"),
+                        help="embedded test photos (training.recommend.evaluate writes them); else clustered noise")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    report = run(args.items, args.queries)
+    report = run(args.items, args.queries, photos=args.photos)
     write_report(args.out, report, command="python -m training.recommend.bench_index " + " ".join(sys.argv[1:]))
     return 0
 

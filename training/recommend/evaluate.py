@@ -27,7 +27,7 @@ import numpy as np
 from streamcore.reports import write_report
 from training.ontology import load_ontology
 from training.recommend.photos import Embedded, embedded_photos
-from training.recommend.ranking import by_parts, facets_matched, joint, mmr, part_queries, plain
+from training.recommend.ranking import by_parts, covering, facets_matched, joint, mmr, part_queries, plain
 from training.recommend.vectors import CATEGORY_PART, Layout
 
 MANIFESTS = [Path("/work/data/clothing/manifest.jsonl"), Path("/work/data/ccp/manifest.jsonl")]
@@ -39,14 +39,18 @@ RANKINGS = {
     "plain labels only": ("plain", 0.0, None),
     "mmr 0.7": ("mmr", 0.5, 0.7),
     "mmr 0.5": ("mmr", 0.5, 0.5),
-    "parts": ("parts", 0.5, False),
-    "parts, band embeddings": ("parts", 0.5, True),
+    "parts in turn": ("turns", 0.5, None),
+    "parts xquad 0.5": ("parts", 0.5, 0.5),
+    "parts xquad 0.7": ("parts", 0.5, 0.7),
+    "parts xquad 0.9": ("parts", 0.5, 0.9),
+    "parts xquad 0.7, band embeddings": ("bands", 0.5, 0.7),
 }
+DIVERSE = "parts xquad 0.7"
 
 
 def rank(kind: str, weight: float, option, q: int, data: Embedded, items: np.ndarray, layout: Layout) -> list[tuple[int, str]]:
     """Top-K catalogue positions for query photo ``q``: ``(position, why)``."""
-    vectors = joint(data.embeddings[items, 0], data.labels[items], weight)
+    vectors, labels = joint(data.embeddings[items, 0], data.labels[items], weight), data.labels[items]
 
     def search(vec: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         sims = vectors @ vec
@@ -59,8 +63,13 @@ def rank(kind: str, weight: float, option, q: int, data: Embedded, items: np.nda
     if kind == "mmr":
         ids, _ = search(query, 100)
         return [(int(ids[p]), "") for p in mmr(query, ids, vectors[ids], K, lam=option)]
-    queries = part_queries(data.embeddings[q], data.labels[q], layout, embed_weight=weight, bands=option)
-    return by_parts(queries, search, K) if queries else [(i, "") for i in plain(query, search, K)]
+    queries = part_queries(data.embeddings[q], data.labels[q], layout, embed_weight=weight, bands=kind == "bands")
+    if kind == "turns":
+        ranked = by_parts(queries, search, K)
+        return ranked + [(i, "") for i in plain(query, search, K, exclude={i for i, _ in ranked})][: K - len(ranked)]
+    picked = covering(query, queries, search, K, vectors_of=lambda ids: vectors[ids], lam=option,
+                      shows=lambda part, ids: layout.shows_part(part, labels[ids]))
+    return [(i, why or "") for i, why in picked]
 
 
 def query_metrics(q: int, results: list[int], data: Embedded, items: np.ndarray, layout: Layout) -> dict:
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None, *, figure: Callable | None = None) -> in
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports/recommend.json"))
     parser.add_argument("--cache", type=Path, default=Path("cache/recommend/test_photos.npz"))
-    parser.add_argument("--diverse", default="parts", choices=sorted(RANKINGS))
+    parser.add_argument("--diverse", default=DIVERSE, choices=sorted(RANKINGS))
     args = parser.parse_args(argv)
     ontology = load_ontology()
     layout = Layout(ontology)

@@ -50,7 +50,17 @@ class VersionIndex:
         return self._labels[position].astype(np.float32)
 
     def vector(self, position: int) -> np.ndarray:
-        return np.asarray(self._index.get_items([position])[0], dtype=np.float32)
+        return self.vectors(np.array([position]))[0]
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """``[n, dim]`` float32 vectors of items by position."""
+        if len(positions) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.asarray(self._index.get_items([int(p) for p in positions]), dtype=np.float32)
+
+    def labels(self, positions: np.ndarray) -> np.ndarray:
+        """``[n, L]`` float32 label vectors of items by position."""
+        return self._labels[np.asarray(positions, dtype=np.int64)].astype(np.float32)
 
     def add(self, post_ids: list[str], users: list[str], vectors: np.ndarray, labels: np.ndarray) -> int:
         """Add items (an id already present is skipped: the repository holds each post once). Returns how many."""

@@ -41,7 +41,7 @@ class PartQuery:
     vector: np.ndarray
 
 
-def part_queries(embedding: np.ndarray, label: np.ndarray, layout: Layout, *, min_weight: float = 0.2,
+def part_queries(embedding: np.ndarray, label: np.ndarray, layout: Layout, *, min_weight: float = 0.4,
                  embed_weight: float = EMBED_WEIGHT, bands: bool = False) -> list[PartQuery]:
     """One query per body part the label shows (its top category there reaches ``min_weight``), strongest first.
 
@@ -129,3 +129,36 @@ def by_parts(queries: Sequence[PartQuery], search: Search, k: int, *, exclude: s
     depth = depth or k + len(exclude)
     lists = [(q.part, [int(i) for i in search(q.vector, depth)[0]]) for q in queries]
     return round_robin(lists, k, exclude=set(exclude))
+
+
+def covering(query: np.ndarray, parts: Sequence[PartQuery], search: Search, k: int, *,
+             vectors_of: Callable[[np.ndarray], np.ndarray], shows: Callable[[str, np.ndarray], np.ndarray],
+             lam: float = 0.7, depth: int = 50, exclude: set[int] = frozenset()) -> list[tuple[int, str | None]]:
+    """One query per part, merged by explicit coverage (xQuAD): ``(id, the part it was picked for or None)``.
+
+    Candidates are the top ``depth`` of the whole query and of each part's query. Each pick maximises
+    ``(1 - lam) * sim(query, i) + lam * sum_p w_p * sim(part_p, i) * prod_{j picked} (1 - sim(part_p, j))``:
+    a part already served by a picked item counts less, so the list moves on to the next part, in
+    proportion to how strongly the query shows each part (``w_p``). An item counts for a part only if its
+    label shows that part (``shows(part, ids)``), so an empty part of the catalogue is not filled with noise.
+    """
+    found = dict.fromkeys(int(i) for q in (query, *(p.vector for p in parts))
+                          for i in search(q, depth + len(exclude))[0] if int(i) not in exclude)
+    ids = np.fromiter(found, dtype=np.int64, count=len(found))
+    if len(ids) == 0:
+        return []
+    vectors = vectors_of(ids)
+    relevance = np.maximum(0.0, vectors @ query)
+    served = np.stack([np.maximum(0.0, vectors @ p.vector) * shows(p.part, ids) for p in parts]) if parts \
+        else np.zeros((0, len(ids)))
+    weights = np.array([p.weight for p in parts]) / max(1e-9, sum(p.weight for p in parts))
+    left, picked, why = np.ones(len(parts)), [], []
+    for _ in range(min(k, len(ids))):
+        gain = (weights * left)[:, None] * served
+        score = (1 - lam) * relevance + lam * gain.sum(axis=0)
+        score[picked] = -np.inf
+        best = int(np.argmax(score))
+        picked.append(best)
+        why.append(parts[int(np.argmax(gain[:, best]))].part if len(parts) and gain[:, best].max() > 0 else None)
+        left = left * (1.0 - served[:, best])
+    return [(int(ids[b]), reason) for b, reason in zip(picked, why)]

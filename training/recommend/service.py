@@ -10,8 +10,8 @@ with are that version's, and the answer names it. Which version serves:
   labelled or re-embedded; until then the previous version keeps answering, never a mix);
 * for a user, the newest ready version in which they have a profile.
 
-Ranking: ``parts`` (one query per body part the profile shows, merged in turn; chosen by measurement,
-docs/recommendations.md), ``mmr``, or ``plain``. Each item says why: the part or attribute family where its
+Ranking: ``parts`` (one query per body part the profile shows, merged by explicit part coverage, xQuAD;
+chosen by measurement, docs/recommendations.md), ``mmr``, or ``plain``. Each item says why: the part or attribute family where its
 label overlaps the query's most, with the shared terms.
 """
 
@@ -27,7 +27,7 @@ from streamcore.settings import Settings
 from training.ontology import load_ontology
 from training.recommend.index import VersionIndex
 from training.recommend.profile import Member, Profile
-from training.recommend.ranking import by_parts, explain, joint, mmr, part_queries, plain
+from training.recommend.ranking import covering, explain, joint, mmr, part_queries, plain
 from training.recommend.store import Keys
 from training.recommend.vectors import Layout
 
@@ -165,12 +165,11 @@ class Recommender:
         elif ranking == "mmr":
             ids, _ = search(whole, 100 + len(exclude))
             ids = np.array([i for i in ids if int(i) not in exclude], dtype=np.int64)
-            vectors = np.stack([index.vector(int(i)) for i in ids]) if len(ids) else np.zeros((0, index.dim))
-            picked = [(int(ids[n]), None) for n in mmr(whole, ids, vectors, k)]
+            picked = [(int(ids[n]), None) for n in mmr(whole, ids, index.vectors(ids), k)]
         else:
-            queries = part_queries(embedding, label, self.layout)
-            picked = (by_parts(queries, search, k, exclude=exclude) if queries
-                      else [(p, None) for p in plain(whole, search, k, exclude=exclude)])
+            picked = covering(whole, part_queries(embedding, label, self.layout), search, k, exclude=exclude,
+                              vectors_of=index.vectors,
+                              shows=lambda part, ids: self.layout.shows_part(part, index.labels(ids)))
         items = []
         for position, part in picked:
             item_label = index.label(position)

@@ -108,6 +108,11 @@ class Layout:
                     vec[start + index] = term["score"]
         return vec
 
+    def shows_part(self, part: str, labels: np.ndarray, *, floor: float = 0.3) -> np.ndarray:
+        """Per row of ``[N, size]`` label vectors, whether it shows a category of ``part`` at ``floor`` or more."""
+        k = len(self.ontology.category_names)
+        return (labels[:, :k][:, self.facet_masks[part][:k]] >= floor).any(axis=1)
+
     def part_weights(self, label_vec: np.ndarray) -> dict[str, float]:
         """Per part, how strongly a label vector shows it: its most probable category there."""
         k = len(self.ontology.category_names)
