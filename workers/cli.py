@@ -120,7 +120,11 @@ def recommend(
     """Recommend repository items for USER's style profile, or items like a post (``--like POST_ID``), as JSON."""
     import json
 
+    from threadpoolctl import threadpool_limits
+
     from training.recommend.service import Recommender
+
+    threadpool_limits(1)  # small matrices: a BLAS thread team only costs here
 
     settings = _settings()
     recommender = Recommender(settings, index_dir=settings.recommend_index_dir)

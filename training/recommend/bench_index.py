@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from streamcore.reports import write_report
 
 DIM = 1280 + 112
+LABELS = 112
+EMBED_WEIGHT = 0.5
+#: Indexes built by a run, by library (the service path is measured on hnswlib's).
+BUILT: dict = {}
 
 
 def clustered(n: int, dim: int, *, centres: int, seed: int) -> np.ndarray:
@@ -85,21 +89,48 @@ def measure(search: Callable[[np.ndarray, int], np.ndarray], queries: np.ndarray
 
 
 def bench_hnswlib(items: np.ndarray, m: int, ef_construction: int, efs: list[int]) -> tuple[float, list[tuple]]:
-    import hnswlib
+    """hnswlib as the recommender holds it (:class:`VersionIndex`), searched at several beam widths."""
+    from training.recommend import index as vindex
 
-    index = hnswlib.Index(space="ip", dim=items.shape[1])
-    index.init_index(max_elements=len(items), M=m, ef_construction=ef_construction, random_seed=0)
-    index.set_num_threads(1)
+    assert (m, ef_construction) == (vindex.M, vindex.EF_CONSTRUCTION), "measure what is served"
+    held = vindex.VersionIndex("bench", items.shape[1], LABELS, capacity=len(items))
     start = time.perf_counter()
-    index.add_items(items, np.arange(len(items)), num_threads=1)
+    held.add([str(i) for i in range(len(items))], [f"u{i % 5000}" for i in range(len(items))], items,
+             _labels(items).astype(np.float16))
     build = time.perf_counter() - start
+    BUILT["hnswlib"] = held
 
     def at(ef: int):
         def search(q, k):
-            index.set_ef(max(ef, k))
-            return index.knn_query(q, k=k, num_threads=1)[0][0]
+            held._index.set_ef(max(ef, k))
+            return held._index.knn_query(q, k=k, num_threads=1)[0][0]
         return search
     return build, [(f"hnswlib M={m} efC={ef_construction} ef={ef}", at(ef)) for ef in efs]
+
+
+def _labels(vectors: np.ndarray) -> np.ndarray:
+    """The label half of joint vectors, back in label units (probabilities are never negative)."""
+    return np.clip(vectors[:, -LABELS:] / np.sqrt(1 - EMBED_WEIGHT), 0.0, 1.0)
+
+
+def service_path(index, queries: np.ndarray) -> list[dict]:
+    """Latency of whole answers (search, ranking, explanations) as ``recommend`` gives them, per ranking."""
+    from training.ontology import load_ontology
+    from training.recommend.service import RANKINGS, answer
+    from training.recommend.vectors import Layout
+
+    layout, rows = Layout(load_ontology()), []
+    embeddings, labels = queries[:, :-LABELS][:, None, :], _labels(queries)
+    for ranking in RANKINGS:
+        times = []
+        for n in range(len(queries)):
+            start = time.perf_counter()
+            answer(layout, "bench", index, embeddings[n], labels[n], 10, ranking, index.of_user(f"u{n % 5000}"))
+            times.append((time.perf_counter() - start) * 1000)
+        rows.append({"ranking": ranking, "p50_ms": round(float(np.percentile(times, 50)), 3),
+                     "p99_ms": round(float(np.percentile(times, 99)), 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def bench_usearch(items: np.ndarray, m: int, ef_construction: int, efs: list[int], dtype: str) -> tuple[float, list]:
@@ -158,8 +189,11 @@ def run(n_items: int, n_queries: int, *, photos: Path | None, m: int = 16, ef_co
         for label, search in searches:
             rows.append({"index": label, **measure(search, queries, truth)})
             print(json.dumps(rows[-1]), flush=True)
+        if name == "hnswlib":
+            answers = service_path(BUILT.pop("hnswlib"), queries[:300])
     return {"items": n_items, "queries": n_queries, "dim": items.shape[1], "vectors": source, "threads": 1,
-            "hnsw": {"M": m, "ef_construction": ef_construction}, "build_seconds_one_core": builds, "rows": rows}
+            "hnsw": {"M": m, "ef_construction": ef_construction}, "build_seconds_one_core": builds, "rows": rows,
+            "recommend_path": answers}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=Path, default=Path("cache/recommend/test_photos.npz"),
                         help="embedded test photos (training.recommend.evaluate writes them); else clustered noise")
     args = parser.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    report = run(args.items, args.queries, photos=args.photos)
+    with threadpool_limits(1):  # one core: BLAS threads fighting over small matrices cost 50x on a busy machine
+        report = run(args.items, args.queries, photos=args.photos)
     write_report(args.out, report, command="python -m training.recommend.bench_index " + " ".join(sys.argv[1:]))
     return 0
 

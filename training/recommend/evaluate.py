@@ -50,7 +50,7 @@ DIVERSE = "parts xquad 0.7"
 
 def rank(kind: str, weight: float, option, q: int, data: Embedded, items: np.ndarray, layout: Layout) -> list[tuple[int, str]]:
     """Top-K catalogue positions for query photo ``q``: ``(position, why)``."""
-    vectors, labels = joint(data.embeddings[items, 0], data.labels[items], weight), data.labels[items]
+    vectors, labels = _item_vectors(data, items, weight), data.labels[items]
 
     def search(vec: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         sims = vectors @ vec
@@ -70,6 +70,16 @@ def rank(kind: str, weight: float, option, q: int, data: Embedded, items: np.nda
     picked = covering(query, queries, search, K, vectors_of=lambda ids: vectors[ids], lam=option,
                       shows=lambda part, ids: layout.shows_part(part, labels[ids]))
     return [(i, why or "") for i, why in picked]
+
+
+_VECTORS: dict = {}
+
+
+def _item_vectors(data: Embedded, items: np.ndarray, weight: float) -> np.ndarray:
+    key = (id(data), weight)
+    if key not in _VECTORS:
+        _VECTORS[key] = joint(data.embeddings[items, 0], data.labels[items], weight)
+    return _VECTORS[key]
 
 
 def query_metrics(q: int, results: list[int], data: Embedded, items: np.ndarray, layout: Layout) -> dict:

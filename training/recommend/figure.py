@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -40,12 +41,12 @@ def draw(path: Path, data: Embedded, ranked: dict, table: dict, diverse: str, la
 
     q = _pick_query(data, ranked, diverse)
     items, worn = ranked["items"], set(data.truth[q])
-    fig = plt.figure(figsize=(16, 8.6))
-    grid = fig.add_gridspec(3, 12, height_ratios=[1, 1, 1.1])
-    ax = fig.add_subplot(grid[0:2, 0])
+    fig = plt.figure(figsize=(17, 9.5))
+    grid = fig.add_gridspec(3, 12, height_ratios=[1, 1, 0.9], hspace=0.45, wspace=0.08)
+    ax = fig.add_subplot(grid[0:2, 0:2])
     ax.imshow(_thumb(data.images[q], 240))
     ax.set_title("query", fontsize=9)
-    ax.set_xlabel("\n".join(sorted(worn)), fontsize=6)
+    ax.set_xlabel(textwrap.fill("wears: " + ", ".join(sorted(worn)), 45), fontsize=7)
     ax.set_xticks([]), ax.set_yticks([])
     for row, name in enumerate(("plain", diverse)):
         for col, (r, why) in enumerate(ranked["results"][name][q][:10]):
@@ -53,12 +54,12 @@ def draw(path: Path, data: Embedded, ranked: dict, table: dict, diverse: str, la
             cell.imshow(_thumb(data.images[items[r]]))
             truth = data.truth[items[r]]
             hit = bool(set(truth) & worn)
-            cell.set_title(f"{truth[0][:14]}" + (f"\n[{why}]" if why else ""), fontsize=7,
+            cell.set_title(f"{truth[0][:16]}" + (f"\nfor: {why}" if why else ""), fontsize=7,
                            color="green" if hit else "red")
             cell.set_xticks([]), cell.set_yticks([])
             if col == 0:
                 cell.set_ylabel(name, fontsize=9)
-    bars = fig.add_subplot(grid[2, 1:])
+    bars = fig.add_subplot(grid[2, 2:])
     names = list(table)
     width = 0.8 / len(names)
     for n, name in enumerate(names):
@@ -66,9 +67,8 @@ def draw(path: Path, data: Embedded, ranked: dict, table: dict, diverse: str, la
         bars.bar(np.arange(len(_SHOWN)) + n * width, values, width, label=name)
     bars.set_xticks(np.arange(len(_SHOWN)) + 0.4 - width / 2, _SHOWN)
     bars.set_ylabel("relative to the best ranking")
-    bars.legend(fontsize=7, ncol=4)
+    bars.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(-0.27, 0.5))
     fig.suptitle("Street photo → catalogue (held-out test photos): green = a garment the query wears", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path

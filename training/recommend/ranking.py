@@ -103,12 +103,10 @@ def explain(query_label: np.ndarray, item_label: np.ndarray, layout: Layout, *, 
     terms = [layout.names[i] for i in np.argsort(-shared, kind="stable")[:top] if shared[i] > 0]
     if facet is not None:
         return facet, terms
-    best, best_mass = "look", 0.0
-    for name in FACETS:
-        mass = float(shared[layout.facet_masks[name]].sum())
-        if mass > best_mass + 1e-6:
-            best, best_mass = name, mass
-    return best, terms if best != "look" else []
+    masses = layout.facet_matrix @ shared
+    if masses.max(initial=0.0) <= 1e-6:
+        return "look", []
+    return FACETS[int(np.argmax(masses))], terms
 
 
 def facets_matched(query_label: np.ndarray, item_label: np.ndarray, layout: Layout, *, floor: float = 0.1) -> set[str]:

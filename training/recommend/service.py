@@ -139,8 +139,8 @@ class Recommender:
             profile = self.profile(user, version)
             if profile is not None:
                 index = self.indexes[version]
-                own = {n for n, u in enumerate(index.users) if u == user}
-                return self._answer(f"user:{user}", index, profile.embedding, profile.label, k, ranking, own)
+                own = index.of_user(user)
+                return answer(self.layout, f"user:{user}", index, profile.embedding, profile.label, k, ranking, own)
         return Answer(f"user:{user}", None, ranking)
 
     def more_like_this(self, post_id: str, k: int = 10, *, ranking: str = "parts") -> Answer:
@@ -151,33 +151,8 @@ class Recommender:
             if position is not None:
                 vector, label = index.vector(position), index.label(position)
                 embedding = vector[: index.dim - len(label)]
-                return self._answer(f"post:{post_id}", index, embedding[None], label, k, ranking, {position})
+                return answer(self.layout, f"post:{post_id}", index, embedding[None], label, k, ranking, {position})
         return Answer(f"post:{post_id}", None, ranking)
-
-    def _answer(self, query: str, index: VersionIndex, embedding: np.ndarray, label: np.ndarray, k: int,
-                ranking: str, exclude: set[int]) -> Answer:
-        if ranking not in RANKINGS:
-            raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
-        whole = joint(embedding[0], label)
-        search = index.search
-        if ranking == "plain":
-            picked = [(p, None) for p in plain(whole, search, k, exclude=exclude)]
-        elif ranking == "mmr":
-            ids, _ = search(whole, 100 + len(exclude))
-            ids = np.array([i for i in ids if int(i) not in exclude], dtype=np.int64)
-            picked = [(int(ids[n]), None) for n in mmr(whole, ids, index.vectors(ids), k)]
-        else:
-            picked = covering(whole, part_queries(embedding, label, self.layout), search, k, exclude=exclude,
-                              vectors_of=index.vectors,
-                              shows=lambda part, ids: self.layout.shows_part(part, index.labels(ids)))
-        items = []
-        for position, part in picked:
-            item_label = index.label(position)
-            query_label = label * self.layout.part_query_mask(part, label) if part else label
-            facet, terms = explain(query_label, item_label, self.layout, facet=part)
-            score = float(index.vector(position) @ whole)
-            items.append(Item(index.post_ids[position], index.users[position], round(score, 4), facet, terms))
-        return Answer(query, index.version, ranking, items)
 
     # -- reading the repository stream -----------------------------------------------------------
     def _new_index(self, version: str) -> VersionIndex | None:
@@ -203,3 +178,30 @@ class Recommender:
                 labels.append(member.label)
             added += index.add(ids, users, np.stack(vectors), np.stack(labels).astype(np.float16))
             index.cursor = entries[-1][0].decode()
+
+
+def answer(layout: Layout, query: str, index: VersionIndex, embedding: np.ndarray, label: np.ndarray, k: int,
+           ranking: str, exclude: set[int]) -> Answer:
+    """The k items of one version's index for a query's embedding rows and label vector, ranked and explained."""
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    whole = joint(embedding[0], label)
+    search = index.search
+    if ranking == "plain":
+        picked = [(p, None) for p in plain(whole, search, k, exclude=exclude)]
+    elif ranking == "mmr":
+        ids, _ = search(whole, 100 + len(exclude))
+        ids = np.array([i for i in ids if int(i) not in exclude], dtype=np.int64)
+        picked = [(int(ids[n]), None) for n in mmr(whole, ids, index.vectors(ids), k)]
+    else:
+        picked = covering(whole, part_queries(embedding, label, layout), search, k, exclude=exclude,
+                          vectors_of=index.vectors,
+                          shows=lambda part, ids: layout.shows_part(part, index.labels(ids)))
+    positions = np.array([p for p, _ in picked], dtype=np.int64)
+    scores, labels = index.vectors(positions) @ whole, index.labels(positions)
+    items = []
+    for n, (position, part) in enumerate(picked):
+        query_label = label * layout.part_query_mask(part, label) if part else label
+        facet, terms = explain(query_label, labels[n], layout, facet=part)
+        items.append(Item(index.post_ids[position], index.users[position], round(float(scores[n]), 4), facet, terms))
+    return Answer(query, index.version, ranking, items)

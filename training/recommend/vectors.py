@@ -84,6 +84,11 @@ class Layout:
         masks["pattern"][att0 + n_materials:] = True
         return masks
 
+    @cached_property
+    def facet_matrix(self) -> np.ndarray:
+        """``[len(FACETS), size]`` float32: row f is facet f's mask (a facet's share of a vector is one product)."""
+        return np.stack([self.facet_masks[f] for f in FACETS]).astype(np.float32)
+
     def part_query_mask(self, part: str, label: np.ndarray) -> np.ndarray:
         """What a query for one part keeps of a label vector: the part's categories and sub-categories, and the
         attributes allowed by the part's categories the label shows (a striped top asks for stripes on tops,
