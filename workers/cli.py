@@ -204,6 +204,8 @@ _BENCHES = {
     "text": "workers.benchmarks.text",
     "miner": "training.text.evaluate",
     "scale-out": "workers.benchmarks.scale_out",
+    "profiles": "workers.benchmarks.profiles",
+    "recommend-index": "training.recommend.bench_index",
 }
 
 
