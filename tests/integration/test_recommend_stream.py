@@ -189,3 +189,27 @@ def test_a_hot_swap_to_another_embedding_space_rebuilds_without_mixing(make_sett
     rebuilt.sync()
     assert restarted.indexes["v2"].cursor == recommender.indexes["v2"].cursor
     assert restarted.recommend("ana") == rebuilt.recommend("ana") == swapped
+
+
+def test_the_cli_answers_for_a_user_and_for_a_post(make_settings, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from workers.cli import app
+
+    settings = make_settings()
+    posts = _posts("v1", Space(32, seed=3), per_kind=4)
+    asyncio.run(_classifier_output(settings, "v1", posts))
+    with _running(ProfilesStage(settings)) as stage:
+        wait_until(lambda: _count(stage, "added") == len(posts), timeout=60, what="every label in a profile")
+    for name, value in {"REDIS_URL": settings.redis_url, "REDIS_PREFIX": settings.redis_prefix,
+                        "RECOMMEND_INDEX_DIR": str(tmp_path / "index")}.items():
+        monkeypatch.setenv(f"STYLESTREAM_{name}", value)
+    runner = CliRunner()
+    for_user = runner.invoke(app, ["recommend", "ana", "--k", "4"])
+    assert for_user.exit_code == 0, for_user.output
+    answer = json.loads(for_user.output)
+    assert answer["query"] == "user:ana" and answer["model_version"] == "v1" and len(answer["items"]) == 4
+    assert {"post_id", "user", "score", "facet", "terms"} <= answer["items"][0].keys()
+    assert (tmp_path / "index" / "v1" / "meta.json").exists()  # the snapshot the next call starts from
+    like = json.loads(runner.invoke(app, ["recommend", "--like", "leather-bag-0", "--k", "3"]).output)
+    assert like["items"][0]["post_id"].startswith("leather-bag") and like["items"][0]["facet"] == "bag"
