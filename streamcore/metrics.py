@@ -12,6 +12,10 @@ from prometheus_client import (
     Info,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from streamcore.faults import suppressed_lines
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -80,10 +84,30 @@ class StageMetrics:
         self.hints_released = Counter("stylestream_hints_released_total",
                                       "Held hints committed without their post, by reason", ("reason",), registry=r)
         self.ready = Gauge("stylestream_ready", "1 when the worker is ready", s, registry=r)
+        self.stuck = Gauge("stylestream_stuck", "1 while a Redis/Kafka operation has failed for stuck_after_s, "
+                           "or topics the stage needs are missing", s, registry=r)
+        self.topics_created = Counter("stylestream_topics_created_total",
+                                      "Missing topics the stage created again", s, registry=r)
+        self.bad_model = Counter("stylestream_model_bad_pointer_total",
+                                 "Startups whose serving pointer named a model that failed verification",
+                                 registry=r)
+        _SuppressedLines(registry=r)
         self.assigned = Gauge("stylestream_assigned_partitions", "Partitions owned", s + ("topic",), registry=r)
         # process_resident_memory_bytes, process_cpu_seconds_total...: the stage's registry is its own, so the
         # process series that prometheus_client puts on its global registry must be added here.
         ProcessCollector(registry=r)
         # Series that should exist at 0 from the start, so rates and alerts see them before the first event.
-        for metric in (self.rebalances, self.processed, self.commits, self.inflight, self.queue_depth, self.ready):
+        for metric in (self.rebalances, self.processed, self.commits, self.inflight, self.queue_depth, self.ready,
+                       self.topics_created):
             metric.labels(self.stage)
+
+
+class _SuppressedLines(Collector):
+    """Log lines the process held back as repeats (:class:`streamcore.faults.RepeatFilter`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        registry.register(self)
+
+    def collect(self):
+        yield CounterMetricFamily("stylestream_log_lines_suppressed", "Repeated log lines held back",
+                                  value=suppressed_lines())

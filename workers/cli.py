@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from streamcore.faults import install_repeat_filter
 from streamcore.runtime import tune_process
 from streamcore.settings import Settings
 from workers import STAGES
@@ -37,6 +38,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     # kafka-python's I/O thread warns whenever the GIL kept it waiting >100 ms (image work in the
     # demo's producer thread does): not actionable for a user.
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    # An outage repeats the same warnings many times a second: the first, then one a window with a count.
+    install_repeat_filter()
 
 
 @app.command()

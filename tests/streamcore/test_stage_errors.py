@@ -35,6 +35,9 @@ class Consumer:
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition("posts", 0)}
 
+    async def topics(self) -> set[str]:
+        return {"posts", "posts.dlq"}
+
     async def commit(self, offsets: dict) -> None:
         if self.error is not None:
             raise self.error

@@ -51,6 +51,7 @@ class ClassifyStage(Stage):
 
     name = "classify"
     inputs = ("posts", "hints")
+    outputs = ("labels", "posts.dlq")
 
     def __init__(self, settings: Settings, **kwargs) -> None:
         super().__init__(settings, **kwargs)
