@@ -88,6 +88,9 @@ class StageMetrics:
                            "or topics the stage needs are missing", s, registry=r)
         self.topics_created = Counter("stylestream_topics_created_total",
                                       "Missing topics the stage created again", s, registry=r)
+        self.partitions_restarted = Counter("stylestream_partitions_restarted_total",
+                                            "Owned partitions found to end before the offsets read (the broker "
+                                            "lost them): read again from their start", s, registry=r)
         self.bad_model = Counter("stylestream_model_bad_pointer_total",
                                  "Startups whose serving pointer named a model that failed verification",
                                  registry=r)
@@ -98,7 +101,7 @@ class StageMetrics:
         ProcessCollector(registry=r)
         # Series that should exist at 0 from the start, so rates and alerts see them before the first event.
         for metric in (self.rebalances, self.processed, self.commits, self.inflight, self.queue_depth, self.ready,
-                       self.topics_created):
+                       self.topics_created, self.partitions_restarted):
             metric.labels(self.stage)
 
 

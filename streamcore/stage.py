@@ -15,7 +15,8 @@ end the record as a dead letter, which itself is cut to fit what the producer ma
 failing for ``stuck_after_s`` makes the stage say it is stuck (``/readyz``, ``stylestream_stuck``).
 
 Topics: every ``topic_check_s``, and whenever a write or commit keeps failing, the stage checks that
-its input and output topics exist; missing ones are created again (``recreate_topics``) or reported.
+its input and output topics exist; missing ones are created again (``recreate_topics``) or reported. An
+owned partition that ends before the offsets already read from it restarted empty: read from its start.
 """
 
 from __future__ import annotations
@@ -29,12 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import aiokafka.errors
-from aiokafka import (
-    AIOKafkaConsumer,
-    AIOKafkaProducer,
-    ConsumerRebalanceListener,
-    TopicPartition,
-)
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from streamcore.exceptions import BadInput, InfrastructureError
@@ -296,7 +292,7 @@ class Stage(ABC):
         await self._commit()
         await self._check_topics(force=False)
         self.metrics.inflight.labels(self.name).set(self.offsets.pending())
-        self._observe_lag()
+        await self._observe_partitions()
         self.heartbeat.beat()
 
     def _loop_failed(self, operation: str, exc: BaseException) -> None:
@@ -341,12 +337,23 @@ class Stage(ABC):
                 log.warning("%s: %s", self.name, stop)
                 return
 
-    def _observe_lag(self) -> None:
-        # Every owned partition every round, so a stuck consumer's lag keeps growing on the dashboard.
+    async def _observe_partitions(self) -> None:
+        """Lag of every owned partition (every round, so a stuck consumer's lag keeps growing on the
+        dashboard); a partition whose end lies before what was read from it restarted empty (deleted and
+        created again, a broker that lost its storage) and is read again from its start."""
+        restarted = []
         for tp in self.consumer.assignment():
             end, position = self.consumer.highwater(tp), self.offsets.next_offset(tp)
             if end is not None and position is not None:
                 self.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(max(0, end - position))
+                if end < position:
+                    restarted.append(tp)
+        if restarted:
+            log.error("%s: %s end before the offsets already read: the broker lost them; reading them from the start",
+                      self.name, sorted((tp.topic, tp.partition) for tp in restarted))
+            self.metrics.partitions_restarted.labels(self.name).inc(len(restarted))
+            await self._forget(restarted)
+            await self.consumer.seek_to_beginning(*restarted)
 
     async def _commit(self) -> None:
         assigned = self.consumer.assignment()
@@ -381,3 +388,11 @@ class Stage(ABC):
                 self.metrics.lag.remove(self.name, tp.topic, str(tp.partition))
             except KeyError:
                 pass
+
+    async def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Drop the stage's work and the offsets of partitions whose records are gone; commit nothing."""
+        try:
+            await self.on_revoked(partitions)
+        except Exception:  # the records are gone either way
+            log.exception("%s: on_revoked failed", self.name)
+        self.offsets.drop(partitions)

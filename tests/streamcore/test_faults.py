@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -13,10 +14,13 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
 
+from streamcore import kafka as kafka_module
 from streamcore.exceptions import BadInput
 from streamcore.faults import Original, RepeatFilter, Streaks, backoff, bounded_letter, rejection
+from streamcore.kafka import TopicWatch
 from streamcore.schemas import DeadLetter
 from streamcore.serde import encode
+from streamcore.settings import Settings
 
 
 @pytest.mark.parametrize(("error", "code"), [
@@ -122,3 +126,44 @@ def test_repeat_filter_tells_kinds_apart_by_template_logger_level_and_key():
     assert repeat.filter(_record("a %s", 1, level=logging.ERROR))
     assert repeat.filter(_record("a %s", 1, repeat_key="label_write RedisError"))
     assert not repeat.filter(_record("a %s", 2, repeat_key="label_write RedisError"))
+
+
+class _Listing:
+    """A consumer whose broker lists ``topics``."""
+
+    def __init__(self, topics: set[str]) -> None:
+        self.listed = topics
+
+    async def topics(self) -> set[str]:
+        return set(self.listed)
+
+
+def test_missing_topics_are_created_again_when_allowed(monkeypatch):
+    settings = Settings(topic_prefix="p.", partitions=3)
+    consumer, created = _Listing({"p.posts"}), []
+
+    def ensure(s, names):
+        created.extend(names)
+        consumer.listed |= {s.topic(n) for n in names}
+        return [s.topic(n) for n in names]
+
+    monkeypatch.setattr(kafka_module, "ensure_topics", ensure)
+    counted = []
+    watch = TopicWatch(settings, ("posts", "hints", "labels"), counted.append, owner="classify")
+    asyncio.run(watch.check(consumer))
+    assert created == ["hints", "labels"] and counted == [2] and watch.problem is None
+    asyncio.run(watch.check(consumer))  # not due yet: no second look
+    assert counted == [2]
+
+
+def test_missing_topics_make_one_clear_problem_when_creating_them_is_not_allowed(monkeypatch, caplog):
+    settings = Settings(topic_prefix="p.", recreate_topics=False, topic_check_s=0.01)
+    monkeypatch.setattr(kafka_module, "ensure_topics", lambda *a: pytest.fail("created although not allowed"))
+    watch = TopicWatch(settings, ("posts", "labels"), lambda n: None, owner="classify")
+    with caplog.at_level(logging.ERROR, logger="streamcore.kafka"):
+        for _ in range(3):
+            asyncio.run(watch.check(_Listing({"p.posts"}), force=True))
+    assert watch.problem.startswith("topics missing: p.labels")
+    assert [r.getMessage() for r in caplog.records] == [f"classify: {watch.problem}"]  # said once
+    asyncio.run(watch.check(_Listing({"p.posts", "p.labels"}), force=True))
+    assert watch.problem is None

@@ -163,7 +163,7 @@ class Oversize(Toy):
 
     async def handle(self, records):
         for record in records:
-            await self.retrying("output", lambda: self.send("labels", record.key, b"x" * 2_000_000))
+            await self.retrying("output", lambda k=record.key: self.send("labels", k, b"x" * 2_000_000))
             self.done(record)
 
 
