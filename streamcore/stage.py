@@ -341,13 +341,13 @@ class Stage(ABC):
         """Lag of every owned partition (every round, so a stuck consumer's lag keeps growing on the
         dashboard); a partition whose end lies before what was read from it restarted empty (deleted and
         created again, a broker that lost its storage) and is read again from its start."""
-        restarted = []
+        restarted, now = [], time.monotonic()
         for tp in self.consumer.assignment():
             end, position = self.consumer.highwater(tp), self.offsets.next_offset(tp)
             if end is not None and position is not None:
                 self.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(max(0, end - position))
-                if end < position:
-                    restarted.append(tp)
+            if self.offsets.restarted(tp, end, now):
+                restarted.append(tp)
         if restarted:
             log.error("%s: %s end before the offsets already read: the broker lost them; reading them from the start",
                       self.name, sorted((tp.topic, tp.partition) for tp in restarted))
