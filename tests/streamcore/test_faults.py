@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import logging
 import random
 
@@ -14,10 +15,12 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
 
+from streamcore import faults
 from streamcore import kafka as kafka_module
 from streamcore.exceptions import BadInput
 from streamcore.faults import Original, RepeatFilter, Streaks, backoff, bounded_letter, rejection
 from streamcore.kafka import TopicWatch
+from streamcore.metrics import StageMetrics
 from streamcore.schemas import DeadLetter
 from streamcore.serde import encode
 from streamcore.settings import Settings
@@ -167,3 +170,19 @@ def test_missing_topics_make_one_clear_problem_when_creating_them_is_not_allowed
     assert [r.getMessage() for r in caplog.records] == [f"classify: {watch.problem}"]  # said once
     asyncio.run(watch.check(_Listing({"p.posts", "p.labels"}), force=True))
     assert watch.problem is None
+
+
+def test_the_installed_filter_bounds_a_library_flood_and_the_metric_counts_what_it_held_back(monkeypatch):
+    monkeypatch.setattr(faults, "_INSTALLED", [])
+    root, stream = logging.getLogger(), io.StringIO()
+    handler = logging.StreamHandler(stream)
+    monkeypatch.setattr(root, "handlers", [handler])  # pytest's own handlers stay unfiltered
+    faults.install_repeat_filter()
+    faults.install_repeat_filter()  # once per handler, however often it is called
+    assert len(handler.filters) == 1
+    noisy = logging.getLogger("aiokafka.consumer.group_coordinator")
+    for _ in range(500):
+        noisy.error("OffsetCommit failed for group %s due to group error (%s), will rejoin", "g", "Unknown")
+    assert stream.getvalue().count("\n") == 1
+    metrics = StageMetrics("classify")
+    assert metrics.registry.get_sample_value("stylestream_log_lines_suppressed_total") == 499
