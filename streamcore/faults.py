@@ -108,7 +108,7 @@ def bounded_letter(original: Original, error: BadInput, *, stage: str, limit: in
     room = max(0, spare) // 4 * 3 if keep_original else 0  # base64 grows 4/3
     if room >= len(value):
         return letter.model_copy(update={"original": base64.b64encode(value).decode()})
-    note = f" (original cut to {room} of {len(value)} bytes)"
+    note = f" (original truncated to {room} of {len(value)} bytes)"
     return letter.model_copy(update={"original": base64.b64encode(value[:room]).decode(),
                                      "detail": letter.detail + note})
 

@@ -60,7 +60,7 @@ def test_an_8_mb_post_ends_as_one_bounded_letter_and_the_200_posts_behind_it_are
     assert len(record.value) + len(record.key) <= LIMIT
     assert (letter.topic, letter.partition, letter.offset) == (settings.topic("posts"), 0, 0)
     assert letter.original_bytes == len(bad) and letter.original_sha256 == hashlib.sha256(bad).hexdigest()
-    assert "original cut to" in letter.detail
+    assert "original truncated to" in letter.detail
     print(f"8 MB post: one letter of {len(record.value)} bytes ({letter.error}); 200 posts behind it labelled")
 
 

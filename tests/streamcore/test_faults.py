@@ -67,7 +67,7 @@ def test_a_letter_fits_the_limit_and_describes_the_whole_original(limit):
     assert letter.original_bytes == len(original.value)
     assert letter.original_sha256 == hashlib.sha256(original.value).hexdigest()
     assert (letter.topic, letter.partition, letter.offset) == ("t.posts", 2, 77)
-    assert f"cut to {len(kept)} of {len(original.value)} bytes" in letter.detail
+    assert f"truncated to {len(kept)} of {len(original.value)} bytes" in letter.detail
     assert DeadLetter.model_validate_json(encode(letter)) == letter
 
 
@@ -77,7 +77,7 @@ def test_a_small_original_goes_whole_and_the_second_try_goes_without_it():
     assert base64.b64decode(whole.original) == original.value and whole.detail == "x"
     bare = bounded_letter(original, BadInput("bad_image", "x"), stage="classify", limit=1_000_000,
                           keep_original=False)
-    assert bare.original == "" and bare.original_bytes == 300 and "cut to 0 of 300" in bare.detail
+    assert bare.original == "" and bare.original_bytes == 300 and "truncated to 0 of 300" in bare.detail
 
 
 def test_streaks_report_the_oldest_open_one_until_it_ends():

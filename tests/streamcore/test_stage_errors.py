@@ -154,7 +154,7 @@ def test_a_letter_the_broker_still_refuses_goes_again_without_the_original():
     stage = Toy()
     stage.producer = Producer(limit=1_000_000, broker_limit=4000)
     letter = _dead_letter(stage, b"\x01" * 200_000)
-    assert letter.original == "" and letter.original_bytes == 200_000 and "cut to 0 of 200000" in letter.detail
+    assert letter.original == "" and letter.original_bytes == 200_000 and "truncated to 0 of 200000" in letter.detail
     assert stage.metrics.infra_errors.labels("toy", "dead_letter")._value.get() == 1
 
 
