@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         forwarded += ["--report", str(args.reports / "real_photos.json"), "--table2",
                       str(args.reports / "table2_real.json")]
     command = " ".join(["python -m training.default_model", *(argv if argv is not None else sys.argv[1:])])
-    return train_real([*forwarded, *rest], command=command)
+    status = train_real([*forwarded, *rest], command=command)
+    if status == 0:  # the ONNX backbone (and its int8 form, checked on the first manifest's photos) ship with it
+        from training.onnx_export import build_artifacts
+
+        build_artifacts(args.out, calibration=data[0])
+    return status
 
 
 if __name__ == "__main__":
