@@ -53,14 +53,12 @@ def read_manifest(directory: Path) -> dict | None:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         built_from = manifest["weights_sha256"]
-        artifacts = manifest["artifacts"]
+        artifacts = dict(manifest["artifacts"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: unreadable artifact list ({type(exc).__name__}: {exc})") from None
     if built_from != (Path(directory) / CHECKSUM_FILE).read_text().strip():
         raise ValueError(f"{path}: the artifacts were built from other weights than the version's")
-    if not isinstance(artifacts, dict):
-        raise ValueError(f"{path}: 'artifacts' is not a mapping")
-    return manifest
+    return {**manifest, "artifacts": artifacts}
 
 
 def verified_artifact(directory: Path, kind: str) -> Path | None:
@@ -85,7 +83,9 @@ def verified_artifact(directory: Path, kind: str) -> Path | None:
 class OnnxBackbone:
     """One ONNX Runtime session of an exported backbone; called with the staged uint8 batch."""
 
-    def __init__(self, path: Path, *, device: torch.device, kind: str = "onnx", threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, device: torch.device, kind: str = "onnx", threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
+        """``providers``: ONNX Runtime's execution providers to try first (default: CUDA's on a CUDA device)."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -94,12 +94,13 @@ class OnnxBackbone:
         # take the cores the decode threads need.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         available = ort.get_available_providers()
-        wanted = [p for p in _CUDA_PROVIDERS if p in available] if device.type == "cuda" else []
+        wanted = providers if providers is not None else _CUDA_PROVIDERS if device.type == "cuda" else ()
+        wanted = [p for p in wanted if p in available and p != "CPUExecutionProvider"]
         self.session = ort.InferenceSession(str(path), options, providers=[*wanted, "CPUExecutionProvider"])
         self.kind = kind
         self.device = device
         #: Whether inputs and outputs stay on the GPU (bound by pointer, no host copies).
-        self.on_device = bool(wanted) and self.session.get_providers()[0] in _CUDA_PROVIDERS
+        self.on_device = device.type == "cuda" and self.session.get_providers()[0] != "CPUExecutionProvider"
         self.providers = self.session.get_providers()
         self._features = int(self.session.get_outputs()[0].shape[1])
 

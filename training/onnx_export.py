@@ -173,7 +173,7 @@ def _int8(model: DynamicCNN, directory: Path, fp32: Path, calibration: Path, cou
     cpu = torch.device("cpu")
     scores = {kind: category_map(model, OnnxBackbone(p, device=cpu, kind=kind), test, truth)
               for kind, p in (("onnx", fp32), ("onnx_int8", path))}
-    check = {"calibration": {"manifest": calibration.name, "split": "train", "photos": len(photos),
+    check = {"calibration": {"manifest": f"{calibration.parent.name}/{calibration.name}", "split": "train", "photos": len(photos),
                              "method": "static QDQ, per-channel int8 weights, MinMax uint8 activations"},
              "test_photos": len(test), "category_map_fp32": round(scores["onnx"], 4),
              "category_map_int8": round(scores["onnx_int8"], 4)}
