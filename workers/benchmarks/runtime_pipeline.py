@@ -57,6 +57,8 @@ def pipeline_per_runtime(version_dir: Path, model_alone: dict, *, posts: int, ro
     for name, done in runs.items():
         rate = statistics.median(r["images_per_s"] for r in done)
         out[name] = {"images_per_s": round(rate, 1),
+                     # The worker's CPU per label: what other load on a shared host moves least.
+                     "cpu_ms_per_image": round(statistics.median(r["cpu_ms_per_image"] for r in done), 2),
                      "ratio_to_own_model_alone": round(statistics.median(r["ratio_to_model_alone"] for r in done), 3),
                      "ratio_to_fastest_model_alone": round(rate / fastest, 3), "rounds": done}
     out["onnx_over_torch"] = round(out["onnx"]["images_per_s"] / out["torch"]["images_per_s"], 2)
