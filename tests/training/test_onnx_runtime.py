@@ -181,3 +181,4 @@ def test_a_hot_swap_between_exported_versions_under_load(registry_dir):
     first_new = seen.index("v2")
     assert seen[0] == "v1" and set(seen[first_new:]) == {"v2"}
     assert (slot.current.version, slot.current.runtime) == ("v2", "onnx")
+    assert slot.metrics.model._value == {"version": "v2", "head": "dynamic_layers", "runtime": "onnx"}
