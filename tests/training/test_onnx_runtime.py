@@ -19,6 +19,7 @@ from streamcore.settings import Settings
 from tests.support import publish_tiny
 from training import onnx_backbone
 from training.hotswap import ModelSlot
+from training.metrics import mean_average_precision
 from training.onnx_backbone import FILES, MANIFEST_FILE
 from training.ontology import load_ontology
 from training.predict import Predictor
@@ -182,3 +183,20 @@ def test_a_hot_swap_between_exported_versions_under_load(registry_dir):
     assert seen[0] == "v1" and set(seen[first_new:]) == {"v2"}
     assert (slot.current.version, slot.current.runtime) == ("v2", "onnx")
     assert slot.metrics.model._value == {"version": "v2", "head": "dynamic_layers", "runtime": "onnx"}
+
+
+def test_export_onnx_adds_the_artifact_to_a_version_published_without_it(registry_dir):
+    from training.onnx_export import main
+
+    assert _load(registry_dir, "plain").runtime == "torch"
+    assert main(["plain", "--model-dir", str(registry_dir)]) == 0
+    assert _load(registry_dir, "plain").runtime == "onnx"
+
+
+def test_the_packaged_int8_artifact_keeps_real_photo_map_within_001(default_predictors, tmp_path):
+    int8 = Predictor.load(Settings(model_dir=tmp_path, device="cpu", runtime="onnx_int8"))
+    assert int8.runtime == "onnx_int8"
+    photos, truth = fixture_photos(ONTOLOGY)
+    fp32_map, int8_map = (mean_average_precision(torch.from_numpy(_probabilities(p, photos, [None] * len(photos))[0]),
+                                                 truth) for p in (default_predictors["auto"], int8))
+    assert int8_map >= fp32_map - 0.01, f"int8 mAP {int8_map:.4f} vs fp32 {fp32_map:.4f}"
