@@ -2,7 +2,8 @@
 right about photos from the first post.
 
 It lives in ``training/models/data/default/`` in the registry's own layout (``model.safetensors``,
-``config.json``, ``metrics.json``, ``SHA256``) and is rebuilt, with ``reports/real_photos.json`` and
+``config.json``, ``metrics.json``, ``SHA256``, and the backbone exported for ONNX Runtime: ``backbone.onnx``,
+``backbone.int8.onnx``, ``onnx.json``; docs/onnx-runtime.md) and is rebuilt, with ``reports/real_photos.json`` and
 ``reports/table2_real.json``, by one command from checkouts of the two public datasets::
 
     python -m training.default_model --clothing-dataset PATH --co-parsing PATH
