@@ -175,12 +175,21 @@ def rollback() -> None:
     console.print(f"rolled back: serving [bold]{update.version}[/]")
 
 
+@app.command(name="export-onnx", context_settings=_PASS_THROUGH)
+def export_onnx(ctx: typer.Context) -> None:
+    """Add a version's backbone exported to ONNX (and int8) to it, for the ONNX Runtime (``export-onnx --help``)."""
+    from training.onnx_export import main
+
+    raise typer.Exit(main(ctx.args, model_dir=_settings().model_dir))
+
+
 _BENCHES = {
     "heads": "training.bench_heads",
     "pipeline": "workers.benchmarks.pipeline",
     "text": "workers.benchmarks.text",
     "miner": "training.text.evaluate",
     "scale-out": "workers.benchmarks.scale_out",
+    "runtime": "workers.benchmarks.runtime",
 }
 
 
