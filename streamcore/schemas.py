@@ -162,7 +162,11 @@ class Feedback(_Message):
 
 
 class DeadLetter(_Message):
-    """A message a stage could not process, with the reason; ``original`` is base64 of the raw bytes."""
+    """A message a stage could not process, with the reason; ``original`` is base64 of the raw bytes.
+
+    A letter must fit what the producer may send: a longer original is cut (``detail`` says so), and
+    ``original_bytes`` / ``original_sha256`` describe the whole of it.
+    """
 
     error: str
     detail: str
@@ -171,6 +175,8 @@ class DeadLetter(_Message):
     topic: str
     partition: int
     offset: int
+    original_bytes: int | None = None
+    original_sha256: str | None = None
 
 
 class ModelUpdate(_Message):

@@ -39,8 +39,15 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, le=4096)
     max_wait_ms: float = Field(20.0, ge=0)
     device: str = "auto"
+    #: What runs the served model's backbone: ``auto`` = ONNX Runtime on a CPU (PyTorch eager on CUDA),
+    #: ``onnx`` = ONNX Runtime on any device (its CUDA/TensorRT providers where installed), ``onnx_int8`` =
+    #: the int8 artifact where a version has one, ``torch`` = PyTorch eager. A version without the artifact
+    #: (or a host without onnxruntime) serves eager; a corrupt artifact refuses the version.
+    runtime: Literal["auto", "onnx", "onnx_int8", "torch"] = "auto"
     metrics_port: int = Field(9108, ge=0, le=65535)
     model_dir: Path = Path("./models")
+    #: Where ``stylestream up`` (without ``--demo``) keeps the embedded Redis's append-only file.
+    data_dir: Path = Path("./data")
     image_root: Path = Path("./images")
     hint_wait_ms: float = Field(2000.0, ge=0)
     #: Posts held by the classifier (waiting for hints or in a batch) before it pauses fetching.
@@ -119,6 +126,13 @@ class Settings(BaseSettings):
     hint_hold_s: float = Field(300.0, gt=0)
     #: Ceiling of the exponential backoff between retries of a failed Redis/Kafka operation.
     retry_backoff_max_s: float = Field(5.0, gt=0)
+    #: A Redis/Kafka operation failing for this long makes its stage report itself stuck (/readyz 503).
+    stuck_after_s: float = Field(60.0, gt=0)
+    #: A stage that finds one of its topics missing creates it again (configured partitions); when
+    #: False it goes unready and says which topics are missing.
+    recreate_topics: bool = True
+    #: How often a stage checks that its topics exist (also checked whenever a write keeps failing).
+    topic_check_s: float = Field(10.0, gt=0)
     #: Posts mined per executor call in the text stage: the loop yields (and ships hints) between chunks.
     text_chunk_posts: int = Field(16, ge=1)
     kafka_options: dict[str, Any] = Field(default_factory=dict)

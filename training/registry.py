@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +20,10 @@ from training.checkpoint import WEIGHTS_FILE, load_checkpoint
 from training.models import DynamicCNN
 
 CHECKSUM_FILE = "SHA256"
+#: Versions that loaded, verified and served, oldest first (a dot name: never taken for a version).
+VERIFIED_FILE = ".verified"
+_VERIFIED_KEPT = 50
+log = logging.getLogger(__name__)
 _VERSION_NAME = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -34,13 +41,18 @@ def check_version_name(version: str) -> str:
     return version
 
 
-def weights_checksum(directory: Path) -> str:
-    """SHA-256 of a checkpoint's weights file."""
+def file_checksum(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(directory / WEIGHTS_FILE, "rb") as fh:
+    with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def weights_checksum(directory: Path) -> str:
+    """SHA-256 of a checkpoint's weights file."""
+    return file_checksum(directory / WEIGHTS_FILE)
 
 
 @dataclass(frozen=True)
@@ -87,8 +99,42 @@ class Registry:
         versions = self.versions()
         return self.get(versions[-1]) if versions else None
 
-    def publish(self, checkpoint_dir: Path, *, name: str | None = None) -> Entry:
-        """Copy a checkpoint into the registry as a new immutable version (temp dir + rename)."""
+    def verified(self) -> list[str]:
+        """Versions that loaded, passed verification and served, least recently verified first.
+
+        What to serve when the wanted version fails its checks: the last good one. An unreadable list
+        counts as empty (the versions are checked again at load anyway).
+        """
+        try:
+            names = json.loads((self.root / VERIFIED_FILE).read_text())
+        except (OSError, ValueError):
+            return []
+        return [n for n in names if isinstance(n, str) and _VERSION_NAME.fullmatch(n)] if isinstance(names, list) else []
+
+    def mark_verified(self, version: str) -> bool:
+        """Remember ``version`` as the most recently verified and served one; False where the registry is
+        read-only to this process (a classifier's mount may be: then promotion's marks are the ones kept)."""
+        names = [n for n in self.verified() if n != check_version_name(version)] + [version]
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=self.root)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(names[-_VERIFIED_KEPT:], fh)
+            os.replace(tmp, self.root / VERIFIED_FILE)  # atomic: replicas sharing the registry never read half
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            log.info("cannot record %s as verified in %s (%s)", version, self.root, exc)
+            return False
+        return True
+
+    def publish(self, checkpoint_dir: Path, *, name: str | None = None,
+                build: Callable[[Path], object] | None = None) -> Entry:
+        """Copy a checkpoint into the registry as a new immutable version (temp dir + rename).
+
+        ``build`` runs on the copy before it becomes visible: what it derives from the weights (an exported
+        runtime artifact) is part of the version from its first appearance.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         version = check_version_name(name or datetime.now(UTC).strftime("v%Y%m%dT%H%M%S%fZ"))
         target = self.root / version
@@ -98,6 +144,8 @@ class Registry:
         try:
             shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
             (tmp / CHECKSUM_FILE).write_text(weights_checksum(tmp) + "\n")
+            if build is not None:
+                build(tmp)
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from streamcore.faults import install_repeat_filter
 from streamcore.runtime import tune_process
 from streamcore.settings import Settings
 from workers import STAGES
@@ -37,6 +38,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     # kafka-python's I/O thread warns whenever the GIL kept it waiting >100 ms (image work in the
     # demo's producer thread does): not actionable for a user.
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    # An outage repeats the same warnings many times a second: the first, then one a window with a count.
+    install_repeat_filter()
 
 
 @app.command()
@@ -198,12 +201,21 @@ def rollback() -> None:
     console.print(f"rolled back: serving [bold]{update.version}[/]")
 
 
+@app.command(name="export-onnx", context_settings=_PASS_THROUGH)
+def export_onnx(ctx: typer.Context) -> None:
+    """Add a version's backbone exported to ONNX (and int8) to it, for the ONNX Runtime (``export-onnx --help``)."""
+    from training.onnx_export import main
+
+    raise typer.Exit(main(ctx.args, model_dir=_settings().model_dir))
+
+
 _BENCHES = {
     "heads": "training.bench_heads",
     "pipeline": "workers.benchmarks.pipeline",
     "text": "workers.benchmarks.text",
     "miner": "training.text.evaluate",
     "scale-out": "workers.benchmarks.scale_out",
+    "runtime": "workers.benchmarks.runtime",
     "profiles": "workers.benchmarks.profiles",
     "recommend-index": "training.recommend.bench_index",
 }

@@ -32,8 +32,8 @@ from streamcore.schemas import Hints, Post
 from streamcore.settings import Settings
 from streamcore.sinks import LabelSink, RedisLookups
 from streamcore.stage import Stage
-from training.hotswap import ModelSlot
-from training.predict import Predictor, Prepared, resolve_device
+from training.hotswap import ModelSlot, load_last_good
+from training.predict import Prepared, resolve_device
 from training.registry import check_version_name
 from workers.classify.batches import BatchRunner, Item
 from workers.classify.feeder import ImageFeeder
@@ -51,6 +51,7 @@ class ClassifyStage(Stage):
 
     name = "classify"
     inputs = ("posts", "hints")
+    outputs = ("labels", "posts.dlq")
 
     def __init__(self, settings: Settings, **kwargs) -> None:
         super().__init__(settings, **kwargs)
@@ -69,12 +70,10 @@ class ClassifyStage(Stage):
         loop = asyncio.get_running_loop()
         self.lookups = RedisLookups(self.settings)
         version = await self._serving_pointer(retry=True)
-        try:
-            predictor = await loop.run_in_executor(self._model_pool, Predictor.load, self.settings, version)
-        except Exception as exc:  # noqa: BLE001 - serve what the registry has rather than not at all
-            log.error("serving pointer %s unusable (%s); falling back to the newest local version", version, exc)
-            predictor = await loop.run_in_executor(self._model_pool, Predictor.load, self.settings, None)
-        self.models = ModelSlot(self.settings, predictor, self.metrics)
+        # A pointer to a version that fails its checks: the last good one serves (never no model at all).
+        predictor, failed = await loop.run_in_executor(self._model_pool, load_last_good, self.settings, version,
+                                                       self.metrics)
+        self.models = ModelSlot(self.settings, predictor, self.metrics, refused=failed)
         self.sink = LabelSink(self.settings, self.producer)
         self.runner = BatchRunner(self.models, self.sink, self.metrics, self.retrying, self._model_pool,
                                   vectors=self.settings.fashion_vectors)
