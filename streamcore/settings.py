@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     hint_hold_s: float = Field(300.0, gt=0)
     #: Ceiling of the exponential backoff between retries of a failed Redis/Kafka operation.
     retry_backoff_max_s: float = Field(5.0, gt=0)
+    #: How long the client (``produce``, the demo's producer) waits for the broker to take a post before it
+    #: reports the post as not delivered.
+    delivery_timeout_s: float = Field(30.0, ge=1)
     #: Posts mined per executor call in the text stage: the loop yields (and ships hints) between chunks.
     text_chunk_posts: int = Field(16, ge=1)
     kafka_options: dict[str, Any] = Field(default_factory=dict)

@@ -47,7 +47,7 @@ def up(
     """Start the broker + Redis (unless external ones are configured), topics and all stages."""
     from workers.launcher import run_up
 
-    run_up(_settings(), demo=demo, rate=rate, console=console)
+    raise typer.Exit(run_up(_settings(), demo=demo, rate=rate, console=console))
 
 
 @app.command()
@@ -59,10 +59,15 @@ def produce(
     real: Annotated[bool, typer.Option(help="Real photos (the packaged fixture) with generated captions.")] = False,
 ) -> None:
     """Produce generated posts (images + captions) to the posts topic: drawn garments, or real photos."""
-    from workers.launcher import produce_synthetic
+    from streamcore.exceptions import DeliveryError
+    from workers.launcher import produce_synthetic, report_undelivered
 
     settings = _settings()
-    sent = produce_synthetic(settings, count=count, rate=rate, multi=multi, seed=seed, real=real)
+    try:
+        sent = produce_synthetic(settings, count=count, rate=rate, multi=multi, seed=seed, real=real)
+    except DeliveryError as failure:
+        report_undelivered(Console(stderr=True), failure)
+        raise typer.Exit(1) from None
     console.print(f"produced {sent} posts to {settings.topic('posts')}")
 
 
