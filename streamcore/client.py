@@ -15,136 +15,35 @@ version does not know are kept, a record that cannot be read is skipped and coun
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
-from kafka.producer.future import FutureRecordMetadata
 
 from streamcore import redisconn
+from streamcore.delivery import Delivery, close_producer, reason
 from streamcore.exceptions import BadInput, DeliveryError, InfrastructureError
 from streamcore.kafka import bootstrap, kafka_python_security
 from streamcore.schemas import Feedback, ImageSource, LabelView, Post, utcnow
 from streamcore.serde import decode, encode
 from streamcore.settings import Settings
+from streamcore.sources import check_image, image_source
+
+#: What users of the client import from here.
+__all__ = ["Delivery", "DeliveryError", "LabelView", "StylestreamClient", "check_image", "image_source"]
 
 log = logging.getLogger(__name__)
 
 #: Skipped labels logged one by one before the client logs only every thousandth.
 _LOGGED_SKIPS = 5
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, KafkaTimeoutError):  # its text names a batch and a partition, not the cause
-        return "no acknowledgement from the broker in time (is it reachable?)"
-    text = str(exc)  # kafka-python's errors start with their class name already
-    return (text if text.startswith(type(exc).__name__) else f"{type(exc).__name__}: {text}")[:300]
-
-
-class Delivery:
-    """One published record: pending, delivered (``partition``, ``offset``) or failed (``error``)."""
-
-    def __init__(self, post_id: str, future: FutureRecordMetadata | None = None, error: str | None = None, *,
-                 limit_s: float | None = None) -> None:
-        self.post_id = post_id
-        self._future = future
-        self._error = error
-        self._limit_s = limit_s
-
-    def done(self) -> bool:
-        """True once the broker answered or the client gave up on the record."""
-        return self._future is None or self._future.is_done
-
-    @property
-    def error(self) -> str | None:
-        """Why the record was not delivered; None while pending and once delivered."""
-        if self._error is None and self._future is not None and self._future.failed():
-            self._error = _reason(self._future.exception)
-        return self._error
-
-    @property
-    def partition(self) -> int | None:
-        return self._future.value.partition if self._future is not None and self._future.succeeded() else None
-
-    @property
-    def offset(self) -> int | None:
-        return self._future.value.offset if self._future is not None and self._future.succeeded() else None
-
-    def wait(self, timeout: float | None = None) -> Self:
-        """Block until the record is delivered, for ``timeout`` seconds at most (by default a little longer than
-        the client's ``delivery_timeout_s``).
-
-        Raises:
-            DeliveryError: the record was not delivered.
-            TimeoutError: still pending after ``timeout`` seconds.
-        """
-        timeout = self._limit_s if timeout is None else timeout
-        if self._future is not None and not self._future.is_done:
-            try:
-                self._future.get(timeout)
-            except KafkaError:
-                pass  # a failure is read from the future below, a wait that ran out by is_done
-            if not self._future.is_done:
-                raise TimeoutError(f"{self.post_id}: no answer from the broker within {timeout}s")
-        if self.error is not None:
-            raise DeliveryError({self.post_id: self.error})
-        return self
-
-    def __repr__(self) -> str:
-        state = "pending" if not self.done() else f"failed ({self.error})" if self.error else f"@{self.offset}"
-        return f"Delivery({self.post_id!r}, {state})"
-
-
-def check_image(source: ImageSource) -> None:
-    """Refuse, at the caller, an image source no stage could read.
-
-    Raises:
-        ValueError: invalid or empty base64, a URL that is not http(s) with a host, a path that is absolute or
-            leaves the image root.
-    """
-    if source.b64 is not None:
-        try:
-            if not source.raw_bytes():
-                raise ValueError("image.b64 holds no bytes")
-        except BadInput as exc:
-            raise ValueError(exc.detail) from None
-    elif source.url is not None:
-        parts = urlsplit(source.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"image.url must be an http(s) URL with a host, got {source.url[:200]!r}")
-    elif PurePosixPath(source.path).is_absolute() or ".." in PurePosixPath(source.path).parts:
-        raise ValueError(f"image.path is relative to the classifier's image root, got {source.path!r}; "
-                         "to send a local file, pass it to publish_image")
-
-
-def image_source(image: bytes | Path | str | ImageSource) -> ImageSource:
-    """The image source of ``image``: bytes and local files inline, ``http(s)://`` strings as URLs, an
-    :class:`ImageSource` as given (``ImageSource(path=...)`` names a file under the classifier's image root).
-
-    Raises:
-        FileNotFoundError: ``image`` names no local file.
-    """
-    if isinstance(image, ImageSource):
-        return image
-    if isinstance(image, bytes):
-        return ImageSource(b64=base64.b64encode(image).decode())
-    if isinstance(image, str) and image.startswith(("http://", "https://")):
-        return ImageSource(url=image)
-    path = Path(image)
-    if not path.is_file():
-        raise FileNotFoundError(f"no image file {str(image)!r} (for a file under the classifier's image root, "
-                                "pass ImageSource(path=...))")
-    return ImageSource(b64=base64.b64encode(path.read_bytes()).decode())
 
 
 class StylestreamClient:
@@ -205,7 +104,7 @@ class StylestreamClient:
             future = producer.send(self.settings.topic(topic), key=key.encode(), value=value)
         except KafkaError as exc:  # no metadata for the topic in time, a record the producer refuses
             with self._lock:
-                self._failed[key] = _reason(exc)
+                self._failed[key] = reason(exc)
             return Delivery(key, error=self._failed[key])
         delivery = Delivery(key, future, limit_s=self._flush_limit_s)
         with self._lock:  # before the callbacks: they may run at once
@@ -221,7 +120,7 @@ class StylestreamClient:
     def _not_delivered(self, delivery: Delivery, exc: BaseException) -> None:
         with self._lock:
             self._outstanding.pop(id(delivery), None)
-            self._failed[delivery.post_id] = _reason(exc)
+            self._failed[delivery.post_id] = reason(exc)
 
     def _connected_producer(self) -> KafkaProducer:
         if self._producer is None:
@@ -353,7 +252,7 @@ class StylestreamClient:
             self.flush()
         finally:
             if self._producer is not None:
-                _close_producer(self._producer)
+                close_producer(self._producer)
                 self._producer = None
             if self._redis is not None:
                 self._redis.close()
@@ -384,14 +283,3 @@ def _connect(factory: type, settings: Settings, *args: Any, **options: Any) -> A
                                  **options, **settings.kafka_options, **kafka_python_security(settings)})
     except KafkaError as exc:
         raise InfrastructureError(f"cannot reach the Kafka broker at {settings.kafka}: {exc}") from None
-
-
-def _close_producer(producer: KafkaProducer) -> None:
-    try:
-        producer.close(timeout=5)
-    except KafkaTimeoutError:
-        # kafka-python 3.0's close() gives up before stopping its I/O thread when records are still outstanding
-        # (they were reported by flush): stop it the way close() does after its timeout.
-        sender = getattr(producer, "_sender", None)
-        if sender is not None:
-            sender.force_close()
