@@ -30,6 +30,10 @@ class _Message(BaseModel):
 class ImageSource(_Message):
     """Exactly one of inline bytes (base64), an https URL, or a path relative to the image root."""
 
+    # The rule of _exactly_one for JSON Schema readers: one source is a string, the others absent or null.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"oneOf": [
+        {"required": [name], "properties": {name: {"type": "string"}}} for name in ("b64", "url", "path")]})
+
     b64: str | None = None
     url: str | None = None
     path: str | None = None
