@@ -286,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     Raw per-seed results are appended to ``--raw`` as they finish, so an interrupted run resumes, and
     ``--aggregate-only`` rebuilds the report from them.
     """
-    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
+
+    parser = argparse.ArgumentParser(**parser_options("stylestream eval", __doc__))
     parser.add_argument("--backbones", nargs="+", default=["tiny"])
     parser.add_argument("--scenarios", nargs="+", default=["single", "multi"], choices=["single", "multi"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

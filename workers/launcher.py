@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from typing import Any
 
@@ -16,9 +16,10 @@ from rich.console import Console
 
 from streamcore.client import StylestreamClient
 from streamcore.embedded import EmbeddedStack, spawn, stop_processes
-from streamcore.exceptions import DeliveryError
+from streamcore.exceptions import BadInput, DeliveryError
 from streamcore.kafka import ensure_topics
 from streamcore.schemas import LabelView
+from streamcore.serde import decode_post
 from streamcore.settings import Settings
 from workers import STAGES
 
@@ -52,6 +53,34 @@ def produce_synthetic(settings: Settings, *, count: int, rate: float | None = No
             if stop.wait(max(0.0, delay)) or client.failed:
                 break
             client.publish(post)
+            sent += 1
+    return sent
+
+
+def produce_lines(settings: Settings, lines: Iterable[str], *, count: int | None = None, rate: float | None = None,
+                  on_refused: Callable[[int, str], None]) -> int:
+    """Publish the ``post/v1`` records of JSON lines (blank lines skipped), at ``rate`` per second if given, the
+    first ``count`` if given; returns how many were sent.
+
+    A line that is not a valid post, or whose image no stage could read, is not sent: ``on_refused`` gets its
+    number and the reason. Closing the client raises :class:`DeliveryError` for posts the broker did not take.
+    """
+    sent = 0
+    start = time.monotonic()
+    with StylestreamClient(settings) as client:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if (count is not None and sent >= count) or client.failed:
+                break
+            try:
+                post = decode_post(line.encode(), settings)
+                if rate:
+                    time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+                client.publish(post)
+            except (BadInput, ValueError) as exc:
+                on_refused(number, str(exc))
+                continue
             sent += 1
     return sent
 
