@@ -108,12 +108,16 @@ def tail(
 
 def topics() -> None:
     """Create the contract topics with the configured partitions and size limit (idempotent; for deploy jobs)."""
-    from streamcore.kafka import ensure_topics
+    from streamcore.kafka import ensure_topics, topic_max_bytes, undersized_topics
 
     config = settings()
     quiet_kafka()
     created = ensure_topics(config)
     console.print(f"created {created or 'nothing'}; {config.partitions} partitions each")
+    for topic, limit in undersized_topics(config).items():
+        errors.print(f"warning: {topic} takes records up to {limit} bytes, posts may have "
+                     f"{config.max_message_bytes}: set its max.message.bytes to {topic_max_bytes(config)} "
+                     "(docs/contract.md)", highlight=False, soft_wrap=True)
 
 
 def worker(stage: Annotated[Stage, typer.Argument(help="The stage to run.", metavar="STAGE")]) -> None:
