@@ -3,7 +3,8 @@ through one batch handler; one future per item.
 
 Modelled on Ray Serve's ``@serve.batch`` (and its lessons): the timer starts at the first item of a
 batch, not when waiting began; a result list of the wrong length is an error, never silently misaligned.
-Unlike Ray, a failed batch is retried item by item, so one poison item fails alone.
+Unlike Ray, a failed batch is retried item by item, so one poison item fails alone — except for errors
+that are nobody's item's fault (``unsplittable``, e.g. a stopped worker's outage), which reach every member.
 
 ``adaptive=True`` lets the batch size follow the queue instead (continuous batching, as Triton's dynamic
 batcher without a queue delay): a batch leaves as soon as a handler slot is free, with everything queued
@@ -36,11 +37,14 @@ class MicroBatcher(Generic[T, R]):
         adaptive: flush whenever a handler slot is free (``max_wait_s`` then never delays a batch).
         max_concurrent: batches allowed in the handler at once (2 overlaps one batch's output writes
             with the next one's compute).
+        unsplittable: exception types delivered to every member as they are, without the per-item retry.
         clock: monotonic clock (tests pass a fake one).
     """
 
     def __init__(self, handler: BatchHandler, *, max_batch: int, max_wait_s: float, max_concurrent: int = 2,
-                 adaptive: bool = False, wait_histogram: Histogram | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 adaptive: bool = False, wait_histogram: Histogram | None = None,
+                 unsplittable: tuple[type[BaseException], ...] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_s < 0:
@@ -53,6 +57,7 @@ class MicroBatcher(Generic[T, R]):
         self.adaptive = adaptive
         self._clock = clock
         self._wait_histogram = wait_histogram
+        self._unsplittable = unsplittable
         self._queue: list[tuple[T, asyncio.Future, float]] = []
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -116,8 +121,9 @@ class MicroBatcher(Generic[T, R]):
             try:
                 results = await self._call([item for item, _, _ in batch])
             except Exception as exc:  # noqa: BLE001 - delivered to the members, or retried one by one
-                if len(batch) == 1:
-                    _settle(batch[0][1], error=exc)
+                if len(batch) == 1 or isinstance(exc, self._unsplittable):
+                    for _, future, _ in batch:
+                        _settle(future, error=exc)
                     return
                 # A poison item must not fail its batch-mates: each is tried again on its own.
                 for item, future, _ in batch:

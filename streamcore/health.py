@@ -48,12 +48,16 @@ class HealthServer:
         heartbeat: beaten by the run loop; drives ``/healthz``.
         ready: returns True when the worker should receive traffic; drives ``/readyz``. An exception
             counts as not ready.
+        problem: returns why a worker that is otherwise ready cannot make progress (stuck retrying,
+            topics missing), or None; a problem makes ``/readyz`` answer 503 with it.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, heartbeat: Heartbeat, ready: Callable[[], bool]) -> None:
+    def __init__(self, registry: CollectorRegistry, *, heartbeat: Heartbeat, ready: Callable[[], bool],
+                 problem: Callable[[], str | None] = lambda: None) -> None:
         self.registry = registry
         self.heartbeat = heartbeat
         self.ready = ready
+        self.problem = problem
         self._server: ThreadingHTTPServer | None = None
 
     def start(self, port: int, host: str = "127.0.0.1") -> int:
@@ -74,7 +78,10 @@ class HealthServer:
     def is_ready(self) -> tuple[bool, str]:
         """Readiness and a one-line reason."""
         try:
-            return (True, "ready") if self.ready() else (False, "not ready")
+            if not self.ready():
+                return False, "not ready"
+            problem = self.problem()
+            return (False, problem) if problem else (True, "ready")
         except Exception as exc:  # noqa: BLE001 - a failing check means "not ready", with the reason shown
             return False, f"readiness check failed: {exc!r}"
 

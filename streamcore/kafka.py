@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,10 @@ from kafka.errors import TopicAlreadyExistsError
 
 from streamcore.assignor import CopartitionedAssignor
 from streamcore.exceptions import InfrastructureError
+from streamcore.faults import INFRA_ERRORS
 from streamcore.settings import TOPICS, Settings
+
+log = logging.getLogger(__name__)
 
 
 def bootstrap(settings: Settings) -> str:
@@ -51,6 +58,64 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
         return created
     finally:
         admin.close()
+
+
+async def missing_topics(consumer: AIOKafkaConsumer, settings: Settings, names: tuple[str, ...]) -> list[str]:
+    """Those of the logical topics ``names`` the broker does not list (one metadata request for all
+    topics: unlike a request naming them, it never makes a broker auto-create one)."""
+    listed = await consumer.topics()
+    return [name for name in names if settings.topic(name) not in listed]
+
+
+class TopicWatch:
+    """Checks every ``topic_check_s`` that a stage's topics exist (a broker restarted on empty storage
+    comes back without them); creates missing ones again when ``recreate_topics`` allows, else holds
+    the reason in :attr:`problem` (the stage is then unready).
+
+    Args:
+        names: the stage's logical input and output topics.
+        on_created: called with the number of topics created.
+        owner: the stage's name, for the log.
+    """
+
+    def __init__(self, settings: Settings, names: tuple[str, ...], on_created: Callable[[int], None], *,
+                 owner: str) -> None:
+        self.settings, self.names, self.owner = settings, names, owner
+        self.problem: str | None = None
+        self._on_created = on_created
+        self._next = 0.0
+
+    async def check(self, consumer: AIOKafkaConsumer, *, force: bool = False) -> None:
+        """Check now if due (or ``force``). Never raises: a broker that cannot answer is the fetch's and
+        the writes' problem, reported by them."""
+        now = time.monotonic()
+        if not force and now < self._next:
+            return
+        self._next = now + self.settings.topic_check_s
+        try:
+            missing = await missing_topics(consumer, self.settings, self.names)
+            if missing and self.settings.recreate_topics:
+                created = await asyncio.get_running_loop().run_in_executor(None, ensure_topics, self.settings,
+                                                                           tuple(missing))
+                self._on_created(len(created))
+                log.error("%s: topics %s were missing; created them again with %d partitions", self.owner,
+                          ", ".join(self.settings.topic(t) for t in missing), self.settings.partitions)
+                missing = await missing_topics(consumer, self.settings, self.names)
+        except INFRA_ERRORS as exc:
+            log.warning("%s: cannot check the topics (%s: %s)", self.owner, type(exc).__name__, exc)
+            return
+        problem = (f"topics missing: {', '.join(self.settings.topic(t) for t in missing)} (create them with "
+                   "`stylestream topics`, or set STYLESTREAM_RECREATE_TOPICS=true)") if missing else None
+        if problem is not None and problem != self.problem:
+            log.error("%s: %s", self.owner, problem)
+        self.problem = problem
+
+
+def request_limit(producer: AIOKafkaProducer, settings: Settings) -> int:
+    """The largest record ``producer`` will send: its ``max_request_size`` (which aiokafka keeps on the
+    instance only), or what :func:`make_producer` configures when the producer does not say."""
+    limit = getattr(producer, "_max_request_size", None)
+    return limit if isinstance(limit, int) and limit > 0 else settings.max_message_bytes + 64 * 1024
 
 
 def delete_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> None:

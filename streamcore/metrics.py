@@ -12,6 +12,10 @@ from prometheus_client import (
     Info,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from streamcore.faults import suppressed_lines
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -25,6 +29,21 @@ class StageMetrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
+        self._stream_series()
+        self._model_series()
+        self._fault_series()
+        r, s = self.registry, ("stage",)
+        self.assigned = Gauge("stylestream_assigned_partitions", "Partitions owned", s + ("topic",), registry=r)
+        # process_resident_memory_bytes, process_cpu_seconds_total...: the stage's registry is its own, so the
+        # process series that prometheus_client puts on its global registry must be added here.
+        ProcessCollector(registry=r)
+        # Series that should exist at 0 from the start, so rates and alerts see them before the first event.
+        for metric in (self.rebalances, self.processed, self.commits, self.inflight, self.queue_depth, self.ready,
+                       self.topics_created, self.partitions_restarted):
+            metric.labels(self.stage)
+
+    def _stream_series(self) -> None:
+        """Records in and out, latency, batching, consumer state."""
         r, s = self.registry, ("stage",)
         self.consumed = Counter("stylestream_messages_consumed_total", "Records fetched from Kafka", s + ("topic",), registry=r)
         self.processed = Counter("stylestream_messages_processed_total", "Records whose outputs were written", s, registry=r)
@@ -46,6 +65,10 @@ class StageMetrics:
         self.lag = Gauge("stylestream_consumer_lag", "Records behind the partition end", s + ("topic", "partition"), registry=r)
         self.rebalances = Counter("stylestream_rebalances_total", "Partition revocations seen", s, registry=r)
         self.commits = Counter("stylestream_offset_commits_total", "Offset commits", s, registry=r)
+
+    def _model_series(self) -> None:
+        """The serving model, training runs and the live guard."""
+        r = self.registry
         self.model = Info("stylestream_model", "Serving model", registry=r)
         self.swaps = Counter("stylestream_model_swaps_total", "Serving-model hot swaps, by result", ("result",), registry=r)
         self.trainer_runs = Counter("stylestream_trainer_runs_total", "Training runs finished, by result", ("result",),
@@ -71,6 +94,10 @@ class StageMetrics:
                                ("version",), registry=r)
         self.rollbacks = Counter("stylestream_model_rollbacks_total",
                                  "Serving versions rolled back by the live guard", registry=r)
+
+    def _fault_series(self) -> None:
+        """Text mining, infrastructure errors, bad state, readiness and recovery."""
+        r, s = self.registry, ("stage",)
         self.mined = Counter("stylestream_text_mined_posts_total", "Posts mined", registry=r)
         self.mine_seconds = Counter("stylestream_text_mine_seconds_total", "Wall seconds spent in the miner", registry=r)
         self.infra_errors = Counter("stylestream_infrastructure_errors_total",
@@ -80,10 +107,25 @@ class StageMetrics:
         self.hints_released = Counter("stylestream_hints_released_total",
                                       "Held hints committed without their post, by reason", ("reason",), registry=r)
         self.ready = Gauge("stylestream_ready", "1 when the worker is ready", s, registry=r)
-        self.assigned = Gauge("stylestream_assigned_partitions", "Partitions owned", s + ("topic",), registry=r)
-        # process_resident_memory_bytes, process_cpu_seconds_total...: the stage's registry is its own, so the
-        # process series that prometheus_client puts on its global registry must be added here.
-        ProcessCollector(registry=r)
-        # Series that should exist at 0 from the start, so rates and alerts see them before the first event.
-        for metric in (self.rebalances, self.processed, self.commits, self.inflight, self.queue_depth, self.ready):
-            metric.labels(self.stage)
+        self.stuck = Gauge("stylestream_stuck", "1 while a Redis/Kafka operation has failed for stuck_after_s, "
+                           "or topics the stage needs are missing", s, registry=r)
+        self.topics_created = Counter("stylestream_topics_created_total",
+                                      "Missing topics the stage created again", s, registry=r)
+        self.partitions_restarted = Counter("stylestream_partitions_restarted_total",
+                                            "Owned partitions found to end before the offsets read (the broker "
+                                            "lost them): read again from their start", s, registry=r)
+        self.bad_model = Counter("stylestream_model_bad_pointer_total",
+                                 "Startups whose serving pointer named a model that failed verification",
+                                 registry=r)
+        _SuppressedLines(registry=r)
+
+
+class _SuppressedLines(Collector):
+    """Log lines the process held back as repeats (:class:`streamcore.faults.RepeatFilter`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        registry.register(self)
+
+    def collect(self):
+        yield CounterMetricFamily("stylestream_log_lines_suppressed", "Repeated log lines held back",
+                                  value=suppressed_lines())

@@ -14,6 +14,7 @@ class OffsetTracker:
         self._inflight: dict[TopicPartition, set[int]] = {}
         self._next: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        self._short: dict[TopicPartition, float] = {}  # since when a partition's end lies before _next
 
     def add(self, tp: TopicPartition, offset: int) -> None:
         """Record that ``offset`` was fetched and is now in flight."""
@@ -31,6 +32,18 @@ class OffsetTracker:
     def next_offset(self, tp: TopicPartition) -> int | None:
         """One past the highest offset fetched from ``tp``, if any was."""
         return self._next.get(tp)
+
+    def restarted(self, tp: TopicPartition, end: int | None, now: float, *, confirm_s: float = 2.0) -> bool:
+        """True once ``tp``'s end has stayed below the offsets read from it for ``confirm_s``: the partition
+        restarted empty (deleted and created again, a broker that lost its storage).
+
+        Not at the first sight: a new partition leader may briefly report an older end.
+        """
+        position = self._next.get(tp)
+        if end is None or position is None or end >= position:
+            self._short.pop(tp, None)
+            return False
+        return now - self._short.setdefault(tp, now) >= confirm_s
 
     def pending(self) -> int:
         """Number of offsets in flight across partitions."""
@@ -56,3 +69,4 @@ class OffsetTracker:
             self._inflight.pop(tp, None)
             self._next.pop(tp, None)
             self._committed.pop(tp, None)
+            self._short.pop(tp, None)

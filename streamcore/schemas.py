@@ -173,7 +173,11 @@ class Feedback(_Message):
 
 
 class DeadLetter(_Message):
-    """A message a stage could not process, with the reason; ``original`` is base64 of the raw bytes."""
+    """A message a stage could not process, with the reason; ``original`` is base64 of the raw bytes.
+
+    A letter must fit what the producer may send: a longer original is cut (``detail`` says so), and
+    ``original_bytes`` / ``original_sha256`` describe the whole of it.
+    """
 
     schema_: Literal["dead-letter/v1"] = Field("dead-letter/v1", alias="schema")  # optional on input
     error: str
@@ -183,6 +187,8 @@ class DeadLetter(_Message):
     topic: str
     partition: int
     offset: int
+    original_bytes: int | None = None
+    original_sha256: str | None = None
 
 
 class ModelUpdate(_Message):

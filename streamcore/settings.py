@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     #: How long the client (``produce``, the demo's producer) waits for the broker to take a post before it
     #: reports the post as not delivered.
     delivery_timeout_s: float = Field(30.0, ge=1)
+    #: A Redis/Kafka operation failing for this long makes its stage report itself stuck (/readyz 503).
+    stuck_after_s: float = Field(60.0, gt=0)
+    #: A stage that finds one of its topics missing creates it again (configured partitions); when
+    #: False it goes unready and says which topics are missing.
+    recreate_topics: bool = True
+    #: How often a stage checks that its topics exist (also checked whenever a write keeps failing).
+    topic_check_s: float = Field(10.0, gt=0)
     #: Posts mined per executor call in the text stage: the loop yields (and ships hints) between chunks.
     text_chunk_posts: int = Field(16, ge=1)
     kafka_options: dict[str, Any] = Field(default_factory=dict)

@@ -1,10 +1,19 @@
-"""Redis sink for labels: idempotent per (post, model version), plus a capped Redis Stream."""
+"""Where labels go: Redis (idempotent per post and model version, plus a capped stream) and the labels topic.
+
+:class:`LabelSink` is the sink in the sense of the stream libraries: a micro-batch's labels are
+:meth:`LabelBatch.add`-ed, then :meth:`LabelBatch.flush`-ed as one unit — Redis first, then the topic with
+the values Redis kept. A broker or Redis error fails the whole flush, and the caller retries it whole:
+the label script makes a repeated flush return the same stored bytes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
 
 from streamcore.redisconn import connect_async
 from streamcore.settings import RedisKeys, Settings
@@ -38,7 +47,7 @@ return {ARGV[1], 1}
 """
 
 
-class RedisLabelSink:
+class RedisLabels:
     """Writes labels to ``<prefix>:label:{post_id}`` and the ``<prefix>:labels`` stream.
 
     The stream lives in its own hash slot, so its entry is added by a second command after the label
@@ -92,6 +101,17 @@ class RedisLabelSink:
                 await self._script(keys=keys, args=args, client=pipe)
             return list(await pipe.execute())
 
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+class RedisLookups:
+    """The reads a classifier makes of Redis: the serving pointer, and which posts already have a label."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._redis = connect_async(settings)
+        self._keys: RedisKeys = settings.keys
+
     async def labelled(self, post_ids: list[str]) -> list[bool]:
         """Per post id, whether a label was already written for it (from any message), in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -106,3 +126,65 @@ class RedisLabelSink:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+async def produce_by_partition(producer: AIOKafkaProducer, topic: str,
+                               messages: Iterable[tuple[int, bytes | None, bytes]]) -> None:
+    """Produce ``(partition, key, value)`` messages as per-partition batches; wait for every ack.
+
+    Skips the client's per-key hashing and per-message overhead where the partition is known.
+    """
+    futures, batches = [], {}
+    for partition, key, value in messages:
+        if partition not in batches:
+            batches[partition] = producer.create_batch()
+        if batches[partition].append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
+            futures.append(await producer.send_batch(batches[partition], topic, partition=partition))
+            batches[partition] = producer.create_batch()
+            batches[partition].append(key=key, value=value, timestamp=None)
+    for partition, batch in batches.items():
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    await asyncio.gather(*futures)
+
+
+class LabelSink:
+    """Labels to Redis and the ``labels`` topic, a micro-batch at a time (see the module docstring)."""
+
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
+        self.redis = RedisLabels(settings)
+        self._producer = producer
+        self._topic = settings.topic("labels")
+
+    def batch(self, version: str) -> LabelBatch:
+        """An empty batch of labels made by model ``version``."""
+        return LabelBatch(self, version)
+
+    async def close(self) -> None:
+        await self.redis.close()
+
+
+@dataclass
+class LabelBatch:
+    """Labels of one micro-batch; :meth:`flush` writes them all or raises, and may be called again."""
+
+    sink: LabelSink
+    version: str
+    _items: list[tuple[str, bytes, str, int]] = field(default_factory=list)
+
+    def add(self, post_id: str, label: bytes, fingerprint: str, partition: int) -> None:
+        """One label; ``partition`` is its post's, so the label lands on the same partition of ``labels``."""
+        self._items.append((post_id, label, fingerprint, partition))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def flush(self) -> list[bytes | None]:
+        """Write to Redis, then the topic. Per label, in order: the stored JSON, or ``None`` for a post id
+        already labelled from other content (a conflicting duplicate: nothing is sent for it)."""
+        sink = self.sink
+        stored = await sink.redis.write(self.version, [(p, label) for p, label, _, _ in self._items],
+                                        [f for _, _, f, _ in self._items])
+        await produce_by_partition(sink._producer, sink._topic,
+                                   [(part, p.encode(), value) for (p, _, _, part), value in zip(self._items, stored)
+                                    if value is not None])
+        return stored

@@ -8,14 +8,20 @@ after each round.
 Error boundary: whatever a record raises ends it as one dead letter (``unexpected_error`` with the
 exception class and message, or the :class:`BadInput` code), never as a dead loop. A round whose
 :meth:`Stage.handle` raises is handled again record by record, so one poison record cannot take its
-round-mates down. Broker and Redis errors (:data:`INFRA_ERRORS`) are retried with backoff by
+round-mates down. Broker and Redis errors (:data:`INFRA_ERRORS`) are retried with jittered backoff by
 :meth:`Stage.retrying` while the record stays unfinished (uncommitted); they are counted and logged.
+Errors that retrying cannot cure (too large, invalid, not authorised: :func:`streamcore.faults.rejection`)
+end the record as a dead letter, which itself is cut to fit what the producer may send. An operation
+failing for ``stuck_after_s`` makes the stage say it is stuck (``/readyz``, ``stylestream_stuck``).
+
+Topics: every ``topic_check_s``, and whenever a write or commit keeps failing, the stage checks that
+its input and output topics exist; missing ones are created again (``recreate_topics``) or reported. An
+owned partition that ends before the offsets already read from it restarted empty: read from its start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import signal
 import time
@@ -24,32 +30,23 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TypeVar
 
 import aiokafka.errors
-import kafka.errors
-from aiokafka import (
-    AIOKafkaConsumer,
-    AIOKafkaProducer,
-    ConsumerRebalanceListener,
-    TopicPartition,
-)
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from redis.exceptions import RedisError
 
 from streamcore.exceptions import BadInput, InfrastructureError
+from streamcore.faults import INFRA_ERRORS, Original, RecordRejected, Streaks, backoff, bounded_letter, rejection
 from streamcore.health import HealthServer, Heartbeat
-from streamcore.kafka import make_consumer, make_producer
+from streamcore.kafka import TopicWatch, make_consumer, make_producer, request_limit
 from streamcore.metrics import StageMetrics
 from streamcore.offsets import OffsetTracker
-from streamcore.schemas import DeadLetter
 from streamcore.serde import encode
 from streamcore.settings import Settings
+from streamcore.sinks import produce_by_partition
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-#: Failures of the broker or Redis, not of the record: retried, never dead-lettered. The producer and
-#: consumer are aiokafka's (their own ``KafkaError``); the admin client is kafka-python's. Not every
-#: ``OSError``: one a record causes (a bad path) must not be retried forever.
-INFRA_ERRORS = (aiokafka.errors.KafkaError, kafka.errors.KafkaError, RedisError, ConnectionError, TimeoutError)
+__all__ = ["INFRA_ERRORS", "Stage"]
 _FIRST_BACKOFF_S = 0.1
 
 
@@ -76,6 +73,8 @@ class Stage(ABC):
     name: str = "stage"
     #: Logical input topics (before the prefix).
     inputs: tuple[str, ...] = ()
+    #: Logical topics the stage writes (checked, and created again if missing, like the inputs).
+    outputs: tuple[str, ...] = ("posts.dlq",)
     #: How long one poll may block; short so that timers in :meth:`tick` stay responsive.
     poll_timeout_ms: int = 100
 
@@ -88,6 +87,11 @@ class Stage(ABC):
         self._stopping = asyncio.Event()
         self.heartbeat = Heartbeat(60.0)
         self.ready = False
+        self.streaks = Streaks()
+        self._loop_streaks: dict[str, int] = {}  # fetch, commit: one streak each, held across rounds
+        self.topics = TopicWatch(settings, tuple(dict.fromkeys((*self.inputs, *self.outputs))),
+                                 self.metrics.topics_created.labels(self.name).inc, owner=self.name)
+        self.metrics.stuck.labels(self.name).set_function(lambda: int(self.stuck() is not None))
         # Per-record counters, resolved once: labels() costs a lock and a dict lookup per call.
         self._processed = self.metrics.processed.labels(self.name)
         self._latency = self.metrics.stage_latency.labels(self.name)
@@ -122,20 +126,27 @@ class Stage(ABC):
             self._latency.observe(now - record.timestamp / 1000)
 
     async def dead_letter(self, record: ConsumerRecord, error: BadInput) -> None:
-        """Send ``record`` to ``posts.dlq`` with the reason and mark it done."""
-        original, detail = record.value or b"", error.detail[:2000]
-        # base64 grows 4/3: keep the letter itself under the message limit. The full original stays
-        # at topic/partition/offset for as long as the topic retains it.
-        room = self.settings.max_message_bytes * 3 // 4 - 8192
-        if len(original) > room:
-            detail += f" (original truncated to {room} of {len(original)} bytes)"
-            original = original[:room]
-        letter = DeadLetter(
-            error=error.code, detail=detail, stage=self.name, original=base64.b64encode(original).decode(),
-            topic=record.topic, partition=record.partition, offset=record.offset,
-        )
-        await self.retrying("dead_letter", lambda: self.send("posts.dlq", record.key, encode(letter)))
-        log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, error)
+        """Send ``record`` to ``posts.dlq`` with the reason and mark it done.
+
+        The letter fits the producer's request limit (the original cut to what fits); if the broker
+        still refuses it as too large or invalid, it goes again without the original.
+
+        Raises:
+            InfrastructureError: the letter could not be written before the stage was stopped.
+        """
+        original = Original(record.topic, record.partition, record.offset, record.key, record.value or b"")
+        limit = min(self.settings.max_message_bytes, request_limit(self.producer, self.settings))
+        for keep in (True, False):
+            letter = encode(bounded_letter(original, error, stage=self.name, limit=limit, keep_original=keep))
+            try:  # the last try retries whatever happens: a letter is never given up
+                await self.retrying("dead_letter", lambda v=letter: self.send("posts.dlq", record.key, v),
+                                    rejectable=keep)
+                break
+            except RecordRejected as refused:
+                log.error("%s: dead letter of %s[%d]@%d refused (%s); sending it without the original",
+                          self.name, record.topic, record.partition, record.offset, refused.detail)
+        log.warning("dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset,
+                    str(error)[:500], extra={"repeat_key": f"dead letter {error.code}"})
         self.metrics.dead_letters.labels(self.name, error.code).inc()
         self.done(record)
 
@@ -154,27 +165,42 @@ class Stage(ABC):
                   exc_info=exc)
         await self.dead_letter(record, BadInput("unexpected_error", f"{type(exc).__name__}: {exc}"))
 
-    async def retrying(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``await call()`` until it succeeds, backing off exponentially on :data:`INFRA_ERRORS`.
+    async def retrying(self, operation: str, call: Callable[[], Awaitable[T]], *, rejectable: bool = True) -> T:
+        """``await call()`` until it succeeds, backing off exponentially (with jitter) on :data:`INFRA_ERRORS`.
 
-        Each failure is counted (``stylestream_infrastructure_errors_total{operation}``) and logged.
+        Each failure is counted (``stylestream_infrastructure_errors_total{operation}``) and logged at a
+        bounded rate; a streak of failures longer than ``stuck_after_s`` makes the stage stuck.
 
         Raises:
+            RecordRejected: the error is permanent for what is written (too large, invalid, not
+                authorised) and ``rejectable``: the caller dead-letters the record.
             InfrastructureError: the stage was asked to stop while the operation still failed; the
                 record stays unfinished, so the next owner redoes it.
         """
-        delay = _FIRST_BACKOFF_S
-        while True:
-            try:
-                return await call()
-            except INFRA_ERRORS as exc:
-                self.metrics.infra_errors.labels(self.name, operation).inc()
-                if self._stopping.is_set():
-                    raise InfrastructureError(f"{operation} failed while stopping: {exc}") from exc
-                log.warning("%s: %s failed (%s: %s); retrying in %.1fs", self.name, operation,
-                            type(exc).__name__, exc, delay)
-                await self._backoff(delay)
-                delay = min(delay * 2, self.settings.retry_backoff_max_s)
+        delays, streak = backoff(_FIRST_BACKOFF_S, self.settings.retry_backoff_max_s), None
+        try:
+            while True:
+                try:
+                    return await call()
+                except INFRA_ERRORS as exc:
+                    self.metrics.infra_errors.labels(self.name, operation).inc()
+                    code = rejection(exc)
+                    if code is not None and rejectable:
+                        raise RecordRejected(code, f"{operation}: {type(exc).__name__}: {exc}") from exc
+                    if self._stopping.is_set():
+                        raise InfrastructureError(f"{operation} failed while stopping: {exc}") from exc
+                    if streak is None:
+                        streak = self.streaks.begin(operation, exc)
+                    else:
+                        self.streaks.failed_again(streak, exc)
+                    delay = next(delays)
+                    log.warning("%s: %s failed (%s: %s); retrying in %.1fs", self.name, operation,
+                                type(exc).__name__, exc, delay,
+                                extra={"repeat_key": f"{self.name} {operation} {type(exc).__name__}"})
+                    await self._check_topics(force=False)
+                    await self._backoff(delay)
+        finally:
+            self.streaks.end(streak)
 
     async def _backoff(self, seconds: float) -> None:
         """Back off for ``seconds``, or less if the stage is asked to stop."""
@@ -188,23 +214,8 @@ class Stage(ABC):
         await (await self.producer.send(self.settings.topic(topic), value=value, key=key))
 
     async def send_to_partitions(self, topic: str, messages: Iterable[tuple[int, bytes | None, bytes]]) -> None:
-        """Produce ``(partition, key, value)`` messages as per-partition batches; wait for all acks.
-
-        Skips the client's per-key hashing and per-message overhead where the partition is known.
-        """
-        full_topic, futures = self.settings.topic(topic), []
-        batches: dict[int, object] = {}
-        for partition, key, value in messages:
-            if partition not in batches:
-                batches[partition] = self.producer.create_batch()
-            batch = batches[partition]
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
-                futures.append(await self.producer.send_batch(batch, full_topic, partition=partition))
-                batch = batches[partition] = self.producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        for partition, batch in batches.items():
-            futures.append(await self.producer.send_batch(batch, full_topic, partition=partition))
-        await asyncio.gather(*futures)
+        """Produce ``(partition, key, value)`` messages as per-partition batches; wait for all acks."""
+        await produce_by_partition(self.producer, self.settings.topic(topic), messages)
 
     def stop(self) -> None:
         """Ask the loop to finish the current round, commit and leave the group."""
@@ -212,8 +223,20 @@ class Stage(ABC):
 
     def serve_health(self, port: int) -> int:
         """``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` (0 = ephemeral); returns the bound port."""
-        server = HealthServer(self.metrics.registry, heartbeat=self.heartbeat, ready=lambda: self.ready)
+        server = HealthServer(self.metrics.registry, heartbeat=self.heartbeat, ready=lambda: self.ready,
+                              problem=self.stuck)
         return server.start(port, self.settings.health_host)
+
+    def stuck(self) -> str | None:
+        """Why the stage cannot make progress (an operation failing for ``stuck_after_s``, missing
+        topics it may not create), or None. Cheap and thread-safe: ``/readyz`` calls it."""
+        if self.topics.problem is not None:
+            return self.topics.problem
+        oldest = self.streaks.oldest()
+        if oldest is not None and oldest[1] >= self.settings.stuck_after_s:
+            operation, seconds, error = oldest
+            return f"stuck: {self.name} {operation} failing for {seconds:.0f} s (last: {error})"
+        return None
 
     # -- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -251,10 +274,11 @@ class Stage(ABC):
             batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms,
                                                   max_records=self.settings.fetch_max_records)
         except aiokafka.errors.KafkaError as exc:
-            self.metrics.infra_errors.labels(self.name, "fetch").inc()
-            log.warning("%s: fetch failed (%s: %s); retrying", self.name, type(exc).__name__, exc)
+            self._loop_failed("fetch", exc)
+            await self._check_topics(force=False)
             await self._backoff(self.settings.retry_backoff_max_s)
             return
+        self._loop_ok("fetch")
         records = [r for tp in sorted(batches, key=lambda t: (t.topic, t.partition)) for r in batches[tp]]
         for record in records:
             self.offsets.add(TopicPartition(record.topic, record.partition), record.offset)
@@ -266,9 +290,27 @@ class Stage(ABC):
             self.metrics.infra_errors.labels(self.name, "tick").inc()
             log.exception("%s: tick failed", self.name)
         await self._commit()
+        await self._check_topics(force=False)
         self.metrics.inflight.labels(self.name).set(self.offsets.pending())
-        self._observe_lag()
+        await self._observe_partitions()
         self.heartbeat.beat()
+
+    def _loop_failed(self, operation: str, exc: BaseException) -> None:
+        """Count and log (at a bounded rate) a failure of the loop's own fetch or commit; open its streak."""
+        self.metrics.infra_errors.labels(self.name, operation).inc()
+        if operation in self._loop_streaks:
+            self.streaks.failed_again(self._loop_streaks[operation], exc)
+        else:
+            self._loop_streaks[operation] = self.streaks.begin(operation, exc)
+        log.warning("%s: %s failed (%s: %s); will retry", self.name, operation, type(exc).__name__, exc,
+                    extra={"repeat_key": f"{self.name} {operation} {type(exc).__name__}"})
+
+    def _loop_ok(self, operation: str) -> None:
+        self.streaks.end(self._loop_streaks.pop(operation, None))
+
+    async def _check_topics(self, *, force: bool) -> None:
+        if self.consumer is not None:
+            await self.topics.check(self.consumer, force=force)
 
     async def _handle(self, records: list[ConsumerRecord]) -> None:
         try:
@@ -283,23 +325,35 @@ class Stage(ABC):
             if not self.offsets.is_pending(TopicPartition(record.topic, record.partition), record.offset):
                 continue  # finished before the round failed
             try:
-                await self.handle([record])
-            except InfrastructureError as exc:
-                log.warning("%s: %s", self.name, exc)
-                return
-            except Exception as exc:  # noqa: BLE001 - the error boundary: this record, and only it, fails
                 try:
+                    await self.handle([record])
+                except InfrastructureError:
+                    raise
+                except BadInput as exc:  # its output was refused for good (RecordRejected)
+                    await self.dead_letter(record, exc)
+                except Exception as exc:  # noqa: BLE001 - the error boundary: this record, and only it, fails
                     await self.fail(record, exc)
-                except InfrastructureError as stop:
-                    log.warning("%s: %s", self.name, stop)
-                    return
+            except InfrastructureError as stop:
+                log.warning("%s: %s", self.name, stop)
+                return
 
-    def _observe_lag(self) -> None:
-        # Every owned partition every round, so a stuck consumer's lag keeps growing on the dashboard.
+    async def _observe_partitions(self) -> None:
+        """Lag of every owned partition (every round, so a stuck consumer's lag keeps growing on the
+        dashboard); a partition whose end lies before what was read from it restarted empty (deleted and
+        created again, a broker that lost its storage) and is read again from its start."""
+        restarted, now = [], time.monotonic()
         for tp in self.consumer.assignment():
             end, position = self.consumer.highwater(tp), self.offsets.next_offset(tp)
             if end is not None and position is not None:
                 self.metrics.lag.labels(self.name, tp.topic, str(tp.partition)).set(max(0, end - position))
+            if self.offsets.restarted(tp, end, now):
+                restarted.append(tp)
+        if restarted:
+            log.error("%s: %s end before the offsets already read: the broker lost them; reading them from the start",
+                      self.name, sorted((tp.topic, tp.partition) for tp in restarted))
+            self.metrics.partitions_restarted.labels(self.name).inc(len(restarted))
+            await self._forget(restarted)
+            await self.consumer.seek_to_beginning(*restarted)
 
     async def _commit(self) -> None:
         assigned = self.consumer.assignment()
@@ -311,9 +365,9 @@ class Stage(ABC):
         except aiokafka.errors.KafkaError as exc:
             # CommitFailedError in a rebalance, or a broker hiccup: the offsets stay uncommitted and are
             # tried again next round (or redone by the partition's next owner).
-            self.metrics.infra_errors.labels(self.name, "commit").inc()
-            log.warning("%s: commit failed (%s: %s); will retry", self.name, type(exc).__name__, exc)
+            self._loop_failed("commit", exc)
             return
+        self._loop_ok("commit")
         self.offsets.mark_committed(offsets)
         self.metrics.commits.labels(self.name).inc()
 
@@ -334,3 +388,11 @@ class Stage(ABC):
                 self.metrics.lag.remove(self.name, tp.topic, str(tp.partition))
             except KeyError:
                 pass
+
+    async def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Drop the stage's work and the offsets of partitions whose records are gone; commit nothing."""
+        try:
+            await self.on_revoked(partitions)
+        except Exception:  # the records are gone either way
+            log.exception("%s: on_revoked failed", self.name)
+        self.offsets.drop(partitions)

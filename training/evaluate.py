@@ -280,12 +280,7 @@ def verdicts(rows: list[dict]) -> dict[str, list[str]]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``stylestream eval``: run Table II over seeds and write ``reports/table2.json`` + ``.png``.
-
-    Raw per-seed results are appended to ``--raw`` as they finish, so an interrupted run resumes, and
-    ``--aggregate-only`` rebuilds the report from them.
-    """
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
 
     parser = argparse.ArgumentParser(**parser_options("stylestream eval", __doc__))
@@ -307,57 +302,70 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/table2.json"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--notes", default=None, help="free text stored in the report")
-    args = parser.parse_args(argv)
-    raw = args.raw or args.out.with_suffix(".raw.jsonl")
-    done = [json.loads(line) for line in raw.read_text().splitlines()] if raw.exists() else []
-    selected: dict[str, dict] = {}
-    for entry in done:
-        if entry.get("kind") == "selection":
-            selected[f"{entry['scenario']}/{entry['backbone']}"] = entry["settings"]
+    return parser.parse_args(argv)
+
+
+def _run_seeds(args: argparse.Namespace, raw: Path, done: list[dict], selected: dict[str, dict]) -> None:
+    """Every (seed, backbone, scenario) not yet in ``raw``, appended to it as it finishes."""
     # A later invocation may add conditions (e.g. the visible-material ablation on fewer seeds) to the same raw file.
     finished = {(e["seed"], e["scenario"], e["backbone"], tuple(e["variants"])) for e in done if e.get("kind") == "seed"}
+    bench = BenchmarkConfig(n_train=args.n_train, n_test=args.n_test)
+    fit = FitConfig(epochs=args.epochs)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    shared: dict | None = {} if args.share_backbone else None
+    # Seeds outermost: a run stopped early still covers every scenario with its first seeds.
+    for seed, name, scenario in itertools.product(args.seeds, args.backbones, args.scenarios):
+        if (seed, scenario, name, tuple(args.variants)) in finished:
+            continue
+        started = time.perf_counter()
+        pretrain = FitConfig(epochs=args.pretrain_epochs, seed=seed) if name == "tiny" else None
+        records, settings = run_seed(seed=seed, scenario=scenario, backbone_name=name, variants=args.variants,
+                                     bench=bench, fit=fit, pretrain=pretrain,
+                                     settings=selected.get(f"{scenario}/{name}"), cache_dir=args.cache_dir,
+                                     device=args.device, shared=shared, lrs=tuple(args.lrs))
+        with raw.open("a", encoding="utf-8") as fh:
+            if f"{scenario}/{name}" not in selected:
+                selected[f"{scenario}/{name}"] = settings
+                fh.write(json.dumps({"kind": "selection", "scenario": scenario, "backbone": name, "settings": settings}) + "\n")
+            fh.write(json.dumps({"kind": "seed", "seed": seed, "scenario": scenario, "backbone": name,
+                                 "variants": args.variants, "records": records}) + "\n")
+        done.append({"kind": "seed", "records": records})
+        print(f"{scenario}/{name}/seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+
+def _protocol(args: argparse.Namespace) -> dict:
+    return {"variants": {v: {**MAIN_TEXT, **VARIANTS[v]} for v in VARIANTS},
+            "selection": selection_score.__doc__.split("\n")[0] + " Chosen on seed 0's validation split "
+                         "(main text); test never used for a choice. Dynamic heads: only settings whose "
+                         f"silent-text validation scores stay within {SILENT_TOLERANCE} of Base's on every "
+                         "criterion metric compete. Dynamic heads continue the selected Base (trunk and "
+                         "category layer frozen). alpha=0.1, beta=0.01 as in the paper.",
+            "ci": "mean ± t(0.975, n-1)·sd/√n over seeds; diff_vs_* are [mean, half-width] of paired per-seed differences",
+            "n_train": args.n_train, "n_test": args.n_test, "epochs": args.epochs,
+            "pretrain_epochs": args.pretrain_epochs,
+            "backbone_pretraining": "once per scenario and image condition, on the first seed's data; later "
+                                    "seeds regenerate data and retrain every head on that frozen backbone"
+                                    if args.share_backbone else "per seed"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``stylestream eval``: run Table II over seeds and write ``reports/table2.json`` + ``.png``.
+
+    Raw per-seed results are appended to ``--raw`` as they finish, so an interrupted run resumes, and
+    ``--aggregate-only`` rebuilds the report from them.
+    """
+    args = _arguments(argv)
+    raw = args.raw or args.out.with_suffix(".raw.jsonl")
+    done = [json.loads(line) for line in raw.read_text().splitlines()] if raw.exists() else []
+    selected = {f"{e['scenario']}/{e['backbone']}": e["settings"] for e in done if e.get("kind") == "selection"}
     if not args.aggregate_only:
-        bench = BenchmarkConfig(n_train=args.n_train, n_test=args.n_test)
-        fit = FitConfig(epochs=args.epochs)
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        shared: dict | None = {} if args.share_backbone else None
-        # Seeds outermost: a run stopped early still covers every scenario with its first seeds.
-        for seed, name, scenario in itertools.product(args.seeds, args.backbones, args.scenarios):
-            if (seed, scenario, name, tuple(args.variants)) in finished:
-                continue
-            started = time.perf_counter()
-            pretrain = FitConfig(epochs=args.pretrain_epochs, seed=seed) if name == "tiny" else None
-            records, settings = run_seed(seed=seed, scenario=scenario, backbone_name=name, variants=args.variants,
-                                         bench=bench, fit=fit, pretrain=pretrain,
-                                         settings=selected.get(f"{scenario}/{name}"), cache_dir=args.cache_dir,
-                                         device=args.device, shared=shared, lrs=tuple(args.lrs))
-            with raw.open("a", encoding="utf-8") as fh:
-                if f"{scenario}/{name}" not in selected:
-                    selected[f"{scenario}/{name}"] = settings
-                    fh.write(json.dumps({"kind": "selection", "scenario": scenario, "backbone": name, "settings": settings}) + "\n")
-                fh.write(json.dumps({"kind": "seed", "seed": seed, "scenario": scenario, "backbone": name,
-                                     "variants": args.variants, "records": records}) + "\n")
-            done.append({"kind": "seed", "records": records})
-            print(f"{scenario}/{name}/seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+        _run_seeds(args, raw, done, selected)
     records = [r for e in done if e.get("kind") == "seed" for r in e["records"]]
     rows, quality = aggregate(records)
     command = " ".join(["stylestream eval", *(argv if argv is not None else sys.argv[1:])])
-    report = {
-        "rows": rows, "hint_quality": quality, "selected_settings": selected, "verdicts": verdicts(rows),
-        "protocol": {"variants": {v: {**MAIN_TEXT, **VARIANTS[v]} for v in VARIANTS},
-                     "selection": selection_score.__doc__.split("\n")[0] + " Chosen on seed 0's validation split "
-                                  "(main text); test never used for a choice. Dynamic heads: only settings whose "
-                                  f"silent-text validation scores stay within {SILENT_TOLERANCE} of Base's on every "
-                                  "criterion metric compete. Dynamic heads continue the selected Base (trunk and "
-                                  "category layer frozen). alpha=0.1, beta=0.01 as in the paper.",
-                     "ci": "mean ± t(0.975, n-1)·sd/√n over seeds; diff_vs_* are [mean, half-width] of paired per-seed differences",
-                     "n_train": args.n_train, "n_test": args.n_test, "epochs": args.epochs,
-                     "pretrain_epochs": args.pretrain_epochs,
-                     "backbone_pretraining": "once per scenario and image condition, on the first seed's data; later "
-                                             "seeds regenerate data and retrain every head on that frozen backbone"
-                                             if args.share_backbone else "per seed"},
-        **({"notes": args.notes} if args.notes else {}), **report_meta(command, device=args.device),
-    }
+    report = {"rows": rows, "hint_quality": quality, "selected_settings": selected, "verdicts": verdicts(rows),
+              "protocol": _protocol(args), **({"notes": args.notes} if args.notes else {}),
+              **report_meta(command, device=args.device)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1), encoding="utf-8")
     from training.plots import plot_table2

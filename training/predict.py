@@ -35,7 +35,7 @@ from training.models import DynamicCNN
 from training.models.build import hint_tensors
 from training.models.heads import DYNAMIC_HEADS, coherent_subcategories
 from training.ontology import Ontology, load_ontology
-from training.registry import Registry, default_entry
+from training.registry import Entry, Registry, default_entry
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,13 @@ class Predictor:
         self._chunk = None if self.cuda else cpu_forward_batch
 
     @classmethod
-    def load(cls, settings: Settings, version: str | None = None) -> Predictor:
-        """``version`` (or the registry's newest) loaded; the packaged default model when the registry is empty."""
+    def load(cls, settings: Settings, version: str | None = None, *, entry: Entry | None = None) -> Predictor:
+        """``entry``, else ``version`` (or the registry's newest) loaded; the packaged default model when the
+        registry is empty."""
         ontology = load_ontology()
         device = resolve_device(settings.device)
         registry = Registry(settings.model_dir)
-        found = registry.get(version) if version else registry.newest()
+        found = entry or (registry.get(version) if version else registry.newest())
         if found is None:
             found = default_entry()
             log.warning("no checkpoint in %s: serving the packaged default model %s", settings.model_dir, found.version)

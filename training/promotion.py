@@ -16,7 +16,7 @@ from streamcore.serde import encode
 from streamcore.settings import Settings
 from training.checkpoint import METRICS_FILE
 from training.lease import Lease, LeaseLost
-from training.registry import Entry, Registry
+from training.registry import CHECKSUM_FILE, Entry, Registry, weights_checksum
 
 MODEL_NAME = b"stylestream"
 _HISTORY_LENGTH = 100
@@ -87,6 +87,9 @@ def promote(settings: Settings, version: str, *, lease: Lease | None = None) -> 
         args.append(lease.token or "")
     if not _redis(settings).eval(_PROMOTE, len(keys), *keys, *args):
         raise LeaseLost(f"lost the run lease before promoting {version}; another trainer holds it")
+    # Classifiers may mount the registry read-only: the promoter records a version it verified too.
+    if weights_checksum(entry.path) == (entry.path / CHECKSUM_FILE).read_text().strip():
+        Registry(settings.model_dir).mark_verified(entry.version)
     return _announce(settings, entry)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 import shutil
@@ -17,6 +19,10 @@ from training.checkpoint import WEIGHTS_FILE, load_checkpoint
 from training.models import DynamicCNN
 
 CHECKSUM_FILE = "SHA256"
+#: Versions that loaded, verified and served, oldest first (a dot name: never taken for a version).
+VERIFIED_FILE = ".verified"
+_VERIFIED_KEPT = 50
+log = logging.getLogger(__name__)
 _VERSION_NAME = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -86,6 +92,35 @@ class Registry:
         """The most recently published version (what a worker serves when no pointer is set)."""
         versions = self.versions()
         return self.get(versions[-1]) if versions else None
+
+    def verified(self) -> list[str]:
+        """Versions that loaded, passed verification and served, least recently verified first.
+
+        What to serve when the wanted version fails its checks: the last good one. An unreadable list
+        counts as empty (the versions are checked again at load anyway).
+        """
+        try:
+            names = json.loads((self.root / VERIFIED_FILE).read_text())
+        except (OSError, ValueError):
+            return []
+        return [n for n in names if isinstance(n, str) and _VERSION_NAME.fullmatch(n)] if isinstance(names, list) else []
+
+    def mark_verified(self, version: str) -> bool:
+        """Remember ``version`` as the most recently verified and served one; False where the registry is
+        read-only to this process (a classifier's mount may be: then promotion's marks are the ones kept)."""
+        names = [n for n in self.verified() if n != check_version_name(version)] + [version]
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=self.root)
+            with os.fdopen(fd, "w") as fh:
+                json.dump(names[-_VERIFIED_KEPT:], fh)
+            os.replace(tmp, self.root / VERIFIED_FILE)  # atomic: replicas sharing the registry never read half
+        except OSError as exc:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            log.info("cannot record %s as verified in %s (%s)", version, self.root, exc)
+            return False
+        return True
 
     def publish(self, checkpoint_dir: Path, *, name: str | None = None) -> Entry:
         """Copy a checkpoint into the registry as a new immutable version (temp dir + rename)."""

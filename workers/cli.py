@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from typer.core import TyperGroup
 
 from streamcore.exceptions import StylestreamError
+from streamcore.faults import install_repeat_filter
 from streamcore.runtime import tune_process
 from workers.commands import models, photo, stream
 
@@ -86,6 +87,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     # kafka-python's I/O thread warns whenever the GIL kept it waiting >100 ms (image work in the
     # demo's producer thread does): not actionable for a user.
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+    # An outage repeats the same warnings many times a second: the first, then one a window with a count.
+    install_repeat_filter()
 
 
 if __name__ == "__main__":

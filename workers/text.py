@@ -27,6 +27,7 @@ class TextStage(Stage):
 
     name = "text"
     inputs = ("posts",)
+    outputs = ("hints", "posts.dlq")
 
     async def setup(self) -> None:
         loop = asyncio.get_running_loop()

@@ -62,6 +62,8 @@ def dashboard_expressions() -> Iterator[tuple[str, str]]:
         for target in panel.get("targets", []):
             yield f"panel {panel['title']!r} {target['refId']}", target["expr"]
     for variable in board.get("templating", {}).get("list", []):
+        if variable.get("type") == "datasource":  # its query is a plugin id, not PromQL
+            continue
         query = variable.get("query")
         query = query.get("query") if isinstance(query, dict) else query
         found = re.fullmatch(r"label_values\((.+),\s*\w+\)", query or "")

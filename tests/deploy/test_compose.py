@@ -41,7 +41,7 @@ def test_docker_compose_config_accepts_the_file():
 
 def test_the_stack_has_kafka_in_kraft_mode_redis_monitoring_and_the_workers():
     services = _compose()["services"]
-    assert {"kafka", "redis", "prometheus", "grafana", "topics", "text", "classify"} <= set(services)
+    assert {"kafka", "redis", "prometheus", "grafana", "topics", "text", "classify", "trainer"} <= set(services)
     assert not any("zookeeper" in name or "zookeeper" in str(s.get("image")) for name, s in services.items())
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
@@ -62,7 +62,7 @@ def test_workers_are_replicated_members_of_their_stage(stage):
 
 def test_gpu_classifier_reserves_one_gpu_and_uses_the_cuda_image():
     gpu = _compose()["services"]["classify-gpu0"]
-    assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "cuda"
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["args"]["DEVICE"] == "cuda"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
     assert gpu["environment"]["STYLESTREAM_DEVICE"] == "cuda"
@@ -90,7 +90,31 @@ def test_prometheus_scrapes_the_ports_the_workers_serve():
     settings = Settings(metrics_port=port)
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    for stage in ("text", "classify"):
+    for stage in ("text", "classify", "trainer"):
         sd = jobs[f"stylestream-{stage}"]["dns_sd_configs"][0]
         assert stage in sd["names"]
         assert sd["port"] == settings.stage_metrics_port(stage)
+
+
+def test_kafka_keeps_its_log_in_the_volume():
+    kafka = _compose()["services"]["kafka"]
+    (volume,) = [m for m in kafka["volumes"] if m.startswith("kafka-data:")]
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == volume.split(":")[1]
+
+
+@pytest.mark.parametrize("stage", ["text", "classify", "trainer", "classify-gpu0"])
+def test_workers_have_a_readiness_healthcheck_on_their_stage_port(stage):
+    service = _compose()["services"][stage]
+    port = Settings(metrics_port=int(service["environment"]["STYLESTREAM_METRICS_PORT"])).stage_metrics_port(
+        "classify" if stage.startswith("classify") else stage)
+    assert f"http://127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"])
+
+
+def test_the_trainer_consumes_feedback_and_writes_the_model_store_the_classifiers_read():
+    services = _compose()["services"]
+    trainer, classify = services["trainer"], services["classify"]
+    assert trainer["command"] == ["worker", "trainer"]
+    store = [m for m in trainer["volumes"] if m.split(":")[1] == trainer["environment"].get("STYLESTREAM_MODEL_DIR",
+                                                                                                "/app/models")]
+    assert store and not store[0].endswith(":ro")
+    assert store[0].split(":")[0] in {m.split(":")[0] for m in classify["volumes"]}

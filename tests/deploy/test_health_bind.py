@@ -18,10 +18,8 @@ def test_default_is_loopback():
 
 def test_both_images_compose_and_k8s_bind_all_interfaces():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    stages = re.split(r"^FROM ", dockerfile, flags=re.MULTILINE)
-    targets = {s.split()[2]: s for s in stages[1:]}
-    for target in ("cpu", "cuda"):
-        assert "STYLESTREAM_HEALTH_HOST=0.0.0.0" in targets[target], target
+    assert len(re.findall(r"^FROM ", dockerfile, flags=re.MULTILINE)) == 1, "one stage, built per device by arguments"
+    assert "STYLESTREAM_HEALTH_HOST=0.0.0.0" in dockerfile
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     assert compose["x-worker"]["environment"]["STYLESTREAM_HEALTH_HOST"] == "0.0.0.0"
     config = next(d for d in yaml.safe_load_all((DEPLOY / "k8s" / "config.yaml").read_text())

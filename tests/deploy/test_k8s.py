@@ -23,7 +23,8 @@ def test_the_expected_objects_exist():
     assert {("Deployment", "stylestream-text"), ("Deployment", "stylestream-classify"),
             ("Deployment", "stylestream-classify-gpu"), ("HorizontalPodAutoscaler", "stylestream-text"),
             ("HorizontalPodAutoscaler", "stylestream-classify"), ("ConfigMap", "stylestream-settings"),
-            ("Secret", "stylestream-credentials"), ("Job", "stylestream-topics")} <= kinds
+            ("Secret", "stylestream-credentials"), ("Job", "stylestream-topics"),
+            ("Deployment", "stylestream-trainer")} <= kinds
     assert all(doc["metadata"].get("namespace") == "stylestream" for _, doc in DOCS if doc["kind"] != "Namespace")
 
 
@@ -75,3 +76,48 @@ def test_one_gpu_per_gpu_classifier_and_hpas_bounded_by_partitions():
     lag = [m for m in hpas["stylestream-classify"]["spec"]["metrics"] if m["type"] == "Pods"]
     assert lag and lag[0]["pods"]["metric"]["name"] == "stylestream_consumer_lag"
     assert lag[0]["pods"]["metric"]["name"] in exported_names()
+
+
+OPERATOR_DOCS = [doc for path in sorted((DEPLOY / "k8s" / "operators").glob("*.yaml"))
+                 for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
+
+
+def test_every_worker_deployment_has_a_disruption_budget():
+    budgets = _by_kind("PodDisruptionBudget")
+    for name, deployment in _by_kind("Deployment").items():
+        if deployment["spec"]["replicas"] > 1 or name != "stylestream-trainer":
+            matching = [b for b in budgets.values()
+                        if b["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]]
+            assert matching and matching[0]["spec"]["maxUnavailable"] == 1, name
+
+
+def test_pods_run_as_the_images_numeric_user():
+    dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    user = int(next(line.split()[1].split(":")[0] for line in dockerfile.splitlines() if line.startswith("USER ")))
+    for _, doc in DOCS:
+        if doc["kind"] in ("Deployment", "Job"):
+            context = doc["spec"]["template"]["spec"]["securityContext"]
+            assert context["runAsNonRoot"] is True and context["runAsUser"] == user, doc["metadata"]["name"]
+
+
+def test_only_the_trainer_writes_the_model_store():
+    writers = []
+    for name, deployment in _by_kind("Deployment").items():
+        for mount in deployment["spec"]["template"]["spec"]["containers"][0].get("volumeMounts", []):
+            if mount["name"] == "models" and not mount.get("readOnly"):
+                writers.append(name)
+    assert writers == ["stylestream-trainer"]
+
+
+def test_operator_manifests_target_the_real_workers():
+    deployments = _by_kind("Deployment")
+    monitors = [d for d in OPERATOR_DOCS if d["kind"] == "PodMonitor"]
+    assert monitors and all(e["port"] == "metrics" for m in monitors for e in m["spec"]["podMetricsEndpoints"])
+    labels = monitors[0]["spec"]["selector"]["matchLabels"]
+    assert all(labels.items() <= d["spec"]["template"]["metadata"]["labels"].items() for d in deployments.values())
+    (scaled,) = [d for d in OPERATOR_DOCS if d["kind"] == "ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] in deployments
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == Settings().group("classify")
+    partitions = int(_by_kind("ConfigMap")["stylestream-settings"]["data"]["STYLESTREAM_PARTITIONS"])
+    assert scaled["spec"]["maxReplicaCount"] <= partitions

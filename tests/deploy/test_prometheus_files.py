@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.deploy.promql import ALERTS, DEPLOY
 
@@ -32,3 +33,14 @@ def test_prometheus_config_passes_promtool_check_config():
 
 def test_alert_rules_unit_tests():
     _promtool("test", "rules", str(Path(__file__).with_name("alerts_test.yml")))
+
+
+def test_every_alert_links_to_its_runbook_section():
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text(encoding="utf-8"))
+    runbook = (DEPLOY.parent / "docs" / "runbook.md").read_text(encoding="utf-8")
+    sections = {line[3:].strip().lower() for line in runbook.splitlines() if line.startswith("## ")}
+    alerts = [rule for group in rules["groups"] for rule in group["rules"] if "alert" in rule]
+    assert alerts
+    for rule in alerts:
+        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert path == "docs/runbook.md" and anchor == rule["alert"].lower() and anchor in sections, rule["alert"]

@@ -59,14 +59,23 @@ def test_dashboard_covers_what_operators_watch():
 
 def test_dashboard_structure_matches_the_provisioning():
     board = json.loads(DASHBOARD.read_text(encoding="utf-8"))
-    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
-    uid = datasource["datasources"][0]["uid"]
     assert board["uid"] and board["title"]
+    # Importable anywhere: the datasource is a variable (and an import input), not this stack's uid.
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert [i["pluginId"] for i in board["__inputs"]] == ["prometheus"]
+    assert {"job", "namespace"} <= set(variables)
+    uid = "${datasource}"
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
     for panel in board["panels"]:
         assert {"x", "y", "w", "h"} <= set(panel["gridPos"]) and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == uid, panel["title"]
+    for variable in variables.values():
+        if "datasource" in variable:
+            assert variable["datasource"]["uid"] == uid, variable["name"]
+    up = [t["expr"] for p in board["panels"] for t in p.get("targets", []) if t["expr"].startswith("sum by (job) (up")]
+    assert up and all('job=~"$job"' in e and 'namespace=~"$namespace"' in e for e in up)
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/stylestream.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"

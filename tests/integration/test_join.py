@@ -93,6 +93,13 @@ def test_posts_join_their_hints_for_any_replica_count(make_settings, workers, re
     assert group.alive()
 
     wait_until(lambda: labelled(sent) == len(sent), timeout=240, what="every post to be labelled")
+    _assert_hints_used(settings, store, miner, sent, replicas)
+    wait_until(lambda: not committed_behind(settings, "classify", ("posts", "hints")), timeout=60,
+               what="the classifiers' committed offsets to reach the end of posts and hints")
+
+
+def _assert_hints_used(settings, store, miner, sent: list, replicas: int) -> None:
+    """At least 95% of the posts whose text has hints were labelled with them."""
     hinted = [p for p in sent if not miner.mine(p).is_empty]
     assert len(hinted) >= len(sent) // 2, "the synthetic captions should mostly name their garment"
     labels = [Label.model_validate_json(store.get(settings.keys.label(p.post_id))) for p in hinted]
@@ -101,5 +108,3 @@ def test_posts_join_their_hints_for_any_replica_count(make_settings, workers, re
     print(f"{replicas} then {replicas + 1} replicas: {mined}/{len(hinted)} hinted posts labelled with mined hints "
           f"({before}/{sum(p in sent[:BEFORE] for p in hinted)} before the new replica; {len(sent)} posts)")
     assert mined >= 0.95 * len(hinted), f"{mined} of {len(hinted)} posts with hints used them"
-    wait_until(lambda: not committed_behind(settings, "classify", ("posts", "hints")), timeout=60,
-               what="the classifiers' committed offsets to reach the end of posts and hints")

@@ -20,7 +20,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from streamcore.embedded import free_port
 from streamcore.schemas import DeadLetter, Feedback, HintsUsed, Label, ModelUpdate, ScoredTerm, utcnow
 from streamcore.serde import encode
-from streamcore.sinks import RedisLabelSink, fingerprint
+from streamcore.sinks import RedisLabels, fingerprint
 from tests.support import publish_tiny, wait_until
 from training.checkpoint import METRICS_FILE
 from training.ontology import load_ontology
@@ -265,7 +265,7 @@ def _label(post_id: str, version: str, category: str) -> Label:
 
 
 async def _write_labels(settings, labels: list[Label]) -> None:
-    sink = RedisLabelSink(settings)
+    sink = RedisLabels(settings)
     try:
         for label in labels:  # one model version per write, as the classifier writes them
             await sink.write(label.model_version, [(label.post_id, encode(label))], [fingerprint(label.post_id.encode())])

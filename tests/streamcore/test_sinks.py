@@ -16,7 +16,7 @@ from streamcore.embedded import free_port, redis_binary, stop_processes
 from streamcore.schemas import HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.serde import encode
 from streamcore.settings import RedisKeys, Settings
-from streamcore.sinks import RedisLabelSink, fingerprint
+from streamcore.sinks import RedisLabels, RedisLookups, fingerprint
 from tests.support import wait_until
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ def _label(post_id: str, version: str = "v1", term: str = "dresses") -> Label:
 
 
 async def _write(settings: Settings, labels: list[Label], prints: list[str]) -> list[bytes | None]:
-    sink = RedisLabelSink(settings)
+    sink = RedisLabels(settings)
     try:
         versions = {label.model_version for label in labels}
         assert len(versions) == 1, "a micro-batch comes from one model version"
@@ -164,13 +164,13 @@ def test_promotion_pointer_and_history_on_a_redis_cluster(redis_cluster, make_se
     assert client.get(settings.keys.model_current) == b"v-two"
     assert rollback(settings).version == "v-one"
     assert client.get(settings.keys.model_current) == b"v-one"
-    sink = RedisLabelSink(settings)
+    lookups = RedisLookups(settings)
 
     async def current() -> str | None:
         try:
-            return await sink.current_model()
+            return await lookups.current_model()
         finally:
-            await sink.close()
+            await lookups.close()
 
     assert asyncio.run(current()) == "v-one"
 
@@ -179,7 +179,7 @@ def test_an_empty_batch_writes_nothing(make_settings):
     settings = make_settings()
 
     async def scenario():
-        sink = RedisLabelSink(settings)
+        sink = RedisLabels(settings)
         try:
             return await sink.write("v1", [], [])
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 
 import aiokafka.errors
 import kafka.errors
@@ -11,16 +12,26 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from streamcore.exceptions import BadInput
+from streamcore.health import HealthServer
 from streamcore.schemas import DeadLetter
 from streamcore.settings import Settings
 from streamcore.stage import Stage
 
 
 class Producer:
-    def __init__(self) -> None:
+    """Refuses records over ``_max_request_size`` as aiokafka does, and over ``broker_limit`` as a broker does."""
+
+    def __init__(self, limit: int = 10_000_000, broker_limit: int | None = None) -> None:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self._max_request_size = limit
+        self.broker_limit = broker_limit
 
     async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future:
+        if len(value) + len(key or b"") > self._max_request_size:
+            raise aiokafka.errors.MessageSizeTooLargeError(f"{len(value)} bytes")
+        if self.broker_limit is not None and len(value) > self.broker_limit:
+            raise aiokafka.errors.RecordTooLargeError("the broker's message.max.bytes")
         self.sent.append((topic, key, value))
         future = asyncio.get_running_loop().create_future()
         future.set_result(None)
@@ -35,6 +46,9 @@ class Consumer:
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition("posts", 0)}
 
+    async def topics(self) -> set[str]:
+        return {"posts", "posts.dlq"}
+
     async def commit(self, offsets: dict) -> None:
         if self.error is not None:
             raise self.error
@@ -47,8 +61,8 @@ class Toy(Stage):
     name = "toy"
     inputs = ("posts",)
 
-    def __init__(self) -> None:
-        super().__init__(Settings())
+    def __init__(self, **settings) -> None:
+        super().__init__(Settings(**settings))
         self.producer, self.consumer = Producer(), Consumer()
         self.rounds: list[list[bytes]] = []
 
@@ -60,8 +74,8 @@ class Toy(Stage):
             self.done(record)
 
 
-def _records(*values: bytes) -> list[ConsumerRecord]:
-    return [ConsumerRecord("posts", 0, i, -1, 0, b"k", v, None, 1, len(v), ()) for i, v in enumerate(values)]
+def _records(*values: bytes, topic: str = "posts") -> list[ConsumerRecord]:
+    return [ConsumerRecord(topic, 0, i, -1, 0, b"k", v, None, 1, len(v), ()) for i, v in enumerate(values)]
 
 
 def test_a_failing_round_is_retried_record_by_record_and_the_poison_one_dead_lettered():
@@ -114,3 +128,76 @@ def test_a_bad_record_timestamp_is_not_observed_as_latency():
         stage.offsets.add(TopicPartition("posts", 0), 0)
         stage.done(record)
     assert stage._latency._sum.get() == 0
+
+
+def _dead_letter(stage: Toy, value: bytes) -> DeadLetter:
+    (record,) = _records(value)
+    stage.offsets.add(TopicPartition("posts", 0), 0)
+    asyncio.run(stage.dead_letter(record, BadInput("too_large", "an 8 MB post")))
+    assert stage.offsets.committable() == {TopicPartition("posts", 0): 1}  # the stage moves on
+    ((topic, _, letter),) = stage.producer.sent
+    assert topic == "posts.dlq"
+    return DeadLetter.model_validate_json(letter)
+
+
+def test_a_letter_larger_than_the_producer_sends_is_cut_to_fit_not_retried_forever():
+    stage, big = Toy(), b"\xff" * (8 * 1024 * 1024)
+    stage.producer = Producer(limit=1_000_000)
+    letter = _dead_letter(stage, big)
+    kept = base64.b64decode(letter.original)
+    assert 500_000 < len(kept) < 1_000_000 and big.startswith(kept)
+    assert letter.original_bytes == len(big) and letter.original_sha256 == hashlib.sha256(big).hexdigest()
+    assert stage.metrics.infra_errors.labels("toy", "dead_letter")._value.get() == 0  # fitted at once
+
+
+def test_a_letter_the_broker_still_refuses_goes_again_without_the_original():
+    stage = Toy()
+    stage.producer = Producer(limit=1_000_000, broker_limit=4000)
+    letter = _dead_letter(stage, b"\x01" * 200_000)
+    assert letter.original == "" and letter.original_bytes == 200_000 and "truncated to 0 of 200000" in letter.detail
+    assert stage.metrics.infra_errors.labels("toy", "dead_letter")._value.get() == 1
+
+
+class Oversize(Toy):
+    """Writes an output the producer refuses for good, once per record."""
+
+    async def handle(self, records):
+        for record in records:
+            await self.retrying("output", lambda k=record.key: self.send("labels", k, b"x" * 2_000_000))
+            self.done(record)
+
+
+def test_an_output_refused_for_good_dead_letters_its_record_and_the_round_goes_on():
+    stage = Oversize()
+    stage.producer = Producer(limit=1_000_000)
+    records = _records(b"a", b"b")
+    for record in records:
+        stage.offsets.add(TopicPartition("posts", 0), record.offset)
+    asyncio.run(stage._handle(records))
+    letters = [DeadLetter.model_validate_json(v) for _, _, v in stage.producer.sent]
+    assert [(x.error, x.offset) for x in letters] == [("output_too_large", 0), ("output_too_large", 1)]
+    assert letters[0].detail.startswith("output: MessageSizeTooLargeError")
+    assert stage.offsets.committable() == {TopicPartition("posts", 0): 2}
+
+
+def test_an_operation_failing_past_stuck_after_s_makes_the_stage_unready_until_it_succeeds():
+    stage = Toy(stuck_after_s=0.3, retry_backoff_max_s=0.1)
+    server = HealthServer(stage.metrics.registry, heartbeat=stage.heartbeat, ready=lambda: True, problem=stage.stuck)
+    seen: list[tuple[bool, str]] = []
+
+    def stuck_gauge() -> float:
+        return stage.metrics.registry.get_sample_value("stylestream_stuck", {"stage": "toy"})
+
+    async def down_until_reported() -> str:
+        if not seen or seen[-1][0]:
+            seen.append((*server.is_ready(), stuck_gauge()))
+            raise RedisConnectionError("Redis is down")
+        return "written"
+
+    assert asyncio.run(stage.retrying("label_write", down_until_reported)) == "written"
+    assert seen[0] == (True, "ready", 0)
+    ready, reason, gauge = seen[-1]
+    assert not ready and reason.startswith("stuck: toy label_write failing for") and "Redis is down" in reason
+    assert gauge == 1
+    assert stuck_gauge() == 0  # the streak ended with the success
+    assert server.is_ready() == (True, "ready") and stage.stuck() is None

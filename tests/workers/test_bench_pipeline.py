@@ -3,7 +3,8 @@ steady-state label rate."""
 
 from __future__ import annotations
 
-from workers.benchmarks.pipeline import _combine, _label_rate
+from workers.benchmarks.pipeline_report import combine_rounds as _combine
+from workers.benchmarks.pipeline_runs import _label_rate
 
 
 def _round(rate: float, ratio: float, cpu: float) -> dict:

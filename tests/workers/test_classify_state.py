@@ -7,7 +7,6 @@ import asyncio
 import os
 import time
 from datetime import UTC, datetime
-from types import SimpleNamespace
 
 import pytest
 from aiokafka import TopicPartition
@@ -16,13 +15,14 @@ from aiokafka.structs import ConsumerRecord
 from streamcore.schemas import Hints, ImageSource, Post
 from streamcore.serde import encode
 from streamcore.settings import Settings
-from workers.classify import ClassifyStage, _received_ms
+from workers.classify.feeder import ImageFeeder
+from workers.classify.stage import ClassifyStage, received_ms
 
 TOPICS = ("posts", "hints")
 
 
-class Sink:
-    """The two reads the join makes of Redis: the serving pointer and which posts are labelled."""
+class Lookups:
+    """The two reads the classifier makes of Redis: the serving pointer and which posts are labelled."""
 
     def __init__(self, value: bytes | None = None, labelled: frozenset[str] = frozenset()) -> None:
         self.value = value
@@ -70,7 +70,7 @@ def stage() -> ClassifyStage:
     stage = ClassifyStage(Settings(max_inflight=10, max_inflight_bytes=10_000, max_held_hint_bytes=2_000,
                                    hint_wait_ms=60_000))
     stage.consumer = Consumer()
-    stage.sink = Sink(labelled=frozenset({"old"}))
+    stage.lookups = Lookups(labelled=frozenset({"old"}))
     started: list = []
     stage._start = started.append  # the batch path is the integration tests' business
     stage.started = started
@@ -98,7 +98,8 @@ def test_late_and_duplicate_hints_are_released_and_counted(stage):
     assert stage.metrics.hints_released.labels("duplicate")._value.get() == 1
     assert stage.offsets.is_pending(TopicPartition("hints", 0), 0)
     assert not stage.offsets.is_pending(TopicPartition("hints", 0), 1)
-    stage._started["b"] = "posts/0/9"  # b was classified without hints
+    _fetch(stage, [_record("posts", 9, _post("b"))])
+    stage._apply(stage.join.due(time.monotonic() + 3600))  # b's wait is over: classified without hints
     _fetch(stage, [_record("hints", 2, _hints("b"))])
     assert stage.metrics.hints_released.labels("late")._value.get() == 1
 
@@ -106,7 +107,7 @@ def test_late_and_duplicate_hints_are_released_and_counted(stage):
 def test_rereading_hints_of_an_already_labelled_post_releases_them(stage):
     _fetch(stage, [_record("hints", 0, _hints("old")), _record("hints", 1, _hints("new"))])
     assert stage.metrics.hints_released.labels("late")._value.get() == 1
-    assert list(stage._hints) == ["new"]
+    assert stage.join.held_post_ids() == ["new"]
     assert stage.offsets.committable()[TopicPartition("hints", 0)] == 1  # "old" no longer holds the partition
 
 
@@ -115,7 +116,7 @@ def test_posts_pause_on_bytes_not_only_on_count(stage):
     _fetch(stage, [_record("posts", i, _post(f"p{i}", big)) for i in range(4)])  # 4 posts, > 10,000 bytes
     stage._backpressure()
     assert {tp.topic for tp in stage.consumer.paused} == {"posts"}
-    stage._waiting.clear()
+    stage.join.forget({("posts", 0)})
     stage._backpressure()
     assert not stage.consumer.paused
 
@@ -139,7 +140,7 @@ def test_a_pause_survives_reassignment(stage):
 
 @pytest.mark.parametrize("raw", [b"\xff\xfe", b"../../etc", b"v1\nv2", b"x" * 129, b".hidden"])
 def test_a_garbage_serving_pointer_is_counted_once_and_ignored(stage, raw):
-    stage.sink = Sink(raw)
+    stage.lookups = Lookups(raw)
     assert asyncio.run(stage._serving_pointer()) is None
     assert asyncio.run(stage._serving_pointer()) is None
     assert stage.metrics.bad_state.labels("classify", "model_current")._value.get() == 1
@@ -147,7 +148,7 @@ def test_a_garbage_serving_pointer_is_counted_once_and_ignored(stage, raw):
 
 @pytest.mark.parametrize("raw", [b"v20261130T101500000000Z", b"candidate-3", None])
 def test_a_version_name_is_passed_on(stage, raw):
-    stage.sink = Sink(raw)
+    stage.lookups = Lookups(raw)
     assert asyncio.run(stage._serving_pointer()) == (raw.decode() if raw else None)
 
 
@@ -155,39 +156,37 @@ def test_a_version_name_is_passed_on(stage, raw):
 def test_a_record_timestamp_no_datetime_holds_becomes_the_read_time(timestamp):
     before = int(time.time() * 1000)
     record = ConsumerRecord("posts", 0, 0, timestamp, 0, None, b"x", None, 0, 1, ())
-    assert before <= _received_ms(record) <= int(time.time() * 1000)
-    assert _received_ms(_record("posts", 0, b"x")) == 1_700_000_000_000
+    assert before <= received_ms(record) <= int(time.time() * 1000)
+    assert received_ms(_record("posts", 0, b"x")) == 1_700_000_000_000
 
 
-def _decoded_at(stage: ClassifyStage, queued: int, count: int) -> list[int]:
+def _decoded_at(settings: Settings, queued: int, count: int) -> list[int]:
     """The scheduling policy of the thread that decoded each of ``count`` images started together while
     ``queued`` decoded images wait for a batch."""
-    stage._prepare = lambda post: os.sched_getscheduler(0)
-    stage.batcher = SimpleNamespace(queued=queued)
+    feeder = ImageFeeder(settings, lambda post: os.sched_getscheduler(0), lambda: queued,
+                         cpu_model=settings.device == "cpu")
 
     async def together() -> list[int]:
-        return list(await asyncio.gather(*(stage._decode(None) for _ in range(count))))
+        return list(await asyncio.gather(*(feeder.decode(None) for _ in range(count))))
 
     try:
         return asyncio.run(together())
     finally:
-        stage._decode_pool.shutdown()
-        if stage._spare_decode_pool is not None:
-            stage._spare_decode_pool.shutdown()
+        feeder.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="no SCHED_IDLE on this platform")
 def test_on_a_cpu_model_only_images_beyond_the_next_batch_are_decoded_at_idle_priority():
     cpu = {"device": "cpu", "max_batch": 4, "decode_idle_priority": True}
     # The next batch lacks images: decoded at normal priority, the model would wait for them...
-    assert _decoded_at(ClassifyStage(Settings(**cpu)), queued=0, count=1) == [os.SCHED_OTHER]
+    assert _decoded_at(Settings(**cpu), queued=0, count=1) == [os.SCHED_OTHER]
     # ... until queued and urgent ones cover it: the rest use the time the forward leaves.
-    assert _decoded_at(ClassifyStage(Settings(**cpu)), queued=3, count=3) == [os.SCHED_OTHER, os.SCHED_IDLE, os.SCHED_IDLE]
-    assert _decoded_at(ClassifyStage(Settings(**cpu)), queued=4, count=1) == [os.SCHED_IDLE]
+    assert _decoded_at(Settings(**cpu), queued=3, count=3) == [os.SCHED_OTHER, os.SCHED_IDLE, os.SCHED_IDLE]
+    assert _decoded_at(Settings(**cpu), queued=4, count=1) == [os.SCHED_IDLE]
 
 
 @pytest.mark.parametrize("settings", [{"device": "cpu"}, {"device": "cpu", "decode_idle_priority": False},
                                       {"device": "cuda", "decode_idle_priority": True}])
 def test_by_default_on_a_gpu_model_or_off_every_decode_keeps_normal_priority(settings):
     # Off by default: busy neighbours would starve idle decodes. A GPU model leaves the cores to the decoding.
-    assert _decoded_at(ClassifyStage(Settings(max_batch=4, **settings)), queued=8, count=2) == [os.SCHED_OTHER] * 2
+    assert _decoded_at(Settings(max_batch=4, **settings), queued=8, count=2) == [os.SCHED_OTHER] * 2

@@ -186,8 +186,7 @@ def make_caption(
         noise: probability of one noise kind from :data:`NOISE_KINDS` being applied.
         split: ``"dev"`` or ``"heldout"`` template bank.
         distractor_prob: probability of also naming another category's garment (not the true one).
-        slang_prob: probability of naming the garment, and each attribute, by slang outside the
-            ontology's keywords (where the generator has slang for it).
+        slang_prob: probability of naming the garment, and each attribute, by slang (where known).
 
     Raises:
         ValueError: unknown split, category, sub-category, material or pattern.
@@ -195,19 +194,10 @@ def make_caption(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     cat_words, sub_words = _terms(ontology, category, subcategory)
-    names = (*patterns, *materials)
-    words = [_attribute_word(ontology, a, rng) for a in names]  # validates every name
-    if slang_prob > 0:  # drawn only when asked, so captions without slang keep their random stream
-        words = [rng.choice(_ATTRIBUTE_SLANG[n]) if n in _ATTRIBUTE_SLANG and rng.random() < slang_prob else w
-                 for n, w in zip(names, words, strict=True)]
-    attrs = [w for w in words if rng.random() < 0.7]
+    attrs = _attribute_words(rng, ontology, (*patterns, *materials), slang_prob)
     kind = rng.choice(NOISE_KINDS) if rng.random() < noise else None
     emo = rng.choice(_HAPPY_EMOJI)
-    comments = tuple(rng.sample(_COMMENTS[split], k=rng.randint(0, 2)))
-    tags = list(rng.sample(_GENERIC_TAGS[split], k=rng.randint(0, 3)))
-    handles = [rng.choice(_FRIENDS)] if rng.random() < 0.3 else []
-    if brand:
-        handles.append("@" + brand.replace("_", ""))
+    comments, tags, handles = _extras(rng, split, brand)
 
     distractor = ""
     if distractor_prob > 0 and rng.random() < distractor_prob:
@@ -215,10 +205,7 @@ def make_caption(
                                                           item=_wrong_category(ontology, category, rng))
 
     if rng.random() >= mention_prob:
-        # Silent or misleading text: chatter, or another category named (the photo shows more than one thing).
-        text = rng.choice(_CHATTER[split])
-        if rng.random() < 0.5:
-            text = rng.choice(_TEMPLATES[split]).format(item=_wrong_category(ontology, category, rng), emo=emo)
+        text = _unrelated_text(rng, ontology, category, split, emo)
         return Caption(text + distractor, tuple(tags), comments, tuple(handles), mentioned=False, noise=kind)
 
     item = rng.choice(sub_words if rng.random() < 0.6 else cat_words)
@@ -226,19 +213,44 @@ def make_caption(
         item = rng.choice(_SLANG[category])
     phrase = " ".join([*attrs, item])
     text = rng.choice(_TEMPLATES[split]).format(item=phrase, emo=emo)
-    mentioned = True
+    text, tags, comments, mentioned = _apply_noise(kind, rng, ontology, _Said(text, phrase, item, attrs, emo),
+                                                   category=category, brand=brand, split=split, tags=tags,
+                                                   comments=comments)
+    if style and mentioned and rng.random() < 0.5:
+        tags.append(_hashtag(f"{style.replace('_', ' ')} style", split))
+    rng.shuffle(tags)
+    return Caption((text + distractor).strip(), tuple(tags), comments, tuple(handles), mentioned=mentioned, noise=kind)
+
+
+@dataclass(frozen=True)
+class _Said:
+    """What a caption that names the garment says, before a noise kind rewrites it."""
+
+    text: str
+    phrase: str
+    item: str
+    attrs: list[str]
+    emo: str
+
+
+def _apply_noise(kind: str | None, rng: random.Random, ontology: Ontology, said: _Said, *, category: str,
+                 brand: str | None, split: str, tags: list[str],
+                 comments: tuple[str, ...]) -> tuple[str, list[str], tuple[str, ...], bool]:
+    """The caption text, tags, comments and whether the garment is still named, after noise ``kind``."""
+    text, emo, mentioned = said.text, said.emo, True
     if kind == "typo":
-        text = rng.choice(_TEMPLATES[split]).format(item=" ".join(_typo(w, rng, split) for w in phrase.split()), emo=emo)
+        text = rng.choice(_TEMPLATES[split]).format(item=" ".join(_typo(w, rng, split) for w in said.phrase.split()),
+                                                    emo=emo)
     elif kind == "language":
         template, words = rng.choice(_FOREIGN[split])
         foreign = words.get(category)
-        text = template.format(item=" ".join([*attrs, foreign or item]), emo=emo)
+        text = template.format(item=" ".join([*said.attrs, foreign or said.item]), emo=emo)
     elif kind == "chatter":
         text = f"{rng.choice(_CHATTER[split])}. {text} {rng.choice(_CHATTER[split])}"
         comments += tuple(rng.sample(_CHATTER[split], k=2))
     elif kind == "hashtags_only":
         text = rng.choice(("", emo, "."))
-        tags = [_hashtag(item, split), *(_hashtag(a, split) for a in attrs), *tags]
+        tags = [_hashtag(said.item, split), *(_hashtag(a, split) for a in said.attrs), *tags]
     elif kind == "emoji_only":
         item_emoji = _ITEM_EMOJI.get(category)
         mentioned = item_emoji is not None
@@ -246,7 +258,31 @@ def make_caption(
     elif kind == "brand_only":
         mentioned = False
         text = f"{emo} @{(brand or rng.choice(ontology.brands).name).replace('_', '')}"
-    if style and mentioned and rng.random() < 0.5:
-        tags.append(_hashtag(f"{style.replace('_', ' ')} style", split))
-    rng.shuffle(tags)
-    return Caption((text + distractor).strip(), tuple(tags), comments, tuple(handles), mentioned=mentioned, noise=kind)
+    return text, tags, comments, mentioned
+
+
+def _attribute_words(rng: random.Random, ontology: Ontology, names: tuple[str, ...], slang_prob: float) -> list[str]:
+    """The words a caption may use for the garment's attributes (about 70% of them are used)."""
+    words = [_attribute_word(ontology, a, rng) for a in names]  # validates every name
+    if slang_prob > 0:  # drawn only when asked, so captions without slang keep their random stream
+        words = [rng.choice(_ATTRIBUTE_SLANG[n]) if n in _ATTRIBUTE_SLANG and rng.random() < slang_prob else w
+                 for n, w in zip(names, words, strict=True)]
+    return [w for w in words if rng.random() < 0.7]
+
+
+def _extras(rng: random.Random, split: str, brand: str | None) -> tuple[tuple[str, ...], list[str], list[str]]:
+    """Comments, generic hashtags and user tags around the caption."""
+    comments = tuple(rng.sample(_COMMENTS[split], k=rng.randint(0, 2)))
+    tags = list(rng.sample(_GENERIC_TAGS[split], k=rng.randint(0, 3)))
+    handles = [rng.choice(_FRIENDS)] if rng.random() < 0.3 else []
+    if brand:
+        handles.append("@" + brand.replace("_", ""))
+    return comments, tags, handles
+
+
+def _unrelated_text(rng: random.Random, ontology: Ontology, category: str, split: str, emo: str) -> str:
+    """Silent or misleading text: chatter, or another category named (the photo shows more than one thing)."""
+    text = rng.choice(_CHATTER[split])
+    if rng.random() < 0.5:
+        text = rng.choice(_TEMPLATES[split]).format(item=_wrong_category(ontology, category, rng), emo=emo)
+    return text
