@@ -61,7 +61,7 @@ class StylestreamClient:
 
     # -- publishing ------------------------------------------------------------------------------
     def publish(self, post: Post) -> Delivery:
-        """Send a post keyed by its id (so its hints land on the same partition).
+        """Send a post to the ``posts`` topic, keyed by its id.
 
         Raises:
             ValueError: the image source cannot be read by a stage, or the post exceeds ``max_message_bytes``.
@@ -103,9 +103,10 @@ class StylestreamClient:
         try:
             future = producer.send(self.settings.topic(topic), key=key.encode(), value=value)
         except KafkaError as exc:  # no metadata for the topic in time, a record the producer refuses
+            error = reason(exc)
             with self._lock:
-                self._failed[key] = reason(exc)
-            return Delivery(key, error=self._failed[key])
+                self._failed[key] = error
+            return Delivery(key, error=error)
         delivery = Delivery(key, future, limit_s=self._flush_limit_s)
         with self._lock:  # before the callbacks: they may run at once
             self._outstanding[id(delivery)] = delivery
