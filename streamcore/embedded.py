@@ -110,6 +110,8 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
     start_timeout: float = 20.0
     kafka_port: int = 0
     redis_port: int = 0
+    #: Keep Redis's data here (append-only file, fsync every second) instead of in memory only.
+    data_dir: Path | None = None
     _procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     _tmp: tempfile.TemporaryDirectory | None = None
 
@@ -131,7 +133,7 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
                                   url, "--storage-engine", "memory://tansu/", "--cluster-id", "stylestream"])
             self.redis_port = self.redis_port or free_port()
             self._spawn("redis", [redis_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1",
-                                  "--save", "", "--appendonly", "no", "--dir", self._tmp.name])
+                                  "--save", "", *self._redis_storage()])
             for (name, proc), port in zip(self._procs, (self.kafka_port, self.redis_port)):
                 _wait_for_port(port, proc, name, self.start_timeout)
             self._wait_answers()
@@ -139,6 +141,13 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
             self.stop()
             raise
         return self
+
+    def _redis_storage(self) -> list[str]:
+        if self.data_dir is None:
+            return ["--appendonly", "no", "--dir", self._tmp.name]
+        directory = Path(self.data_dir).resolve() / "redis"
+        directory.mkdir(parents=True, exist_ok=True)
+        return ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(directory)]
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(Path(self._tmp.name) / f"{name}.log", "wb")  # noqa: SIM115 - closed with the tmp dir

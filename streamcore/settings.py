@@ -39,8 +39,15 @@ class Settings(BaseSettings):
     max_batch: int = Field(32, ge=1, le=4096)
     max_wait_ms: float = Field(20.0, ge=0)
     device: str = "auto"
+    #: What runs the served model's backbone: ``auto`` = ONNX Runtime on a CPU (PyTorch eager on CUDA),
+    #: ``onnx`` = ONNX Runtime on any device (its CUDA/TensorRT providers where installed), ``onnx_int8`` =
+    #: the int8 artifact where a version has one, ``torch`` = PyTorch eager. A version without the artifact
+    #: (or a host without onnxruntime) serves eager; a corrupt artifact refuses the version.
+    runtime: Literal["auto", "onnx", "onnx_int8", "torch"] = "auto"
     metrics_port: int = Field(9108, ge=0, le=65535)
     model_dir: Path = Path("./models")
+    #: Where ``stylestream up`` (without ``--demo``) keeps the embedded Redis's append-only file.
+    data_dir: Path = Path("./data")
     image_root: Path = Path("./images")
     hint_wait_ms: float = Field(2000.0, ge=0)
     #: Posts held by the classifier (waiting for hints or in a batch) before it pauses fetching.

@@ -19,8 +19,9 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def publish_tiny(model_dir, name: str, *, seed: int = 0, hidden: int = 256):
-    """Publish an (untrained) tiny Dynamic CNN checkpoint as registry version ``name``."""
+def publish_tiny(model_dir, name: str, *, seed: int = 0, hidden: int = 256, onnx: bool = False):
+    """Publish an (untrained) tiny Dynamic CNN checkpoint as registry version ``name`` (with its backbone
+    exported to ONNX when ``onnx``)."""
     import tempfile
     from pathlib import Path
 
@@ -36,7 +37,11 @@ def publish_tiny(model_dir, name: str, *, seed: int = 0, hidden: int = 256):
                         hidden=hidden)
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(model, Path(tmp) / "ckpt", config={"seed": seed}, metrics={"test": {"P@1": 0.5}})
-        return Registry(Path(model_dir)).publish(Path(tmp) / "ckpt", name=name)
+        if not onnx:
+            return Registry(Path(model_dir)).publish(Path(tmp) / "ckpt", name=name)
+        from training.onnx_export import build_artifacts
+
+        return Registry(Path(model_dir)).publish(Path(tmp) / "ckpt", name=name, build=build_artifacts)
 
 
 def committed_behind(settings, stage: str, topics: tuple[str, ...]) -> dict:

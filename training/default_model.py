@@ -2,7 +2,8 @@
 right about photos from the first post.
 
 It lives in ``training/models/data/default/`` in the registry's own layout (``model.safetensors``,
-``config.json``, ``metrics.json``, ``SHA256``) and is rebuilt, with ``reports/real_photos.json`` and
+``config.json``, ``metrics.json``, ``SHA256``, and the backbone exported for ONNX Runtime: ``backbone.onnx``,
+``backbone.int8.onnx``, ``onnx.json``; docs/onnx-runtime.md) and is rebuilt, with ``reports/real_photos.json`` and
 ``reports/table2_real.json``, by one command from checkouts of the two public datasets::
 
     python -m training.default_model --clothing-dataset PATH --co-parsing PATH
@@ -56,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         forwarded += ["--report", str(args.reports / "real_photos.json"), "--table2",
                       str(args.reports / "table2_real.json")]
     command = " ".join(["python -m training.default_model", *(argv if argv is not None else sys.argv[1:])])
-    return train_real([*forwarded, *rest], command=command)
+    status = train_real([*forwarded, *rest], command=command)
+    if status == 0:  # the ONNX backbone (and its int8 form, checked on the first manifest's photos) ship with it
+        from training.onnx_export import build_artifacts
+
+        build_artifacts(args.out, calibration=data[0])
+    return status
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ class ModelSlot:
         self.refused: set[str] = set(refused or ())  # versions that failed their checks: not tried again
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         self._loading: asyncio.Task | None = None
-        metrics.model.info({"version": predictor.version, "head": predictor.head})
+        metrics.model.info({"version": predictor.version, "head": predictor.head, "runtime": predictor.runtime})
 
     def offer(self, version: str | None) -> asyncio.Task | None:
         """Start loading ``version`` in the background if it is new; returns the loading task."""
@@ -127,7 +127,7 @@ class ModelSlot:
             return False
         old, self.current = self.current, candidate
         self.metrics.swaps.labels("success").inc()
-        self.metrics.model.info({"version": candidate.version, "head": candidate.head})
+        self.metrics.model.info({"version": candidate.version, "head": candidate.head, "runtime": candidate.runtime})
         log.info("model swapped %s -> %s", old.version, candidate.version)
         del old
         self._release()

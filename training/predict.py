@@ -7,7 +7,9 @@ The batch path is split in three steps so a worker can overlap them across batch
    copied through pinned memory, without blocking the model thread.
 2. :meth:`Predictor.infer` (the model thread): AMP forward in channels_last, top-k of every level for the
    whole batch on the device, and ONE device→host copy of a packed score table. On a CPU the forward
-   runs in chunks of ``cpu_forward_batch`` images, the size a CPU's caches keep fastest per image.
+   runs in chunks of ``cpu_forward_batch`` images, the size a CPU's caches keep fastest per image. Where
+   the version carries its exported backbone (``training.onnx_backbone``), ONNX Runtime runs the backbone
+   and the head stays in PyTorch (the ``runtime`` setting).
 3. :meth:`Predictor.label_json`: label JSON straight from that table, no per-item model validation (the
    tests check the output validates against :class:`Label`).
 """
@@ -34,6 +36,7 @@ from streamcore.settings import Settings
 from training.models import DynamicCNN
 from training.models.build import hint_tensors
 from training.models.heads import DYNAMIC_HEADS, coherent_subcategories
+from training.onnx_backbone import OnnxBackbone, load_backbone
 from training.ontology import Ontology, load_ontology
 from training.registry import Entry, Registry, default_entry
 
@@ -101,8 +104,11 @@ class Predictor:
     """A loaded model plus everything needed to turn its outputs into labels."""
 
     def __init__(self, model: DynamicCNN, ontology: Ontology, *, version: str, device: torch.device,
-                 cpu_forward_batch: int | None = None) -> None:
+                 cpu_forward_batch: int | None = None, backbone: OnnxBackbone | None = None) -> None:
         self.device = device
+        #: The backbone through ONNX Runtime (the head stays in PyTorch); None: the model runs eager.
+        self.backbone = backbone
+        self.runtime = "torch" if backbone is None else backbone.kind
         self.cuda = device.type == "cuda"
         # channels_last: the layout cuDNN's fastest convolution kernels (and oneDNN's) want.
         self.model = model.to(device, memory_format=torch.channels_last).eval()
@@ -135,10 +141,14 @@ class Predictor:
             found = default_entry()
             log.warning("no checkpoint in %s: serving the packaged default model %s", settings.model_dir, found.version)
         model = found.load(device=device)
+        backbone = load_backbone(found.path, settings.runtime, device)
         if model.config.head != settings.head:  # the head is the checkpoint's; the setting is what the trainer trains
             log.warning("serving %s with head %s; STYLESTREAM_HEAD=%s applies to the models the trainer trains next",
                         found.version, model.config.head, settings.head)
-        return cls(model, ontology, version=found.version, device=device, cpu_forward_batch=settings.cpu_forward_batch)
+        log.info("serving %s on %s (%s)", found.version, device, "PyTorch eager" if backbone is None else
+                 f"ONNX Runtime {backbone.kind} backbone, {backbone.providers[0]}")
+        return cls(model, ontology, version=found.version, device=device, cpu_forward_batch=settings.cpu_forward_batch,
+                   backbone=backbone)
 
     @property
     def image_size(self) -> int:
@@ -264,9 +274,14 @@ class Predictor:
                  hint_sub: torch.Tensor) -> torch.Tensor:
         """One forward; the packed table ``[top-k values, indices per level | routes | hinted categories |
         any hint]`` on the device."""
-        x = self.model.preprocess(images).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, enabled=self.cuda):
-            out = self.model(x, hint_cat, hint_att, hint_sub)
+        if self.backbone is not None:  # the exported graph normalises the uint8 batch itself
+            features = self.backbone(images)
+            with torch.autocast(self.device.type, enabled=self.cuda):
+                out = self.model.classify(features, hint_cat, hint_att, hint_sub)
+        else:
+            x = self.model.preprocess(images).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, enabled=self.cuda):
+                out = self.model(x, hint_cat, hint_att, hint_sub)
         cat, sub = out.categories.float(), out.subcategories.float()
         multi = self.model.config.multi
         if not multi:  # the top sub-category lies under the top category

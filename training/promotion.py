@@ -117,5 +117,7 @@ def rollback(settings: Settings, *, expected: str | None = None) -> ModelUpdate:
 def promote_path_or_version(settings: Settings, ckpt: str) -> ModelUpdate:
     """``stylestream promote``: a checkpoint directory is published first; anything else is a version."""
     if Path(ckpt).is_dir():
-        ckpt = Registry(settings.model_dir).publish(Path(ckpt)).version
+        from training.onnx_export import build_or_skip
+
+        ckpt = Registry(settings.model_dir).publish(Path(ckpt), build=build_or_skip).version
     return promote(settings, ckpt)

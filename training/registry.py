@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,13 +41,18 @@ def check_version_name(version: str) -> str:
     return version
 
 
-def weights_checksum(directory: Path) -> str:
-    """SHA-256 of a checkpoint's weights file."""
+def file_checksum(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(directory / WEIGHTS_FILE, "rb") as fh:
+    with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def weights_checksum(directory: Path) -> str:
+    """SHA-256 of a checkpoint's weights file."""
+    return file_checksum(directory / WEIGHTS_FILE)
 
 
 @dataclass(frozen=True)
@@ -122,8 +128,13 @@ class Registry:
             return False
         return True
 
-    def publish(self, checkpoint_dir: Path, *, name: str | None = None) -> Entry:
-        """Copy a checkpoint into the registry as a new immutable version (temp dir + rename)."""
+    def publish(self, checkpoint_dir: Path, *, name: str | None = None,
+                build: Callable[[Path], object] | None = None) -> Entry:
+        """Copy a checkpoint into the registry as a new immutable version (temp dir + rename).
+
+        ``build`` runs on the copy before it becomes visible: what it derives from the weights (an exported
+        runtime artifact) is part of the version from its first appearance.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         version = check_version_name(name or datetime.now(UTC).strftime("v%Y%m%dT%H%M%S%fZ"))
         target = self.root / version
@@ -133,6 +144,8 @@ class Registry:
         try:
             shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
             (tmp / CHECKSUM_FILE).write_text(weights_checksum(tmp) + "\n")
+            if build is not None:
+                build(tmp)
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -44,6 +44,7 @@ from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.feedback import Example, concat, to_split
 from training.lease import Lease, LeaseLost
 from training.models import DynamicCNN, build_head
+from training.onnx_export import build_or_skip
 from training.ontology import load_ontology
 from training.predict import resolve_device
 from training.promotion import promote
@@ -383,4 +384,4 @@ class Trainer:
                   "history": history or {}}
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(model, Path(tmp) / "ckpt", config=config, metrics=metrics)
-            return self.registry.publish(Path(tmp) / "ckpt").version
+            return self.registry.publish(Path(tmp) / "ckpt", build=build_or_skip).version

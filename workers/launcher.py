@@ -137,7 +137,8 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
                                                if k not in settings.model_fields_set})
     with ExitStack() as stack:
         if not settings.kafka or not settings.redis_url:
-            embedded = stack.enter_context(EmbeddedStack())
+            # The demo may forget everything; otherwise Redis (labels, serving pointer, trainer state) persists.
+            embedded = stack.enter_context(EmbeddedStack(data_dir=None if demo else settings.data_dir))
             # Runs just before the broker stops: after a Ctrl-C, kafka-python's shared IO thread can still hold
             # a socket when every client is closed (none is left to close), and would log the broker going away
             # as errors.
@@ -145,6 +146,8 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
             settings = settings.model_copy(update={"kafka": settings.kafka or embedded.bootstrap,
                                                    "redis_url": settings.redis_url or embedded.redis_url})
             console.print(f"embedded broker [bold]{embedded.bootstrap}[/], redis [bold]{embedded.redis_url}[/]")
+            kept = "in memory only" if demo else f"in {settings.data_dir.resolve() / 'redis'}"
+            console.print(f"redis data kept {kept}; the embedded broker keeps nothing across restarts")
         created = ensure_topics(settings)
         console.print(f"topics ready ({len(created)} created, {settings.partitions} partitions)")
         procs: list[subprocess.Popen] = []

@@ -23,10 +23,11 @@ N_POSTS = 300
 RATE = 25.0
 
 
-def test_promotion_mid_stream_swaps_between_batches(make_settings, workers, tmp_path, capsys):
+@pytest.mark.parametrize("exported", [False, True], ids=["eager", "onnx-runtime"])
+def test_promotion_mid_stream_swaps_between_batches(make_settings, workers, tmp_path, capsys, exported):
     settings = make_settings(model_dir=tmp_path, hint_wait_ms=50, model_poll_s=0.2, max_batch=16)
-    publish_tiny(tmp_path, "v1", seed=1)
-    publish_tiny(tmp_path, "v2", seed=2)
+    publish_tiny(tmp_path, "v1", seed=1, onnx=exported)
+    publish_tiny(tmp_path, "v2", seed=2, onnx=exported)
     promote(settings, "v1")
     group = workers(settings)
     group.start("classify")

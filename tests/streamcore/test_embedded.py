@@ -55,3 +55,13 @@ def test_children_die_when_the_parent_is_killed():
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     wait_until(lambda: not any(_alive(p) for p in pids), timeout=10, what="broker and redis to exit")
+
+
+def test_redis_keeps_its_data_across_restarts_in_a_data_dir(tmp_path):
+    with EmbeddedStack(data_dir=tmp_path) as stack:
+        redis.Redis.from_url(stack.redis_url).set("stylestream:model:current", "v7")
+    with EmbeddedStack(data_dir=tmp_path) as stack:  # another port, the same data
+        assert redis.Redis.from_url(stack.redis_url).get("stylestream:model:current") == b"v7"
+    assert any((tmp_path / "redis").rglob("*.aof"))
+    with EmbeddedStack() as stack:  # without one: memory only
+        assert redis.Redis.from_url(stack.redis_url).get("stylestream:model:current") is None

@@ -21,7 +21,8 @@ _RST = ("``", ":mod:", ":func:", ":class:", ":meth:", "::\n")
 _TYPER_COMMANDS = ["up", "produce", "tail", "topics", "worker", "classify", "import", "promote", "rollback", "bench"]
 #: Commands whose options argparse parses, and the name their help gives them.
 _ARGPARSE_COMMANDS = {("train",): "stylestream train", ("train", "--data", "x"): "stylestream train --data",
-                      ("eval",): "stylestream eval", **{("bench", b.value): f"stylestream bench {b.value}" for b in Bench}}
+                      ("eval",): "stylestream eval", ("export-onnx",): "stylestream export-onnx",
+                      **{("bench", b.value): f"stylestream bench {b.value}" for b in Bench}}
 
 
 @pytest.mark.parametrize("command", [(), *((c,) for c in _TYPER_COMMANDS), *_ARGPARSE_COMMANDS], ids=" ".join)

@@ -77,7 +77,7 @@ def _truth_hints(post: Post, truth: Truth) -> Hints:
                  materials=one(truth.materials), patterns=one(truth.patterns))
 
 
-def _workload(count: int, *, image_size: int, photo: bool, distinct: int) -> tuple[list[Post], list[Hints]]:
+def workload(count: int, *, image_size: int, photo: bool, distinct: int) -> tuple[list[Post], list[Hints]]:
     generated = list(generate_posts(load_ontology(), min(count, distinct) if photo else count, seed=42,
                                     prefix="bench", size=image_size, photo=photo))
     posts, hints = [], []
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = _arguments(argv)
     console = Console()
     console.print(f"generating {args.posts} posts ({args.image_size} px, photo={args.photo}) …")
-    posts, hints = _workload(args.posts, image_size=args.image_size, photo=args.photo, distinct=args.distinct)
+    posts, hints = workload(args.posts, image_size=args.image_size, photo=args.photo, distinct=args.distinct)
     blobs = [p.image.raw_bytes() for p in posts[: args.distinct]]
     command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as registry_dir:

@@ -1,7 +1,7 @@
-"""Commands about models: ``train``, ``eval``, ``import``, ``promote``, ``rollback``, ``bench``.
+"""Commands about models: ``train``, ``eval``, ``import``, ``promote``, ``rollback``, ``export-onnx``, ``bench``.
 
-``train``, ``eval`` and ``bench WHICH`` hand their arguments to the argparse parser of the module that runs
-them (``--help`` included): those modules are also run as ``python -m``.
+``train``, ``eval``, ``export-onnx`` and ``bench WHICH`` hand their arguments to the argparse parser of the module
+that runs them (``--help`` included): those modules are also run as ``python -m``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Bench(str, Enum):
     text = "text"
     miner = "miner"
     scale_out = "scale-out"
+    runtime = "runtime"
 
 
 _BENCH_MODULES = {
@@ -37,6 +38,7 @@ _BENCH_MODULES = {
     Bench.text: "workers.benchmarks.text",
     Bench.miner: "training.text.evaluate",
     Bench.scale_out: "workers.benchmarks.scale_out",
+    Bench.runtime: "workers.benchmarks.runtime",
 }
 
 
@@ -101,6 +103,13 @@ def rollback() -> None:
     console.print(f"rolled back: serving [bold]{update.version}[/]")
 
 
+def export_onnx(ctx: typer.Context) -> None:
+    """Add a version's backbone exported to ONNX (and int8) to it, for the ONNX Runtime (see: export-onnx --help)."""
+    from training.onnx_export import main
+
+    raise typer.Exit(main(ctx.args, model_dir=settings().model_dir))
+
+
 class _HelpBeforeArguments(TyperCommand):
     """``bench --help`` is this command's help; ``bench WHICH --help`` goes through to WHICH's parser."""
 
@@ -123,4 +132,5 @@ def register(app: typer.Typer) -> None:
     app.command(name="eval", context_settings=_PASS_THROUGH)(eval_)
     app.command()(promote)
     app.command()(rollback)
+    app.command(name="export-onnx", context_settings=_PASS_THROUGH)(export_onnx)
     app.command(cls=_HelpBeforeArguments, context_settings=_PASS_THROUGH)(bench)

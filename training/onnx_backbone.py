@@ -1,0 +1,148 @@
+"""The served backbone through ONNX Runtime: a version's exported artifact, verified, as a pixels → features call.
+
+A version may carry its backbone exported to ONNX (``training.onnx_export``): ``backbone.onnx`` (fp32)
+and, where its real-photo mAP stayed within 0.01 of fp32, ``backbone.int8.onnx``, both listed with their
+SHA-256 and the weights checksum they were built from in ``onnx.json``. The artifact takes the uint8
+``[B, 3, S, S]`` batch the predictor stages (normalisation is inside the graph) and gives the pooled
+features; the head stays in PyTorch (its hint routing is per sample, and it costs < 0.3% of a batch).
+
+Which runtime serves is the ``runtime`` setting. A missing artifact, or a host without onnxruntime, serves
+PyTorch eager; an artifact that does not match its checksum, or was built from other weights, refuses the
+whole version (a hot-swap keeps the old one serving), as corrupt weights do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.registry import CHECKSUM_FILE, file_checksum
+
+log = logging.getLogger(__name__)
+
+#: What lists a version's exported artifacts (written last: a version without it has none).
+MANIFEST_FILE = "onnx.json"
+#: Runtime setting → the artifact it serves, in order of preference.
+ARTIFACTS = {"onnx": ("onnx",), "onnx_int8": ("onnx_int8", "onnx"), "auto": ("onnx",)}
+FILES = {"onnx": "backbone.onnx", "onnx_int8": "backbone.int8.onnx"}
+INPUT, OUTPUT = "images", "features"
+#: Execution providers on a CUDA device (those the installed onnxruntime has). TensorRT's is left to the GPU
+#: benchmark: it builds an engine per new batch shape, seconds each, in the serving path.
+_CUDA_PROVIDERS = ("CUDAExecutionProvider",)
+
+
+def onnxruntime_installed() -> bool:
+    """Whether ``onnxruntime`` can be imported (without importing it)."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def read_manifest(directory: Path) -> dict | None:
+    """A version's ``onnx.json`` checked against its weights; None when it has none.
+
+    Raises:
+        ValueError: unreadable, or built from other weights than the version's.
+    """
+    path = Path(directory) / MANIFEST_FILE
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        built_from = manifest["weights_sha256"]
+        artifacts = dict(manifest["artifacts"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: unreadable artifact list ({type(exc).__name__}: {exc})") from None
+    if built_from != (Path(directory) / CHECKSUM_FILE).read_text().strip():
+        raise ValueError(f"{path}: the artifacts were built from other weights than the version's")
+    return {**manifest, "artifacts": artifacts}
+
+
+def verified_artifact(directory: Path, kind: str) -> Path | None:
+    """The artifact ``kind`` (``onnx`` or ``onnx_int8``) of a version after its checksum is verified; None
+    when the version has none.
+
+    Raises:
+        ValueError: listed but missing, or its bytes do not match the listed checksum.
+    """
+    manifest = read_manifest(directory)
+    listed = None if manifest is None else manifest["artifacts"].get(kind)
+    if listed is None:
+        return None
+    path = Path(directory) / FILES[kind]
+    if not path.exists():
+        raise ValueError(f"{path} is listed in {MANIFEST_FILE} but missing")
+    if file_checksum(path) != listed.get("sha256"):
+        raise ValueError(f"{path}: checksum mismatch")
+    return path
+
+
+class OnnxBackbone:
+    """One ONNX Runtime session of an exported backbone; called with the staged uint8 batch."""
+
+    def __init__(self, path: Path, *, device: torch.device, kind: str = "onnx", threads: int | None = None,
+                 providers: list[str] | None = None) -> None:
+        """``providers``: ONNX Runtime's execution providers to try first (default: CUDA's on a CUDA device)."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        # Idle pool threads sleep, as torch's OpenMP threads do here (streamcore.runtime): spinning ones
+        # take the cores the decode threads need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        available = ort.get_available_providers()
+        wanted = providers if providers is not None else _CUDA_PROVIDERS if device.type == "cuda" else ()
+        wanted = [p for p in wanted if p in available and p != "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(path), options, providers=[*wanted, "CPUExecutionProvider"])
+        self.kind = kind
+        self.device = device
+        #: Whether inputs and outputs stay on the GPU (bound by pointer, no host copies).
+        self.on_device = device.type == "cuda" and self.session.get_providers()[0] != "CPUExecutionProvider"
+        self.providers = self.session.get_providers()
+        self._features = int(self.session.get_outputs()[0].shape[1])
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, S, S]`` (on the predictor's device) → float32 features ``[B, F]`` on that device."""
+        if self.on_device:
+            return self._bound(images)
+        pixels = images.cpu().contiguous().numpy()
+        features = self.session.run([OUTPUT], {INPUT: pixels})[0]
+        return torch.from_numpy(features).to(self.device)
+
+    def _bound(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.contiguous()
+        out = torch.empty((len(images), self._features), dtype=torch.float32, device=images.device)
+        index = images.device.index or 0
+        binding = self.session.io_binding()
+        binding.bind_input(INPUT, "cuda", index, np.uint8, tuple(images.shape), images.data_ptr())
+        binding.bind_output(OUTPUT, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
+        # ONNX Runtime runs on its own stream: the batch must be complete on torch's first.
+        torch.cuda.current_stream(images.device).synchronize()
+        self.session.run_with_iobinding(binding)  # synchronises its stream before returning
+        return out
+
+
+def load_backbone(directory: Path, runtime: str, device: torch.device) -> OnnxBackbone | None:
+    """The version's backbone through ONNX Runtime as ``runtime`` asks; None for PyTorch eager (the setting,
+    a CUDA device under ``auto``, no artifact, or no onnxruntime).
+
+    Raises:
+        ValueError: the artifact is corrupt or from other weights (the version must be refused).
+    """
+    if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
+        return None
+    for kind in ARTIFACTS[runtime]:
+        path = verified_artifact(directory, kind)
+        if path is None:
+            if kind != "onnx":
+                log.warning("%s has no %s artifact: trying the next runtime", directory.name, kind)
+            continue
+        if not onnxruntime_installed():
+            log.warning("onnxruntime is not installed: %s serves on PyTorch eager", directory.name)
+            return None
+        return OnnxBackbone(path, device=device, kind=kind)
+    log.info("%s has no exported backbone (stylestream export-onnx builds it): PyTorch eager", directory.name)
+    return None
