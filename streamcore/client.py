@@ -1,91 +1,191 @@
-"""Public client API for people who use stylestream: publish posts, read labels.
+"""Public client API for people who use stylestream: publish posts and corrections, read labels.
 
 Synchronous (kafka-python, redis-py) so it drops into scripts and notebooks::
 
     with StylestreamClient(Settings(kafka="broker:9092", redis_url="redis://cache:6379")) as client:
-        post_id = client.publish_image("look.jpg", caption="new #ootd 👗")
-        for label in client.labels(timeout=30):
-            print(label.post_id, [c.term for c in label.categories] or label.abstain)
+        delivery = client.publish_image("look.jpg", caption="new #ootd 👗")
+        client.flush()                                 # raises DeliveryError naming the posts the broker did not take
+        label = client.wait_label(delivery.post_id, timeout=60)
+        print(label.post_id, [c.term for c in label.categories] or label.abstain)
+
+Inputs are checked at the call (a file that does not exist, an image that cannot be sent), delivery failures are
+reported by :meth:`StylestreamClient.flush` (and ``close``), and labels are read tolerantly: fields and heads this
+version does not know are kept, a record that cannot be read is skipped and counted in ``skipped_labels``.
 """
 
 from __future__ import annotations
 
-import base64
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from streamcore import redisconn
+from streamcore.delivery import Delivery, close_producer, reason
+from streamcore.exceptions import BadInput, DeliveryError, InfrastructureError
 from streamcore.kafka import bootstrap, kafka_python_security
-from streamcore.schemas import ImageSource, Label, Post, utcnow
+from streamcore.schemas import Feedback, ImageSource, LabelView, Post, utcnow
 from streamcore.serde import decode, encode
 from streamcore.settings import Settings
+from streamcore.sources import check_image, image_source
+
+#: What users of the client import from here.
+__all__ = ["Delivery", "DeliveryError", "LabelView", "StylestreamClient", "check_image", "image_source"]
+
+log = logging.getLogger(__name__)
+
+#: Skipped labels logged one by one before the client logs only every thousandth.
+_LOGGED_SKIPS = 5
 
 
 class StylestreamClient:
-    """Publishes ``post/v1`` messages and iterates over ``label/v1`` results."""
+    """Publishes ``post/v1`` and ``feedback/v1`` records; reads ``label/v1`` records."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._producer: KafkaProducer | None = None
         self._redis: redis.Redis | None = None
+        self._lock = threading.Lock()  # the producer's I/O thread settles deliveries
+        self._outstanding: dict[int, Delivery] = {}
+        self._failed: dict[str, str] = {}
+        #: Label records skipped because they could not be read, by reason (``bad_json``, ``bad_schema``...).
+        self.skipped_labels: Counter[str] = Counter()
 
     # -- publishing ------------------------------------------------------------------------------
-    def publish(self, post: Post) -> str:
-        """Send a post keyed by its id (so its hints land on the same partition); returns the id."""
-        if self._producer is None:
-            self._producer = KafkaProducer(bootstrap_servers=bootstrap(self.settings), acks="all", linger_ms=5,
-                                           max_request_size=self.settings.max_message_bytes + 65536,
-                                           **self.settings.kafka_options, **kafka_python_security(self.settings))
-        self._producer.send(self.settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
-        return post.post_id
+    def publish(self, post: Post) -> Delivery:
+        """Send a post to the ``posts`` topic, keyed by its id.
 
-    def publish_image(self, image: bytes | Path | str, *, caption: str = "", comments: list[str] | None = None,
-                      hashtags: list[str] | None = None, user_tags: list[str] | None = None, user: str = "anonymous",
-                      post_id: str | None = None) -> str:
-        """Publish a post from image bytes, a local file, an ``http(s)://`` URL or a path under the image root."""
-        if isinstance(image, bytes):
-            source = ImageSource(b64=base64.b64encode(image).decode())
-        elif isinstance(image, str) and image.startswith(("http://", "https://")):
-            source = ImageSource(url=image)
-        elif Path(image).is_file():
-            source = ImageSource(b64=base64.b64encode(Path(image).read_bytes()).decode())
-        else:
-            source = ImageSource(path=str(image))
+        Raises:
+            ValueError: the image source cannot be read by a stage, or the post exceeds ``max_message_bytes``.
+        """
+        check_image(post.image)
+        value = encode(post)
+        if len(value) > self.settings.max_message_bytes:
+            raise ValueError(f"post {post.post_id} is {len(value)} bytes, limit {self.settings.max_message_bytes}")
+        return self._send("posts", post.post_id, value)
+
+    def publish_image(self, image: bytes | Path | str | ImageSource, *, caption: str = "",
+                      comments: list[str] | None = None, hashtags: list[str] | None = None,
+                      user_tags: list[str] | None = None, user: str = "anonymous",
+                      post_id: str | None = None) -> Delivery:
+        """Publish a post from image bytes, a local file, an ``http(s)://`` URL or an :class:`ImageSource`.
+
+        Raises:
+            FileNotFoundError: a path that names no local file.
+            ValueError: see :meth:`publish`.
+        """
         post = Post(post_id=post_id or uuid.uuid4().hex, created_at=utcnow(), user=user, caption=caption,
-                    comments=comments or [], hashtags=hashtags or [], user_tags=user_tags or [], image=source)
+                    comments=comments or [], hashtags=hashtags or [], user_tags=user_tags or [],
+                    image=image_source(image))
         return self.publish(post)
 
-    def flush(self) -> None:
-        """Block until every published post is acknowledged."""
+    def correct(self, post_id: str, categories: Iterable[str], *, subcategories: Iterable[str] = (),
+                attributes: Iterable[str] = ()) -> Delivery:
+        """Send a user's correction of one post's labels (ontology term names) to the ``feedback`` topic.
+
+        Raises:
+            pydantic.ValidationError: no category, or an invalid post id.
+        """
+        feedback = Feedback(post_id=post_id, categories=list(categories), subcategories=list(subcategories),
+                            attributes=list(attributes))
+        return self._send("feedback", post_id, encode(feedback))
+
+    def _send(self, topic: str, key: str, value: bytes) -> Delivery:
+        producer = self._connected_producer()
+        try:
+            future = producer.send(self.settings.topic(topic), key=key.encode(), value=value)
+        except KafkaError as exc:  # no metadata for the topic in time, a record the producer refuses
+            error = reason(exc)
+            with self._lock:
+                self._failed[key] = error
+            return Delivery(key, error=error)
+        delivery = Delivery(key, future, limit_s=self._flush_limit_s)
+        with self._lock:  # before the callbacks: they may run at once
+            self._outstanding[id(delivery)] = delivery
+        future.add_callback(self._delivered, delivery)
+        future.add_errback(self._not_delivered, delivery)
+        return delivery
+
+    def _delivered(self, delivery: Delivery, _metadata: Any) -> None:
+        with self._lock:
+            self._outstanding.pop(id(delivery), None)
+
+    def _not_delivered(self, delivery: Delivery, exc: BaseException) -> None:
+        with self._lock:
+            self._outstanding.pop(id(delivery), None)
+            self._failed[delivery.post_id] = reason(exc)
+
+    def _connected_producer(self) -> KafkaProducer:
+        if self._producer is None:
+            timeout_ms, linger_ms = int(self.settings.delivery_timeout_s * 1000), 5
+            # The broker not answering is reported within delivery_timeout_s, not kafka-python's minutes.
+            self._producer = _connect(
+                KafkaProducer, self.settings, acks="all", linger_ms=linger_ms, delivery_timeout_ms=timeout_ms,
+                request_timeout_ms=min(30_000, timeout_ms - linger_ms), max_block_ms=timeout_ms,
+                max_request_size=self.settings.max_message_bytes + 65536)
+        return self._producer
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Records known to have failed since the last :meth:`flush`: ``{post_id: reason}``."""
+        with self._lock:
+            return dict(self._failed)
+
+    @property
+    def _flush_limit_s(self) -> float:
+        # A batch in flight when the broker went away can be retried past its delivery timeout (kafka-python
+        # 3.0 left flush() waiting forever on one): nothing waits longer than this for the broker.
+        return self.settings.delivery_timeout_s + 5.0
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Block until every published record is delivered or has failed, for ``timeout`` seconds at most (by
+        default a little longer than ``delivery_timeout_s``).
+
+        Raises:
+            DeliveryError: listing every record not delivered since the last flush (those still unanswered after
+                ``timeout`` included); the client stays usable.
+        """
+        timeout = self._flush_limit_s if timeout is None else timeout
         if self._producer is not None:
-            self._producer.flush()
+            try:
+                self._producer.flush(timeout)
+            except KafkaTimeoutError:
+                pass  # the records still outstanding are reported below
+        with self._lock:
+            failed, self._failed = self._failed, {}
+            for delivery in self._outstanding.values():
+                failed.setdefault(delivery.post_id, f"no answer from the broker within {timeout:g}s")
+            self._outstanding.clear()
+        if failed:
+            raise DeliveryError(failed)
 
     # -- reading ---------------------------------------------------------------------------------
     def labels(self, *, timeout: float | None = None, from_beginning: bool = False,
-               group: str | None = None, stop: threading.Event | None = None) -> Iterator[Label]:
+               group: str | None = None, stop: threading.Event | None = None) -> Iterator[LabelView]:
         """Labels from the ``labels`` topic as they arrive; stops after ``timeout`` s without one, or within
         half a second of ``stop`` being set (a Ctrl-C handler sets it: an interrupt raised inside the
-        Kafka client could leave it unable to close)."""
-        consumer = KafkaConsumer(
-            self.settings.topic("labels"), bootstrap_servers=bootstrap(self.settings), group_id=group,
+        Kafka client could leave it unable to close). Records that cannot be read are skipped and counted."""
+        consumer = _connect(
+            KafkaConsumer, self.settings, self.settings.topic("labels"), group_id=group,
             auto_offset_reset="earliest" if from_beginning else "latest", enable_auto_commit=group is not None,
-            session_timeout_ms=self.settings.session_timeout_ms,
-            **self.settings.kafka_options, **kafka_python_security(self.settings),
-        )
+            session_timeout_ms=self.settings.session_timeout_ms)
         try:
             idle_since = time.monotonic()
             while stop is None or not stop.is_set():
                 batches = consumer.poll(timeout_ms=500)
                 for records in batches.values():
                     for record in records:
-                        yield decode(record.value, Label, max_bytes=self.settings.max_message_bytes)
+                        label = self._read(record.value, f"{record.topic}[{record.partition}]@{record.offset}")
+                        if label is not None:
+                            yield label
                 if batches:
                     idle_since = time.monotonic()
                 elif timeout is not None and time.monotonic() - idle_since >= timeout:
@@ -93,12 +193,25 @@ class StylestreamClient:
         finally:
             consumer.close()
 
-    def label(self, post_id: str) -> Label | None:
-        """The stored label of one post from Redis, if any."""
+    def label(self, post_id: str) -> LabelView | None:
+        """The stored label of one post from Redis, if any (None for a stored value that cannot be read)."""
         raw = self._redis_client().get(self.settings.keys.label(post_id))
-        return decode(raw, Label, max_bytes=self.settings.max_message_bytes) if raw else None
+        return self._read(raw, self.settings.keys.label(post_id)) if raw else None
 
-    def stream_labels(self, *, timeout: float | None = None, last_id: str = "$") -> Iterator[Label]:
+    def wait_label(self, post_id: str, *, timeout: float) -> LabelView:
+        """The label of ``post_id`` from Redis, waiting up to ``timeout`` seconds for it to be written.
+
+        Raises:
+            TimeoutError: no label within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while (label := self.label(post_id)) is None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no label for {post_id} within {timeout:g}s")
+            time.sleep(0.1)
+        return label
+
+    def stream_labels(self, *, timeout: float | None = None, last_id: str = "$") -> Iterator[LabelView]:
         """Labels from the ``<prefix>:labels`` Redis Stream (``last_id="0"`` replays the capped history)."""
         client = self._redis_client()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -109,7 +222,19 @@ class StylestreamClient:
                     last_id = entry_id
                     if deadline is not None:
                         deadline = time.monotonic() + timeout
-                    yield decode(fields[b"label"], Label, max_bytes=self.settings.max_message_bytes)
+                    label = self._read(fields.get(b"label"), f"{self.settings.keys.labels_stream} {entry_id!r}")
+                    if label is not None:
+                        yield label
+
+    def _read(self, raw: bytes | None, where: str) -> LabelView | None:
+        try:
+            return decode(raw, LabelView, max_bytes=self.settings.max_message_bytes)
+        except BadInput as exc:
+            self.skipped_labels[exc.code] += 1
+            skipped = self.skipped_labels.total()
+            if skipped <= _LOGGED_SKIPS or skipped % 1000 == 0:
+                log.warning("label %s skipped (%d so far): %s", where, skipped, exc)
+            return None
 
     def _redis_client(self) -> redis.Redis:
         if self._redis is None:
@@ -119,17 +244,43 @@ class StylestreamClient:
         return self._redis
 
     def close(self) -> None:
-        """Flush and release connections."""
-        if self._producer is not None:
-            self._producer.flush()
-            self._producer.close()
-            self._producer = None
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
+        """Flush and release connections.
+
+        Raises:
+            DeliveryError: as :meth:`flush` (connections are released first).
+        """
+        try:
+            self.flush()
+        finally:
+            if self._producer is not None:
+                close_producer(self._producer)
+                self._producer = None
+            if self._redis is not None:
+                self._redis.close()
+                self._redis = None
 
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.close()
+        except DeliveryError as failure:
+            if exc_type is None:
+                raise
+            # The error already on its way out is the one to see; this one is logged, not lost.
+            log.error("%s", failure)
+
+
+def _connect(factory: type, settings: Settings, *args: Any, **options: Any) -> Any:
+    """A kafka-python client that gives up bootstrapping after ``delivery_timeout_s``.
+
+    Raises:
+        InfrastructureError: no broker answered.
+    """
+    try:
+        return factory(*args, **{"bootstrap_servers": bootstrap(settings),
+                                 "bootstrap_timeout_ms": int(settings.delivery_timeout_s * 1000),
+                                 **options, **settings.kafka_options, **kafka_python_security(settings)})
+    except KafkaError as exc:
+        raise InfrastructureError(f"cannot reach the Kafka broker at {settings.kafka}: {exc}") from None

@@ -16,3 +16,17 @@ class BadInput(StylestreamError):
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
+
+
+class DeliveryError(StylestreamError):
+    """Records the broker did not take (it went away, refused them, or did not answer in time).
+
+    ``failed`` maps each record's key (the post id) to the reason.
+    """
+
+    def __init__(self, failed: dict[str, str]) -> None:
+        self.failed = dict(failed)
+        ids = list(self.failed)
+        shown = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+        reasons = "; ".join(sorted(set(self.failed.values()))[:3])
+        super().__init__(f"{len(ids)} record(s) not delivered: {shown} ({reasons})")

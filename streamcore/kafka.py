@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from streamcore.assignor import CopartitionedAssignor
@@ -31,7 +31,8 @@ def bootstrap(settings: Settings) -> str:
 
 
 def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[str]:
-    """Create the contract topics with the configured partition count; existing ones are left alone.
+    """Create the contract topics with the configured partition count, each taking records of
+    :func:`topic_max_bytes`; existing ones are left alone (:func:`undersized_topics` finds those too small).
 
     Returns the topics that were created by this call.
     """
@@ -43,7 +44,9 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
             full = settings.topic(name)
             if full in existing:
                 continue
-            configs = {"cleanup.policy": "compact"} if name == "model-updates" else {}
+            configs = {"max.message.bytes": str(topic_max_bytes(settings))}  # brokers default to ~1 MiB
+            if name == "model-updates":
+                configs["cleanup.policy"] = "compact"
             wanted.append(NewTopic(full, settings.partitions, settings.replication_factor, topic_configs=configs))
         created = []
         for topic in wanted:
@@ -214,3 +217,28 @@ def make_consumer(settings: Settings, *topics: str, group: str | None, **overrid
         **overrides,
     }
     return AIOKafkaConsumer(*[settings.topic(t) for t in topics], **options)
+
+
+def topic_max_bytes(settings: Settings) -> int:
+    """The ``max.message.bytes`` the contract topics need: a record of ``max_message_bytes`` with room for its key,
+    headers and batch framing (the producers' ``max_request_size`` has the same room)."""
+    return settings.max_message_bytes + 64 * 1024
+
+
+def undersized_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> dict[str, int]:
+    """``{topic: its max.message.bytes}`` of the existing contract topics that would refuse a post at the size
+    limit (an operator's topics on a broker's ~1 MiB default); topics the broker reports no limit for are left out.
+    """
+    admin = _admin(settings)
+    try:
+        existing = set(admin.list_topics())
+        resources = [ConfigResource(ConfigResourceType.TOPIC, settings.topic(name)) for name in names
+                     if settings.topic(name) in existing]
+        # "all": a limit inherited from the broker's default is the one that refuses records too.
+        described = admin.describe_configs(resources, config_filter="all") if resources else {}
+    finally:
+        admin.close()
+    limits = {topic: configs.get("max.message.bytes", {}).get("value")
+              for topic, configs in described.get("topic", {}).items()}
+    return {topic: int(value) for topic, value in limits.items()
+            if value is not None and int(value) < topic_max_bytes(settings)}

@@ -1,4 +1,9 @@
-"""Message schemas of the external contract (SPEC "Contract"): Post, Hints, Label, DeadLetter, ModelUpdate."""
+"""Message schemas of the external contract (SPEC "Contract"): Post, Hints, Label, Feedback, DeadLetter, ModelUpdate.
+
+These models are what the stages write and accept. :class:`LabelView` is the tolerant model readers use for labels
+(new fields and heads appear without a schema bump). ``schemas/`` holds the JSON Schema files generated from them
+(:mod:`streamcore.contract`).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,10 @@ class _Message(BaseModel):
 
 class ImageSource(_Message):
     """Exactly one of inline bytes (base64), an https URL, or a path relative to the image root."""
+
+    # The rule of _exactly_one for JSON Schema readers: one source is a string, the others absent or null.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"oneOf": [
+        {"required": [name], "properties": {name: {"type": "string"}}} for name in ("b64", "url", "path")]})
 
     b64: str | None = None
     url: str | None = None
@@ -153,8 +162,10 @@ class Label(_Message):
 
 
 class Feedback(_Message):
-    """A user's correction of one post's labels on the ``feedback`` topic (ontology term names)."""
+    """``feedback/v1``: a user's correction of one post's labels on the ``feedback`` topic (ontology term names)."""
 
+    #: Optional on input: records written before the field existed are ``feedback/v1`` too.
+    schema_: Literal["feedback/v1"] = Field("feedback/v1", alias="schema")
     post_id: PostId
     categories: list[str] = Field(min_length=1, max_length=64)
     subcategories: list[str] = Field(default_factory=list, max_length=256)
@@ -168,6 +179,7 @@ class DeadLetter(_Message):
     ``original_bytes`` / ``original_sha256`` describe the whole of it.
     """
 
+    schema_: Literal["dead-letter/v1"] = Field("dead-letter/v1", alias="schema")  # optional on input
     error: str
     detail: str
     stage: str
@@ -180,9 +192,46 @@ class DeadLetter(_Message):
 
 
 class ModelUpdate(_Message):
-    """``model-updates`` event: a checkpoint version was promoted to serving."""
+    """``model-update/v1`` on ``model-updates``: a checkpoint version was promoted to serving."""
 
+    schema_: Literal["model-update/v1"] = Field("model-update/v1", alias="schema")
     version: str
     path: str
     metrics: dict[str, float] = Field(default_factory=dict)
     promoted_at: datetime
+
+
+class _Tolerant(BaseModel):
+    # Readers keep what they do not know (model_extra) instead of refusing the record.
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+
+class ScoredTermView(_Tolerant):
+    """A scored term as a reader sees it."""
+
+    term: str
+    score: float
+
+
+class HintsUsedView(_Tolerant):
+    """``hints_used`` as a reader sees it: any source name."""
+
+    source: str
+    categories: list[str] = Field(default_factory=list)
+
+
+class LabelView(_Tolerant):
+    """A ``label/v1`` record as consumers read it: fields added later are kept in ``model_extra``, a head this
+    version does not know is kept as its name; what a consumer needs (ids, terms, scores, times) is checked."""
+
+    schema_: Literal["label/v1"] = Field("label/v1", alias="schema")
+    post_id: str
+    model_version: str
+    head: str
+    categories: list[ScoredTermView] = Field(default_factory=list)
+    subcategories: list[ScoredTermView] = Field(default_factory=list)
+    attributes: list[ScoredTermView] = Field(default_factory=list)
+    hints_used: HintsUsedView
+    received_at: datetime
+    labeled_at: datetime
+    abstain: str | None = None

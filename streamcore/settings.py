@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     hint_hold_s: float = Field(300.0, gt=0)
     #: Ceiling of the exponential backoff between retries of a failed Redis/Kafka operation.
     retry_backoff_max_s: float = Field(5.0, gt=0)
+    #: How long the client (``produce``, the demo's producer) waits for the broker to take a post before it
+    #: reports the post as not delivered.
+    delivery_timeout_s: float = Field(30.0, ge=1)
     #: A Redis/Kafka operation failing for this long makes its stage report itself stuck (/readyz 503).
     stuck_after_s: float = Field(60.0, gt=0)
     #: A stage that finds one of its topics missing creates it again (configured partitions); when

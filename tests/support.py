@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.2, what: str = "condition") -> None:
@@ -86,3 +88,30 @@ def feed_paced(producer, topic: str, posts: Sequence, rate: float) -> threading.
     feeder = threading.Thread(target=feed, name="paced-feed")
     feeder.start()
     return feeder
+
+
+@contextmanager
+def own_broker() -> Iterator[tuple[str, subprocess.Popen]]:
+    """``(bootstrap, process)`` of a Tansu broker of the caller's own, started as the embedded stack starts it,
+    for tests that stop or kill the broker; stopped at the end whatever the test did to it."""
+    from kafka import KafkaAdminClient
+
+    from streamcore.embedded import free_port, spawn, stop_processes, tansu_binary
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = spawn([tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                  "--storage-engine", "memory://tansu/", "--cluster-id", "own"],
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        def answers() -> bool:
+            try:
+                KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", bootstrap_timeout_ms=1000).close()
+            except Exception:  # noqa: BLE001 - not up yet
+                return False
+            return True
+
+        wait_until(answers, timeout=30, what="own broker answering")
+        yield f"127.0.0.1:{port}", proc
+    finally:
+        stop_processes([proc], timeout=5)

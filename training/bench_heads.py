@@ -108,7 +108,9 @@ def bench(backbones: list[str], *, batch: int, repeats: int, image_size: int | N
 
 def main(argv: list[str] | None = None) -> int:
     """``stylestream bench heads``: write ``reports/bench_heads.json``."""
-    parser = argparse.ArgumentParser(prog="bench_heads", description=__doc__)
+    from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
+
+    parser = argparse.ArgumentParser(**parser_options("stylestream bench heads", __doc__))
     parser.add_argument("--backbones", nargs="+", default=["efficientnet_lite0", "tiny"])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=15)

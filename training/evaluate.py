@@ -281,7 +281,9 @@ def verdicts(rows: list[dict]) -> dict[str, list[str]]:
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
+
+    parser = argparse.ArgumentParser(**parser_options("stylestream eval", __doc__))
     parser.add_argument("--backbones", nargs="+", default=["tiny"])
     parser.add_argument("--scenarios", nargs="+", default=["single", "multi"], choices=["single", "multi"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

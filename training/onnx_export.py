@@ -208,9 +208,10 @@ def build_or_skip(directory: Path) -> None:
 
 def main(argv: list[str] | None = None, *, model_dir: Path | None = None) -> int:
     """``stylestream export-onnx``: add the exported backbone (and int8 form) to a version."""
+    from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
     from training.registry import DEFAULT_MODEL_DIR, Registry
 
-    parser = argparse.ArgumentParser(prog="stylestream export-onnx", description=main.__doc__)
+    parser = argparse.ArgumentParser(**parser_options("stylestream export-onnx", main.__doc__))
     parser.add_argument("version", help="a published version, or 'default' for the packaged model")
     parser.add_argument("--model-dir", type=Path, default=model_dir, help="the registry (default: the setting)")
     parser.add_argument("--int8-calibration", type=Path, help="a manifest of real photos: calibrate int8 on its "

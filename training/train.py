@@ -320,11 +320,12 @@ def main(argv: list[str] | None = None) -> int:
     The backbone is frozen (after ``--pretrain-epochs`` end-to-end epochs, if any) and the head trains
     on cached features.
     """
+    from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
     from training.checkpoint import save_checkpoint
     from training.ontology import load_ontology
     from training.plots import plot_training_curves
 
-    parser = argparse.ArgumentParser(prog="train", description=main.__doc__)
+    parser = argparse.ArgumentParser(**parser_options("stylestream train", main.__doc__))
     parser.add_argument("--scenario", choices=["single", "multi"], default="single")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--head", default="dynamic_layers")

@@ -1,35 +1,84 @@
 """The ``stylestream`` command line (also ``python -m workers.cli``): the composition root.
 
-Each command imports what it runs inside its body, so ``worker classify`` never loads the text miner,
-``worker text`` never loads the image models, and ``--help`` loads neither.
+The commands live in :mod:`workers.commands` by theme; each imports what it runs inside its body, so
+``worker classify`` never loads the text miner, ``worker text`` never loads the image models, and ``--help``
+loads neither. Configuration and connection errors end a command with one line on stderr and exit status 1;
+bad arguments are refused by the parser with exit status 2.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
-from contextlib import closing
-from pathlib import Path
-from typing import Annotated
+import tomllib
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from kafka.errors import KafkaError
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from typer.core import TyperGroup
 
+from streamcore.exceptions import StylestreamError
 from streamcore.faults import install_repeat_filter
 from streamcore.runtime import tune_process
-from streamcore.settings import Settings
-from workers import STAGES
+from workers.commands import models, photo, recommend, stream
 
-app = typer.Typer(help="Event-driven fashion classifier for Instagram posts.", no_args_is_help=True)
-console = Console()
+#: What a user can fix without reading code: bad settings or files, servers that do not answer, refused inputs.
+_USER_ERRORS = (ValidationError, StylestreamError, KafkaError, RedisError, FileNotFoundError, PermissionError,
+                tomllib.TOMLDecodeError, json.JSONDecodeError)
 
 
-def _settings() -> Settings:
-    return Settings()
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong, for the errors in :data:`_USER_ERRORS`."""
+    if isinstance(exc, ValidationError) and exc.title == "Settings":
+        problems = [f"STYLESTREAM_{'_'.join(map(str, e['loc'])).upper()}={e['input']!r}: {e['msg']}"
+                    if e["loc"] else e["msg"] for e in exc.errors()]
+        return "invalid configuration: " + "; ".join(problems)
+    if isinstance(exc, ValidationError):
+        return f"invalid {exc.title}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, KafkaError):
+        return f"Kafka: {exc}"
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return f"cannot reach Redis: {exc}"
+    if isinstance(exc, RedisError):
+        return f"Redis: {exc}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Commands(TyperGroup):
+    """Runs a command and turns the errors a user can fix into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _USER_ERRORS as exc:
+            typer.echo(f"stylestream: {describe(exc)}", err=True)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=_Commands, help="Event-driven fashion classifier for Instagram posts.", no_args_is_help=True,
+                  rich_markup_mode=None)
+for _module in (stream, photo, models, recommend):
+    _module.register(app)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        try:
+            typer.echo(f"stylestream {version('stylestream')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("stylestream (not installed)")
+        raise typer.Exit()
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+          _version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                                 callback=_print_version)] = False) -> None:
     tune_process()  # before any command loads torch: OpenMP reads its wait policy once
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -40,197 +89,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     # An outage repeats the same warnings many times a second: the first, then one a window with a count.
     install_repeat_filter()
-
-
-@app.command()
-def up(
-    demo: Annotated[bool, typer.Option(help="Also produce posts of real photos and print labels.")] = False,
-    rate: Annotated[float, typer.Option(help="Demo posts per second.")] = 5.0,
-) -> None:
-    """Start the broker + Redis (unless external ones are configured), topics and all stages."""
-    from workers.launcher import run_up
-
-    run_up(_settings(), demo=demo, rate=rate, console=console)
-
-
-@app.command()
-def produce(
-    count: Annotated[int, typer.Option(help="Number of posts.")] = 100,
-    rate: Annotated[float | None, typer.Option(help="Posts per second (default: as fast as possible).")] = None,
-    multi: Annotated[bool, typer.Option(help="Outfits of 2-4 items per image.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    real: Annotated[bool, typer.Option(help="Real photos (the packaged fixture) with generated captions.")] = False,
-) -> None:
-    """Produce generated posts (images + captions) to the posts topic: drawn garments, or real photos."""
-    from workers.launcher import produce_synthetic
-
-    settings = _settings()
-    sent = produce_synthetic(settings, count=count, rate=rate, multi=multi, seed=seed, real=real)
-    console.print(f"produced {sent} posts to {settings.topic('posts')}")
-
-
-@app.command()
-def tail(
-    count: Annotated[int | None, typer.Option(help="Stop after N labels.")] = None,
-    from_beginning: Annotated[bool, typer.Option(help="Replay the labels topic from the start.")] = False,
-) -> None:
-    """Print labels as they arrive."""
-    from streamcore.client import StylestreamClient
-    from workers.launcher import ctrl_c_sets, print_label
-
-    stop = threading.Event()
-    with ctrl_c_sets(stop), StylestreamClient(_settings()) as client, \
-            closing(client.labels(from_beginning=from_beginning, stop=stop)) as labels:
-        for n, label in enumerate(labels, 1):
-            print_label(console, label)
-            if count is not None and n >= count:
-                break
-
-
-@app.command()
-def topics() -> None:
-    """Create the contract topics with the configured partitions (idempotent; for deploy jobs)."""
-    from streamcore.kafka import ensure_topics
-
-    settings = _settings()
-    created = ensure_topics(settings)
-    console.print(f"created {created or 'nothing'}; {settings.partitions} partitions each")
-
-
-@app.command()
-def worker(stage: Annotated[str, typer.Argument(help="text | classify | trainer | profiles")]) -> None:
-    """Run one stage against the configured Kafka/Redis (run many for scale-out)."""
-    if stage == "text":
-        from workers.text import run
-    elif stage == "classify":
-        from workers.classify import run
-    elif stage == "trainer":
-        from workers.trainer import run
-    elif stage == "profiles":
-        from workers.profiles import run
-    else:
-        raise typer.BadParameter(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    run(_settings())
-
-
-@app.command()
-def recommend(
-    user: Annotated[str, typer.Argument(help="whose style profile to recommend for")] = "",
-    k: Annotated[int, typer.Option("--k", min=1, max=1000, help="how many items")] = 10,
-    like: Annotated[str | None, typer.Option("--like", help="items like this post instead of a user's profile")] = None,
-    ranking: Annotated[str, typer.Option(help="parts | mmr | plain")] = "parts",
-) -> None:
-    """Recommend repository items for USER's style profile, or items like a post (``--like POST_ID``), as JSON."""
-    import json
-
-    from threadpoolctl import threadpool_limits
-
-    from training.recommend.service import Recommender
-
-    threadpool_limits(1)  # small matrices: a BLAS thread team only costs here
-
-    settings = _settings()
-    recommender = Recommender(settings, index_dir=settings.recommend_index_dir)
-    recommender.sync()
-    recommender.save()
-    answer = recommender.more_like_this(like, k, ranking=ranking) if like else recommender.recommend(user, k, ranking=ranking)
-    console.print_json(json.dumps(answer.to_dict()))
-
-
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
-
-
-@app.command(context_settings=_PASS_THROUGH)
-def train(ctx: typer.Context) -> None:
-    """Train a model and write a checkpoint directory: on labelled real photos with ``--data MANIFEST``, else on
-    the synthetic benchmark (``train --help``, ``train --data x --help`` for options)."""
-    if any(a == "--data" or a.startswith("--data=") for a in ctx.args):
-        from training.real.cli import main
-    else:
-        from training.train import main
-
-    raise typer.Exit(main(ctx.args))
-
-
-@app.command(name="import")
-def import_(
-    dataset: Annotated[str, typer.Argument(help="clothing-dataset | co-parsing")],
-    root: Annotated[Path, typer.Argument(help="the dataset's checkout", exists=True, file_okay=False)],
-    out: Annotated[Path | None, typer.Option(help="manifest to write (JSONL); ROOT/manifest.jsonl by default")] = None,
-) -> None:
-    """Turn a public labelled-photo dataset into a manifest for ``train --data`` (mapping: docs/real-photos.md)."""
-    from training.real.importers import import_clothing_dataset, import_co_parsing
-    from training.real.manifest import write_manifest
-
-    importers = {"clothing-dataset": import_clothing_dataset, "co-parsing": import_co_parsing}
-    if dataset not in importers:
-        raise typer.BadParameter(f"choose one of {', '.join(importers)}, got {dataset!r}")
-    report = importers[dataset](root)
-    out = out or root / "manifest.jsonl"
-    records = report.records
-    if out.resolve().parent != root.resolve():  # image paths are relative to the manifest's folder
-        records = [r.model_copy(update={"image": str((root / r.image).resolve())}) for r in records]
-    write_manifest(records, out)
-    summary = report.summary()
-    console.print(f"{summary['records']} records → {out}; kept {summary['kept']}; dropped {summary['dropped']}")
-
-
-@app.command(name="eval", context_settings=_PASS_THROUGH)
-def eval_(ctx: typer.Context) -> None:
-    """Table II: every head x backbone, with and without hints (``eval --help`` for options)."""
-    from training.evaluate import main
-
-    raise typer.Exit(main(ctx.args))
-
-
-@app.command()
-def promote(ckpt: Annotated[str, typer.Argument(help="a published version, or a checkpoint directory to publish")]) -> None:
-    """Make a checkpoint the serving model; running classifiers hot-swap to it."""
-    from training.promotion import promote_path_or_version
-
-    update = promote_path_or_version(_settings(), ckpt)
-    console.print(f"serving [bold]{update.version}[/] ({update.path})")
-
-
-@app.command()
-def rollback() -> None:
-    """Serve the version that was serving before the current one."""
-    from training.promotion import rollback as do_rollback
-
-    update = do_rollback(_settings())
-    console.print(f"rolled back: serving [bold]{update.version}[/]")
-
-
-@app.command(name="export-onnx", context_settings=_PASS_THROUGH)
-def export_onnx(ctx: typer.Context) -> None:
-    """Add a version's backbone exported to ONNX (and int8) to it, for the ONNX Runtime (``export-onnx --help``)."""
-    from training.onnx_export import main
-
-    raise typer.Exit(main(ctx.args, model_dir=_settings().model_dir))
-
-
-_BENCHES = {
-    "heads": "training.bench_heads",
-    "pipeline": "workers.benchmarks.pipeline",
-    "text": "workers.benchmarks.text",
-    "miner": "training.text.evaluate",
-    "scale-out": "workers.benchmarks.scale_out",
-    "runtime": "workers.benchmarks.runtime",
-    "profiles": "workers.benchmarks.profiles",
-    "recommend-index": "training.recommend.bench_index",
-}
-
-
-@app.command(context_settings=_PASS_THROUGH)
-def bench(ctx: typer.Context,
-          which: Annotated[str, typer.Argument(help=" | ".join(_BENCHES))]) -> None:
-    """Benchmarks: print a table and write a JSON report under reports/ (``bench WHICH --help``)."""
-    import importlib
-
-    if which not in _BENCHES:
-        raise typer.BadParameter(f"choose one of {', '.join(_BENCHES)}, got {which!r}")
-    result = importlib.import_module(_BENCHES[which]).main(ctx.args)
-    raise typer.Exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from typing import Any
 
@@ -16,8 +16,10 @@ from rich.console import Console
 
 from streamcore.client import StylestreamClient
 from streamcore.embedded import EmbeddedStack, spawn, stop_processes
+from streamcore.exceptions import BadInput, DeliveryError
 from streamcore.kafka import ensure_topics
-from streamcore.schemas import Label
+from streamcore.schemas import LabelView
+from streamcore.serde import decode_post
 from streamcore.settings import Settings
 from workers import STAGES
 
@@ -45,17 +47,53 @@ def produce_synthetic(settings: Settings, *, count: int, rate: float | None = No
     stop = stop or threading.Event()
     sent = 0
     start = time.monotonic()
-    with StylestreamClient(settings) as client:
+    with StylestreamClient(settings) as client:  # closing raises DeliveryError for posts the broker did not take
         for post, _ in posts:
             delay = start + sent / rate - time.monotonic() if rate else 0.0
-            if stop.wait(max(0.0, delay)):
+            if stop.wait(max(0.0, delay)) or client.failed:
                 break
             client.publish(post)
             sent += 1
     return sent
 
 
-def print_label(console: Console, label: Label) -> None:
+def produce_lines(settings: Settings, lines: Iterable[str], *, count: int | None = None, rate: float | None = None,
+                  on_refused: Callable[[int, str], None]) -> int:
+    """Publish the ``post/v1`` records of JSON lines (blank lines skipped), at ``rate`` per second if given, the
+    first ``count`` if given; returns how many were sent.
+
+    A line that is not a valid post, or whose image no stage could read, is not sent: ``on_refused`` gets its
+    number and the reason. Closing the client raises :class:`DeliveryError` for posts the broker did not take.
+    """
+    sent = 0
+    start = time.monotonic()
+    with StylestreamClient(settings) as client:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            if (count is not None and sent >= count) or client.failed:
+                break
+            try:
+                post = decode_post(line.encode(), settings)
+                if rate:
+                    time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+                client.publish(post)
+            except (BadInput, ValueError) as exc:
+                on_refused(number, str(exc))
+                continue
+            sent += 1
+    return sent
+
+
+def report_undelivered(console: Console, failure: DeliveryError) -> None:
+    """The posts the broker did not take, one id per line after a summary (on the console's stream)."""
+    console.print(f"[red]{len(failure.failed)} post(s) not delivered[/]: "
+                  f"{'; '.join(sorted(set(failure.failed.values()))[:3])}", soft_wrap=True)
+    for post_id in failure.failed:
+        console.print(f"  {post_id}", highlight=False)
+
+
+def print_label(console: Console, label: LabelView) -> None:
     """One line per label: the categories shown (or the abstention), sub-category, attributes, and what steered
     the model."""
     steer = f"{label.hints_used.source}:{'/'.join(label.hints_used.categories) or '-'}"
@@ -91,8 +129,9 @@ def start_stage(stage: str, env: dict[str, str], *, prefix: Sequence[str] = (), 
 _DEMO_TRAINER = {"trainer_n_train": 3000, "trainer_n_test": 600, "trainer_epochs": 6, "trainer_pretrain_epochs": 2}
 
 
-def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> None:
-    """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers."""
+def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> int:
+    """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers. Returns the exit status:
+    1 when the demo's producer found posts the broker did not take."""
     if demo:
         settings = settings.model_copy(update={k: v for k, v in _DEMO_TRAINER.items()
                                                if k not in settings.model_fields_set})
@@ -119,24 +158,41 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
         stack.callback(stop.set)
         try:
             if demo:
-                feeder = threading.Thread(target=produce_synthetic, args=(settings,),
-                                          kwargs={"count": 10**9, "rate": rate, "stop": stop, "real": True},
-                                          daemon=True)
-                feeder.start()
-
-                def stop_feeder() -> None:  # its producer must close while the broker still runs
-                    stop.set()
-                    feeder.join(timeout=10)
-                stack.callback(stop_feeder)
-                # closing(): the label consumer must be closed now, while the broker still runs.
-                with ctrl_c_sets(stop), StylestreamClient(settings) as client, \
-                        closing(client.labels(from_beginning=True, stop=stop)) as labels:
-                    for label in labels:
-                        print_label(console, label)
-                console.print("stopping…")
-            else:
-                while all(p.poll() is None for p in procs):
-                    time.sleep(0.5)
-                console.print("[red]a stage exited; stopping[/]")
+                return run_demo(settings, rate=rate, stop=stop, stack=stack, console=console)
+            while all(p.poll() is None for p in procs):
+                time.sleep(0.5)
+            console.print("[red]a stage exited; stopping[/]")
         except KeyboardInterrupt:
             console.print("stopping…")
+    return 0
+
+
+def run_demo(settings: Settings, *, rate: float, stop: threading.Event, stack: ExitStack, console: Console) -> int:
+    """Feed real-photo posts and print labels until ``stop``; 1 when the broker did not take some posts."""
+    undelivered: list[DeliveryError] = []
+
+    def feed() -> None:
+        try:
+            produce_synthetic(settings, count=10**9, rate=rate, stop=stop, real=True)
+        except DeliveryError as failure:
+            undelivered.append(failure)
+            stop.set()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+
+    def stop_feeder() -> None:  # its producer must close while the broker still runs
+        stop.set()
+        feeder.join(timeout=settings.delivery_timeout_s + 10)
+    stack.callback(stop_feeder)
+    # closing(): the label consumer must be closed now, while the broker still runs.
+    with ctrl_c_sets(stop), StylestreamClient(settings) as client, \
+            closing(client.labels(from_beginning=True, stop=stop)) as labels:
+        for label in labels:
+            print_label(console, label)
+    feeder.join(timeout=settings.delivery_timeout_s + 10)
+    if undelivered:
+        report_undelivered(console, undelivered[0])
+        return 1
+    console.print("stopping…")
+    return 0

@@ -28,7 +28,9 @@ DEFAULT_HEAD = "fusion"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="stylestream train --data", description=__doc__.splitlines()[0])
+    from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
+
+    parser = argparse.ArgumentParser(**parser_options("stylestream train --data", __doc__))
     parser.add_argument("--data", type=Path, action="append", required=True, help="manifest (JSONL) or folder")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     parser.add_argument("--head", default=None, help=f"served head (default: Table II's winner, else {DEFAULT_HEAD})")

@@ -124,7 +124,9 @@ def _print(rows: list[dict], posts_per_s: float) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
+
+    parser = argparse.ArgumentParser(**parser_options("stylestream bench miner", __doc__))
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--count", type=int, default=1000, help="synthetic captions (>= 500)")
     parser.add_argument("--dev", action="store_true", help="evaluate on the dev template bank (for tuning)")

@@ -227,7 +227,9 @@ def _print(rows: list[dict]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
+
+    parser = argparse.ArgumentParser(**parser_options("stylestream bench scale-out", __doc__))
     parser.add_argument("--posts", type=int, default=400, help="posts in each timed burst")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--layouts", default="1x1,2x2", help="TEXTxCLASSIFY process counts, comma-separated")

@@ -146,7 +146,9 @@ def _merge_into_miner_report(path: Path, worker_posts_per_s: float) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
+
+    parser = argparse.ArgumentParser(**parser_options("stylestream bench text", __doc__))
     parser.add_argument("--posts", type=int, default=5000)
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--miner-report", type=Path, default=Path("reports/text_miner.json"),

@@ -1,0 +1,86 @@
+"""The commands that move records: ``produce --file`` (a file or standard input of post/v1 lines), ``tail --json``
+(label/v1 lines), and ``classify PHOTO`` (one label with no broker), against the real embedded broker."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+from kafka import KafkaConsumer, KafkaProducer
+from typer.testing import CliRunner
+
+from streamcore.schemas import Label, Post
+from workers.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "schemas" / "examples"
+PHOTO = ROOT / "training" / "real" / "data" / "fixture" / "images" / "fdbc4a3c-4902-45ac-a10e-b641e3ebb0d4.jpg"
+
+
+def _env(settings) -> dict[str, str]:
+    return {"STYLESTREAM_KAFKA": settings.kafka, "STYLESTREAM_TOPIC_PREFIX": settings.topic_prefix}
+
+
+def _posts_on_topic(settings) -> dict[str, Post]:
+    reader = KafkaConsumer(settings.topic("posts"), bootstrap_servers=settings.kafka, auto_offset_reset="earliest",
+                           consumer_timeout_ms=4000)
+    posts = {r.key.decode(): Post.model_validate_json(r.value) for r in reader}
+    reader.close()
+    return posts
+
+
+@pytest.mark.integration
+def test_produce_file_sends_each_valid_post_and_names_the_lines_it_refused(make_settings, tmp_path) -> None:
+    settings = make_settings()
+    good = [(EXAMPLES / name).read_text().strip() for name in ("post.v1.b64.json", "post.v1.path.json")]
+    two_sources = (EXAMPLES / "invalid" / "post.v1.two-sources.json").read_text().strip()
+    absolute = json.dumps(json.loads(good[1]) | {"post_id": "abs", "image": {"path": "/etc/shadow"}})
+    lines = tmp_path / "posts.jsonl"
+    lines.write_text("\n".join([good[0], "", two_sources, "{not json", absolute, good[1]]) + "\n")
+    result = CliRunner().invoke(app, ["produce", "--file", str(lines)], env=_env(settings))
+    assert result.exit_code == 1, result.output
+    assert sorted(_posts_on_topic(settings)) == ["look-0001", "shop:sku-7731"]
+    refused = [line for line in result.stderr.splitlines() if line.startswith("line ")]
+    assert [line.split()[1] for line in refused] == ["3", "4", "5"]
+    assert "exactly one of b64/url/path" in refused[0] and "bad_json" in refused[1] and "image root" in refused[2]
+    assert "produced 2 posts" in result.stdout
+
+
+@pytest.mark.integration
+def test_produce_from_standard_input_exits_0_when_every_post_is_sent(make_settings) -> None:
+    settings = make_settings()
+    result = CliRunner().invoke(app, ["produce", "--file", "-"], env=_env(settings),
+                                input=(EXAMPLES / "post.v1.url.json").read_text())
+    assert result.exit_code == 0, result.output
+    assert list(_posts_on_topic(settings)) == ["look-0002"]
+
+
+@pytest.mark.integration
+def test_tail_json_prints_one_label_record_per_line(make_settings) -> None:
+    settings = make_settings()
+    label = json.loads((EXAMPLES / "label.v1.json").read_text())
+    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    for post_id, extra in (("a", {}), ("b", {"new_field": 1})):
+        producer.send(settings.topic("labels"), key=post_id.encode(), partition=0,
+                      value=json.dumps(label | {"post_id": post_id} | extra).encode())
+    producer.flush()
+    producer.close()
+    result = CliRunner().invoke(app, ["tail", "--json", "--from-beginning", "--count", "2"], env=_env(settings))
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["post_id"] for r in records] == ["a", "b"]
+    assert records[1]["new_field"] == 1 and records[0]["categories"] == label["categories"]
+
+
+def test_classify_prints_one_label_of_the_photo_without_a_broker(tmp_path) -> None:
+    env = {"STYLESTREAM_KAFKA": "127.0.0.1:1", "STYLESTREAM_MODEL_DIR": str(tmp_path / "empty-registry")}
+    result = CliRunner().invoke(app, ["classify", str(PHOTO), "--caption", "my new floral maxi dress #ootd",
+                                      "--post-id", "look-0001"], env=env)
+    assert result.exit_code == 0, result.output
+    line, = result.stdout.splitlines()
+    label = Label.model_validate_json(line)
+    Draft202012Validator(json.loads((ROOT / "schemas" / "label.v1.json").read_text())).validate(json.loads(line))
+    assert label.post_id == "look-0001" and label.hints_used.source == "mined"
+    assert label.categories or label.abstain == "no_garment"

@@ -1,0 +1,140 @@
+"""Commands about models: ``train``, ``eval``, ``import``, ``promote``, ``rollback``, ``export-onnx``, ``bench``.
+
+``train``, ``eval``, ``export-onnx`` and ``bench WHICH`` hand their arguments to the argparse parser of the module
+that runs them (``--help`` included): those modules are also run as ``python -m``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from typer.core import TyperCommand
+
+from workers.commands import console, settings
+
+#: Options go through to argparse, ``--help`` too.
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+class Bench(str, Enum):
+    """The benchmarks, by the name ``stylestream bench`` takes."""
+
+    heads = "heads"
+    pipeline = "pipeline"
+    text = "text"
+    miner = "miner"
+    scale_out = "scale-out"
+    runtime = "runtime"
+    profiles = "profiles"
+    recommend_index = "recommend-index"
+
+
+_BENCH_MODULES = {
+    Bench.heads: "training.bench_heads",
+    Bench.pipeline: "workers.benchmarks.pipeline",
+    Bench.text: "workers.benchmarks.text",
+    Bench.miner: "training.text.evaluate",
+    Bench.scale_out: "workers.benchmarks.scale_out",
+    Bench.runtime: "workers.benchmarks.runtime",
+    Bench.profiles: "workers.benchmarks.profiles",
+    Bench.recommend_index: "training.recommend.bench_index",
+}
+
+
+class Dataset(str, Enum):
+    """The public labelled-photo datasets ``stylestream import`` reads."""
+
+    clothing_dataset = "clothing-dataset"
+    co_parsing = "co-parsing"
+
+
+def train(ctx: typer.Context) -> None:
+    """Train a model and write a checkpoint directory: on labelled real photos with --data MANIFEST, else on the
+    synthetic benchmark (see: train --help, train --data x --help)."""
+    if any(a == "--data" or a.startswith("--data=") for a in ctx.args):
+        from training.real.cli import main
+    else:
+        from training.train import main
+
+    raise typer.Exit(main(ctx.args))
+
+
+def import_(
+    dataset: Annotated[Dataset, typer.Argument(help="The dataset.")],
+    root: Annotated[Path, typer.Argument(help="the dataset's checkout", exists=True, file_okay=False)],
+    out: Annotated[Path | None, typer.Option(help="manifest to write (JSONL); ROOT/manifest.jsonl by default")] = None,
+) -> None:
+    """Turn a public labelled-photo dataset into a manifest for train --data (mapping: docs/real-photos.md)."""
+    from training.real.importers import import_clothing_dataset, import_co_parsing
+    from training.real.manifest import write_manifest
+
+    importer = {Dataset.clothing_dataset: import_clothing_dataset, Dataset.co_parsing: import_co_parsing}[dataset]
+    report = importer(root)
+    out = out or root / "manifest.jsonl"
+    records = report.records
+    if out.resolve().parent != root.resolve():  # image paths are relative to the manifest's folder
+        records = [r.model_copy(update={"image": str((root / r.image).resolve())}) for r in records]
+    write_manifest(records, out)
+    summary = report.summary()
+    console.print(f"{summary['records']} records → {out}; kept {summary['kept']}; dropped {summary['dropped']}")
+
+
+def eval_(ctx: typer.Context) -> None:
+    """Table II: every head x backbone, with and without hints (see: eval --help)."""
+    from training.evaluate import main
+
+    raise typer.Exit(main(ctx.args))
+
+
+def promote(ckpt: Annotated[str, typer.Argument(help="a published version, or a checkpoint directory to publish")]) -> None:
+    """Make a checkpoint the serving model; running classifiers hot-swap to it."""
+    from training.promotion import promote_path_or_version
+
+    update = promote_path_or_version(settings(), ckpt)
+    console.print(f"serving [bold]{update.version}[/] ({update.path})")
+
+
+def rollback() -> None:
+    """Serve the version that was serving before the current one."""
+    from training.promotion import rollback as do_rollback
+
+    update = do_rollback(settings())
+    console.print(f"rolled back: serving [bold]{update.version}[/]")
+
+
+def export_onnx(ctx: typer.Context) -> None:
+    """Add a version's backbone exported to ONNX (and int8) to it, for the ONNX Runtime (see: export-onnx --help)."""
+    from training.onnx_export import main
+
+    raise typer.Exit(main(ctx.args, model_dir=settings().model_dir))
+
+
+class _HelpBeforeArguments(TyperCommand):
+    """``bench --help`` is this command's help; ``bench WHICH --help`` goes through to WHICH's parser."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args[:1] in (["--help"], ["-h"]):
+            typer.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
+
+def bench(ctx: typer.Context, which: Annotated[Bench, typer.Argument(help="The benchmark.", metavar="WHICH")]) -> None:
+    """Benchmarks: print a table and write a JSON report under reports/ (see: bench WHICH --help)."""
+    result = importlib.import_module(_BENCH_MODULES[which]).main(ctx.args)
+    raise typer.Exit(result if isinstance(result, int) else 0)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(context_settings=_PASS_THROUGH)(train)
+    app.command(name="import")(import_)
+    app.command(name="eval", context_settings=_PASS_THROUGH)(eval_)
+    app.command()(promote)
+    app.command()(rollback)
+    app.command(name="export-onnx", context_settings=_PASS_THROUGH)(export_onnx)
+    app.command(cls=_HelpBeforeArguments, context_settings=_PASS_THROUGH)(bench)
