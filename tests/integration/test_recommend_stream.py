@@ -1,7 +1,7 @@
 """Labels → profiles → recommendations on the embedded broker and Redis.
 
-A real classifier is slow on a 2-core machine, so these tests stand in for it at its output: labels and
-fashion vector records go through the real label sink (:class:`streamcore.sinks.LabelSink`, which writes
+A real classifier is slow on a 2-core machine, so most tests here stand in for it at its output (the last
+one runs it, with the tiny test model): labels and fashion vector records go through the real label sink (:class:`streamcore.sinks.LabelSink`, which writes
 the label, its vector record beside it and the ``labels`` topic exactly as the classifier's batches do),
 with synthetic image embeddings: one cluster per kind of garment. Everything after the sink is real: the
 profiles stage consuming ``labels``, its Redis scripts, the per-version index and the recommender.
@@ -127,6 +127,8 @@ def _state(settings) -> dict[bytes, object]:
 
 
 def test_a_striped_top_and_leather_bag_user_gets_both_and_a_replay_changes_no_byte(make_settings) -> None:
+    """Ana posts three photos of a striped top with a leather bag (labels and vector records made as the
+    classifier makes them, through its sink); the real profiles stage and recommender do the rest."""
     settings = make_settings()
     posts = _posts("v1", Space(32, seed=1))
     asyncio.run(_classifier_output(settings, "v1", posts))
