@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 #: Stage offsets added to ``metrics_port`` so several stages on one host don't collide.
-STAGE_PORT_OFFSET = {"text": 0, "classify": 1, "trainer": 2, "up": 3}
+STAGE_PORT_OFFSET = {"text": 0, "classify": 1, "trainer": 2, "up": 3, "profiles": 4}
 
 
 class Settings(BaseSettings):
@@ -139,6 +139,15 @@ class Settings(BaseSettings):
     #: Posts mined per executor call in the text stage: the loop yields (and ships hints) between chunks.
     text_chunk_posts: int = Field(16, ge=1)
     kafka_options: dict[str, Any] = Field(default_factory=dict)
+
+    # Recommendations (``stylestream worker profiles``, ``stylestream recommend``).
+    #: The classifier stores each label's fashion vector record (user, time, image embedding) beside it.
+    fashion_vectors: bool = True
+    #: Newest posts kept per user in a style profile, and the half-life of a post's weight in it.
+    profile_max_posts: int = Field(200, ge=1)
+    profile_half_life_days: float = Field(30.0, gt=0)
+    #: Where ``stylestream recommend`` keeps its index snapshots (one folder per model version).
+    recommend_index_dir: Path = Path("./recommend-index")
 
     # Security and interoperability (Kafka TLS/SASL, Redis Cluster + label TTL, URL fetching,
     # health bind address). Secrets are SecretStr: they never appear in repr, logs or metrics.
@@ -269,6 +278,10 @@ class RedisKeys:
     def post_meta(self, post_id: str) -> str:
         """Hash beside a label: the fingerprint of the post it was made from, whether it reached the stream."""
         return f"{{{self.label(post_id)}}}:post"
+
+    def label_vector(self, post_id: str) -> str:
+        """Beside a label: its post's fashion vector record (user, creation time, image embedding)."""
+        return f"{{{self.label(post_id)}}}:vec"
 
     @property
     def labels_stream(self) -> str:

@@ -24,8 +24,9 @@ def fingerprint(raw: bytes | None) -> str:
     return hashlib.sha256(raw or b"").hexdigest()
 
 
-# KEYS[1] the label, KEYS[2] its meta hash: one hash slot (see RedisKeys), so this runs on Redis Cluster.
-# ARGV: label JSON, model version, post fingerprint, TTL seconds (0 = none).
+# KEYS[1] the label, KEYS[2] its meta hash, KEYS[3] its fashion vector record: one hash slot (see RedisKeys),
+# so this runs on Redis Cluster. ARGV: label JSON, model version, post fingerprint, TTL seconds (0 = none),
+# vector record ('' = none; a new label then drops an older model's record).
 # Returns {stored label, 1 if it still needs its stream entry}, or nil when the post id was labelled from
 # other content (a conflicting duplicate). Keeps the stored label when it came from the same model
 # version, so a redo (crash, rebalance, producer retry) returns byte-identical output.
@@ -36,6 +37,10 @@ local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, obj = pcall(cjson.decode, cur)
   if ok and obj['model_version'] == ARGV[2] then
+    if ARGV[5] ~= '' and redis.call('EXISTS', KEYS[3]) == 0 then
+      local left = redis.call('TTL', KEYS[1])
+      if left > 0 then redis.call('SET', KEYS[3], ARGV[5], 'EX', left) else redis.call('SET', KEYS[3], ARGV[5]) end
+    end
     return {cur, redis.call('HGET', KEYS[2], 'streamed') == '1' and 0 or 1}
   end
 end
@@ -43,6 +48,8 @@ local ttl = tonumber(ARGV[4])
 if ttl > 0 then redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl) else redis.call('SET', KEYS[1], ARGV[1]) end
 redis.call('HSET', KEYS[2], 'fingerprint', ARGV[3], 'streamed', '0')
 if ttl > 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+if ARGV[5] == '' then redis.call('DEL', KEYS[3])
+elseif ttl > 0 then redis.call('SET', KEYS[3], ARGV[5], 'EX', ttl) else redis.call('SET', KEYS[3], ARGV[5]) end
 return {ARGV[1], 1}
 """
 
@@ -63,13 +70,15 @@ class RedisLabels:
         self._cluster = settings.redis_cluster
 
     async def write(self, version: str, labels: Sequence[tuple[str, bytes]],
-                    fingerprints: Sequence[str]) -> list[bytes | None]:
+                    fingerprints: Sequence[str], vectors: Sequence[bytes | None] | None = None) -> list[bytes | None]:
         """Write one micro-batch of labels, then the stream entries that are due (two round trips on one server).
 
         Args:
             version: the model version every label of the batch came from.
             labels: ``(post_id, label JSON)`` pairs.
             fingerprints: per label, :func:`fingerprint` of its post's raw message.
+            vectors: per label, its post's fashion vector record (user, time, image embedding) or None;
+                stored at ``RedisKeys.label_vector`` with the label's TTL, kept on a redo like the label.
 
         Returns:
             Per label, the stored (canonical) JSON, or ``None`` when the post id was already labelled
@@ -77,8 +86,10 @@ class RedisLabels:
         """
         if not labels:
             return []
-        calls = [([self._keys.label(post_id), self._keys.post_meta(post_id)], [label, version, print_, self._ttl])
-                 for (post_id, label), print_ in zip(labels, fingerprints, strict=True)]
+        vectors = vectors if vectors is not None else [None] * len(labels)
+        calls = [([self._keys.label(post_id), self._keys.post_meta(post_id), self._keys.label_vector(post_id)],
+                  [label, version, print_, self._ttl, vector or b""])
+                 for (post_id, label), print_, vector in zip(labels, fingerprints, vectors, strict=True)]
         replies = await self._run_scripts(calls)
         due = [(post_id, reply[0]) for (post_id, _), reply in zip(labels, replies) if reply and int(reply[1])]
         if due:
@@ -170,10 +181,13 @@ class LabelBatch:
     sink: LabelSink
     version: str
     _items: list[tuple[str, bytes, str, int]] = field(default_factory=list)
+    _vectors: list[bytes | None] = field(default_factory=list)
 
-    def add(self, post_id: str, label: bytes, fingerprint: str, partition: int) -> None:
-        """One label; ``partition`` is its post's, so the label lands on the same partition of ``labels``."""
+    def add(self, post_id: str, label: bytes, fingerprint: str, partition: int, vector: bytes | None = None) -> None:
+        """One label; ``partition`` is its post's, so the label lands on the same partition of ``labels``;
+        ``vector`` its fashion vector record, stored beside it."""
         self._items.append((post_id, label, fingerprint, partition))
+        self._vectors.append(vector)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -183,7 +197,7 @@ class LabelBatch:
         already labelled from other content (a conflicting duplicate: nothing is sent for it)."""
         sink = self.sink
         stored = await sink.redis.write(self.version, [(p, label) for p, label, _, _ in self._items],
-                                        [f for _, _, f, _ in self._items])
+                                        [f for _, _, f, _ in self._items], self._vectors)
         await produce_by_partition(sink._producer, sink._topic,
                                    [(part, p.encode(), value) for (p, _, _, part), value in zip(self._items, stored)
                                     if value is not None])

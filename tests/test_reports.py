@@ -23,6 +23,10 @@ CONTRACT = {
     "table2_real.json": (("settings",), ("scenario", "backbone", "head", "hints", "level", "P@1", "P@3", "P@5", "R@1",
                                          "R@3", "R@5", "mAP")),
     "real_photos.json": (("model", "photos", "metrics", "reliability_silent"), ()),
+    "recommend.json": (("model_version", "queries", "catalogue", "rankings", "verdict", "classifier_embedding_cost"), ()),
+    "recommend_index.json": (("items", "dim", "vectors", "build_seconds_one_core", "recommend_path"),
+                             ("index", "k10", "k100")),
+    "bench_profiles.json": (("labels", "users", "labels_per_s", "profile_update_ms_mean"), ()),
 }
 
 

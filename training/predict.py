@@ -98,6 +98,8 @@ class Scores:
     table: np.ndarray
     rows: list[int]
     refused: dict[int, BadInput]
+    #: ``[len(rows), C]`` float16 image embeddings (L2-normalised pooled trunk features), when asked for.
+    embeddings: np.ndarray | None = None
 
 
 class Predictor:
@@ -257,8 +259,9 @@ class Predictor:
 
     # -- 2. forward + top-k (model thread) --------------------------------------------------------
     @torch.inference_mode()
-    def infer(self, staged: Staged) -> Scores:
-        """Run the model on a staged batch; top-k on the device, one copy of the results to the host."""
+    def infer(self, staged: Staged, *, embeddings: bool = False) -> Scores:
+        """Run the model on a staged batch; top-k on the device, one copy of the results to the host (and
+        one of the image embeddings with ``embeddings``)."""
         if not staged.rows:
             return Scores(np.zeros((0, 0), dtype=np.float32), [], staged.refused)
         tensors = (staged.images, staged.hint_categories, staged.hint_attributes, staged.hint_subcategories)
@@ -266,22 +269,23 @@ class Predictor:
             for tensor in tensors:
                 tensor.record_stream(torch.cuda.current_stream(self.device))
         chunk = self._chunk or len(staged.rows)
-        tables = [self._forward(*(t[i: i + chunk] for t in tensors)) for i in range(0, len(staged.rows), chunk)]
-        table = tables[0] if len(tables) == 1 else torch.cat(tables)
-        return Scores(table.cpu().numpy(), staged.rows, staged.refused)
+        outs = [self._forward(*(t[i: i + chunk] for t in tensors)) for i in range(0, len(staged.rows), chunk)]
+        table, features = (outs[0][n] if len(outs) == 1 else torch.cat([o[n] for o in outs]) for n in (0, 1))
+        return Scores(table.cpu().numpy(), staged.rows, staged.refused,
+                      F.normalize(features.float(), dim=1).half().cpu().numpy() if embeddings else None)
 
     def _forward(self, images: torch.Tensor, hint_cat: torch.Tensor, hint_att: torch.Tensor,
-                 hint_sub: torch.Tensor) -> torch.Tensor:
+                 hint_sub: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward; the packed table ``[top-k values, indices per level | routes | hinted categories |
-        any hint]`` on the device."""
+        any hint]`` and the pooled trunk features, on the device."""
         if self.backbone is not None:  # the exported graph normalises the uint8 batch itself
             features = self.backbone(images)
-            with torch.autocast(self.device.type, enabled=self.cuda):
-                out = self.model.classify(features, hint_cat, hint_att, hint_sub)
         else:
             x = self.model.preprocess(images).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, enabled=self.cuda):
-                out = self.model(x, hint_cat, hint_att, hint_sub)
+                features = self.model.backbone(x)
+        with torch.autocast(self.device.type, enabled=self.cuda):
+            out = self.model.classify(features, hint_cat, hint_att, hint_sub)
         cat, sub = out.categories.float(), out.subcategories.float()
         multi = self.model.config.multi
         if not multi:  # the top sub-category lies under the top category
@@ -293,7 +297,7 @@ class Predictor:
             values, indices = p.topk(k, dim=1)
             parts += [values, indices.float()]
         any_hint = (hint_cat.abs().sum(1) + hint_sub.abs().sum(1) + hint_att.abs().sum(1) > 0)[:, None]
-        return torch.cat([*parts, out.routes.float(), (hint_cat > 0).float(), any_hint.float()], 1)
+        return torch.cat([*parts, out.routes.float(), (hint_cat > 0).float(), any_hint.float()], 1), features
 
     # -- 3. label JSON ----------------------------------------------------------------------------
     def label_json(self, scores: Scores, post_ids: Sequence[str], timestamps_ms: Sequence[int]) -> list[bytes | BadInput]:

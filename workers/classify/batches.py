@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from streamcore.exceptions import BadInput
@@ -20,6 +21,8 @@ from streamcore.metrics import StageMetrics
 from streamcore.schemas import Hints
 from streamcore.sinks import LabelSink
 from training.hotswap import ModelSlot
+from training.predict import Scores
+from training.recommend.vectors import encode_embeddings
 from workers.classify.feeder import Place
 
 #: What a post's batch gives back: its stored label JSON, ``None`` when the post id was labelled from other
@@ -37,14 +40,17 @@ class Item:
     fingerprint: str
     partition: int  # of the post: its label goes to the same partition of ``labels``
     place: Place
+    user: str = ""  # the post's, for its fashion vector record (the label names no user)
+    created_ms: int = 0
 
 
 class BatchRunner:
     """The batcher's handler: items in, one :data:`Outcome` per item out, in order."""
 
     def __init__(self, models: ModelSlot, sink: LabelSink, metrics: StageMetrics, retrying: Retrying,
-                 model_pool: ThreadPoolExecutor) -> None:
+                 model_pool: ThreadPoolExecutor, *, vectors: bool = False) -> None:
         self._models = models
+        self._vectors = vectors  # fashion vector records beside the labels
         self._sink = sink
         self._metrics = metrics
         self._retrying = retrying
@@ -60,13 +66,15 @@ class BatchRunner:
         predictor = self._models.current
         staged = await loop.run_in_executor(self._prep_pool, predictor.stage, [i.image for i in items],
                                             [i.hints for i in items])
-        scores = await loop.run_in_executor(self._model_pool, predictor.infer, staged)
+        infer = partial(predictor.infer, embeddings=True) if self._vectors else predictor.infer
+        scores = await loop.run_in_executor(self._model_pool, infer, staged)
         results: list[Outcome] = await loop.run_in_executor(
             self._prep_pool, predictor.label_json, scores, [i.post_id for i in items], [i.timestamp_ms for i in items])
+        vectors = _vector_records(scores, items, predictor.version)
         batch = self._sink.batch(predictor.version)
         kept = [n for n, r in enumerate(results) if not isinstance(r, BadInput)]
         for n in kept:
-            batch.add(items[n].post_id, results[n], items[n].fingerprint, items[n].partition)
+            batch.add(items[n].post_id, results[n], items[n].fingerprint, items[n].partition, vectors.get(n))
         if kept:
             # Outputs not written: the posts stay unfinished (uncommitted) while this retries.
             stored = await self._retrying("label_write", batch.flush)
@@ -76,3 +84,13 @@ class BatchRunner:
 
     def close(self) -> None:
         self._prep_pool.shutdown()
+
+
+def _vector_records(scores: Scores, items: Sequence[Item], version: str) -> dict[int, bytes]:
+    """Per item index with an embedding, its encoded fashion vector record."""
+    if getattr(scores, "embeddings", None) is None or not scores.rows:
+        return {}
+    chosen = [items[i] for i in scores.rows]
+    records = encode_embeddings([i.post_id for i in chosen], [i.user for i in chosen], [i.created_ms for i in chosen],
+                                version, scores.embeddings[:, None, :])
+    return dict(zip(scores.rows, records))

@@ -75,7 +75,8 @@ class ClassifyStage(Stage):
                                                        self.metrics)
         self.models = ModelSlot(self.settings, predictor, self.metrics, refused=failed)
         self.sink = LabelSink(self.settings, self.producer)
-        self.runner = BatchRunner(self.models, self.sink, self.metrics, self.retrying, self._model_pool)
+        self.runner = BatchRunner(self.models, self.sink, self.metrics, self.retrying, self._model_pool,
+                                  vectors=self.settings.fashion_vectors)
         self.batcher = MicroBatcher(self.runner, max_batch=self.settings.max_batch,
                                     max_wait_s=self.settings.max_wait_ms / 1000,
                                     adaptive=self.settings.adaptive_batching,
@@ -219,8 +220,9 @@ class ClassifyStage(Stage):
         place = await self.feeder.place()
         try:
             image = await self.feeder.decode(waiting.post)
-            item = Item(image, waiting.hints, waiting.post.post_id, received_ms(record), waiting.fingerprint,
-                        record.partition, place)
+            post = waiting.post
+            item = Item(image, waiting.hints, post.post_id, received_ms(record), waiting.fingerprint,
+                        record.partition, place, post.user, int(post.created_at.timestamp() * 1000))
             stored = await self.batcher.submit(item)
         finally:
             place.give_back()  # a refused image, a cancelled task: the place is not lost

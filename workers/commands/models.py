@@ -30,6 +30,8 @@ class Bench(str, Enum):
     miner = "miner"
     scale_out = "scale-out"
     runtime = "runtime"
+    profiles = "profiles"
+    recommend_index = "recommend-index"
 
 
 _BENCH_MODULES = {
@@ -39,6 +41,8 @@ _BENCH_MODULES = {
     Bench.miner: "training.text.evaluate",
     Bench.scale_out: "workers.benchmarks.scale_out",
     Bench.runtime: "workers.benchmarks.runtime",
+    Bench.profiles: "workers.benchmarks.profiles",
+    Bench.recommend_index: "training.recommend.bench_index",
 }
 
 

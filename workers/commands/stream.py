@@ -18,6 +18,7 @@ class Stage(str, Enum):
     text = "text"
     classify = "classify"
     trainer = "trainer"
+    profiles = "profiles"
 
 
 def _positive(value: float | None) -> float | None:
@@ -126,8 +127,10 @@ def worker(stage: Annotated[Stage, typer.Argument(help="The stage to run.", meta
         from workers.text import run
     elif stage.value == "classify":
         from workers.classify import run
-    else:
+    elif stage.value == "trainer":
         from workers.trainer import run
+    else:
+        from workers.profiles import run
     run(settings())
 
 

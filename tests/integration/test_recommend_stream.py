@@ -1,0 +1,215 @@
+"""Labels → profiles → recommendations on the embedded broker and Redis.
+
+A real classifier is slow on a 2-core machine, so these tests stand in for it at its output: labels and
+fashion vector records go through the real label sink (:class:`streamcore.sinks.LabelSink`, which writes
+the label, its vector record beside it and the ``labels`` topic exactly as the classifier's batches do),
+with synthetic image embeddings: one cluster per kind of garment. Everything after the sink is real: the
+profiles stage consuming ``labels``, its Redis scripts, the per-version index and the recommender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from streamcore.kafka import make_producer
+from streamcore.redisconn import connect
+from streamcore.sinks import LabelSink, fingerprint
+from tests.support import wait_until
+from training.recommend.service import Recommender
+from training.recommend.vectors import VectorRecord
+from workers.profiles import ProfilesStage
+
+pytestmark = pytest.mark.integration
+
+#: Kinds of repository item: label terms (category, sub-category, attributes) and embedding cluster.
+KINDS = {
+    "striped-top": ({"tops_and_tshirts": 0.9}, {"t_shirt": 0.7}, {"striped": 0.85, "cotton": 0.5}, "top"),
+    "plain-top": ({"tops_and_tshirts": 0.9}, {"t_shirt": 0.7}, {"plain": 0.8, "cotton": 0.6}, "top"),
+    "leather-bag": ({"bags": 0.9}, {"handbag": 0.7}, {"leather": 0.85}, "bag"),
+    "jeans": ({"jeans": 0.9}, {"skinny_jeans": 0.6}, {"denim": 0.9}, "jeans"),
+    "sneakers": ({"shoes": 0.9}, {"sneaker": 0.8}, {"synthetic": 0.6}, "shoe"),
+}
+#: Ana's photos: a striped top and a leather bag, the top filling most of the picture.
+OUTFIT = ({"tops_and_tshirts": 0.9, "bags": 0.7}, {"t_shirt": 0.6}, {"striped": 0.8, "leather": 0.6})
+
+
+def _terms(scores: dict[str, float]) -> list[dict]:
+    return [{"term": t, "score": s} for t, s in sorted(scores.items(), key=lambda x: -x[1])]
+
+
+def _label(post_id: str, version: str, cats: dict, subs: dict, atts: dict) -> bytes:
+    now = datetime(2024, 5, 1, tzinfo=UTC).isoformat()
+    return json.dumps({"schema": "label/v1", "post_id": post_id, "model_version": version, "head": "fusion",
+                       "categories": _terms(cats), "subcategories": _terms(subs), "attributes": _terms(atts),
+                       "hints_used": {"source": "none", "categories": []}, "received_at": now,
+                       "labeled_at": now}, separators=(",", ":")).encode()
+
+
+class Space:
+    """One model version's embedding space: a random unit centre per cluster."""
+
+    def __init__(self, dim: int, seed: int) -> None:
+        self.dim, self.rng = dim, np.random.default_rng(seed)
+        self.centres = {c: self._unit(self.rng.standard_normal(dim)) for c in ("top", "bag", "jeans", "shoe")}
+
+    @staticmethod
+    def _unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x)
+
+    def embed(self, mix: dict[str, float]) -> np.ndarray:
+        x = sum(w * self.centres[c] for c, w in mix.items()) + 0.15 * self.rng.standard_normal(self.dim)
+        return self._unit(x)[None].astype(np.float16)
+
+
+def _posts(version: str, space: Space, *, per_kind: int = 12) -> list[tuple[str, str, bytes, np.ndarray]]:
+    """``(post id, user, label, embedding)``: the shops' catalogue, then Ana's three outfit photos."""
+    out = []
+    for kind, (cats, subs, atts, cluster) in KINDS.items():
+        for n in range(per_kind):
+            post_id = f"{kind}-{n}"
+            out.append((post_id, f"shop-{n % 3}", _label(post_id, version, cats, subs, atts), space.embed({cluster: 1})))
+    for n in range(3):
+        out.append((f"ana-{n}", "ana", _label(f"ana-{n}", version, *OUTFIT), space.embed({"top": 1, "bag": 0.45})))
+    return out
+
+
+async def _classifier_output(settings, version: str, posts) -> None:
+    """What the classifier's batches hand the sink: labels with their vector records, one flush."""
+    producer = make_producer(settings)
+    await producer.start()
+    sink = LabelSink(settings, producer)
+    try:
+        batch = sink.batch(version)
+        for n, (post_id, user, label, embedding) in enumerate(posts):
+            record = VectorRecord(post_id, user, 1_714_521_600_000 + n * 3_600_000, version, embedding).encode()
+            batch.add(post_id, label, fingerprint(post_id.encode()), n % settings.partitions, record)
+        await batch.flush()
+    finally:
+        await sink.close()
+        await producer.stop()
+
+
+@contextmanager
+def _running(stage: ProfilesStage) -> Iterator[ProfilesStage]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), name="profiles-stage")
+    thread.start()
+    try:
+        yield stage
+    finally:
+        loop.call_soon_threadsafe(stage.stop)
+        thread.join(timeout=60)
+        loop.close()
+    assert not thread.is_alive()
+
+
+def _count(stage: ProfilesStage, outcome: str) -> int:
+    return int(stage.outcomes.labels(outcome)._value.get())
+
+
+def _state(settings) -> dict[bytes, object]:
+    """Every profile and repository key under the test's prefix, with its full contents."""
+    redis, out = connect(settings), {}
+    for key in redis.scan_iter(match=f"{{{settings.redis_prefix}:*"):
+        kind = redis.type(key)
+        out[key] = (redis.get(key) if kind == b"string" else redis.hgetall(key) if kind == b"hash"
+                    else redis.zrange(key, 0, -1, withscores=True) if kind == b"zset"
+                    else redis.smembers(key) if kind == b"set" else redis.xlen(key))
+    return {k: v for k, v in out.items() if b":user:" in k or b":repo:" in k}
+
+
+def test_a_striped_top_and_leather_bag_user_gets_both_and_a_replay_changes_no_byte(make_settings) -> None:
+    settings = make_settings()
+    posts = _posts("v1", Space(32, seed=1))
+    asyncio.run(_classifier_output(settings, "v1", posts))
+    with _running(ProfilesStage(settings)) as stage:
+        wait_until(lambda: _count(stage, "added") == len(posts), timeout=60, what="every label in a profile")
+    recommender = Recommender(settings)
+    recommender.sync()
+
+    diverse = recommender.recommend("ana", 10)
+    kinds = [item.post_id.rsplit("-", 1)[0] for item in diverse.items]
+    assert diverse.model_version == "v1" and len(kinds) == 10
+    assert "striped-top" in kinds and "leather-bag" in kinds, kinds
+    assert not any(item.user == "ana" for item in diverse.items)  # never her own photos
+    why = {(item.facet, tuple(item.terms)) for item in diverse.items}
+    assert ("upper", ("tops_and_tshirts", "striped", "t_shirt")) in why and ("bag", ("bags", "leather")) in why
+    plain = recommender.recommend("ana", 10, ranking="plain")
+    assert "leather-bag" not in [i.post_id.rsplit("-", 1)[0] for i in plain.items]  # what diversity adds
+
+    before = _state(settings)
+    assert len(before) > 10
+    replay = ProfilesStage(settings.model_copy(update={"group_prefix": settings.group_prefix + "-replay"}))
+    with _running(replay):
+        wait_until(lambda: _count(replay, "already_added") == len(posts), timeout=60, what="the replay")
+        assert _count(replay, "added") == 0
+    assert _state(settings) == before
+
+
+def test_a_hot_swap_to_another_embedding_space_rebuilds_without_mixing(make_settings, tmp_path) -> None:
+    settings = make_settings()
+    redis = connect(settings)
+    old, new = _posts("v1", Space(32, seed=1)), _posts("v2", Space(48, seed=2))
+    asyncio.run(_classifier_output(settings, "v1", old))
+    redis.set(settings.keys.model_current, "v1")
+    with _running(ProfilesStage(settings)) as stage:
+        wait_until(lambda: _count(stage, "added") == len(old), timeout=60, what="v1 labels in profiles")
+        recommender = Recommender(settings, index_dir=tmp_path / "index")
+        recommender.sync()
+        assert recommender.recommend("ana").model_version == "v1"
+
+        redis.set(settings.keys.model_current, "v2")  # the promotion: new labels come in v2's space
+        asyncio.run(_classifier_output(settings, "v2", new[:20]))
+        wait_until(lambda: _count(stage, "added") == len(old) + 20, timeout=60, what="the first v2 labels")
+        assert recommender.sync()["v2"] == 20
+        filling = [recommender.recommend("ana"), recommender.more_like_this("striped-top-0")]
+        assert [a.model_version for a in filling] == ["v1", "v1"]  # v2's index is not ready: v1 answers whole
+        assert all(len(a.items) == 10 for a in filling)
+
+        asyncio.run(_classifier_output(settings, "v2", new[20:]))  # the rest, re-embedded by the new model
+        wait_until(lambda: _count(stage, "added") == len(old) + len(new), timeout=60, what="every v2 label")
+    recommender.sync()
+    assert {v: len(i) for v, i in recommender.indexes.items()} == {"v1": len(old), "v2": len(new)}
+    assert recommender.indexes["v2"].dim == 48 + recommender.layout.size
+    swapped = recommender.recommend("ana")
+    kinds = {item.post_id.rsplit("-", 1)[0] for item in swapped.items}
+    assert swapped.model_version == "v2" and {"striped-top", "leather-bag"} <= kinds
+
+    recommender.save()  # a restart loads the snapshots; a rebuild reads the streams from the start
+    restarted, rebuilt = Recommender(settings, index_dir=tmp_path / "index"), Recommender(settings)
+    restarted.sync()
+    rebuilt.sync()
+    assert restarted.indexes["v2"].cursor == recommender.indexes["v2"].cursor
+    assert restarted.recommend("ana") == rebuilt.recommend("ana") == swapped
+
+
+def test_the_cli_answers_for_a_user_and_for_a_post(make_settings, tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from workers.cli import app
+
+    settings = make_settings()
+    posts = _posts("v1", Space(32, seed=3), per_kind=4)
+    asyncio.run(_classifier_output(settings, "v1", posts))
+    with _running(ProfilesStage(settings)) as stage:
+        wait_until(lambda: _count(stage, "added") == len(posts), timeout=60, what="every label in a profile")
+    for name, value in {"REDIS_URL": settings.redis_url, "REDIS_PREFIX": settings.redis_prefix,
+                        "RECOMMEND_INDEX_DIR": str(tmp_path / "index")}.items():
+        monkeypatch.setenv(f"STYLESTREAM_{name}", value)
+    runner = CliRunner()
+    for_user = runner.invoke(app, ["recommend", "ana", "--k", "4"])
+    assert for_user.exit_code == 0, for_user.output
+    answer = json.loads(for_user.output)
+    assert answer["query"] == "user:ana" and answer["model_version"] == "v1" and len(answer["items"]) == 4
+    assert {"post_id", "user", "score", "facet", "terms"} <= answer["items"][0].keys()
+    assert (tmp_path / "index" / "v1" / "meta.json").exists()  # the snapshot the next call starts from
+    like = json.loads(runner.invoke(app, ["recommend", "--like", "leather-bag-0", "--k", "3"]).output)
+    assert like["items"][0]["post_id"].startswith("leather-bag") and like["items"][0]["facet"] == "bag"

@@ -1,0 +1,75 @@
+"""The per-version index (dedupe, growth, snapshots) and the fashion vector records."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training.ontology import load_ontology
+from training.recommend.index import VersionIndex
+from training.recommend.vectors import Layout, VectorRecord, encode_embeddings
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_the_index_finds_exact_neighbours_holds_each_post_once_and_grows() -> None:
+    rng = np.random.default_rng(0)
+    vectors = _unit(rng, 3000, 24)
+    index = VersionIndex("v1", 24, 5, capacity=1024)  # grows past its first capacity
+    ids = [f"p{i}" for i in range(3000)]
+    assert index.add(ids, ["u"] * 3000, vectors, np.zeros((3000, 5), np.float16)) == 3000
+    assert index.add(ids[:10] + ["new", "new"], ["u"] * 12, _unit(rng, 12, 24), np.zeros((12, 5))) == 1
+    assert len(index) == 3001 and index.post_ids[-1] == "new"
+    query = vectors[17]
+    found, scores = index.search(query, 10)
+    exact = np.argsort(-(vectors @ query))[:10]
+    assert len(set(found.tolist()) & set(exact.tolist())) >= 9
+    assert found[0] == 17 and scores[0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_snapshot_loads_back_to_the_same_answers(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    index = VersionIndex("v1", 16, 3)
+    labels = rng.random((200, 3)).astype(np.float16)
+    index.add([f"p{i}" for i in range(200)], [f"u{i % 7}" for i in range(200)], _unit(rng, 200, 16), labels)
+    index.cursor = "1700000000000-5"
+    index.save(tmp_path / "v1")
+    index.save(tmp_path / "v1")  # over an existing snapshot
+    back = VersionIndex.load(tmp_path / "v1")
+    query = _unit(rng, 1, 16)[0]
+    assert (back.cursor, back.post_ids, back.users) == (index.cursor, index.post_ids, index.users)
+    assert np.array_equal(back.search(query, 15)[0], index.search(query, 15)[0])
+    assert np.array_equal(back.labels(np.arange(200)), labels.astype(np.float32))
+    (tmp_path / "v1" / "meta.json").write_text(json.dumps({**json.loads((tmp_path / "v1" / "meta.json").read_text()),
+                                                           "post_ids": ["only-one"], "users": ["u"]}))
+    with pytest.raises(ValueError):
+        VersionIndex.load(tmp_path / "v1")
+
+
+def test_vector_records_round_trip_with_their_documented_size() -> None:
+    emb = _unit(np.random.default_rng(2), 2, 1280)[:, None, :]
+    raw = encode_embeddings(["p1", "p2"], ["ana", "bo"], [1, 2], "v7", emb)
+    record = VectorRecord.decode(raw[1])
+    assert (record.post_id, record.user, record.created_ms, record.model_version) == ("p2", "bo", 2, "v7")
+    assert record.embedding.shape == (1, 1280) and record.embedding.dtype == np.float16
+    assert 2560 < len(raw[0]) < 2560 + 200  # 1280 float16 + header
+    with pytest.raises(ValueError):
+        VectorRecord.decode(b"SSV1\x05\x00\x00\x00{bad}")
+
+
+def test_label_vectors_follow_the_ontology_order() -> None:
+    layout = Layout(load_ontology())
+    label = {"categories": [{"term": "bags", "score": 0.8}], "subcategories": [{"term": "handbag", "score": 0.5}],
+             "attributes": [{"term": "leather", "score": 0.7}, {"term": "unknown-term", "score": 0.9}]}
+    vec = layout.label_vector(label)
+    assert vec.shape == (112,) and np.count_nonzero(vec) == 3
+    assert {layout.names[i]: round(float(vec[i]), 2) for i in np.flatnonzero(vec)} == \
+        {"bags": 0.8, "handbag": 0.5, "leather": 0.7}
+    assert layout.shows_part("bag", vec[None]).tolist() == [True]
+    assert layout.shows_part("upper", vec[None]).tolist() == [False]
+    assert sum(m.sum() for m in layout.facet_masks.values()) == 112  # every position in exactly one facet

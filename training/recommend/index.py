@@ -1,0 +1,152 @@
+"""One model version's repository in a vector index: hnswlib HNSW, in process, with durable snapshots.
+
+Chosen by measurement (``reports/recommend_index.json``, docs/recommendations.md): at 100,000 items of
+the real dimension on one core, hnswlib, usearch and FAISS's HNSW reach the same recall at the same
+latency; hnswlib is the one that replaces an item in place, resizes, and saves to one file.
+
+A snapshot is a folder written beside the live one and renamed over it: the graph, the post ids, users
+and label vectors (for explanations), and the stream cursor it covers. Loading a snapshot and reading
+the repository stream past its cursor gives the same index as rebuilding from the stream's start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+
+#: HNSW parameters (see the benchmark): graph degree, build and search beam widths.
+M, EF_CONSTRUCTION, EF_SEARCH = 16, 100, 128
+
+
+class VersionIndex:
+    """Items of one model version: vectors in HNSW, and per item its post id, user and label vector."""
+
+    def __init__(self, version: str, dim: int, label_dim: int, *, capacity: int = 1024) -> None:
+        self.version = version
+        self.dim = dim
+        self.cursor = "0-0"  # the repository stream's last entry indexed
+        self._index = hnswlib.Index(space="ip", dim=dim)
+        self._index.init_index(max_elements=capacity, M=M, ef_construction=EF_CONSTRUCTION, random_seed=0)
+        self._index.set_ef(EF_SEARCH)
+        self._index.set_num_threads(1)
+        self.post_ids: list[str] = []
+        self.users: list[str] = []
+        self._labels = np.zeros((capacity, label_dim), dtype=np.float16)
+        # hnswlib's get_items costs ~0.3 ms an item: the ranking reads candidates from this float16 copy.
+        self._vectors = np.zeros((capacity, dim), dtype=np.float16)
+        self._position: dict[str, int] = {}
+        self._by_user: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.post_ids)
+
+    def position(self, post_id: str) -> int | None:
+        return self._position.get(post_id)
+
+    def of_user(self, user: str) -> set[int]:
+        """Positions of one user's posts."""
+        return set(self._by_user.get(user, ()))
+
+    def label(self, position: int) -> np.ndarray:
+        return self._labels[position].astype(np.float32)
+
+    def vector(self, position: int) -> np.ndarray:
+        return self.vectors(np.array([position]))[0]
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """``[n, dim]`` float32 vectors of items by position (their float16 copies)."""
+        return self._vectors[np.asarray(positions, dtype=np.int64)].astype(np.float32)
+
+    def labels(self, positions: np.ndarray) -> np.ndarray:
+        """``[n, L]`` float32 label vectors of items by position."""
+        return self._labels[np.asarray(positions, dtype=np.int64)].astype(np.float32)
+
+    def add(self, post_ids: list[str], users: list[str], vectors: np.ndarray, labels: np.ndarray) -> int:
+        """Add items (an id already present is skipped: the repository holds each post once). Returns how many."""
+        fresh, batch = [], set()
+        for n, post_id in enumerate(post_ids):
+            if post_id not in self._position and post_id not in batch:
+                batch.add(post_id)
+                fresh.append(n)
+        if not fresh:
+            return 0
+        need = len(self) + len(fresh)
+        if need > self._index.get_max_elements():
+            capacity = max(need, 2 * self._index.get_max_elements())
+            self._index.resize_index(capacity)
+            self._labels = _grown(self._labels, capacity, len(self))
+            self._vectors = _grown(self._vectors, capacity, len(self))
+        positions = np.arange(len(self), need)
+        self._index.add_items(vectors[fresh].astype(np.float32), positions, num_threads=1)
+        self._labels[positions] = labels[fresh]
+        self._vectors[positions] = vectors[fresh]
+        for n, position in zip(fresh, positions):
+            self._position[post_ids[n]] = int(position)
+            self._by_user.setdefault(users[n], []).append(int(position))
+            self.post_ids.append(post_ids[n])
+            self.users.append(users[n])
+        return len(fresh)
+
+    def search(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``n`` nearest positions and their inner products, best first."""
+        n = min(n, len(self))
+        if n == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        self._index.set_ef(max(EF_SEARCH, n))
+        found, distances = self._index.knn_query(vector.astype(np.float32), k=n, num_threads=1)
+        return found[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
+
+    # -- snapshots -------------------------------------------------------------------------------
+    def save(self, folder: Path) -> None:
+        """Write a snapshot to ``folder`` atomically (a new folder renamed over the old one)."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".snapshot-", dir=folder.parent))
+        try:
+            self._index.save_index(str(tmp / "hnsw.bin"))
+            np.save(tmp / "labels.npy", self._labels[: len(self)])
+            np.save(tmp / "vectors.npy", self._vectors[: len(self)])
+            meta = {"version": self.version, "dim": self.dim, "cursor": self.cursor, "post_ids": self.post_ids,
+                    "users": self.users}
+            (tmp / "meta.json").write_text(json.dumps(meta))
+            old = folder.with_name(folder.name + ".old")
+            if folder.exists():
+                os.rename(folder, old)
+            os.rename(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def load(cls, folder: Path) -> VersionIndex:
+        """A snapshot written by :meth:`save`. Raises ``OSError``/``ValueError`` on a missing or broken one."""
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        labels = np.load(folder / "labels.npy")
+        out = cls(meta["version"], int(meta["dim"]), labels.shape[1], capacity=max(1024, len(meta["post_ids"])))
+        out._index.load_index(str(folder / "hnsw.bin"), max_elements=max(1024, len(meta["post_ids"])))
+        out._index.set_ef(EF_SEARCH)
+        out._index.set_num_threads(1)
+        if out._index.get_current_count() != len(meta["post_ids"]):
+            raise ValueError(f"snapshot {folder}: graph holds {out._index.get_current_count()} items, "
+                             f"meta {len(meta['post_ids'])}")
+        out.post_ids, out.users, out.cursor = list(meta["post_ids"]), list(meta["users"]), meta["cursor"]
+        out._labels[: len(labels)] = labels
+        out._vectors[: len(labels)] = np.load(folder / "vectors.npy")
+        out._position = {p: n for n, p in enumerate(out.post_ids)}
+        for n, user in enumerate(out.users):
+            out._by_user.setdefault(user, []).append(n)
+        return out
+
+
+def _grown(array: np.ndarray, capacity: int, used: int) -> np.ndarray:
+    out = np.zeros((capacity, array.shape[1]), dtype=array.dtype)
+    out[:used] = array[:used]
+    return out

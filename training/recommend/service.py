@@ -1,0 +1,207 @@
+"""Recommendations: ``recommend(user, k)`` from a style profile and ``more_like_this(post_id, k)`` from a post.
+
+A :class:`Recommender` keeps one :class:`~training.recommend.index.VersionIndex` per model version,
+caught up from that version's repository stream in Redis (from its snapshot's cursor, or from the start:
+a rebuild). Every answer comes from ONE version: the query (profile or post) and the items it is compared
+with are that version's, and the answer names it. Which version serves:
+
+* the serving model's (``<prefix>:model:current``), once its repository is *ready*: as large as
+  ``ready_fraction`` of the largest older version's (a hot-swap's new embedding space fills as posts are
+  labelled or re-embedded; until then the previous version keeps answering, never a mix);
+* for a user, the newest ready version in which they have a profile.
+
+Ranking: ``parts`` (one query per body part the profile shows, merged by explicit part coverage, xQuAD;
+chosen by measurement, docs/recommendations.md), ``mmr``, or ``plain``. Each item says why: the part or attribute family where its
+label overlaps the query's most, with the shared terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from streamcore.redisconn import connect
+from streamcore.settings import Settings
+from training.ontology import load_ontology
+from training.recommend.index import VersionIndex
+from training.recommend.profile import Member, Profile
+from training.recommend.ranking import covering, explain, joint, mmr, part_queries, plain
+from training.recommend.store import Keys
+from training.recommend.vectors import Layout
+
+RANKINGS = ("parts", "mmr", "plain")
+_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Item:
+    post_id: str
+    user: str
+    score: float
+    #: Why it matched: a body part or attribute family (``look`` when only the image matched) and shared terms.
+    facet: str
+    terms: list[str]
+
+
+@dataclass(frozen=True)
+class Answer:
+    query: str
+    model_version: str | None
+    ranking: str
+    items: list[Item] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Recommender:
+    """Recommendations over the repositories in Redis, one in-process index per model version."""
+
+    def __init__(self, settings: Settings, *, index_dir: Path | None = None, redis=None,
+                 ready_fraction: float = 0.9) -> None:
+        self.settings = settings
+        self.redis = redis if redis is not None else connect(settings)
+        self.keys = Keys(settings.redis_prefix)
+        self.layout = Layout(load_ontology())
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        self.ready_fraction = ready_fraction
+        self.indexes: dict[str, VersionIndex] = {}
+
+    # -- keeping up with the repositories --------------------------------------------------------
+    def versions(self) -> list[str]:
+        """Versions with a repository, oldest first."""
+        return [v.decode() for v in self.redis.zrange(self.keys.versions, 0, -1)]
+
+    def sync(self) -> dict[str, int]:
+        """Catch every version's index up with its repository stream; items added per version."""
+        added = {}
+        for version in self.versions():
+            index = self.indexes.get(version)
+            if index is None:
+                index = self._load(version)
+            if index is None:
+                index = self._new_index(version)
+            if index is None:
+                continue
+            self.indexes[version] = index
+            added[version] = self._read_stream(index)
+        return added
+
+    def _load(self, version: str) -> VersionIndex | None:
+        if self.index_dir is not None and (self.index_dir / version / "meta.json").exists():
+            try:
+                return VersionIndex.load(self.index_dir / version)
+            except (OSError, ValueError):  # a broken snapshot is rebuilt from the stream
+                pass
+        return None
+
+    def save(self) -> None:
+        """Snapshot every index (under ``index_dir``)."""
+        if self.index_dir is None:
+            raise ValueError("no index_dir to save snapshots in")
+        for version, index in self.indexes.items():
+            index.save(self.index_dir / version)
+
+    def rebuild(self, version: str) -> int:
+        """Drop a version's index and build it again from its repository stream; items indexed."""
+        self.indexes.pop(version, None)
+        index = self._new_index(version)
+        if index is None:
+            return 0
+        self._read_stream(index)
+        self.indexes[version] = index
+        return len(index)
+
+    # -- answering -------------------------------------------------------------------------------
+    def ready(self) -> list[str]:
+        """Versions an answer may come from, preferred first (see the module docstring)."""
+        order = [v for v in self.versions() if v in self.indexes]
+        sizes = {v: len(self.indexes[v]) for v in order}
+        ready = [v for n, v in enumerate(order)
+                 if sizes[v] > 0 and sizes[v] >= self.ready_fraction * max([0, *(sizes[o] for o in order[:n])])]
+        current = self.redis.get(self.keys.model_current)
+        current = current.decode() if current else None
+        preferred = [current] if current in ready else []
+        older = [v for v in reversed(ready) if v not in preferred]
+        if current in order and current not in ready:  # the new space is filling: only versions before it
+            older = [v for v in older if order.index(v) < order.index(current)]
+        return preferred + older
+
+    def profile(self, user: str, version: str) -> Profile | None:
+        raw = self.redis.get(self.keys.user(user, version)[3])
+        return Profile.decode(raw) if raw else None
+
+    def recommend(self, user: str, k: int = 10, *, ranking: str = "parts") -> Answer:
+        """The k repository items closest to the user's style profile, diversified; none without a profile."""
+        for version in self.ready():
+            profile = self.profile(user, version)
+            if profile is not None:
+                index = self.indexes[version]
+                own = index.of_user(user)
+                return answer(self.layout, f"user:{user}", index, profile.embedding, profile.label, k, ranking, own)
+        return Answer(f"user:{user}", None, ranking)
+
+    def more_like_this(self, post_id: str, k: int = 10, *, ranking: str = "parts") -> Answer:
+        """The k items most like one indexed post, diversified the same way."""
+        for version in self.ready():
+            index = self.indexes[version]
+            position = index.position(post_id)
+            if position is not None:
+                vector, label = index.vector(position), index.label(position)
+                embedding = vector[: index.dim - len(label)]
+                return answer(self.layout, f"post:{post_id}", index, embedding[None], label, k, ranking, {position})
+        return Answer(f"post:{post_id}", None, ranking)
+
+    # -- reading the repository stream -----------------------------------------------------------
+    def _new_index(self, version: str) -> VersionIndex | None:
+        first = self.redis.xrange(self.keys.repo(version)[1], count=1)
+        if not first:
+            return None
+        member = Member.decode(first[0][1][b"item"])
+        dim = member.record.embedding.shape[1] + len(member.label)
+        return VersionIndex(version, dim, len(member.label))
+
+    def _read_stream(self, index: VersionIndex) -> int:
+        stream, added = self.keys.repo(index.version)[1], 0
+        while True:
+            entries = self.redis.xrange(stream, min=f"({index.cursor}", count=_CHUNK)
+            if not entries:
+                return added
+            ids, users, vectors, labels = [], [], [], []
+            for _, fields in entries:
+                member = Member.decode(fields[b"item"])
+                ids.append(fields[b"post_id"].decode())
+                users.append(fields[b"user"].decode())
+                vectors.append(joint(member.record.embedding[0], member.label))
+                labels.append(member.label)
+            added += index.add(ids, users, np.stack(vectors), np.stack(labels).astype(np.float16))
+            index.cursor = entries[-1][0].decode()
+
+
+def answer(layout: Layout, query: str, index: VersionIndex, embedding: np.ndarray, label: np.ndarray, k: int,
+           ranking: str, exclude: set[int]) -> Answer:
+    """The k items of one version's index for a query's embedding rows and label vector, ranked and explained."""
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    whole = joint(embedding[0], label)
+    search = index.search
+    if ranking == "plain":
+        picked = [(p, None) for p in plain(whole, search, k, exclude=exclude)]
+    elif ranking == "mmr":
+        ids, _ = search(whole, 100 + len(exclude))
+        ids = np.array([i for i in ids if int(i) not in exclude], dtype=np.int64)
+        picked = [(int(ids[n]), None) for n in mmr(whole, ids, index.vectors(ids), k)]
+    else:
+        picked = covering(whole, part_queries(embedding, label, layout), search, k, exclude=exclude,
+                          vectors_of=index.vectors,
+                          shows=lambda part, ids: layout.shows_part(part, index.labels(ids)))
+    positions = np.array([p for p, _ in picked], dtype=np.int64)
+    scores, labels = index.vectors(positions) @ whole, index.labels(positions)
+    items = []
+    for n, (position, part) in enumerate(picked):
+        query_label = label * layout.part_query_mask(part, label) if part else label
+        facet, terms = explain(query_label, labels[n], layout, facet=part)
+        items.append(Item(index.post_ids[position], index.users[position], round(float(scores[n]), 4), facet, terms))
+    return Answer(query, index.version, ranking, items)

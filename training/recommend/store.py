@@ -1,0 +1,170 @@
+"""Profiles and the repository in Redis: idempotent per post id, one hash slot per script.
+
+Keys under ``<prefix>`` (the ``redis_prefix`` setting), per model version ``V``:
+
+* ``{<prefix>:user:<H>}:posts:V`` (zset post id → creation ms), ``…:members:V`` (hash post id →
+  :class:`~training.recommend.profile.Member`), ``…:rev:V`` (adds so far), ``…:profile:V`` (the encoded
+  :class:`~training.recommend.profile.Profile`) and ``…:profile_rev:V`` (the ``rev`` it was computed at).
+  ``H`` is a digest of the user name, so any name makes a valid hash tag; the profile holds the name.
+* ``{<prefix>:repo:V}:ids`` (set of post ids) and ``{<prefix>:repo:V}:stream`` (one entry per post: id,
+  user, and an item, a member whose embedding is the whole-photo row only), and ``<prefix>:repo:versions``
+  (zset version → first time seen, ms): what a recommender indexes and rebuilds from.
+
+A post already in a set changes nothing (a replay, a redelivery). A profile lags its members only between
+two commands of one round; ``rev != profile_rev`` marks that, and the next delivery of the post (its offset
+was not committed) recomputes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Iterable
+
+# KEYS: posts zset, members hash, rev, profile_rev. ARGV: post id, created ms, member bytes, cap.
+# Returns {1 if the set changed, rev, profile_rev}. Keeps the ``cap`` newest posts by (time, id).
+_ADD_MEMBER = """
+local function revs() return {redis.call('GET', KEYS[3]) or '0', redis.call('GET', KEYS[4]) or '0'} end
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then local r = revs(); return {0, r[1], r[2]} end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if over > 0 then
+  local gone = redis.call('ZPOPMIN', KEYS[1], over)
+  local changed = true
+  for i = 1, #gone, 2 do
+    redis.call('HDEL', KEYS[2], gone[i])
+    if gone[i] == ARGV[1] then changed = false end
+  end
+  if not changed then local r = revs(); return {0, r[1], r[2]} end
+end
+redis.call('INCR', KEYS[3])
+local r = revs()
+return {1, r[1], r[2]}
+"""
+
+# KEYS: members hash, rev. Returns {rev, member bytes...}: one consistent snapshot.
+_READ_MEMBERS = """
+local out = {redis.call('GET', KEYS[2]) or '0'}
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do out[#out + 1] = v end
+return out
+"""
+
+# KEYS: rev, profile, profile_rev. ARGV: rev read, profile bytes. Writes only if no post was added since.
+_SET_PROFILE = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: ids set, stream. ARGV: post id, user, item bytes. Returns 1 when the post is new to the repository.
+_ADD_ITEM = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'post_id', ARGV[1], 'user', ARGV[2], 'item', ARGV[3])
+return 1
+"""
+
+
+def user_tag(user: str) -> str:
+    """The hash-tag-safe name of a user in keys (names may hold braces or any other character)."""
+    return hashlib.sha256(user.encode()).hexdigest()[:32]
+
+
+class Keys:
+    """Key names of profiles and repositories under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def user(self, user: str, version: str) -> tuple[str, str, str, str, str]:
+        """posts, members, rev, profile, profile_rev of one user's profile in one version."""
+        tag = f"{{{self.prefix}:user:{user_tag(user)}}}"
+        return tuple(f"{tag}:{name}:{version}" for name in ("posts", "members", "rev", "profile", "profile_rev"))
+
+    def repo(self, version: str) -> tuple[str, str]:
+        """ids set, stream of one version's repository."""
+        tag = f"{{{self.prefix}:repo:{version}}}"
+        return f"{tag}:ids", f"{tag}:stream"
+
+    @property
+    def versions(self) -> str:
+        return f"{self.prefix}:repo:versions"
+
+    def label_vector(self, post_id: str) -> str:
+        """Where the classifier writes a post's vector record (the label's hash slot)."""
+        return f"{{{self.prefix}:label:{post_id}}}:vec"
+
+    def label(self, post_id: str) -> str:
+        return f"{self.prefix}:label:{post_id}"
+
+    @property
+    def model_current(self) -> str:
+        return f"{self.prefix}:model:current"
+
+
+class ProfileWriter:
+    """The profile stage's writes (asyncio client); every call is idempotent, so a failed round is redone whole."""
+
+    def __init__(self, redis, prefix: str, *, cluster: bool = False) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self._cluster = cluster
+        self._add_member = redis.register_script(_ADD_MEMBER)
+        self._read = redis.register_script(_READ_MEMBERS)
+        self._set = redis.register_script(_SET_PROFILE)
+        self._add_item = redis.register_script(_ADD_ITEM)
+
+    async def vectors(self, post_ids: list[str]) -> list[bytes | None]:
+        """The classifier's vector records of these posts (``None`` where absent), one round trip."""
+        if not post_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.get(self.keys.label_vector(post_id))
+            return list(await pipe.execute())
+
+    async def add(self, posts: list[tuple[str, str, str, int, bytes, bytes]],
+                  cap: int) -> tuple[list[bool], list[tuple[str, str]]]:
+        """Add ``(post id, user, version, created ms, member, item)`` to profiles and repositories.
+
+        Returns per post whether it was new to its profile, and the ``(user, version)`` profiles to
+        recompute: changed, or left behind by an earlier crash.
+        """
+        calls = []
+        for post_id, user, version, created, member, item in posts:
+            posts_key, members, rev, _, profile_rev = self.keys.user(user, version)
+            calls.append((self._add_member, [posts_key, members, rev, profile_rev], [post_id, created, member, cap]))
+            calls.append((self._add_item, list(self.keys.repo(version)), [post_id, user, item]))
+        replies = await self._run(calls)
+        versions = sorted({p[2] for p in posts})
+        if versions:
+            await self.redis.zadd(self.keys.versions, {v: min(p[3] for p in posts if p[2] == v) for v in versions},
+                                  nx=True)
+        due = []
+        for (_, user, version, *_), reply in zip(posts, replies[::2]):
+            if int(reply[0]) or reply[1] != reply[2]:
+                due.append((user, version))
+        return [bool(int(r[0])) for r in replies[::2]], list(dict.fromkeys(due))
+
+    async def members(self, user: str, version: str) -> tuple[bytes, list[bytes]]:
+        """``(rev, member bytes)`` of one profile, as one snapshot."""
+        _, members, rev, _, _ = self.keys.user(user, version)
+        reply = await self._read(keys=[members, rev])
+        return reply[0], reply[1:]
+
+    async def set_profile(self, user: str, version: str, rev: bytes, profile: bytes) -> bool:
+        """Store a profile computed from the members at ``rev``; False when a post was added since (its
+        writer stores the newer one)."""
+        _, _, rev_key, profile_key, profile_rev = self.keys.user(user, version)
+        return bool(await self._set(keys=[rev_key, profile_key, profile_rev], args=[rev, profile]))
+
+    async def _run(self, calls: Iterable) -> list:
+        calls = list(calls)
+        if self._cluster:  # cluster pipelines refuse scripts: each goes to its slot's node, concurrently
+            await self.redis.initialize()
+            return list(await asyncio.gather(*(script(keys=k, args=a) for script, k, a in calls)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            return list(await pipe.execute())

@@ -1,0 +1,142 @@
+"""Profiles stage: ``labels`` → each user's style profile and the repository, in Redis (at-least-once, idempotent).
+
+Per label the stage reads the vector record the classifier wrote beside it (``{<prefix>:label:ID}:vec``:
+the post's user, creation time and image embedding; the label itself names no user), joins it with the
+label's probabilities into a fashion vector, and adds the post to its user's profile and to its model
+version's repository. Both adds are scripts that do nothing for a post already there, and a profile is
+recomputed from its member set (a pure function of the set), so a redelivered or replayed label changes
+no byte. A record is marked done only after Redis holds all of it; the loop then commits.
+
+Labels without a record are counted and passed over: an abstaining label (no garment), a record expired
+with its label's TTL, or one from an older model version than the label (the newer label, on its way,
+carries the post).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter, Histogram
+
+from streamcore.exceptions import BadInput
+from streamcore.redisconn import connect_async
+from streamcore.settings import Settings
+from streamcore.stage import Stage
+from training.ontology import load_ontology
+from training.recommend.profile import Member, aggregate
+from training.recommend.store import ProfileWriter
+from training.recommend.vectors import Layout, VectorRecord
+
+log = logging.getLogger(__name__)
+
+class ProfilesStage(Stage):
+    """Labels + vector records → profiles and repositories."""
+
+    name = "profiles"
+    inputs = ("labels",)
+
+    def __init__(self, settings: Settings, **kwargs) -> None:
+        super().__init__(settings, **kwargs)
+        self.max_posts = settings.profile_max_posts
+        self.half_life_s = settings.profile_half_life_days * 86400.0
+        self.layout = Layout(load_ontology())
+        registry = self.metrics.registry
+        self.outcomes = Counter("stylestream_profile_posts_total", "Labels the profile stage took, by outcome",
+                                ("outcome",), registry=registry)
+        self.recomputed = Histogram("stylestream_profile_update_seconds", "Time to recompute and store one profile",
+                                    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=registry)
+        for outcome in ("added", "already_added", "no_garment", "no_vector", "older_vector"):
+            self.outcomes.labels(outcome)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
+
+    async def setup(self) -> None:
+        self.writer = ProfileWriter(connect_async(self.settings), self.settings.redis_prefix,
+                                    cluster=self.settings.redis_cluster)
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        parsed = []
+        for record in records:
+            try:
+                parsed.append((record, _parse(record.value)))
+            except BadInput as exc:
+                await self.dead_letter(record, exc)
+        if not parsed:
+            return
+        ids = [label["post_id"] for _, label in parsed]
+        stored = await self.retrying("vector_read", lambda: self.writer.vectors(ids))
+        posts, outcomes = [], []
+        for (record, label), raw in zip(parsed, stored):
+            outcome, post = self._fashion_vector(label, raw)
+            outcomes.append(outcome)
+            if post is not None:
+                posts.append(post)
+        if posts:
+            fresh = iter(await self.retrying("profile_write", lambda: self._write(posts)))
+            outcomes = [("added" if next(fresh) else "already_added") if o == "added" else o for o in outcomes]
+        for (record, _), outcome in zip(parsed, outcomes):
+            self.outcomes.labels(outcome).inc()
+            self.done(record)
+
+    def _fashion_vector(self, label: dict, raw: bytes | None) -> tuple[str, tuple | None]:
+        """``(outcome, post to add)`` for one label and its stored record (see the module docstring)."""
+        if label.get("abstain"):
+            return "no_garment", None
+        if raw is None:
+            return "no_vector", None
+        try:
+            record = VectorRecord.decode(raw)
+        except ValueError:
+            self.metrics.bad_state.labels(self.name, "label_vector").inc()
+            return "no_vector", None
+        if record.model_version != label["model_version"]:
+            return "older_vector", None
+        vec = self.layout.label_vector(label)
+        item = VectorRecord(record.post_id, record.user, record.created_ms, record.model_version, record.embedding[:1])
+        return "added", (record.post_id, record.user, record.model_version, record.created_ms,
+                         Member(vec, record).encode(), Member(vec, item).encode())
+
+    async def _write(self, posts: list[tuple]) -> list[bool]:
+        """Add the posts, recompute the profiles that changed; per post, whether it was new."""
+        fresh, due = await self.writer.add(posts, self.max_posts)
+        for user, version in due:
+            started = time.perf_counter()
+            rev, raw = await self.writer.members(user, version)
+            if not raw:  # nothing left to aggregate (cannot happen with a cap of at least one post)
+                continue
+            profile = await asyncio.get_running_loop().run_in_executor(
+                self._pool, _profile_bytes, raw, user, self.half_life_s)
+            await self.writer.set_profile(user, version, rev, profile)
+            self.recomputed.observe(time.perf_counter() - started)
+        return fresh
+
+    async def shutdown(self) -> None:
+        await self.writer.redis.aclose()
+        self._pool.shutdown()
+
+
+def _profile_bytes(members: list[bytes], user: str, half_life_s: float) -> bytes:
+    return aggregate([Member.decode(m) for m in members], user=user, half_life_s=half_life_s).encode()
+
+
+def _parse(value: bytes | None) -> dict:
+    """The label fields the stage reads. Raises ``BadInput`` when it is not a label."""
+    try:
+        label = json.loads(value or b"")
+        if not isinstance(label, dict) or not isinstance(label.get("post_id"), str) or "model_version" not in label:
+            raise ValueError("not a label/v1 object")
+        return label
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput("label_invalid", f"labels record is not a label: {exc}") from None
+
+
+def run(settings: Settings) -> None:
+    """Run one profiles consumer until SIGTERM/SIGINT."""
+    stage = ProfilesStage(settings)
+    stage.serve_health(settings.stage_metrics_port("profiles"))
+    asyncio.run(stage.run())
