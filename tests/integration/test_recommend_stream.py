@@ -1,7 +1,7 @@
 """Labels → profiles → recommendations on the embedded broker and Redis.
 
-A real classifier is slow on a 2-core machine, so these tests stand in for it at its output: labels and
-fashion vector records go through the real label sink (:class:`streamcore.sinks.LabelSink`, which writes
+A real classifier is slow on a 2-core machine, so most tests here stand in for it at its output (the last
+one runs it, with the tiny test model): labels and fashion vector records go through the real label sink (:class:`streamcore.sinks.LabelSink`, which writes
 the label, its vector record beside it and the ``labels`` topic exactly as the classifier's batches do),
 with synthetic image embeddings: one cluster per kind of garment. Everything after the sink is real: the
 profiles stage consuming ``labels``, its Redis scripts, the per-version index and the recommender.
@@ -127,6 +127,8 @@ def _state(settings) -> dict[bytes, object]:
 
 
 def test_a_striped_top_and_leather_bag_user_gets_both_and_a_replay_changes_no_byte(make_settings) -> None:
+    """Ana posts three photos of a striped top with a leather bag (labels and vector records made as the
+    classifier makes them, through its sink); the real profiles stage and recommender do the rest."""
     settings = make_settings()
     posts = _posts("v1", Space(32, seed=1))
     asyncio.run(_classifier_output(settings, "v1", posts))
@@ -213,3 +215,36 @@ def test_the_cli_answers_for_a_user_and_for_a_post(make_settings, tmp_path, monk
     assert (tmp_path / "index" / "v1" / "meta.json").exists()  # the snapshot the next call starts from
     like = json.loads(runner.invoke(app, ["recommend", "--like", "leather-bag-0", "--k", "3"]).output)
     assert like["items"][0]["post_id"].startswith("leather-bag") and like["items"][0]["facet"] == "bag"
+
+
+def test_the_classifier_writes_each_posts_vector_record_and_the_stage_profiles_it(make_settings) -> None:
+    """The one test here with the real classifier (the tiny test model) in front: posts in, records out."""
+    import base64
+    from pathlib import Path
+
+    from kafka import KafkaProducer
+
+    from streamcore.schemas import ImageSource, Post
+    from streamcore.serde import encode
+    from training.real.fixture import FIXTURE_DIR
+    from workers.classify.stage import ClassifyStage
+
+    settings = make_settings(hint_wait_ms=0)
+    photos = sorted((FIXTURE_DIR / "images").glob("*.jpg"))[:3]
+    posts = [Post(post_id=f"real-{n}", created_at=datetime(2024, 5, n + 1, tzinfo=UTC), user=f"user {n % 2}",
+                  image=ImageSource(b64=base64.b64encode(Path(p).read_bytes()).decode())) for n, p in enumerate(photos)]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka)
+    for post in posts:
+        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+    producer.flush()
+    producer.close()
+    with _running(ClassifyStage(settings)) as classify:
+        wait_until(lambda: classify.metrics.labeled._value.get() == 3, timeout=120, what="three labels")
+    redis = connect(settings)
+    records = [VectorRecord.decode(redis.get(settings.keys.label_vector(p.post_id))) for p in posts]
+    assert [(r.user, r.created_ms) for r in records] == [(p.user, int(p.created_at.timestamp() * 1000)) for p in posts]
+    assert {r.model_version for r in records} == {"tiny-test"} and records[0].embedding.shape == (1, 128)
+    with _running(ProfilesStage(settings)) as stage:  # the tiny model never abstains: every label has a garment
+        wait_until(lambda: _count(stage, "added") == 3, timeout=60, what="profiles")
+    profiles = [Recommender(settings).profile(user, "tiny-test") for user in ("user 0", "user 1")]
+    assert [p.posts for p in profiles] == [2, 1]

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from streamcore.helptext import parser_options
 from streamcore.reports import write_report
 
 DIM = 1280 + 112
@@ -197,7 +198,7 @@ def run(n_items: int, n_queries: int, *, photos: Path | None, m: int = 16, ef_co
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(**parser_options("stylestream bench recommend-index", __doc__))
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("reports/recommend_index.json"))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from streamcore.embedded import EmbeddedStack
+from streamcore.helptext import parser_options
 from streamcore.kafka import ensure_topics, make_producer
 from streamcore.reports import write_report
 from streamcore.settings import Settings
@@ -82,7 +83,7 @@ def measure(settings: Settings, labels: int, users: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(**parser_options("stylestream bench profiles", __doc__))
     parser.add_argument("--labels", type=int, default=3000)
     parser.add_argument("--users", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("reports/bench_profiles.json"))
