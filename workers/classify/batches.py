@@ -17,6 +17,7 @@ from typing import Any
 
 from streamcore.exceptions import BadInput
 from streamcore.metrics import StageMetrics
+from streamcore.preview import Preview
 from streamcore.schemas import Hints
 from streamcore.sinks import LabelSink
 from training.hotswap import ModelSlot
@@ -37,6 +38,7 @@ class Item:
     fingerprint: str
     partition: int  # of the post: its label goes to the same partition of ``labels``
     place: Place
+    preview: Preview | None = None  # what the review page shows of the post
 
 
 class BatchRunner:
@@ -66,7 +68,7 @@ class BatchRunner:
         batch = self._sink.batch(predictor.version)
         kept = [n for n, r in enumerate(results) if not isinstance(r, BadInput)]
         for n in kept:
-            batch.add(items[n].post_id, results[n], items[n].fingerprint, items[n].partition)
+            batch.add(items[n].post_id, results[n], items[n].fingerprint, items[n].partition, items[n].preview)
         if kept:
             # Outputs not written: the posts stay unfinished (uncommitted) while this retries.
             stored = await self._retrying("label_write", batch.flush)
