@@ -283,6 +283,11 @@ class RedisKeys:
         return f"{{{self.model_current}}}:history"
 
     @property
+    def model_events(self) -> str:
+        """Log of promotions and rollbacks (JSON: kind, version, time, reason), newest first; same slot."""
+        return f"{{{self.model_current}}}:events"
+
+    @property
     def trainer(self) -> str:
         """Prefix of the trainer's state keys: one hash tag, so its scripts and transactions use one slot."""
         return f"{{{self.prefix}:trainer}}:"

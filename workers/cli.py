@@ -43,11 +43,20 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug l
 def up(
     demo: Annotated[bool, typer.Option(help="Also produce posts of real photos and print labels.")] = False,
     rate: Annotated[float, typer.Option(help="Demo posts per second.")] = 5.0,
+    ui: Annotated[bool, typer.Option(help="Also serve the review page (see `ui`).")] = True,
 ) -> None:
     """Start the broker + Redis (unless external ones are configured), topics and all stages."""
     from workers.launcher import run_up
 
-    run_up(_settings(), demo=demo, rate=rate, console=console)
+    run_up(_settings(), demo=demo, rate=rate, console=console, ui=ui)
+
+
+@app.command()
+def ui() -> None:
+    """Serve the review page: live labels with their photos, corrections, the model's record (docs/ui.md)."""
+    from workers.ui.server import run
+
+    run(_settings(), announce=console.print)
 
 
 @app.command()

@@ -91,8 +91,9 @@ def start_stage(stage: str, env: dict[str, str], *, prefix: Sequence[str] = (), 
 _DEMO_TRAINER = {"trainer_n_train": 3000, "trainer_n_test": 600, "trainer_epochs": 6, "trainer_pretrain_epochs": 2}
 
 
-def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> None:
-    """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers."""
+def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui: bool = False) -> None:
+    """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers. ``ui``: serve the review page
+    from this process too."""
     if demo:
         settings = settings.model_copy(update={k: v for k, v in _DEMO_TRAINER.items()
                                                if k not in settings.model_fields_set})
@@ -112,6 +113,8 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
         stack.callback(stop_processes, procs)
         procs.extend(start_stage(stage, settings.child_env()) for stage in STAGES)
         console.print(f"stages started: {', '.join(STAGES)} · metrics from port {settings.metrics_port}")
+        if ui:
+            _serve_review_page(stack, settings, console)
         stop = threading.Event()
         stack.callback(stop.set)
         try:
@@ -137,3 +140,15 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
                 console.print("[red]a stage exited; stopping[/]")
         except KeyboardInterrupt:
             console.print("stopping…")
+
+
+def _serve_review_page(stack: ExitStack, settings: Settings, console: Console) -> None:
+    """The review page in a thread of this process; a port already taken costs the page, not the pipeline."""
+    from workers.ui.server import serving
+
+    try:
+        address = stack.enter_context(serving(settings))
+    except OSError as exc:
+        console.print(f"[yellow]review page not started: {settings.ui_host}:{settings.ui_port}: {exc.strerror}[/]")
+        return
+    console.print(f"review page [bold]{address}[/]" + ("" if settings.ui_token else " (read-only: no STYLESTREAM_UI_TOKEN)"))

@@ -1,0 +1,107 @@
+// The live list: server-sent events in, newest cards on top; filters reconnect with a fresh snapshot.
+import { el, session, term, write } from "./common.js";
+import { renderCard } from "./card.js";
+import { openCorrection } from "./correct.js";
+
+const MAX_CARDS = 150;
+const list = document.getElementById("cards");
+const liveState = document.getElementById("live-state");
+const nameBox = document.getElementById("name");
+const filters = {
+  category: document.getElementById("f-category"), version: document.getElementById("f-version"),
+  low: document.getElementById("f-low"), threshold: document.getElementById("f-threshold"),
+  abstained: document.getElementById("f-abstained"), corrected: document.getElementById("f-corrected"),
+};
+let source = null;
+let pending = [];
+let scheduled = false;
+
+const onCorrect = (node, c) => openCorrection(node, c, nameBox);
+
+function query() {
+  const q = new URLSearchParams();
+  if (filters.category.value) q.set("category", filters.category.value);
+  if (filters.version.value) q.set("version", filters.version.value);
+  if (filters.low.checked) q.set("low", filters.threshold.value || "0.5");
+  if (filters.abstained.checked) q.set("abstained", "1");
+  if (filters.corrected.checked) q.set("corrected", "1");
+  return q.toString();
+}
+
+function knowVersion(version) {
+  if (![...filters.version.options].some((o) => o.value === version)) {
+    filters.version.append(el("option", { value: version, text: version }));
+  }
+}
+
+// Cards arriving between two frames are drawn together: at hundreds of labels a second the page does one
+// DOM update per frame, not one per label.
+function flush() {
+  scheduled = false;
+  const batch = pending.slice(0, MAX_CARDS);
+  pending = [];
+  const fresh = document.createDocumentFragment();
+  for (const c of batch) {
+    knowVersion(c.version);
+    fresh.append(renderCard(c, onCorrect));
+  }
+  list.prepend(fresh);
+  const cards = list.children;
+  for (let i = cards.length - 1; i >= MAX_CARDS; i--) {
+    if (!cards[i].classList.contains("editing")) cards[i].remove();  // an open form stays
+  }
+}
+
+function connect() {
+  if (source) source.close();
+  pending = [];
+  source = new EventSource(`/api/events?${query()}`);
+  source.addEventListener("reset", (event) => {
+    const cards = JSON.parse(event.data);
+    list.replaceChildren(...[...list.querySelectorAll(".card.editing")]);
+    pending = cards;
+    flush();
+    liveState.textContent = "live";
+  });
+  source.addEventListener("labels", (event) => {
+    pending = JSON.parse(event.data).concat(pending);
+    if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
+  });
+  source.addEventListener("error", () => { liveState.textContent = "reconnecting…"; });
+}
+
+async function setUpSession() {
+  const state = await session();
+  const form = document.getElementById("signin");
+  const shown = document.getElementById("session-state");
+  const token = document.getElementById("token");
+  nameBox.value = localStorage.getItem("stylestream-name") || "";
+  nameBox.addEventListener("change", () => localStorage.setItem("stylestream-name", nameBox.value));
+  const show = (signedIn) => {
+    shown.textContent = !state.corrections ? "read-only (no token configured)" : signedIn ? "signed in" : "read-only";
+    token.hidden = signedIn || !state.corrections;
+    document.getElementById("signin-button").textContent = signedIn ? "Sign out" : "Sign in";
+    document.body.classList.toggle("signed-in", signedIn);
+  };
+  show(state.signed_in);
+  let signedIn = state.signed_in;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const reply = signedIn ? await write("/api/session", "DELETE")
+      : await write("/api/session", "POST", { token: token.value });
+    token.value = "";
+    if (reply.ok) signedIn = reply.body.signed_in;
+    else shown.textContent = `not signed in: ${reply.body.error || reply.status}`;
+    if (reply.ok) show(signedIn);
+  });
+}
+
+async function main() {
+  const terms = await (await fetch("/api/ontology")).json();
+  for (const name of terms.categories) filters.category.append(el("option", { value: name, text: term(name) }));
+  for (const input of Object.values(filters)) input.addEventListener("change", connect);
+  await setUpSession();
+  connect();
+}
+
+main();
