@@ -26,17 +26,20 @@ class Refused(ValueError):
     """A correction the page will not send (the message says why, for the person who made it)."""
 
 
-def terms(ontology: Ontology) -> dict[str, list]:
-    """The choices the correction form searches: categories, sub-categories (with their category), attributes."""
+def terms(ontology: Ontology, *, multi: bool) -> dict[str, Any]:
+    """The choices the correction form searches: categories, sub-categories (with their category), attributes;
+    ``multi``: whether a post may have several categories (the trainer's model kind)."""
     return {
+        "multi": multi,
         "categories": ontology.category_names,
         "subcategories": [[s.name, c.name] for c in ontology.categories for s in c.subcategories],
         "attributes": ontology.attribute_names,
     }
 
 
-def check(body: Any, ontology: Ontology) -> Feedback:
-    """A :class:`Feedback` from the form's JSON, every term known to the ontology.
+def check(body: Any, ontology: Ontology, *, multi: bool) -> Feedback:
+    """A :class:`Feedback` from the form's JSON, every term known to the ontology, one category unless ``multi``
+    (the trainer dead-letters anything else).
 
     Raises:
         Refused: anything else.
@@ -49,6 +52,8 @@ def check(body: Any, ontology: Ontology) -> Feedback:
         feedback = Feedback(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
         raise Refused("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])) from None
+    if not multi and len(feedback.categories) != 1:
+        raise Refused("choose exactly one category: the model names one garment per post")
     known = {"categories": set(ontology.category_names), "subcategories": set(ontology.subcategory_names),
              "attributes": set(ontology.attribute_names)}
     for name, allowed in known.items():

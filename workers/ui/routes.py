@@ -111,7 +111,7 @@ async def feedback(request: Request) -> Response:
     if not security.signed_in(request, ui.settings.ui_token):
         return _json({"error": "sign in with the page's token first"}, 401)
     try:
-        correction = check(await _body(request), ui.ontology)
+        correction = check(await _body(request), ui.ontology, multi=ui.settings.trainer_multi)
     except Refused as exc:
         return _json({"error": str(exc)}, 422)
     try:

@@ -39,7 +39,7 @@ def build_app(settings: Settings) -> Starlette:
         follower_client = connect_async(settings)  # its blocking XREAD must not hold up the page's reads
         broadcaster = Broadcaster(LabelReader(settings, follower_client, Highlighter(ontology)))
         publisher = Publisher(settings, client)
-        app.state.ui = Ui(settings, client, reader, broadcaster, publisher, ontology, terms(ontology))
+        app.state.ui = Ui(settings, client, reader, broadcaster, publisher, ontology, terms(ontology, multi=settings.trainer_multi))
         app.state.loop = asyncio.get_running_loop()
         await broadcaster.start()
         try:

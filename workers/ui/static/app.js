@@ -57,9 +57,10 @@ function connect() {
   pending = [];
   source = new EventSource(`/api/events?${query()}`);
   source.addEventListener("reset", (event) => {
-    const cards = JSON.parse(event.data);
-    list.replaceChildren(...[...list.querySelectorAll(".card.editing")]);
-    pending = cards;
+    const open = [...list.querySelectorAll(".card.editing")];  // a form being filled in stays, once
+    const kept = new Set(open.map((node) => node.dataset.id));
+    list.replaceChildren(...open);
+    pending = JSON.parse(event.data).filter((c) => !kept.has(c.id));
     flush();
     liveState.textContent = "live";
   });

@@ -9,7 +9,8 @@ async function ontology() {
 }
 
 // One searchable picker: a text box, the matching terms under it, the chosen ones as removable chips.
-function picker(kind, label, options, chosen) {
+// ``single``: a choice replaces the one before (a one-garment model takes one category).
+function picker(kind, label, options, chosen, single = false) {
   const chips = el("div", { class: "chips" });
   const list = el("ul", { class: "suggestions", role: "listbox" });
   const input = el("input", { type: "search", placeholder: `search ${label}`, "aria-label": `search ${label}`,
@@ -18,13 +19,20 @@ function picker(kind, label, options, chosen) {
     chips.replaceChildren(...[...chosen].map((name) => el("button", { type: "button", class: "chip",
       title: "remove", text: `${term(name)} ×`, onclick: () => { chosen.delete(name); redraw(); } })));
   };
+  const choose = (name) => {
+    if (single) chosen.clear();
+    chosen.add(name);
+    input.value = "";
+    suggest();
+    redraw();
+  };
   const suggest = () => {
     const words = input.value.trim().toLowerCase().replaceAll(" ", "_");
     const hits = words ? options.filter(([name, hint]) => name.includes(words) || (hint || "").includes(words))
       .slice(0, 8) : [];
     list.replaceChildren(...hits.map(([name, hint]) => el("li", { role: "option", class: "suggestion",
       dataset: { term: name }, text: hint ? `${term(name)} (${term(hint)})` : term(name),
-      onmousedown: (event) => { event.preventDefault(); chosen.add(name); input.value = ""; suggest(); redraw(); },
+      onmousedown: (event) => { event.preventDefault(); choose(name); },
     })));
   };
   input.addEventListener("input", suggest);
@@ -32,7 +40,7 @@ function picker(kind, label, options, chosen) {
     if (event.key === "Enter") {
       event.preventDefault();
       const first = list.querySelector("li");
-      if (first) { chosen.add(first.dataset.term); input.value = ""; suggest(); redraw(); }
+      if (first) choose(first.dataset.term);
     }
   });
   redraw();
@@ -49,7 +57,8 @@ export async function openCorrection(card, c, nameBox) {
   };
   const status = el("p", { class: "status", role: "status" });
   const form = el("form", { class: "correction" },
-    picker("categories", "categories", all.categories.map((n) => [n]), chosen.categories),
+    picker("categories", all.multi ? "categories" : "category", all.categories.map((n) => [n]), chosen.categories,
+      !all.multi),
     picker("subcategories", "sub-categories", all.subcategories, chosen.subcategories),
     picker("attributes", "attributes", all.attributes.map((n) => [n]), chosen.attributes),
     el("div", { class: "actions" }, el("button", { type: "submit", class: "send", text: "Send correction" }),
