@@ -48,8 +48,7 @@ class Highlighter:
             words, inner = self._patterns[name]
             found += [m.span() for m in words.finditer(caption)]
             for start, end in hashtags:
-                found += [(start + m.start(), start + m.end()) for m in inner.finditer(caption, start, end)
-                          if m.end() - m.start() >= 3]
+                found += [m.span() for m in inner.finditer(caption, start, end) if m.end() - m.start() >= 3]
         merged: list[tuple[int, int]] = []
         for start, end in sorted(found):
             if merged and start < merged[-1][1]:
