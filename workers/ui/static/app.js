@@ -3,7 +3,7 @@ import { el, session, term, write } from "./common.js";
 import { renderCard } from "./card.js";
 import { openCorrection } from "./correct.js";
 
-const MAX_CARDS = 150;
+const MAX_CARDS = 100;
 const list = document.getElementById("cards");
 const liveState = document.getElementById("live-state");
 const nameBox = document.getElementById("name");
@@ -34,10 +34,20 @@ function knowVersion(version) {
   }
 }
 
-// Cards arriving between two frames are drawn together: at hundreds of labels a second the page does one
-// DOM update per frame, not one per label.
+// Cards are drawn at most every FLUSH_MS, those that arrived in between together: at hundreds of labels a
+// second the page lays out and paints ten times a second, not once per label.
+const FLUSH_MS = 100;
+let lastFlush = 0;
+
+function schedule() {
+  if (scheduled) return;
+  scheduled = true;
+  setTimeout(() => requestAnimationFrame(flush), Math.max(0, lastFlush + FLUSH_MS - performance.now()));
+}
+
 function flush() {
   scheduled = false;
+  lastFlush = performance.now();
   const batch = pending.slice(0, MAX_CARDS);
   pending = [];
   const fresh = document.createDocumentFragment();
@@ -66,7 +76,7 @@ function connect() {
   });
   source.addEventListener("labels", (event) => {
     pending = JSON.parse(event.data).concat(pending);
-    if (!scheduled) { scheduled = true; requestAnimationFrame(flush); }
+    schedule();
   });
   source.addEventListener("error", () => { liveState.textContent = "reconnecting…"; });
 }

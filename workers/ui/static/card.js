@@ -1,11 +1,19 @@
 // One label as a card: photo, caption (mined words marked), classes with probabilities, model, latency.
+// Cards are cloned from the page's templates (hundreds a second must stay cheap) and filled as text.
 import { el, pct, term } from "./common.js";
 
-function caption(text, marks) {
-  const node = el("p", { class: "caption" });
+const PHOTO_AFTER_MS = 300;
+const templates = {};
+
+function clone(name) {
+  templates[name] ??= document.getElementById(`t-${name}`).content.firstElementChild;
+  return templates[name].cloneNode(true);
+}
+
+function fillCaption(node, text, marks) {
   if (!text) {
     node.append(el("span", { class: "muted", text: "no caption kept" }));
-    return node;
+    return;
   }
   let at = 0;
   for (const [start, end] of marks) {
@@ -13,47 +21,55 @@ function caption(text, marks) {
     at = end;
   }
   node.append(text.slice(at));
-  return node;
 }
 
 function scores(title, items) {
-  if (!items.length) return null;
-  return el("div", { class: "scores" }, el("h4", { text: title }),
-    el("ul", {}, ...items.map(([name, score]) => el("li", {},
-      el("span", { class: "term", text: term(name) }),
-      el("span", { class: "bar" }, el("span", { class: "fill", dataset: { w: pct(score) } })),
-      el("span", { class: "score", text: score.toFixed(2) })))));
-}
-
-function widths(node) {  // inline style attributes are not allowed by the policy: set widths through the DOM
-  for (const fill of node.querySelectorAll(".fill")) fill.style.width = fill.dataset.w;
+  const box = clone("scores");
+  box.firstElementChild.textContent = title;
+  for (const [name, score] of items) {
+    const row = clone("row");
+    const [label, bar, value] = row.children;
+    label.textContent = term(name);
+    bar.firstElementChild.style.width = pct(score);  // style attributes are refused by the policy; the CSSOM is not
+    value.textContent = score.toFixed(2);
+    box.lastElementChild.append(row);
+  }
+  return box;
 }
 
 export function renderCard(c, onCorrect) {
-  const photo = c.thumb
-    ? el("img", { class: "thumb", src: `/api/thumb/${encodeURIComponent(c.id)}`, alt: "post photo", loading: "lazy" })
-    : el("div", { class: "thumb none", text: "no photo" });
+  const node = clone("card");
+  const [photo, body, button] = node.children;
+  const [meta, caption, classes] = body.children;
+  node.dataset.id = c.id;
+  node.dataset.seq = c.seq;
+  if (c.thumb) {
+    // Fetched once the card has stayed a moment: when hundreds of labels a second scroll by, cards leave before
+    // anyone could look at them, and their photos are never fetched.
+    setTimeout(() => { if (photo.isConnected) photo.src = `/api/thumb/${encodeURIComponent(c.id)}`; }, PHOTO_AFTER_MS);
+  } else {
+    photo.replaceWith(el("div", { class: "thumb none", text: "no photo" }));
+  }
   const hinted = c.hints.categories.length ? `${c.hints.source}: ${c.hints.categories.map(term).join(", ")}`
     : c.hints.source;
-  const meta = el("div", { class: "meta" },
-    el("span", { class: "post-id", text: c.id }),
-    el("span", { class: "version", text: `model ${c.version}` }),
-    el("span", { class: "latency", text: `${c.latency_ms} ms` }),
-    el("span", { class: "hints", text: `hints ${hinted}` }));
-  const body = el("div", { class: "body" }, meta, caption(c.caption, c.marks));
-  if (c.abstain) body.append(el("p", { class: "abstain", text: `abstained: ${term(c.abstain)}` }));
-  body.append(el("div", { class: "classes" }, scores("categories", c.categories),
-    scores("sub-categories", c.subcategories), scores("attributes", c.attributes)));
+  const [id, version, latency, hints] = meta.children;
+  id.textContent = c.id;
+  version.textContent = `model ${c.version}`;
+  latency.textContent = `${c.latency_ms} ms`;
+  hints.textContent = `hints ${hinted}`;
+  fillCaption(caption, c.caption, c.marks);
+  if (c.abstain) caption.after(el("p", { class: "abstain", text: `abstained: ${term(c.abstain)}` }));
+  for (const [title, items] of [["categories", c.categories], ["sub-categories", c.subcategories],
+    ["attributes", c.attributes]]) {
+    if (items.length) classes.append(scores(title, items));
+  }
   if (c.correction) {
     const f = c.correction;
-    body.append(el("p", { class: "corrected", text:
-      `corrected by ${f.sent_by || "someone"}: ${[...f.categories, ...f.subcategories, ...f.attributes].map(term).join(", ")}` }));
+    const named = [...f.categories, ...f.subcategories, ...f.attributes].map(term).join(", ");
+    body.append(el("p", { class: "corrected", text: `corrected by ${f.sent_by || "someone"}: ${named}` }));
   } else if (c.corrected) {
     body.append(el("p", { class: "corrected", text: "corrected (the trainer holds a correction)" }));
   }
-  const button = el("button", { class: "correct", type: "button", text: "Correct…" });
-  const node = el("article", { class: "card", dataset: { id: c.id, seq: c.seq } }, photo, body, button);
   button.addEventListener("click", () => onCorrect(node, c));
-  widths(node);
   return node;
 }
