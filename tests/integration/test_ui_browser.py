@@ -41,6 +41,13 @@ def browser() -> Iterator:
     driver.quit()
 
 
+def _open(browser, url: str) -> None:
+    """``url`` as a first visit: cookies are per host, not per port, so an earlier test's sign-in would carry over."""
+    browser.get(url)
+    browser.delete_all_cookies()
+    browser.get(url)
+
+
 def _card(browser, post_id: str):
     found = browser.find_elements(By.CSS_SELECTOR, f'article.card[data-id="{post_id}"]')
     return found[0] if found else None
@@ -120,7 +127,7 @@ def test_a_post_appears_its_correction_reaches_the_trainer_and_a_hostile_caption
     (post, _), (evil, _) = generate_posts(load_ontology(), 2, seed=5, prefix=settings.group_prefix)
     evil = evil.model_copy(update={"caption": EVIL})
     with serving(settings) as url:
-        browser.get(url)
+        _open(browser, url)
         wait_until(lambda: _text(browser, "#live-state") == "live", timeout=20, what="the page to go live")
         producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
         sent = time.monotonic()
@@ -180,7 +187,7 @@ const [token, done] = [arguments[0], arguments[arguments.length - 1]];
 def test_writes_without_the_token_or_with_a_wrong_csrf_token_are_refused(make_settings, browser) -> None:
     settings = make_settings(ui_port=0, ui_token=TOKEN)
     with serving(settings) as url:
-        browser.get(url)
+        _open(browser, url)
         statuses = browser.execute_async_script(_WRITES, TOKEN)
     assert statuses == {"without_token": 401, "wrong_token": 401, "sign_in_forged_csrf": 403, "sign_in": 200,
                         "forged_csrf": 403, "no_csrf": 403, "form_encoded": 403, "good": 200}
@@ -201,7 +208,7 @@ def test_the_model_page_shows_a_rollback_by_the_live_guard_with_its_reason(make_
                    Feedback(post_id="p2", categories=["coats"]), Feedback(post_id="p3", categories=["coats"])])
     assert guard.check() == "tiny-test"
     with serving(settings) as url:
-        browser.get(url + "model")
+        _open(browser, url + "model")
         wait_until(lambda: _text(browser, "#serving") == "tiny-test", timeout=20, what="the model page")
         rows = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
                 for tr in browser.find_elements(By.CSS_SELECTOR, "#events tbody tr")]

@@ -5,7 +5,11 @@ page's DOM (a MutationObserver in the page notes each card's arrival), so the fi
 server's stream follower, server-sent events, the browser's parsing and drawing. The page server runs in
 its own process (``stylestream ui``), as deployed; thumbnails are real JPEGs, fetched by the browser.
 
-    python -m workers.benchmarks.ui --rate 500 --seconds 20 --out reports/bench_ui.json
+    python -m workers.benchmarks.ui --rate 500 --seconds 20 --throughput-posts 1500 --out reports/bench_ui.json
+
+With ``--throughput-posts`` it also runs the classifier on a backlog of realistic posts (1080 px photos,
+EfficientNet-Lite0 on the CPU) without and with the page open on its labels, alternating, and compares the
+steady-state rates (the pipeline benchmark's method).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from streamcore.embedded import EmbeddedStack, free_port, stop_processes
+from streamcore.kafka import delete_topics
 from streamcore.preview import Preview, thumbnail
 from streamcore.schemas import HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.serde import encode
@@ -163,15 +168,65 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
     }
 
 
+def _classifier_rate(base: Settings, posts: list, hints: list, *, page: bool, timeout: float) -> float:
+    """Steady-state labels per second of one ``worker classify`` on a backlog, with the page open or not."""
+    from workers.benchmarks import pipeline
+    from workers.ui.browser import headless_chromium
+
+    settings, posts, hints = pipeline._fresh(base, posts, hints)
+    with ExitStack() as stack:
+        if page:
+            url, _ = _start_page(settings, stack)
+            browser = headless_chromium()
+            stack.callback(browser.quit)
+            browser.get(url)
+        pipeline._produce(settings, posts, hints)
+        worker = pipeline._worker(settings, None)
+        try:
+            labels = pipeline._labels(settings, len(posts), timeout, worker)
+        finally:
+            stop_processes([worker], timeout=30)
+            delete_topics(settings)
+    return pipeline._label_rate(sorted(label.labeled_at.timestamp() for label in labels), 0.1, 0.8)
+
+
+def throughput(*, posts: int, rounds: int, timeout: float) -> dict[str, Any]:
+    """The classifier's rate on the realistic workload (1080 px photos, EfficientNet-Lite0) without and with the
+    page open on it, side by side: alternating order, ``rounds`` of each."""
+    import tempfile
+
+    from workers.benchmarks import pipeline
+
+    generated, truth = pipeline._workload(posts, image_size=1080, photo=True, distinct=64)
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as models:
+        pipeline._publish_model(Path(models), "efficientnet_lite0", "fusion", 224)
+        base = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(models),
+                        backbone="efficientnet_lite0", device="cpu")
+        for n in range(rounds):
+            for page in (False, True) if n % 2 == 0 else (True, False):
+                rates[page].append(_classifier_rate(base, generated, truth, page=page, timeout=timeout))
+    without, with_page = float(np.median(rates[False])), float(np.median(rates[True]))
+    return {"posts": posts, "rounds": rounds, "images_per_s_without_page": round(without, 1),
+            "images_per_s_with_page": round(with_page, 1), "change": round(with_page / without - 1, 3),
+            "runs_without_page": rates[False], "runs_with_page": rates[True]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=500.0, help="labels per second")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--batch", type=int, default=10, help="labels per write (the classifier writes micro-batches)")
+    parser.add_argument("--throughput-posts", type=int, default=0,
+                        help="also time the classifier on this many posts without and with the page open")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each throughput condition")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
     result = measure(rate=args.rate, seconds=args.seconds, batch=args.batch)
     print(result)
+    if args.throughput_posts:
+        result["classifier_throughput"] = throughput(posts=args.throughput_posts, rounds=args.rounds, timeout=1800)
+        print(result["classifier_throughput"])
     if args.out:
         from streamcore.reports import write_report
 

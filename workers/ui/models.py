@@ -14,8 +14,9 @@ from streamcore.settings import Settings
 from training.checkpoint import METRICS_FILE
 from training.registry import Registry
 
-#: The registry's evaluation figures the page shows per version, when the checkpoint has them.
-_FIGURES = ("test.P@1", "mined.P@1", "none.P@1")
+#: The figure the page shows per version: the first of these its checkpoint's metrics hold.
+_FIGURES = (("mined.P@1", "P@1, held-out posts with hints"), ("test.P@1", "P@1, held-out posts"),
+            ("main.single_garment.mAP", "mAP, real single-garment photos"))
 
 
 def _figure(metrics: dict, dotted: str) -> float | None:
@@ -25,10 +26,11 @@ def _figure(metrics: dict, dotted: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _registry_figures(settings: Settings, versions: list[str]) -> dict[str, dict[str, float]]:
+def _registry_figures(settings: Settings, versions: list[str]) -> dict[str, dict[str, Any]]:
+    """Per version found in the registry, its headline figure: ``{"name", "value"}``."""
     registry = Registry(settings.model_dir)
     known = set(registry.versions())
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for version in versions:
         path = registry.get(version).path / METRICS_FILE if version in known else None
         if path is None or not path.exists():
@@ -37,7 +39,10 @@ def _registry_figures(settings: Settings, versions: list[str]) -> dict[str, dict
             metrics = json.loads(path.read_text())
         except ValueError:
             continue
-        out[version] = {k: v for k in _FIGURES if (v := _figure(metrics, k)) is not None}
+        for key, name in _FIGURES:
+            if (value := _figure(metrics, key)) is not None:
+                out[version] = {"name": name, "value": value}
+                break
     return out
 
 
@@ -69,6 +74,6 @@ async def model_facts(settings: Settings, client: Redis) -> dict[str, Any]:
     for version, (agree, total) in zip(versions, tallies):
         agree, total = int(agree or 0), int(total or 0)
         rows.append({"version": version, "serving": version == serving, "agree": agree, "corrections": total,
-                     "agreement": agree / total if total else None, "figures": figures.get(version, {})})
+                     "agreement": agree / total if total else None, "figure": figures.get(version)})
     return {"serving": serving, "history": history, "events": log, "versions": rows,
             "guard": {"margin": settings.trainer_guard_margin, "min_corrections": settings.trainer_guard_min_corrections}}

@@ -3,7 +3,7 @@ import { el, session, term, write } from "./common.js";
 import { renderCard } from "./card.js";
 import { openCorrection } from "./correct.js";
 
-const MAX_CARDS = 100;
+const MAX_CARDS = 60;
 const list = document.getElementById("cards");
 const liveState = document.getElementById("live-state");
 const nameBox = document.getElementById("name");

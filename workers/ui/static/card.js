@@ -3,6 +3,7 @@
 import { el, pct, term } from "./common.js";
 
 const PHOTO_AFTER_MS = 300;
+const ROWS = 3;  // the top three of each class: what a glance takes in (the label holds more)
 const templates = {};
 
 function clone(name) {
@@ -26,7 +27,7 @@ function fillCaption(node, text, marks) {
 function scores(title, items) {
   const box = clone("scores");
   box.firstElementChild.textContent = title;
-  for (const [name, score] of items) {
+  for (const [name, score] of items.slice(0, ROWS)) {
     const row = clone("row");
     const [label, bar, value] = row.children;
     label.textContent = term(name);

@@ -16,8 +16,7 @@ function draw(facts) {
     el("td", {}, el("span", { class: "version", text: v.version }), v.serving ? el("span", { class: "badge", text: "serving" }) : null),
     el("td", { text: v.agreement === null ? "—" : pct(v.agreement) }),
     el("td", { text: `${v.agree} agree of ${v.corrections}` }),
-    el("td", { text: v.figures["test.P@1"] !== undefined ? v.figures["test.P@1"].toFixed(3)
-      : v.figures["mined.P@1"] !== undefined ? v.figures["mined.P@1"].toFixed(3) : "—" }))));
+    el("td", { text: v.figure ? `${v.figure.value.toFixed(3)} (${v.figure.name})` : "—" }))));
   const events = facts.events.length ? facts.events.map((e) => el("tr", { class: `event-${e.kind}` },
     el("td", { text: when(e.at) }), el("td", { text: e.kind }), el("td", { text: e.version }),
     el("td", { text: e.reason || "—" })))
