@@ -77,7 +77,9 @@ def _shoot(browser, url: str, out: Path, size: tuple[int, int], tag: str) -> Non
     card.find_element(By.CSS_SELECTOR, "button.correct").click()
     _until(lambda: card.find_elements(By.CSS_SELECTOR, "input.search-attributes"), "the form", 10)
     card.find_element(By.CSS_SELECTOR, "input.search-attributes").send_keys("den")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'start'}); window.scrollBy(0, -120)", card)
+    form = card.find_element(By.CSS_SELECTOR, "form.correction")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'start'}); window.scrollBy(0, -arguments[1])",
+                           card if size == DESKTOP else form, 120 if size == DESKTOP else 40)
     browser.save_screenshot(str(out / f"correction-{tag}.png"))
     browser.get(url + "model")
     _until(lambda: browser.find_element(By.ID, "serving").text.startswith("v2026"), "the model page", 30)

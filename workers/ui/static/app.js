@@ -1,9 +1,11 @@
 // The live list: server-sent events in, newest cards on top; filters reconnect with a fresh snapshot.
 import { el, session, term, write } from "./common.js";
-import { renderCard } from "./card.js";
+import { renderCard, renderCompact } from "./card.js";
 import { openCorrection } from "./correct.js";
 
-const MAX_CARDS = 60;
+const MAX_CARDS = 100;
+const FULL_PER_FLUSH = 4;  // the newest cards of a draw are drawn in full, the rest in one line at first
+const DETAIL_AFTER_MS = 300;
 const list = document.getElementById("cards");
 const liveState = document.getElementById("live-state");
 const nameBox = document.getElementById("name");
@@ -51,15 +53,21 @@ function flush() {
   const batch = pending.slice(0, MAX_CARDS);
   pending = [];
   const fresh = document.createDocumentFragment();
-  for (const c of batch) {
+  batch.forEach((c, i) => {
     knowVersion(c.version);
-    fresh.append(renderCard(c, onCorrect));
-  }
+    fresh.append(i < FULL_PER_FLUSH ? renderCard(c, onCorrect) : compact(c));
+  });
   list.prepend(fresh);
   const cards = list.children;
   for (let i = cards.length - 1; i >= MAX_CARDS; i--) {
     if (!cards[i].classList.contains("editing")) cards[i].remove();  // an open form stays
   }
+}
+
+function compact(c) {
+  const node = renderCompact(c);
+  setTimeout(() => { if (node.isConnected) node.replaceWith(renderCard(c, onCorrect)); }, DETAIL_AFTER_MS);
+  return node;
 }
 
 function connect() {

@@ -74,3 +74,15 @@ export function renderCard(c, onCorrect) {
   button.addEventListener("click", () => onCorrect(node, c));
   return node;
 }
+
+// The one-line form of a card, for floods: at hundreds of labels a second most cards leave the list before anyone
+// could read them; those that stay are drawn in full a moment later.
+export function renderCompact(c) {
+  const node = el("article", { class: "card compact", dataset: { id: c.id, seq: c.seq } },
+    el("span", { class: "post-id", text: c.id }),
+    el("span", { class: c.abstain ? "abstain" : "top",
+      text: c.abstain ? `abstained: ${term(c.abstain)}` : `${term(c.categories[0][0])} ${c.categories[0][1].toFixed(2)}` }),
+    el("span", { class: "version", text: `model ${c.version}` }),
+    el("span", { class: "latency", text: `${c.latency_ms} ms` }));
+  return node;
+}
