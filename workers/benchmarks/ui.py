@@ -17,9 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -124,16 +126,53 @@ def _start_page(settings: Settings, stack: ExitStack) -> tuple[str, subprocess.P
     raise RuntimeError("the review page did not start")
 
 
+def _settings(stack: ExitStack) -> Settings:
+    """Configured Kafka/Redis, or embedded ones for the block; fresh key names."""
+    configured = Settings()
+    if not configured.redis_url or not configured.kafka:
+        embedded = stack.enter_context(EmbeddedStack())
+        configured = configured.model_copy(update={"redis_url": configured.redis_url or embedded.redis_url,
+                                                   "kafka": configured.kafka or embedded.bootstrap})
+    return configured.model_copy(update={"redis_label_ttl_s": 600, "redis_prefix": f"bench{uuid.uuid4().hex[:6]}"})
+
+
+def _quantiles(latencies: np.ndarray) -> dict[str, float | None]:
+    def at(q: float) -> float | None:
+        return round(float(np.quantile(latencies, q)), 1) if latencies.size else None
+
+    return {"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": at(1.0)}
+
+
+def server_only(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
+    """The same replay read by a plain event-stream client instead of a browser: the server's part alone."""
+    with ExitStack() as stack:
+        settings = _settings(stack)
+        url, _ = _start_page(settings, stack)
+        arrived: dict[str, float] = {}
+        stream = urllib.request.urlopen(url + "api/events", timeout=seconds + 30)
+        stack.callback(stream.close)
+
+        def read() -> None:
+            for line in stream:
+                if line.startswith(b"data:"):
+                    now = time.time() * 1000
+                    for card in json.loads(line[5:]):
+                        arrived.setdefault(card["id"], now)
+
+        threading.Thread(target=read, daemon=True).start()
+        written = asyncio.run(_replay(settings, "S", rate=rate, seconds=seconds, batch=batch))
+        time.sleep(3.0)
+    latencies = np.array([arrived[p] - at for p, at in written.items() if p in arrived])
+    return {"labels_written": len(written), "delivered_fraction": round(latencies.size / max(1, len(written)), 3),
+            "latency_ms": _quantiles(latencies)}
+
+
 def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
+    """One replay with the page open in headless Chromium (see the module docstring)."""
     from workers.ui.browser import headless_chromium
 
     with ExitStack() as stack:
-        configured = Settings()
-        if not configured.redis_url or not configured.kafka:
-            embedded = stack.enter_context(EmbeddedStack())
-            configured = configured.model_copy(update={"redis_url": configured.redis_url or embedded.redis_url,
-                                                       "kafka": configured.kafka or embedded.bootstrap})
-        settings = configured.model_copy(update={"redis_label_ttl_s": 600, "redis_prefix": f"bench{uuid.uuid4().hex[:6]}"})
+        settings = _settings(stack)
         url, proc = _start_page(settings, stack)
         browser = headless_chromium()
         stack.callback(browser.quit)
@@ -155,11 +194,10 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
         long_tasks = browser.execute_script("return window.__long")
         busy = {k: round(v - before.get(k, 0.0), 2) for k, v in _page_metrics(browser).items()}
     latencies = np.array([seen[p] - at for p, at in written.items() if p in seen])
-    quantile = lambda q: round(float(np.quantile(latencies, q)), 1) if latencies.size else None
     return {
         "rate_target_per_s": rate, "rate_written_per_s": round(len(written) / elapsed, 1), "seconds": seconds,
         "batch": batch, "labels_written": len(written), "labels_seen": int(latencies.size),
-        "latency_ms": {"p50": quantile(0.5), "p95": quantile(0.95), "p99": quantile(0.99), "max": quantile(1.0)},
+        "latency_ms": _quantiles(latencies), "load_avg_1m": round(os.getloadavg()[0], 2),
         "shown_fraction": round(latencies.size / max(1, len(written)), 3),
         "p95_within_2s": latencies.size > 0 and float(np.quantile(latencies, 0.95)) <= 2000,
         "note": "latency over the labels whose card entered the page; the page keeps the newest 100 cards and "
@@ -224,9 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="also time the classifier on this many posts without and with the page open")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each throughput condition")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
+    parser.add_argument("--repeats", type=int, default=3, help="page runs; the one with the median p95 leads")
     args = parser.parse_args(argv)
-    result = measure(rate=args.rate, seconds=args.seconds, batch=args.batch)
-    print(result)
+    runs = [measure(rate=args.rate, seconds=args.seconds, batch=args.batch) for _ in range(args.repeats)]
+    for run in runs:
+        print(run)
+    result = {**sorted(runs, key=lambda r: r["latency_ms"]["p95"] or float("inf"))[len(runs) // 2],
+              "runs": [{k: r[k] for k in ("latency_ms", "shown_fraction", "rate_written_per_s", "load_avg_1m")}
+                       for r in runs],
+              "server_only": server_only(rate=args.rate, seconds=args.seconds, batch=args.batch)}
+    print(result["server_only"])
     if args.throughput_posts:
         result["classifier_throughput"] = throughput(posts=args.throughput_posts, rounds=args.rounds, timeout=1800)
         print(result["classifier_throughput"])
