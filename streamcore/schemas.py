@@ -162,14 +162,20 @@ class Label(_Message):
 
 
 class Feedback(_Message):
-    """``feedback/v1``: a user's correction of one post's labels on the ``feedback`` topic (ontology term names)."""
+    """``feedback/v1``: a user's correction of one post's labels on the ``feedback`` topic (ontology term names).
 
-    #: Optional on input: records written before the field existed are ``feedback/v1`` too.
+    ``schema`` and ``sent_by`` are optional: records written before they existed still parse.
+    """
+
     schema_: Literal["feedback/v1"] = Field("feedback/v1", alias="schema")
     post_id: PostId
     categories: list[str] = Field(min_length=1, max_length=64)
     subcategories: list[str] = Field(default_factory=list, max_length=256)
     attributes: list[str] = Field(default_factory=list, max_length=256)
+    #: Who sent it: the name a person gave the review page, or the tool that wrote the record.
+    sent_by: str | None = Field(None, min_length=1, max_length=128)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class DeadLetter(_Message):

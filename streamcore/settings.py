@@ -170,6 +170,14 @@ class Settings(BaseSettings):
     url_allow_http: bool = False
     url_timeout_s: float = Field(5.0, gt=0)
 
+    # The review page (``stylestream ui``).
+    #: Interface the page listens on; another one exposes it (and its correction form) to that network.
+    ui_host: str = "127.0.0.1"
+    #: Port of the page; 0 = any free port (printed when it starts).
+    ui_port: int = Field(8790, ge=0, le=65535)
+    #: Token a person gives the page before it sends corrections; unset = the page is read-only.
+    ui_token: SecretStr | None = None
+
     config_file: Path | None = None
 
     @field_validator("kafka_options")
@@ -275,6 +283,14 @@ class RedisKeys:
         """The Label JSON of one post."""
         return f"{self.prefix}:label:{post_id}"
 
+    def thumb(self, post_id: str) -> str:
+        """Hash beside a label: a small JPEG of the post's photo (``jpeg``) and its ``caption``, for the page."""
+        return f"{{{self.label(post_id)}}}:thumb"
+
+    def correction(self, post_id: str) -> str:
+        """The last correction of a post sent from the review page (its ``feedback`` JSON)."""
+        return f"{{{self.label(post_id)}}}:correction"
+
     def post_meta(self, post_id: str) -> str:
         """Hash beside a label: the fingerprint of the post it was made from, whether it reached the stream."""
         return f"{{{self.label(post_id)}}}:post"
@@ -295,6 +311,11 @@ class RedisKeys:
     def model_history(self) -> str:
         """Promotion history; in the serving pointer's slot so promote/rollback run as one transaction."""
         return f"{{{self.model_current}}}:history"
+
+    @property
+    def model_events(self) -> str:
+        """Log of promotions and rollbacks (JSON: kind, version, time, reason), newest first; same slot."""
+        return f"{{{self.model_current}}}:events"
 
     @property
     def trainer(self) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
 
+from streamcore.preview import Preview
 from streamcore.redisconn import connect_async
 from streamcore.settings import RedisKeys, Settings
 
@@ -69,9 +70,11 @@ class RedisLabels:
         self._ttl = settings.redis_label_ttl_s or 0
         self._cluster = settings.redis_cluster
 
-    async def write(self, version: str, labels: Sequence[tuple[str, bytes]],
-                    fingerprints: Sequence[str], vectors: Sequence[bytes | None] | None = None) -> list[bytes | None]:
-        """Write one micro-batch of labels, then the stream entries that are due (two round trips on one server).
+    async def write(self, version: str, labels: Sequence[tuple[str, bytes]], fingerprints: Sequence[str],
+                    vectors: Sequence[bytes | None] | None = None,
+                    previews: Sequence[Preview | None] | None = None) -> list[bytes | None]:
+        """Write one micro-batch of labels, then their previews and the stream entries that are due (two round
+        trips on one server).
 
         Args:
             version: the model version every label of the batch came from.
@@ -79,6 +82,7 @@ class RedisLabels:
             fingerprints: per label, :func:`fingerprint` of its post's raw message.
             vectors: per label, its post's fashion vector record (user, time, image embedding) or None;
                 stored at ``RedisKeys.label_vector`` with the label's TTL, kept on a redo like the label.
+            previews: per label, what the review page shows of its post (stored with the label's expiry).
 
         Returns:
             Per label, the stored (canonical) JSON, or ``None`` when the post id was already labelled
@@ -92,14 +96,28 @@ class RedisLabels:
                  for (post_id, label), print_, vector in zip(labels, fingerprints, vectors, strict=True)]
         replies = await self._run_scripts(calls)
         due = [(post_id, reply[0]) for (post_id, _), reply in zip(labels, replies) if reply and int(reply[1])]
-        if due:
+        previews = previews or [None] * len(labels)
+        shown = [(post_id, preview) for (post_id, _), reply, preview in zip(labels, replies, previews)
+                 if reply and preview is not None]
+        if due or shown:
             async with self._redis.pipeline(transaction=False) as pipe:
+                for post_id, preview in shown:  # before the stream entry, which is what a page follows
+                    self._preview(pipe, post_id, preview)
                 for post_id, stored in due:
                     pipe.xadd(self._keys.labels_stream, {"post_id": post_id, "label": stored},
                               maxlen=self._maxlen, approximate=True)
                     pipe.hset(self._keys.post_meta(post_id), "streamed", "1")
                 await pipe.execute()
         return [reply[0] if reply else None for reply in replies]
+
+    def _preview(self, pipe, post_id: str, preview: Preview) -> None:
+        key = self._keys.thumb(post_id)
+        fields: dict[str, bytes | str] = {"caption": preview.caption}
+        if preview.jpeg is not None:
+            fields["jpeg"] = preview.jpeg
+        pipe.hset(key, mapping=fields)
+        if self._ttl:
+            pipe.expire(key, self._ttl)
 
     async def _run_scripts(self, calls: list[tuple[list[str], list]]) -> list:
         if self._cluster:
@@ -182,12 +200,15 @@ class LabelBatch:
     version: str
     _items: list[tuple[str, bytes, str, int]] = field(default_factory=list)
     _vectors: list[bytes | None] = field(default_factory=list)
+    _previews: list[Preview | None] = field(default_factory=list)
 
-    def add(self, post_id: str, label: bytes, fingerprint: str, partition: int, vector: bytes | None = None) -> None:
+    def add(self, post_id: str, label: bytes, fingerprint: str, partition: int, vector: bytes | None = None,
+            preview: Preview | None = None) -> None:
         """One label; ``partition`` is its post's, so the label lands on the same partition of ``labels``;
-        ``vector`` its fashion vector record, stored beside it."""
+        ``vector`` its fashion vector record and ``preview`` what the review page shows, stored beside it."""
         self._items.append((post_id, label, fingerprint, partition))
         self._vectors.append(vector)
+        self._previews.append(preview)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -197,7 +218,8 @@ class LabelBatch:
         already labelled from other content (a conflicting duplicate: nothing is sent for it)."""
         sink = self.sink
         stored = await sink.redis.write(self.version, [(p, label) for p, label, _, _ in self._items],
-                                        [f for _, _, f, _ in self._items], self._vectors)
+                                        [f for _, _, f, _ in self._items], self._vectors,
+                                        self._previews)
         await produce_by_partition(sink._producer, sink._topic,
                                    [(part, p.encode(), value) for (p, _, _, part), value in zip(self._items, stored)
                                     if value is not None])

@@ -107,7 +107,9 @@ class LiveGuard:
         if not should_roll_back(serving, previous, margin=self.margin, min_corrections=self.min_corrections):
             return None
         try:
-            rollback(self.settings, expected=history[0])
+            rollback(self.settings, expected=history[0],
+                     reason=f"live guard: corrections agree {serving.rate:.2f} ({serving.total}) with {history[0]}, "
+                            f"{previous.rate:.2f} ({previous.total}) with {history[1]}")
         except StylestreamError as exc:  # another replica's guard (or an operator) moved it first
             log.info("live guard: no rollback of %s: %s", history[0], exc)
             return None

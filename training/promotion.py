@@ -21,23 +21,34 @@ from training.registry import CHECKSUM_FILE, Entry, Registry, weights_checksum
 MODEL_NAME = b"stylestream"
 _HISTORY_LENGTH = 100
 
-# Move the pointer and record it, only while the lease KEYS[3] (if any) holds the token ARGV[3].
+# Move the pointer and record it (history, and the event ARGV[4] in the log KEYS[3]), only while the lease
+# KEYS[4] (if any) holds the token ARGV[3].
 _PROMOTE = """
-if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[3] then return 0 end
+if KEYS[4] and redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+redis.call('LPUSH', KEYS[3], ARGV[4])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
 return 1
 """
 
-# Roll back only from the expected current version (ARGV[1], '' = any) to the expected previous one.
+# Roll back only from the expected current version (ARGV[1], '' = any) to the expected previous one; log
+# the event ARGV[3] in KEYS[3] (kept as long as the history).
 _ROLLBACK = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('LINDEX', KEYS[2], 1) ~= ARGV[2] then return 0 end
 redis.call('LPOP', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[2])
+redis.call('LPUSH', KEYS[3], ARGV[3])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[4]) - 1)
 return 1
 """
+
+
+def _event(kind: str, version: str, reason: str) -> str:
+    """One entry of the promotion log (``RedisKeys.model_events``): what moved the pointer, when, and why."""
+    return json.dumps({"kind": kind, "version": version, "at": utcnow().isoformat(), "reason": reason})
 
 
 def _flat_metrics(entry: Entry) -> dict[str, float]:
@@ -73,18 +84,19 @@ def _redis(settings: Settings) -> redis.Redis:
     return redisconn.connect(settings)
 
 
-def promote(settings: Settings, version: str, *, lease: Lease | None = None) -> ModelUpdate:
-    """Point ``<prefix>:model:current`` at a published ``version`` and announce it.
+def promote(settings: Settings, version: str, *, lease: Lease | None = None, reason: str | None = None) -> ModelUpdate:
+    """Point ``<prefix>:model:current`` at a published ``version`` and announce it; ``reason`` goes to the log.
 
     Raises:
         LeaseLost: ``lease`` was given and no longer holds its token; nothing moved.
     """
     entry = Registry(settings.model_dir).get(version)
-    keys = [settings.keys.model_current, settings.keys.model_history]
-    args = [entry.version, _HISTORY_LENGTH]
+    keys = [settings.keys.model_current, settings.keys.model_history, settings.keys.model_events]
+    reason = reason or ("a trainer run passed the gate" if lease is not None else "promoted by hand")
+    args = [entry.version, _HISTORY_LENGTH, (lease.token or "") if lease is not None else "",
+            _event("promotion", entry.version, reason)]
     if lease is not None:
         keys.append(lease.key)
-        args.append(lease.token or "")
     if not _redis(settings).eval(_PROMOTE, len(keys), *keys, *args):
         raise LeaseLost(f"lost the run lease before promoting {version}; another trainer holds it")
     # Classifiers may mount the registry read-only: the promoter records a version it verified too.
@@ -93,12 +105,13 @@ def promote(settings: Settings, version: str, *, lease: Lease | None = None) -> 
     return _announce(settings, entry)
 
 
-def rollback(settings: Settings, *, expected: str | None = None) -> ModelUpdate:
+def rollback(settings: Settings, *, expected: str | None = None, reason: str | None = None) -> ModelUpdate:
     """Serve the previously promoted version again.
 
     Args:
         expected: roll back only if this version is the one serving (several guards may decide at once;
             only the first one moves the pointer).
+        reason: why, for the promotion log.
 
     Raises:
         StylestreamError: there is no earlier promotion to go back to, or ``expected`` no longer serves.
@@ -108,7 +121,9 @@ def rollback(settings: Settings, *, expected: str | None = None) -> ModelUpdate:
     if len(history) < 2:
         raise StylestreamError("nothing to roll back to: fewer than two promotions recorded")
     entry = Registry(settings.model_dir).get(history[1])
-    if not store.eval(_ROLLBACK, 2, keys.model_current, keys.model_history, expected or "", entry.version):
+    event = _event("rollback", entry.version, reason or "rolled back by hand")
+    if not store.eval(_ROLLBACK, 3, keys.model_current, keys.model_history, keys.model_events, expected or "",
+                      entry.version, event, _HISTORY_LENGTH):
         raise StylestreamError(f"not rolled back: {expected or 'the serving version'} no longer serves "
                                f"or the promotion history changed")
     return _announce(settings, entry)

@@ -25,7 +25,7 @@ from typer.core import TyperGroup
 from streamcore.exceptions import StylestreamError
 from streamcore.faults import install_repeat_filter
 from streamcore.runtime import tune_process
-from workers.commands import models, photo, recommend, stream
+from workers.commands import models, photo, recommend, review, stream
 
 #: What a user can fix without reading code: bad settings or files, servers that do not answer, refused inputs.
 _USER_ERRORS = (ValidationError, StylestreamError, KafkaError, RedisError, FileNotFoundError, PermissionError,
@@ -62,7 +62,7 @@ class _Commands(TyperGroup):
 
 app = typer.Typer(cls=_Commands, help="Event-driven fashion classifier for Instagram posts.", no_args_is_help=True,
                   rich_markup_mode=None)
-for _module in (stream, photo, models, recommend):
+for _module in (stream, photo, models, recommend, review):
     _module.register(app)
 
 

@@ -129,9 +129,9 @@ def start_stage(stage: str, env: dict[str, str], *, prefix: Sequence[str] = (), 
 _DEMO_TRAINER = {"trainer_n_train": 3000, "trainer_n_test": 600, "trainer_epochs": 6, "trainer_pretrain_epochs": 2}
 
 
-def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> int:
-    """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers. Returns the exit status:
-    1 when the demo's producer found posts the broker did not take."""
+def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui: bool = False) -> int:
+    """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers. ``ui``: serve the review page
+    from this process too. Returns the exit status: 1 when the demo's producer found posts the broker did not take."""
     if demo:
         settings = settings.model_copy(update={k: v for k, v in _DEMO_TRAINER.items()
                                                if k not in settings.model_fields_set})
@@ -154,6 +154,8 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console) -> 
         stack.callback(stop_processes, procs)
         procs.extend(start_stage(stage, settings.child_env()) for stage in STAGES)
         console.print(f"stages started: {', '.join(STAGES)} · metrics from port {settings.metrics_port}")
+        if ui:
+            _serve_review_page(stack, settings, console)
         stop = threading.Event()
         stack.callback(stop.set)
         try:
@@ -196,3 +198,15 @@ def run_demo(settings: Settings, *, rate: float, stop: threading.Event, stack: E
         return 1
     console.print("stopping…")
     return 0
+
+
+def _serve_review_page(stack: ExitStack, settings: Settings, console: Console) -> None:
+    """The review page in a thread of this process; a port already taken costs the page, not the pipeline."""
+    from workers.ui.server import serving
+
+    try:
+        address = stack.enter_context(serving(settings))
+    except OSError as exc:
+        console.print(f"[yellow]review page not started: {settings.ui_host}:{settings.ui_port}: {exc.strerror}[/]")
+        return
+    console.print(f"review page [bold]{address}[/]" + ("" if settings.ui_token else " (read-only: no STYLESTREAM_UI_TOKEN)"))

@@ -18,6 +18,7 @@ from typing import Any
 
 from streamcore.exceptions import BadInput
 from streamcore.metrics import StageMetrics
+from streamcore.preview import Preview
 from streamcore.schemas import Hints
 from streamcore.sinks import LabelSink
 from training.hotswap import ModelSlot
@@ -42,6 +43,7 @@ class Item:
     place: Place
     user: str = ""  # the post's, for its fashion vector record (the label names no user)
     created_ms: int = 0
+    preview: Preview | None = None  # what the review page shows of the post
 
 
 class BatchRunner:
@@ -74,7 +76,8 @@ class BatchRunner:
         batch = self._sink.batch(predictor.version)
         kept = [n for n, r in enumerate(results) if not isinstance(r, BadInput)]
         for n in kept:
-            batch.add(items[n].post_id, results[n], items[n].fingerprint, items[n].partition, vectors.get(n))
+            batch.add(items[n].post_id, results[n], items[n].fingerprint, items[n].partition, vectors.get(n),
+                      items[n].preview)
         if kept:
             # Outputs not written: the posts stay unfinished (uncommitted) while this retries.
             stored = await self._retrying("label_write", batch.flush)

@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from streamcore.batcher import MicroBatcher
 from streamcore.exceptions import BadInput, InfrastructureError
 from streamcore.images import load_bytes
+from streamcore.preview import Preview, make_preview
 from streamcore.schemas import Hints, Post
 from streamcore.settings import Settings
 from streamcore.sinks import LabelSink, RedisLookups
@@ -219,10 +220,10 @@ class ClassifyStage(Stage):
         record = waiting.record
         place = await self.feeder.place()
         try:
-            image = await self.feeder.decode(waiting.post)
+            image, preview = await self.feeder.decode(waiting.post)
             post = waiting.post
             item = Item(image, waiting.hints, post.post_id, received_ms(record), waiting.fingerprint,
-                        record.partition, place, post.user, int(post.created_at.timestamp() * 1000))
+                        record.partition, place, post.user, int(post.created_at.timestamp() * 1000), preview)
             stored = await self.batcher.submit(item)
         finally:
             place.give_back()  # a refused image, a cancelled task: the place is not lost
@@ -236,10 +237,12 @@ class ClassifyStage(Stage):
             self.metrics.hinted.inc()
         self.metrics.e2e_latency.observe(max(0.0, time.time() - item.timestamp_ms / 1000))
 
-    def _prepare(self, post: Post) -> Prepared:
-        # Every source takes the same path: DCT-scaled decode on the CPU, or nvJPEG on the device.
-        return self.models.current.prepare(load_bytes(post.image, self.settings),
-                                           max_pixels=self.settings.max_image_pixels)
+    def _prepare(self, post: Post) -> tuple[Prepared, Preview]:
+        # Every source takes the same path: DCT-scaled decode on the CPU, or nvJPEG on the device. The
+        # review page's thumbnail is made here too, from the bytes already in hand.
+        data = load_bytes(post.image, self.settings)
+        prepared = self.models.current.prepare(data, max_pixels=self.settings.max_image_pixels)
+        return prepared, make_preview(data, post.caption, max_pixels=self.settings.max_image_pixels)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:

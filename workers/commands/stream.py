@@ -30,11 +30,12 @@ def _positive(value: float | None) -> float | None:
 def up(
     demo: Annotated[bool, typer.Option(help="Also produce posts of real photos and print labels.")] = False,
     rate: Annotated[float, typer.Option(help="Demo posts per second.", callback=_positive)] = 5.0,
+    ui: Annotated[bool, typer.Option(help="Also serve the review page (see `ui`).")] = True,
 ) -> None:
     """Start the broker + Redis (unless external ones are configured), topics and all stages."""
     from workers.launcher import run_up
 
-    raise typer.Exit(run_up(settings(), demo=demo, rate=rate, console=console))
+    raise typer.Exit(run_up(settings(), demo=demo, rate=rate, console=console, ui=ui))
 
 
 def produce(

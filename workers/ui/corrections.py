@@ -1,0 +1,98 @@
+"""Corrections made on the page: checked against the ontology, published as one ``feedback/v1`` record.
+
+The record is acknowledged by every in-sync replica before the page is told it was received; the page
+then also keeps it beside the label (``{label}:correction``, with the label's expiry) so the card shows
+the correction and the "has corrections" filter finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from streamcore.kafka import make_producer
+from streamcore.schemas import Feedback, utcnow
+from streamcore.serde import encode
+from streamcore.settings import Settings
+from training.ontology import Ontology
+
+
+class Refused(ValueError):
+    """A correction the page will not send (the message says why, for the person who made it)."""
+
+
+def terms(ontology: Ontology, *, multi: bool) -> dict[str, Any]:
+    """The choices the correction form searches: categories, sub-categories (with their category), attributes;
+    ``multi``: whether a post may have several categories (the trainer's model kind)."""
+    return {
+        "multi": multi,
+        "categories": ontology.category_names,
+        "subcategories": [[s.name, c.name] for c in ontology.categories for s in c.subcategories],
+        "attributes": ontology.attribute_names,
+    }
+
+
+def check(body: Any, ontology: Ontology, *, multi: bool) -> Feedback:
+    """A :class:`Feedback` from the form's JSON, every term known to the ontology, one category unless ``multi``
+    (the trainer dead-letters anything else).
+
+    Raises:
+        Refused: anything else.
+    """
+    if not isinstance(body, dict):
+        raise Refused("expected a JSON object")
+    fields = {k: body.get(k) for k in ("post_id", "categories", "subcategories", "attributes", "sent_by")}
+    fields["sent_by"] = (fields["sent_by"] or "").strip() or "review page"
+    try:
+        feedback = Feedback(**{k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise Refused("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])) from None
+    if not multi and len(feedback.categories) != 1:
+        raise Refused("choose exactly one category: the model names one garment per post")
+    known = {"categories": set(ontology.category_names), "subcategories": set(ontology.subcategory_names),
+             "attributes": set(ontology.attribute_names)}
+    for name, allowed in known.items():
+        chosen = getattr(feedback, name)
+        unknown = [t for t in chosen if t not in allowed]
+        if unknown:
+            raise Refused(f"{name}: not in the ontology: {', '.join(unknown[:5])}")
+        if len(set(chosen)) != len(chosen):
+            raise Refused(f"{name}: a term is chosen twice")
+    return feedback
+
+
+class Publisher:
+    """Sends corrections to ``feedback``; the producer starts with the first one (the page reads without Kafka)."""
+
+    def __init__(self, settings: Settings, client: Redis) -> None:
+        self._settings = settings
+        self._redis = client
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+
+    async def _started(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = make_producer(self._settings, linger_ms=0)
+                await producer.start()
+                self._producer = producer
+        return self._producer
+
+    async def send(self, feedback: Feedback) -> dict[str, Any]:
+        """Publish and remember ``feedback``; returns where the record landed."""
+        producer = await self._started()
+        sent = await producer.send_and_wait(self._settings.topic("feedback"), encode(feedback),
+                                            key=feedback.post_id.encode())
+        kept = {**json.loads(encode(feedback)), "at": utcnow().isoformat()}
+        ttl = self._settings.redis_label_ttl_s
+        await self._redis.set(self._settings.keys.correction(feedback.post_id), json.dumps(kept), ex=ttl)
+        return {"topic": sent.topic, "partition": sent.partition, "offset": sent.offset, "feedback": kept}
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()

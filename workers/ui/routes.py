@@ -1,0 +1,185 @@
+"""The page's HTTP surface: two pages, their static files, and a small JSON/SSE API.
+
+Reads are open to whoever reaches the address (it is loopback unless configured); writes need the
+sign-in cookie and pass the CSRF check (:mod:`workers.ui.security`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka.errors import KafkaError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sse_starlette.sse import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from streamcore.settings import Settings
+from workers.ui import security
+from workers.ui.cards import Filters
+from workers.ui.corrections import Publisher, Refused, check
+from workers.ui.live import Broadcaster
+from workers.ui.models import model_facts
+from workers.ui.store import LabelReader, stream_id
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
+_POST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_NO_STORE = {"cache-control": "no-store"}
+
+
+@dataclass
+class Ui:
+    """What the routes share (built by :func:`workers.ui.server.build_app`)."""
+
+    settings: Settings
+    redis: Redis
+    reader: LabelReader
+    broadcaster: Broadcaster
+    publisher: Publisher
+    ontology: Any
+    terms: dict[str, list]
+
+
+def _ui(request: Request) -> Ui:
+    return request.app.state.ui
+
+
+def _json(body: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=_NO_STORE)
+
+
+async def page(request: Request) -> Response:
+    name = "model.html" if request.url.path == "/model" else "index.html"
+    response = FileResponse(STATIC / name, headers=_NO_STORE)
+    if security.CSRF_COOKIE not in request.cookies:
+        response.set_cookie(security.CSRF_COOKIE, security.new_csrf(), httponly=True, samesite="strict")
+    return response
+
+
+async def session(request: Request) -> Response:
+    """GET: the CSRF token and sign-in state; POST ``{"token"}``: sign in; DELETE: sign out."""
+    ui = _ui(request)
+    if request.method == "GET":
+        csrf = request.cookies.get(security.CSRF_COOKIE) or security.new_csrf()
+        response = _json({"csrf": csrf, "signed_in": security.signed_in(request, ui.settings.ui_token),
+                          "corrections": ui.settings.ui_token is not None})
+        if security.CSRF_COOKIE not in request.cookies:  # called before any page: the cookie comes with this
+            response.set_cookie(security.CSRF_COOKIE, csrf, httponly=True, samesite="strict")
+        return response
+    refusal = security.write_refusal(request)
+    if refusal:
+        return _json({"error": refusal}, 403)
+    response = _json({"signed_in": request.method == "POST"})
+    if request.method == "DELETE":
+        response.delete_cookie(security.AUTH_COOKIE)
+        return response
+    body = await _body(request)
+    if ui.settings.ui_token is None:
+        return _json({"error": "corrections are off: no STYLESTREAM_UI_TOKEN is configured"}, 403)
+    if not isinstance(body, dict) or not security.token_matches(str(body.get("token", "")), ui.settings.ui_token):
+        return _json({"error": "wrong token"}, 401)
+    response.set_cookie(security.AUTH_COOKIE, security.session_value(ui.settings.ui_token), httponly=True,
+                        samesite="strict")
+    return response
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > 64 * 1024:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+async def feedback(request: Request) -> Response:
+    """One correction → one ``feedback`` record; answers where it landed."""
+    ui = _ui(request)
+    refusal = security.write_refusal(request)
+    if refusal:
+        return _json({"error": refusal}, 403)
+    if not security.signed_in(request, ui.settings.ui_token):
+        return _json({"error": "sign in with the page's token first"}, 401)
+    try:
+        correction = check(await _body(request), ui.ontology, multi=ui.settings.trainer_multi)
+    except Refused as exc:
+        return _json({"error": str(exc)}, 422)
+    try:
+        sent = await ui.publisher.send(correction)
+    except (KafkaError, RedisError, OSError) as exc:
+        log.warning("review page: correction of %s not sent: %s", correction.post_id, exc)
+        return _json({"error": f"not sent, try again: {type(exc).__name__}"}, 503)
+    log.info("review page: correction of %s sent to %s[%d]@%d", correction.post_id, sent["topic"],
+             sent["partition"], sent["offset"])
+    return _json({"received": True, **sent})
+
+
+async def events(request: Request) -> Response:
+    """Server-sent events: ``reset`` (the newest cards the filters keep), then ``labels`` (new ones)."""
+    ui = _ui(request)
+    try:
+        filters = Filters.from_query(request.query_params)
+    except ValueError as exc:
+        return _json({"error": str(exc)}, 400)
+
+    async def stream():
+        viewer = ui.broadcaster.join()  # before the snapshot: nothing written in between is missed
+        try:
+            while True:
+                cards, last = await ui.reader.newest(filters)
+                yield {"event": "reset", "data": json.dumps(cards)}
+                viewer.caught_up()
+                while not viewer.behind:
+                    batch = await viewer.queue.get()
+                    if batch is None:
+                        return
+                    new = [c for c in batch if stream_id(c["seq"]) > last and filters.keeps(c)]
+                    if new:
+                        yield {"event": "labels", "data": json.dumps(new[::-1])}  # newest first
+        finally:
+            ui.broadcaster.leave(viewer)
+
+    return EventSourceResponse(stream(), ping=15, headers=_NO_STORE)
+
+
+async def thumb(request: Request) -> Response:
+    post_id = request.path_params["post_id"]
+    jpeg = await _ui(request).reader.thumb(post_id) if _POST_ID.match(post_id) else None
+    if jpeg is None:
+        return Response(status_code=404)
+    return Response(jpeg, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
+
+
+async def ontology(request: Request) -> Response:
+    return JSONResponse(_ui(request).terms, headers={"cache-control": "private, max-age=3600"})
+
+
+async def model(request: Request) -> Response:
+    ui = _ui(request)
+    try:
+        return _json(await model_facts(ui.settings, ui.redis))
+    except RedisError as exc:
+        return _json({"error": f"Redis: {exc}"}, 503)
+
+
+ROUTES = [
+    Route("/", page),
+    Route("/model", page),
+    Route("/api/session", session, methods=["GET", "POST", "DELETE"]),
+    Route("/api/events", events),
+    Route("/api/feedback", feedback, methods=["POST"]),
+    Route("/api/thumb/{post_id}", thumb),
+    Route("/api/ontology", ontology),
+    Route("/api/model", model),
+    Mount("/static", StaticFiles(directory=STATIC), name="static"),
+]

@@ -1,0 +1,88 @@
+// One label as a card: photo, caption (mined words marked), classes with probabilities, model, latency.
+// Cards are cloned from the page's templates (hundreds a second must stay cheap) and filled as text.
+import { el, pct, term } from "./common.js";
+
+const PHOTO_AFTER_MS = 300;
+const ROWS = 3;  // the top three of each class: what a glance takes in (the label holds more)
+const templates = {};
+
+function clone(name) {
+  templates[name] ??= document.getElementById(`t-${name}`).content.firstElementChild;
+  return templates[name].cloneNode(true);
+}
+
+function fillCaption(node, text, marks) {
+  if (!text) {
+    node.append(el("span", { class: "muted", text: "no caption kept" }));
+    return;
+  }
+  let at = 0;
+  for (const [start, end] of marks) {
+    node.append(text.slice(at, start), el("mark", { text: text.slice(start, end) }));
+    at = end;
+  }
+  node.append(text.slice(at));
+}
+
+function scores(title, items) {
+  const box = clone("scores");
+  box.firstElementChild.textContent = title;
+  for (const [name, score] of items.slice(0, ROWS)) {
+    const row = clone("row");
+    const [label, bar, value] = row.children;
+    label.textContent = term(name);
+    bar.firstElementChild.style.width = pct(score);  // style attributes are refused by the policy; the CSSOM is not
+    value.textContent = score.toFixed(2);
+    box.lastElementChild.append(row);
+  }
+  return box;
+}
+
+export function renderCard(c, onCorrect) {
+  const node = clone("card");
+  const [photo, body, button] = node.children;
+  const [meta, caption, classes] = body.children;
+  node.dataset.id = c.id;
+  node.dataset.seq = c.seq;
+  if (c.thumb) {
+    // Fetched once the card has stayed a moment: when hundreds of labels a second scroll by, cards leave before
+    // anyone could look at them, and their photos are never fetched.
+    setTimeout(() => { if (photo.isConnected) photo.src = `/api/thumb/${encodeURIComponent(c.id)}`; }, PHOTO_AFTER_MS);
+  } else {
+    photo.replaceWith(el("div", { class: "thumb none", text: "no photo" }));
+  }
+  const hinted = c.hints.categories.length ? `${c.hints.source}: ${c.hints.categories.map(term).join(", ")}`
+    : c.hints.source;
+  const [id, version, latency, hints] = meta.children;
+  id.textContent = c.id;
+  version.textContent = `model ${c.version}`;
+  latency.textContent = `${c.latency_ms} ms`;
+  hints.textContent = `hints ${hinted}`;
+  fillCaption(caption, c.caption, c.marks);
+  if (c.abstain) caption.after(el("p", { class: "abstain", text: `abstained: ${term(c.abstain)}` }));
+  for (const [title, items] of [["categories", c.categories], ["sub-categories", c.subcategories],
+    ["attributes", c.attributes]]) {
+    if (items.length) classes.append(scores(title, items));
+  }
+  if (c.correction) {
+    const f = c.correction;
+    const named = [...f.categories, ...f.subcategories, ...f.attributes].map(term).join(", ");
+    body.append(el("p", { class: "corrected", text: `corrected by ${f.sent_by || "someone"}: ${named}` }));
+  } else if (c.corrected) {
+    body.append(el("p", { class: "corrected", text: "corrected (the trainer holds a correction)" }));
+  }
+  button.addEventListener("click", () => onCorrect(node, c));
+  return node;
+}
+
+// The one-line form of a card, for floods: at hundreds of labels a second most cards leave the list before anyone
+// could read them; those that stay are drawn in full a moment later.
+export function renderCompact(c) {
+  const node = el("article", { class: "card compact", dataset: { id: c.id, seq: c.seq } },
+    el("span", { class: "post-id", text: c.id }),
+    el("span", { class: c.abstain ? "abstain" : "top",
+      text: c.abstain ? `abstained: ${term(c.abstain)}` : `${term(c.categories[0][0])} ${c.categories[0][1].toFixed(2)}` }),
+    el("span", { class: "version", text: `model ${c.version}` }),
+    el("span", { class: "latency", text: `${c.latency_ms} ms` }));
+  return node;
+}

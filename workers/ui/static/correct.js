@@ -1,0 +1,82 @@
+// The correction form: pick categories / sub-categories / attributes from the ontology, searching as you type.
+import { el, term, write } from "./common.js";
+
+let terms = null;
+
+async function ontology() {
+  if (terms === null) terms = await (await fetch("/api/ontology")).json();
+  return terms;
+}
+
+// One searchable picker: a text box, the matching terms under it, the chosen ones as removable chips.
+// ``single``: a choice replaces the one before (a one-garment model takes one category).
+function picker(kind, label, options, chosen, single = false) {
+  const chips = el("div", { class: "chips" });
+  const list = el("ul", { class: "suggestions", role: "listbox" });
+  const input = el("input", { type: "search", placeholder: `search ${label}`, "aria-label": `search ${label}`,
+    class: `search-${kind}`, autocomplete: "off" });
+  const redraw = () => {
+    chips.replaceChildren(...[...chosen].map((name) => el("button", { type: "button", class: "chip",
+      title: "remove", text: `${term(name)} ×`, onclick: () => { chosen.delete(name); redraw(); } })));
+  };
+  const choose = (name) => {
+    if (single) chosen.clear();
+    chosen.add(name);
+    input.value = "";
+    suggest();
+    redraw();
+  };
+  const suggest = () => {
+    const words = input.value.trim().toLowerCase().replaceAll(" ", "_");
+    const hits = words ? options.filter(([name, hint]) => name.includes(words) || (hint || "").includes(words))
+      .slice(0, 8) : [];
+    list.replaceChildren(...hits.map(([name, hint]) => el("li", { role: "option", class: "suggestion",
+      dataset: { term: name }, text: hint ? `${term(name)} (${term(hint)})` : term(name),
+      onmousedown: (event) => { event.preventDefault(); choose(name); },
+    })));
+  };
+  input.addEventListener("input", suggest);
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      const first = list.querySelector("li");
+      if (first) choose(first.dataset.term);
+    }
+  });
+  redraw();
+  return el("div", { class: `picker picker-${kind}` }, el("h4", { text: label }), chips, input, list);
+}
+
+export async function openCorrection(card, c, nameBox) {
+  if (card.querySelector("form.correction")) return;
+  const all = await ontology();
+  const chosen = {
+    categories: new Set(c.categories.slice(0, 1).map(([n]) => n)),
+    subcategories: new Set(c.subcategories.slice(0, 1).map(([n]) => n)),
+    attributes: new Set(),
+  };
+  const status = el("p", { class: "status", role: "status" });
+  const form = el("form", { class: "correction" },
+    picker("categories", all.multi ? "categories" : "category", all.categories.map((n) => [n]), chosen.categories,
+      !all.multi),
+    picker("subcategories", "sub-categories", all.subcategories, chosen.subcategories),
+    picker("attributes", "attributes", all.attributes.map((n) => [n]), chosen.attributes),
+    el("div", { class: "actions" }, el("button", { type: "submit", class: "send", text: "Send correction" }),
+      el("button", { type: "button", class: "cancel", text: "Close",
+        onclick: () => { form.remove(); card.classList.remove("editing"); } })),
+    status);
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    status.textContent = "sending…";
+    const reply = await write("/api/feedback", "POST", {
+      post_id: c.id, sent_by: nameBox.value, categories: [...chosen.categories],
+      subcategories: [...chosen.subcategories], attributes: [...chosen.attributes] });
+    status.className = reply.ok ? "status ok" : "status error";
+    status.textContent = reply.ok
+      ? `received: feedback record ${reply.body.partition}/${reply.body.offset}`
+      : `not sent: ${reply.body.error || reply.status}`;
+  });
+  card.classList.add("editing");
+  card.append(form);
+  form.querySelector("input").focus();
+}
