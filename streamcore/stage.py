@@ -98,7 +98,7 @@ class Stage(ABC):
 
     # -- hooks ---------------------------------------------------------------------------------
     async def setup(self) -> None:
-        """Load models or other heavy state before the first poll."""
+        """Load models or other heavy state, before the consumer joins its group."""
 
     @abstractmethod
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
@@ -252,8 +252,10 @@ class Stage(ABC):
         self.consumer.subscribe([self.settings.topic(t) for t in self.inputs], listener=_Rebalance(self))
         await self.producer.start()
         try:
-            await self.consumer.start()
+            # Heavy state (a model) loads before the consumer joins its group: a member that joined and then
+            # loaded for longer than max_poll_interval_ms would be dropped and make the group rebalance.
             await self.setup()
+            await self.consumer.start()
             self._set_ready(True)
             while not self._stopping.is_set():
                 await self._round()
