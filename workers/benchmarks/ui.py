@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -153,11 +154,12 @@ def server_only(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
         stack.callback(stream.close)
 
         def read() -> None:
-            for line in stream:
-                if line.startswith(b"data:"):
-                    now = time.time() * 1000
-                    for card in json.loads(line[5:]):
-                        arrived.setdefault(card["id"], now)
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # the stream closed under it: done
+                for line in stream:
+                    if line.startswith(b"data:"):
+                        now = time.time() * 1000
+                        for card in json.loads(line[5:]):
+                            arrived.setdefault(card["id"], now)
 
         threading.Thread(target=read, daemon=True).start()
         written = asyncio.run(_replay(settings, "S", rate=rate, seconds=seconds, batch=batch))
