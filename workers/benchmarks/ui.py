@@ -8,8 +8,10 @@ its own process (``stylestream ui``), as deployed; thumbnails are real JPEGs, fe
     python -m workers.benchmarks.ui --rate 500 --seconds 20 --throughput-posts 1500 --out reports/bench_ui.json
 
 With ``--throughput-posts`` it also runs the classifier on a backlog of realistic posts (1080 px photos,
-EfficientNet-Lite0 on the CPU) without and with the page open on its labels, alternating, and compares the
-steady-state rates (the pipeline benchmark's method).
+EfficientNet-Lite0 on the CPU), alternating: without the page; with the page served on this machine and
+headless Chromium showing it here too (the browser takes the classifier's cores); with the page served here
+and read from elsewhere (its event stream and every photo fetched by a plain client, as a viewer's browser
+on another machine would). It compares the steady-state rates (the pipeline benchmark's method).
 """
 
 from __future__ import annotations
@@ -211,18 +213,37 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
     }
 
 
-def _classifier_rate(base: Settings, posts: list, hints: list, *, page: bool, timeout: float) -> float:
-    """Steady-state labels per second of one ``worker classify`` on a backlog, with the page open or not."""
+def _follow(url: str, stack: ExitStack) -> None:
+    """What a browser elsewhere asks of the page server: its event stream, and every card's photo."""
+    stream = urllib.request.urlopen(url + "api/events", timeout=3600)
+    stack.callback(stream.close)
+
+    def read() -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # the stream closed under it: done
+            for line in stream:
+                for card in json.loads(line[5:]) if line.startswith(b"data:") else []:
+                    if card["thumb"]:
+                        urllib.request.urlopen(f"{url}api/thumb/{card['id']}", timeout=10).read()
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+def _classifier_rate(base: Settings, posts: list, hints: list, *, page: str, timeout: float) -> float:
+    """Steady-state labels per second of one ``worker classify`` on a backlog; ``page``: ``none``, ``browser``
+    (headless Chromium on this machine), or ``server`` (the page served here, read from elsewhere)."""
     from workers.benchmarks import pipeline
     from workers.ui.browser import headless_chromium
 
     settings, posts, hints = pipeline._fresh(base, posts, hints)
     with ExitStack() as stack:
-        if page:
+        if page != "none":
             url, _ = _start_page(settings, stack)
+        if page == "browser":
             browser = headless_chromium()
             stack.callback(browser.quit)
             browser.get(url)
+        elif page == "server":
+            _follow(url, stack)
         pipeline._produce(settings, posts, hints)
         worker = pipeline._worker(settings, None)
         try:
@@ -241,18 +262,21 @@ def throughput(*, posts: int, rounds: int, timeout: float) -> dict[str, Any]:
     from workers.benchmarks import pipeline
 
     generated, truth = pipeline._workload(posts, image_size=1080, photo=True, distinct=64)
-    rates: dict[bool, list[float]] = {False: [], True: []}
+    rates: dict[str, list[float]] = {"none": [], "browser": [], "server": []}
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as models:
         pipeline._publish_model(Path(models), "efficientnet_lite0", "fusion", 224)
         base = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(models),
                         backbone="efficientnet_lite0", device="cpu")
         for n in range(rounds):
-            for page in (False, True) if n % 2 == 0 else (True, False):
+            for page in list(rates) if n % 2 == 0 else list(rates)[::-1]:
                 rates[page].append(_classifier_rate(base, generated, truth, page=page, timeout=timeout))
-    without, with_page = float(np.median(rates[False])), float(np.median(rates[True]))
-    return {"posts": posts, "rounds": rounds, "images_per_s_without_page": round(without, 1),
-            "images_per_s_with_page": round(with_page, 1), "change": round(with_page / without - 1, 3),
-            "runs_without_page": rates[False], "runs_with_page": rates[True]}
+    median = {page: float(np.median(runs)) for page, runs in rates.items()}
+    return {"posts": posts, "rounds": rounds, "images_per_s_without_page": round(median["none"], 1),
+            "images_per_s_with_browser_here": round(median["browser"], 1),
+            "images_per_s_with_page_served_here": round(median["server"], 1),
+            "change_with_browser_here": round(median["browser"] / median["none"] - 1, 3),
+            "change_with_page_served_here": round(median["server"] / median["none"] - 1, 3),
+            "runs": rates}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
