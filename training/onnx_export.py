@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 from torch import Tensor, nn
 
@@ -70,6 +71,9 @@ def export_backbone(model: DynamicCNN, path: Path) -> None:
         warnings.simplefilter("ignore")
         torch.onnx.export(module, (example,), str(path), opset_version=OPSET, dynamo=False, input_names=[INPUT],
                           output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    # A malformed graph (wrong opset, dangling inputs) is refused here, with the checker's reason, before any
+    # runtime session is built from it.
+    onnx.checker.check_model(str(path), full_check=True)
     check = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = module(check)
