@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import threading
 import time
@@ -115,3 +116,18 @@ def own_broker() -> Iterator[tuple[str, subprocess.Popen]]:
         yield f"127.0.0.1:{port}", proc
     finally:
         stop_processes([proc], timeout=5)
+
+
+@contextmanager
+def running_stage(stage):
+    """Run a stream stage on its own event-loop thread; stop it, and wait for it, on exit."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), name=f"stage-{stage.name}")
+    thread.start()
+    try:
+        yield stage
+    finally:
+        loop.call_soon_threadsafe(stage.stop)
+        thread.join(timeout=60)
+        loop.close()
+    assert not thread.is_alive()

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import numpy as np
@@ -22,7 +19,7 @@ import pytest
 from streamcore.kafka import make_producer
 from streamcore.redisconn import connect
 from streamcore.sinks import LabelSink, fingerprint
-from tests.support import wait_until
+from tests.support import running_stage, wait_until
 from training.recommend.service import Recommender
 from training.recommend.vectors import VectorRecord
 from workers.profiles import ProfilesStage
@@ -97,18 +94,6 @@ async def _classifier_output(settings, version: str, posts) -> None:
         await producer.stop()
 
 
-@contextmanager
-def _running(stage: ProfilesStage) -> Iterator[ProfilesStage]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), name="profiles-stage")
-    thread.start()
-    try:
-        yield stage
-    finally:
-        loop.call_soon_threadsafe(stage.stop)
-        thread.join(timeout=60)
-        loop.close()
-    assert not thread.is_alive()
 
 
 def _count(stage: ProfilesStage, outcome: str) -> int:
@@ -132,7 +117,7 @@ def test_a_striped_top_and_leather_bag_user_gets_both_and_a_replay_changes_no_by
     settings = make_settings()
     posts = _posts("v1", Space(32, seed=1))
     asyncio.run(_classifier_output(settings, "v1", posts))
-    with _running(ProfilesStage(settings)) as stage:
+    with running_stage(ProfilesStage(settings)) as stage:
         wait_until(lambda: _count(stage, "added") == len(posts), timeout=60, what="every label in a profile")
     recommender = Recommender(settings)
     recommender.sync()
@@ -150,7 +135,7 @@ def test_a_striped_top_and_leather_bag_user_gets_both_and_a_replay_changes_no_by
     before = _state(settings)
     assert len(before) > 10
     replay = ProfilesStage(settings.model_copy(update={"group_prefix": settings.group_prefix + "-replay"}))
-    with _running(replay):
+    with running_stage(replay):
         wait_until(lambda: _count(replay, "already_added") == len(posts), timeout=60, what="the replay")
         assert _count(replay, "added") == 0
     assert _state(settings) == before
@@ -162,7 +147,7 @@ def test_a_hot_swap_to_another_embedding_space_rebuilds_without_mixing(make_sett
     old, new = _posts("v1", Space(32, seed=1)), _posts("v2", Space(48, seed=2))
     asyncio.run(_classifier_output(settings, "v1", old))
     redis.set(settings.keys.model_current, "v1")
-    with _running(ProfilesStage(settings)) as stage:
+    with running_stage(ProfilesStage(settings)) as stage:
         wait_until(lambda: _count(stage, "added") == len(old), timeout=60, what="v1 labels in profiles")
         recommender = Recommender(settings, index_dir=tmp_path / "index")
         recommender.sync()
@@ -201,7 +186,7 @@ def test_the_cli_answers_for_a_user_and_for_a_post(make_settings, tmp_path, monk
     settings = make_settings()
     posts = _posts("v1", Space(32, seed=3), per_kind=4)
     asyncio.run(_classifier_output(settings, "v1", posts))
-    with _running(ProfilesStage(settings)) as stage:
+    with running_stage(ProfilesStage(settings)) as stage:
         wait_until(lambda: _count(stage, "added") == len(posts), timeout=60, what="every label in a profile")
     for name, value in {"REDIS_URL": settings.redis_url, "REDIS_PREFIX": settings.redis_prefix,
                         "RECOMMEND_INDEX_DIR": str(tmp_path / "index")}.items():
@@ -238,13 +223,13 @@ def test_the_classifier_writes_each_posts_vector_record_and_the_stage_profiles_i
         producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
     producer.close()
-    with _running(ClassifyStage(settings)) as classify:
+    with running_stage(ClassifyStage(settings)) as classify:
         wait_until(lambda: classify.metrics.labeled._value.get() == 3, timeout=120, what="three labels")
     redis = connect(settings)
     records = [VectorRecord.decode(redis.get(settings.keys.label_vector(p.post_id))) for p in posts]
     assert [(r.user, r.created_ms) for r in records] == [(p.user, int(p.created_at.timestamp() * 1000)) for p in posts]
     assert {r.model_version for r in records} == {"tiny-test"} and records[0].embedding.shape == (1, 128)
-    with _running(ProfilesStage(settings)) as stage:  # the tiny model never abstains: every label has a garment
+    with running_stage(ProfilesStage(settings)) as stage:  # the tiny model never abstains: every label has a garment
         wait_until(lambda: _count(stage, "added") == 3, timeout=60, what="profiles")
     profiles = [Recommender(settings).profile(user, "tiny-test") for user in ("user 0", "user 1")]
     assert [p.posts for p in profiles] == [2, 1]

@@ -9,8 +9,6 @@ import signal
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from streamcore.embedded import free_port
 from streamcore.schemas import DeadLetter, Feedback, HintsUsed, Label, ModelUpdate, ScoredTerm, utcnow
 from streamcore.serde import encode
 from streamcore.sinks import RedisLabels, fingerprint
-from tests.support import publish_tiny, wait_until
+from tests.support import publish_tiny, running_stage, wait_until
 from training.checkpoint import METRICS_FILE
 from training.ontology import load_ontology
 from training.promotion import promote
@@ -149,19 +147,6 @@ def _metric(port: int, name: str) -> float | None:
     return None
 
 
-@contextmanager
-def _running(stage: TrainerStage) -> Iterator[TrainerStage]:
-    """Run ``stage`` on its own event loop thread; stop it (and wait) on exit."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), name=f"stage-{id(stage)}")
-    thread.start()
-    try:
-        yield stage
-    finally:
-        loop.call_soon_threadsafe(stage.stop)
-        thread.join(timeout=60)
-        loop.close()
-    assert not thread.is_alive()
 
 
 def _assigned(stages: list[TrainerStage], settings) -> bool:
@@ -242,7 +227,7 @@ def test_two_replicas_run_once_per_trigger(make_settings, tmp_path, bench_cache)
         most_running = max(most_running, sum(s.metrics.trainer_running._value.get() for s in stages))
         return sum(s.metrics.trainer_runs.labels(r)._value.get() for s in stages for r in results)
 
-    with _running(stages[0]), _running(stages[1]):
+    with running_stage(stages[0]), running_stage(stages[1]):
         wait_until(lambda: _assigned(stages, settings), timeout=120, what="both replicas assigned partitions")
         _send_all(settings, "posts", [p for p, _ in posts])
         wait_until(lambda: _stored(settings, "posts") == 2 * n, timeout=120, what="posts stored")
@@ -304,7 +289,7 @@ def test_the_live_guard_rolls_back_a_worse_model(make_settings, tmp_path, bench_
 
     config = TrainerConfig.from_settings(settings, interval_s=None, min_feedback=1000)
     stage = TrainerStage(settings, config)
-    with _running(stage):
+    with running_stage(stage):
         wait_until(lambda: _assigned([stage], settings), timeout=120, what="partitions assigned")
         _send_all(settings, "posts", [p for p, _ in posts])
         _send_all(settings, "feedback", corrections)
