@@ -53,8 +53,8 @@ fi
 
 step "CUDA-path tests (skipped without CUDA), decode, sink, and the bad-input suite through a real worker"
 if ! STYLESTREAM_DEVICE=$DEVICE timeout "$TESTS_TIMEOUT" $PY -m pytest -q -rs -p no:cacheprovider \
-    tests/training/test_predict.py tests/streamcore/test_decode.py tests/streamcore/test_sinks.py \
-    tests/integration/test_bad_input.py tests/integration/test_hotswap_stream.py tests/training/models \
+    tests/serving/test_predict.py tests/serving/test_decode.py tests/streamcore/test_sinks.py \
+    tests/integration/test_bad_input.py tests/integration/test_hotswap_stream.py tests/serving/models \
     2>&1 | tee "$OUT/gpu_tests.log" | tail -20; then
   echo "TESTS FAILED (see $OUT/gpu_tests.log); benchmarking anyway" >&2
   STATUS=1

@@ -17,14 +17,14 @@ from pathlib import Path
 import redis
 from selenium.webdriver.common.by import By
 
+from serving.promotion import promote
+from serving.registry import Registry, default_entry
 from streamcore.embedded import EmbeddedStack, spawn, stop_processes
 from streamcore.kafka import ensure_topics
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Feedback
 from streamcore.settings import Settings
 from training.guard import LiveGuard
-from training.promotion import promote
-from training.registry import Registry, default_entry
 from workers.launcher import produce_synthetic
 from workers.ui.browser import DESKTOP, PHONE, headless_chromium
 from workers.ui.server import serving

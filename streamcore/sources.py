@@ -1,5 +1,6 @@
-"""Image sources of posts as the client builds and checks them: refused at the caller when no stage could read
-them (the classifier's own checks, :mod:`streamcore.images`, happen again where the image is read)."""
+"""Image sources of posts: checked as the client builds them (refused at the caller when no stage could read
+them), and read where the image is used (inline, under the image root, or downloaded; the decoder's own
+checks, :mod:`serving.images`, follow)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
 from streamcore.exceptions import BadInput
+from streamcore.fetch import FetchPolicy, fetch_url
 from streamcore.schemas import ImageSource
+from streamcore.settings import Settings
 
 
 def check_image(source: ImageSource) -> None:
@@ -51,3 +54,33 @@ def image_source(image: bytes | Path | str | ImageSource) -> ImageSource:
         raise FileNotFoundError(f"no image file {str(image)!r} (for a file under the classifier's image root, "
                                 "pass ImageSource(path=...))")
     return ImageSource(b64=base64.b64encode(path.read_bytes()).decode())
+
+
+def _read_path(relative: str, root: Path) -> bytes:
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if Path(relative).is_absolute() or not target.is_relative_to(base):
+        raise BadInput("path_refused", f"{relative!r} is outside the image root")
+    try:
+        return target.read_bytes()
+    except OSError as exc:
+        raise BadInput("path_unreadable", f"{relative!r}: {exc.strerror}") from None
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """How image URLs are downloaded under ``settings`` (the body cap is the message limit)."""
+    return FetchPolicy(timeout_s=settings.url_timeout_s, max_bytes=settings.max_message_bytes,
+                       allow_http=settings.url_allow_http)
+
+
+def load_bytes(source: ImageSource, settings: Settings) -> bytes:
+    """The encoded image of a post's source: inline, under the image root, or downloaded.
+
+    Raises:
+        BadInput: ``image_b64_invalid``/``image_empty``, ``path_*`` or ``url_*`` reasons.
+    """
+    if source.b64 is not None:
+        return source.raw_bytes()
+    if source.path is not None:
+        return _read_path(source.path, settings.image_root)
+    return fetch_url(source.url, fetch_policy(settings))

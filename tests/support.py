@@ -28,10 +28,10 @@ def publish_tiny(model_dir, name: str, *, seed: int = 0, hidden: int = 256, onnx
 
     import torch
 
-    from training.checkpoint import save_checkpoint
-    from training.models import build_model
-    from training.ontology import load_ontology
-    from training.registry import Registry
+    from serving.checkpoint import save_checkpoint
+    from serving.models import build_model
+    from serving.ontology import load_ontology
+    from serving.registry import Registry
 
     torch.manual_seed(seed)
     model = build_model(backbone="tiny", head="dynamic_layers", ontology=load_ontology(), weights="random",

@@ -25,7 +25,7 @@ _IMPORT = "import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
 
 ENTRIES = {
     "worker classify": (_WORKER.format(stage="classify"), MINER),
-    "worker text": (_WORKER.format(stage="text"), ("torchvision", "training.models")),
+    "worker text": (_WORKER.format(stage="text"), ("torchvision", "serving.models")),
     "worker profiles": (_WORKER.format(stage="profiles"), ("torch", *MINER)),
     "synthetic posts": (_IMPORT.format(module="training.synthetic.posts"), MINER),
     "pipeline benchmark": (_IMPORT.format(module="workers.benchmarks.pipeline"), MINER),

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
+from serving.models import DynamicCNN, build_model
+from serving.models.heads import HEADS
+from serving.ontology import Ontology, load_ontology
 from streamcore.reports import report_meta
-from training.models import DynamicCNN, build_model
-from training.models.heads import HEADS
-from training.ontology import Ontology, load_ontology
 
 
 def _time_ms(fn: Callable[[], object], repeats: int) -> float:

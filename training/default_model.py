@@ -1,7 +1,7 @@
 """The packaged default model: the real-photo model, served until the trainer promotes one, so labels are
 right about photos from the first post.
 
-It lives in ``training/models/data/default/`` in the registry's own layout (``model.safetensors``,
+It lives in ``serving/models/data/default/`` in the registry's own layout (``model.safetensors``,
 ``config.json``, ``metrics.json``, ``SHA256``, and the backbone exported for ONNX Runtime: ``backbone.onnx``,
 ``backbone.int8.onnx``, ``onnx.json``; docs/onnx-runtime.md) and is rebuilt, with ``reports/real_photos.json`` and
 ``reports/table2_real.json``, by one command from checkouts of the two public datasets::
@@ -26,10 +26,10 @@ IMAGE_SIZE = 288
 
 def main(argv: list[str] | None = None) -> int:
     """Import the datasets into manifests, train the real-photo model into the package, write its reports."""
+    from serving.registry import DEFAULT_MODEL_DIR
     from training.real.cli import main as train_real
     from training.real.importers import import_clothing_dataset, import_co_parsing
     from training.real.manifest import write_manifest
-    from training.registry import DEFAULT_MODEL_DIR
 
     parser = argparse.ArgumentParser(prog="python -m training.default_model", description=main.__doc__)
     parser.add_argument("--clothing-dataset", type=Path, help="checkout of alexeygrigorev/clothing-dataset")

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from serving.models import build_model
+from serving.models.heads import DYNAMIC_HEADS, ROUTE_THRESHOLD
+from serving.ontology import Ontology, load_ontology
 from streamcore.reports import report_meta
 from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.metrics import hint_quality, paired_interval
-from training.models import build_model
-from training.models.heads import DYNAMIC_HEADS, ROUTE_THRESHOLD
-from training.ontology import Ontology, load_ontology
 from training.train import (
     LEVELS,
     FitConfig,

@@ -19,13 +19,13 @@ import numpy as np
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
+from serving.images import decode_image, load_image, to_chw
+from serving.models.build import hint_tensors
+from serving.ontology import Ontology
 from streamcore.exceptions import BadInput
-from streamcore.images import decode_image, load_image, to_chw
 from streamcore.schemas import Feedback, ImageSource, Post
 from streamcore.settings import Settings
 from training.data.benchmark import Split
-from training.models.build import hint_tensors
-from training.ontology import Ontology
 from training.text import TextMiner
 
 _TEXT_FIELDS = ("post_id", "caption", "comments", "hashtags", "user_tags")

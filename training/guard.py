@@ -8,7 +8,7 @@ counts for the version that produced it (``model_version``). Verdicts live in Re
 After each batch of corrections :meth:`LiveGuard.check` compares the serving version with the one it
 replaced (the promotion history). Once both have at least ``min_corrections`` verdicts and the serving
 version's agreement rate is more than ``margin`` below the previous one's, it rolls back
-(:func:`training.promotion.rollback`, conditional on the version still serving, so concurrent guards
+(:func:`serving.promotion.rollback`, conditional on the version still serving, so concurrent guards
 roll back once) and counts it in ``stylestream_model_rollbacks_total``.
 """
 
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import redis
 
+from serving.promotion import rollback
 from streamcore.exceptions import StylestreamError
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Feedback
 from streamcore.settings import Settings
-from training.promotion import rollback
 
 log = logging.getLogger(__name__)
 

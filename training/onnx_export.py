@@ -29,9 +29,9 @@ import onnx
 import torch
 from torch import Tensor, nn
 
-from training.models import DynamicCNN
-from training.onnx_backbone import FILES, INPUT, MANIFEST_FILE, OUTPUT, OnnxBackbone
-from training.registry import CHECKSUM_FILE, Entry, file_checksum
+from serving.models import DynamicCNN
+from serving.onnx_backbone import FILES, INPUT, MANIFEST_FILE, OUTPUT, OnnxBackbone
+from serving.registry import CHECKSUM_FILE, Entry, file_checksum
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def category_map(model: DynamicCNN, backbone: OnnxBackbone, photos: np.ndarray, 
 def split_photos(manifest: Path, split: str, side: int, *, count: int | None = None,
                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 photos of one split of a manifest (``count`` drawn, or all) at ``side``, and their categories."""
-    from training.ontology import load_ontology
+    from serving.ontology import load_ontology
     from training.real.data import split_records, targets
     from training.real.images import load_records
     from training.real.manifest import read_manifest
@@ -212,8 +212,8 @@ def build_or_skip(directory: Path) -> None:
 
 def main(argv: list[str] | None = None, *, model_dir: Path | None = None) -> int:
     """``stylestream export-onnx``: add the exported backbone (and int8 form) to a version."""
+    from serving.registry import DEFAULT_MODEL_DIR, Registry
     from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
-    from training.registry import DEFAULT_MODEL_DIR, Registry
 
     parser = argparse.ArgumentParser(**parser_options("stylestream export-onnx", main.__doc__))
     parser.add_argument("version", help="a published version, or 'default' for the packaged model")

@@ -35,20 +35,20 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from serving.checkpoint import save_checkpoint
+from serving.models import DynamicCNN, build_head
+from serving.ontology import load_ontology
+from serving.predict import resolve_device
+from serving.promotion import promote
+from serving.registry import Registry, default_entry
 from streamcore import redisconn
 from streamcore.exceptions import StylestreamError
+from streamcore.lease import Lease, LeaseLost
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
-from training.checkpoint import save_checkpoint
 from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.feedback import Example, concat, to_split
-from training.lease import Lease, LeaseLost
-from training.models import DynamicCNN, build_head
 from training.onnx_export import build_or_skip
-from training.ontology import load_ontology
-from training.predict import resolve_device
-from training.promotion import promote
-from training.registry import Registry, default_entry
 from training.train import (
     Batchable,
     FitConfig,
@@ -329,7 +329,7 @@ class Trainer:
         Args:
             features: ``(backbone, test features)``: cached features, used for models with that backbone.
             progress: checked once more before publishing, so a cancelled run publishes nothing.
-            lease: fences the promotion (see :func:`training.promotion.promote`).
+            lease: fences the promotion (see :func:`serving.promotion.promote`).
         """
         started = time.perf_counter() if started is None else started
         mined = self._evaluate(candidate, test, features, hints=True)

@@ -1,7 +1,7 @@
 """The trainer's durable state in Redis: stored posts, absorbed corrections and the run bookkeeping.
 
 Every trainer replica reads and writes the same keys, so whichever replica holds the run lease
-(:mod:`training.lease`) trains on every correction, whichever replica absorbed it. A write returns only
+(:mod:`streamcore.lease`) trains on every correction, whichever replica absorbed it. A write returns only
 once Redis has applied it; the stage commits a record's offset after that (commit after durable).
 
 Keys, under ``{<redis_prefix>:trainer}:`` (one hash tag: a Redis Cluster runs every script here on one slot):

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from serving.models import DynamicCNN, ModelOutput, build_model
+from serving.models.build import HintTensors
+from serving.models.heads import DYNAMIC_HEADS, ROUTE_THRESHOLD, coherent_subcategories
+from serving.ontology import Ontology
 from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.metrics import level_metrics
-from training.models import DynamicCNN, ModelOutput, build_model
-from training.models.build import HintTensors
-from training.models.heads import DYNAMIC_HEADS, ROUTE_THRESHOLD, coherent_subcategories
-from training.ontology import Ontology
 
 #: Report level name → :class:`ModelOutput` field.
 LEVELS = {"category": "categories", "subcategory": "subcategories", "attribute": "attributes"}
@@ -274,7 +274,7 @@ def train_head(
 ) -> tuple[DynamicCNN, dict]:
     """Train ``head`` on cached features of a frozen ``backbone`` (shared, not copied).
 
-    A dynamic head continues a trained Base (:meth:`~training.models.heads._Head.start_from`): ``base``,
+    A dynamic head continues a trained Base (:meth:`~serving.models.heads._Head.start_from`): ``base``,
     or one trained here first with the same settings.
     """
     if head in DYNAMIC_HEADS and base is None:
@@ -320,9 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     The backbone is frozen (after ``--pretrain-epochs`` end-to-end epochs, if any) and the head trains
     on cached features.
     """
+    from serving.checkpoint import save_checkpoint
+    from serving.ontology import load_ontology
     from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
-    from training.checkpoint import save_checkpoint
-    from training.ontology import load_ontology
     from training.plots import plot_training_curves
 
     parser = argparse.ArgumentParser(**parser_options("stylestream train", main.__doc__))

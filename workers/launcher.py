@@ -34,7 +34,7 @@ def produce_synthetic(settings: Settings, *, count: int, rate: float | None = No
     ``real``: the committed fixture's real photos with generated captions (what the demo sends) instead of
     drawn garments.
     """
-    from training.ontology import load_ontology
+    from serving.ontology import load_ontology
 
     if real:
         from training.real.posts import fixture_posts

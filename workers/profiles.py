@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
+from serving.ontology import load_ontology
 from streamcore.exceptions import BadInput
 from streamcore.redisconn import connect_async
 from streamcore.settings import Settings
 from streamcore.stage import Stage
-from training.ontology import load_ontology
 from training.recommend.profile import Member, aggregate
 from training.recommend.store import ProfileWriter
 from training.recommend.vectors import Layout, VectorRecord

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 
 from aiokafka.structs import ConsumerRecord
 
+from serving.ontology import load_ontology
 from streamcore.exceptions import BadInput
 from streamcore.schemas import Hints, Post
 from streamcore.serde import decode_post, encode
 from streamcore.settings import Settings
 from streamcore.stage import Stage
-from training.ontology import load_ontology
 from training.text import TextMiner
 
 

@@ -10,7 +10,7 @@
   correction fetched together with its post still joins.
 * **When.** :meth:`TrainerStage.tick` asks Redis about once a second whether a run is due (:func:`due`:
   nothing serves yet; the schedule ``interval_s``; or ``min_feedback`` corrections absorbed since the
-  last run started, counted across replicas), then takes the run lease (:mod:`training.lease`): one
+  last run started, counted across replicas), then takes the run lease (:mod:`streamcore.lease`): one
   run at a time across all replicas, and the holder marks its trigger consumed before letting go. The
   run (:mod:`training.retrain`) trains on a dedicated thread, so the loop keeps polling, heartbeating
   and renewing the lease.
@@ -36,13 +36,13 @@ from prometheus_client import Counter, Gauge
 
 from streamcore import redisconn
 from streamcore.exceptions import BadInput
+from streamcore.lease import Lease, LeaseLost
 from streamcore.schemas import Feedback
 from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
 from streamcore.stage import Stage
 from training.feedback import Example, StoredPost, join
 from training.guard import LiveGuard
-from training.lease import Lease, LeaseLost
 from training.retrain import (
     RunCancelled,
     RunProgress,

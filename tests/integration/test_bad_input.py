@@ -12,11 +12,11 @@ import redis
 from kafka import KafkaProducer
 from PIL import Image
 
+from serving.ontology import load_ontology
 from streamcore.schemas import DeadLetter
 from streamcore.serde import encode
 from tests.integration.test_end_to_end import _read_topic
 from tests.support import wait_until
-from training.ontology import load_ontology
 from training.synthetic.images import draw_garment, jpeg_bytes
 from training.synthetic.posts import generate_posts
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serving.promotion import promote
 from streamcore.client import StylestreamClient
 from tests.support import wait_until
-from training.promotion import promote
 
 pytestmark = pytest.mark.integration
 

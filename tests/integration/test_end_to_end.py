@@ -11,10 +11,10 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 
+from serving.ontology import load_ontology
 from streamcore.schemas import DeadLetter, Label
 from streamcore.serde import encode
 from tests.support import wait_until
-from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
 
 pytestmark = pytest.mark.integration

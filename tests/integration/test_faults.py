@@ -29,6 +29,9 @@ import redis
 from kafka import KafkaProducer
 from PIL import Image
 
+from serving.ontology import load_ontology
+from serving.predict import Predictor
+from serving.registry import default_entry
 from streamcore.schemas import DeadLetter, Hints, Post
 from streamcore.serde import encode
 from streamcore.settings import Settings
@@ -36,9 +39,6 @@ from streamcore.stage import Stage
 from tests.integration.test_bad_input import JPEG, _b64, _post
 from tests.integration.test_end_to_end import _read_topic
 from tests.support import committed_behind, wait_until
-from training.ontology import load_ontology
-from training.predict import Predictor
-from training.registry import default_entry
 from training.synthetic.posts import generate_posts
 from workers.classify import ClassifyStage
 

@@ -9,12 +9,12 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from serving.ontology import load_ontology
+from serving.promotion import promote
 from streamcore.schemas import Label
 from streamcore.serde import encode
 from tests.integration.test_end_to_end import _read_topic
 from tests.support import feed_paced, publish_tiny, wait_until
-from training.ontology import load_ontology
-from training.promotion import promote
 from training.synthetic.posts import generate_posts
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -17,10 +17,10 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from serving.ontology import load_ontology
 from streamcore.schemas import Label
 from streamcore.serde import encode
 from tests.support import committed_behind, wait_until
-from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
 from training.text import TextMiner
 

@@ -10,10 +10,10 @@ import json
 import pytest
 import redis
 
+from serving.checkpoint import WEIGHTS_FILE
 from streamcore.serde import encode
 from tests.integration.test_faults import _assert_caught_up, _good_posts, _metric, _produce
 from tests.support import publish_tiny, wait_until
-from training.checkpoint import WEIGHTS_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,11 +10,11 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from serving.ontology import load_ontology
 from streamcore.schemas import DeadLetter
 from streamcore.serde import encode
 from tests.integration.test_end_to_end import _read_topic
 from tests.support import committed_behind, wait_until
-from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
 from workers.trainer import TrainerConfig, TrainerStage
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
+from serving.ontology import load_ontology
 from streamcore.embedded import free_port, stop_processes
 from streamcore.serde import encode
 from tests.support import wait_until
-from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
 
 pytestmark = [

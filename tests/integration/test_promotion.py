@@ -6,11 +6,11 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from serving.promotion import promote, rollback
 from streamcore.exceptions import StylestreamError
 from streamcore.schemas import ModelUpdate
 from tests.integration.test_end_to_end import _read_topic
 from tests.support import publish_tiny
-from training.promotion import promote, rollback
 from workers.cli import app
 
 pytestmark = pytest.mark.integration

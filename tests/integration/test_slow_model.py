@@ -12,11 +12,11 @@ import pytest
 import redis
 from kafka import KafkaProducer
 
+from serving.ontology import load_ontology
+from serving.predict import Predictor
 from streamcore.serde import encode
 from tests.integration.test_end_to_end import _read_topic
 from tests.support import wait_until
-from training.ontology import load_ontology
-from training.predict import Predictor
 from training.synthetic.posts import generate_posts
 from workers.classify import ClassifyStage
 

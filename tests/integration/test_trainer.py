@@ -15,15 +15,15 @@ import pytest
 import redis
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from serving.checkpoint import METRICS_FILE
+from serving.ontology import load_ontology
+from serving.promotion import promote
+from serving.registry import Registry
 from streamcore.embedded import free_port
 from streamcore.schemas import DeadLetter, Feedback, HintsUsed, Label, ModelUpdate, ScoredTerm, utcnow
 from streamcore.serde import encode
 from streamcore.sinks import RedisLabels, fingerprint
 from tests.support import publish_tiny, running_stage, wait_until
-from training.checkpoint import METRICS_FILE
-from training.ontology import load_ontology
-from training.promotion import promote
-from training.registry import Registry
 from training.synthetic.posts import generate_posts
 from workers.trainer import TrainerConfig, TrainerStage
 

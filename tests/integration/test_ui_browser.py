@@ -15,13 +15,13 @@ from kafka import KafkaConsumer, KafkaProducer
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 
+from serving.ontology import load_ontology
+from serving.promotion import promote
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Feedback
 from streamcore.serde import encode
 from tests.support import publish_tiny, wait_until
 from training.guard import LiveGuard
-from training.ontology import load_ontology
-from training.promotion import promote
 from training.synthetic.posts import generate_posts
 from workers.ui.browser import chromium_missing, headless_chromium
 from workers.ui.server import serving

@@ -17,9 +17,9 @@ import pytest
 
 from streamcore.exceptions import BadInput
 from streamcore.fetch import FetchPolicy, fetch_url
-from streamcore.images import load_image
 from streamcore.schemas import ImageSource
 from streamcore.settings import Settings
+from streamcore.sources import load_bytes
 
 PUBLIC = "93.184.215.14"  # a globally routable address; tests never really reach it
 BODY = b"\x89PNG not really, but bytes" * 10
@@ -97,7 +97,7 @@ def test_one_private_answer_among_public_ones_refuses_the_name():
 
 def test_existing_settings_path_refuses_private_urls_and_plain_http():
     for url in ("https://127.0.0.1:6379/x.jpg", "https://[::ffff:10.0.0.1]/a.png", "http://example.com/a.jpg"):
-        assert _code(load_image, ImageSource(url=url), Settings()).code == "url_refused"
+        assert _code(load_bytes, ImageSource(url=url), Settings()).code == "url_refused"
 
 
 # -- local servers -----------------------------------------------------------------------------------

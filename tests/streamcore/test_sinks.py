@@ -152,8 +152,8 @@ def test_label_script_runs_on_a_redis_cluster(redis_cluster):
 
 
 def test_promotion_pointer_and_history_on_a_redis_cluster(redis_cluster, make_settings, tmp_path):
+    from serving.promotion import promote, rollback
     from tests.support import publish_tiny
-    from training.promotion import promote, rollback
 
     settings = make_settings(redis_url=redis_cluster, redis_cluster=True, model_dir=tmp_path)
     for name in ("v-one", "v-two"):

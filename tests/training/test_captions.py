@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from training.ontology import Ontology, load_ontology
+from serving.ontology import Ontology, load_ontology
 from training.synthetic.captions import NOISE_KINDS, Caption, make_caption
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from serving.ontology import load_ontology
+from serving.predict import Predictor, _hints_used
+from serving.registry import DEFAULT_MODEL_DIR, default_entry, weights_checksum
 from streamcore.schemas import HintsUsed
 from streamcore.settings import Settings
 from tests.support import publish_tiny
-from training.ontology import load_ontology
-from training.predict import Predictor, _hints_used
 from training.real.fixture import fixture_records
 from training.real.images import no_garment_images
-from training.registry import DEFAULT_MODEL_DIR, default_entry, weights_checksum
 from training.synthetic.images import jpeg_bytes
 
 ONTOLOGY = load_ontology()

@@ -4,13 +4,13 @@ import json
 
 import torch
 
+from serving.checkpoint import load_checkpoint
+from serving.ontology import load_ontology
+from serving.registry import default_entry, weights_checksum
 from training import default_model, evaluate, train
-from training.checkpoint import load_checkpoint
-from training.ontology import load_ontology
 from training.real.cli import main as train_real
 from training.real.fixture import fixture_records
 from training.real.manifest import write_manifest
-from training.registry import default_entry, weights_checksum
 
 
 def test_train_writes_a_loadable_checkpoint(tmp_path) -> None:

@@ -15,20 +15,20 @@ import torch
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from serving.checkpoint import METRICS_FILE
+from serving.models import DynamicCNN, build_model, hint_tensors
+from serving.ontology import load_ontology
+from serving.promotion import promote, rollback
 from streamcore.exceptions import BadInput, StylestreamError
+from streamcore.lease import Lease, LeaseLost
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Feedback
 from streamcore.serde import encode
 from streamcore.settings import Settings
 from tests.support import publish_tiny
-from training.checkpoint import METRICS_FILE
 from training.data.benchmark import BenchmarkConfig, load_benchmark
 from training.feedback import Example, StoredPost, concat, join, to_split
 from training.guard import Agreement, LiveGuard, should_roll_back
-from training.lease import Lease, LeaseLost
-from training.models import DynamicCNN, build_model, hint_tensors
-from training.ontology import load_ontology
-from training.promotion import promote, rollback
 from training.retrain import (
     GATES,
     RunCancelled,

@@ -11,9 +11,9 @@ from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 
+from serving.ontology import load_ontology
 from streamcore.schemas import HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.serde import encode
-from training.ontology import load_ontology
 from workers.ui import security
 from workers.ui.cards import Filters, Highlighter, card
 from workers.ui.corrections import Refused, check

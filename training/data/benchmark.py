@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from serving.models.build import hint_tensors
+from serving.ontology import Ontology
 from training.data.captions import caption_item, mine
-from training.models.build import hint_tensors
-from training.ontology import Ontology
 from training.synthetic.captions import CAPTIONS_VERSION
 from training.synthetic.fashion_mnist import CLASS_MAP, load_split, resize_grey
 from training.synthetic.textures import paint

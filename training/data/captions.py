@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
+from serving.ontology import Ontology
 from streamcore.schemas import Hints
-from training.ontology import Ontology
 from training.synthetic.captions import Caption, make_caption
 from training.text import TextMiner
 

@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
     """Train on real photos; see the module docstring. ``command``: what reports say produced them."""
     import torch
 
-    from training.checkpoint import save_checkpoint
-    from training.ontology import load_ontology
+    from serving.checkpoint import save_checkpoint
+    from serving.ontology import load_ontology
+    from serving.registry import CHECKSUM_FILE, weights_checksum
     from training.real.manifest import read_manifest
     from training.real.pipeline import prepare, scores, train_served
-    from training.registry import CHECKSUM_FILE, weights_checksum
 
     args = parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from serving.models.build import hint_tensors
+from serving.ontology import Ontology
 from training.data.benchmark import SPLITS, Split
-from training.models.build import hint_tensors
-from training.ontology import Ontology
 from training.real.manifest import Record
 
 #: Text conditions of the real-photo Table II (``None``: no text at all).

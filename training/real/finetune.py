@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from serving.models import DynamicCNN
 from training.data.benchmark import Split
-from training.models import DynamicCNN
 from training.train import compute_loss
 
 log = logging.getLogger(__name__)

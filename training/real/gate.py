@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamcore.decode import decode_scaled
+from serving.images import decode_scaled
+from serving.models import DynamicCNN
+from serving.ontology import Ontology
 from training.metrics import mean_average_precision
-from training.models import DynamicCNN
-from training.ontology import Ontology
 from training.real.data import targets
 from training.real.fixture import fixture_records
 from training.real.images import MAX_PIXELS

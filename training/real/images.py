@@ -1,6 +1,6 @@
 """Manifest photos → uint8 model inputs, decoded exactly as the serving path decodes posts.
 
-A whole photo goes through :func:`streamcore.decode.decode_scaled` (the classifier's own decoder), so a
+A whole photo goes through :func:`serving.images.decode_scaled` (the classifier's own decoder), so a
 model trained here sees the pixels it will serve; a record's ``box`` is cut from the upright photo first.
 No-garment negatives that no dataset has (flat colours, noise, gradients, blurred textures) are drawn here.
 """
@@ -14,10 +14,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from streamcore.decode import decode_scaled
+from serving.images import decode_image, decode_scaled, to_chw
 from streamcore.exceptions import BadInput
 from streamcore.fetch import FetchPolicy, fetch_url
-from streamcore.images import decode_image, to_chw
 from training.real.manifest import Record
 
 #: Photos larger than this are refused, as posts are by default (40 megapixels).

@@ -24,8 +24,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from serving.ontology import Ontology
 from streamcore.exceptions import StylestreamError
-from training.ontology import Ontology
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 Splits = Literal["train", "val", "test"]

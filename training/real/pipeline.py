@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.checkpoint import load_checkpoint
+from serving.checkpoint import load_checkpoint
+from serving.models import DynamicCNN, build_model
+from serving.models.heads import DYNAMIC_HEADS
+from serving.ontology import Ontology
 from training.data.benchmark import Split
-from training.models import DynamicCNN, build_model
-from training.models.heads import DYNAMIC_HEADS
-from training.ontology import Ontology
 from training.real.data import build_split, split_records, with_condition
 from training.real.finetune import Fronts, TuneConfig, cache_fronts, finetune, pooled
 from training.real.images import load_records, no_garment_images

@@ -13,8 +13,8 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
+from serving.ontology import Ontology
 from streamcore.schemas import ImageSource, Post, utcnow
-from training.ontology import Ontology
 from training.real.fixture import fixture_records
 from training.real.manifest import Record
 from training.synthetic.captions import make_caption

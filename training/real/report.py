@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.models import DynamicCNN
+from serving.ontology import Ontology
 from streamcore.reports import write_report
-from training.models import DynamicCNN
-from training.ontology import Ontology
 from training.real.pipeline import NEGATIVE, Prepared, category_probs
 from training.real.scores import reliability
 

@@ -14,9 +14,9 @@ import dataclasses
 
 import torch
 
+from serving.ontology import Ontology
 from training.evaluate import HINT_FREE, TEXT_ONLY, aggregate, fit_row, select_settings
 from training.metrics import hint_quality
-from training.ontology import Ontology
 from training.real.data import with_condition
 from training.real.pipeline import Prepared, RealConfig
 from training.train import evaluate_model

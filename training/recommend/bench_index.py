@@ -116,7 +116,7 @@ def _labels(vectors: np.ndarray) -> np.ndarray:
 
 def service_path(index, queries: np.ndarray) -> list[dict]:
     """Latency of whole answers (search, ranking, explanations) as ``recommend`` gives them, per ranking."""
-    from training.ontology import load_ontology
+    from serving.ontology import load_ontology
     from training.recommend.service import RANKINGS, answer
     from training.recommend.vectors import Layout
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.ontology import load_ontology
 from streamcore.reports import write_report
-from training.ontology import load_ontology
 from training.recommend.photos import Embedded, embedded_photos
 from training.recommend.ranking import by_parts, covering, facets_matched, joint, mmr, part_queries, plain
 from training.recommend.vectors import CATEGORY_PART, Layout

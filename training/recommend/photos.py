@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from serving.models.embedding import region_embeddings
+from serving.ontology import Ontology
+from serving.predict import Predictor
 from streamcore.settings import Settings
-from training.models.embedding import region_embeddings
-from training.ontology import Ontology
-from training.predict import Predictor
 from training.real.images import load_records
 from training.real.manifest import Record, read_manifest
 from training.recommend.vectors import Layout

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.ontology import load_ontology
 from streamcore.redisconn import connect
 from streamcore.settings import Settings
-from training.ontology import load_ontology
 from training.recommend.index import VersionIndex
 from training.recommend.profile import Member, Profile
 from training.recommend.ranking import covering, explain, joint, mmr, part_queries, plain

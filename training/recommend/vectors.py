@@ -6,7 +6,7 @@ A post's fashion vector has two halves:
   fixed order (``K + M + P`` = 13 + 56 + 43 = 112 values; terms the label does not list count 0), built
   from the label itself wherever it is needed, so it always agrees with the label;
 * the **embedding**: the served model's pooled trunk features for the whole photo and three body bands
-  (:mod:`training.models.embedding`), ``[4, C]`` float16, written by the classifier beside the label as a
+  (:mod:`serving.models.embedding`), ``[4, C]`` float16, written by the classifier beside the label as a
   :class:`VectorRecord` together with the post's ``user`` and creation time (the label does not carry them).
 
 Embeddings of two model versions live in different spaces: every record names its model version, and
@@ -26,7 +26,7 @@ from functools import cached_property
 
 import numpy as np
 
-from training.ontology import Ontology
+from serving.ontology import Ontology
 
 #: Where each category is worn; every category of the ontology must be listed.
 CATEGORY_PART = {

@@ -11,7 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from training.ontology import Ontology
+from serving.ontology import Ontology
 
 #: Bump when the generated text changes for the same seed (benchmark caches key on it).
 CAPTIONS_VERSION = "2"

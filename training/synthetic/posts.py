@@ -17,8 +17,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from serving.ontology import Ontology
 from streamcore.schemas import ImageSource, Post, utcnow
-from training.ontology import Ontology
 from training.synthetic.captions import make_caption
 from training.synthetic.fashion_mnist import CLASS_MAP, load_split, resize_grey
 from training.synthetic.images import colour_names, draw_garment, jpeg_bytes, photo_like

@@ -23,9 +23,9 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
+from serving.ontology import Ontology, load_ontology
 from streamcore.reports import write_report
 from streamcore.schemas import Hints, ImageSource, Post
-from training.ontology import Ontology, load_ontology
 from training.synthetic.captions import make_caption
 from training.text.bench import posts_per_second
 from training.text.miner import TextMiner

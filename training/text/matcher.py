@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from gensim.models import KeyedVectors
 
+from serving.ontology import Ontology
 from streamcore.schemas import HINT_CLASSES
-from training.ontology import Ontology
 from training.text.lexicon import Lexicon
 
 #: Ontology classes the miner ranks, in ``hints/v1`` order.

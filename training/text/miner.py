@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import lru_cache
 
+from serving.ontology import Ontology, load_ontology
 from streamcore.schemas import HINT_CLASSES, Hints, Post
-from training.ontology import Ontology, load_ontology
 from training.text.matcher import Matcher, MatchWeights
 from training.text.normalize import Normalizer
 from training.text.vectors import DEFAULT_MAX_WORDS, load_vectors

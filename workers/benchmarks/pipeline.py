@@ -42,15 +42,15 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from serving.checkpoint import save_checkpoint
+from serving.models import build_model
+from serving.ontology import load_ontology
+from serving.predict import Predictor
+from serving.registry import Registry
 from streamcore.embedded import EmbeddedStack
 from streamcore.reports import write_report
 from streamcore.schemas import Hints, Post, ScoredTerm
 from streamcore.settings import Settings
-from training.checkpoint import save_checkpoint
-from training.models import build_model
-from training.ontology import load_ontology
-from training.predict import Predictor
-from training.registry import Registry
 from training.synthetic.posts import Truth, generate_posts
 from workers.benchmarks.pipeline_alone import measure_decode_alone, measure_ingest_alone, measure_model_alone
 from workers.benchmarks.pipeline_report import combine_rounds, print_table, summarise

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import torch
 
-from streamcore.decode import decode_scaled
-from streamcore.images import decode_image, to_chw
+from serving.images import decode_image, decode_scaled, to_chw
+from serving.predict import EncodedJpeg, Predictor
 from streamcore.schemas import Hints, Post
 from streamcore.serde import decode_post, encode
 from streamcore.settings import Settings
 from streamcore.sinks import fingerprint
-from training.predict import EncodedJpeg, Predictor
 
 
 def timed_rate(step: Callable[[], int], *, repeats: int) -> tuple[float, float]:

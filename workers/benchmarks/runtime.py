@@ -4,7 +4,7 @@
     stylestream bench runtime --pipeline           # + the realistic pipeline on PyTorch eager vs ONNX Runtime
     stylestream bench runtime --device cuda        # eager (AMP) vs ONNX Runtime's CUDA (and TensorRT) providers
 
-Each runtime is a :class:`~training.predict.Predictor` as the worker builds it (forward in chunks of
+Each runtime is a :class:`~serving.predict.Predictor` as the worker builds it (forward in chunks of
 ``cpu_forward_batch`` on a CPU, top-k, label JSON) on the committed fixture's real photos, already staged. The
 runtimes take turns within each round (the order rotates every round), so a drift of the shared host hits
 all of them alike: the report gives each one's median img/s, every round, and its ratio to PyTorch eager
@@ -27,14 +27,14 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from serving.onnx_backbone import OnnxBackbone, onnxruntime_installed, read_manifest, verified_artifact
+from serving.ontology import load_ontology
+from serving.predict import Predictor, Staged, resolve_device
+from serving.registry import Entry, Registry, default_entry
 from streamcore.reports import write_report
 from streamcore.settings import Settings
 from training.metrics import mean_average_precision
-from training.onnx_backbone import OnnxBackbone, onnxruntime_installed, read_manifest, verified_artifact
-from training.ontology import load_ontology
-from training.predict import Predictor, Staged, resolve_device
 from training.real.gate import fixture_photos
-from training.registry import Entry, Registry, default_entry
 
 COMMAND = "stylestream bench runtime"
 OUT = Path("reports/bench_runtime.json")

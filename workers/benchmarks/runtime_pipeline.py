@@ -15,9 +15,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from serving.predict import Predictor
 from streamcore.embedded import EmbeddedStack
 from streamcore.settings import Settings
-from training.predict import Predictor
 from workers.benchmarks.pipeline import WORKLOADS, workload
 from workers.benchmarks.pipeline_alone import measure_model_alone
 from workers.benchmarks.pipeline_runs import run_saturated

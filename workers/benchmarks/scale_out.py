@@ -35,12 +35,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from serving.ontology import load_ontology
 from streamcore.embedded import EmbeddedStack, free_port, stop_processes
 from streamcore.kafka import aiokafka_security, ensure_topics, kafka_python_security
 from streamcore.reports import write_report
 from streamcore.serde import encode
 from streamcore.settings import STAGE_PORT_OFFSET, Settings
-from training.ontology import load_ontology
 from training.synthetic.posts import generate_posts
 from workers.launcher import start_stage
 

@@ -30,13 +30,13 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
+from serving.ontology import load_ontology
 from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.kafka import ensure_topics
 from streamcore.reports import write_report
 from streamcore.schemas import ImageSource, Post
 from streamcore.serde import encode
 from streamcore.settings import Settings
-from training.ontology import load_ontology
 from training.text.bench import posts_per_second
 from training.text.evaluate import EVAL_SEED, synthetic_set
 from training.text.miner import TextMiner

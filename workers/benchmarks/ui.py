@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
+from serving.images import thumbnail
 from streamcore.embedded import EmbeddedStack, free_port, stop_processes
 from streamcore.kafka import delete_topics
-from streamcore.preview import Preview, thumbnail
+from streamcore.preview import Preview
 from streamcore.schemas import HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings

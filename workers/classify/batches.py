@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from serving.hotswap import ModelSlot
+from serving.predict import Scores
 from streamcore.exceptions import BadInput
 from streamcore.metrics import StageMetrics
 from streamcore.preview import Preview
 from streamcore.schemas import Hints
 from streamcore.sinks import LabelSink
-from training.hotswap import ModelSlot
-from training.predict import Scores
 from training.recommend.vectors import encode_embeddings
 from workers.classify.feeder import Place
 

@@ -25,17 +25,18 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 from redis.exceptions import RedisError
 
+from serving.hotswap import ModelSlot, load_last_good
+from serving.images import make_preview
+from serving.predict import Prepared, resolve_device
+from serving.registry import check_version_name
 from streamcore.batcher import MicroBatcher
 from streamcore.exceptions import BadInput, InfrastructureError
-from streamcore.images import load_bytes
-from streamcore.preview import Preview, make_preview
+from streamcore.preview import Preview
 from streamcore.schemas import Hints, Post
 from streamcore.settings import Settings
 from streamcore.sinks import LabelSink, RedisLookups
+from streamcore.sources import load_bytes
 from streamcore.stage import Stage
-from training.hotswap import ModelSlot, load_last_good
-from training.predict import Prepared, resolve_device
-from training.registry import check_version_name
 from workers.classify.batches import BatchRunner, Item
 from workers.classify.feeder import ImageFeeder
 from workers.classify.join import HintJoin, Release, Start, Waiting

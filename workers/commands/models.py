@@ -93,15 +93,20 @@ def eval_(ctx: typer.Context) -> None:
 
 def promote(ckpt: Annotated[str, typer.Argument(help="a published version, or a checkpoint directory to publish")]) -> None:
     """Make a checkpoint the serving model; running classifiers hot-swap to it."""
-    from training.promotion import promote_path_or_version
+    from serving.promotion import promote as do_promote
+    from serving.registry import Registry
+    from training.onnx_export import build_or_skip
 
-    update = promote_path_or_version(settings(), ckpt)
+    config = settings()
+    if Path(ckpt).is_dir():  # a checkpoint directory is published first (with its ONNX backbone)
+        ckpt = Registry(config.model_dir).publish(Path(ckpt), build=build_or_skip).version
+    update = do_promote(config, ckpt)
     console.print(f"serving [bold]{update.version}[/] ({update.path})")
 
 
 def rollback() -> None:
     """Serve the version that was serving before the current one."""
-    from training.promotion import rollback as do_rollback
+    from serving.promotion import rollback as do_rollback
 
     update = do_rollback(settings())
     console.print(f"rolled back: serving [bold]{update.version}[/]")

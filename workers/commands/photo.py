@@ -21,10 +21,10 @@ def classify(
     )] = None,
 ) -> None:
     """Print the label/v1 record of one photo as one JSON line (no Kafka or Redis needed)."""
+    from serving.predict import Predictor
+    from serving.registry import Registry
     from streamcore.client import image_source
-    from streamcore.images import load_bytes
-    from training.predict import Predictor
-    from training.registry import Registry
+    from streamcore.sources import load_bytes
 
     config = settings()
     try:

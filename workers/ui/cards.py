@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from serving.ontology import Ontology
 from streamcore.schemas import Label
-from training.ontology import Ontology
 
 #: "Low confidence" when the top category's probability is below this, unless the viewer says otherwise.
 LOW_CONFIDENCE = 0.5

@@ -15,11 +15,11 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from serving.ontology import Ontology
 from streamcore.kafka import make_producer
 from streamcore.schemas import Feedback, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
-from training.ontology import Ontology
 
 
 class Refused(ValueError):

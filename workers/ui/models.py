@@ -10,9 +10,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from serving.checkpoint import METRICS_FILE
+from serving.registry import Registry
 from streamcore.settings import Settings
-from training.checkpoint import METRICS_FILE
-from training.registry import Registry
 
 #: The figure the page shows per version: the first of these its checkpoint's metrics hold.
 _FIGURES = (("mined.P@1", "P@1, held-out posts with hints"), ("test.P@1", "P@1, held-out posts"),

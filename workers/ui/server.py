@@ -14,9 +14,9 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from serving.ontology import load_ontology
 from streamcore.redisconn import connect_async
 from streamcore.settings import Settings
-from training.ontology import load_ontology
 from workers.ui.cards import Highlighter
 from workers.ui.corrections import Publisher, terms
 from workers.ui.live import Broadcaster

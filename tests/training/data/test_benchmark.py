@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from serving.ontology import load_ontology
 from training.data.benchmark import BenchmarkConfig, load_benchmark
-from training.ontology import load_ontology
 from training.synthetic.textures import MATERIAL_FAMILY, paint
 
 ONTOLOGY = load_ontology()

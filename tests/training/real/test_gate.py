@@ -3,12 +3,12 @@ packaged real-photo model."""
 
 from __future__ import annotations
 
+from serving.models import build_model
+from serving.ontology import load_ontology
+from serving.registry import default_entry
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
-from training.models import build_model
-from training.ontology import load_ontology
 from training.real.gate import real_photo_map
-from training.registry import default_entry
 from training.retrain import Trainer, TrainerConfig
 
 ONTOLOGY = load_ontology()

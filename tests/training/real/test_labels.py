@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
+from serving.models import build_model
+from serving.ontology import load_ontology
+from serving.predict import Predictor
 from streamcore.schemas import Label
-from training.models import build_model
-from training.ontology import load_ontology
-from training.predict import Predictor
 
 ONTOLOGY = load_ontology()
 K = len(ONTOLOGY.category_names)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.ontology import load_ontology
+from serving.ontology import load_ontology
 from training.real.fixture import FIXTURE_DIR, fixture_records
 from training.real.manifest import ManifestError, Record, read_manifest, write_manifest
 

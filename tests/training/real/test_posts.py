@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from serving.ontology import load_ontology
 from streamcore.schemas import Post
-from training.ontology import load_ontology
 from training.real.fixture import fixture_records
 from training.real.posts import fixture_posts
 

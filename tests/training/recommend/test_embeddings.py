@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from training.models import build_model
-from training.models.embedding import REGIONS, band_rows, region_embeddings
-from training.ontology import load_ontology
-from training.predict import Predictor
+from serving.models import build_model
+from serving.models.embedding import REGIONS, band_rows, region_embeddings
+from serving.ontology import load_ontology
+from serving.predict import Predictor
 
 
 def test_infer_returns_the_pooled_features_normalised_and_the_same_scores() -> None:

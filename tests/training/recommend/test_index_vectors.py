@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from training.ontology import load_ontology
+from serving.ontology import load_ontology
 from training.recommend.index import VersionIndex
 from training.recommend.vectors import Layout, VectorRecord, encode_embeddings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.ontology import load_ontology
+from serving.ontology import load_ontology
 from training.recommend.ranking import explain, joint, mmr, part_queries, round_robin
 from training.recommend.vectors import Layout
 

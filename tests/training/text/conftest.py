@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.ontology import Ontology, load_ontology
+from serving.ontology import Ontology, load_ontology
 from training.text import TextMiner
 
 

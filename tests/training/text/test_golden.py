@@ -104,7 +104,7 @@ def test_the_comparison_catches_a_changed_term_or_rank() -> None:
 
 
 def _write() -> None:
-    from training.ontology import load_ontology
+    from serving.ontology import load_ontology
     from training.text.evaluate import EVAL_SEED, handwritten_set, synthetic_set
 
     ontology = load_ontology()

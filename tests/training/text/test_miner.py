@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serving.ontology import Ontology
 from streamcore.schemas import HINT_CLASSES, Hints, ImageSource, Post
-from training.ontology import Ontology
 from training.text import TextMiner
 from training.text.miner import PLACEHOLDER_ID
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from serving.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from serving.hotswap import ModelSlot
+from serving.predict import Predictor
+from serving.registry import CHECKSUM_FILE, weights_checksum
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 from tests.support import publish_tiny
-from training.checkpoint import CONFIG_FILE, WEIGHTS_FILE
-from training.hotswap import ModelSlot
-from training.predict import Predictor
-from training.registry import CHECKSUM_FILE, weights_checksum
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@
 with ``SET NX PX``: only one replica holds the key, and a killed holder's key expires after ``ttl_s``.
 The holder renews it while it trains. The token fences the side effect: promotion moves the serving
 pointer in the same Lua script that checks the lease still holds this token
-(:func:`training.promotion.promote`), so a replica that stalled past its lease cannot promote over the
+(:func:`serving.promotion.promote`), so a replica that stalled past its lease cannot promote over the
 next holder's work.
 """
 

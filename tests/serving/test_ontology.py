@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from training.ontology import load_ontology
-from training.ontology.model import DATA_DIR
+from serving.ontology import load_ontology
+from serving.ontology.model import DATA_DIR
 
 
 def test_index_spaces_are_consistent():

@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from serving.predict import Predictor
+from serving.registry import Registry, default_entry
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
-from training.predict import Predictor
-from training.registry import Registry, default_entry
 
 log = logging.getLogger(__name__)
 

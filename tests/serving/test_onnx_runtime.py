@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import torch
 
+from serving import onnx_backbone
+from serving.hotswap import ModelSlot
+from serving.onnx_backbone import FILES, MANIFEST_FILE
+from serving.ontology import load_ontology
+from serving.predict import Predictor
+from serving.registry import CHECKSUM_FILE, DEFAULT_MODEL_DIR, file_checksum
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Hints, ScoredTerm
 from streamcore.settings import Settings
 from tests.support import publish_tiny
-from training import onnx_backbone
-from training.hotswap import ModelSlot
 from training.metrics import mean_average_precision
-from training.onnx_backbone import FILES, MANIFEST_FILE
-from training.ontology import load_ontology
-from training.predict import Predictor
 from training.real.gate import fixture_photos
-from training.registry import CHECKSUM_FILE, DEFAULT_MODEL_DIR, file_checksum
 
 ONTOLOGY = load_ontology()
 

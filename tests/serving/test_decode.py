@@ -7,11 +7,11 @@ import random
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
-from streamcore.decode import decode_scaled, is_complete_jpeg
+from serving.images import decode_image, decode_scaled, is_complete_jpeg, orientation, to_chw, upright
 from streamcore.exceptions import BadInput
-from streamcore.images import decode_image, to_chw
 from training.synthetic.images import draw_garment, jpeg_bytes, photo_like
 
 PHOTO = jpeg_bytes(photo_like("dresses", "striped", "red", size=1080, rng=random.Random(1)))
@@ -132,3 +132,18 @@ def test_transparent_areas_are_shown_over_white(mode):
     got = decode_scaled(buf.getvalue(), 64, max_pixels=10**8)
     assert got[:, :, 40:].min() > 245  # the transparent half is white, not black
     assert got[:, :, :20].max() < 250  # the opaque half keeps its colour
+
+
+@pytest.mark.parametrize("value", range(1, 9))
+def test_one_turn_for_pil_images_and_tensors_as_pillows_exif_transpose(value):
+    pixels = np.random.default_rng(value).integers(0, 256, (30, 50, 3), dtype=np.uint8)  # H != W
+    exif = Image.Exif()
+    exif[0x0112] = value
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", exif=exif)
+    tagged = Image.open(buf)
+    expected = np.asarray(ImageOps.exif_transpose(tagged))
+    assert orientation(tagged) == value
+    assert np.array_equal(np.asarray(upright(Image.fromarray(pixels), value)), expected)
+    turned = upright(torch.from_numpy(pixels.transpose(2, 0, 1).copy()), value)  # [C, H, W], as on the device
+    assert np.array_equal(turned.numpy().transpose(1, 2, 0), expected)

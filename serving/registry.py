@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from training.checkpoint import WEIGHTS_FILE, load_checkpoint
-from training.models import DynamicCNN
+from serving.checkpoint import WEIGHTS_FILE, load_checkpoint
+from serving.models import DynamicCNN
 
 CHECKSUM_FILE = "SHA256"
 #: Versions that loaded, verified and served, oldest first (a dot name: never taken for a version).

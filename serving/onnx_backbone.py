@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.registry import CHECKSUM_FILE, file_checksum
+from serving.registry import CHECKSUM_FILE, file_checksum
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import random
 import pytest
 from PIL import Image
 
+from serving.images import decode_image, load_image
 from streamcore.exceptions import BadInput
-from streamcore.images import decode_image, load_image
 from streamcore.schemas import ImageSource
 from streamcore.settings import Settings
 from training.synthetic.images import draw_garment, jpeg_bytes

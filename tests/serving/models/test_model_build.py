@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from serving.checkpoint import load_checkpoint, save_checkpoint
+from serving.models import BACKBONES, build_model, hint_tensors
+from serving.ontology import load_ontology
 from streamcore.schemas import Hints, ScoredTerm
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.models import BACKBONES, build_model, hint_tensors
-from training.ontology import load_ontology
 
 ONTOLOGY = load_ontology()
 

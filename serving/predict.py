@@ -8,7 +8,7 @@ The batch path is split in three steps so a worker can overlap them across batch
 2. :meth:`Predictor.infer` (the model thread): AMP forward in channels_last, top-k of every level for the
    whole batch on the device, and ONE device→host copy of a packed score table. On a CPU the forward
    runs in chunks of ``cpu_forward_batch`` images, the size a CPU's caches keep fastest per image. Where
-   the version carries its exported backbone (``training.onnx_backbone``), ONNX Runtime runs the backbone
+   the version carries its exported backbone (:mod:`serving.onnx_backbone`), ONNX Runtime runs the backbone
    and the head stays in PyTorch (the ``runtime`` setting).
 3. :meth:`Predictor.label_json`: label JSON straight from that table, no per-item model validation (the
    tests check the output validates against :class:`Label`).
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,23 +27,29 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from streamcore.decode import decode_scaled, is_complete_jpeg, open_checked, orientation
+from serving.images import (
+    EncodedJpeg,
+    decode_on_device,
+    decode_scaled,
+    is_complete_jpeg,
+    open_checked,
+    orientation,
+    resize,
+    to_chw,
+)
+from serving.models import DynamicCNN
+from serving.models.build import hint_tensors
+from serving.models.heads import DYNAMIC_HEADS, coherent_subcategories
+from serving.onnx_backbone import OnnxBackbone, load_backbone
+from serving.ontology import Ontology, load_ontology
+from serving.registry import Entry, Registry, default_entry
 from streamcore.exceptions import BadInput
-from streamcore.images import to_chw
 from streamcore.schemas import Hints, Label, utcnow
 from streamcore.settings import Settings
-from training.models import DynamicCNN
-from training.models.build import hint_tensors
-from training.models.heads import DYNAMIC_HEADS, coherent_subcategories
-from training.onnx_backbone import OnnxBackbone, load_backbone
-from training.ontology import Ontology, load_ontology
-from training.registry import Entry, Registry, default_entry
 
 log = logging.getLogger(__name__)
 
 _TOP = 5
-#: Images resized together on the device: bounds the float copy of full-size photos (64 x 1080² x 12 B).
-_RESIZE_CHUNK = 64
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -52,27 +57,6 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(setting)
-
-
-@dataclass(frozen=True)
-class EncodedJpeg:
-    """A complete JPEG (header already checked) whose decoding is left to the device."""
-
-    data: bytes
-    #: EXIF orientation, applied on the device after decoding (nvJPEG ignores it).
-    orientation: int = 1
-
-
-#: EXIF orientation → the turn of ``[..., H, W]`` tensors that :data:`streamcore.decode.UPRIGHT` makes.
-_TURNS = {2: lambda t: t.flip(-1), 3: lambda t: t.flip(-2, -1), 4: lambda t: t.flip(-2),
-          5: lambda t: t.transpose(-2, -1), 6: lambda t: torch.rot90(t, -1, (-2, -1)),
-          7: lambda t: t.transpose(-2, -1).flip(-2, -1), 8: lambda t: torch.rot90(t, 1, (-2, -1))}
-
-
-def upright(images: torch.Tensor, exif_orientation: int) -> torch.Tensor:
-    """``[..., H, W]`` images turned by their EXIF orientation, as :func:`streamcore.decode.upright` does."""
-    turn = _TURNS.get(exif_orientation)
-    return images if turn is None else turn(images)
 
 
 #: What :meth:`Predictor.prepare` hands to :meth:`Predictor.stage`.
@@ -167,7 +151,7 @@ class Predictor:
         the model is on CUDA (nvJPEG decodes them in batches); the rest is decoded here, DCT-downscaled.
 
         Raises:
-            BadInput: the image is refused (see :mod:`streamcore.decode`).
+            BadInput: the image is refused (see :mod:`serving.images`).
         """
         if self.cuda:
             img = open_checked(data, max_pixels=max_pixels)
@@ -198,7 +182,7 @@ class Predictor:
                 placed[i] = row
         encoded = [i for i, img in enumerate(images) if isinstance(img, EncodedJpeg)]
         if encoded:
-            for i, out in zip(encoded, self._decode_on_device([images[i] for i in encoded])):
+            for i, out in zip(encoded, decode_on_device([images[i] for i in encoded], self._size, self.device)):
                 if isinstance(out, BadInput):
                     refused[i] = out
                 else:
@@ -214,48 +198,8 @@ class Predictor:
         # Images prepared for a previous model (a swap between decode and batch) may have another size.
         if image.shape[-1] == self._size and image.shape[-2] == self._size:
             return image
-        return self._resize(image[None])[0]
+        return resize(image[None], self._size)[0]
 
-    def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        resized = F.interpolate(images.float(), size=(self._size, self._size), mode="bilinear", antialias=True,
-                                align_corners=False)
-        return resized.round_().clamp_(0, 255).to(torch.uint8)
-
-    def _decode_on_device(self, jpegs: list[EncodedJpeg]) -> list[torch.Tensor | BadInput]:
-        """nvJPEG in one batched call, turned upright and resized on the device; one by one (then on the CPU)
-        if the batch fails."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        # bytearray: torch wants a writable buffer; one memcpy of the compressed bytes.
-        raw = [torch.frombuffer(bytearray(j.data), dtype=torch.uint8) for j in jpegs]
-        try:
-            decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)
-            full: list[torch.Tensor | BadInput] = [upright(img, j.orientation) for img, j in zip(decoded, jpegs)]
-        except RuntimeError as exc:
-            log.warning("batched nvJPEG decode failed (%s); decoding %d images one by one", exc, len(raw))
-            full = [self._decode_one(r, j) for r, j in zip(raw, jpegs)]
-        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for i, img in enumerate(full):
-            if isinstance(img, torch.Tensor) and tuple(img.shape[-2:]) != (self._size, self._size):
-                by_shape[tuple(img.shape)].append(i)
-        for indices in by_shape.values():
-            for start in range(0, len(indices), _RESIZE_CHUNK):
-                chunk = indices[start: start + _RESIZE_CHUNK]
-                for i, small in zip(chunk, self._resize(torch.stack([full[i] for i in chunk]))):
-                    full[i] = small
-        return full
-
-    def _decode_one(self, raw: torch.Tensor, jpeg: EncodedJpeg) -> torch.Tensor | BadInput:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        try:
-            return upright(decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device), jpeg.orientation)
-        except RuntimeError:
-            try:  # the CPU decoder gives the precise reason, or decodes what nvJPEG could not (upright)
-                pixels = decode_scaled(jpeg.data, self._size, max_pixels=2**62)
-            except BadInput as exc:
-                return exc
-            return torch.from_numpy(pixels).to(self.device)
 
     # -- 2. forward + top-k (model thread) --------------------------------------------------------
     @torch.inference_mode()

@@ -4,6 +4,6 @@ Everything that needs class names or index spaces (text miner, synthetic posts, 
 reads them from one :class:`Ontology`, never from hard-coded lists.
 """
 
-from training.ontology.model import Category, Ontology, Term, load_ontology
+from serving.ontology.model import Category, Ontology, Term, load_ontology
 
 __all__ = ["Category", "Ontology", "Term", "load_ontology"]

@@ -10,10 +10,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from serving.models.backbones import BACKBONES, Backbone, Preprocess
+from serving.models.heads import DYNAMIC_HEADS, HEADS, ROUTE_THRESHOLD, ModelOutput
+from serving.ontology import Ontology
 from streamcore.schemas import Hints
-from training.models.backbones import BACKBONES, Backbone, Preprocess
-from training.models.heads import DYNAMIC_HEADS, HEADS, ROUTE_THRESHOLD, ModelOutput
-from training.ontology import Ontology
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from serving.checkpoint import WEIGHTS_FILE
+from serving.hotswap import ModelSlot, load_last_good
+from serving.registry import VERIFIED_FILE, Registry, default_entry
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 from tests.support import publish_tiny
-from training.checkpoint import WEIGHTS_FILE
-from training.hotswap import ModelSlot, load_last_good
-from training.registry import VERIFIED_FILE, Registry, default_entry
 
 
 def _corrupt(entry_path: Path) -> None:

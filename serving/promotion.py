@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import redis
 from kafka import KafkaProducer
 
+from serving.checkpoint import METRICS_FILE
+from serving.registry import CHECKSUM_FILE, Entry, Registry, weights_checksum
 from streamcore import redisconn
 from streamcore.exceptions import StylestreamError
 from streamcore.kafka import bootstrap, kafka_python_security
+from streamcore.lease import Lease, LeaseLost
 from streamcore.schemas import ModelUpdate, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
-from training.checkpoint import METRICS_FILE
-from training.lease import Lease, LeaseLost
-from training.registry import CHECKSUM_FILE, Entry, Registry, weights_checksum
 
 MODEL_NAME = b"stylestream"
 _HISTORY_LENGTH = 100
@@ -128,11 +127,3 @@ def rollback(settings: Settings, *, expected: str | None = None, reason: str | N
                                f"or the promotion history changed")
     return _announce(settings, entry)
 
-
-def promote_path_or_version(settings: Settings, ckpt: str) -> ModelUpdate:
-    """``stylestream promote``: a checkpoint directory is published first; anything else is a version."""
-    if Path(ckpt).is_dir():
-        from training.onnx_export import build_or_skip
-
-        ckpt = Registry(settings.model_dir).publish(Path(ckpt), build=build_or_skip).version
-    return promote(settings, ckpt)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from training.models import build_model
-from training.models.build import HintTensors
-from training.models.heads import DEACTIVATED, coherent_subcategories, route_categories
-from training.ontology import load_ontology
+from serving.models import build_model
+from serving.models.build import HintTensors
+from serving.models.heads import DEACTIVATED, coherent_subcategories, route_categories
+from serving.ontology import load_ontology
 from training.train import compute_loss, drop_hints
 
 ONTOLOGY = load_ontology()

@@ -1,14 +1,14 @@
 """Dynamic CNN models: backbones, heads (Base, DynamicPruning, DynamicLayers) and the builder."""
 
-from training.models.backbones import BACKBONES, Preprocess
-from training.models.build import (
+from serving.models.backbones import BACKBONES, Preprocess
+from serving.models.build import (
     DynamicCNN,
     ModelConfig,
     build_head,
     build_model,
     hint_tensors,
 )
-from training.models.heads import HEADS, ModelOutput, route_categories
+from serving.models.heads import HEADS, ModelOutput, route_categories
 
 __all__ = [
     "BACKBONES",

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from serving.hotswap import ModelSlot
+from serving.predict import Predictor
+from serving.registry import Registry, check_version_name
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 from tests.support import publish_tiny
-from training.hotswap import ModelSlot
-from training.predict import Predictor
-from training.registry import Registry, check_version_name
 
 
 @pytest.fixture

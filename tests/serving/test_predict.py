@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from streamcore.decode import UPRIGHT, decode_scaled, orientation
+from serving.images import EncodedJpeg, decode_scaled, orientation
+from serving.models import build_model, hint_tensors
+from serving.ontology import load_ontology
+from serving.predict import Predictor
 from streamcore.exceptions import BadInput
 from streamcore.schemas import Hints, Label, ScoredTerm
-from training.models import build_model, hint_tensors
-from training.ontology import load_ontology
-from training.predict import EncodedJpeg, Predictor, upright
 from training.synthetic.images import draw_garment, jpeg_bytes, photo_like
 
 ONTOLOGY = load_ontology()
@@ -119,14 +119,6 @@ def test_device_decoding_of_a_batch_matches_the_cpu_decode(device):
     for row, blob in zip(staged.images.cpu(), blobs):
         cpu = decode_scaled(blob, 224, max_pixels=10**8).astype(int)
         assert np.abs(row.numpy().astype(int) - cpu).mean() < 4
-
-
-@pytest.mark.parametrize("value", range(1, 9))
-def test_the_device_turn_matches_the_pil_turn_for_every_exif_orientation(value):
-    pixels = np.random.default_rng(value).integers(0, 256, (30, 50, 3), dtype=np.uint8)  # H != W
-    expected = np.asarray(Image.fromarray(pixels).transpose(UPRIGHT[value]) if value in UPRIGHT
-                          else Image.fromarray(pixels)).transpose(2, 0, 1)
-    assert torch.equal(upright(torch.from_numpy(pixels.transpose(2, 0, 1).copy()), value), torch.from_numpy(expected.copy()))
 
 
 @pytest.mark.parametrize("device", DEVICES)

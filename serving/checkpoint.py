@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from training.models import DynamicCNN, ModelConfig, build_model
-from training.ontology import Ontology, load_ontology
+from serving.models import DynamicCNN, ModelConfig, build_model
+from serving.ontology import Ontology, load_ontology
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
