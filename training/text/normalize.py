@@ -23,10 +23,11 @@ import emoji
 from lemminflect import getAllLemmas
 from wordsegment import Segmenter
 
+from serving.ontology.model import DATA_DIR as ONTOLOGY_DATA
 from training.text.tweet import tokenize
 
 DATA_DIR = Path(__file__).parent / "data"
-_CONF = Path(__file__).parents[1] / "ontology" / "data" / "fashionrec" / "conf.json"
+_CONF = ONTOLOGY_DATA / "fashionrec" / "conf.json"
 
 _URL = re.compile(r"^(?:https?://|www\.)\S+$", re.IGNORECASE)
 _WORD = re.compile(r"^[^\W\d_][\w'&-]*$")  # starts with a letter, any script
