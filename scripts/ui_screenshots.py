@@ -42,19 +42,19 @@ def _until(check: Callable[[], bool], what: str, timeout: float = 300) -> None:
 
 def _history(settings: Settings) -> None:
     """Two promotions of the packaged weights and a rollback by the live guard on made-up verdicts."""
-    registry = Registry(settings.model_dir)
+    registry = Registry(settings.serving.model_dir)
     for version in ("v20261128-real", "v20261201-retrained"):
         registry.publish(default_entry().path, name=version)
     promote(settings, "v20261128-real", reason="first model: the packaged real-photo weights")
     promote(settings, "v20261201-retrained", reason="a trainer run passed the gate (120 new corrections)")
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     guard = LiveGuard(settings, client, StageMetrics("trainer"))
     corrections = []
     for n, (version, top, truth) in enumerate([("v20261128-real", "dresses", "dresses")] * 4
                                               + [("v20261128-real", "coats", "jackets")]
                                               + [("v20261201-retrained", "coats", "dresses")] * 3
                                               + [("v20261201-retrained", "dresses", "dresses")]):
-        client.set(settings.keys.label(f"past{n}"), json.dumps({"model_version": version,
+        client.set(settings.redis.keys.label(f"past{n}"), json.dumps({"model_version": version,
                                                                 "categories": [{"term": top, "score": 0.8}]}))
         corrections.append(Feedback(post_id=f"past{n}", categories=[truth]))
     guard.observe(corrections)
@@ -89,18 +89,18 @@ def _shoot(browser, url: str, out: Path, size: tuple[int, int], tag: str) -> Non
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as models:
-        settings = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, model_dir=Path(models), ui_port=0,
+        settings = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, model_dir=Path(models), ui_port=0,
                             ui_token=TOKEN, metrics_port=0, trainer_guard_min_corrections=3)
         ensure_topics(settings)
         _history(settings)
         procs = [spawn([sys.executable, "-m", "workers.cli", "worker", stage], env=settings.child_env())
                  for stage in ("text", "classify")]
         try:
-            labels = redis.Redis.from_url(settings.redis_url)
+            labels = redis.Redis.from_url(settings.redis.url)
             produce_synthetic(settings, count=1, real=True, seed=2)  # once it is labelled, both stages run
-            _until(lambda: labels.xlen(settings.keys.labels_stream) >= 1, "the first label")
+            _until(lambda: labels.xlen(settings.redis.keys.labels_stream) >= 1, "the first label")
             produce_synthetic(settings, count=12, real=True, seed=3, rate=2.0)
-            _until(lambda: labels.xlen(settings.keys.labels_stream) >= 13, "12 more labels")
+            _until(lambda: labels.xlen(settings.redis.keys.labels_stream) >= 13, "12 more labels")
             with serving(settings) as url:
                 browser = headless_chromium()
                 try:

@@ -68,7 +68,7 @@ def load_last_good(settings: Settings, wanted: str | None, metrics: StageMetrics
     Raises:
         Exception: no version, nor the packaged default, passes its checks (the last failure).
     """
-    registry = Registry(settings.model_dir)
+    registry = Registry(settings.serving.model_dir)
     newest = registry.versions()[::-1]
     candidates = list(dict.fromkeys([wanted or (newest[0] if newest else None), *registry.verified()[::-1], *newest]))
     failed: set[str] = set()
@@ -135,7 +135,7 @@ class ModelSlot:
 
     def _load_verified(self, version: str) -> Predictor:
         predictor = _load_checked(self.settings, version)
-        Registry(self.settings.model_dir).mark_verified(version)
+        Registry(self.settings.serving.model_dir).mark_verified(version)
         return predictor
 
     def _release(self) -> None:

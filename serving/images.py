@@ -169,7 +169,7 @@ def load_image(source: ImageSource, settings: Settings) -> Image.Image:
     Raises:
         BadInput: with a reason code for every way an image can be refused.
     """
-    return decode_image(load_bytes(source, settings), max_pixels=settings.max_image_pixels)
+    return decode_image(load_bytes(source, settings), max_pixels=settings.limits.max_image_pixels)
 
 
 def to_chw(image: Image.Image, size: int) -> np.ndarray:

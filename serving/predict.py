@@ -120,20 +120,20 @@ class Predictor:
         """``entry``, else ``version`` (or the registry's newest) loaded; the packaged default model when the
         registry is empty."""
         ontology = load_ontology()
-        device = resolve_device(settings.device)
-        registry = Registry(settings.model_dir)
+        device = resolve_device(settings.serving.device)
+        registry = Registry(settings.serving.model_dir)
         found = entry or (registry.get(version) if version else registry.newest())
         if found is None:
             found = default_entry()
-            log.warning("no checkpoint in %s: serving the packaged default model %s", settings.model_dir, found.version)
+            log.warning("no checkpoint in %s: serving the packaged default model %s", settings.serving.model_dir, found.version)
         model = found.load(device=device)
-        backbone = load_backbone(found.path, settings.runtime, device)
-        if model.config.head != settings.head:  # the head is the checkpoint's; the setting is what the trainer trains
+        backbone = load_backbone(found.path, settings.serving.runtime, device)
+        if model.config.head != settings.trainer.head:  # the head is the checkpoint's; the setting is what the trainer trains
             log.warning("serving %s with head %s; STYLESTREAM_HEAD=%s applies to the models the trainer trains next",
-                        found.version, model.config.head, settings.head)
+                        found.version, model.config.head, settings.trainer.head)
         log.info("serving %s on %s (%s)", found.version, device, "PyTorch eager" if backbone is None else
                  f"ONNX Runtime {backbone.kind} backbone, {backbone.providers[0]}")
-        return cls(model, ontology, version=found.version, device=device, cpu_forward_batch=settings.cpu_forward_batch,
+        return cls(model, ontology, version=found.version, device=device, cpu_forward_batch=settings.serving.cpu_forward_batch,
                    backbone=backbone)
 
     @property

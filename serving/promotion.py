@@ -68,19 +68,19 @@ def _flat_metrics(entry: Entry) -> dict[str, float]:
 
 def _announce(settings: Settings, entry: Entry) -> ModelUpdate:
     update = ModelUpdate(version=entry.version, path=str(entry.path), metrics=_flat_metrics(entry), promoted_at=utcnow())
-    producer = KafkaProducer(bootstrap_servers=bootstrap(settings), acks="all", **settings.kafka_options,
-                             **kafka_python_security(settings))
+    producer = KafkaProducer(bootstrap_servers=bootstrap(settings.kafka), acks="all", **settings.kafka.options,
+                             **kafka_python_security(settings.security))
     try:
-        producer.send(settings.topic("model-updates"), key=MODEL_NAME, value=encode(update)).get(timeout=30)
+        producer.send(settings.kafka.topic("model-updates"), key=MODEL_NAME, value=encode(update)).get(timeout=30)
     finally:
         producer.close()
     return update
 
 
 def _redis(settings: Settings) -> redis.Redis:
-    if not settings.redis_url:
+    if not settings.redis.url:
         raise StylestreamError("STYLESTREAM_REDIS_URL is not set: promotion moves the pointer in Redis")
-    return redisconn.connect(settings)
+    return redisconn.connect(settings.redis)
 
 
 def promote(settings: Settings, version: str, *, lease: Lease | None = None, reason: str | None = None) -> ModelUpdate:
@@ -89,8 +89,8 @@ def promote(settings: Settings, version: str, *, lease: Lease | None = None, rea
     Raises:
         LeaseLost: ``lease`` was given and no longer holds its token; nothing moved.
     """
-    entry = Registry(settings.model_dir).get(version)
-    keys = [settings.keys.model_current, settings.keys.model_history, settings.keys.model_events]
+    entry = Registry(settings.serving.model_dir).get(version)
+    keys = [settings.redis.keys.model_current, settings.redis.keys.model_history, settings.redis.keys.model_events]
     reason = reason or ("a trainer run passed the gate" if lease is not None else "promoted by hand")
     args = [entry.version, _HISTORY_LENGTH, (lease.token or "") if lease is not None else "",
             _event("promotion", entry.version, reason)]
@@ -100,7 +100,7 @@ def promote(settings: Settings, version: str, *, lease: Lease | None = None, rea
         raise LeaseLost(f"lost the run lease before promoting {version}; another trainer holds it")
     # Classifiers may mount the registry read-only: the promoter records a version it verified too.
     if weights_checksum(entry.path) == (entry.path / CHECKSUM_FILE).read_text().strip():
-        Registry(settings.model_dir).mark_verified(entry.version)
+        Registry(settings.serving.model_dir).mark_verified(entry.version)
     return _announce(settings, entry)
 
 
@@ -115,11 +115,11 @@ def rollback(settings: Settings, *, expected: str | None = None, reason: str | N
     Raises:
         StylestreamError: there is no earlier promotion to go back to, or ``expected`` no longer serves.
     """
-    store, keys = _redis(settings), settings.keys
+    store, keys = _redis(settings), settings.redis.keys
     history = [v.decode() for v in store.lrange(keys.model_history, 0, 1)]
     if len(history) < 2:
         raise StylestreamError("nothing to roll back to: fewer than two promotions recorded")
-    entry = Registry(settings.model_dir).get(history[1])
+    entry = Registry(settings.serving.model_dir).get(history[1])
     event = _event("rollback", entry.version, reason or "rolled back by hand")
     if not store.eval(_ROLLBACK, 3, keys.model_current, keys.model_history, keys.model_events, expected or "",
                       entry.version, event, _HISTORY_LENGTH):

@@ -2,7 +2,7 @@
 
 Synchronous (kafka-python, redis-py) so it drops into scripts and notebooks::
 
-    with StylestreamClient(Settings(kafka="broker:9092", redis_url="redis://cache:6379")) as client:
+    with StylestreamClient(Settings.named(kafka="broker:9092", redis_url="redis://cache:6379")) as client:
         delivery = client.publish_image("look.jpg", caption="new #ootd 👗")
         client.flush()                                 # raises DeliveryError naming the posts the broker did not take
         label = client.wait_label(delivery.post_id, timeout=60)
@@ -68,8 +68,8 @@ class StylestreamClient:
         """
         check_image(post.image)
         value = encode(post)
-        if len(value) > self.settings.max_message_bytes:
-            raise ValueError(f"post {post.post_id} is {len(value)} bytes, limit {self.settings.max_message_bytes}")
+        if len(value) > self.settings.limits.max_message_bytes:
+            raise ValueError(f"post {post.post_id} is {len(value)} bytes, limit {self.settings.limits.max_message_bytes}")
         return self._send("posts", post.post_id, value)
 
     def publish_image(self, image: bytes | Path | str | ImageSource, *, caption: str = "",
@@ -101,7 +101,7 @@ class StylestreamClient:
     def _send(self, topic: str, key: str, value: bytes) -> Delivery:
         producer = self._connected_producer()
         try:
-            future = producer.send(self.settings.topic(topic), key=key.encode(), value=value)
+            future = producer.send(self.settings.kafka.topic(topic), key=key.encode(), value=value)
         except KafkaError as exc:  # no metadata for the topic in time, a record the producer refuses
             error = reason(exc)
             with self._lock:
@@ -125,12 +125,12 @@ class StylestreamClient:
 
     def _connected_producer(self) -> KafkaProducer:
         if self._producer is None:
-            timeout_ms, linger_ms = int(self.settings.delivery_timeout_s * 1000), 5
+            timeout_ms, linger_ms = int(self.settings.kafka.delivery_timeout_s * 1000), 5
             # The broker not answering is reported within delivery_timeout_s, not kafka-python's minutes.
             self._producer = _connect(
                 KafkaProducer, self.settings, acks="all", linger_ms=linger_ms, delivery_timeout_ms=timeout_ms,
                 request_timeout_ms=min(30_000, timeout_ms - linger_ms), max_block_ms=timeout_ms,
-                max_request_size=self.settings.max_message_bytes + 65536)
+                max_request_size=self.settings.limits.max_message_bytes + 65536)
         return self._producer
 
     @property
@@ -143,7 +143,7 @@ class StylestreamClient:
     def _flush_limit_s(self) -> float:
         # A batch in flight when the broker went away can be retried past its delivery timeout (kafka-python
         # 3.0 left flush() waiting forever on one): nothing waits longer than this for the broker.
-        return self.settings.delivery_timeout_s + 5.0
+        return self.settings.kafka.delivery_timeout_s + 5.0
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until every published record is delivered or has failed, for ``timeout`` seconds at most (by
@@ -174,9 +174,9 @@ class StylestreamClient:
         half a second of ``stop`` being set (a Ctrl-C handler sets it: an interrupt raised inside the
         Kafka client could leave it unable to close). Records that cannot be read are skipped and counted."""
         consumer = _connect(
-            KafkaConsumer, self.settings, self.settings.topic("labels"), group_id=group,
+            KafkaConsumer, self.settings, self.settings.kafka.topic("labels"), group_id=group,
             auto_offset_reset="earliest" if from_beginning else "latest", enable_auto_commit=group is not None,
-            session_timeout_ms=self.settings.session_timeout_ms)
+            session_timeout_ms=self.settings.kafka.session_timeout_ms)
         try:
             idle_since = time.monotonic()
             while stop is None or not stop.is_set():
@@ -195,8 +195,8 @@ class StylestreamClient:
 
     def label(self, post_id: str) -> LabelView | None:
         """The stored label of one post from Redis, if any (None for a stored value that cannot be read)."""
-        raw = self._redis_client().get(self.settings.keys.label(post_id))
-        return self._read(raw, self.settings.keys.label(post_id)) if raw else None
+        raw = self._redis_client().get(self.settings.redis.keys.label(post_id))
+        return self._read(raw, self.settings.redis.keys.label(post_id)) if raw else None
 
     def wait_label(self, post_id: str, *, timeout: float) -> LabelView:
         """The label of ``post_id`` from Redis, waiting up to ``timeout`` seconds for it to be written.
@@ -217,18 +217,18 @@ class StylestreamClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             block = 1000 if deadline is None else max(1, int((deadline - time.monotonic()) * 1000))
-            for _, entries in client.xread({self.settings.keys.labels_stream: last_id}, block=block, count=500) or []:
+            for _, entries in client.xread({self.settings.redis.keys.labels_stream: last_id}, block=block, count=500) or []:
                 for entry_id, fields in entries:
                     last_id = entry_id
                     if deadline is not None:
                         deadline = time.monotonic() + timeout
-                    label = self._read(fields.get(b"label"), f"{self.settings.keys.labels_stream} {entry_id!r}")
+                    label = self._read(fields.get(b"label"), f"{self.settings.redis.keys.labels_stream} {entry_id!r}")
                     if label is not None:
                         yield label
 
     def _read(self, raw: bytes | None, where: str) -> LabelView | None:
         try:
-            return decode(raw, LabelView, max_bytes=self.settings.max_message_bytes)
+            return decode(raw, LabelView, max_bytes=self.settings.limits.max_message_bytes)
         except BadInput as exc:
             self.skipped_labels[exc.code] += 1
             skipped = self.skipped_labels.total()
@@ -238,9 +238,9 @@ class StylestreamClient:
 
     def _redis_client(self) -> redis.Redis:
         if self._redis is None:
-            if not self.settings.redis_url:
+            if not self.settings.redis.url:
                 raise ValueError("STYLESTREAM_REDIS_URL is not set")
-            self._redis = redisconn.connect(self.settings)
+            self._redis = redisconn.connect(self.settings.redis)
         return self._redis
 
     def close(self) -> None:
@@ -279,8 +279,8 @@ def _connect(factory: type, settings: Settings, *args: Any, **options: Any) -> A
         InfrastructureError: no broker answered.
     """
     try:
-        return factory(*args, **{"bootstrap_servers": bootstrap(settings),
-                                 "bootstrap_timeout_ms": int(settings.delivery_timeout_s * 1000),
-                                 **options, **settings.kafka_options, **kafka_python_security(settings)})
+        return factory(*args, **{"bootstrap_servers": bootstrap(settings.kafka),
+                                 "bootstrap_timeout_ms": int(settings.kafka.delivery_timeout_s * 1000),
+                                 **options, **settings.kafka.options, **kafka_python_security(settings.security)})
     except KafkaError as exc:
-        raise InfrastructureError(f"cannot reach the Kafka broker at {settings.kafka}: {exc}") from None
+        raise InfrastructureError(f"cannot reach the Kafka broker at {settings.kafka.bootstrap}: {exc}") from None

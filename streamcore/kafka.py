@@ -18,16 +18,17 @@ from kafka.errors import TopicAlreadyExistsError
 from streamcore.assignor import CopartitionedAssignor
 from streamcore.exceptions import InfrastructureError
 from streamcore.faults import INFRA_ERRORS
+from streamcore.sections import KafkaSettings, LimitsSettings, SecuritySettings
 from streamcore.settings import TOPICS, Settings
 
 log = logging.getLogger(__name__)
 
 
-def bootstrap(settings: Settings) -> str:
+def bootstrap(kafka: KafkaSettings) -> str:
     """Bootstrap servers; embedded stacks set ``kafka`` before any stage starts."""
-    if not settings.kafka:
+    if not kafka.bootstrap:
         raise InfrastructureError("STYLESTREAM_KAFKA is not set and no embedded broker was started")
-    return settings.kafka
+    return kafka.bootstrap
 
 
 def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[str]:
@@ -41,13 +42,13 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
         existing = set(admin.list_topics())
         wanted = []
         for name in names:
-            full = settings.topic(name)
+            full = settings.kafka.topic(name)
             if full in existing:
                 continue
-            configs = {"max.message.bytes": str(topic_max_bytes(settings))}  # brokers default to ~1 MiB
+            configs = {"max.message.bytes": str(topic_max_bytes(settings.limits))}  # brokers default to ~1 MiB
             if name == "model-updates":
                 configs["cleanup.policy"] = "compact"
-            wanted.append(NewTopic(full, settings.partitions, settings.replication_factor, topic_configs=configs))
+            wanted.append(NewTopic(full, settings.kafka.partitions, settings.kafka.replication_factor, topic_configs=configs))
         created = []
         for topic in wanted:
             try:
@@ -60,11 +61,11 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
         admin.close()
 
 
-async def missing_topics(consumer: AIOKafkaConsumer, settings: Settings, names: tuple[str, ...]) -> list[str]:
+async def missing_topics(consumer: AIOKafkaConsumer, kafka: KafkaSettings, names: tuple[str, ...]) -> list[str]:
     """Those of the logical topics ``names`` the broker does not list (one metadata request for all
     topics: unlike a request naming them, it never makes a broker auto-create one)."""
     listed = await consumer.topics()
-    return [name for name in names if settings.topic(name) not in listed]
+    return [name for name in names if kafka.topic(name) not in listed]
 
 
 class TopicWatch:
@@ -91,31 +92,31 @@ class TopicWatch:
         now = time.monotonic()
         if not force and now < self._next:
             return
-        self._next = now + self.settings.topic_check_s
+        self._next = now + self.settings.faults.topic_check_s
         try:
-            missing = await missing_topics(consumer, self.settings, self.names)
-            if missing and self.settings.recreate_topics:
+            missing = await missing_topics(consumer, self.settings.kafka, self.names)
+            if missing and self.settings.faults.recreate_topics:
                 created = await asyncio.get_running_loop().run_in_executor(None, ensure_topics, self.settings,
                                                                            tuple(missing))
                 self._on_created(len(created))
                 log.error("%s: topics %s were missing; created them again with %d partitions", self.owner,
-                          ", ".join(self.settings.topic(t) for t in missing), self.settings.partitions)
-                missing = await missing_topics(consumer, self.settings, self.names)
+                          ", ".join(self.settings.kafka.topic(t) for t in missing), self.settings.kafka.partitions)
+                missing = await missing_topics(consumer, self.settings.kafka, self.names)
         except INFRA_ERRORS as exc:
             log.warning("%s: cannot check the topics (%s: %s)", self.owner, type(exc).__name__, exc)
             return
-        problem = (f"topics missing: {', '.join(self.settings.topic(t) for t in missing)} (create them with "
+        problem = (f"topics missing: {', '.join(self.settings.kafka.topic(t) for t in missing)} (create them with "
                    "`stylestream topics`, or set STYLESTREAM_RECREATE_TOPICS=true)") if missing else None
         if problem is not None and problem != self.problem:
             log.error("%s: %s", self.owner, problem)
         self.problem = problem
 
 
-def request_limit(producer: AIOKafkaProducer, settings: Settings) -> int:
+def request_limit(producer: AIOKafkaProducer, limits: LimitsSettings) -> int:
     """The largest record ``producer`` will send: its ``max_request_size`` (which aiokafka keeps on the
     instance only), or what :func:`make_producer` configures when the producer does not say."""
     limit = getattr(producer, "_max_request_size", None)
-    return limit if isinstance(limit, int) and limit > 0 else settings.max_message_bytes + 64 * 1024
+    return limit if isinstance(limit, int) and limit > 0 else limits.max_message_bytes + 64 * 1024
 
 
 def delete_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> None:
@@ -123,7 +124,7 @@ def delete_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> None:
     admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
-        doomed = [settings.topic(name) for name in names if settings.topic(name) in existing]
+        doomed = [settings.kafka.topic(name) for name in names if settings.kafka.topic(name) in existing]
         if doomed:
             admin.delete_topics(doomed)
     finally:
@@ -131,48 +132,48 @@ def delete_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> None:
 
 
 def _admin(settings: Settings) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=bootstrap(settings), client_id="stylestream-admin",
-                            **kafka_python_security(settings))
+    return KafkaAdminClient(bootstrap_servers=bootstrap(settings.kafka), client_id="stylestream-admin",
+                            **kafka_python_security(settings.security))
 
 
-def _sasl(settings: Settings) -> dict[str, Any]:
+def _sasl(security: SecuritySettings) -> dict[str, Any]:
     # Both libraries name SCRAM credentials sasl_plain_* too.
-    if not settings.kafka_security_protocol.startswith("SASL"):
+    if not security.protocol.startswith("SASL"):
         return {}
-    return {"sasl_mechanism": settings.kafka_sasl_mechanism, "sasl_plain_username": settings.kafka_sasl_username,
-            "sasl_plain_password": settings.kafka_sasl_password.get_secret_value()}
+    return {"sasl_mechanism": security.sasl_mechanism, "sasl_plain_username": security.sasl_username,
+            "sasl_plain_password": security.sasl_password.get_secret_value()}
 
 
-def _uses_tls(settings: Settings) -> bool:
-    return settings.kafka_security_protocol in ("SSL", "SASL_SSL")
+def _uses_tls(security: SecuritySettings) -> bool:
+    return security.protocol in ("SSL", "SASL_SSL")
 
 
-def aiokafka_security(settings: Settings) -> dict[str, Any]:
+def aiokafka_security(security: SecuritySettings) -> dict[str, Any]:
     """Security arguments for aiokafka clients: TLS goes in as one ``ssl_context`` object.
 
     The context trusts ``kafka_ssl_cafile`` (the system CAs when unset) and presents the client
     certificate when one is configured.
     """
-    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol, **_sasl(settings)}
-    if _uses_tls(settings):
+    options: dict[str, Any] = {"security_protocol": security.protocol, **_sasl(security)}
+    if _uses_tls(security):
         context = create_ssl_context(
-            cafile=_path(settings.kafka_ssl_cafile), certfile=_path(settings.kafka_ssl_certfile),
-            keyfile=_path(settings.kafka_ssl_keyfile),
-            password=settings.kafka_ssl_key_password.get_secret_value() if settings.kafka_ssl_key_password else None)
-        context.check_hostname = settings.kafka_ssl_check_hostname
+            cafile=_path(security.ssl_cafile), certfile=_path(security.ssl_certfile),
+            keyfile=_path(security.ssl_keyfile),
+            password=security.ssl_key_password.get_secret_value() if security.ssl_key_password else None)
+        context.check_hostname = security.ssl_check_hostname
         options["ssl_context"] = context
     return options
 
 
-def kafka_python_security(settings: Settings) -> dict[str, Any]:
+def kafka_python_security(security: SecuritySettings) -> dict[str, Any]:
     """Security arguments for kafka-python clients (admin, the sync client, promotion): file paths."""
-    options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol, **_sasl(settings)}
-    if _uses_tls(settings):
-        options["ssl_check_hostname"] = settings.kafka_ssl_check_hostname
-        tls = {"ssl_cafile": _path(settings.kafka_ssl_cafile), "ssl_certfile": _path(settings.kafka_ssl_certfile),
-               "ssl_keyfile": _path(settings.kafka_ssl_keyfile),
-               "ssl_password": settings.kafka_ssl_key_password.get_secret_value()
-               if settings.kafka_ssl_key_password else None}
+    options: dict[str, Any] = {"security_protocol": security.protocol, **_sasl(security)}
+    if _uses_tls(security):
+        options["ssl_check_hostname"] = security.ssl_check_hostname
+        tls = {"ssl_cafile": _path(security.ssl_cafile), "ssl_certfile": _path(security.ssl_certfile),
+               "ssl_keyfile": _path(security.ssl_keyfile),
+               "ssl_password": security.ssl_key_password.get_secret_value()
+               if security.ssl_key_password else None}
         options.update({k: v for k, v in tls.items() if v is not None})
     return options
 
@@ -184,12 +185,12 @@ def _path(path: Path | None) -> str | None:
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
     """An idempotent-ish producer: acks from all replicas, large enough requests for inline images."""
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap(settings),
+        "bootstrap_servers": bootstrap(settings.kafka),
         "acks": "all",
         "linger_ms": 5,
-        "max_request_size": settings.max_message_bytes + 64 * 1024,
-        **settings.kafka_options,
-        **aiokafka_security(settings),
+        "max_request_size": settings.limits.max_message_bytes + 64 * 1024,
+        **settings.kafka.options,
+        **aiokafka_security(settings.security),
         **overrides,
     }
     return AIOKafkaProducer(**options)
@@ -201,28 +202,28 @@ def make_consumer(settings: Settings, *topics: str, group: str | None, **overrid
     Partition ``i`` of every subscribed topic goes to one member (:mod:`streamcore.assignor`).
     """
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap(settings),
+        "bootstrap_servers": bootstrap(settings.kafka),
         "group_id": group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "session_timeout_ms": settings.session_timeout_ms,
-        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
-        "max_poll_interval_ms": settings.max_poll_interval_ms,
-        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
-        "max_partition_fetch_bytes": settings.max_message_bytes + 64 * 1024,
-        "fetch_max_bytes": max(52_428_800, settings.max_message_bytes * 2),
+        "session_timeout_ms": settings.kafka.session_timeout_ms,
+        "heartbeat_interval_ms": settings.kafka.heartbeat_interval_ms,
+        "max_poll_interval_ms": settings.kafka.max_poll_interval_ms,
+        "fetch_max_wait_ms": settings.kafka.fetch_max_wait_ms,
+        "max_partition_fetch_bytes": settings.limits.max_message_bytes + 64 * 1024,
+        "fetch_max_bytes": max(52_428_800, settings.limits.max_message_bytes * 2),
         "partition_assignment_strategy": (CopartitionedAssignor,),
-        **settings.kafka_options,
-        **aiokafka_security(settings),
+        **settings.kafka.options,
+        **aiokafka_security(settings.security),
         **overrides,
     }
-    return AIOKafkaConsumer(*[settings.topic(t) for t in topics], **options)
+    return AIOKafkaConsumer(*[settings.kafka.topic(t) for t in topics], **options)
 
 
-def topic_max_bytes(settings: Settings) -> int:
+def topic_max_bytes(limits: LimitsSettings) -> int:
     """The ``max.message.bytes`` the contract topics need: a record of ``max_message_bytes`` with room for its key,
     headers and batch framing (the producers' ``max_request_size`` has the same room)."""
-    return settings.max_message_bytes + 64 * 1024
+    return limits.max_message_bytes + 64 * 1024
 
 
 def undersized_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> dict[str, int]:
@@ -232,8 +233,8 @@ def undersized_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> di
     admin = _admin(settings)
     try:
         existing = set(admin.list_topics())
-        resources = [ConfigResource(ConfigResourceType.TOPIC, settings.topic(name)) for name in names
-                     if settings.topic(name) in existing]
+        resources = [ConfigResource(ConfigResourceType.TOPIC, settings.kafka.topic(name)) for name in names
+                     if settings.kafka.topic(name) in existing]
         # "all": a limit inherited from the broker's default is the one that refuses records too.
         described = admin.describe_configs(resources, config_filter="all") if resources else {}
     finally:
@@ -241,4 +242,4 @@ def undersized_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> di
     limits = {topic: configs.get("max.message.bytes", {}).get("value")
               for topic, configs in described.get("topic", {}).items()}
     return {topic: int(value) for topic, value in limits.items()
-            if value is not None and int(value) < topic_max_bytes(settings)}
+            if value is not None and int(value) < topic_max_bytes(settings.limits)}

@@ -1,4 +1,4 @@
-"""Redis clients from settings: one server (``redis://``, ``rediss://``) or a Redis Cluster."""
+"""Redis clients from the Redis settings: one server (``redis://``, ``rediss://``) or a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -8,22 +8,22 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 
 from streamcore.exceptions import InfrastructureError
-from streamcore.settings import Settings
+from streamcore.sections import RedisSettings
 
 
-def _url(settings: Settings) -> str:
-    if not settings.redis_url:
+def _url(redis_settings: RedisSettings) -> str:
+    if not redis_settings.url:
         raise InfrastructureError("STYLESTREAM_REDIS_URL is not set and no embedded Redis was started")
-    return settings.redis_url
+    return redis_settings.url
 
 
-def connect(settings: Settings) -> redis.Redis | RedisCluster:
+def connect(redis_settings: RedisSettings) -> redis.Redis | RedisCluster:
     """A synchronous client; with ``redis_cluster`` the URL names any node of the cluster."""
-    url = _url(settings)
-    return RedisCluster.from_url(url) if settings.redis_cluster else redis.Redis.from_url(url)
+    url = _url(redis_settings)
+    return RedisCluster.from_url(url) if redis_settings.cluster else redis.Redis.from_url(url)
 
 
-def connect_async(settings: Settings) -> aioredis.Redis | AsyncRedisCluster:
+def connect_async(redis_settings: RedisSettings) -> aioredis.Redis | AsyncRedisCluster:
     """An asyncio client; with ``redis_cluster`` the URL names any node of the cluster."""
-    url = _url(settings)
-    return AsyncRedisCluster.from_url(url) if settings.redis_cluster else aioredis.Redis.from_url(url)
+    url = _url(redis_settings)
+    return AsyncRedisCluster.from_url(url) if redis_settings.cluster else aioredis.Redis.from_url(url)

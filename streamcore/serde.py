@@ -8,7 +8,7 @@ from pydantic import BaseModel, ValidationError
 
 from streamcore.exceptions import BadInput
 from streamcore.schemas import Post
-from streamcore.settings import Settings
+from streamcore.sections import LimitsSettings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -42,9 +42,9 @@ def decode(raw: bytes | None, model: type[M], *, max_bytes: int) -> M:
         raise BadInput("bad_schema", detail) from None
 
 
-def decode_post(raw: bytes | None, settings: Settings) -> Post:
+def decode_post(raw: bytes | None, limits: LimitsSettings) -> Post:
     """A validated ``post/v1`` within the configured size limits."""
-    post = decode(raw, Post, max_bytes=settings.max_message_bytes)
-    if post.text_bytes() > settings.max_text_bytes:
-        raise BadInput("text_too_long", f"caption+comments are {post.text_bytes()} bytes, limit {settings.max_text_bytes}")
+    post = decode(raw, Post, max_bytes=limits.max_message_bytes)
+    if post.text_bytes() > limits.max_text_bytes:
+        raise BadInput("text_too_long", f"caption+comments are {post.text_bytes()} bytes, limit {limits.max_text_bytes}")
     return post

@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaProducer
 
 from streamcore.preview import Preview
 from streamcore.redisconn import connect_async
-from streamcore.settings import RedisKeys, Settings
+from streamcore.rediskeys import RedisKeys
+from streamcore.settings import Settings
 
 
 def fingerprint(raw: bytes | None) -> str:
@@ -63,12 +64,12 @@ class RedisLabels:
     """
 
     def __init__(self, settings: Settings) -> None:
-        self._redis = connect_async(settings)
+        self._redis = connect_async(settings.redis)
         self._script = self._redis.register_script(_WRITE_LABEL)
-        self._keys: RedisKeys = settings.keys
-        self._maxlen = settings.redis_stream_maxlen
-        self._ttl = settings.redis_label_ttl_s or 0
-        self._cluster = settings.redis_cluster
+        self._keys: RedisKeys = settings.redis.keys
+        self._maxlen = settings.redis.stream_maxlen
+        self._ttl = settings.redis.label_ttl_s or 0
+        self._cluster = settings.redis.cluster
 
     async def write(self, version: str, labels: Sequence[tuple[str, bytes]], fingerprints: Sequence[str],
                     vectors: Sequence[bytes | None] | None = None,
@@ -138,8 +139,8 @@ class RedisLookups:
     """The reads a classifier makes of Redis: the serving pointer, and which posts already have a label."""
 
     def __init__(self, settings: Settings) -> None:
-        self._redis = connect_async(settings)
-        self._keys: RedisKeys = settings.keys
+        self._redis = connect_async(settings.redis)
+        self._keys: RedisKeys = settings.redis.keys
 
     async def labelled(self, post_ids: list[str]) -> list[bool]:
         """Per post id, whether a label was already written for it (from any message), in one round trip."""
@@ -182,7 +183,7 @@ class LabelSink:
     def __init__(self, settings: Settings, producer: AIOKafkaProducer) -> None:
         self.redis = RedisLabels(settings)
         self._producer = producer
-        self._topic = settings.topic("labels")
+        self._topic = settings.kafka.topic("labels")
 
     def batch(self, version: str) -> LabelBatch:
         """An empty batch of labels made by model ``version``."""

@@ -69,8 +69,8 @@ def _read_path(relative: str, root: Path) -> bytes:
 
 def fetch_policy(settings: Settings) -> FetchPolicy:
     """How image URLs are downloaded under ``settings`` (the body cap is the message limit)."""
-    return FetchPolicy(timeout_s=settings.url_timeout_s, max_bytes=settings.max_message_bytes,
-                       allow_http=settings.url_allow_http)
+    return FetchPolicy(timeout_s=settings.fetch.timeout_s, max_bytes=settings.limits.max_message_bytes,
+                       allow_http=settings.fetch.allow_http)
 
 
 def load_bytes(source: ImageSource, settings: Settings) -> bytes:
@@ -82,5 +82,5 @@ def load_bytes(source: ImageSource, settings: Settings) -> bytes:
     if source.b64 is not None:
         return source.raw_bytes()
     if source.path is not None:
-        return _read_path(source.path, settings.image_root)
+        return _read_path(source.path, settings.fetch.image_root)
     return fetch_url(source.url, fetch_policy(settings))

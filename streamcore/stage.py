@@ -60,7 +60,7 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("%s assigned %s", self._stage.name, sorted((tp.topic, tp.partition) for tp in assigned))
         stage = self._stage
-        for topic in (stage.settings.topic(t) for t in stage.inputs):
+        for topic in (stage.settings.kafka.topic(t) for t in stage.inputs):
             owned = sum(1 for tp in assigned if tp.topic == topic)
             stage.metrics.assigned.labels(stage.name, topic).set(owned)
         stage.on_assigned(assigned)
@@ -135,7 +135,7 @@ class Stage(ABC):
             InfrastructureError: the letter could not be written before the stage was stopped.
         """
         original = Original(record.topic, record.partition, record.offset, record.key, record.value or b"")
-        limit = min(self.settings.max_message_bytes, request_limit(self.producer, self.settings))
+        limit = min(self.settings.limits.max_message_bytes, request_limit(self.producer, self.settings.limits))
         for keep in (True, False):
             letter = encode(bounded_letter(original, error, stage=self.name, limit=limit, keep_original=keep))
             try:  # the last try retries whatever happens: a letter is never given up
@@ -177,7 +177,7 @@ class Stage(ABC):
             InfrastructureError: the stage was asked to stop while the operation still failed; the
                 record stays unfinished, so the next owner redoes it.
         """
-        delays, streak = backoff(_FIRST_BACKOFF_S, self.settings.retry_backoff_max_s), None
+        delays, streak = backoff(_FIRST_BACKOFF_S, self.settings.faults.retry_backoff_max_s), None
         try:
             while True:
                 try:
@@ -211,11 +211,11 @@ class Stage(ABC):
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Produce one message and wait for the broker's acknowledgement."""
-        await (await self.producer.send(self.settings.topic(topic), value=value, key=key))
+        await (await self.producer.send(self.settings.kafka.topic(topic), value=value, key=key))
 
     async def send_to_partitions(self, topic: str, messages: Iterable[tuple[int, bytes | None, bytes]]) -> None:
         """Produce ``(partition, key, value)`` messages as per-partition batches; wait for all acks."""
-        await produce_by_partition(self.producer, self.settings.topic(topic), messages)
+        await produce_by_partition(self.producer, self.settings.kafka.topic(topic), messages)
 
     def stop(self) -> None:
         """Ask the loop to finish the current round, commit and leave the group."""
@@ -225,7 +225,7 @@ class Stage(ABC):
         """``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` (0 = ephemeral); returns the bound port."""
         server = HealthServer(self.metrics.registry, heartbeat=self.heartbeat, ready=lambda: self.ready,
                               problem=self.stuck)
-        return server.start(port, self.settings.health_host)
+        return server.start(port, self.settings.metrics.health_host)
 
     def stuck(self) -> str | None:
         """Why the stage cannot make progress (an operation failing for ``stuck_after_s``, missing
@@ -233,7 +233,7 @@ class Stage(ABC):
         if self.topics.problem is not None:
             return self.topics.problem
         oldest = self.streaks.oldest()
-        if oldest is not None and oldest[1] >= self.settings.stuck_after_s:
+        if oldest is not None and oldest[1] >= self.settings.faults.stuck_after_s:
             operation, seconds, error = oldest
             return f"stuck: {self.name} {operation} failing for {seconds:.0f} s (last: {error})"
         return None
@@ -248,8 +248,8 @@ class Stage(ABC):
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (embedded use)
                 pass
         self.producer = make_producer(self.settings)
-        self.consumer = make_consumer(self.settings, group=self.settings.group(self.name))
-        self.consumer.subscribe([self.settings.topic(t) for t in self.inputs], listener=_Rebalance(self))
+        self.consumer = make_consumer(self.settings, group=self.settings.kafka.group(self.name))
+        self.consumer.subscribe([self.settings.kafka.topic(t) for t in self.inputs], listener=_Rebalance(self))
         await self.producer.start()
         try:
             # Heavy state (a model) loads before the consumer joins its group: a member that joined and then
@@ -274,11 +274,11 @@ class Stage(ABC):
     async def _round(self) -> None:
         try:
             batches = await self.consumer.getmany(timeout_ms=self.poll_timeout_ms,
-                                                  max_records=self.settings.fetch_max_records)
+                                                  max_records=self.settings.kafka.fetch_max_records)
         except aiokafka.errors.KafkaError as exc:
             self._loop_failed("fetch", exc)
             await self._check_topics(force=False)
-            await self._backoff(self.settings.retry_backoff_max_s)
+            await self._backoff(self.settings.faults.retry_backoff_max_s)
             return
         self._loop_ok("fetch")
         records = [r for tp in sorted(batches, key=lambda t: (t.topic, t.partition)) for r in batches[tp]]

@@ -16,7 +16,8 @@ import pytest
 
 from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.kafka import ensure_topics
-from streamcore.settings import STAGE_PORT_OFFSET, Settings
+from streamcore.sections import STAGE_PORT_OFFSET
+from streamcore.settings import Settings
 from tests.support import wait_until
 
 #: Input topics of each stage: a group is "ready" once every partition of these is owned by a member.
@@ -27,11 +28,11 @@ STAGE_INPUTS = {"text": ("posts",), "classify": ("posts", "hints"), "trainer": (
 def infra() -> Iterator[tuple[str, str]]:
     """``(bootstrap, redis_url)``: external when STYLESTREAM_KAFKA and STYLESTREAM_REDIS_URL are set."""
     env = Settings()
-    if env.kafka and env.redis_url:
-        yield env.kafka, env.redis_url
+    if env.kafka.bootstrap and env.redis.url:
+        yield env.kafka.bootstrap, env.redis.url
         return
     with EmbeddedStack() as stack:
-        yield env.kafka or stack.bootstrap, env.redis_url or stack.redis_url
+        yield env.kafka.bootstrap or stack.bootstrap, env.redis.url or stack.redis_url
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +60,7 @@ def make_settings(infra: tuple[str, str], tiny_registry, tmp_path_factory) -> Ca
         values = {"kafka": infra[0], "redis_url": infra[1], "topic_prefix": f"t{run}.", "group_prefix": f"g{run}",
                   "redis_prefix": f"r{run}",
                   "metrics_port": 0, "hint_wait_ms": 3000, **overrides}
-        settings = Settings(**values)
+        settings = Settings.named(**values)
         ensure_topics(settings)
         return settings
 
@@ -96,7 +97,7 @@ class Workers:
 
     def start(self, stage: str, **env: str) -> subprocess.Popen:
         env = {**self.settings.child_env(), **env}
-        port = self.settings.stage_metrics_port(stage)
+        port = self.settings.metrics.stage_port(stage)
         if not port:  # settings asked for an ephemeral port: pick one we can find again
             port = _free_port()
             env["STYLESTREAM_METRICS_PORT"] = str(port - STAGE_PORT_OFFSET[stage])
@@ -118,8 +119,8 @@ class Workers:
                 if any(_scrape(self.ports[p], "/readyz")[0] != 200 for p in live):
                     return False
                 for topic in STAGE_INPUTS[stage]:
-                    owned = sum(_assigned(self.metrics(p), stage, self.settings.topic(topic)) for p in live)
-                    if owned != self.settings.partitions:
+                    owned = sum(_assigned(self.metrics(p), stage, self.settings.kafka.topic(topic)) for p in live)
+                    if owned != self.settings.kafka.partitions:
                         return False
             return True
 

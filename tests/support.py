@@ -53,10 +53,10 @@ def committed_behind(settings, stage: str, topics: tuple[str, ...]) -> dict:
     """
     from kafka import KafkaConsumer, TopicPartition
 
-    tps = [TopicPartition(settings.topic(t), p) for t in topics for p in range(settings.partitions)]
-    reader = KafkaConsumer(bootstrap_servers=settings.kafka, enable_auto_commit=False)
+    tps = [TopicPartition(settings.kafka.topic(t), p) for t in topics for p in range(settings.kafka.partitions)]
+    reader = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
     # A consumer that never subscribes only reads the group's offsets; it does not join the group.
-    group = KafkaConsumer(bootstrap_servers=settings.kafka, group_id=settings.group(stage), enable_auto_commit=False)
+    group = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=settings.kafka.group(stage), enable_auto_commit=False)
     try:
         reader.assign(tps)
         reader.seek_to_beginning()

@@ -60,7 +60,7 @@ class StoredPost:
         """
         pixels, source = None, post.image
         if post.image.b64 is not None:
-            pixels = to_chw(decode_image(post.image.raw_bytes(), max_pixels=settings.max_image_pixels), image_size)
+            pixels = to_chw(decode_image(post.image.raw_bytes(), max_pixels=settings.limits.max_image_pixels), image_size)
             source = None
         return cls(post.post_id, post.caption, tuple(post.comments), tuple(post.hashtags), tuple(post.user_tags),
                    pixels, source)

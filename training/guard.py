@@ -65,20 +65,20 @@ class LiveGuard:
     def __init__(self, settings: Settings, client: redis.Redis, metrics: StageMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.margin = settings.trainer_guard_margin
-        self.min_corrections = settings.trainer_guard_min_corrections
+        self.margin = settings.trainer.guard_margin
+        self.min_corrections = settings.trainer.guard_min_corrections
         self._redis = client
         self._verdict = client.register_script(_VERDICT)
 
     def _keys(self, version: str) -> list[str]:
-        tally = self.settings.keys.guard(version)  # both keys in one slot: the verdict script runs on a Cluster
+        tally = self.settings.redis.keys.guard(version)  # both keys in one slot: the verdict script runs on a Cluster
         return [f"{tally}:posts", tally]
 
     def observe(self, corrections: Sequence[Feedback]) -> None:
         """Record whether each corrected post's stored label agreed; posts without a label are skipped."""
         if not corrections:
             return
-        stored = self._redis.mget([self.settings.keys.label(f.post_id) for f in corrections])
+        stored = self._redis.mget([self.settings.redis.keys.label(f.post_id) for f in corrections])
         for feedback, raw in zip(corrections, stored, strict=True):
             if raw is None:
                 continue
@@ -99,8 +99,8 @@ class LiveGuard:
     def check(self) -> str | None:
         """Roll back the serving version if it agrees worse than the one it replaced; returns the version
         rolled back to, or None."""
-        history = [v.decode() for v in self._redis.lrange(self.settings.keys.model_history, 0, 1)]
-        current = self._redis.get(self.settings.keys.model_current)
+        history = [v.decode() for v in self._redis.lrange(self.settings.redis.keys.model_history, 0, 1)]
+        current = self._redis.get(self.settings.redis.keys.model_current)
         if len(history) < 2 or current is None or current.decode() != history[0]:
             return None  # no promotion to judge, or the pointer was set outside the promotion history
         serving, previous = self.agreement(history[0]), self.agreement(history[1])

@@ -94,12 +94,12 @@ class TrainerConfig(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> TrainerConfig:
-        """The ``trainer_*`` settings plus the serving backbone, head and device."""
-        knobs = {name: getattr(settings, f"trainer_{name}") for name in
+        """The trainer's settings plus the serving device."""
+        trainer = settings.trainer
+        knobs = {name: getattr(trainer, name) for name in
                  ("interval_s", "min_feedback", "gate_margin", "max_posts", "max_examples", "n_train", "n_test",
-                  "epochs", "pretrain_epochs", "multi", "cache_dir", "real_gate")}
-        return cls(**{**knobs, "backbone": settings.backbone, "head": settings.head, "device": settings.device,
-                      **overrides})
+                  "epochs", "pretrain_epochs", "multi", "cache_dir", "real_gate", "backbone", "head")}
+        return cls(**{**knobs, "device": settings.serving.device, **overrides})
 
     def benchmark(self, *, multi: bool) -> BenchmarkConfig:
         return BenchmarkConfig(multi=multi, n_train=self.n_train, n_test=self.n_test, size=self.image_size,
@@ -208,22 +208,22 @@ class Trainer:
     """Trains, evaluates, gates, publishes and promotes; holds the per-version feature cache."""
 
     def __init__(self, settings: Settings, config: TrainerConfig, metrics: StageMetrics) -> None:
-        if not settings.redis_url:
+        if not settings.redis.url:
             raise StylestreamError("the trainer needs STYLESTREAM_REDIS_URL: the serving pointer lives in Redis")
         self.settings = settings
         self.config = config
         self.metrics = metrics
         self.ontology = load_ontology()
-        self.registry = Registry(settings.model_dir)
+        self.registry = Registry(settings.serving.model_dir)
         self.device = str(resolve_device(config.device))
-        self._redis = redisconn.connect(settings)
+        self._redis = redisconn.connect(settings.redis)
         # Benchmark features of one backbone, keyed by the version that backbone belongs to.
         self._features: tuple[str, dict[str, Tensor]] | None = None
         self._default: DynamicCNN | None = None  # the packaged default, loaded for the real-photo check
 
     def serving(self) -> Serving | None:
         """The model the Redis pointer names, loaded with its checksum verified; None when unset."""
-        version = self._redis.get(self.settings.keys.model_current)
+        version = self._redis.get(self.settings.redis.keys.model_current)
         if version is None:
             return None
         entry = self.registry.get(version.decode())

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import redis
 
-from streamcore.settings import RedisKeys
+from streamcore.rediskeys import RedisKeys
 from training.feedback import Example, StoredPost
 
 # Store a value under a key of a hash bounded by an arrival-ordered zset; identical bytes are a no-op.

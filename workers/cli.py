@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 from streamcore.exceptions import StylestreamError
 from streamcore.faults import install_repeat_filter
 from streamcore.runtime import tune_process
+from streamcore.settings import Settings
 from workers.commands import models, photo, recommend, review, stream
 
 #: What a user can fix without reading code: bad settings or files, servers that do not answer, refused inputs.
@@ -34,8 +35,8 @@ _USER_ERRORS = (ValidationError, StylestreamError, KafkaError, RedisError, FileN
 
 def describe(exc: BaseException) -> str:
     """One line saying what went wrong, for the errors in :data:`_USER_ERRORS`."""
-    if isinstance(exc, ValidationError) and exc.title == "Settings":
-        problems = [f"STYLESTREAM_{'_'.join(map(str, e['loc'])).upper()}={e['input']!r}: {e['msg']}"
+    if isinstance(exc, ValidationError) and exc.title in {s.__name__ for s in Settings.sections().values()}:
+        problems = [f"{Settings.variable(exc.title, str(e['loc'][0]))}={e['input']!r}: {e['msg']}"
                     if e["loc"] else e["msg"] for e in exc.errors()]
         return "invalid configuration: " + "; ".join(problems)
     if isinstance(exc, ValidationError):

@@ -74,7 +74,7 @@ def produce_lines(settings: Settings, lines: Iterable[str], *, count: int | None
             if (count is not None and sent >= count) or client.failed:
                 break
             try:
-                post = decode_post(line.encode(), settings)
+                post = decode_post(line.encode(), settings.limits)
                 if rate:
                     time.sleep(max(0.0, start + sent / rate - time.monotonic()))
                 client.publish(post)
@@ -133,27 +133,26 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui:
     """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers. ``ui``: serve the review page
     from this process too. Returns the exit status: 1 when the demo's producer found posts the broker did not take."""
     if demo:
-        settings = settings.model_copy(update={k: v for k, v in _DEMO_TRAINER.items()
+        settings = settings.replace(**{k: v for k, v in _DEMO_TRAINER.items()
                                                if k not in settings.model_fields_set})
     with ExitStack() as stack:
-        if not settings.kafka or not settings.redis_url:
+        if not settings.kafka.bootstrap or not settings.redis.url:
             # The demo may forget everything; otherwise Redis (labels, serving pointer, trainer state) persists.
-            embedded = stack.enter_context(EmbeddedStack(data_dir=None if demo else settings.data_dir))
+            embedded = stack.enter_context(EmbeddedStack(data_dir=None if demo else settings.redis.data_dir))
             # Runs just before the broker stops: after a Ctrl-C, kafka-python's shared IO thread can still hold
             # a socket when every client is closed (none is left to close), and would log the broker going away
             # as errors.
             stack.callback(logging.getLogger("kafka").setLevel, logging.CRITICAL)
-            settings = settings.model_copy(update={"kafka": settings.kafka or embedded.bootstrap,
-                                                   "redis_url": settings.redis_url or embedded.redis_url})
+            settings = settings.replace(kafka=settings.kafka.bootstrap or embedded.bootstrap, redis_url=settings.redis.url or embedded.redis_url)
             console.print(f"embedded broker [bold]{embedded.bootstrap}[/], redis [bold]{embedded.redis_url}[/]")
-            kept = "in memory only" if demo else f"in {settings.data_dir.resolve() / 'redis'}"
+            kept = "in memory only" if demo else f"in {settings.redis.data_dir.resolve() / 'redis'}"
             console.print(f"redis data kept {kept}; the embedded broker keeps nothing across restarts")
         created = ensure_topics(settings)
-        console.print(f"topics ready ({len(created)} created, {settings.partitions} partitions)")
+        console.print(f"topics ready ({len(created)} created, {settings.kafka.partitions} partitions)")
         procs: list[subprocess.Popen] = []
         stack.callback(stop_processes, procs)
         procs.extend(start_stage(stage, settings.child_env()) for stage in STAGES)
-        console.print(f"stages started: {', '.join(STAGES)} · metrics from port {settings.metrics_port}")
+        console.print(f"stages started: {', '.join(STAGES)} · metrics from port {settings.metrics.port}")
         if ui:
             _serve_review_page(stack, settings, console)
         stop = threading.Event()
@@ -185,14 +184,14 @@ def run_demo(settings: Settings, *, rate: float, stop: threading.Event, stack: E
 
     def stop_feeder() -> None:  # its producer must close while the broker still runs
         stop.set()
-        feeder.join(timeout=settings.delivery_timeout_s + 10)
+        feeder.join(timeout=settings.kafka.delivery_timeout_s + 10)
     stack.callback(stop_feeder)
     # closing(): the label consumer must be closed now, while the broker still runs.
     with ctrl_c_sets(stop), StylestreamClient(settings) as client, \
             closing(client.labels(from_beginning=True, stop=stop)) as labels:
         for label in labels:
             print_label(console, label)
-    feeder.join(timeout=settings.delivery_timeout_s + 10)
+    feeder.join(timeout=settings.kafka.delivery_timeout_s + 10)
     if undelivered:
         report_undelivered(console, undelivered[0])
         return 1
@@ -207,6 +206,6 @@ def _serve_review_page(stack: ExitStack, settings: Settings, console: Console) -
     try:
         address = stack.enter_context(serving(settings))
     except OSError as exc:
-        console.print(f"[yellow]review page not started: {settings.ui_host}:{settings.ui_port}: {exc.strerror}[/]")
+        console.print(f"[yellow]review page not started: {settings.ui.host}:{settings.ui.port}: {exc.strerror}[/]")
         return
-    console.print(f"review page [bold]{address}[/]" + ("" if settings.ui_token else " (read-only: no STYLESTREAM_UI_TOKEN)"))
+    console.print(f"review page [bold]{address}[/]" + ("" if settings.ui.token else " (read-only: no STYLESTREAM_UI_TOKEN)"))

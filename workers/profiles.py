@@ -43,8 +43,8 @@ class ProfilesStage(Stage):
 
     def __init__(self, settings: Settings, **kwargs) -> None:
         super().__init__(settings, **kwargs)
-        self.max_posts = settings.profile_max_posts
-        self.half_life_s = settings.profile_half_life_days * 86400.0
+        self.max_posts = settings.profiles.max_posts
+        self.half_life_s = settings.profiles.half_life_days * 86400.0
         self.layout = Layout(load_ontology())
         registry = self.metrics.registry
         self.outcomes = Counter("stylestream_profile_posts_total", "Labels the profile stage took, by outcome",
@@ -56,8 +56,8 @@ class ProfilesStage(Stage):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
 
     async def setup(self) -> None:
-        self.writer = ProfileWriter(connect_async(self.settings), self.settings.redis_prefix,
-                                    cluster=self.settings.redis_cluster)
+        self.writer = ProfileWriter(connect_async(self.settings.redis), self.settings.redis.prefix,
+                                    cluster=self.settings.redis.cluster)
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         parsed = []
@@ -138,5 +138,5 @@ def _parse(value: bytes | None) -> dict:
 def run(settings: Settings) -> None:
     """Run one profiles consumer until SIGTERM/SIGINT."""
     stage = ProfilesStage(settings)
-    stage.serve_health(settings.stage_metrics_port("profiles"))
+    stage.serve_health(settings.metrics.stage_port("profiles"))
     asyncio.run(stage.run())

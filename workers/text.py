@@ -37,12 +37,12 @@ class TextStage(Stage):
         good = []
         for record in records:
             try:
-                good.append((record, decode_post(record.value, self.settings)))
+                good.append((record, decode_post(record.value, self.settings.limits)))
             except BadInput as exc:  # the classifier owns a bad post's dead letter (README "Dead-letter reasons")
                 self.skip(record, exc)
             except Exception as exc:  # noqa: BLE001 - the error boundary: this record fails alone
                 await self.fail(record, exc)
-        size = self.settings.text_chunk_posts
+        size = self.settings.text.chunk_posts
         for start in range(0, len(good), size):
             await self._mine(good[start:start + size])
 
@@ -81,5 +81,5 @@ def _mine_each(miner: TextMiner, posts: list[Post]) -> list[Hints | Exception]:
 def run(settings: Settings) -> None:
     """Run one text-stage consumer until SIGTERM/SIGINT."""
     stage = TextStage(settings)
-    stage.serve_health(settings.stage_metrics_port("text"))
+    stage.serve_health(settings.metrics.stage_port("text"))
     asyncio.run(stage.run())

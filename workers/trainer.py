@@ -82,10 +82,10 @@ class TrainerStage(Stage):
         super().__init__(settings, **kwargs)
         self.config = config or TrainerConfig.from_settings(settings)
         self.trainer = Trainer(settings, self.config, self.metrics)
-        client = redisconn.connect(settings)
-        self.state = TrainerState(client, prefix=settings.redis_prefix, model_current=settings.keys.model_current,
+        client = redisconn.connect(settings.redis)
+        self.state = TrainerState(client, prefix=settings.redis.prefix, model_current=settings.redis.keys.model_current,
                                   max_posts=self.config.max_posts, max_examples=self.config.max_examples)
-        self.lease = Lease(client, settings.keys.run_lease, ttl_s=settings.trainer_lease_ttl_s)
+        self.lease = Lease(client, settings.redis.keys.run_lease, ttl_s=settings.trainer.lease_ttl_s)
         self.guard = LiveGuard(settings, client, self.metrics)
         self.last_run: RunResult | None = None
         self.feedback = Counter("stylestream_trainer_feedback_total", "Feedback records, by outcome", ("result",),
@@ -108,7 +108,7 @@ class TrainerStage(Stage):
             await loop.run_in_executor(None, self.state.schedule, time.time() + self.config.interval_s)
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        posts_topic = self.settings.topic("posts")
+        posts_topic = self.settings.kafka.topic("posts")
         loop = asyncio.get_running_loop()
         posts = [r for r in records if r.topic == posts_topic]  # posts first: see module doc
         if posts:
@@ -132,7 +132,7 @@ class TrainerStage(Stage):
         keep, stored = [], []
         for record in records:
             try:
-                keep.append((record, decode_post(record.value, self.settings)))
+                keep.append((record, decode_post(record.value, self.settings.limits)))
             except BadInput as exc:  # the classifier owns a bad post's letter; bad feedback's is ours
                 self.skip(record, exc)
         loop = asyncio.get_running_loop()
@@ -147,7 +147,7 @@ class TrainerStage(Stage):
             self.done(record)
 
     async def _on_feedback(self, record: ConsumerRecord) -> Feedback:
-        feedback = decode(record.value, Feedback, max_bytes=self.settings.max_message_bytes)
+        feedback = decode(record.value, Feedback, max_bytes=self.settings.limits.max_message_bytes)
         stored = await asyncio.get_running_loop().run_in_executor(None, self._absorb, feedback)
         if not stored:
             self.feedback.labels("unknown_post").inc()
@@ -175,7 +175,7 @@ class TrainerStage(Stage):
         loop, now = asyncio.get_running_loop(), time.monotonic()
         if self._running is not None and not self._running.done():
             if now >= self._next_renew:
-                self._next_renew = now + self.settings.trainer_lease_ttl_s / 3
+                self._next_renew = now + self.settings.trainer.lease_ttl_s / 3
                 if not await loop.run_in_executor(None, self.lease.renew):
                     log.error("trainer: run lease lost; cancelling the run")
                     self._cancel.set()
@@ -192,7 +192,7 @@ class TrainerStage(Stage):
             await loop.run_in_executor(None, self.lease.release)
             return
         examples, absorbed = await loop.run_in_executor(None, self.state.snapshot)
-        self._next_renew = now + self.settings.trainer_lease_ttl_s / 3
+        self._next_renew = now + self.settings.trainer.lease_ttl_s / 3
         self._cancel = threading.Event()  # per run: a run cancelled for a lost lease must not block the next
         self._running = loop.run_in_executor(self._train_pool, self._run, examples, absorbed)
 
@@ -235,5 +235,5 @@ class TrainerStage(Stage):
 def run(settings: Settings) -> None:
     """Run the trainer stage until SIGTERM/SIGINT (``stylestream worker trainer``)."""
     stage = TrainerStage(settings)
-    stage.serve_health(settings.stage_metrics_port("trainer"))
+    stage.serve_health(settings.metrics.stage_port("trainer"))
     asyncio.run(stage.run())

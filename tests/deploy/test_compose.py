@@ -87,13 +87,13 @@ def test_references_resolve():
 
 def test_prometheus_scrapes_the_ports_the_workers_serve():
     port = int(_compose()["services"]["text"]["environment"]["STYLESTREAM_METRICS_PORT"])
-    settings = Settings(metrics_port=port)
+    settings = Settings.named(metrics_port=port)
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     for stage in ("text", "classify", "trainer"):
         sd = jobs[f"stylestream-{stage}"]["dns_sd_configs"][0]
         assert stage in sd["names"]
-        assert sd["port"] == settings.stage_metrics_port(stage)
+        assert sd["port"] == settings.metrics.stage_port(stage)
 
 
 def test_kafka_keeps_its_log_in_the_volume():
@@ -105,8 +105,8 @@ def test_kafka_keeps_its_log_in_the_volume():
 @pytest.mark.parametrize("stage", ["text", "classify", "trainer", "classify-gpu0"])
 def test_workers_have_a_readiness_healthcheck_on_their_stage_port(stage):
     service = _compose()["services"][stage]
-    port = Settings(metrics_port=int(service["environment"]["STYLESTREAM_METRICS_PORT"])).stage_metrics_port(
-        "classify" if stage.startswith("classify") else stage)
+    metrics = Settings.named(metrics_port=int(service["environment"]["STYLESTREAM_METRICS_PORT"])).metrics
+    port = metrics.stage_port("classify" if stage.startswith("classify") else stage)
     assert f"http://127.0.0.1:{port}/readyz" in " ".join(service["healthcheck"]["test"])
 
 

@@ -13,7 +13,7 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def test_default_is_loopback():
-    assert Settings().health_host == "127.0.0.1"
+    assert Settings().metrics.health_host == "127.0.0.1"
 
 
 def test_both_images_compose_and_k8s_bind_all_interfaces():

@@ -43,7 +43,7 @@ def test_the_schema_check_rejects_a_broken_manifest():
 
 
 def test_settings_keys_are_real_settings():
-    fields = {f"STYLESTREAM_{name.upper()}" for name in Settings.model_fields}
+    fields = {f"STYLESTREAM_{name.upper()}" for name in Settings.NAMES}
     config = _by_kind("ConfigMap")["stylestream-settings"]["data"]
     secret = _by_kind("Secret")["stylestream-credentials"]["stringData"]
     assert set(config) | set(secret) <= fields, sorted((set(config) | set(secret)) - fields)
@@ -51,12 +51,12 @@ def test_settings_keys_are_real_settings():
 
 
 def test_deployments_probe_and_scrape_their_stage_port():
-    settings = Settings(metrics_port=int(_by_kind("ConfigMap")["stylestream-settings"]["data"]["STYLESTREAM_METRICS_PORT"]))
+    settings = Settings.named(metrics_port=int(_by_kind("ConfigMap")["stylestream-settings"]["data"]["STYLESTREAM_METRICS_PORT"]))
     for deployment in _by_kind("Deployment").values():
         pod = deployment["spec"]["template"]
         container = pod["spec"]["containers"][0]
         stage = container["args"][1]
-        port = settings.stage_metrics_port(stage)
+        port = settings.metrics.stage_port(stage)
         assert container["args"] == ["worker", stage]
         assert container["ports"] == [{"name": "metrics", "containerPort": port}]
         assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(port)
@@ -118,6 +118,6 @@ def test_operator_manifests_target_the_real_workers():
     (scaled,) = [d for d in OPERATOR_DOCS if d["kind"] == "ScaledObject"]
     assert scaled["spec"]["scaleTargetRef"]["name"] in deployments
     trigger = scaled["spec"]["triggers"][0]
-    assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == Settings().group("classify")
+    assert trigger["type"] == "kafka" and trigger["metadata"]["consumerGroup"] == Settings().kafka.group("classify")
     partitions = int(_by_kind("ConfigMap")["stylestream-settings"]["data"]["STYLESTREAM_PARTITIONS"])
     assert scaled["spec"]["maxReplicaCount"] <= partitions

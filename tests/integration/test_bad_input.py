@@ -81,12 +81,12 @@ def test_bad_input_suite(make_settings, workers, tmp_path):
     group.start("classify")
     group.wait_ready()
 
-    good = [p for p, _ in generate_posts(load_ontology(), 6, seed=11, prefix=settings.group_prefix)]
-    cases = _cases(settings.group_prefix)
+    good = [p for p, _ in generate_posts(load_ontology(), 6, seed=11, prefix=settings.kafka.group_prefix)]
+    cases = _cases(settings.kafka.group_prefix)
     # gzip lets the 10 MB caption through the broker; the worker sees the raw 10 MB and refuses it.
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", compression_type="gzip",
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", compression_type="gzip",
                              max_request_size=20_000_000)
-    topic = settings.topic("posts")
+    topic = settings.kafka.topic("posts")
     for i, (key, (value, _, _)) in enumerate(cases.items()):
         if i < len(good):  # good posts interleaved with the bad ones
             producer.send(topic, key=good[i].post_id.encode(), value=encode(good[i]))
@@ -107,7 +107,7 @@ def test_bad_input_suite(make_settings, workers, tmp_path):
     assert base64.b64decode(got["bad-json"].original) == cases["bad-json"][0]
     assert "truncated" in got["10mb-caption"].detail
 
-    store = redis.Redis.from_url(settings.redis_url)
-    wait_until(lambda: store.exists(*(settings.keys.label(p.post_id) for p in good)) == len(good), timeout=60,
+    store = redis.Redis.from_url(settings.redis.url)
+    wait_until(lambda: store.exists(*(settings.redis.keys.label(p.post_id) for p in good)) == len(good), timeout=60,
                what="the good posts to be labelled")
     assert group.alive()

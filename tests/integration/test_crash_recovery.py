@@ -32,13 +32,13 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(make_settings, workers):
     group.start("classify")
     group.wait_ready()
 
-    posts = [p for p, _ in generate_posts(load_ontology(), N_POSTS, seed=5, prefix=settings.group_prefix)]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
+    posts = [p for p, _ in generate_posts(load_ontology(), N_POSTS, seed=5, prefix=settings.kafka.group_prefix)]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
 
-    feeder = feed_paced(producer, settings.topic("posts"), posts, RATE)
+    feeder = feed_paced(producer, settings.kafka.topic("posts"), posts, RATE)
 
-    store = redis.Redis.from_url(settings.redis_url)
-    keys = [settings.keys.label(p.post_id) for p in posts]
+    store = redis.Redis.from_url(settings.redis.url)
+    keys = [settings.redis.keys.label(p.post_id) for p in posts]
 
     def labelled() -> int:
         return sum(store.exists(*keys[i:i + 200]) for i in range(0, N_POSTS, 200))
@@ -59,7 +59,7 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(make_settings, workers):
     doubled = {k: len(v) for k, v in contents.items() if len(v) > 1}
     assert not doubled, f"posts with different label contents on the topic: {list(doubled)[:5]}"
     for post in posts[:50]:
-        assert store.get(settings.keys.label(post.post_id)) in contents[post.post_id]
+        assert store.get(settings.redis.keys.label(post.post_id)) in contents[post.post_id]
     assert _read_topic(settings, "posts.dlq", until=lambda rs: False, timeout=1) == [], "false duplicates"
 
 
@@ -72,37 +72,37 @@ def test_hints_read_before_a_sigkill_are_used_after_the_restart(make_settings, w
 
     ontology = load_ontology()
     miner = TextMiner.load(ontology)
-    posts = [p for p, _ in generate_posts(ontology, 40, seed=17, prefix=settings.group_prefix)]
+    posts = [p for p, _ in generate_posts(ontology, 40, seed=17, prefix=settings.kafka.group_prefix)]
     hinted = {p.post_id for p in posts if not miner.mine(p).is_empty}
     assert len(hinted) >= 20
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     # The text stage's output, ahead of the posts: same key, same partition number as the post.
     for i, post in enumerate(posts):
-        producer.send(settings.topic("hints"), key=post.post_id.encode(), value=encode(miner.mine(post)),
-                      partition=i % settings.partitions)
+        producer.send(settings.kafka.topic("hints"), key=post.post_id.encode(), value=encode(miner.mine(post)),
+                      partition=i % settings.kafka.partitions)
     producer.flush()
-    topic = re.escape(settings.topic("hints"))
+    topic = re.escape(settings.kafka.topic("hints"))
     consumed = re.compile(rf'^stylestream_messages_consumed_total\{{stage="classify",topic="{topic}"\}} ([0-9.e+]+)$',
                           re.MULTILINE)
     wait_until(lambda: sum(float(v) for v in consumed.findall(group.metrics(victim))) >= len(posts), timeout=60,
                what="the classifier to read every hint")
     # Read but not used: nothing of hints may be committed yet.
     assert committed_behind(settings, "classify", ("hints",)) == {
-        (settings.topic("hints"), p): len(posts) // settings.partitions for p in range(settings.partitions)}
+        (settings.kafka.topic("hints"), p): len(posts) // settings.kafka.partitions for p in range(settings.kafka.partitions)}
     victim.send_signal(signal.SIGKILL)
     victim.wait()
 
     group.start("classify")
     group.wait_ready()
     for i, post in enumerate(posts):
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post),
-                      partition=i % settings.partitions)
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post),
+                      partition=i % settings.kafka.partitions)
     producer.flush()
 
-    store = redis.Redis.from_url(settings.redis_url)
-    keys = [settings.keys.label(p.post_id) for p in posts]
+    store = redis.Redis.from_url(settings.redis.url)
+    keys = [settings.redis.keys.label(p.post_id) for p in posts]
     wait_until(lambda: store.exists(*keys) == len(posts), timeout=120, what="every post to be labelled")
-    sources = {p.post_id: Label.model_validate_json(store.get(settings.keys.label(p.post_id))).hints_used.source
+    sources = {p.post_id: Label.model_validate_json(store.get(settings.redis.keys.label(p.post_id))).hints_used.source
                for p in posts}
     assert {p for p in hinted if sources[p] != "mined"} == set(), "posts labelled without the hints read before the kill"
     wait_until(lambda: not committed_behind(settings, "classify", ("posts", "hints")), timeout=60,

@@ -24,7 +24,7 @@ N_POSTS = 200
 
 def _read_topic(settings, topic: str, *, until, timeout: float) -> list:
     """All records of ``topic`` from the start, until ``until(records)`` holds, then 2 s more for extras."""
-    consumer = KafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka, auto_offset_reset="earliest",
+    consumer = KafkaConsumer(settings.kafka.topic(topic), bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest",
                              enable_auto_commit=False, consumer_timeout_ms=2000)
     records = []
     deadline = time.monotonic() + timeout
@@ -45,14 +45,14 @@ def test_200_posts_each_labelled_exactly_once(make_settings, workers):
     group.start("classify")
     group.wait_ready()
 
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
-    posts = [post for post, _ in generate_posts(load_ontology(), N_POSTS, seed=7, prefix=settings.group_prefix)]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    posts = [post for post, _ in generate_posts(load_ontology(), N_POSTS, seed=7, prefix=settings.kafka.group_prefix)]
     for post in posts:
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
     producer.close()
 
-    store = redis.Redis.from_url(settings.redis_url)
+    store = redis.Redis.from_url(settings.redis.url)
     keys = [f"stylestream:label:{p.post_id}" for p in posts]
     wait_until(lambda: sum(store.exists(*keys[i:i + 100]) for i in range(0, N_POSTS, 100)) == N_POSTS,
                timeout=180, what="200 labels in Redis")
@@ -77,13 +77,13 @@ def test_malformed_messages_go_to_dlq_and_the_worker_goes_on(make_settings, work
     group.start("classify")
     group.wait_ready()
 
-    good = [post for post, _ in generate_posts(load_ontology(), 2, seed=3, prefix=settings.group_prefix)]
+    good = [post for post, _ in generate_posts(load_ontology(), 2, seed=3, prefix=settings.kafka.group_prefix)]
     wrong_schema = json.dumps({"schema": "post/v1", "post_id": "no image", "user": 3}).encode()
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
-    producer.send(settings.topic("posts"), key=good[0].post_id.encode(), value=encode(good[0]))
-    producer.send(settings.topic("posts"), key=b"bad-json", value=b'{"schema": "post/v1", oops')
-    producer.send(settings.topic("posts"), key=b"bad-schema", value=wrong_schema)
-    producer.send(settings.topic("posts"), key=good[1].post_id.encode(), value=encode(good[1]))
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    producer.send(settings.kafka.topic("posts"), key=good[0].post_id.encode(), value=encode(good[0]))
+    producer.send(settings.kafka.topic("posts"), key=b"bad-json", value=b'{"schema": "post/v1", oops')
+    producer.send(settings.kafka.topic("posts"), key=b"bad-schema", value=wrong_schema)
+    producer.send(settings.kafka.topic("posts"), key=good[1].post_id.encode(), value=encode(good[1]))
     producer.flush()
 
     letters = _read_topic(settings, "posts.dlq", until=lambda rs: len(rs) >= 2, timeout=120)
@@ -92,9 +92,9 @@ def test_malformed_messages_go_to_dlq_and_the_worker_goes_on(make_settings, work
     assert by_key[b"bad-schema"].error == "bad_schema"
     assert "image" in by_key[b"bad-schema"].detail
     assert base64.b64decode(by_key[b"bad-json"].original) == b'{"schema": "post/v1", oops'
-    assert by_key[b"bad-json"].stage == "classify" and by_key[b"bad-json"].topic == settings.topic("posts")
+    assert by_key[b"bad-json"].stage == "classify" and by_key[b"bad-json"].topic == settings.kafka.topic("posts")
 
-    store = redis.Redis.from_url(settings.redis_url)
-    wait_until(lambda: store.exists(*(settings.keys.label(p.post_id) for p in good)) == 2, timeout=60,
+    store = redis.Redis.from_url(settings.redis.url)
+    wait_until(lambda: store.exists(*(settings.redis.keys.label(p.post_id) for p in good)) == 2, timeout=60,
                what="the good posts around the bad ones to be labelled")
     assert group.alive()

@@ -40,15 +40,15 @@ def test_an_8_mb_post_ends_as_one_bounded_letter_and_the_200_posts_behind_it_are
     monkeypatch.setattr(stage_module, "make_producer",
                         lambda s, **kw: make_producer(s, **{"max_request_size": LIMIT, **kw}))
     stage = ClassifyStage(settings)
-    bad_id = f"{settings.group_prefix}-bad-8mb"
+    bad_id = f"{settings.kafka.group_prefix}-bad-8mb"
     bad = _bad_post(bad_id, 8_000_000)
     posts = _good_posts(settings, 200, seed=21, tag="behind")
     with _running(stage):
-        producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", max_request_size=20_000_000)
-        producer.send(settings.topic("posts"), key=bad_id.encode(), value=bad, partition=0).get(timeout=30)
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", max_request_size=20_000_000)
+        producer.send(settings.kafka.topic("posts"), key=bad_id.encode(), value=bad, partition=0).get(timeout=30)
         for i, post in enumerate(posts):  # a quarter of them behind the bad post on its partition
-            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post),
-                          partition=i % settings.partitions)
+            producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post),
+                          partition=i % settings.kafka.partitions)
         producer.flush()
         producer.close()
         labels, letters = _outcomes(settings, {bad_id} | {p.post_id for p in posts}, timeout=240)
@@ -58,7 +58,7 @@ def test_an_8_mb_post_ends_as_one_bounded_letter_and_the_200_posts_behind_it_are
     (record,) = [r for r in _read_topic(settings, "posts.dlq", until=lambda rs: bool(rs), timeout=10)]
     letter = DeadLetter.model_validate_json(record.value)
     assert len(record.value) + len(record.key) <= LIMIT
-    assert (letter.topic, letter.partition, letter.offset) == (settings.topic("posts"), 0, 0)
+    assert (letter.topic, letter.partition, letter.offset) == (settings.kafka.topic("posts"), 0, 0)
     assert letter.original_bytes == len(bad) and letter.original_sha256 == hashlib.sha256(bad).hexdigest()
     assert "original truncated to" in letter.detail
     print(f"8 MB post: one letter of {len(record.value)} bytes ({letter.error}); 200 posts behind it labelled")
@@ -71,19 +71,19 @@ def test_deleted_topics_are_created_again_and_the_stream_goes_on(make_settings):
     with _running(stage):
         _produce_posts(settings, first)
         _outcomes(settings, {p.post_id for p in first}, timeout=120)
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka)
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
         try:
-            admin.delete_topics([settings.topic("labels"), settings.topic("posts")])  # an output and an input
+            admin.delete_topics([settings.kafka.topic("labels"), settings.kafka.topic("posts")])  # an output and an input
             wait_until(lambda: stage.metrics.topics_created.labels("classify")._value.get() >= 2, timeout=60,
                        what="the classifier to create its topics again")
             # Every posts partition held records: each is found to end before what was read, and read again
             # from its start (a position left beyond the new end would skip the posts written next).
             wait_until(lambda: stage.metrics.partitions_restarted.labels("classify")._value.get()
-                       == settings.partitions, timeout=60, what="the emptied posts partitions to be read from the start")
-            described = admin.describe_topics([settings.topic("labels"), settings.topic("posts")])
+                       == settings.kafka.partitions, timeout=60, what="the emptied posts partitions to be read from the start")
+            described = admin.describe_topics([settings.kafka.topic("labels"), settings.kafka.topic("posts")])
         finally:
             admin.close()
-        assert [len(d["partitions"]) for d in described] == [settings.partitions] * 2
+        assert [len(d["partitions"]) for d in described] == [settings.kafka.partitions] * 2
         _produce_posts(settings, second)
         labels, letters = _outcomes(settings, {p.post_id for p in second}, timeout=120)
         _assert_caught_up(settings, {"classify": ("posts",)})
@@ -92,9 +92,9 @@ def test_deleted_topics_are_created_again_and_the_stream_goes_on(make_settings):
 
 
 def _produce_posts(settings, posts) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     for i, post in enumerate(posts):  # round robin: every partition gets posts
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post),
-                      partition=i % settings.partitions)
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post),
+                      partition=i % settings.kafka.partitions)
     producer.flush()
     producer.close()

@@ -108,17 +108,17 @@ def _outcomes(settings: Settings, keys: set[str], *, timeout: float) -> tuple[Co
 
 
 def _produce(settings: Settings, records: list[tuple[str, bytes, int | None]], partition_of=None) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     for key, value, timestamp in records:
         partition = partition_of(key) if partition_of else None
-        producer.send(settings.topic("posts"), key=key.encode(), value=value, timestamp_ms=timestamp,
+        producer.send(settings.kafka.topic("posts"), key=key.encode(), value=value, timestamp_ms=timestamp,
                       partition=partition)
     producer.flush()
     producer.close()
 
 
 def _good_posts(settings: Settings, n: int = N_GOOD, *, seed: int = 31, tag: str = "good") -> list[Post]:
-    return [p for p, _ in generate_posts(load_ontology(), n, seed=seed, prefix=f"{settings.group_prefix}-{tag}")]
+    return [p for p, _ in generate_posts(load_ontology(), n, seed=seed, prefix=f"{settings.kafka.group_prefix}-{tag}")]
 
 
 def _assert_caught_up(settings: Settings, stages: dict[str, tuple[str, ...]]) -> None:
@@ -135,7 +135,7 @@ def test_odd_inputs_each_end_once_and_the_stream_moves_on(make_settings, workers
     group.start("classify")
     group.wait_ready()
 
-    odd = _odd_records(settings.group_prefix)
+    odd = _odd_records(settings.kafka.group_prefix)
     good = _good_posts(settings)
     records = [(k, v, ts) for k, (v, ts) in odd.items()]
     for i, post in enumerate(good):  # good posts around and between the odd ones
@@ -148,12 +148,12 @@ def test_odd_inputs_each_end_once_and_the_stream_moves_on(make_settings, workers
     assert {p.post_id for p in good} <= set(labels) and not (set(letters) & {p.post_id for p in good})
     by_key = {r.key.decode(): DeadLetter.model_validate_json(r.value)
               for r in _read_topic(settings, "posts.dlq", until=lambda rs: False, timeout=1)}
-    p = settings.group_prefix
+    p = settings.kafka.group_prefix
     assert labels[f"{p}-ts-far-future"] == 1 and labels[f"{p}-ts-epoch"] == 1  # valid posts: labelled
     for key in (f"{p}-url-ipv6-broken", f"{p}-url-port-out-of-range", f"{p}-path-nul"):
         assert by_key[key].detail, by_key[key]  # a reason, whichever code the image loader gives
-    store = redis.Redis.from_url(settings.redis_url)
-    assert store.exists(*(settings.keys.label(p.post_id) for p in good)) == len(good)
+    store = redis.Redis.from_url(settings.redis.url)
+    assert store.exists(*(settings.redis.keys.label(p.post_id) for p in good)) == len(good)
     assert group.alive()
     _assert_caught_up(settings, {"classify": ("posts", "hints"), "text": ("posts",)})
 
@@ -163,7 +163,7 @@ def _flood_post(post_id: str, rng: random.Random) -> Post:
     def tag() -> str:
         return "#" + "".join(rng.choice(string.ascii_lowercase) for _ in range(40))
 
-    caption = " ".join(tag() for _ in range(Settings().max_text_bytes // 42))
+    caption = " ".join(tag() for _ in range(Settings().limits.max_text_bytes // 42))
     return Post(post_id=post_id, created_at="2026-11-22T10:00:00Z", user="u", caption=caption,
                 hashtags=[tag() for _ in range(1000)], image=_b64(JPEG))
 
@@ -175,12 +175,12 @@ def test_a_hashtag_flood_delays_normal_posts_by_at_most_two_seconds(make_setting
     group.wait_ready()
 
     rng = random.Random(5)
-    flood = [_flood_post(f"{settings.group_prefix}-flood-{i}", rng) for i in range(10)]
+    flood = [_flood_post(f"{settings.kafka.group_prefix}-flood-{i}", rng) for i in range(10)]
     normal = _good_posts(settings, 30, seed=8, tag="normal")
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", max_request_size=20_000_000)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", max_request_size=20_000_000)
     sent_at = {}
     for post in [*flood, *normal]:  # one partition: every normal post queues behind the whole flood
-        sent_at[post.post_id] = producer.send(settings.topic("posts"), key=post.post_id.encode(),
+        sent_at[post.post_id] = producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(),
                                               value=encode(post)).get(timeout=30).timestamp
     producer.close()
 
@@ -202,24 +202,24 @@ def _metric(text: str, name: str) -> float:
 
 def test_garbage_serving_pointer_is_ignored_and_the_model_kept(make_settings, workers, tmp_path):
     settings = make_settings(hint_wait_ms=200, model_poll_s=0.2, model_dir=tmp_path)
-    store = redis.Redis.from_url(settings.redis_url)
-    store.set(settings.keys.model_current, b"\xff\xfe not utf-8 \x00")
+    store = redis.Redis.from_url(settings.redis.url)
+    store.set(settings.redis.keys.model_current, b"\xff\xfe not utf-8 \x00")
     group = workers(settings)
     proc = group.start("classify")
     group.wait_ready()
 
     first = _good_posts(settings, 10, seed=2, tag="before")
     _produce(settings, [(p.post_id, encode(p), None) for p in first])
-    wait_until(lambda: store.exists(*(settings.keys.label(p.post_id) for p in first)) == len(first), timeout=120,
+    wait_until(lambda: store.exists(*(settings.redis.keys.label(p.post_id) for p in first)) == len(first), timeout=120,
                what="labels under a non-UTF-8 serving pointer")
     assert _metric(group.metrics(proc), "stylestream_bad_state_total") == 1
     for seen, garbage in enumerate((b"../../../etc", b"v1\nv2", b"x" * 300), start=2):
-        store.set(settings.keys.model_current, garbage)
+        store.set(settings.redis.keys.model_current, garbage)
         wait_until(lambda n=seen: _metric(group.metrics(proc), "stylestream_bad_state_total") >= n, timeout=30,
                    what=f"the bad pointer {garbage[:20]!r} to be counted")
     second = _good_posts(settings, 10, seed=3, tag="after")
     _produce(settings, [(p.post_id, encode(p), None) for p in second])
-    wait_until(lambda: store.exists(*(settings.keys.label(p.post_id) for p in second)) == len(second), timeout=60,
+    wait_until(lambda: store.exists(*(settings.redis.keys.label(p.post_id) for p in second)) == len(second), timeout=60,
                what="labels after the pointer changed to garbage")
     text = group.metrics(proc)
     assert _metric(text, "stylestream_bad_state_total") >= 4, "each distinct bad value is counted"
@@ -236,7 +236,7 @@ def _running(stage: Stage) -> Iterator[None]:
     runner = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), daemon=True)
     runner.start()
     try:
-        owned = len(stage.inputs) * stage.settings.partitions
+        owned = len(stage.inputs) * stage.settings.kafka.partitions
         wait_until(lambda: stage.ready and len(stage.consumer.assignment()) == owned, timeout=180,
                    what="the in-process stage to be ready")
         yield
@@ -280,12 +280,12 @@ def test_model_step_exceptions_fail_only_their_post(make_settings, monkeypatch):
 
 def test_redis_and_kafka_errors_mid_batch_are_retried_not_fatal(make_settings, monkeypatch):
     settings = make_settings(hint_wait_ms=100, max_batch=8, retry_backoff_max_s=0.5)
-    store = redis.Redis.from_url(settings.redis_url)
+    store = redis.Redis.from_url(settings.redis.url)
     real_send_batch = aiokafka.AIOKafkaProducer.send_batch
     kafka_failures = {"left": 3}
 
     async def flaky_send_batch(self, batch, topic, *args, **kwargs):  # the broker times out the first label writes
-        if topic == settings.topic("labels") and kafka_failures["left"] > 0:
+        if topic == settings.kafka.topic("labels") and kafka_failures["left"] > 0:
             kafka_failures["left"] -= 1
             raise aiokafka.errors.KafkaTimeoutError()
         return await real_send_batch(self, batch, topic, *args, **kwargs)
@@ -310,4 +310,4 @@ def test_redis_and_kafka_errors_mid_batch_are_retried_not_fatal(make_settings, m
     assert kafka_failures["left"] == 0, "the Kafka failures were not injected"
     assert all(labels[p.post_id] == 1 for p in posts), labels
     assert not letters, "infrastructure failures must not dead-letter posts"
-    assert store.exists(*(settings.keys.label(p.post_id) for p in posts)) == len(posts)
+    assert store.exists(*(settings.redis.keys.label(p.post_id) for p in posts)) == len(posts)

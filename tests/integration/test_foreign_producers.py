@@ -44,8 +44,8 @@ def test_the_documented_scripts_send_a_post_that_is_labelled(script, make_settin
         pytest.skip("confluent-kafka is not installed (not a dependency of stylestream)")
 
     def send(settings) -> str:
-        result = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / script), settings.kafka,
-                                 str(_post_file(tmp_path, "by-script")), settings.topic("posts")],
+        result = subprocess.run([sys.executable, str(ROOT / "docs" / "examples" / script), settings.kafka.bootstrap,
+                                 str(_post_file(tmp_path, "by-script")), settings.kafka.topic("posts")],
                                 capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         return "by-script"
@@ -56,8 +56,8 @@ def test_the_documented_scripts_send_a_post_that_is_labelled(script, make_settin
 def test_stylestream_produce_file_sends_a_post_that_is_labelled(make_settings, workers, tmp_path) -> None:
     def send(settings) -> str:
         result = CliRunner().invoke(app, ["produce", "--file", str(_post_file(tmp_path, "by-cli"))],
-                                    env={"STYLESTREAM_KAFKA": settings.kafka,
-                                         "STYLESTREAM_TOPIC_PREFIX": settings.topic_prefix})
+                                    env={"STYLESTREAM_KAFKA": settings.kafka.bootstrap,
+                                         "STYLESTREAM_TOPIC_PREFIX": settings.kafka.topic_prefix})
         assert result.exit_code == 0, result.output
         return "by-cli"
 
@@ -69,7 +69,7 @@ def test_kcat_sends_a_post_that_is_labelled(make_settings, workers, tmp_path) ->
     if kcat is None:
         pytest.skip("kcat is not installed")
     settings = make_settings()
-    handshake = subprocess.run([kcat, "-L", "-b", settings.kafka, "-m", "10"], capture_output=True, text=True,
+    handshake = subprocess.run([kcat, "-L", "-b", settings.kafka.bootstrap, "-m", "10"], capture_output=True, text=True,
                                timeout=60, check=False)
     if "ApiVersionRequest failed" in handshake.stderr:  # librdkafka 2.0.2 (Debian 12) vs Tansu 0.6
         pytest.skip("this kcat's librdkafka cannot talk to the embedded broker (docs/contract.md)")
@@ -77,7 +77,7 @@ def test_kcat_sends_a_post_that_is_labelled(make_settings, workers, tmp_path) ->
     def send(settings) -> str:
         # The command of docs/contract.md: the key (post id) before a '|', the post as one JSON line.
         command = (f"jq -r '\"\\(.post_id)|\\(tojson)\"' {_post_file(tmp_path, 'by-kcat')} | "
-                   f"{kcat} -P -b {settings.kafka} -t {settings.topic('posts')} -K'|' -X message.max.bytes=8454144")
+                   f"{kcat} -P -b {settings.kafka.bootstrap} -t {settings.kafka.topic('posts')} -K'|' -X message.max.bytes=8454144")
         result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 0, result.stderr
         return "by-kcat"

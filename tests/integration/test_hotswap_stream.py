@@ -32,16 +32,16 @@ def test_promotion_mid_stream_swaps_between_batches(make_settings, workers, tmp_
     group = workers(settings)
     group.start("classify")
 
-    posts = [p for p, _ in generate_posts(load_ontology(), N_POSTS, seed=21, prefix=settings.group_prefix)]
-    store = redis.Redis.from_url(settings.redis_url)
-    keys = [settings.keys.label(p.post_id) for p in posts]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
-    assert store.get(settings.keys.model_current) == b"v1"
+    posts = [p for p, _ in generate_posts(load_ontology(), N_POSTS, seed=21, prefix=settings.kafka.group_prefix)]
+    store = redis.Redis.from_url(settings.redis.url)
+    keys = [settings.redis.keys.label(p.post_id) for p in posts]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    assert store.get(settings.redis.keys.model_current) == b"v1"
     # Feed only once the worker serves v1 and owns every partition: a slow start (CUDA init, a loaded box)
     # must not let it meet the whole backlog at once and label it all before the swap lands.
     group.wait_ready()
 
-    feeder = feed_paced(producer, settings.topic("posts"), posts, RATE)
+    feeder = feed_paced(producer, settings.kafka.topic("posts"), posts, RATE)
     wait_until(lambda: store.exists(*keys) >= N_POSTS // 3, timeout=120, what="a third of the labels")
     promote(settings, "v2")
     feeder.join()
@@ -78,17 +78,17 @@ def test_a_corrupt_promotion_is_refused_while_the_stream_flows(make_settings, wo
     group.start("classify")
     group.wait_ready()
 
-    posts = [p for p, _ in generate_posts(load_ontology(), 60, seed=22, prefix=settings.group_prefix)]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    posts = [p for p, _ in generate_posts(load_ontology(), 60, seed=22, prefix=settings.kafka.group_prefix)]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     for post in posts[:30]:
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
-    store = redis.Redis.from_url(settings.redis_url)
-    keys = [settings.keys.label(p.post_id) for p in posts]
+    store = redis.Redis.from_url(settings.redis.url)
+    keys = [settings.redis.keys.label(p.post_id) for p in posts]
     wait_until(lambda: store.exists(*keys[:30]) == 30, timeout=120, what="labels before the bad promotion")
     promote(settings, "bad")
     for post in posts[30:]:
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
     wait_until(lambda: store.exists(*keys) == len(posts), timeout=60, what="labels after the bad promotion")
     assert {Label.model_validate_json(store.get(k)).model_version for k in keys} == {"v1"}

@@ -49,18 +49,18 @@ def test_posts_join_their_hints_for_any_replica_count(make_settings, workers, re
 
     ontology = load_ontology()
     miner = TextMiner.load(ontology)
-    posts = [p for p, _ in generate_posts(ontology, MAX_POSTS, seed=40 + replicas, prefix=settings.group_prefix)]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
-    store = redis.Redis.from_url(settings.redis_url)
+    posts = [p for p, _ in generate_posts(ontology, MAX_POSTS, seed=40 + replicas, prefix=settings.kafka.group_prefix)]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5)
+    store = redis.Redis.from_url(settings.redis.url)
 
     def labelled(batch: list) -> int:
-        keys = [settings.keys.label(p.post_id) for p in batch]
+        keys = [settings.redis.keys.label(p.post_id) for p in batch]
         return sum(store.exists(*keys[i:i + 100]) for i in range(0, len(keys), 100))
 
     # Phase 1: the replica count under test alone, every post labelled before anything changes.
     sent = list(posts[:BEFORE])
     for post in sent:
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
     wait_until(lambda: labelled(sent) == BEFORE, timeout=120, what=f"the first posts labelled by {replicas}")
 
@@ -72,7 +72,7 @@ def test_posts_join_their_hints_for_any_replica_count(make_settings, workers, re
             if len(sent) >= stop_at[0]:
                 break
             time.sleep(1 / RATE)  # pacing, not synchronisation
-            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+            producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
             sent.append(post)
         producer.flush()
 
@@ -102,7 +102,7 @@ def _assert_hints_used(settings, store, miner, sent: list, replicas: int) -> Non
     """At least 95% of the posts whose text has hints were labelled with them."""
     hinted = [p for p in sent if not miner.mine(p).is_empty]
     assert len(hinted) >= len(sent) // 2, "the synthetic captions should mostly name their garment"
-    labels = [Label.model_validate_json(store.get(settings.keys.label(p.post_id))) for p in hinted]
+    labels = [Label.model_validate_json(store.get(settings.redis.keys.label(p.post_id))) for p in hinted]
     mined = sum(label.hints_used.source == "mined" for label in labels)
     before = sum(label.hints_used.source == "mined" for p, label in zip(hinted, labels) if p in sent[:BEFORE])
     print(f"{replicas} then {replicas + 1} replicas: {mined}/{len(hinted)} hinted posts labelled with mined hints "

@@ -20,16 +20,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def _labelled(store: redis.Redis, settings, posts) -> dict[str, str]:
     """post_id → model version of its stored label, for the posts labelled so far."""
-    values = store.mget([settings.keys.label(p.post_id) for p in posts])
+    values = store.mget([settings.redis.keys.label(p.post_id) for p in posts])
     return {p.post_id: json.loads(v)["model_version"] for p, v in zip(posts, values) if v is not None}
 
 
 def test_a_restart_under_a_corrupt_pointer_serves_the_last_good_version(make_settings, workers):
     settings = make_settings(hint_wait_ms=200, model_poll_s=0.5)
-    publish_tiny(settings.model_dir, "v1-served", seed=1)
-    publish_tiny(settings.model_dir, "v2-unserved", seed=2)  # newer and valid, but never served
-    store = redis.Redis.from_url(settings.redis_url)
-    store.set(settings.keys.model_current, "v1-served")
+    publish_tiny(settings.serving.model_dir, "v1-served", seed=1)
+    publish_tiny(settings.serving.model_dir, "v2-unserved", seed=2)  # newer and valid, but never served
+    store = redis.Redis.from_url(settings.redis.url)
+    store.set(settings.redis.keys.model_current, "v1-served")
     group = workers(settings)
     first = group.start("classify")
     group.wait_ready()
@@ -37,11 +37,11 @@ def test_a_restart_under_a_corrupt_pointer_serves_the_last_good_version(make_set
     _produce(settings, [(p.post_id, encode(p), None) for p in before])
     wait_until(lambda: len(_labelled(store, settings, before)) == len(before), timeout=120, what="labels by v1")
 
-    bad = publish_tiny(settings.model_dir, "v3-corrupt", seed=3)
+    bad = publish_tiny(settings.serving.model_dir, "v3-corrupt", seed=3)
     weights = bytearray((bad.path / WEIGHTS_FILE).read_bytes())
     weights[len(weights) // 2] ^= 0xFF  # a bit flipped on disk after publication
     (bad.path / WEIGHTS_FILE).write_bytes(bytes(weights))
-    store.set(settings.keys.model_current, "v3-corrupt")
+    store.set(settings.redis.keys.model_current, "v3-corrupt")
     wait_until(lambda: _metric(group.metrics(first), "stylestream_model_swaps_total") >= 1, timeout=60,
                what="the live swap to the corrupt version to be refused")
     assert 'version="v1-served"' in group.metrics(first)

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 def _send(settings, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     for key, value in messages:
-        producer.send(settings.topic("posts"), key=key, value=value)
+        producer.send(settings.kafka.topic("posts"), key=key, value=value)
     producer.flush()
     producer.close()
 
@@ -62,10 +62,10 @@ def test_a_malformed_post_yields_exactly_one_letter_with_all_stages_running(make
     group.start("classify")
     trainer = trainer_stage(settings)
 
-    good = [p for p, _ in generate_posts(load_ontology(), 2, seed=5, prefix=settings.group_prefix)]
+    good = [p for p, _ in generate_posts(load_ontology(), 2, seed=5, prefix=settings.kafka.group_prefix)]
     bad = {b"bad-json": (b'{"schema": "post/v1", ', "bad_json"),
            b"bad-schema": (b'{"schema": "post/v1", "post_id": "x"}', "bad_schema"),
-           b"long-text": (encode(good[0].model_copy(update={"post_id": f"{settings.group_prefix}-long",
+           b"long-text": (encode(good[0].model_copy(update={"post_id": f"{settings.kafka.group_prefix}-long",
                                                             "caption": "b" * 70_000})), "text_too_long")}
     _send(settings, [(good[0].post_id.encode(), encode(good[0])), *((k, v) for k, (v, _) in bad.items()),
                      (good[1].post_id.encode(), encode(good[1]))])
@@ -78,8 +78,8 @@ def test_a_malformed_post_yields_exactly_one_letter_with_all_stages_running(make
     assert sorted((letter.error, letter.stage) for letter in letters) == sorted(
         (code, "classify") for _, code in bad.values())
     assert trainer.metrics.skipped.labels("trainer", "bad_json")._value.get() == 1
-    store = redis.Redis.from_url(settings.redis_url)
-    wait_until(lambda: store.exists(*(settings.keys.label(p.post_id) for p in good)) == 2, timeout=60,
+    store = redis.Redis.from_url(settings.redis.url)
+    wait_until(lambda: store.exists(*(settings.redis.keys.label(p.post_id) for p in good)) == 2, timeout=60,
                what="the good posts to be labelled")
     assert group.alive()
 
@@ -89,14 +89,14 @@ def test_the_same_post_twice_is_one_label_re_emitted_and_other_content_is_a_conf
     group = workers(settings)
     group.start("text")
     group.start("classify")
-    store = redis.Redis.from_url(settings.redis_url)
+    store = redis.Redis.from_url(settings.redis.url)
     post, back_to_back, conflicted = (p for p, _ in generate_posts(load_ontology(), 3, seed=9,
-                                                                   prefix=settings.group_prefix))
+                                                                   prefix=settings.kafka.group_prefix))
     raw = encode(post)
 
     _send(settings, [(post.post_id.encode(), raw)])
-    wait_until(lambda: store.exists(settings.keys.label(post.post_id)), timeout=120, what="the first label")
-    stored = store.get(settings.keys.label(post.post_id))
+    wait_until(lambda: store.exists(settings.redis.keys.label(post.post_id)), timeout=120, what="the first label")
+    stored = store.get(settings.redis.keys.label(post.post_id))
     # A producer retry without idempotence: the same bytes again, long after the first was labelled;
     # the same bytes twice back to back (the second arrives while the first waits for its hints);
     # and another post under an id already used.
@@ -104,7 +104,7 @@ def test_the_same_post_twice_is_one_label_re_emitted_and_other_content_is_a_conf
     _send(settings, [(post.post_id.encode(), raw), (back_to_back.post_id.encode(), encode(back_to_back)),
                      (back_to_back.post_id.encode(), encode(back_to_back)),
                      (conflicted.post_id.encode(), encode(conflicted))])
-    wait_until(lambda: store.exists(settings.keys.label(conflicted.post_id)), timeout=120, what="the third post")
+    wait_until(lambda: store.exists(settings.redis.keys.label(conflicted.post_id)), timeout=120, what="the third post")
     _send(settings, [(conflicted.post_id.encode(), other)])
 
     wait_until(lambda: _committed_to_end(settings, "classify"), timeout=120, what="classify to commit every post")
@@ -116,9 +116,9 @@ def test_the_same_post_twice_is_one_label_re_emitted_and_other_content_is_a_conf
                          timeout=60)
     mine = [r.value for r in labels if r.key == post.post_id.encode()]
     assert mine == [stored, stored]  # re-emitted, byte for byte the stored label
-    assert store.get(settings.keys.label(post.post_id)) == stored
+    assert store.get(settings.redis.keys.label(post.post_id)) == stored
     twins = {r.value for r in labels if r.key == back_to_back.post_id.encode()}
-    assert twins == {store.get(settings.keys.label(back_to_back.post_id))}
-    streamed = [f[b"post_id"].decode() for _, f in store.xrange(settings.keys.labels_stream)]
+    assert twins == {store.get(settings.redis.keys.label(back_to_back.post_id))}
+    streamed = [f[b"post_id"].decode() for _, f in store.xrange(settings.redis.keys.labels_stream)]
     assert streamed.count(post.post_id) == 1 and streamed.count(back_to_back.post_id) == 1
     assert group.alive()

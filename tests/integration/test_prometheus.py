@@ -98,11 +98,11 @@ def _ready(url: str) -> bool:
 
 
 def _produce(settings, posts, extra: tuple[bytes, bytes] | None = None) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     for post in posts:
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
     if extra:
-        producer.send(settings.topic("posts"), key=extra[0], value=extra[1])
+        producer.send(settings.kafka.topic("posts"), key=extra[0], value=extra[1])
     producer.flush()
     producer.close()
 
@@ -117,7 +117,7 @@ def test_prometheus_scrapes_workers_and_series_move(make_settings, workers, prom
     prom = prometheus({"stylestream-text": f"127.0.0.1:{port}", "stylestream-classify": f"127.0.0.1:{port + 1}"})
     wait_until(lambda: prom.scalar('sum(up{job=~"stylestream-.*"})') == 2, timeout=45, what="both workers scraped")
 
-    posts = [p for p, _ in generate_posts(load_ontology(), 2 * WAVE, seed=11, prefix=settings.group_prefix)]
+    posts = [p for p, _ in generate_posts(load_ontology(), 2 * WAVE, seed=11, prefix=settings.kafka.group_prefix)]
     _produce(settings, posts[:WAVE], extra=(b"broken", b'{"schema": "post/v1", oops'))
     labelled = "sum(stylestream_posts_labeled_total)"
     wait_until(lambda: prom.scalar(labelled) >= WAVE, timeout=60, what=f"Prometheus to see {WAVE} labels")

@@ -20,16 +20,16 @@ def test_promote_and_rollback(make_settings, tmp_path):
     settings = make_settings(model_dir=tmp_path)
     publish_tiny(tmp_path, "v1", seed=1)
     publish_tiny(tmp_path, "v2", seed=2)
-    store = redis.Redis.from_url(settings.redis_url)
+    store = redis.Redis.from_url(settings.redis.url)
 
     with pytest.raises(KeyError):
         promote(settings, "v3")
     update = promote(settings, "v1")
     assert update.version == "v1" and update.metrics == {"test.P@1": 0.5}
     promote(settings, "v2")
-    assert store.get(settings.keys.model_current) == b"v2"
+    assert store.get(settings.redis.keys.model_current) == b"v2"
     assert rollback(settings).version == "v1"
-    assert store.get(settings.keys.model_current) == b"v1"
+    assert store.get(settings.redis.keys.model_current) == b"v1"
     with pytest.raises(StylestreamError, match="nothing to roll back"):
         rollback(settings)
 
@@ -46,6 +46,6 @@ def test_cli_promote_publishes_a_checkpoint_directory(make_settings, tmp_path, m
             monkeypatch.setenv(key, value)
     result = CliRunner().invoke(app, ["promote", str(source)])
     assert result.exit_code == 0, result.output
-    current = redis.Redis.from_url(settings.redis_url).get(settings.keys.model_current).decode()
+    current = redis.Redis.from_url(settings.redis.url).get(settings.redis.keys.model_current).decode()
     assert (tmp_path / "registry" / current / "model.safetensors").exists()
     assert current in result.output

@@ -87,7 +87,7 @@ async def _classifier_output(settings, version: str, posts) -> None:
         batch = sink.batch(version)
         for n, (post_id, user, label, embedding) in enumerate(posts):
             record = VectorRecord(post_id, user, 1_714_521_600_000 + n * 3_600_000, version, embedding).encode()
-            batch.add(post_id, label, fingerprint(post_id.encode()), n % settings.partitions, record)
+            batch.add(post_id, label, fingerprint(post_id.encode()), n % settings.kafka.partitions, record)
         await batch.flush()
     finally:
         await sink.close()
@@ -102,8 +102,8 @@ def _count(stage: ProfilesStage, outcome: str) -> int:
 
 def _state(settings) -> dict[bytes, object]:
     """Every profile and repository key under the test's prefix, with its full contents."""
-    redis, out = connect(settings), {}
-    for key in redis.scan_iter(match=f"{{{settings.redis_prefix}:*"):
+    redis, out = connect(settings.redis), {}
+    for key in redis.scan_iter(match=f"{{{settings.redis.prefix}:*"):
         kind = redis.type(key)
         out[key] = (redis.get(key) if kind == b"string" else redis.hgetall(key) if kind == b"hash"
                     else redis.zrange(key, 0, -1, withscores=True) if kind == b"zset"
@@ -134,7 +134,7 @@ def test_a_striped_top_and_leather_bag_user_gets_both_and_a_replay_changes_no_by
 
     before = _state(settings)
     assert len(before) > 10
-    replay = ProfilesStage(settings.model_copy(update={"group_prefix": settings.group_prefix + "-replay"}))
+    replay = ProfilesStage(settings.replace(group_prefix=settings.kafka.group_prefix + "-replay"))
     with running_stage(replay):
         wait_until(lambda: _count(replay, "already_added") == len(posts), timeout=60, what="the replay")
         assert _count(replay, "added") == 0
@@ -143,17 +143,17 @@ def test_a_striped_top_and_leather_bag_user_gets_both_and_a_replay_changes_no_by
 
 def test_a_hot_swap_to_another_embedding_space_rebuilds_without_mixing(make_settings, tmp_path) -> None:
     settings = make_settings()
-    redis = connect(settings)
+    redis = connect(settings.redis)
     old, new = _posts("v1", Space(32, seed=1)), _posts("v2", Space(48, seed=2))
     asyncio.run(_classifier_output(settings, "v1", old))
-    redis.set(settings.keys.model_current, "v1")
+    redis.set(settings.redis.keys.model_current, "v1")
     with running_stage(ProfilesStage(settings)) as stage:
         wait_until(lambda: _count(stage, "added") == len(old), timeout=60, what="v1 labels in profiles")
         recommender = Recommender(settings, index_dir=tmp_path / "index")
         recommender.sync()
         assert recommender.recommend("ana").model_version == "v1"
 
-        redis.set(settings.keys.model_current, "v2")  # the promotion: new labels come in v2's space
+        redis.set(settings.redis.keys.model_current, "v2")  # the promotion: new labels come in v2's space
         asyncio.run(_classifier_output(settings, "v2", new[:20]))
         wait_until(lambda: _count(stage, "added") == len(old) + 20, timeout=60, what="the first v2 labels")
         assert recommender.sync()["v2"] == 20
@@ -188,7 +188,7 @@ def test_the_cli_answers_for_a_user_and_for_a_post(make_settings, tmp_path, monk
     asyncio.run(_classifier_output(settings, "v1", posts))
     with running_stage(ProfilesStage(settings)) as stage:
         wait_until(lambda: _count(stage, "added") == len(posts), timeout=60, what="every label in a profile")
-    for name, value in {"REDIS_URL": settings.redis_url, "REDIS_PREFIX": settings.redis_prefix,
+    for name, value in {"REDIS_URL": settings.redis.url, "REDIS_PREFIX": settings.redis.prefix,
                         "RECOMMEND_INDEX_DIR": str(tmp_path / "index")}.items():
         monkeypatch.setenv(f"STYLESTREAM_{name}", value)
     runner = CliRunner()
@@ -218,15 +218,15 @@ def test_the_classifier_writes_each_posts_vector_record_and_the_stage_profiles_i
     photos = sorted((FIXTURE_DIR / "images").glob("*.jpg"))[:3]
     posts = [Post(post_id=f"real-{n}", created_at=datetime(2024, 5, n + 1, tzinfo=UTC), user=f"user {n % 2}",
                   image=ImageSource(b64=base64.b64encode(Path(p).read_bytes()).decode())) for n, p in enumerate(photos)]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
     for post in posts:
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
     producer.close()
     with running_stage(ClassifyStage(settings)) as classify:
         wait_until(lambda: classify.metrics.labeled._value.get() == 3, timeout=120, what="three labels")
-    redis = connect(settings)
-    records = [VectorRecord.decode(redis.get(settings.keys.label_vector(p.post_id))) for p in posts]
+    redis = connect(settings.redis)
+    records = [VectorRecord.decode(redis.get(settings.redis.keys.label_vector(p.post_id))) for p in posts]
     assert [(r.user, r.created_ms) for r in records] == [(p.user, int(p.created_at.timestamp() * 1000)) for p in posts]
     assert {r.model_version for r in records} == {"tiny-test"} and records[0].embedding.shape == (1, 128)
     with running_stage(ProfilesStage(settings)) as stage:  # the tiny model never abstains: every label has a garment

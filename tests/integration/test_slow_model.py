@@ -33,9 +33,9 @@ def _running(settings, posts):
     runner = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), daemon=True)
     runner.start()
     try:
-        producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
         for post in posts:
-            producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+            producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
         producer.flush()
         yield stage
     finally:
@@ -58,8 +58,8 @@ def _slow_model(monkeypatch, step_s: float) -> None:
 
 def _wait_labelled(settings, posts, sample) -> None:
     """Until every post has its label in Redis, calling ``sample()`` at each poll."""
-    store = redis.Redis.from_url(settings.redis_url)
-    keys = [settings.keys.label(p.post_id) for p in posts]
+    store = redis.Redis.from_url(settings.redis.url)
+    keys = [settings.redis.keys.label(p.post_id) for p in posts]
 
     def all_labelled() -> bool:
         sample()
@@ -72,13 +72,13 @@ def test_slow_model_step_causes_no_rebalance_and_no_duplicates(make_settings, mo
     settings = make_settings(max_poll_interval_ms=2000, session_timeout_ms=6000, max_batch=8, hint_wait_ms=100,
                              max_inflight=8, fetch_max_records=8)
     _slow_model(monkeypatch, STEP_S)  # longer than the consumer's max poll interval
-    posts = [p for p, _ in generate_posts(load_ontology(), 32, seed=9, prefix=settings.group_prefix)]
+    posts = [p for p, _ in generate_posts(load_ontology(), 32, seed=9, prefix=settings.kafka.group_prefix)]
     with _running(settings, posts) as stage:
         held = []
         _wait_labelled(settings, posts, lambda: held.append(stage.metrics.inflight.labels("classify")._value.get()))
         # Backpressure: fetching paused at max_inflight, so at most one more fetch is ever held.
         assert stage.metrics.backpressure.labels("classify")._value.get() >= 1
-        assert max(held) <= settings.max_inflight + settings.fetch_max_records
+        assert max(held) <= settings.classify.max_inflight + settings.kafka.fetch_max_records
         batches = stage.metrics.batch_size.collect()[0].samples
         assert next(s.value for s in batches if s.name.endswith("_count")) >= 4  # ≥ 4 slow steps of 4 s > 2 s
         assert stage.metrics.rebalances.labels("classify")._value.get() == 0
@@ -92,7 +92,7 @@ def test_images_are_prepared_just_ahead_of_a_slow_model_not_for_every_post_in_fl
     prepared = []
     real_prepare = ClassifyStage._prepare
     monkeypatch.setattr(ClassifyStage, "_prepare", lambda self, post: prepared.append(1) or real_prepare(self, post))
-    posts = [p for p, _ in generate_posts(load_ontology(), 24, seed=11, prefix=settings.group_prefix)]
+    posts = [p for p, _ in generate_posts(load_ontology(), 24, seed=11, prefix=settings.kafka.group_prefix)]
     with _running(settings, posts) as stage:
         ahead = []
 
@@ -102,5 +102,5 @@ def test_images_are_prepared_just_ahead_of_a_slow_model_not_for_every_post_in_fl
 
         _wait_labelled(settings, posts, sample)
         # Two batches and one per decode thread: 5, where all 24 posts were in flight at once.
-        assert max(ahead) <= 2 * settings.max_batch + settings.decode_workers
+        assert max(ahead) <= 2 * settings.classify.max_batch + settings.classify.decode_workers
         assert len(prepared) == len(posts)

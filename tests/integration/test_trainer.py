@@ -34,15 +34,15 @@ N_POSTS, N_FEEDBACK = 30, 12
 
 
 def _send(settings, topic: str, messages: list[tuple[str, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     for key, value in messages:
-        producer.send(settings.topic(topic), key=key.encode(), value=value)
+        producer.send(settings.kafka.topic(topic), key=key.encode(), value=value)
     producer.flush()
     producer.close()
 
 
 def _dead_letters(settings, count: int) -> list[DeadLetter]:
-    consumer = KafkaConsumer(settings.topic("posts.dlq"), bootstrap_servers=settings.kafka,
+    consumer = KafkaConsumer(settings.kafka.topic("posts.dlq"), bootstrap_servers=settings.kafka.bootstrap,
                              auto_offset_reset="earliest", enable_auto_commit=False)
     letters: list[DeadLetter] = []
 
@@ -66,13 +66,13 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
     thread = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), name="trainer-stage")
     thread.start()
     try:
-        posts = list(generate_posts(load_ontology(), N_POSTS, seed=3, prefix=settings.group_prefix))
+        posts = list(generate_posts(load_ontology(), N_POSTS, seed=3, prefix=settings.kafka.group_prefix))
         _send(settings, "posts", [(p.post_id, encode(p)) for p, _ in posts])
         wait_until(lambda: stage.stored_posts._value.get() == N_POSTS, timeout=60, what="posts stored")
 
         feedback = [Feedback(post_id=p.post_id, categories=[t.categories[0]], subcategories=[t.subcategories[0]],
                              attributes=[t.materials[0], t.patterns[0]]) for p, t in posts[:N_FEEDBACK]]
-        unknown = [Feedback(post_id=f"{settings.group_prefix}-missing-{i}", categories=["dresses"]) for i in range(2)]
+        unknown = [Feedback(post_id=f"{settings.kafka.group_prefix}-missing-{i}", categories=["dresses"]) for i in range(2)]
         _send(settings, "feedback", [(f.post_id, encode(f)) for f in [*unknown, *feedback]]
               + [("bad", b'{"post_id": "bad"}')])
 
@@ -82,8 +82,8 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
         wait_until(lambda: stage.last_run is not None, timeout=180, what="the triggered training run")
         run = stage.last_run
         assert run.feedback_examples == N_FEEDBACK and run.promoted  # cold start: nothing to be worse than
-        assert redis.Redis.from_url(settings.redis_url).get(settings.keys.model_current).decode() == run.version
-        stored = json.loads((settings.model_dir / run.version / "config.json").read_text())
+        assert redis.Redis.from_url(settings.redis.url).get(settings.redis.keys.model_current).decode() == run.version
+        stored = json.loads((settings.serving.model_dir / run.version / "config.json").read_text())
         assert stored["training"]["feedback_examples"] == N_FEEDBACK
         assert stage.metrics.trainer_runs.labels("promoted")._value.get() == 1
     finally:
@@ -108,28 +108,28 @@ def bench_cache(tmp_path_factory) -> Path:
 
 
 def _pointer(settings) -> str | None:
-    value = redis.Redis.from_url(settings.redis_url).get(settings.keys.model_current)
+    value = redis.Redis.from_url(settings.redis.url).get(settings.redis.keys.model_current)
     return value.decode() if value else None
 
 
 def _stored(settings, what: str) -> int:
-    return redis.Redis.from_url(settings.redis_url).hlen(settings.keys.trainer + what)
+    return redis.Redis.from_url(settings.redis.url).hlen(settings.redis.keys.trainer + what)
 
 
 def _committed(settings, topic: str) -> int:
     """Records of ``topic`` whose offsets the trainer group committed (topics start at offset 0)."""
     # A consumer that never subscribes reads the group's commits without joining the group.
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka, group_id=settings.group("trainer"),
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=settings.kafka.group("trainer"),
                              enable_auto_commit=False)
     try:
-        partitions = [TopicPartition(settings.topic(topic), p) for p in range(settings.partitions)]
+        partitions = [TopicPartition(settings.kafka.topic(topic), p) for p in range(settings.kafka.partitions)]
         return sum(consumer.committed(tp) or 0 for tp in partitions)
     finally:
         consumer.close()
 
 
 def _posts_and_corrections(settings, n: int, *, seed: int) -> tuple[list, list[Feedback]]:
-    posts = list(generate_posts(load_ontology(), n, seed=seed, prefix=settings.group_prefix))
+    posts = list(generate_posts(load_ontology(), n, seed=seed, prefix=settings.kafka.group_prefix))
     corrections = [Feedback(post_id=p.post_id, categories=[t.categories[0]], subcategories=[t.subcategories[0]],
                             attributes=[t.materials[0]]) for p, t in posts]
     return posts, corrections
@@ -150,18 +150,18 @@ def _metric(port: int, name: str) -> float | None:
 
 
 def _assigned(stages: list[TrainerStage], settings) -> bool:
-    owned = [sum(s.metrics.assigned.labels(s.name, settings.topic(t))._value.get() for t in ("posts", "feedback"))
+    owned = [sum(s.metrics.assigned.labels(s.name, settings.kafka.topic(t))._value.get() for t in ("posts", "feedback"))
              for s in stages]
-    return all(o > 0 for o in owned) and sum(owned) == 2 * settings.partitions
+    return all(o > 0 for o in owned) and sum(owned) == 2 * settings.kafka.partitions
 
 
 def _data(settings, version: str) -> dict:
-    return json.loads((Registry(settings.model_dir).get(version).path / METRICS_FILE).read_text())["data"]
+    return json.loads((Registry(settings.serving.model_dir).get(version).path / METRICS_FILE).read_text())["data"]
 
 
 def test_corrections_survive_a_sigkill_before_the_next_run(make_settings, workers, tmp_path, bench_cache) -> None:
     settings = make_settings(model_dir=tmp_path / "models", trainer_cache_dir=bench_cache, **SMALL)
-    publish_tiny(settings.model_dir, "v0")
+    publish_tiny(settings.serving.model_dir, "v0")
     promote(settings, "v0")
     group = workers(settings)
     first = group.start("trainer", STYLESTREAM_TRAINER_MIN_FEEDBACK="1000")  # absorbs, never trains
@@ -175,12 +175,12 @@ def test_corrections_survive_a_sigkill_before_the_next_run(make_settings, worker
 
     first.kill()
     first.wait(timeout=30)
-    assert Registry(settings.model_dir).versions() == ["v0"], "a run happened before the kill"
+    assert Registry(settings.serving.model_dir).versions() == ["v0"], "a run happened before the kill"
     group.start("trainer", STYLESTREAM_TRAINER_MIN_FEEDBACK="50")
     wait_until(lambda: _pointer(settings) not in (None, "v0"), timeout=300, what="the restarted trainer's run")
     version = _pointer(settings)
     assert _data(settings, version)["feedback_examples"] == 50
-    assert Registry(settings.model_dir).versions() == sorted(["v0", version])
+    assert Registry(settings.serving.model_dir).versions() == sorted(["v0", version])
 
 
 def test_sigterm_cancels_a_run_at_a_step_boundary(make_settings, workers, tmp_path, bench_cache) -> None:
@@ -189,7 +189,7 @@ def test_sigterm_cancels_a_run_at_a_step_boundary(make_settings, workers, tmp_pa
     settings = make_settings(model_dir=tmp_path / "models", trainer_cache_dir=bench_cache, metrics_port=port - 2,
                              **{**SMALL, "trainer_n_train": 1000, "trainer_pretrain_epochs": 50,
                                 "trainer_epochs": 50})
-    assert settings.stage_metrics_port("trainer") == port
+    assert settings.metrics.stage_port("trainer") == port
     proc = workers(settings).start("trainer")
 
     def training() -> bool:
@@ -207,15 +207,15 @@ def test_sigterm_cancels_a_run_at_a_step_boundary(make_settings, workers, tmp_pa
     exited_s = time.monotonic() - started
     print(f"\nSIGTERM mid-run: exited in {exited_s:.1f} s")
     assert proc.returncode == 0 and exited_s < 10
-    assert Registry(settings.model_dir).versions() == [] and _pointer(settings) is None
+    assert Registry(settings.serving.model_dir).versions() == [] and _pointer(settings) is None
     # The run ended through its cancellation path, which gives the lease back (it would expire otherwise).
-    assert redis.Redis.from_url(settings.redis_url).get(settings.keys.run_lease) is None
+    assert redis.Redis.from_url(settings.redis.url).get(settings.redis.keys.run_lease) is None
 
 
 def test_two_replicas_run_once_per_trigger(make_settings, tmp_path, bench_cache) -> None:
     n = 8
     settings = make_settings(model_dir=tmp_path / "models", trainer_cache_dir=bench_cache, **SMALL)
-    publish_tiny(settings.model_dir, "v0")
+    publish_tiny(settings.serving.model_dir, "v0")
     promote(settings, "v0")
     config = TrainerConfig.from_settings(settings, interval_s=None, min_feedback=n)
     stages = [TrainerStage(settings, config) for _ in range(2)]
@@ -237,7 +237,7 @@ def test_two_replicas_run_once_per_trigger(make_settings, tmp_path, bench_cache)
                        what=f"run {trigger}", interval=0.05)
     assert most_running <= 1  # sampled: never two replicas training at once
     assert runs("promoted") == 2 and runs("rejected", "error", "cancelled") == 0
-    versions = [v for v in Registry(settings.model_dir).versions() if v != "v0"]
+    versions = [v for v in Registry(settings.serving.model_dir).versions() if v != "v0"]
     assert len(versions) == 2
     assert [_data(settings, v)["feedback_examples"] for v in versions] == [n, 2 * n]
 
@@ -259,7 +259,7 @@ async def _write_labels(settings, labels: list[Label]) -> None:
 
 
 def _last_update(settings) -> ModelUpdate:
-    consumer = KafkaConsumer(settings.topic("model-updates"), bootstrap_servers=settings.kafka,
+    consumer = KafkaConsumer(settings.kafka.topic("model-updates"), bootstrap_servers=settings.kafka.bootstrap,
                              auto_offset_reset="earliest", enable_auto_commit=False)
     updates: list[ModelUpdate] = []
 
@@ -279,8 +279,8 @@ def test_the_live_guard_rolls_back_a_worse_model(make_settings, tmp_path, bench_
                              trainer_guard_min_corrections=n, trainer_guard_margin=0.2, **SMALL)
     names = load_ontology().category_names
     posts, corrections = _posts_and_corrections(settings, 2 * n, seed=41)
-    publish_tiny(settings.model_dir, "good", seed=1)
-    publish_tiny(settings.model_dir, "bad", seed=2)
+    publish_tiny(settings.serving.model_dir, "good", seed=1)
+    publish_tiny(settings.serving.model_dir, "bad", seed=2)
     promote(settings, "good")  # its labels: what users then confirm
     asyncio.run(_write_labels(settings, [_label(f.post_id, "good", f.categories[0]) for f in corrections[:n]]))
     promote(settings, "bad")  # by hand; its labels: what users then contradict
@@ -300,4 +300,4 @@ def test_the_live_guard_rolls_back_a_worse_model(make_settings, tmp_path, bench_
         assert metrics.agreement.labels("bad")._value.get() == 0.0
         assert metrics.corrections.labels("bad", "disagree")._value.get() == n
     assert _last_update(settings).version == "good"  # the rollback was announced to the classifiers
-    assert redis.Redis.from_url(settings.redis_url).lrange(settings.keys.model_history, 0, -1) == [b"good"]
+    assert redis.Redis.from_url(settings.redis.url).lrange(settings.redis.keys.model_history, 0, -1) == [b"good"]

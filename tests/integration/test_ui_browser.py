@@ -69,7 +69,7 @@ def _no_policy_violations(browser) -> None:
 
 
 def _feedback_records(settings, count: int) -> list[Feedback]:
-    consumer = KafkaConsumer(settings.topic("feedback"), bootstrap_servers=settings.kafka,
+    consumer = KafkaConsumer(settings.kafka.topic("feedback"), bootstrap_servers=settings.kafka.bootstrap,
                              auto_offset_reset="earliest", enable_auto_commit=False)
     records: list[Feedback] = []
 
@@ -124,15 +124,15 @@ def test_a_post_appears_its_correction_reaches_the_trainer_and_a_hostile_caption
     group.start("classify")
     trainer = group.start("trainer")
     group.wait_ready()
-    (post, _), (evil, _) = generate_posts(load_ontology(), 2, seed=5, prefix=settings.group_prefix)
+    (post, _), (evil, _) = generate_posts(load_ontology(), 2, seed=5, prefix=settings.kafka.group_prefix)
     evil = evil.model_copy(update={"caption": EVIL})
     with serving(settings) as url:
         _open(browser, url)
         wait_until(lambda: _text(browser, "#live-state") == "live", timeout=20, what="the page to go live")
-        producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
         sent = time.monotonic()
         for p in (post, evil):
-            producer.send(settings.topic("posts"), key=p.post_id.encode(), value=encode(p))
+            producer.send(settings.kafka.topic("posts"), key=p.post_id.encode(), value=encode(p))
         producer.flush()
         producer.close()
         wait_until(lambda: _card(browser, post.post_id) and _card(browser, evil.post_id), timeout=60,
@@ -196,12 +196,12 @@ def test_writes_without_the_token_or_with_a_wrong_csrf_token_are_refused(make_se
 
 def test_the_model_page_shows_a_rollback_by_the_live_guard_with_its_reason(make_settings, browser) -> None:
     settings = make_settings(ui_port=0, trainer_guard_min_corrections=2)
-    publish_tiny(settings.model_dir, "v-new", seed=1)
+    publish_tiny(settings.serving.model_dir, "v-new", seed=1)
     promote(settings, "tiny-test")
     promote(settings, "v-new", reason="tried by hand")
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(settings.redis.url)
     for n, version in enumerate(["tiny-test", "tiny-test", "v-new", "v-new"]):
-        client.set(settings.keys.label(f"p{n}"), json.dumps({"model_version": version,
+        client.set(settings.redis.keys.label(f"p{n}"), json.dumps({"model_version": version,
                                                              "categories": [{"term": "dresses", "score": 0.9}]}))
     guard = LiveGuard(settings, client, StageMetrics("trainer"))
     guard.observe([Feedback(post_id="p0", categories=["dresses"]), Feedback(post_id="p1", categories=["dresses"]),

@@ -27,7 +27,7 @@ def registry_dir(tmp_path: Path) -> Path:
 
 
 def _slot(model_dir: Path) -> ModelSlot:
-    settings = Settings(model_dir=model_dir, device="cpu")
+    settings = Settings.named(model_dir=model_dir, device="cpu")
     return ModelSlot(settings, Predictor.load(settings, "v1"), StageMetrics("classify"))
 
 

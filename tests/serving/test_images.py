@@ -54,7 +54,7 @@ def test_paths_stay_inside_the_image_root(tmp_path):
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "ok.jpg").write_bytes(JPEG)
     (tmp_path / "secret.jpg").write_bytes(JPEG)
-    settings = Settings(image_root=tmp_path / "root")
+    settings = Settings.named(image_root=tmp_path / "root")
     assert load_image(ImageSource(path="ok.jpg"), settings).size == (96, 96)
     assert _code(load_image, ImageSource(path="../secret.jpg"), settings) == "path_refused"
     assert _code(load_image, ImageSource(path=str(tmp_path / "secret.jpg")), settings) == "path_refused"

@@ -30,7 +30,7 @@ def registry(tmp_path: Path) -> Registry:
 
 def _start(registry: Registry, pointer: str | None) -> tuple[str, set[str], float]:
     metrics = StageMetrics("classify")
-    predictor, failed = load_last_good(Settings(model_dir=registry.root, device="cpu"), pointer, metrics)
+    predictor, failed = load_last_good(Settings.named(model_dir=registry.root, device="cpu"), pointer, metrics)
     return predictor.version, failed, metrics.bad_model._value.get()
 
 
@@ -82,7 +82,7 @@ def test_a_pointer_to_a_version_that_is_not_there_is_a_bad_pointer(registry):
 
 
 def test_a_live_swap_records_the_version_it_verified(registry):
-    settings = Settings(model_dir=registry.root, device="cpu")
+    settings = Settings.named(model_dir=registry.root, device="cpu")
     predictor, _ = load_last_good(settings, "v1", StageMetrics("classify"))
     slot = ModelSlot(settings, predictor, StageMetrics("classify"), refused={"v3"})
 

@@ -46,7 +46,7 @@ def registry_dir(exported: Path, tmp_path: Path) -> Path:
 
 
 def _load(model_dir: Path, version: str, runtime: str = "auto") -> Predictor:
-    return Predictor.load(Settings(model_dir=model_dir, device="cpu", runtime=runtime), version)
+    return Predictor.load(Settings.named(model_dir=model_dir, device="cpu", runtime=runtime), version)
 
 
 def _batch(size: int, n: int = 6) -> tuple[list[torch.Tensor], list[Hints | None]]:
@@ -72,7 +72,7 @@ def test_an_exported_version_serves_on_onnx_runtime_with_eager_labels(registry_d
 @pytest.fixture(scope="module")
 def default_predictors(tmp_path_factory) -> dict[str, Predictor]:
     empty = tmp_path_factory.mktemp("empty")
-    return {runtime: Predictor.load(Settings(model_dir=empty, device="cpu", runtime=runtime))
+    return {runtime: Predictor.load(Settings.named(model_dir=empty, device="cpu", runtime=runtime))
             for runtime in ("auto", "torch")}
 
 
@@ -137,7 +137,7 @@ def _unreadable_list(path: Path) -> None:
                                      _unreadable_list])
 def test_a_corrupt_artifact_is_refused_and_the_old_version_keeps_serving(registry_dir, corrupt):
     corrupt(registry_dir / "v2")
-    slot = ModelSlot(Settings(model_dir=registry_dir, device="cpu"), _load(registry_dir, "v1"), StageMetrics("classify"))
+    slot = ModelSlot(Settings.named(model_dir=registry_dir, device="cpu"), _load(registry_dir, "v1"), StageMetrics("classify"))
 
     async def scenario():
         assert await slot.offer("v2") is False
@@ -162,7 +162,7 @@ def test_eager_serves_where_the_artifact_or_onnxruntime_is_missing(registry_dir,
 
 
 def test_a_hot_swap_between_exported_versions_under_load(registry_dir):
-    slot = ModelSlot(Settings(model_dir=registry_dir, device="cpu"), _load(registry_dir, "v1"), StageMetrics("classify"))
+    slot = ModelSlot(Settings.named(model_dir=registry_dir, device="cpu"), _load(registry_dir, "v1"), StageMetrics("classify"))
     images, hints = _batch(slot.current.image_size, 8)
     ids = [f"p{i}" for i in range(len(images))]
 
@@ -194,7 +194,7 @@ def test_export_onnx_adds_the_artifact_to_a_version_published_without_it(registr
 
 
 def test_the_packaged_int8_artifact_keeps_real_photo_map_within_001(default_predictors, tmp_path):
-    int8 = Predictor.load(Settings(model_dir=tmp_path, device="cpu", runtime="onnx_int8"))
+    int8 = Predictor.load(Settings.named(model_dir=tmp_path, device="cpu", runtime="onnx_int8"))
     assert int8.runtime == "onnx_int8"
     photos, truth = fixture_photos(ONTOLOGY)
     fp32_map, int8_map = (mean_average_precision(torch.from_numpy(_probabilities(p, photos, [None] * len(photos))[0]),

@@ -46,7 +46,7 @@ def test_temp_folders_of_a_publish_are_never_versions(layout):
 
 def test_a_pointer_outside_the_registry_is_refused_and_v1_keeps_serving(layout):
     registry, outside = layout
-    settings = Settings(model_dir=registry, device="cpu")
+    settings = Settings.named(model_dir=registry, device="cpu")
     slot = ModelSlot(settings, Predictor.load(settings, "v1"), StageMetrics("classify"))
 
     async def scenario() -> list[bool]:

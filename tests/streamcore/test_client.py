@@ -28,9 +28,9 @@ def _label(post_id: str) -> Label:
 
 
 def _produce(settings, ids: list[str]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     for post_id in ids:
-        producer.send(settings.topic("labels"), key=post_id.encode(), value=encode(_label(post_id)))
+        producer.send(settings.kafka.topic("labels"), key=post_id.encode(), value=encode(_label(post_id)))
     producer.flush()
     producer.close()
 
@@ -71,11 +71,11 @@ def _raw_label(post_id: str, **changes) -> bytes:
 @integration
 def test_labels_keeps_unknown_fields_and_heads_and_skips_what_it_cannot_read(make_settings) -> None:
     settings = make_settings()
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     records = [_raw_label("grown", head="mixture_of_experts", confidence={"overall": 0.9}),
                b"{not json", _raw_label("no-head", head=None), b"", _raw_label("plain")]
     for value in records:  # one partition: the order is the order written
-        producer.send(settings.topic("labels"), key=b"k", value=value, partition=0)
+        producer.send(settings.kafka.topic("labels"), key=b"k", value=value, partition=0)
     producer.flush()
     producer.close()
     with StylestreamClient(settings) as client:
@@ -91,10 +91,10 @@ def test_stored_and_streamed_labels_are_read_tolerantly(make_settings) -> None:
     settings = make_settings()
     with StylestreamClient(settings) as client:
         store = client._redis_client()
-        store.set(settings.keys.label("grown"), _raw_label("grown", extra_field=[1, 2]))
-        store.set(settings.keys.label("broken"), b'{"schema": "label/v1"}')
+        store.set(settings.redis.keys.label("grown"), _raw_label("grown", extra_field=[1, 2]))
+        store.set(settings.redis.keys.label("broken"), b'{"schema": "label/v1"}')
         for value in (b"[]", _raw_label("grown")):
-            store.xadd(settings.keys.labels_stream, {"label": value})
+            store.xadd(settings.redis.keys.labels_stream, {"label": value})
         assert client.label("grown").model_extra == {"extra_field": [1, 2]}
         assert client.label("broken") is None and client.label("absent") is None
         assert client.wait_label("grown", timeout=1).post_id == "grown"
@@ -112,7 +112,7 @@ def test_a_correction_goes_to_the_feedback_topic_as_feedback_v1(make_settings) -
         assert delivery.wait(timeout=30).offset is not None
         with pytest.raises(ValidationError):
             client.correct("post-1", [])
-    reader = KafkaConsumer(settings.topic("feedback"), bootstrap_servers=settings.kafka, auto_offset_reset="earliest",
+    reader = KafkaConsumer(settings.kafka.topic("feedback"), bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest",
                            consumer_timeout_ms=5000)
     records = list(reader)
     reader.close()
@@ -133,14 +133,14 @@ def test_a_correction_goes_to_the_feedback_topic_as_feedback_v1(make_settings) -
     (ImageSource(b64=""), ValueError),
 ])
 def test_an_image_no_stage_could_read_is_refused_at_the_call(image, error) -> None:
-    client = StylestreamClient(Settings(kafka=None))  # no broker: refused before any connection
+    client = StylestreamClient(Settings.named(kafka=None))  # no broker: refused before any connection
     with pytest.raises(error):
         client.publish_image(image)
     assert client.failed == {}
 
 
 def test_a_post_over_the_message_limit_is_refused_at_the_call() -> None:
-    client = StylestreamClient(Settings(kafka=None, max_message_bytes=4096))
+    client = StylestreamClient(Settings.named(kafka=None, max_message_bytes=4096))
     with pytest.raises(ValueError, match="limit 4096"):
         client.publish_image(b"x" * 4096, post_id="big")
 

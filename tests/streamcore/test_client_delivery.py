@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def _settings(bootstrap: str) -> Settings:
-    return Settings(kafka=bootstrap, topic_prefix="d.", partitions=2, delivery_timeout_s=2)
+    return Settings.named(kafka=bootstrap, topic_prefix="d.", partitions=2, delivery_timeout_s=2)
 
 
 def test_flush_names_the_posts_a_stopped_broker_did_not_take() -> None:
@@ -79,7 +79,7 @@ def test_produce_exits_non_zero_and_lists_the_posts_a_stopped_broker_did_not_tak
                "STYLESTREAM_DELIVERY_TIMEOUT_S": "2"}
         produce = subprocess.Popen([sys.executable, "-m", "workers.cli", "produce", "--count", "60", "--rate", "10"],
                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        reader = KafkaConsumer(settings.topic("posts"), bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        reader = KafkaConsumer(settings.kafka.topic("posts"), bootstrap_servers=bootstrap, auto_offset_reset="earliest")
         seen: list[str] = []
         try:
             wait_until(lambda: bool(seen.extend(r.key.decode() for rs in reader.poll(200).values() for r in rs)
@@ -119,7 +119,7 @@ def test_the_demo_producer_reports_what_a_stopped_broker_did_not_take() -> None:
         settings = _settings(bootstrap)
         ensure_topics(settings)
         console, stop = Console(record=True, width=200), Event()
-        killer = Thread(target=_kill_after_first_post, args=(bootstrap, settings.topic("posts"), broker, stop))
+        killer = Thread(target=_kill_after_first_post, args=(bootstrap, settings.kafka.topic("posts"), broker, stop))
         killer.start()
         status = run_demo(settings, rate=20, stop=stop, stack=stack, console=console)  # Ctrl-C: main thread
         killer.join(timeout=60)

@@ -32,16 +32,16 @@ def test_start_answer_stop():
     with EmbeddedStack() as stack:
         pids = [p.pid for _, p in stack._procs]
         assert redis.Redis.from_url(stack.redis_url).ping()
-        settings = Settings(kafka=stack.bootstrap, partitions=3)
+        settings = Settings.named(kafka=stack.bootstrap, partitions=3)
         assert ensure_topics(settings) and ensure_topics(settings) == []  # idempotent
         admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap)
         described = admin.describe_topics(["posts"])
         assert len(described[0]["partitions"]) == 3
-        other = Settings(kafka=stack.bootstrap, topic_prefix="other.")
+        other = Settings.named(kafka=stack.bootstrap, topic_prefix="other.")
         ensure_topics(other)
         delete_topics(settings)
         delete_topics(settings)  # nothing left to delete: no error
-        assert sorted(admin.list_topics()) == sorted(other.topic(name) for name in TOPICS)
+        assert sorted(admin.list_topics()) == sorted(other.kafka.topic(name) for name in TOPICS)
         admin.close()
     assert not any(_alive(pid) for pid in pids)
 

@@ -142,13 +142,13 @@ class _Listing:
 
 
 def test_missing_topics_are_created_again_when_allowed(monkeypatch):
-    settings = Settings(topic_prefix="p.", partitions=3)
+    settings = Settings.named(topic_prefix="p.", partitions=3)
     consumer, created = _Listing({"p.posts"}), []
 
     def ensure(s, names):
         created.extend(names)
-        consumer.listed |= {s.topic(n) for n in names}
-        return [s.topic(n) for n in names]
+        consumer.listed |= {s.kafka.topic(n) for n in names}
+        return [s.kafka.topic(n) for n in names]
 
     monkeypatch.setattr(kafka_module, "ensure_topics", ensure)
     counted = []
@@ -160,7 +160,7 @@ def test_missing_topics_are_created_again_when_allowed(monkeypatch):
 
 
 def test_missing_topics_make_one_clear_problem_when_creating_them_is_not_allowed(monkeypatch, caplog):
-    settings = Settings(topic_prefix="p.", recreate_topics=False, topic_check_s=0.01)
+    settings = Settings.named(topic_prefix="p.", recreate_topics=False, topic_check_s=0.01)
     monkeypatch.setattr(kafka_module, "ensure_topics", lambda *a: pytest.fail("created although not allowed"))
     watch = TopicWatch(settings, ("posts", "labels"), lambda n: None, owner="classify")
     with caplog.at_level(logging.ERROR, logger="streamcore.kafka"):

@@ -121,8 +121,8 @@ def test_stage_binds_the_configured_interface(host, reaches_other):
     from streamcore.settings import Settings
     from workers.text import TextStage
 
-    settings = Settings() if host == "127.0.0.1" else Settings(health_host=host)
-    assert settings.health_host == host
+    settings = Settings() if host == "127.0.0.1" else Settings.named(health_host=host)
+    assert settings.metrics.health_host == host
     port = TextStage(settings).serve_health(0)
     assert _connects("127.0.0.1", port)
     assert _connects("127.0.0.2", port) is reaches_other

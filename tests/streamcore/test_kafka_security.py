@@ -48,7 +48,7 @@ def tls_files(tmp_path_factory) -> dict[str, str]:
 
 
 def _sasl_ssl(files: dict[str, str], **more) -> Settings:
-    return Settings(kafka="broker:9093", redis_url=f"redis://app:{REDIS_PASSWORD}@cache:6379/0",
+    return Settings.named(kafka="broker:9093", redis_url=f"redis://app:{REDIS_PASSWORD}@cache:6379/0",
                     kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
                     kafka_sasl_username="stylestream", kafka_sasl_password=SASL_PASSWORD,
                     kafka_ssl_cafile=files["ca.pem"], kafka_ssl_certfile=files["client.pem"],
@@ -56,12 +56,12 @@ def _sasl_ssl(files: dict[str, str], **more) -> Settings:
 
 
 def test_plaintext_default_adds_nothing_but_the_protocol():
-    assert aiokafka_security(Settings()) == {"security_protocol": "PLAINTEXT"}
-    assert kafka_python_security(Settings()) == {"security_protocol": "PLAINTEXT"}
+    assert aiokafka_security(Settings().security) == {"security_protocol": "PLAINTEXT"}
+    assert kafka_python_security(Settings().security) == {"security_protocol": "PLAINTEXT"}
 
 
 def test_kafka_python_gets_file_paths(tls_files):
-    assert kafka_python_security(_sasl_ssl(tls_files)) == {
+    assert kafka_python_security(_sasl_ssl(tls_files).security) == {
         "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "stylestream",
         "sasl_plain_password": SASL_PASSWORD, "ssl_check_hostname": True, "ssl_cafile": tls_files["ca.pem"],
         "ssl_certfile": tls_files["client.pem"], "ssl_keyfile": tls_files["client.key"], "ssl_password": KEY_PASSWORD,
@@ -69,7 +69,7 @@ def test_kafka_python_gets_file_paths(tls_files):
 
 
 def test_aiokafka_gets_one_ssl_context(tls_files):
-    options = aiokafka_security(_sasl_ssl(tls_files))
+    options = aiokafka_security(_sasl_ssl(tls_files).security)
     context = options.pop("ssl_context")
     assert options == {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
                        "sasl_plain_username": "stylestream", "sasl_plain_password": SASL_PASSWORD}
@@ -86,7 +86,7 @@ async def _built(settings: Settings) -> tuple[bool, bool]:
 
 
 def test_kafka_python_clients_know_every_argument(tls_files):
-    options = set(kafka_python_security(_sasl_ssl(tls_files)))
+    options = set(kafka_python_security(_sasl_ssl(tls_files).security))
     for client in (KafkaProducer, KafkaConsumer, KafkaAdminClient):
         assert options <= set(client.DEFAULT_CONFIG), (client, options - set(client.DEFAULT_CONFIG))
 
@@ -110,7 +110,7 @@ def test_the_ssl_context_trusts_the_ca_and_presents_the_client_certificate(tls_f
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    context = aiokafka_security(_sasl_ssl(tls_files))["ssl_context"]
+    context = aiokafka_security(_sasl_ssl(tls_files).security)["ssl_context"]
     with (socket.create_connection(listener.getsockname(), timeout=10) as raw,
           context.wrap_socket(raw, server_hostname="localhost") as tls):
         assert tls.version() is not None
@@ -120,11 +120,11 @@ def test_the_ssl_context_trusts_the_ca_and_presents_the_client_certificate(tls_f
 
 
 def test_tls_without_sasl_and_hostname_check_off(tls_files):
-    settings = Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=tls_files["ca.pem"],
+    settings = Settings.named(kafka_security_protocol="SSL", kafka_ssl_cafile=tls_files["ca.pem"],
                         kafka_ssl_check_hostname=False)
-    assert kafka_python_security(settings) == {"security_protocol": "SSL", "ssl_check_hostname": False,
+    assert kafka_python_security(settings.security) == {"security_protocol": "SSL", "ssl_check_hostname": False,
                                                "ssl_cafile": tls_files["ca.pem"]}
-    options = aiokafka_security(settings)
+    options = aiokafka_security(settings.security)
     assert set(options) == {"security_protocol", "ssl_context"} and not options["ssl_context"].check_hostname
 
 
@@ -138,17 +138,17 @@ def test_tls_without_sasl_and_hostname_check_off(tls_files):
 ])
 def test_incomplete_security_fails_at_startup(bad):
     with pytest.raises(ValidationError):
-        Settings(**bad)
+        Settings.named(**bad)
 
 
 def test_secrets_never_show_in_repr_logs_or_metrics(tls_files, caplog):
     settings = _sasl_ssl(tls_files, kafka_options={"client_id": "x"})
     secrets = (SASL_PASSWORD, KEY_PASSWORD, REDIS_PASSWORD, "tok-S3cret-value")
     # Pass-through options whose name says secret are masked too.
-    shown = repr(settings) + str(settings) + repr(Settings(kafka_options={"oauth_token": "tok-S3cret-value"}))
-    assert "kafka_sasl_username='stylestream'" in repr(settings) and "cache:6379" in repr(settings)
+    shown = repr(settings) + str(settings) + repr(Settings.named(kafka_options={"oauth_token": "tok-S3cret-value"}))
+    assert "sasl_username='stylestream'" in repr(settings) and "cache:6379" in repr(settings)
     # Settings are still usable: the values are there for the clients that need them.
-    assert settings.kafka_sasl_password.get_secret_value() == SASL_PASSWORD
+    assert settings.security.sasl_password.get_secret_value() == SASL_PASSWORD
     assert settings.child_env()["STYLESTREAM_KAFKA_SASL_PASSWORD"] == SASL_PASSWORD
 
     # Logs: everything the clients and a stage log while being built (aiokafka logs its TLS setup).

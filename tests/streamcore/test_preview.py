@@ -10,9 +10,10 @@ import redis
 from redis.cluster import key_slot
 
 from streamcore.preview import Preview
+from streamcore.rediskeys import RedisKeys
 from streamcore.schemas import HintsUsed, Label, utcnow
 from streamcore.serde import encode
-from streamcore.settings import RedisKeys, Settings
+from streamcore.settings import Settings
 from streamcore.sinks import RedisLabels, fingerprint
 
 
@@ -33,7 +34,7 @@ def _label(post_id: str) -> bytes:
 @pytest.mark.integration
 @pytest.mark.parametrize("ttl", [None, 120])
 def test_the_sink_stores_previews_beside_labels_with_their_expiry(infra, ttl):
-    settings = Settings(redis_url=infra[1], redis_prefix=f"r{uuid.uuid4().hex[:8]}", redis_label_ttl_s=ttl)
+    settings = Settings.named(redis_url=infra[1], redis_prefix=f"r{uuid.uuid4().hex[:8]}", redis_label_ttl_s=ttl)
     ids = ["a", "b", "c"]
     previews = [Preview(b"\xff\xd8jpeg", "red <b>dress</b>"), Preview(None, "no picture"), None]
 
@@ -47,7 +48,7 @@ def test_the_sink_stores_previews_beside_labels_with_their_expiry(infra, ttl):
     prints = [fingerprint(p.encode()) for p in ids]
     assert all(asyncio.run(write(prints, previews)))
     client = redis.Redis.from_url(infra[1])
-    keys = settings.keys
+    keys = settings.redis.keys
     assert client.hgetall(keys.thumb("a")) == {b"jpeg": b"\xff\xd8jpeg", b"caption": b"red <b>dress</b>"}
     assert client.hgetall(keys.thumb("b")) == {b"caption": b"no picture"}
     assert not client.exists(keys.thumb("c"))

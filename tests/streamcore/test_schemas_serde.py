@@ -27,7 +27,7 @@ def test_post_roundtrip_uses_contract_field_names():
     post = Post.model_validate(_post())
     raw = encode(post)
     assert json.loads(raw)["schema"] == "post/v1"
-    assert decode_post(raw, Settings()) == post
+    assert decode_post(raw, Settings().limits) == post
 
 
 @pytest.mark.parametrize("post_id", ["", "a" * 129, "has space", "semi;colon", "ünï"])
@@ -58,18 +58,18 @@ def test_exactly_one_image_source(image):
 )
 def test_decode_post_reasons(raw, code):
     with pytest.raises(BadInput) as info:
-        decode_post(raw, Settings())
+        decode_post(raw, Settings().limits)
     assert info.value.code == code
 
 
 def test_size_limits_are_configurable():
     raw = json.dumps(_post(caption="x" * 2000)).encode()
-    assert decode_post(raw, Settings()).caption == "x" * 2000
+    assert decode_post(raw, Settings().limits).caption == "x" * 2000
     with pytest.raises(BadInput) as info:
-        decode_post(raw, Settings(max_text_bytes=1000))
+        decode_post(raw, Settings.named(max_text_bytes=1000).limits)
     assert info.value.code == "text_too_long"
     with pytest.raises(BadInput) as info:
-        decode_post(raw, Settings(max_message_bytes=1024))
+        decode_post(raw, Settings.named(max_message_bytes=1024).limits)
     assert info.value.code == "too_large"
 
 

@@ -1,4 +1,5 @@
-"""The settings tables in docs/settings.md and the README cannot drift from the settings model."""
+"""The settings tables in docs/settings.md and the README cannot drift from the settings model: every variable,
+its default, and in docs/settings.md its section and field."""
 
 from __future__ import annotations
 
@@ -12,16 +13,28 @@ from streamcore.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 _ROW = re.compile(r"^\| `STYLESTREAM_([A-Z0-9_]+)` \| ([^|]*) \|")
+_SECTION = re.compile(r"^## `(\w+)`")
+_IN_CODE = re.compile(r"\| `(\w+)\.(\w+)` \|$")
 
 
 def _rows(path: Path) -> dict[str, str]:
-    rows: dict[str, str] = {}
+    """Variable name (lower-case, no prefix) → the default column."""
+    return {name: default for name, (default, _, _) in _placed_rows(path).items()}
+
+
+def _placed_rows(path: Path) -> dict[str, tuple[str, str | None, tuple[str, str] | None]]:
+    """Variable name → (default column, the section heading above the row, the row's ``section.field`` cell)."""
+    rows: dict[str, tuple[str, str | None, tuple[str, str] | None]] = {}
+    heading = None
     for line in path.read_text(encoding="utf-8").splitlines():
+        if section := _SECTION.match(line):
+            heading = section.group(1)
         match = _ROW.match(line)
         if match:
             name = match.group(1).lower()
             assert name not in rows, f"{path.name}: STYLESTREAM_{match.group(1)} is listed twice"
-            rows[name] = match.group(2).strip()
+            code = _IN_CODE.search(line)
+            rows[name] = (match.group(2).strip(), heading, code.groups() if code else None)
     return rows
 
 
@@ -47,8 +60,11 @@ def _documented_default_matches(cell: str, default: object) -> bool:
 
 
 def _model_defaults() -> dict[str, object]:
+    """Variable name → the model's default, whatever the section."""
     defaults = {}
-    for name, field in Settings.model_fields.items():
+    sections = Settings.sections()
+    for name, (section, field_name) in Settings.NAMES.items():
+        field = sections[section].model_fields[field_name]
         defaults[name] = field.default_factory() if field.default_factory else field.default
     return defaults
 
@@ -61,6 +77,13 @@ def test_docs_table_lists_every_setting_with_its_default() -> None:
     wrong = {name: (rows[name], defaults[name]) for name in rows
              if not _documented_default_matches(rows[name], defaults[name])}
     assert wrong == {}, "defaults in docs/settings.md differ from the model"
+
+
+def test_docs_table_lists_every_setting_under_its_section_with_its_field() -> None:
+    placed = _placed_rows(ROOT / "docs" / "settings.md")
+    wrong = {name: (heading, code) for name, (_, heading, code) in placed.items()
+             if code is None or (heading, code[1]) != Settings.NAMES[name] or code[0] != heading}
+    assert wrong == {}, "rows under another section than the model's, or naming another field"
 
 
 @pytest.mark.parametrize("doc", ["README.md"])

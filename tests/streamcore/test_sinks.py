@@ -13,9 +13,10 @@ import redis
 from redis.cluster import RedisCluster, key_slot
 
 from streamcore.embedded import free_port, redis_binary, stop_processes
+from streamcore.rediskeys import RedisKeys
 from streamcore.schemas import HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.serde import encode
-from streamcore.settings import RedisKeys, Settings
+from streamcore.settings import Settings
 from streamcore.sinks import RedisLabels, RedisLookups, fingerprint
 from tests.support import wait_until
 
@@ -63,12 +64,12 @@ def test_the_trainers_keys_used_together_share_a_hash_slot():
         assert key_slot(keys.guard(version).encode()) == key_slot(f"{keys.guard(version)}:posts".encode())
 
 def _run_sink_checks(settings: Settings, client: redis.Redis | RedisCluster) -> None:
-    ids = [f"{settings.redis_prefix}-{i}" for i in range(24)]
+    ids = [f"{settings.redis.prefix}-{i}" for i in range(24)]
     first = [_label(p) for p in ids]
     prints = [fingerprint(p.encode()) for p in ids]
     stored = asyncio.run(_write(settings, first, prints))
-    assert all(stored) and all(client.get(settings.keys.label(p)) == s for p, s in zip(ids, stored))
-    stream = settings.keys.labels_stream
+    assert all(stored) and all(client.get(settings.redis.keys.label(p)) == s for p, s in zip(ids, stored))
+    stream = settings.redis.keys.labels_stream
     assert client.xlen(stream) == len(ids)
 
     # Redo: same content, same model version → the stored bytes again, no new stream entry.
@@ -76,28 +77,28 @@ def _run_sink_checks(settings: Settings, client: redis.Redis | RedisCluster) -> 
     assert again == stored and client.xlen(stream) == len(ids)
     # Conflict: same id, other content → None, the stored label untouched.
     assert asyncio.run(_write(settings, [_label(ids[0])], [fingerprint(b"other")])) == [None]
-    assert client.get(settings.keys.label(ids[0])) == stored[0]
+    assert client.get(settings.redis.keys.label(ids[0])) == stored[0]
     # A new model version relabels (and streams) the same content.
     newer = asyncio.run(_write(settings, [_label(ids[1], version="v2")], [prints[1]]))
     assert b'"model_version":"v2"' in newer[0] and client.xlen(stream) == len(ids) + 1
     # A crash between the label script and the stream entry: the redo adds the missing entry.
-    client.hset(settings.keys.post_meta(ids[2]), "streamed", "0")
+    client.hset(settings.redis.keys.post_meta(ids[2]), "streamed", "0")
     asyncio.run(_write(settings, [_label(ids[2])], [prints[2]]))
     assert client.xlen(stream) == len(ids) + 2
-    if settings.redis_label_ttl_s:
-        for key in (settings.keys.label(ids[3]), settings.keys.post_meta(ids[3])):
-            assert 0 < client.ttl(key) <= settings.redis_label_ttl_s
+    if settings.redis.label_ttl_s:
+        for key in (settings.redis.keys.label(ids[3]), settings.redis.keys.post_meta(ids[3])):
+            assert 0 < client.ttl(key) <= settings.redis.label_ttl_s
     else:
-        assert client.ttl(settings.keys.label(ids[3])) == -1
+        assert client.ttl(settings.redis.keys.label(ids[3])) == -1
 
 
 def test_single_server_with_ttl(infra):
-    settings = Settings(redis_url=infra[1], redis_prefix=f"r{uuid.uuid4().hex[:8]}", redis_label_ttl_s=300)
+    settings = Settings.named(redis_url=infra[1], redis_prefix=f"r{uuid.uuid4().hex[:8]}", redis_label_ttl_s=300)
     _run_sink_checks(settings, redis.Redis.from_url(infra[1]))
 
 
 def test_single_server_without_ttl(infra):
-    settings = Settings(redis_url=infra[1], redis_prefix=f"r{uuid.uuid4().hex[:8]}")
+    settings = Settings.named(redis_url=infra[1], redis_prefix=f"r{uuid.uuid4().hex[:8]}")
     _run_sink_checks(settings, redis.Redis.from_url(infra[1]))
 
 
@@ -139,16 +140,16 @@ def _pings(node: redis.Redis) -> bool:
 
 
 def test_label_script_runs_on_a_redis_cluster(redis_cluster):
-    settings = Settings(redis_url=redis_cluster, redis_cluster=True, redis_prefix=f"r{uuid.uuid4().hex[:8]}",
+    settings = Settings.named(redis_url=redis_cluster, redis_cluster=True, redis_prefix=f"r{uuid.uuid4().hex[:8]}",
                         redis_label_ttl_s=300)
     client = RedisCluster.from_url(redis_cluster)
-    owners = {client.get_node_from_key(settings.keys.label(f"{settings.redis_prefix}-{i}")).port for i in range(24)}
+    owners = {client.get_node_from_key(settings.redis.keys.label(f"{settings.redis.prefix}-{i}")).port for i in range(24)}
     assert len(owners) == 3  # the posts really live on different masters
     _run_sink_checks(settings, client)
     # A plain client would be redirected: the keys are not all on the node the URL names.
     with pytest.raises(redis.exceptions.MovedError):
         for i in range(24):
-            redis.Redis.from_url(redis_cluster).get(settings.keys.label(f"{settings.redis_prefix}-{i}"))
+            redis.Redis.from_url(redis_cluster).get(settings.redis.keys.label(f"{settings.redis.prefix}-{i}"))
 
 
 def test_promotion_pointer_and_history_on_a_redis_cluster(redis_cluster, make_settings, tmp_path):
@@ -161,9 +162,9 @@ def test_promotion_pointer_and_history_on_a_redis_cluster(redis_cluster, make_se
     promote(settings, "v-one")
     promote(settings, "v-two")
     client = RedisCluster.from_url(redis_cluster)
-    assert client.get(settings.keys.model_current) == b"v-two"
+    assert client.get(settings.redis.keys.model_current) == b"v-two"
     assert rollback(settings).version == "v-one"
-    assert client.get(settings.keys.model_current) == b"v-one"
+    assert client.get(settings.redis.keys.model_current) == b"v-one"
     lookups = RedisLookups(settings)
 
     async def current() -> str | None:
@@ -186,4 +187,4 @@ def test_an_empty_batch_writes_nothing(make_settings):
             await sink.close()
 
     assert asyncio.run(scenario()) == []
-    assert redis.Redis.from_url(settings.redis_url).xlen(settings.keys.labels_stream) == 0
+    assert redis.Redis.from_url(settings.redis.url).xlen(settings.redis.keys.labels_stream) == 0

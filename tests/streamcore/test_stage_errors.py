@@ -62,7 +62,7 @@ class Toy(Stage):
     inputs = ("posts",)
 
     def __init__(self, **settings) -> None:
-        super().__init__(Settings(**settings))
+        super().__init__(Settings.named(**settings))
         self.producer, self.consumer = Producer(), Consumer()
         self.rounds: list[list[bytes]] = []
 

@@ -34,7 +34,7 @@ def test_packaged_default_is_small_and_matches_its_checksum() -> None:
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory) -> Predictor:
-    return Predictor.load(Settings(model_dir=tmp_path_factory.mktemp("empty"), device="cpu"))
+    return Predictor.load(Settings.named(model_dir=tmp_path_factory.mktemp("empty"), device="cpu"))
 
 
 def test_empty_registry_serves_the_default_right_about_held_out_photos(predictor) -> None:
@@ -69,7 +69,7 @@ def _pil(chw: np.ndarray):
 
 def test_a_published_version_replaces_the_default(tmp_path) -> None:
     publish_tiny(tmp_path, "v1")
-    assert Predictor.load(Settings(model_dir=tmp_path, device="cpu")).version == "v1"
+    assert Predictor.load(Settings.named(model_dir=tmp_path, device="cpu")).version == "v1"
 
 
 @pytest.mark.parametrize(("head", "hint", "source"), [

@@ -73,7 +73,7 @@ async def _retrying(operation, call):
 
 def test_a_redis_outage_during_a_batch_of_32_is_retried_as_one_write(make_settings, monkeypatch):
     settings = make_settings()
-    store = redis.Redis.from_url(settings.redis_url)
+    store = redis.Redis.from_url(settings.redis.url)
     attempts = []
     real_flush = LabelBatch.flush
     policy = store.config_get("maxmemory-policy")["maxmemory-policy"]
@@ -87,7 +87,7 @@ def test_a_redis_outage_during_a_batch_of_32_is_retried_as_one_write(make_settin
 
     monkeypatch.setattr(LabelBatch, "flush", counted_flush)
     producer = Producer()
-    ids = [f"{settings.group_prefix}-{n}" for n in range(32)]
+    ids = [f"{settings.kafka.group_prefix}-{n}" for n in range(32)]
 
     async def scenario():
         sink = LabelSink(settings, producer)
@@ -111,6 +111,6 @@ def test_a_redis_outage_during_a_batch_of_32_is_retried_as_one_write(make_settin
     results = asyncio.run(scenario())
     assert attempts == [32, 32, 32, 32], "one write of the whole batch per round"
     assert not any(isinstance(r, BadInput) or r is None for r in results)
-    assert store.exists(*(settings.keys.label(p) for p in ids)) == len(ids)
+    assert store.exists(*(settings.redis.keys.label(p) for p in ids)) == len(ids)
     assert sorted(key.decode() for _, _, key in producer.sent) == sorted(ids)  # each label sent once
-    assert {topic for topic, _, _ in producer.sent} == {settings.topic("labels")}
+    assert {topic for topic, _, _ in producer.sent} == {settings.kafka.topic("labels")}

@@ -67,7 +67,7 @@ def _post(post_id: str, caption: str = "") -> bytes:
 
 @pytest.fixture
 def stage() -> ClassifyStage:
-    stage = ClassifyStage(Settings(max_inflight=10, max_inflight_bytes=10_000, max_held_hint_bytes=2_000,
+    stage = ClassifyStage(Settings.named(max_inflight=10, max_inflight_bytes=10_000, max_held_hint_bytes=2_000,
                                    hint_wait_ms=60_000))
     stage.consumer = Consumer()
     stage.lookups = Lookups(labelled=frozenset({"old"}))
@@ -163,8 +163,8 @@ def test_a_record_timestamp_no_datetime_holds_becomes_the_read_time(timestamp):
 def _decoded_at(settings: Settings, queued: int, count: int) -> list[int]:
     """The scheduling policy of the thread that decoded each of ``count`` images started together while
     ``queued`` decoded images wait for a batch."""
-    feeder = ImageFeeder(settings, lambda post: os.sched_getscheduler(0), lambda: queued,
-                         cpu_model=settings.device == "cpu")
+    feeder = ImageFeeder(settings.classify, lambda post: os.sched_getscheduler(0), lambda: queued,
+                         cpu_model=settings.serving.device == "cpu")
 
     async def together() -> list[int]:
         return list(await asyncio.gather(*(feeder.decode(None) for _ in range(count))))
@@ -179,14 +179,14 @@ def _decoded_at(settings: Settings, queued: int, count: int) -> list[int]:
 def test_on_a_cpu_model_only_images_beyond_the_next_batch_are_decoded_at_idle_priority():
     cpu = {"device": "cpu", "max_batch": 4, "decode_idle_priority": True}
     # The next batch lacks images: decoded at normal priority, the model would wait for them...
-    assert _decoded_at(Settings(**cpu), queued=0, count=1) == [os.SCHED_OTHER]
+    assert _decoded_at(Settings.named(**cpu), queued=0, count=1) == [os.SCHED_OTHER]
     # ... until queued and urgent ones cover it: the rest use the time the forward leaves.
-    assert _decoded_at(Settings(**cpu), queued=3, count=3) == [os.SCHED_OTHER, os.SCHED_IDLE, os.SCHED_IDLE]
-    assert _decoded_at(Settings(**cpu), queued=4, count=1) == [os.SCHED_IDLE]
+    assert _decoded_at(Settings.named(**cpu), queued=3, count=3) == [os.SCHED_OTHER, os.SCHED_IDLE, os.SCHED_IDLE]
+    assert _decoded_at(Settings.named(**cpu), queued=4, count=1) == [os.SCHED_IDLE]
 
 
 @pytest.mark.parametrize("settings", [{"device": "cpu"}, {"device": "cpu", "decode_idle_priority": False},
                                       {"device": "cuda", "decode_idle_priority": True}])
 def test_by_default_on_a_gpu_model_or_off_every_decode_keeps_normal_priority(settings):
     # Off by default: busy neighbours would starve idle decodes. A GPU model leaves the cores to the decoding.
-    assert _decoded_at(Settings(max_batch=4, **settings), queued=8, count=2) == [os.SCHED_OTHER] * 2
+    assert _decoded_at(Settings.named(max_batch=4, **settings), queued=8, count=2) == [os.SCHED_OTHER] * 2

@@ -20,11 +20,11 @@ PHOTO = ROOT / "training" / "real" / "data" / "fixture" / "images" / "fdbc4a3c-4
 
 
 def _env(settings) -> dict[str, str]:
-    return {"STYLESTREAM_KAFKA": settings.kafka, "STYLESTREAM_TOPIC_PREFIX": settings.topic_prefix}
+    return {"STYLESTREAM_KAFKA": settings.kafka.bootstrap, "STYLESTREAM_TOPIC_PREFIX": settings.kafka.topic_prefix}
 
 
 def _posts_on_topic(settings) -> dict[str, Post]:
-    reader = KafkaConsumer(settings.topic("posts"), bootstrap_servers=settings.kafka, auto_offset_reset="earliest",
+    reader = KafkaConsumer(settings.kafka.topic("posts"), bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest",
                            consumer_timeout_ms=4000)
     posts = {r.key.decode(): Post.model_validate_json(r.value) for r in reader}
     reader.close()
@@ -61,9 +61,9 @@ def test_produce_from_standard_input_exits_0_when_every_post_is_sent(make_settin
 def test_tail_json_prints_one_label_record_per_line(make_settings) -> None:
     settings = make_settings()
     label = json.loads((EXAMPLES / "label.v1.json").read_text())
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
     for post_id, extra in (("a", {}), ("b", {"new_field": 1})):
-        producer.send(settings.topic("labels"), key=post_id.encode(), partition=0,
+        producer.send(settings.kafka.topic("labels"), key=post_id.encode(), partition=0,
                       value=json.dumps(label | {"post_id": post_id} | extra).encode())
     producer.flush()
     producer.close()

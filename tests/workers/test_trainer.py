@@ -62,7 +62,7 @@ def _count(trainer: Trainer, metric: str, *labels: str) -> float:
 
 
 def _pointer(settings) -> str | None:
-    value = redis.Redis.from_url(settings.redis_url).get(settings.keys.model_current)
+    value = redis.Redis.from_url(settings.redis.url).get(settings.redis.keys.model_current)
     return value.decode() if value else None
 
 
@@ -110,7 +110,7 @@ def test_a_worse_candidate_is_not_promoted(make_settings, tmp_path, cache_dir) -
 @pytest.mark.integration
 def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
-    publish_tiny(settings.model_dir, "v-untrained", seed=5)
+    publish_tiny(settings.serving.model_dir, "v-untrained", seed=5)
     promote(settings, "v-untrained")
     trainer = _trainer(settings, cache_dir)
     started = time.perf_counter()
@@ -140,7 +140,7 @@ def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> N
 
 def test_a_warm_retrain_of_a_dynamic_head_retrains_the_base_it_keeps_then_its_dynamic_layers(tmp_path, cache_dir):
     # A checkpoint does not keep requires_grad: loaded, every part of a head would train.
-    trainer = _trainer(Settings(model_dir=tmp_path, redis_url="redis://127.0.0.1:9"), cache_dir)  # never connects
+    trainer = _trainer(Settings.named(model_dir=tmp_path, redis_url="redis://127.0.0.1:9"), cache_dir)  # never connects
     torch.manual_seed(0)
     serving = build_model(backbone="tiny", head="dynamic_layers", ontology=trainer.ontology, weights="random")
     before = {k: v.clone() for k, v in serving.head.state_dict().items()}
@@ -161,7 +161,7 @@ def test_a_warm_retrain_of_a_dynamic_head_retrains_the_base_it_keeps_then_its_dy
 
 
 def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None:
-    ontology, settings = load_ontology(), Settings(model_dir=tmp_path)
+    ontology, settings = load_ontology(), Settings.named(model_dir=tmp_path)
     miner = TextMiner.load(ontology)
     post, truth = next(iter(generate_posts(ontology, 1, seed=11, prefix="fb")))
     stored = StoredPost.from_post(post, settings, image_size=64)
@@ -198,11 +198,11 @@ def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None
 
 
 def test_an_offset_is_not_done_until_its_post_is_stored(tmp_path) -> None:
-    settings = Settings(model_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")  # nothing listens there
+    settings = Settings.named(model_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")  # nothing listens there
     stage = TrainerStage(settings, TrainerConfig.from_settings(settings))
     post, _ = next(iter(generate_posts(load_ontology(), 1, seed=2, prefix="nd")))
     value = encode(post)
-    record = ConsumerRecord(settings.topic("posts"), 0, 7, int(time.time() * 1000), 0, post.post_id.encode(),
+    record = ConsumerRecord(settings.kafka.topic("posts"), 0, 7, int(time.time() * 1000), 0, post.post_id.encode(),
                             value, None, len(post.post_id), len(value), [])
     tp = TopicPartition(record.topic, 0)
     stage.offsets.add(tp, 7)
@@ -295,8 +295,8 @@ def test_the_guard_rolls_back_only_a_clearly_worse_version_with_enough_verdicts(
 @pytest.mark.integration
 def test_the_state_store_is_bounded_and_stores_a_replayed_correction_once(make_settings, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path)
-    client = redis.Redis.from_url(settings.redis_url)
-    state = TrainerState(client, prefix=settings.redis_prefix, model_current=settings.keys.model_current,
+    client = redis.Redis.from_url(settings.redis.url)
+    state = TrainerState(client, prefix=settings.redis.prefix, model_current=settings.redis.keys.model_current,
                          max_posts=2, max_examples=2)
     posts = [StoredPost.from_post(p, settings, image_size=32)
              for p, _ in generate_posts(load_ontology(), 3, seed=4, prefix="st")]
@@ -322,19 +322,19 @@ def test_the_state_store_is_bounded_and_stores_a_replayed_correction_once(make_s
 @pytest.mark.integration
 def test_one_lease_holder_and_a_stale_holder_cannot_promote(make_settings, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
-    client = redis.Redis.from_url(settings.redis_url)
-    key = settings.keys.run_lease
+    client = redis.Redis.from_url(settings.redis.url)
+    key = settings.redis.keys.run_lease
     first, second = Lease(client, key, ttl_s=30), Lease(client, key, ttl_s=30)
     token = first.acquire()
     assert token is not None and second.acquire() is None and first.renew()
-    publish_tiny(settings.model_dir, "v1")
+    publish_tiny(settings.serving.model_dir, "v1")
     promote(settings, "v1", lease=first)
     assert _pointer(settings) == "v1"
 
     client.delete(key)  # the lease expired while its holder stalled; another replica takes it
     assert second.acquire() is not None and int(second.token) > int(token)
     assert not first.renew()
-    publish_tiny(settings.model_dir, "v2")
+    publish_tiny(settings.serving.model_dir, "v2")
     with pytest.raises(LeaseLost):
         promote(settings, "v2", lease=first)
     assert _pointer(settings) == "v1", "a fenced-off holder moved the serving pointer"
@@ -348,7 +348,7 @@ def test_one_lease_holder_and_a_stale_holder_cannot_promote(make_settings, tmp_p
 def test_rollback_is_conditional_on_the_version_still_serving(make_settings, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path / "models")
     for name in ("v1", "v2"):
-        publish_tiny(settings.model_dir, name)
+        publish_tiny(settings.serving.model_dir, name)
         promote(settings, name)
     with pytest.raises(StylestreamError, match="no longer serves"):
         rollback(settings, expected="v1")
@@ -362,11 +362,11 @@ def test_rollback_is_conditional_on_the_version_still_serving(make_settings, tmp
 @pytest.mark.integration
 def test_the_guard_counts_each_correction_once_per_version(make_settings, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path, trainer_guard_min_corrections=2)
-    client, metrics = redis.Redis.from_url(settings.redis_url), StageMetrics("trainer")
+    client, metrics = redis.Redis.from_url(settings.redis.url), StageMetrics("trainer")
     guard = LiveGuard(settings, client, metrics)
     for post_id, version, top in (("p1", "v1", "dresses"), ("p2", "v1", "dresses"), ("p3", "v2", "dresses")):
         label = {"model_version": version, "categories": [{"term": top, "score": 1.0}]}
-        client.set(settings.keys.label(post_id), json.dumps(label))
+        client.set(settings.redis.keys.label(post_id), json.dumps(label))
     corrections = [Feedback(post_id="p1", categories=["dresses"]), Feedback(post_id="p2", categories=["skirts"]),
                    Feedback(post_id="p3", categories=["skirts"]), Feedback(post_id="unlabelled", categories=["skirts"])]
     guard.observe(corrections)
@@ -380,8 +380,8 @@ def test_the_guard_counts_each_correction_once_per_version(make_settings, tmp_pa
 @pytest.mark.integration
 def test_a_correction_of_an_abstaining_label_is_a_disagreement(make_settings, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path)
-    client, metrics = redis.Redis.from_url(settings.redis_url), StageMetrics("trainer")
+    client, metrics = redis.Redis.from_url(settings.redis.url), StageMetrics("trainer")
     label = {"model_version": "v1", "categories": [], "subcategories": [], "attributes": [], "abstain": "no_garment"}
-    client.set(settings.keys.label("p1"), json.dumps(label))
+    client.set(settings.redis.keys.label("p1"), json.dumps(label))
     LiveGuard(settings, client, metrics).observe([Feedback(post_id="p1", categories=["dresses"])])
     assert LiveGuard(settings, client, metrics).agreement("v1") == Agreement(0, 1)

@@ -128,7 +128,7 @@ def embedded_photos(manifests: list[Path], cache: Path, ontology: Ontology) -> E
     """The test photos embedded by the packaged model on the CPU (cached at ``cache``)."""
     if cache.exists():
         return Embedded.load(cache)
-    predictor = Predictor.load(Settings(device="cpu", model_dir=Path("/nonexistent-registry")))
+    predictor = Predictor.load(Settings.named(device="cpu", model_dir=Path("/nonexistent-registry")))
     embedded = embed_records(test_records(manifests, ontology), predictor, Layout(ontology))
     embedded.save(cache)
     return embedded

@@ -62,8 +62,8 @@ class Recommender:
     def __init__(self, settings: Settings, *, index_dir: Path | None = None, redis=None,
                  ready_fraction: float = 0.9) -> None:
         self.settings = settings
-        self.redis = redis if redis is not None else connect(settings)
-        self.keys = Keys(settings.redis_prefix)
+        self.redis = redis if redis is not None else connect(settings.redis)
+        self.keys = Keys(settings.redis.prefix)
         self.layout = Layout(load_ontology())
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self.ready_fraction = ready_fraction

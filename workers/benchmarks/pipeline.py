@@ -154,8 +154,8 @@ class _Bench:
             "mean_image_kb": round(statistics.fmean(map(len, blobs)) / 1024, 1), "device": str(self.device),
             "model_alone_images_per_s": {}, "model_alone_cpu_ms_per_image": {},
             "model_alone_before_after_images_per_s": {}, "pipeline": [],
-            "reference_max_batch": args.latency_max_batch, "max_wait_ms": base.max_wait_ms,
-            "decode_idle_priority": base.decode_idle_priority, "complete": False,
+            "reference_max_batch": args.latency_max_batch, "max_wait_ms": base.classify.max_wait_ms,
+            "decode_idle_priority": base.classify.decode_idle_priority, "complete": False,
             "rounds": args.rounds or (3 if self.device.type == "cpu" else 1),
         }
 
@@ -170,7 +170,7 @@ class _Bench:
         self.console.print(f"decode alone ({statistics.fmean(map(len, blobs)) / 1024:.0f} KB images) …")
         self.body["decode_alone_images_per_s"] = measure_decode_alone(
             self.predictor, blobs, images=max(64, len(blobs)), threads=threads, cuda_batches=[32, 128],
-            cuda_images=1024, max_pixels=self.base.max_image_pixels)
+            cuda_images=1024, max_pixels=self.base.limits.max_image_pixels)
         self.console.print("ingest alone (parse, validate, fingerprint, base64) …")
         self.body["ingest_alone_posts_per_s"] = measure_ingest_alone(
             self.posts[: self.args.distinct], self.base, images=max(256, len(blobs)), threads=threads)
@@ -240,13 +240,13 @@ class _Bench:
         rate = 0.5 * min(reference["images_per_s"], model.get(str(reference["max_batch"]), float("inf")))
         self.console.print(f"latency at {rate:.0f} posts/s (max_batch {reference['max_batch']}) …")
         try:
-            latencies = run_latency(self.base.model_copy(update={"max_batch": reference["max_batch"]}),
+            latencies = run_latency(self.base.replace(max_batch=reference["max_batch"]),
                                     self.posts[: args.latency_posts + 1], self.hints[: args.latency_posts + 1], rate,
                                     args.logs, args.run_timeout)
         except (TimeoutError, RuntimeError) as exc:
             return {"error": f"{type(exc).__name__}: {exc}"}
         return {"load_posts_per_s": round(rate, 1), "load_fraction": 0.5, "max_batch": reference["max_batch"],
-                "adaptive_batching": self.base.adaptive_batching, "posts": len(latencies),
+                "adaptive_batching": self.base.classify.adaptive_batching, "posts": len(latencies),
                 "p50_ms": round(percentile(latencies, 0.50), 1), "p99_ms": round(percentile(latencies, 0.99), 1)}
 
 
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as registry_dir:
         _publish_model(Path(registry_dir), args.backbone, args.head, args.input_size)
         # The classifier has the host to itself here (the broker and Redis aside): the setting for that case.
-        base = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, backbone=args.backbone,
+        base = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, backbone=args.backbone,
                         head=args.head, model_dir=Path(registry_dir), hint_wait_ms=2000, device=args.device,
                         decode_idle_priority=True)
         bench = _Bench(args, base, posts, hints, blobs, command)

@@ -97,12 +97,12 @@ def measure_ingest_alone(posts: list[Post], settings: Settings, *, images: int, 
     raw = [encode(posts[i % len(posts)]) for i in range(images)]
 
     def old(value: bytes) -> bytes:
-        post = decode_post(value, settings)
+        post = decode_post(value, settings.limits)
         fingerprint(value)
         return base64.b64decode(post.image.b64, validate=True)
 
     def new(value: bytes) -> bytes:
-        post = decode_post(value, settings)
+        post = decode_post(value, settings.limits)
         fingerprint(value)
         return post.image.raw_bytes()
 

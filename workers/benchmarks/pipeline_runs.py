@@ -38,7 +38,7 @@ def produce_posts(settings: Settings, posts: list[Post], hints: list[Hints], *, 
 
 async def _produce_async(settings: Settings, posts: list[Post], hints: list[Hints], rate: float | None) -> None:
     producer = make_producer(settings, acks=1)
-    posts_topic, hints_topic = settings.topic("posts"), settings.topic("hints")
+    posts_topic, hints_topic = settings.kafka.topic("posts"), settings.kafka.topic("hints")
     await producer.start()
     try:
         sent = []
@@ -60,7 +60,7 @@ async def _produce_async(settings: Settings, posts: list[Post], hints: list[Hint
 def _labels(settings: Settings, count: int, timeout: float, worker: subprocess.Popen,
             cpu: list[tuple[int, float]] | None = None) -> list[Label]:
     """All ``count`` labels once they are in Redis; ``cpu`` collects (labels so far, worker CPU s) per poll."""
-    store, stream = redis.Redis.from_url(settings.redis_url), settings.keys.labels_stream
+    store, stream = redis.Redis.from_url(settings.redis.url), settings.redis.keys.labels_stream
     deadline = time.monotonic() + timeout
     while (done := store.xlen(stream)) < count:
         if cpu is not None:
@@ -79,7 +79,7 @@ def _worker(settings: Settings, logs: Path | None) -> subprocess.Popen:
     if logs is None:
         return start_stage("classify", settings.child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / f"classify-{settings.group_prefix}-mb{settings.max_batch}.log", "wb") as log:
+    with open(logs / f"classify-{settings.kafka.group_prefix}-mb{settings.classify.max_batch}.log", "wb") as log:
         return start_stage("classify", settings.child_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
@@ -87,7 +87,7 @@ def _fresh(base: Settings, posts: list[Post], hints: list[Hints], **changes) -> 
     """New topics, group, Redis keys and post ids: a post id labelled in an earlier run would be a duplicate,
     and a failed run's labels must not count for the next one."""
     run = uuid.uuid4().hex[:8]
-    settings = base.model_copy(update={"topic_prefix": f"bench{run}.", "group_prefix": f"bench{run}",
+    settings = base.replace(**{"topic_prefix": f"bench{run}.", "group_prefix": f"bench{run}",
                                        "redis_prefix": f"bench{run}", **changes})
     ensure_topics(settings)
     posts = [p.model_copy(update={"post_id": f"{run}-{p.post_id}"}) for p in posts]
@@ -182,8 +182,8 @@ def _label_rate(stamps: list[float], start: float, end: float) -> float:
 
 def _labels_first(settings: Settings, worker: subprocess.Popen) -> None:
     """Wait for the worker's first label: GPU sampling starts once it is serving, not during CUDA start-up."""
-    store, deadline = redis.Redis.from_url(settings.redis_url), time.monotonic() + 300
-    while not store.xlen(settings.keys.labels_stream):
+    store, deadline = redis.Redis.from_url(settings.redis.url), time.monotonic() + 300
+    while not store.xlen(settings.redis.keys.labels_stream):
         if worker.poll() is not None:
             raise RuntimeError(f"the classify worker exited with {worker.returncode} before its first label")
         if time.monotonic() > deadline:

@@ -49,7 +49,7 @@ async def _backlog(settings: Settings, labels: int, users: int) -> None:
                 emb = rng.standard_normal((1, 1280)).astype(np.float16)
                 record = VectorRecord(f"p{n}", f"user{n % users}", n * 1000, "bench", emb).encode()
                 batch.add(f"p{n}", _LABEL.format(p=f"p{n}").encode(), fingerprint(str(n).encode()),
-                          n % settings.partitions, record)
+                          n % settings.kafka.partitions, record)
             await batch.flush()
     finally:
         await sink.close()
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with EmbeddedStack() as stack:
         run = uuid.uuid4().hex[:8]
-        settings = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, topic_prefix=f"b{run}.",
+        settings = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, topic_prefix=f"b{run}.",
                             group_prefix=f"b{run}", redis_prefix=f"b{run}", metrics_port=0)
         ensure_topics(settings)
         result = measure(settings, args.labels, args.users)

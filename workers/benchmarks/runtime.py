@@ -49,7 +49,7 @@ def runtimes(entry: Entry, device: torch.device) -> dict[str, Predictor]:
     def add(name: str, backbone: OnnxBackbone | None) -> None:
         model = entry.load(device=device)
         out[name] = Predictor(model, ontology, version=entry.version, device=device,
-                              cpu_forward_batch=settings.cpu_forward_batch, backbone=backbone)
+                              cpu_forward_batch=settings.serving.cpu_forward_batch, backbone=backbone)
 
     add("torch", None)
     if not onnxruntime_installed():
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     config = predictors["torch"].model.config
     body: dict = {"model": f"{config.backbone}@{config.preprocess.image_size} + {config.head}", "version": entry.version,
                   "device": str(device), "runtimes": list(predictors), "rounds": args.rounds,
-                  "images_per_run": args.images, "cpu_forward_batch": Settings().cpu_forward_batch,
+                  "images_per_run": args.images, "cpu_forward_batch": Settings().serving.cpu_forward_batch,
                   "threads": torch.get_num_threads(), "photos": "the committed fixture's 100 real photos"}
     body["agreement"] = agreement(predictors, photos, truth)
     manifest = read_manifest(entry.path) or {}

@@ -37,11 +37,11 @@ def pipeline_per_runtime(version_dir: Path, model_alone: dict, *, posts: int, ro
     runs: dict[str, list[dict]] = {name: [] for name in PIPELINE_RUNTIMES}
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as registry:
         shutil.copytree(version_dir, Path(registry) / "bench-served")
-        base = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(registry),
+        base = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(registry),
                         hint_wait_ms=2000, device="cpu", decode_idle_priority=True, max_batch=max_batch)
         for round_ in range(rounds):
             for name in PIPELINE_RUNTIMES if round_ % 2 == 0 else PIPELINE_RUNTIMES[::-1]:
-                settings = base.model_copy(update={"runtime": name})
+                settings = base.replace(runtime=name)
                 predictor = Predictor.load(settings)
                 if predictor.runtime != name:
                     raise RuntimeError(f"the served version cannot run on {name} (it runs on {predictor.runtime})")

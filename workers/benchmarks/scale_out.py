@@ -39,8 +39,9 @@ from serving.ontology import load_ontology
 from streamcore.embedded import EmbeddedStack, free_port, stop_processes
 from streamcore.kafka import aiokafka_security, ensure_topics, kafka_python_security
 from streamcore.reports import write_report
+from streamcore.sections import STAGE_PORT_OFFSET
 from streamcore.serde import encode
-from streamcore.settings import STAGE_PORT_OFFSET, Settings
+from streamcore.settings import Settings
 from training.synthetic.posts import generate_posts
 from workers.launcher import start_stage
 
@@ -66,7 +67,7 @@ class Member:
             return False
         owned: dict[str, list[int]] = {}
         for topic, partition in ast.literal_eval(lines[-1].group(2)):
-            owned.setdefault(topic.removeprefix(settings.topic_prefix), []).append(partition)
+            owned.setdefault(topic.removeprefix(settings.kafka.topic_prefix), []).append(partition)
         self.partitions = {t: sorted(p) for t, p in sorted(owned.items())}
         return True
 
@@ -97,8 +98,8 @@ def _stop(members: Sequence[Member]) -> None:
 
 
 async def _describe(settings: Settings, groups: list[str]) -> dict[str, dict]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, **settings.kafka_options,
-                                **aiokafka_security(settings))
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, **settings.kafka.options,
+                                **aiokafka_security(settings.security))
     await admin.start()
     try:
         # One group per request: the embedded broker drops the connection on multi-group DescribeGroups.
@@ -114,10 +115,10 @@ def _settled(settings: Settings, members: Sequence[Member], counts: dict[str, in
         return False
     for stage in counts:
         owned = [p for m in members if m.stage == stage for p in m.partitions.get("posts", [])]
-        if sorted(owned) != list(range(settings.partitions)):
+        if sorted(owned) != list(range(settings.kafka.partitions)):
             return False
-    groups = asyncio.run(_describe(settings, [settings.group(s) for s in counts]))
-    return all(groups.get(settings.group(s), {}).get("members") == n and groups[settings.group(s)]["state"] == "Stable"
+    groups = asyncio.run(_describe(settings, [settings.kafka.group(s) for s in counts]))
+    return all(groups.get(settings.kafka.group(s), {}).get("members") == n and groups[settings.kafka.group(s)]["state"] == "Stable"
                for s, n in counts.items())
 
 
@@ -135,11 +136,11 @@ def _wait(predicate, timeout: float, what: str, members: Sequence[Member]) -> No
 def _burst(settings: Settings, count: int, seed: int) -> tuple[int, list[str]]:
     """Produce ``count`` posts; returns the first post's broker timestamp (ms) and the post ids."""
     posts = [p for p, _ in generate_posts(load_ontology(), count, seed=seed, prefix=uuid.uuid4().hex[:8])]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5, **settings.kafka_options,
-                             **kafka_python_security(settings))
-    first = producer.send(settings.topic("posts"), key=posts[0].post_id.encode(), value=encode(posts[0])).get(30)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5, **settings.kafka.options,
+                             **kafka_python_security(settings.security))
+    first = producer.send(settings.kafka.topic("posts"), key=posts[0].post_id.encode(), value=encode(posts[0])).get(30)
     for post in posts[1:]:
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
     producer.close()
     return first.timestamp, [p.post_id for p in posts]
@@ -147,8 +148,8 @@ def _burst(settings: Settings, count: int, seed: int) -> tuple[int, list[str]]:
 
 def _labels(settings: Settings, post_ids: list[str], timeout: float) -> list:
     wanted = set(post_ids)
-    consumer = KafkaConsumer(settings.topic("labels"), bootstrap_servers=settings.kafka, auto_offset_reset="earliest",
-                             enable_auto_commit=False, **settings.kafka_options, **kafka_python_security(settings))
+    consumer = KafkaConsumer(settings.kafka.topic("labels"), bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, **settings.kafka.options, **kafka_python_security(settings.security))
     records, deadline = {}, time.monotonic() + timeout
     try:
         while len(records) < len(wanted) and time.monotonic() < deadline:
@@ -177,7 +178,7 @@ def run_layout(settings: Settings, *, text: int, classify: int, posts: int, seed
         The layout's row: throughput, group states and each member's partitions and work.
     """
     run = uuid.uuid4().hex[:8]
-    settings = settings.model_copy(update={"topic_prefix": f"so{run}.", "group_prefix": f"so{run}"})
+    settings = settings.replace(topic_prefix=f"so{run}.", group_prefix=f"so{run}")
     ensure_topics(settings)
     counts = {"text": text, "classify": classify}
     with tempfile.TemporaryDirectory(prefix="scale-out-") as logs:
@@ -188,18 +189,18 @@ def run_layout(settings: Settings, *, text: int, classify: int, posts: int, seed
             settle_s = time.monotonic() - started
             first_ms, post_ids = _burst(settings, posts, seed)
             labels = _labels(settings, post_ids, timeout)
-            groups = asyncio.run(_describe(settings, [settings.group(s) for s in counts]))
+            groups = asyncio.run(_describe(settings, [settings.kafka.group(s) for s in counts]))
             work = {m.name: m.counters() for m in members}
         finally:
             _stop(members)
     seconds = (max(r.timestamp for r in labels) - first_ms) / 1000
     return {
         "layout": f"{text} text + {classify} classify", "text_processes": text, "classify_processes": classify,
-        "partitions": settings.partitions, "posts": posts, "labels": len(labels), "seconds": round(seconds, 2),
+        "partitions": settings.kafka.partitions, "posts": posts, "labels": len(labels), "seconds": round(seconds, 2),
         "posts_per_s": round(posts / seconds, 1), "settle_s": round(settle_s, 1),
         # Other work on the machine shows up here first: 4 workers on 2 cores have no headroom.
         "load_avg_1m": round(os.getloadavg()[0], 2),
-        "groups": {stage: groups[settings.group(stage)] for stage in counts},
+        "groups": {stage: groups[settings.kafka.group(stage)] for stage in counts},
         "members": [{"process": m.name, "stage": m.stage, "partitions": m.partitions,
                      "records_processed": int(work[m.name]["processed"]), "labels": int(work[m.name]["labelled"])}
                     for m in members],
@@ -236,12 +237,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     args = parser.parse_args(argv)
     layouts = [tuple(int(n) for n in layout.split("x")) for layout in args.layouts.split(",")]
-    settings = Settings(partitions=args.partitions)
+    settings = Settings.named(partitions=args.partitions)
     with ExitStack() as stack:
-        if not settings.kafka or not settings.redis_url:
+        if not settings.kafka.bootstrap or not settings.redis.url:
             embedded = stack.enter_context(EmbeddedStack())
-            settings = settings.model_copy(update={"kafka": settings.kafka or embedded.bootstrap,
-                                                   "redis_url": settings.redis_url or embedded.redis_url})
+            settings = settings.replace(kafka=settings.kafka.bootstrap or embedded.bootstrap, redis_url=settings.redis.url or embedded.redis_url)
         rows = [run_layout(settings, text=t, classify=c, posts=args.posts) for t, c in layouts]
     _print(rows)
     if args.out:

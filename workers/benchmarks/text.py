@@ -67,9 +67,9 @@ def _cores() -> tuple[int | None, set[int] | None]:
 
 
 def _produce(settings: Settings, posts: Sequence[Post]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=20)
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=20)
     for post in posts:
-        producer.send(settings.topic("posts"), key=post.post_id.encode(), value=encode(post))
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
     producer.close()
 
@@ -82,9 +82,9 @@ def _start_worker(settings: Settings, core: int | None, log: Path) -> subprocess
 
 def _hint_timestamps(settings: Settings, count: int, timeout_s: float) -> list[int]:
     """Broker timestamps (ms) of the first ``count`` hints, waiting at most ``timeout_s``."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka, group_id=None, enable_auto_commit=False)
-    topic = settings.topic("hints")
-    consumer.assign([TopicPartition(topic, p) for p in range(settings.partitions)])
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, group_id=None, enable_auto_commit=False)
+    topic = settings.kafka.topic("hints")
+    consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka.partitions)])
     consumer.seek_to_beginning()
     stamps: list[int] = []
     deadline = time.monotonic() + timeout_s
@@ -117,7 +117,7 @@ def worker_rate(posts: Sequence[Post], *, timeout_s: float, log: Path) -> float:
 
 def _run_worker(stack: EmbeddedStack, posts: Sequence[Post], core: int | None, *, timeout_s: float,
                 log: Path) -> list[int]:
-    settings = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0,
+    settings = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0,
                         topic_prefix=f"bench-{uuid.uuid4().hex[:8]}.")
     ensure_topics(settings)
     _produce(settings, posts)

@@ -133,11 +133,10 @@ def _start_page(settings: Settings, stack: ExitStack) -> tuple[str, subprocess.P
 def _settings(stack: ExitStack) -> Settings:
     """Configured Kafka/Redis, or embedded ones for the block; fresh key names."""
     configured = Settings()
-    if not configured.redis_url or not configured.kafka:
+    if not configured.redis.url or not configured.kafka.bootstrap:
         embedded = stack.enter_context(EmbeddedStack())
-        configured = configured.model_copy(update={"redis_url": configured.redis_url or embedded.redis_url,
-                                                   "kafka": configured.kafka or embedded.bootstrap})
-    return configured.model_copy(update={"redis_label_ttl_s": 600, "redis_prefix": f"bench{uuid.uuid4().hex[:6]}"})
+        configured = configured.replace(redis_url=configured.redis.url or embedded.redis_url, kafka=configured.kafka.bootstrap or embedded.bootstrap)
+    return configured.replace(redis_label_ttl_s=600, redis_prefix=f"bench{uuid.uuid4().hex[:6]}")
 
 
 def _quantiles(latencies: np.ndarray) -> dict[str, float | None]:
@@ -266,7 +265,7 @@ def throughput(*, posts: int, rounds: int, timeout: float) -> dict[str, Any]:
     rates: dict[str, list[float]] = {"none": [], "browser": [], "server": []}
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as models:
         pipeline._publish_model(Path(models), "efficientnet_lite0", "fusion", 224)
-        base = Settings(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(models),
+        base = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(models),
                         backbone="efficientnet_lite0", device="cpu")
         for n in range(rounds):
             for page in list(rates) if n % 2 == 0 else list(rates)[::-1]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from streamcore.runtime import run_at_idle_priority
 from streamcore.schemas import Post
-from streamcore.settings import Settings
+from streamcore.sections import ClassifySettings
 
 
 class Place:
@@ -43,7 +43,7 @@ class ImageFeeder:
         cpu_model: the model runs on the CPU (idle-priority decoding is only for that case).
     """
 
-    def __init__(self, settings: Settings, prepare: Callable[[Post], Any], queued: Callable[[], int], *,
+    def __init__(self, settings: ClassifySettings, prepare: Callable[[Post], Any], queued: Callable[[], int], *,
                  cpu_model: bool) -> None:
         self.workers = settings.decode_workers or os.cpu_count() or 1
         self._prepare = prepare

@@ -30,7 +30,7 @@ class Parser:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._hints_topic = settings.topic("hints")
+        self._hints_topic = settings.kafka.topic("hints")
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="parse")
 
     async def parse(self, records: Sequence[ConsumerRecord]) -> list[Parsed]:
@@ -40,14 +40,14 @@ class Parser:
         return [entry for chunk in done for entry in chunk]
 
     def _parse_chunk(self, records: Sequence[ConsumerRecord]) -> list[Parsed]:
-        limit = self._settings.max_message_bytes
+        limit = self._settings.limits.max_message_bytes
         out: list[Parsed] = []
         for record in records:
             try:
                 if record.topic == self._hints_topic:
                     out.append((decode(record.value, Hints, max_bytes=limit), ""))
                 else:
-                    out.append((decode_post(record.value, self._settings), fingerprint(record.value)))
+                    out.append((decode_post(record.value, self._settings.limits), fingerprint(record.value)))
             except Exception as exc:  # noqa: BLE001 - handed to the record's own error boundary
                 out.append((exc, ""))
         return out

@@ -57,10 +57,10 @@ class ClassifyStage(Stage):
 
     def __init__(self, settings: Settings, **kwargs) -> None:
         super().__init__(settings, **kwargs)
-        self.join = HintJoin(hold_s=settings.hint_hold_s)
+        self.join = HintJoin(hold_s=settings.classify.hint_hold_s)
         self.parser = Parser(settings)
-        self.feeder = ImageFeeder(settings, lambda post: self._prepare(post), lambda: self.batcher.queued,
-                                  cpu_model=resolve_device(settings.device).type == "cpu")
+        self.feeder = ImageFeeder(settings.classify, lambda post: self._prepare(post), lambda: self.batcher.queued,
+                                  cpu_model=resolve_device(settings.serving.device).type == "cpu")
         self.lookups: RedisLookups | None = None  # Redis reads, opened on the stage's loop
         self._tasks: dict[asyncio.Task, ConsumerRecord] = {}
         self._paused: set[str] = set()  # logical topics whose partitions are paused
@@ -78,10 +78,10 @@ class ClassifyStage(Stage):
         self.models = ModelSlot(self.settings, predictor, self.metrics, refused=failed)
         self.sink = LabelSink(self.settings, self.producer)
         self.runner = BatchRunner(self.models, self.sink, self.metrics, self.retrying, self._model_pool,
-                                  vectors=self.settings.fashion_vectors)
-        self.batcher = MicroBatcher(self.runner, max_batch=self.settings.max_batch,
-                                    max_wait_s=self.settings.max_wait_ms / 1000,
-                                    adaptive=self.settings.adaptive_batching,
+                                  vectors=self.settings.classify.fashion_vectors)
+        self.batcher = MicroBatcher(self.runner, max_batch=self.settings.classify.max_batch,
+                                    max_wait_s=self.settings.classify.max_wait_ms / 1000,
+                                    adaptive=self.settings.classify.adaptive_batching,
                                     # three batches in flight: one staging, one in the model, one writing
                                     max_concurrent=3, wait_histogram=self.metrics.batch_wait,
                                     unsplittable=(InfrastructureError,))
@@ -107,13 +107,13 @@ class ClassifyStage(Stage):
         if raw != self._bad_pointer:  # once per bad value, not once per poll
             self._bad_pointer = raw
             self.metrics.bad_state.labels(self.name, "model_current").inc()
-            log.error("classify: serving pointer %s %r %s; ignored", self.settings.keys.model_current, raw[:200], problem)
+            log.error("classify: serving pointer %s %r %s; ignored", self.settings.redis.keys.model_current, raw[:200], problem)
         return None
 
     # -- join ------------------------------------------------------------------------------------
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         now = time.monotonic()
-        deadline = now + self.settings.hint_wait_ms / 1000
+        deadline = now + self.settings.classify.hint_wait_ms / 1000
         held: list[str] = []
         for record, (message, print_) in zip(records, await self.parser.parse(records)):
             try:
@@ -162,16 +162,16 @@ class ClassifyStage(Stage):
         self._backpressure()
         self.metrics.queue_depth.labels(self.name).set(self.batcher.queued)
         if now >= self._next_model_check:
-            self._next_model_check = now + self.settings.model_poll_s
+            self._next_model_check = now + self.settings.serving.model_poll_s
             self.models.offer(await self._serving_pointer())
 
     def _backpressure(self) -> None:
         held = self.join.waiting_records() + list(self._tasks.values())
         count, size = len(held), sum(len(r.value or b"") for r in held)
-        cap, cap_bytes = self.settings.max_inflight, self.settings.max_inflight_bytes
+        cap, cap_bytes = self.settings.classify.max_inflight, self.settings.classify.max_inflight_bytes
         self._throttle("posts", over=count >= cap or size >= cap_bytes,
                        under=count <= cap // 2 and size <= cap_bytes // 2)
-        cap_hints, held_hints = self.settings.max_held_hint_bytes, self.join.held_bytes
+        cap_hints, held_hints = self.settings.classify.max_held_hint_bytes, self.join.held_bytes
         self._throttle("hints", over=held_hints >= cap_hints, under=held_hints <= cap_hints // 2)
 
     def _throttle(self, topic: str, *, over: bool, under: bool) -> None:
@@ -184,12 +184,12 @@ class ClassifyStage(Stage):
             self._paused.discard(topic)
 
     def _owned(self, topic: str) -> list[TopicPartition]:
-        return [tp for tp in self.consumer.assignment() if tp.topic == self.settings.topic(topic)]
+        return [tp for tp in self.consumer.assignment() if tp.topic == self.settings.kafka.topic(topic)]
 
     def on_assigned(self, partitions: Sequence[TopicPartition]) -> None:
         """Keep paused topics paused on their newly assigned partitions (the client resumes them)."""
         for topic in self._paused:
-            self.consumer.pause(*(tp for tp in partitions if tp.topic == self.settings.topic(topic)))
+            self.consumer.pause(*(tp for tp in partitions if tp.topic == self.settings.kafka.topic(topic)))
 
     # -- per post --------------------------------------------------------------------------------
     def _start(self, waiting: Waiting) -> None:
@@ -242,8 +242,8 @@ class ClassifyStage(Stage):
         # Every source takes the same path: DCT-scaled decode on the CPU, or nvJPEG on the device. The
         # review page's thumbnail is made here too, from the bytes already in hand.
         data = load_bytes(post.image, self.settings)
-        prepared = self.models.current.prepare(data, max_pixels=self.settings.max_image_pixels)
-        return prepared, make_preview(data, post.caption, max_pixels=self.settings.max_image_pixels)
+        prepared = self.models.current.prepare(data, max_pixels=self.settings.limits.max_image_pixels)
+        return prepared, make_preview(data, post.caption, max_pixels=self.settings.limits.max_image_pixels)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
@@ -253,7 +253,7 @@ class ClassifyStage(Stage):
         # Let batches already in the model finish, so their offsets are committed before we let go.
         leaving = [t for t, r in self._tasks.items() if (r.topic, r.partition) in gone]
         if leaving:
-            await asyncio.wait(leaving, timeout=self.settings.session_timeout_ms / 2000)
+            await asyncio.wait(leaving, timeout=self.settings.kafka.session_timeout_ms / 2000)
 
     async def shutdown(self) -> None:
         """Finish posts already in a batch; posts still waiting for hints stay uncommitted for the next owner."""
@@ -279,5 +279,5 @@ def received_ms(record: ConsumerRecord) -> int:
 def run(settings: Settings) -> None:
     """Run one classifier consumer until SIGTERM/SIGINT."""
     stage = ClassifyStage(settings)
-    stage.serve_health(settings.stage_metrics_port("classify"))
+    stage.serve_health(settings.metrics.stage_port("classify"))
     asyncio.run(stage.run())

@@ -99,7 +99,7 @@ def promote(ckpt: Annotated[str, typer.Argument(help="a published version, or a 
 
     config = settings()
     if Path(ckpt).is_dir():  # a checkpoint directory is published first (with its ONNX backbone)
-        ckpt = Registry(config.model_dir).publish(Path(ckpt), build=build_or_skip).version
+        ckpt = Registry(config.serving.model_dir).publish(Path(ckpt), build=build_or_skip).version
     update = do_promote(config, ckpt)
     console.print(f"serving [bold]{update.version}[/] ({update.path})")
 
@@ -116,7 +116,7 @@ def export_onnx(ctx: typer.Context) -> None:
     """Add a version's backbone exported to ONNX (and int8) to it, for the ONNX Runtime (see: export-onnx --help)."""
     from training.onnx_export import main
 
-    raise typer.Exit(main(ctx.args, model_dir=settings().model_dir))
+    raise typer.Exit(main(ctx.args, model_dir=settings().serving.model_dir))
 
 
 class _HelpBeforeArguments(TyperCommand):

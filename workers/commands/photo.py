@@ -33,7 +33,7 @@ def classify(
         raise typer.BadParameter(f"no image file {photo!r}", param_hint="PHOTO") from None
     if model is not None:
         try:
-            Registry(config.model_dir).get(model)
+            Registry(config.serving.model_dir).get(model)
         except (KeyError, ValueError) as exc:
             raise typer.BadParameter(str(exc).strip("'\""), param_hint="--model") from None
     post_id = post_id or uuid.uuid4().hex
@@ -45,7 +45,7 @@ def classify(
 
         hints = TextMiner.load().mine_text(caption, post_id=post_id)
     predictor = Predictor.load(config, model)
-    prepared = predictor.prepare(image, max_pixels=config.max_image_pixels)
+    prepared = predictor.prepare(image, max_pixels=config.limits.max_image_pixels)
     label = predictor.predict([prepared], [hints], [post_id], [received_ms])[0]
     typer.echo(label.model_dump_json(by_alias=True, exclude_none=True))
 

@@ -32,7 +32,7 @@ def recommend(
         raise typer.BadParameter("name a USER or --like POST_ID")
     threadpool_limits(1)  # small matrices: a BLAS thread team only costs here
     config = settings()
-    recommender = Recommender(config, index_dir=config.recommend_index_dir)
+    recommender = Recommender(config, index_dir=config.profiles.index_dir)
     recommender.sync()
     recommender.save()
     answer = (recommender.more_like_this(like, k, ranking=ranking.value) if like

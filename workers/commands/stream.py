@@ -76,7 +76,7 @@ def produce(
     except DeliveryError as failure:
         report_undelivered(errors, failure)
         raise typer.Exit(1) from None
-    console.print(f"produced {sent} posts to {config.topic('posts')}")
+    console.print(f"produced {sent} posts to {config.kafka.topic('posts')}")
     if refused:
         errors.print(f"{len(refused)} line(s) refused")
         raise typer.Exit(1)
@@ -115,10 +115,10 @@ def topics() -> None:
     config = settings()
     quiet_kafka()
     created = ensure_topics(config)
-    console.print(f"created {created or 'nothing'}; {config.partitions} partitions each")
+    console.print(f"created {created or 'nothing'}; {config.kafka.partitions} partitions each")
     for topic, limit in undersized_topics(config).items():
         errors.print(f"warning: {topic} takes records up to {limit} bytes, posts may have "
-                     f"{config.max_message_bytes}: set its max.message.bytes to {topic_max_bytes(config)} "
+                     f"{config.limits.max_message_bytes}: set its max.message.bytes to {topic_max_bytes(config.limits)} "
                      "(docs/contract.md)", highlight=False, soft_wrap=True)
 
 

@@ -86,11 +86,11 @@ class Publisher:
     async def send(self, feedback: Feedback) -> dict[str, Any]:
         """Publish and remember ``feedback``; returns where the record landed."""
         producer = await self._started()
-        sent = await producer.send_and_wait(self._settings.topic("feedback"), encode(feedback),
+        sent = await producer.send_and_wait(self._settings.kafka.topic("feedback"), encode(feedback),
                                             key=feedback.post_id.encode())
         kept = {**json.loads(encode(feedback)), "at": utcnow().isoformat()}
-        ttl = self._settings.redis_label_ttl_s
-        await self._redis.set(self._settings.keys.correction(feedback.post_id), json.dumps(kept), ex=ttl)
+        ttl = self._settings.redis.label_ttl_s
+        await self._redis.set(self._settings.redis.keys.correction(feedback.post_id), json.dumps(kept), ex=ttl)
         return {"topic": sent.topic, "partition": sent.partition, "offset": sent.offset, "feedback": kept}
 
     async def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -26,9 +27,9 @@ def _figure(metrics: dict, dotted: str) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _registry_figures(settings: Settings, versions: list[str]) -> dict[str, dict[str, Any]]:
+def _registry_figures(model_dir: Path, versions: list[str]) -> dict[str, dict[str, Any]]:
     """Per version found in the registry, its headline figure: ``{"name", "value"}``."""
-    registry = Registry(settings.model_dir)
+    registry = Registry(model_dir)
     known = set(registry.versions())
     out: dict[str, dict[str, Any]] = {}
     for version in versions:
@@ -48,7 +49,7 @@ def _registry_figures(settings: Settings, versions: list[str]) -> dict[str, dict
 
 async def model_facts(settings: Settings, client: Redis) -> dict[str, Any]:
     """What ``/api/model`` answers: serving version, promotion log, per-version agreement and figures."""
-    keys = settings.keys
+    keys = settings.redis.keys
     async with client.pipeline(transaction=False) as pipe:
         pipe.get(keys.model_current)
         pipe.lrange(keys.model_history, 0, -1)
@@ -69,11 +70,11 @@ async def model_facts(settings: Settings, client: Redis) -> dict[str, Any]:
         for version in versions:
             pipe.hmget(keys.guard(version), ["agree", "total"])
         tallies = await pipe.execute()
-    figures = await asyncio.get_running_loop().run_in_executor(None, _registry_figures, settings, versions)
+    figures = await asyncio.get_running_loop().run_in_executor(None, _registry_figures, settings.serving.model_dir, versions)
     rows = []
     for version, (agree, total) in zip(versions, tallies):
         agree, total = int(agree or 0), int(total or 0)
         rows.append({"version": version, "serving": version == serving, "agree": agree, "corrections": total,
                      "agreement": agree / total if total else None, "figure": figures.get(version)})
     return {"serving": serving, "history": history, "events": log, "versions": rows,
-            "guard": {"margin": settings.trainer_guard_margin, "min_corrections": settings.trainer_guard_min_corrections}}
+            "guard": {"margin": settings.trainer.guard_margin, "min_corrections": settings.trainer.guard_min_corrections}}

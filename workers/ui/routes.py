@@ -70,8 +70,8 @@ async def session(request: Request) -> Response:
     ui = _ui(request)
     if request.method == "GET":
         csrf = request.cookies.get(security.CSRF_COOKIE) or security.new_csrf()
-        response = _json({"csrf": csrf, "signed_in": security.signed_in(request, ui.settings.ui_token),
-                          "corrections": ui.settings.ui_token is not None})
+        response = _json({"csrf": csrf, "signed_in": security.signed_in(request, ui.settings.ui.token),
+                          "corrections": ui.settings.ui.token is not None})
         if security.CSRF_COOKIE not in request.cookies:  # called before any page: the cookie comes with this
             response.set_cookie(security.CSRF_COOKIE, csrf, httponly=True, samesite="strict")
         return response
@@ -83,11 +83,11 @@ async def session(request: Request) -> Response:
         response.delete_cookie(security.AUTH_COOKIE)
         return response
     body = await _body(request)
-    if ui.settings.ui_token is None:
+    if ui.settings.ui.token is None:
         return _json({"error": "corrections are off: no STYLESTREAM_UI_TOKEN is configured"}, 403)
-    if not isinstance(body, dict) or not security.token_matches(str(body.get("token", "")), ui.settings.ui_token):
+    if not isinstance(body, dict) or not security.token_matches(str(body.get("token", "")), ui.settings.ui.token):
         return _json({"error": "wrong token"}, 401)
-    response.set_cookie(security.AUTH_COOKIE, security.session_value(ui.settings.ui_token), httponly=True,
+    response.set_cookie(security.AUTH_COOKIE, security.session_value(ui.settings.ui.token), httponly=True,
                         samesite="strict")
     return response
 
@@ -108,10 +108,10 @@ async def feedback(request: Request) -> Response:
     refusal = security.write_refusal(request)
     if refusal:
         return _json({"error": refusal}, 403)
-    if not security.signed_in(request, ui.settings.ui_token):
+    if not security.signed_in(request, ui.settings.ui.token):
         return _json({"error": "sign in with the page's token first"}, 401)
     try:
-        correction = check(await _body(request), ui.ontology, multi=ui.settings.trainer_multi)
+        correction = check(await _body(request), ui.ontology, multi=ui.settings.trainer.multi)
     except Refused as exc:
         return _json({"error": str(exc)}, 422)
     try:

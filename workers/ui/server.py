@@ -34,12 +34,12 @@ def build_app(settings: Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         ontology = load_ontology()
-        client = connect_async(settings)
-        reader = LabelReader(settings, client, Highlighter(ontology))
-        follower_client = connect_async(settings)  # its blocking XREAD must not hold up the page's reads
-        broadcaster = Broadcaster(LabelReader(settings, follower_client, Highlighter(ontology)))
+        client = connect_async(settings.redis)
+        reader = LabelReader(settings.redis.keys, client, Highlighter(ontology))
+        follower_client = connect_async(settings.redis)  # its blocking XREAD must not hold up the page's reads
+        broadcaster = Broadcaster(LabelReader(settings.redis.keys, follower_client, Highlighter(ontology)))
         publisher = Publisher(settings, client)
-        app.state.ui = Ui(settings, client, reader, broadcaster, publisher, ontology, terms(ontology, multi=settings.trainer_multi))
+        app.state.ui = Ui(settings, client, reader, broadcaster, publisher, ontology, terms(ontology, multi=settings.trainer.multi))
         app.state.loop = asyncio.get_running_loop()
         await broadcaster.start()
         try:
@@ -51,16 +51,16 @@ def build_app(settings: Settings) -> Starlette:
             await client.aclose()
 
     # On loopback, only loopback names: a page elsewhere cannot reach it by rebinding its own name to 127.0.0.1.
-    hosts = ["127.0.0.1", "localhost", "[::1]"] if settings.ui_host in _LOOPBACK else ["*"]
+    hosts = ["127.0.0.1", "localhost", "[::1]"] if settings.ui.host in _LOOPBACK else ["*"]
     middleware = [Middleware(SecurityHeaders), Middleware(TrustedHostMiddleware, allowed_hosts=hosts)]
     return Starlette(routes=ROUTES, middleware=middleware, lifespan=lifespan)
 
 
 def _server(settings: Settings) -> tuple[uvicorn.Server, socket.socket]:
-    family = socket.AF_INET6 if ":" in settings.ui_host else socket.AF_INET
+    family = socket.AF_INET6 if ":" in settings.ui.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.ui_host, settings.ui_port))
+    sock.bind((settings.ui.host, settings.ui.port))
     config = uvicorn.Config(build_app(settings), log_level="warning", access_log=False, timeout_graceful_shutdown=2,
                             lifespan="on")
     return uvicorn.Server(config), sock
@@ -74,7 +74,7 @@ def address(sock: socket.socket) -> str:
 def run(settings: Settings, announce=print) -> None:
     """Serve until SIGINT/SIGTERM; ``announce`` gets the page's address."""
     server, sock = _server(settings)
-    announce(f"review page {address(sock)}" + ("" if settings.ui_token else " (read-only: no STYLESTREAM_UI_TOKEN)"))
+    announce(f"review page {address(sock)}" + ("" if settings.ui.token else " (read-only: no STYLESTREAM_UI_TOKEN)"))
     server.run(sockets=[sock])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from streamcore.settings import Settings
+from streamcore.rediskeys import RedisKeys
 from workers.ui.cards import Filters, Highlighter, card
 
 
@@ -45,9 +45,9 @@ def _entries(raw: list) -> list[Entry]:
 class LabelReader:
     """Reads labels and what goes with them; cards come out (see :mod:`workers.ui.cards`)."""
 
-    def __init__(self, settings: Settings, client: Redis, highlighter: Highlighter) -> None:
+    def __init__(self, keys: RedisKeys, client: Redis, highlighter: Highlighter) -> None:
         self._redis = client
-        self._keys = settings.keys
+        self._keys = keys
         self._highlighter = highlighter
 
     async def cards(self, entries: list[Entry]) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ def test_the_packaged_model_is_far_above_chance_on_the_fixture_photos():
 
 
 def test_a_candidate_at_chance_on_photos_fails_against_the_packaged_default(tmp_path):
-    settings = Settings(model_dir=tmp_path, redis_url="redis://127.0.0.1:9")  # never connects here
+    settings = Settings.named(model_dir=tmp_path, redis_url="redis://127.0.0.1:9")  # never connects here
     trainer = Trainer(settings, TrainerConfig.from_settings(settings, device="cpu"), StageMetrics("trainer"))
     candidate = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
     check = trainer.real_check(candidate, None)

@@ -18,7 +18,7 @@ from training.text.miner import MAX_LISTED_BYTES
 from training.text.normalize import Limits
 
 BUDGET_S = 0.050
-TEXT_BYTES = Settings().max_text_bytes  # caption + comments limit (SPEC "Post")
+TEXT_BYTES = Settings().limits.max_text_bytes  # caption + comments limit (SPEC "Post")
 
 
 def _letters(rng: random.Random, n: int) -> str:
