@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -202,3 +203,10 @@ def test_a_command_that_needs_an_extra_names_it_in_one_line(tmp_path) -> None:
         assert result.returncode == 1, (argv, result.stderr[-2000:])
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("stylestream: ") and line.endswith(f"is not installed: pip install 'stylestream[{extra}]'")
+
+
+def test_the_image_installs_the_production_install_and_one_onnx_runtime() -> None:
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    assert re.findall(r'pip install "(\.[^"]*)"', dockerfile) == [".[${extra}]"]  # the project, once
+    assert 'if [ "${DEVICE}" = cuda ]; then extra=gpu; else extra=cpu; fi' in dockerfile
+    assert set(PROJECT["optional-dependencies"]) >= {"cpu", "gpu"}
