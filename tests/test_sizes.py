@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("streamcore", "training", "workers", "tests", "scripts")
+PACKAGES = ("streamcore", "serving", "training", "workers", "tests", "scripts")
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 

@@ -34,6 +34,7 @@ from serving.registry import Entry, Registry, default_entry
 from streamcore.reports import write_report
 from streamcore.settings import Settings
 from training.metrics import mean_average_precision
+from training.plots import pyplot
 from training.real.gate import fixture_photos
 
 COMMAND = "stylestream bench runtime"
@@ -158,10 +159,7 @@ def _print(console: Console, body: dict) -> None:
 
 def plot(path: Path, body: dict) -> Path:
     """Bars: img/s per runtime at each batch size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     batches = list(body["model_alone"])
     names = list(body["model_alone"][batches[0]])
