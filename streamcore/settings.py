@@ -88,6 +88,11 @@ class Settings(BaseModel):
             update[section] = type(current).model_validate({**{f: getattr(current, f) for f in type(current).model_fields}, **fields})
         return self.model_copy(update=update)
 
+    def given(self) -> set[str]:
+        """The names (as :meth:`named` takes them) set by the environment, the config file or an argument, not
+        left at their defaults."""
+        return {name for name, (section, field) in self.NAMES.items() if field in getattr(self, section).model_fields_set}
+
     @classmethod
     def variable(cls, section_title: str, field: str) -> str | None:
         """The environment variable of a section's field (a validation error's title and location), if any."""

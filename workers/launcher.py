@@ -133,8 +133,8 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui:
     """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers. ``ui``: serve the review page
     from this process too. Returns the exit status: 1 when the demo's producer found posts the broker did not take."""
     if demo:
-        settings = settings.replace(**{k: v for k, v in _DEMO_TRAINER.items()
-                                               if k not in settings.model_fields_set})
+        given = settings.given()
+        settings = settings.replace(**{k: v for k, v in _DEMO_TRAINER.items() if k not in given})
     with ExitStack() as stack:
         if not settings.kafka.bootstrap or not settings.redis.url:
             # The demo may forget everything; otherwise Redis (labels, serving pointer, trainer state) persists.

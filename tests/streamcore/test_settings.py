@@ -90,6 +90,13 @@ def test_child_env_round_trips(monkeypatch):
     assert Settings() == s
 
 
+def test_given_names_what_was_set_and_not_what_was_left_at_its_default(monkeypatch):
+    monkeypatch.setenv("STYLESTREAM_TRAINER_EPOCHS", "3")
+    settings = Settings.named(max_batch=8)
+    assert {"trainer_epochs", "max_batch"} <= settings.given()
+    assert not {"trainer_n_train", "partitions"} & settings.given()
+
+
 def test_replace_validates_and_keeps_the_rest():
     s = Settings.named(kafka="h:1", max_batch=3)
     other = s.replace(max_batch=5, trainer_epochs=2)
