@@ -254,7 +254,9 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
                     log.exception("watching %s failed", server.name)
 
     def _revive(self, server: Server, delay: float) -> bool:
-        log.warning("%s exited with code %s; restarting it in %.1f s", server.name, server.proc.returncode, delay)
+        # One kind per server and event for the log's repeat filter: one server's restart must not hide another's.
+        log.warning("%s exited with code %s; restarting it in %.1f s", server.name, server.proc.returncode, delay,
+                    extra={"repeat_key": f"{server.name} exited"})
         if self._quit.wait(delay):
             return False
         with self._lock:
@@ -267,7 +269,8 @@ class EmbeddedStack(AbstractContextManager["EmbeddedStack"]):
                 log.error("%s did not come back: %s", server.name, exc)
                 stop_processes([server.proc], timeout=5)
                 return False
-        log.warning("%s is back on 127.0.0.1:%d after %.1f s", server.name, server.port, time.monotonic() - began)
+        log.warning("%s is back on 127.0.0.1:%d after %.1f s", server.name, server.port, time.monotonic() - began,
+                    extra={"repeat_key": f"{server.name} back"})
         return True
 
     def stop(self) -> None:

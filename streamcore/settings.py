@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "onnx", "onnx_int8", "torch"] = "auto"
     metrics_port: int = Field(9108, ge=0, le=65535)
     model_dir: Path = Path("./models")
-    #: Where ``stylestream up`` (without ``--demo``) keeps the embedded Redis's append-only file.
+    #: Where ``stylestream up`` (without ``--demo``) keeps the embedded broker's and Redis's data.
     data_dir: Path = Path("./data")
     image_root: Path = Path("./images")
     hint_wait_ms: float = Field(2000.0, ge=0)
