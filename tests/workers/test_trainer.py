@@ -15,7 +15,7 @@ import torch
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from streamcore.exceptions import BadInput, StylestreamError
+from streamcore.exceptions import BadInput, InfrastructureError, StylestreamError
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Feedback
 from streamcore.serde import encode
@@ -206,8 +206,19 @@ def test_an_offset_is_not_done_until_its_post_is_stored(tmp_path) -> None:
                             value, None, len(post.post_id), len(value), [])
     tp = TopicPartition(record.topic, 0)
     stage.offsets.add(tp, 7)
-    with pytest.raises(redis.ConnectionError):
-        asyncio.run(stage.handle([record]))
+    failures = stage.metrics.infra_errors.labels("trainer", "post_store")
+
+    async def handle_until_stopped() -> None:
+        handling = asyncio.create_task(stage.handle([record]))
+        deadline = time.monotonic() + 30
+        while failures._value.get() < 2 and time.monotonic() < deadline:  # Redis away: retried, not dead-lettered
+            await asyncio.sleep(0.05)
+        stage.stop()
+        with pytest.raises(InfrastructureError):  # still failing when asked to stop
+            await handling
+
+    asyncio.run(handle_until_stopped())
+    assert failures._value.get() >= 2
     assert stage.offsets.pending() == 1 and stage.offsets.committable() == {tp: 7}  # offset 7 stays uncommitted
 
 
