@@ -178,6 +178,13 @@ class TrainerStage(Stage):
         self.guard.check()
 
     async def tick(self) -> None:
+        try:
+            await self._tick()
+        except RedisError as exc:  # Redis away: asked again within a second; one line (rate-limited), no traceback
+            self.metrics.infra_errors.labels(self.name, "tick").inc()
+            log.warning("trainer: cannot check whether a run is due (%s: %s)", type(exc).__name__, exc)
+
+    async def _tick(self) -> None:
         loop, now = asyncio.get_running_loop(), time.monotonic()
         if self._running is not None and not self._running.done():
             if now >= self._next_renew:

@@ -222,6 +222,16 @@ def test_an_offset_is_not_done_until_its_post_is_stored(tmp_path) -> None:
     assert stage.offsets.pending() == 1 and stage.offsets.committable() == {tp: 7}  # offset 7 stays uncommitted
 
 
+def test_a_tick_without_redis_logs_one_line_and_counts_it(tmp_path, caplog) -> None:
+    settings = Settings(model_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")  # nothing listens there
+    stage = TrainerStage(settings, TrainerConfig.from_settings(settings))
+    asyncio.run(stage.tick())  # must not raise: the loop goes on and asks again next round
+    assert stage.metrics.infra_errors.labels("trainer", "tick")._value.get() == 1
+    lines = [r for r in caplog.records if r.name == "workers.trainer"]
+    assert len(lines) == 1 and "cannot check whether a run is due" in lines[0].getMessage()
+    assert lines[0].exc_info is None  # no traceback
+
+
 def _status(pending: int = 0, next_run_at: float | None = None, retry_at: float | None = None,
             serving: bool = True, finished: bool = False) -> RunStatus:
     return RunStatus(pending, next_run_at, retry_at, serving, finished)
