@@ -43,7 +43,7 @@ RATE = 8.0  # posts/s: the feed lasts 20 s; the kills come at a third and two th
 STAGE_INPUTS = {"text": ("posts",), "classify": ("posts", "hints"), "trainer": ("posts", "feedback"),
                 "profiles": ("labels",)}
 #: Lines ``up`` (its stages included) may write during one outage. The stages let the first of a run of like
-#: warnings through, then one line per 30 s per kind; ``up`` writes two per restart. Measured: 19 (broker), 6 (Redis).
+#: warnings through, then one line per 30 s per kind; ``up`` writes two per restart. Measured: 19-25 (broker), 6-7 (Redis).
 MAX_OUTAGE_LINES = 40
 
 
