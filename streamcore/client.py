@@ -127,8 +127,12 @@ class StylestreamClient:
         if self._producer is None:
             timeout_ms, linger_ms = int(self.settings.kafka.delivery_timeout_s * 1000), 5
             # The broker not answering is reported within delivery_timeout_s, not kafka-python's minutes.
+            # Not idempotent (kafka-python's default is): a Tansu broker killed between recording a producer's
+            # sequence and storing its batch acknowledges the retry as a duplicate and the post is lost (1 in 3
+            # kills, measured); a plain retry can only duplicate a post, which the stages take as a redo.
             self._producer = _connect(
                 KafkaProducer, self.settings, acks="all", linger_ms=linger_ms, delivery_timeout_ms=timeout_ms,
+                enable_idempotence=False,
                 request_timeout_ms=min(30_000, timeout_ms - linger_ms), max_block_ms=timeout_ms,
                 max_request_size=self.settings.limits.max_message_bytes + 65536)
         return self._producer

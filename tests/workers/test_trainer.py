@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -12,8 +11,6 @@ import numpy as np
 import pytest
 import redis
 import torch
-from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 from serving.checkpoint import METRICS_FILE
 from serving.models import DynamicCNN, build_model, hint_tensors
@@ -23,7 +20,6 @@ from streamcore.exceptions import BadInput, StylestreamError
 from streamcore.lease import Lease, LeaseLost
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Feedback
-from streamcore.serde import encode
 from streamcore.settings import Settings
 from tests.support import publish_tiny
 from training.data.benchmark import BenchmarkConfig, load_benchmark
@@ -42,7 +38,7 @@ from training.state import RunStatus, TrainerState
 from training.synthetic.posts import generate_posts
 from training.text import TextMiner
 from training.train import Batchable, FitConfig, fit
-from workers.trainer import TrainerStage, due
+from workers.trainer import due
 
 
 @pytest.fixture(scope="module")
@@ -195,20 +191,6 @@ def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None
     assert len(extended) == len(bench) + 1
     assert extended.targets(multi=False)["categories"][-1] == ontology.category_index(category)
     np.testing.assert_array_equal(extended.images[-1], example.pixels)
-
-
-def test_an_offset_is_not_done_until_its_post_is_stored(tmp_path) -> None:
-    settings = Settings.named(model_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")  # nothing listens there
-    stage = TrainerStage(settings, TrainerConfig.from_settings(settings))
-    post, _ = next(iter(generate_posts(load_ontology(), 1, seed=2, prefix="nd")))
-    value = encode(post)
-    record = ConsumerRecord(settings.kafka.topic("posts"), 0, 7, int(time.time() * 1000), 0, post.post_id.encode(),
-                            value, None, len(post.post_id), len(value), [])
-    tp = TopicPartition(record.topic, 0)
-    stage.offsets.add(tp, 7)
-    with pytest.raises(redis.ConnectionError):
-        asyncio.run(stage.handle([record]))
-    assert stage.offsets.pending() == 1 and stage.offsets.committable() == {tp: 7}  # offset 7 stays uncommitted
 
 
 def _status(pending: int = 0, next_run_at: float | None = None, retry_at: float | None = None,
