@@ -19,7 +19,7 @@ from pydantic_settings import (
 )
 
 #: Stage offsets added to ``metrics_port`` so several stages on one host don't collide.
-STAGE_PORT_OFFSET = {"text": 0, "classify": 1, "trainer": 2, "up": 3, "profiles": 4}
+STAGE_PORT_OFFSET = {"text": 0, "classify": 1, "trainer": 2, "up": 3, "profiles": 4, "catalogue": 5}
 
 
 class Settings(BaseSettings):
@@ -351,4 +351,4 @@ class _FileSource(PydanticBaseSettingsSource):
         return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
 
 
-TOPICS = ("posts", "hints", "labels", "posts.dlq", "model-updates", "feedback")
+TOPICS = ("posts", "hints", "labels", "posts.dlq", "model-updates", "feedback", "catalogue")
