@@ -173,7 +173,9 @@ def main(argv: list[str] | None = None, *, figure: Callable | None = None) -> in
     validation = choose(embedded_photos(MANIFESTS, args.cache / "val_photos.npz", ontology, "val"), layout)
     diverse = validation["chosen"]
     data = embedded_photos(MANIFESTS, args.cache / "test_photos.npz", ontology, "test")
-    table, ranked = evaluate(data, layout, {**RANKINGS, diverse: ("cover", 0.5, tuple(validation["weights"].values()))})
+    # Every weight of the grid is reported on the test split too, to show the trade-off; only validation chose.
+    grid = {cover_name(mu, tau): ("cover", 0.5, (mu, tau)) for mu, tau in COVER_GRID}
+    table, ranked = evaluate(data, layout, {**RANKINGS, diverse: grid[diverse], **grid})
     report = {
         "model_version": data.version, "queries": len(ranked["queries"]), "catalogue": len(ranked["items"]),
         "k": K, "embedding_dim": int(data.embeddings.shape[2]), "rankings": table,
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None, *, figure: Callable | None = None) -> in
     if figure is None:
         from training.recommend.figure import draw
         figure = draw
-    figure(args.out.with_suffix(".png"), data, ranked, table, diverse, layout)
+    figure(args.out.with_suffix(".png"), data, ranked, {n: table[n] for n in [*RANKINGS, diverse]}, diverse, layout)
     print(json.dumps(report, indent=2))
     return 0
 
