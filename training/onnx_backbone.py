@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from streamcore.extras import install_hint, needs
 from training.registry import CHECKSUM_FILE, file_checksum
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ class OnnxBackbone:
     def __init__(self, path: Path, *, device: torch.device, kind: str = "onnx", threads: int | None = None,
                  providers: list[str] | None = None) -> None:
         """``providers``: ONNX Runtime's execution providers to try first (default: CUDA's on a CUDA device)."""
-        import onnxruntime as ort
+        with needs("cpu", "gpu"):
+            import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -141,7 +143,8 @@ def load_backbone(directory: Path, runtime: str, device: torch.device) -> OnnxBa
                 log.warning("%s has no %s artifact: trying the next runtime", directory.name, kind)
             continue
         if not onnxruntime_installed():
-            log.warning("onnxruntime is not installed: %s serves on PyTorch eager", directory.name)
+            log.warning("onnxruntime is not installed (%s): %s serves on PyTorch eager", install_hint("cpu", "gpu"),
+                        directory.name)
             return None
         return OnnxBackbone(path, device=device, kind=kind)
     log.info("%s has no exported backbone (stylestream export-onnx builds it): PyTorch eager", directory.name)

@@ -29,6 +29,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from streamcore.extras import needs
 from training.models import DynamicCNN
 from training.onnx_backbone import FILES, INPUT, MANIFEST_FILE, OUTPUT, OnnxBackbone
 from training.registry import CHECKSUM_FILE, Entry, file_checksum
@@ -85,14 +86,15 @@ def export_backbone(model: DynamicCNN, path: Path) -> None:
 
 def quantize_int8(fp32: Path, out: Path, photos: np.ndarray, *, batch: int = 16) -> None:
     """Static int8 quantisation of an exported backbone, activations calibrated on ``photos`` (uint8 NCHW)."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    with needs("cpu", "gpu"):
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Photos(CalibrationDataReader):
         def __init__(self) -> None:

@@ -4,14 +4,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from streamcore.extras import needs
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` drawing to files (the Agg backend: no display needed); matplotlib is in the
+    ``train`` extra."""
+    with needs("train"):
+        import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_training_curves(history: Sequence[dict], path: Path, *, title: str) -> Path:
     """Train and validation loss per epoch (``fit``'s history) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     epochs = [h["epoch"] + 1 for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -30,10 +42,7 @@ def plot_training_curves(history: Sequence[dict], path: Path, *, title: str) -> 
 def plot_table2(rows: Sequence[dict], quality: Sequence[dict], path: Path) -> Path:
     """Table II as a figure: every head's P@1 / attribute P@3 / sub-category R@5 with 95% CIs (main text),
     and the attribute-P@3 gain over Base and over late fusion against the hint precision of each condition."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     scenarios = sorted({r["scenario"] for r in rows})
     # The backbone with the most conditions (the sweeps need them); the JSON holds every backbone.

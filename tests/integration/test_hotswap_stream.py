@@ -63,7 +63,10 @@ def test_promotion_mid_stream_swaps_between_batches(make_settings, workers, tmp_
     with capsys.disabled():
         print(f"\nswap after {first_new} labels; longest gap {max(gaps) * 1000:.0f} ms, around the swap "
               f"{at_swap * 1000:.0f} ms, median {typical * 1000:.0f} ms (posts every {1000 / RATE:.0f} ms)")
-    assert at_swap < 1.0, f"the swap stalled the stream for {at_swap:.2f} s"
+    # Judged against the stream's own hiccups, not a wall-clock figure: a loaded host stretches every gap.
+    elsewhere = gaps[: max(0, first_new - 3)] + gaps[first_new + 3:]
+    hiccup = sorted(elsewhere)[int(len(elsewhere) * 0.99)]
+    assert at_swap < max(1.0, 2 * hiccup), f"the swap stalled the stream for {at_swap:.2f} s (p99 gap {hiccup:.2f} s)"
     assert group.alive()
 
 

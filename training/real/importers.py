@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamcore.extras import needs
 from training.real.manifest import Record
 
 #: Clothing dataset class → (category, sub-category or None). Unlisted classes are dropped.
@@ -128,7 +129,8 @@ def import_co_parsing(root: Path, *, min_pixels: int = 0, background_crops: int 
         background_crops: per photo, up to this many negative regions (``box``) with no person pixel,
             each ``crop_fraction`` of the photo's shorter side or larger.
     """
-    from scipy.io import loadmat
+    with needs("train"):
+        from scipy.io import loadmat
 
     names = [str(x[0]) for x in loadmat(root / "label_list.mat")["label_list"][0]]
     report = ImportReport()

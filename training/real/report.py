@@ -9,6 +9,7 @@ import numpy as np
 from streamcore.reports import write_report
 from training.models import DynamicCNN
 from training.ontology import Ontology
+from training.plots import pyplot
 from training.real.pipeline import NEGATIVE, Prepared, category_probs
 from training.real.scores import reliability
 
@@ -48,10 +49,7 @@ def write_real_report(path: Path, model: DynamicCNN, prepared: Prepared, ontolog
 
 def plot(path: Path, metrics: dict, curve: list[dict], ontology: Ontology) -> Path:
     """Per-category AP on street photos (silent text vs a caption naming one garment) and the reliability curve."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
     names = [n for n in ontology.category_names if n in metrics["silent"].get("street", {}).get("AP", {})]

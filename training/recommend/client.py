@@ -7,7 +7,7 @@
         for item in answer.items:
             print(item.post_id, item.catalogue, item.facet, item.terms)
 
-It reads what ``stylestream recommend`` reads: the repositories and profiles in Redis, and the index snapshots
+Needs the ``recommend`` extra. It reads what ``stylestream recommend`` reads: the repositories and profiles in Redis, and the index snapshots
 under ``recommend_index_dir`` (loaded once, then caught up with the repository streams before every answer). The
 recommendation code needs the ontology and the index, which the transport layer (:mod:`streamcore`) does not
 carry, so this class lives with them.
@@ -18,8 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from streamcore.client import StylestreamClient
+from streamcore.extras import needs
 from streamcore.settings import Settings
-from training.recommend.service import Answer, Recommender
+
+with needs("recommend"):
+    from training.recommend.service import Answer, Recommender
 
 
 class RecommendClient(StylestreamClient):

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from training.plots import pyplot
 from training.recommend.photos import Embedded
 from training.recommend.vectors import CATEGORY_PART, Layout
 
@@ -34,10 +35,7 @@ def _pick_query(data: Embedded, ranked: dict, diverse: str) -> int:
 
 
 def draw(path: Path, data: Embedded, ranked: dict, table: dict, diverse: str, layout: Layout) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     q = _pick_query(data, ranked, diverse)
     items, worn = ranked["items"], set(data.truth[q])

@@ -32,6 +32,7 @@ from streamcore.settings import Settings
 from training.metrics import mean_average_precision
 from training.onnx_backbone import OnnxBackbone, onnxruntime_installed, read_manifest, verified_artifact
 from training.ontology import load_ontology
+from training.plots import pyplot
 from training.predict import Predictor, Staged, resolve_device
 from training.real.gate import fixture_photos
 from training.registry import Entry, Registry, default_entry
@@ -158,10 +159,7 @@ def _print(console: Console, body: dict) -> None:
 
 def plot(path: Path, body: dict) -> Path:
     """Bars: img/s per runtime at each batch size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     batches = list(body["model_alone"])
     names = list(body["model_alone"][batches[0]])

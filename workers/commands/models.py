@@ -15,6 +15,7 @@ import click
 import typer
 from typer.core import TyperCommand
 
+from streamcore.extras import needs
 from workers.commands import console, settings
 
 #: Options go through to argparse, ``--help`` too.
@@ -56,12 +57,13 @@ class Dataset(str, Enum):
 def train(ctx: typer.Context) -> None:
     """Train a model and write a checkpoint directory: on labelled real photos with --data MANIFEST, else on the
     synthetic benchmark (see: train --help, train --data x --help)."""
-    if any(a == "--data" or a.startswith("--data=") for a in ctx.args):
-        from training.real.cli import main
-    else:
-        from training.train import main
-
-    raise typer.Exit(main(ctx.args))
+    with needs("train"):
+        if any(a == "--data" or a.startswith("--data=") for a in ctx.args):
+            from training.real.cli import main
+        else:
+            from training.train import main
+        code = main(ctx.args)
+    raise typer.Exit(code)
 
 
 def import_(
@@ -86,9 +88,11 @@ def import_(
 
 def eval_(ctx: typer.Context) -> None:
     """Table II: every head x backbone, with and without hints (see: eval --help)."""
-    from training.evaluate import main
+    with needs("train"):
+        from training.evaluate import main
 
-    raise typer.Exit(main(ctx.args))
+        code = main(ctx.args)
+    raise typer.Exit(code)
 
 
 def promote(ckpt: Annotated[str, typer.Argument(help="a published version, or a checkpoint directory to publish")]) -> None:
@@ -126,7 +130,8 @@ class _HelpBeforeArguments(TyperCommand):
 
 def bench(ctx: typer.Context, which: Annotated[Bench, typer.Argument(help="The benchmark.", metavar="WHICH")]) -> None:
     """Benchmarks: print a table and write a JSON report under reports/ (see: bench WHICH --help)."""
-    result = importlib.import_module(_BENCH_MODULES[which]).main(ctx.args)
+    with needs("index-bench" if which is Bench.recommend_index else "bench"):
+        result = importlib.import_module(_BENCH_MODULES[which]).main(ctx.args)
     raise typer.Exit(result if isinstance(result, int) else 0)
 
 

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from streamcore.extras import needs
 from workers.commands import quiet_kafka, settings
 
 
@@ -27,10 +28,10 @@ def recommend(
         help="Covering the garments and parts shown, xQuAD over parts, MMR, or plain similarity.")] = Ranking.cover,
 ) -> None:
     """Recommend repository items for USER's style profile, or items like a post (--like POST_ID), as JSON."""
-    from threadpoolctl import threadpool_limits
+    with needs("recommend"):
+        from threadpoolctl import threadpool_limits
 
-    from training.recommend.service import Recommender
-
+        from training.recommend.service import Recommender
     if not user and not like:
         raise typer.BadParameter("name a USER or --like POST_ID")
     threadpool_limits(1)  # small matrices: a BLAS thread team only costs here

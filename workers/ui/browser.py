@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
+from streamcore.extras import install_hint, needs
+
 #: Viewports the page is checked and pictured at.
 DESKTOP, PHONE = (1280, 900), (390, 844)
 
@@ -18,14 +20,15 @@ def chromium_missing() -> str | None:
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "selenium not installed (pip install -e '.[test]')"
+        return f"selenium not installed ({install_hint('bench')})"
     return None
 
 
 def headless_chromium(size: tuple[int, int] = DESKTOP) -> Any:
     """A started Chrome WebDriver session; the caller quits it. Console messages are kept (``get_log``)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    with needs("bench"):
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
