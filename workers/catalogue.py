@@ -28,6 +28,7 @@ from streamcore.exceptions import BadInput
 from streamcore.health import HealthServer, Heartbeat
 from streamcore.images import load_bytes
 from streamcore.metrics import StageMetrics
+from streamcore.preview import make_preview
 from streamcore.schemas import Post
 from streamcore.serde import decode_post
 from streamcore.settings import Settings
@@ -86,19 +87,19 @@ class CatalogueStage(Stage):
             if isinstance(image, BadInput):
                 await self.dead_letter(record, image)
             else:
-                ready.append((record, post, image))
+                ready.append((record, post, *image))
         if not ready:
             return
-        scores = await loop.run_in_executor(self._pool, self._infer, [image for *_, image in ready])
-        posts = [post for _, post, _ in ready]
+        scores = await loop.run_in_executor(self._pool, self._infer, [image for _, _, image, _ in ready])
+        posts = [post for _, post, _, _ in ready]
         labels = predictor.label_json(scores, [p.post_id for p in posts], [_received_ms(r) for r, *_ in ready])
         vectors = _vector_records(scores, posts, predictor.version)
         batch, kept = self.sink.batch(predictor.version), []
-        for n, ((record, post, _), label) in enumerate(zip(ready, labels)):
+        for n, ((record, post, _, preview), label) in enumerate(zip(ready, labels)):
             if isinstance(label, BadInput):
                 await self.dead_letter(record, label)
                 continue
-            batch.add(post.post_id, label, fingerprint(record.value), record.partition, vectors.get(n))
+            batch.add(post.post_id, label, fingerprint(record.value), record.partition, vectors.get(n), preview)
             kept.append(record)
         stored = await self.retrying("label_write", batch.flush) if kept else []
         for record, value in zip(kept, stored):
@@ -109,11 +110,14 @@ class CatalogueStage(Stage):
             self.metrics.labeled.inc()
 
     def _prepare(self, posts: list[Post]) -> list:
+        """Per item, its image ready for the model and what the review page shows of it, or why it is refused."""
         out = []
         for post in posts:
             try:
                 data = load_bytes(post.image, self.settings)
-                out.append(self.predictor.prepare(data, max_pixels=self.settings.max_image_pixels))
+                limit = self.settings.max_image_pixels
+                out.append((self.predictor.prepare(data, max_pixels=limit),
+                            make_preview(data, post.caption, max_pixels=limit)))
             except BadInput as exc:
                 out.append(exc)
         return out

@@ -1,12 +1,15 @@
 """Shops' catalogue items on the embedded broker and Redis: the client sends them, the real catalogue stage labels
 them with the serving model (the tiny test model), the real profiles stage adds them to the repository, and the
-recommending client returns them to a user whose posts the real classifier labelled."""
+recommending client (and the review page) return them to a user whose posts the real classifier labelled."""
 
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.error import HTTPError
+from urllib.request import urlopen
 
 import pytest
 from kafka import KafkaProducer
@@ -22,6 +25,7 @@ from training.recommend.store import Keys
 from training.recommend.vectors import VectorRecord
 from workers.catalogue import CatalogueWorker
 from workers.profiles import ProfilesStage
+from workers.ui.server import serving
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +57,10 @@ def _post_photos(settings, user: str, photos: list[Path]) -> None:
     producer.close()
 
 
-def test_catalogue_items_are_labelled_indexed_and_recommended(make_settings) -> None:
+def test_catalogue_items_are_labelled_indexed_and_recommended(make_settings, tmp_path) -> None:
     from workers.classify.stage import ClassifyStage
 
-    settings = make_settings(hint_wait_ms=0)
+    settings = make_settings(hint_wait_ms=0, ui_port=0, recommend_index_dir=tmp_path / "index")
     _post_photos(settings, "ana", PHOTOS[:3])
     items = _add_items(settings, PHOTOS[3:7])
     with running_stage(ProfilesStage(settings)) as profiles:
@@ -80,6 +84,14 @@ def test_catalogue_items_are_labelled_indexed_and_recommended(make_settings) -> 
         assert {i.post_id for i in like.items} == {*items, "ana-1", "ana-2"}
         assert [i.catalogue for i in like.items if i.post_id.startswith("ana")] == [False, False]
     assert Recommender(settings).profile("atelier", "tiny-test") is None  # a shop's items make no profile
+    with serving(settings) as url:  # the review page's "more like this", with the items' thumbnails
+        page = json.loads(urlopen(f"{url}api/recommend?like=ana-0&k=6", timeout=30).read())
+        assert len(page["items"]) == 6 and sum(i["catalogue"] for i in page["items"]) == 4
+        with urlopen(f"{url}api/thumb/{items[0]}", timeout=10) as thumb:
+            assert thumb.headers["content-type"] == "image/jpeg"
+        with pytest.raises(HTTPError) as refused:
+            urlopen(f"{url}api/recommend?like=ana-0&user=ana", timeout=10)
+        assert refused.value.code == 400
 
 
 def test_a_hot_swap_labels_the_whole_catalogue_again_in_the_new_space(make_settings) -> None:
