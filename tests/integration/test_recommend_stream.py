@@ -239,5 +239,5 @@ def test_the_profiles_benchmark_measures_every_label_of_its_backlog(make_setting
     """The measurement behind reports/bench_profiles.json, small: a backlog of labels with 1280-wide vectors."""
     from workers.benchmarks.profiles import measure
 
-    result = measure(make_settings(), 200, 20)
-    assert result["finished"] == 200 and result["labels_per_s"] > 0 and result["profile_update_ms_mean"] > 0
+    result = measure(make_settings(fetch_max_records=100), 600, 60)  # several rounds: a rate to measure
+    assert result["finished"] == 600 and result["labels_per_s"] > 0 and result["profile_update_ms_mean"] > 0
