@@ -1,4 +1,4 @@
-"""Public client API for people who use stylestream: publish posts and corrections, read labels.
+"""Public client API for people who use stylestream: publish posts, corrections and catalogue items, read labels.
 
 Synchronous (kafka-python, redis-py) so it drops into scripts and notebooks::
 
@@ -15,6 +15,7 @@ version does not know are kept, a record that cannot be read is skipped and coun
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -86,6 +87,27 @@ class StylestreamClient:
                     comments=comments or [], hashtags=hashtags or [], user_tags=user_tags or [],
                     image=image_source(image))
         return self.publish(post)
+
+    def add_catalogue_item(self, image: bytes | Path | str | ImageSource, *, item_id: str | None = None,
+                           title: str = "", shop: str = "catalogue") -> Delivery:
+        """Send a shop's item to the ``catalogue`` topic, keyed by its id: the catalogue stage labels its photo with the
+        serving model and the item joins the repository recommendations are drawn from (docs/recommendations.md).
+
+        The record is a ``post/v1``: ``post_id`` is the item id (default: a digest of the image source, its bytes or
+        its URL or path, so adding one photo twice is one item), ``user`` the shop, ``caption`` the title. Item ids
+        share the post ids' space.
+
+        Raises:
+            FileNotFoundError, ValueError: as :meth:`publish_image`.
+        """
+        source = image_source(image)
+        item_id = item_id or "item-" + hashlib.sha256(source.model_dump_json().encode()).hexdigest()[:20]
+        post = Post(post_id=item_id, created_at=utcnow(), user=shop, caption=title, image=source)
+        check_image(post.image)
+        value = encode(post)
+        if len(value) > self.settings.limits.max_message_bytes:
+            raise ValueError(f"item {item_id} is {len(value)} bytes, limit {self.settings.limits.max_message_bytes}")
+        return self._send("catalogue", item_id, value)
 
     def correct(self, post_id: str, categories: Iterable[str], *, subcategories: Iterable[str] = (),
                 attributes: Iterable[str] = ()) -> Delivery:

@@ -46,7 +46,7 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> list[s
             if full in existing:
                 continue
             configs = {"max.message.bytes": str(topic_max_bytes(settings.limits))}  # brokers default to ~1 MiB
-            if name == "model-updates":
+            if name in ("model-updates", "catalogue"):  # the latest record per key is what counts
                 configs["cleanup.policy"] = "compact"
             wanted.append(NewTopic(full, settings.kafka.partitions, settings.kafka.replication_factor, topic_configs=configs))
         created = []

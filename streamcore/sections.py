@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from streamcore.rediskeys import RedisKeys
 
 #: Stage offsets added to ``metrics_port`` so several stages on one host don't collide.
-STAGE_PORT_OFFSET = {"text": 0, "classify": 1, "trainer": 2, "up": 3, "profiles": 4}
+STAGE_PORT_OFFSET = {"text": 0, "classify": 1, "trainer": 2, "up": 3, "profiles": 4, "catalogue": 5}
 #: Names the file the other settings may come from; no setting of its own.
 CONFIG_FILE_VARIABLE = "STYLESTREAM_CONFIG_FILE"
 PREFIX = "STYLESTREAM_"

@@ -132,4 +132,4 @@ def _group(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
         grouped[section][field] = value
     return grouped
 
-TOPICS = ("posts", "hints", "labels", "posts.dlq", "model-updates", "feedback")
+TOPICS = ("posts", "hints", "labels", "posts.dlq", "model-updates", "feedback", "catalogue")

@@ -1,22 +1,20 @@
 """The run loop every stream stage shares: poll → handle → write outputs → commit.
 
 A stage subclass implements :meth:`Stage.handle` (and optionally :meth:`Stage.setup`, :meth:`Stage.tick`,
-:meth:`Stage.on_assigned`, :meth:`Stage.on_revoked`). It calls :meth:`Stage.done` for each record once all
-of that record's outputs are written; the loop commits per partition up to the lowest unfinished offset,
-after each round.
+:meth:`Stage.on_assigned`, :meth:`Stage.on_revoked`). It calls :meth:`Stage.done` for each record once all of that
+record's outputs are written; the loop commits per partition up to the lowest unfinished offset, after each round.
 
-Error boundary: whatever a record raises ends it as one dead letter (``unexpected_error`` with the
-exception class and message, or the :class:`BadInput` code), never as a dead loop. A round whose
-:meth:`Stage.handle` raises is handled again record by record, so one poison record cannot take its
-round-mates down. Broker and Redis errors (:data:`INFRA_ERRORS`) are retried with jittered backoff by
-:meth:`Stage.retrying` while the record stays unfinished (uncommitted); they are counted and logged.
-Errors that retrying cannot cure (too large, invalid, not authorised: :func:`streamcore.faults.rejection`)
-end the record as a dead letter, which itself is cut to fit what the producer may send. An operation
-failing for ``stuck_after_s`` makes the stage say it is stuck (``/readyz``, ``stylestream_stuck``).
+Error boundary: whatever a record raises ends it as one dead letter (``unexpected_error`` with the exception class and
+message, or the :class:`BadInput` code), never as a dead loop. A round whose :meth:`Stage.handle` raises is handled
+again record by record, so one poison record cannot take its round-mates down. Broker and Redis errors
+(:data:`INFRA_ERRORS`) are retried with jittered backoff by :meth:`Stage.retrying` while the record stays unfinished
+(uncommitted); they are counted and logged. Errors that retrying cannot cure (too large, invalid, not authorised:
+:func:`streamcore.faults.rejection`) end the record as a dead letter, which itself is cut to fit what the producer may
+send. An operation failing for ``stuck_after_s`` makes the stage say it is stuck (``/readyz``, ``stylestream_stuck``).
 
-Topics: every ``topic_check_s``, and whenever a write or commit keeps failing, the stage checks that
-its input and output topics exist; missing ones are created again (``recreate_topics``) or reported. An
-owned partition that ends before the offsets already read from it restarted empty: read from its start.
+Topics: every ``topic_check_s``, and whenever a write or commit keeps failing, the stage checks that its input and
+output topics exist; missing ones are created again (``recreate_topics``) or reported. An owned partition that ends
+before the offsets already read from it restarted empty: read from its start.
 """
 
 from __future__ import annotations
@@ -77,6 +75,8 @@ class Stage(ABC):
     outputs: tuple[str, ...] = ("posts.dlq",)
     #: How long one poll may block; short so that timers in :meth:`tick` stay responsive.
     poll_timeout_ms: int = 100
+    #: The consumer group's name after the prefix, when not the stage's name (a group per model version).
+    group_suffix: str | None = None
 
     def __init__(self, settings: Settings, *, metrics: StageMetrics | None = None) -> None:
         self.settings = settings
@@ -248,7 +248,7 @@ class Stage(ABC):
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (embedded use)
                 pass
         self.producer = make_producer(self.settings)
-        self.consumer = make_consumer(self.settings, group=self.settings.kafka.group(self.name))
+        self.consumer = make_consumer(self.settings, group=self.settings.kafka.group(self.group_suffix or self.name))
         self.consumer.subscribe([self.settings.kafka.topic(t) for t in self.inputs], listener=_Rebalance(self))
         await self.producer.start()
         try:

@@ -27,6 +27,7 @@ ENTRIES = {
     "worker classify": (_WORKER.format(stage="classify"), MINER),
     "worker text": (_WORKER.format(stage="text"), ("torchvision", "serving.models")),
     "worker profiles": (_WORKER.format(stage="profiles"), ("torch", *MINER)),
+    "worker catalogue": (_WORKER.format(stage="catalogue"), MINER),
     "synthetic posts": (_IMPORT.format(module="training.synthetic.posts"), MINER),
     "pipeline benchmark": (_IMPORT.format(module="workers.benchmarks.pipeline"), MINER),
     # `python -m training.default_model` tunes the process before torch loads (OpenMP reads its policy once).

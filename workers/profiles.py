@@ -3,7 +3,7 @@
 Per label the stage reads the vector record the classifier wrote beside it (``{<prefix>:label:ID}:vec``:
 the post's user, creation time and image embedding; the label itself names no user), joins it with the
 label's probabilities into a fashion vector, and adds the post to its user's profile and to its model
-version's repository. Both adds are scripts that do nothing for a post already there, and a profile is
+version's repository (a catalogue item, marked so in its record, joins the repository only). Both adds are scripts that do nothing for a post already there, and a profile is
 recomputed from its member set (a pure function of the set), so a redelivered or replayed label changes
 no byte. A record is marked done only after Redis holds all of it; the loop then commits.
 
@@ -51,7 +51,7 @@ class ProfilesStage(Stage):
                                 ("outcome",), registry=registry)
         self.recomputed = Histogram("stylestream_profile_update_seconds", "Time to recompute and store one profile",
                                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=registry)
-        for outcome in ("added", "already_added", "no_garment", "no_vector", "older_vector"):
+        for outcome in ("added", "catalogue_item", "already_added", "no_garment", "no_vector", "older_vector"):
             self.outcomes.labels(outcome)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
 
@@ -78,7 +78,8 @@ class ProfilesStage(Stage):
                 posts.append(post)
         if posts:
             fresh = iter(await self.retrying("profile_write", lambda: self._write(posts)))
-            outcomes = [("added" if next(fresh) else "already_added") if o == "added" else o for o in outcomes]
+            outcomes = [(o if next(fresh) else "already_added") if o in ("added", "catalogue_item") else o
+                        for o in outcomes]
         for (record, _), outcome in zip(parsed, outcomes):
             self.outcomes.labels(outcome).inc()
             self.done(record)
@@ -97,9 +98,11 @@ class ProfilesStage(Stage):
         if record.model_version != label["model_version"]:
             return "older_vector", None
         vec = self.layout.label_vector(label)
-        item = VectorRecord(record.post_id, record.user, record.created_ms, record.model_version, record.embedding[:1])
-        return "added", (record.post_id, record.user, record.model_version, record.created_ms,
-                         Member(vec, record).encode(), Member(vec, item).encode())
+        item = VectorRecord(record.post_id, record.user, record.created_ms, record.model_version, record.embedding[:1],
+                            record.catalogue)
+        member = None if record.catalogue else Member(vec, record).encode()  # a shop's item has no profile
+        return ("catalogue_item" if record.catalogue else "added"), (
+            record.post_id, record.user, record.model_version, record.created_ms, member, Member(vec, item).encode())
 
     async def _write(self, posts: list[tuple]) -> list[bool]:
         """Add the posts, recompute the profiles that changed; per post, whether it was new."""

@@ -41,14 +41,15 @@ def test_docker_compose_config_accepts_the_file():
 
 def test_the_stack_has_kafka_in_kraft_mode_redis_monitoring_and_the_workers():
     services = _compose()["services"]
-    assert {"kafka", "redis", "prometheus", "grafana", "topics", "text", "classify", "trainer"} <= set(services)
+    assert {"kafka", "redis", "prometheus", "grafana", "topics", "text", "classify", "trainer", "profiles",
+            "catalogue"} <= set(services)
     assert not any("zookeeper" in name or "zookeeper" in str(s.get("image")) for name, s in services.items())
     kafka = services["kafka"]
     assert kafka["image"].startswith("apache/kafka:")
     assert "controller" in kafka["environment"]["KAFKA_PROCESS_ROLES"]
 
 
-@pytest.mark.parametrize("stage", ["text", "classify"])
+@pytest.mark.parametrize("stage", ["text", "classify", "profiles", "catalogue"])
 def test_workers_are_replicated_members_of_their_stage(stage):
     service = _compose()["services"][stage]
     assert service["command"] == ["worker", stage]
@@ -102,7 +103,7 @@ def test_kafka_keeps_its_log_in_the_volume():
     assert kafka["environment"]["KAFKA_LOG_DIRS"] == volume.split(":")[1]
 
 
-@pytest.mark.parametrize("stage", ["text", "classify", "trainer", "classify-gpu0"])
+@pytest.mark.parametrize("stage", ["text", "classify", "trainer", "classify-gpu0", "profiles", "catalogue"])
 def test_workers_have_a_readiness_healthcheck_on_their_stage_port(stage):
     service = _compose()["services"][stage]
     metrics = Settings.named(metrics_port=int(service["environment"]["STYLESTREAM_METRICS_PORT"])).metrics

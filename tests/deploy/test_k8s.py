@@ -24,7 +24,8 @@ def test_the_expected_objects_exist():
             ("Deployment", "stylestream-classify-gpu"), ("HorizontalPodAutoscaler", "stylestream-text"),
             ("HorizontalPodAutoscaler", "stylestream-classify"), ("ConfigMap", "stylestream-settings"),
             ("Secret", "stylestream-credentials"), ("Job", "stylestream-topics"),
-            ("Deployment", "stylestream-trainer")} <= kinds
+            ("Deployment", "stylestream-trainer"), ("Deployment", "stylestream-profiles"),
+            ("Deployment", "stylestream-catalogue")} <= kinds
     assert all(doc["metadata"].get("namespace") == "stylestream" for _, doc in DOCS if doc["kind"] != "Namespace")
 
 

@@ -233,3 +233,11 @@ def test_the_classifier_writes_each_posts_vector_record_and_the_stage_profiles_i
         wait_until(lambda: _count(stage, "added") == 3, timeout=60, what="profiles")
     profiles = [Recommender(settings).profile(user, "tiny-test") for user in ("user 0", "user 1")]
     assert [p.posts for p in profiles] == [2, 1]
+
+
+def test_the_profiles_benchmark_measures_every_label_of_its_backlog(make_settings) -> None:
+    """The measurement behind reports/bench_profiles.json, small: a backlog of labels with 1280-wide vectors."""
+    from workers.benchmarks.profiles import measure
+
+    result = measure(make_settings(fetch_max_records=100), 600, 60)  # several rounds: a rate to measure
+    assert result["finished"] == 600 and result["labels_per_s"] > 0 and result["profile_update_ms_mean"] > 0

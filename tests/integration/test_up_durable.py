@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from training.ontology import load_ontology
 
+from serving.ontology import load_ontology
 from streamcore.client import StylestreamClient
 from streamcore.embedded import EmbeddedStack
 from streamcore.exceptions import DeliveryError

@@ -8,8 +8,8 @@ import time
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from training.ontology import load_ontology
 
+from serving.ontology import load_ontology
 from streamcore.exceptions import InfrastructureError
 from streamcore.serde import encode
 from streamcore.settings import Settings

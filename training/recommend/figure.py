@@ -12,7 +12,7 @@ from training.plots import pyplot
 from training.recommend.photos import Embedded
 from training.recommend.vectors import CATEGORY_PART, Layout
 
-_SHOWN = ("precision", "garment_coverage", "part_coverage", "facet_coverage", "ild")
+_SHOWN = ("precision", "garment_coverage", "part_coverage", "facet_coverage", "ild", "image_similarity")
 
 
 def _thumb(path: str, size: int = 160) -> np.ndarray:
@@ -62,7 +62,7 @@ def draw(path: Path, data: Embedded, ranked: dict, table: dict, diverse: str, la
     width = 0.8 / len(names)
     for n, name in enumerate(names):
         values = [table[name][m] / max(1e-9, max(table[x][m] for x in names)) for m in _SHOWN]
-        bars.bar(np.arange(len(_SHOWN)) + n * width, values, width, label=name)
+        bars.bar(np.arange(len(_SHOWN)) + n * width, values, width, label=name, color=plt.cm.tab20(n % 20))
     bars.set_xticks(np.arange(len(_SHOWN)) + 0.4 - width / 2, _SHOWN)
     bars.set_ylabel("relative to the best ranking")
     bars.legend(fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(-0.27, 0.5))

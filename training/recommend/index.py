@@ -37,6 +37,7 @@ class VersionIndex:
         self._index.set_num_threads(1)
         self.post_ids: list[str] = []
         self.users: list[str] = []
+        self.catalogue: set[int] = set()  # positions of shops' catalogue items (the rest are posts)
         self._labels = np.zeros((capacity, label_dim), dtype=np.float16)
         # hnswlib's get_items costs ~0.3 ms an item: the ranking reads candidates from this float16 copy.
         self._vectors = np.zeros((capacity, dim), dtype=np.float16)
@@ -50,7 +51,7 @@ class VersionIndex:
         return self._position.get(post_id)
 
     def of_user(self, user: str) -> set[int]:
-        """Positions of one user's posts."""
+        """Positions of one user's posts (a shop's catalogue items are not its posts)."""
         return set(self._by_user.get(user, ()))
 
     def label(self, position: int) -> np.ndarray:
@@ -67,8 +68,10 @@ class VersionIndex:
         """``[n, L]`` float32 label vectors of items by position."""
         return self._labels[np.asarray(positions, dtype=np.int64)].astype(np.float32)
 
-    def add(self, post_ids: list[str], users: list[str], vectors: np.ndarray, labels: np.ndarray) -> int:
-        """Add items (an id already present is skipped: the repository holds each post once). Returns how many."""
+    def add(self, post_ids: list[str], users: list[str], vectors: np.ndarray, labels: np.ndarray,
+            catalogue: list[bool] | None = None) -> int:
+        """Add items (an id already present is skipped: the repository holds each post once); ``catalogue`` marks
+        shops' items. Returns how many were added."""
         fresh, batch = [], set()
         for n, post_id in enumerate(post_ids):
             if post_id not in self._position and post_id not in batch:
@@ -88,7 +91,10 @@ class VersionIndex:
         self._vectors[positions] = vectors[fresh]
         for n, position in zip(fresh, positions):
             self._position[post_ids[n]] = int(position)
-            self._by_user.setdefault(users[n], []).append(int(position))
+            if catalogue is not None and catalogue[n]:
+                self.catalogue.add(int(position))
+            else:
+                self._by_user.setdefault(users[n], []).append(int(position))
             self.post_ids.append(post_ids[n])
             self.users.append(users[n])
         return len(fresh)
@@ -113,7 +119,7 @@ class VersionIndex:
             np.save(tmp / "labels.npy", self._labels[: len(self)])
             np.save(tmp / "vectors.npy", self._vectors[: len(self)])
             meta = {"version": self.version, "dim": self.dim, "cursor": self.cursor, "post_ids": self.post_ids,
-                    "users": self.users}
+                    "users": self.users, "catalogue": sorted(self.catalogue)}
             (tmp / "meta.json").write_text(json.dumps(meta))
             old = folder.with_name(folder.name + ".old")
             if folder.exists():
@@ -141,8 +147,10 @@ class VersionIndex:
         out._labels[: len(labels)] = labels
         out._vectors[: len(labels)] = np.load(folder / "vectors.npy")
         out._position = {p: n for n, p in enumerate(out.post_ids)}
+        out.catalogue = set(meta.get("catalogue", ()))
         for n, user in enumerate(out.users):
-            out._by_user.setdefault(user, []).append(n)
+            if n not in out.catalogue:
+                out._by_user.setdefault(user, []).append(n)
         return out
 
 

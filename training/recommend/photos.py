@@ -1,8 +1,9 @@
 """Held-out real photos through the packaged model: labels, label vectors and embeddings, cached.
 
-Only test splits are read: the clothing dataset's test split and Clothing Co-Parsing photos 0001-1004 of
-the test split (whole photos, not the background boxes), as the manifests under ``/work/data`` define
-them. Photos past 1004 are refused here too, whatever a manifest says.
+Only held-out splits are read: the validation split (to choose a ranking and its parameters) and the test
+split (to report it) of the clothing dataset and of Clothing Co-Parsing photos 0001-1004 (whole photos, not
+the background boxes), as the manifests under ``/work/data`` define them. Photos past 1004 are refused here
+too, whatever a manifest says.
 """
 
 from __future__ import annotations
@@ -28,15 +29,20 @@ _CCP_PHOTO = re.compile(r"photos/(\d{4})\.\w+$")
 _LAST_ALLOWED_CCP = 1004
 
 
-def test_records(manifests: list[Path], ontology: Ontology) -> list[Record]:
-    """Whole test-split photos with at least one garment; Co-Parsing photos past 1004 raise."""
+HELD_OUT = ("val", "test")
+
+
+def held_out_records(manifests: list[Path], ontology: Ontology, split: str = "test") -> list[Record]:
+    """Whole photos of one held-out split with at least one garment; Co-Parsing photos past 1004 raise."""
+    if split not in HELD_OUT:
+        raise ValueError(f"split must be one of {HELD_OUT}, got {split!r}")
     out = []
     for manifest in manifests:
         for record in read_manifest(manifest, ontology):
             number = _CCP_PHOTO.search(record.image)
             if number and int(number.group(1)) > _LAST_ALLOWED_CCP:
                 raise ValueError(f"{record.image}: Co-Parsing photos past {_LAST_ALLOWED_CCP} are held out")
-            if record.split_of() == "test" and record.box is None and record.categories:
+            if record.split_of() == split and record.box is None and record.categories:
                 out.append(record)
     return out
 
@@ -124,11 +130,11 @@ def _bands(predictor: Predictor, images: torch.Tensor) -> np.ndarray:
     return region_embeddings(fmap).numpy()
 
 
-def embedded_photos(manifests: list[Path], cache: Path, ontology: Ontology) -> Embedded:
-    """The test photos embedded by the packaged model on the CPU (cached at ``cache``)."""
+def embedded_photos(manifests: list[Path], cache: Path, ontology: Ontology, split: str = "test") -> Embedded:
+    """One held-out split's photos embedded by the packaged model on the CPU (cached at ``cache``)."""
     if cache.exists():
         return Embedded.load(cache)
     predictor = Predictor.load(Settings.named(device="cpu", model_dir=Path("/nonexistent-registry")))
-    embedded = embed_records(test_records(manifests, ontology), predictor, Layout(ontology))
+    embedded = embed_records(held_out_records(manifests, ontology, split), predictor, Layout(ontology))
     embedded.save(cache)
     return embedded

@@ -1,4 +1,5 @@
-"""Ranking maths: item and query vectors, plain similarity, MMR, one query per part, and why an item matched.
+"""Ranking maths: item and query vectors, plain similarity, MMR, one query per part, explicit garment coverage,
+and why an item matched.
 
 An item's indexed vector joins its unit image embedding and its unit label vector, weighted so the whole
 is a unit vector: ``[a * e, b * l]`` with ``a² + b² = 1`` and ``a² = embed_weight``; a dot product is then
@@ -20,6 +21,9 @@ from training.recommend.vectors import FACETS, PART_REGION, PARTS, Layout
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 #: Share of the image embedding in a vector's similarity (the rest is the label vector's).
 EMBED_WEIGHT = 0.5
+#: Explicit coverage's weights of relevance and of style similarity against coverage, and the least share of a
+#: category that makes an item count as one: chosen on the validation photos (docs/recommendations.md).
+COVER_MU, COVER_TAU, COVER_FLOOR = 0.05, 0.05, 0.3
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -159,4 +163,51 @@ def covering(query: np.ndarray, parts: Sequence[PartQuery], search: Search, k: i
         picked.append(best)
         why.append(parts[int(np.argmax(gain[:, best]))].part if len(parts) and gain[:, best].max() > 0 else None)
         left = left * (1.0 - served[:, best])
+    return [(int(ids[b]), reason) for b, reason in zip(picked, why)]
+
+
+def cover(query: np.ndarray, label: np.ndarray, parts: Sequence[PartQuery], search: Search, k: int, *,
+          vectors_of: Callable[[np.ndarray], np.ndarray], labels_of: Callable[[np.ndarray], np.ndarray],
+          layout: Layout, mu: float = COVER_MU, tau: float = COVER_TAU, floor: float = COVER_FLOOR,
+          depth: int = 100, exclude: set[int] = frozenset()) -> list[tuple[int, str | None]]:
+    """Explicit coverage of the garments the query wears: ``(id, the part it was picked for or None)``.
+
+    The query (a post's or a profile's label vector) wears category ``c`` with probability ``q_c``; an item
+    is one with probability ``L_ic`` (its label's share, from ``floor``). Each pick maximises
+    ``mu * rel_i + gain_i + tau * sim(query, i)``: ``rel_i = max_c q_c L_ic`` is the chance the item is a
+    garment the query wears, ``gain_i = max_c L_ic q_c prod_j (1 - q_j)`` over categories ``c`` not yet
+    covered (``j``: those covered on ``c``'s body part) the chance it matches the query on a part the list
+    has not matched yet, and the similarity keeps the style (image and attributes). A pick covers the
+    category it gained on, so the list asks in turn for the next likeliest garment, hedging between the
+    categories of a part the model cannot tell apart, until relevance outweighs what is left to cover.
+    Candidates are the top ``depth`` of the whole query and of each part's query.
+    """
+    found = dict.fromkeys(int(i) for q in (query, *(p.vector for p in parts))
+                          for i in search(q, depth + len(exclude))[0] if int(i) not in exclude)
+    ids = np.fromiter(found, dtype=np.int64, count=len(found))
+    if len(ids) == 0:
+        return []
+    n_cat = len(layout.ontology.category_names)
+    wears = np.asarray(label[:n_cat], dtype=np.float64)
+    shares = labels_of(ids)[:, :n_cat].astype(np.float64)
+    shares = np.where(shares >= floor, shares, 0.0)
+    relevance = (shares * wears).max(axis=1)
+    similarity = np.maximum(0.0, vectors_of(ids) @ query)
+    covered, left = np.zeros(n_cat, dtype=bool), np.ones(len(PARTS))
+    picked: list[int] = []
+    why: list[str | None] = []
+    for _ in range(min(k, len(ids))):
+        open_share = wears * left[layout.category_part] * ~covered
+        gains = shares * open_share
+        score = mu * relevance + gains.max(axis=1) + tau * similarity
+        score[picked] = -np.inf
+        best = int(np.argmax(score))
+        picked.append(best)
+        category = int(np.argmax(gains[best]))
+        if gains[best, category] > 0:
+            covered[category] = True
+            left[layout.category_part[category]] *= 1.0 - wears[category]
+            why.append(PARTS[layout.category_part[category]])
+        else:
+            why.append(None)
     return [(int(ids[b]), reason) for b, reason in zip(picked, why)]

@@ -10,9 +10,10 @@ with are that version's, and the answer names it. Which version serves:
   labelled or re-embedded; until then the previous version keeps answering, never a mix);
 * for a user, the newest ready version in which they have a profile.
 
-Ranking: ``parts`` (one query per body part the profile shows, merged by explicit part coverage, xQuAD;
-chosen by measurement, docs/recommendations.md), ``mmr``, or ``plain``. Each item says why: the part or attribute family where its
-label overlaps the query's most, with the shared terms.
+Ranking: ``cover`` (explicit coverage of the garments and body parts the profile or post shows; chosen by
+measurement, docs/recommendations.md), ``parts`` (one query per body part, merged by xQuAD), ``mmr``, or ``plain``.
+Each item says why: the part it was picked for, or else the part or attribute family where its label overlaps
+the query's most, with the shared terms. The repository holds labelled posts and shops' catalogue items.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from streamcore.redisconn import connect
 from streamcore.settings import Settings
 from training.recommend.index import VersionIndex
 from training.recommend.profile import Member, Profile
-from training.recommend.ranking import covering, explain, joint, mmr, part_queries, plain
+from training.recommend.ranking import cover, covering, explain, joint, mmr, part_queries, plain
 from training.recommend.store import Keys
 from training.recommend.vectors import Layout
 
-RANKINGS = ("parts", "mmr", "plain")
+RANKINGS = ("cover", "parts", "mmr", "plain")
 _CHUNK = 1000
 
 
@@ -43,6 +44,8 @@ class Item:
     #: Why it matched: a body part or attribute family (``look`` when only the image matched) and shared terms.
     facet: str
     terms: list[str]
+    #: A shop's catalogue item (``user`` is the shop), not a post.
+    catalogue: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ class Recommender:
         raw = self.redis.get(self.keys.user(user, version)[3])
         return Profile.decode(raw) if raw else None
 
-    def recommend(self, user: str, k: int = 10, *, ranking: str = "parts") -> Answer:
+    def recommend(self, user: str, k: int = 10, *, ranking: str = "cover") -> Answer:
         """The k repository items closest to the user's style profile, diversified; none without a profile."""
         for version in self.ready():
             profile = self.profile(user, version)
@@ -143,7 +146,7 @@ class Recommender:
                 return answer(self.layout, f"user:{user}", index, profile.embedding, profile.label, k, ranking, own)
         return Answer(f"user:{user}", None, ranking)
 
-    def more_like_this(self, post_id: str, k: int = 10, *, ranking: str = "parts") -> Answer:
+    def more_like_this(self, post_id: str, k: int = 10, *, ranking: str = "cover") -> Answer:
         """The k items most like one indexed post, diversified the same way."""
         for version in self.ready():
             index = self.indexes[version]
@@ -169,14 +172,15 @@ class Recommender:
             entries = self.redis.xrange(stream, min=f"({index.cursor}", count=_CHUNK)
             if not entries:
                 return added
-            ids, users, vectors, labels = [], [], [], []
+            ids, users, vectors, labels, shop = [], [], [], [], []
             for _, fields in entries:
                 member = Member.decode(fields[b"item"])
                 ids.append(fields[b"post_id"].decode())
                 users.append(fields[b"user"].decode())
                 vectors.append(joint(member.record.embedding[0], member.label))
                 labels.append(member.label)
-            added += index.add(ids, users, np.stack(vectors), np.stack(labels).astype(np.float16))
+                shop.append(member.record.catalogue)
+            added += index.add(ids, users, np.stack(vectors), np.stack(labels).astype(np.float16), shop)
             index.cursor = entries[-1][0].decode()
 
 
@@ -193,15 +197,19 @@ def answer(layout: Layout, query: str, index: VersionIndex, embedding: np.ndarra
         ids, _ = search(whole, 100 + len(exclude))
         ids = np.array([i for i in ids if int(i) not in exclude], dtype=np.int64)
         picked = [(int(ids[n]), None) for n in mmr(whole, ids, index.vectors(ids), k)]
-    else:
+    elif ranking == "parts":
         picked = covering(whole, part_queries(embedding, label, layout), search, k, exclude=exclude,
                           vectors_of=index.vectors,
                           shows=lambda part, ids: layout.shows_part(part, index.labels(ids)))
+    else:
+        picked = cover(whole, label, part_queries(embedding, label, layout), search, k, exclude=exclude,
+                       vectors_of=index.vectors, labels_of=index.labels, layout=layout)
     positions = np.array([p for p, _ in picked], dtype=np.int64)
     scores, labels = index.vectors(positions) @ whole, index.labels(positions)
     items = []
     for n, (position, part) in enumerate(picked):
         query_label = label * layout.part_query_mask(part, label) if part else label
         facet, terms = explain(query_label, labels[n], layout, facet=part)
-        items.append(Item(index.post_ids[position], index.users[position], round(float(scores[n]), 4), facet, terms))
+        items.append(Item(index.post_ids[position], index.users[position], round(float(scores[n]), 4), facet, terms,
+                          position in index.catalogue))
     return Answer(query, index.version, ranking, items)

@@ -124,28 +124,38 @@ class ProfileWriter:
                 pipe.get(self.keys.label_vector(post_id))
             return list(await pipe.execute())
 
-    async def add(self, posts: list[tuple[str, str, str, int, bytes, bytes]],
+    async def add(self, posts: list[tuple[str, str, str, int, bytes | None, bytes]],
                   cap: int) -> tuple[list[bool], list[tuple[str, str]]]:
-        """Add ``(post id, user, version, created ms, member, item)`` to profiles and repositories.
+        """Add ``(post id, user, version, created ms, member, item)`` to profiles and repositories; a post
+        without a member (a catalogue item) joins its repository only.
 
-        Returns per post whether it was new to its profile, and the ``(user, version)`` profiles to
-        recompute: changed, or left behind by an earlier crash.
+        Returns per post whether it was new (to its profile; to its repository for a catalogue item), and the
+        ``(user, version)`` profiles to recompute: changed, or left behind by an earlier crash.
         """
-        calls = []
+        calls, profiled = [], []
         for post_id, user, version, created, member, item in posts:
-            posts_key, members, rev, _, profile_rev = self.keys.user(user, version)
-            calls.append((self._add_member, [posts_key, members, rev, profile_rev], [post_id, created, member, cap]))
+            if member is not None:
+                posts_key, members, rev, _, profile_rev = self.keys.user(user, version)
+                profiled.append(len(calls))
+                calls.append((self._add_member, [posts_key, members, rev, profile_rev], [post_id, created, member, cap]))
             calls.append((self._add_item, list(self.keys.repo(version)), [post_id, user, item]))
         replies = await self._run(calls)
         versions = sorted({p[2] for p in posts})
         if versions:
             await self.redis.zadd(self.keys.versions, {v: min(p[3] for p in posts if p[2] == v) for v in versions},
                                   nx=True)
-        due = []
-        for (_, user, version, *_), reply in zip(posts, replies[::2]):
+        fresh, due, at = [], [], 0
+        for _, user, version, _, member, _ in posts:
+            reply = replies[at]
+            if member is None:  # the repository's reply: 1 when new
+                fresh.append(bool(int(reply)))
+                at += 1
+                continue
+            fresh.append(bool(int(reply[0])))
             if int(reply[0]) or reply[1] != reply[2]:
                 due.append((user, version))
-        return [bool(int(r[0])) for r in replies[::2]], list(dict.fromkeys(due))
+            at += 2
+        return fresh, list(dict.fromkeys(due))
 
     async def members(self, user: str, version: str) -> tuple[bytes, list[bytes]]:
         """``(rev, member bytes)`` of one profile, as one snapshot."""

@@ -118,6 +118,11 @@ class Layout:
         k = len(self.ontology.category_names)
         return (labels[:, :k][:, self.facet_masks[part][:k]] >= floor).any(axis=1)
 
+    @cached_property
+    def category_part(self) -> np.ndarray:
+        """Per category (ontology order), the index of its body part in :data:`PARTS`."""
+        return np.array([PARTS.index(CATEGORY_PART[c]) for c in self.ontology.category_names])
+
     def part_weights(self, label_vec: np.ndarray) -> dict[str, float]:
         """Per part, how strongly a label vector shows it: its most probable category there."""
         k = len(self.ontology.category_names)
@@ -129,7 +134,11 @@ _MAGIC = b"SSV1"
 
 @dataclass(frozen=True)
 class VectorRecord:
-    """What the classifier stores beside a label: who posted it, when, and the model's embedding of it."""
+    """What the classifier stores beside a label: who posted it, when, and the model's embedding of it.
+
+    ``catalogue`` marks a shop's item (the catalogue stage's; ``user`` is then the shop): it joins the
+    repository, never a style profile.
+    """
 
     post_id: str
     user: str
@@ -137,15 +146,18 @@ class VectorRecord:
     model_version: str
     #: ``[len(REGIONS), C]`` float16, rows L2-normalised.
     embedding: np.ndarray
+    catalogue: bool = False
 
     def encode(self) -> bytes:
         """``SSV1``, a length-prefixed JSON header, then the float16 rows (little-endian).
 
         Size: 8 bytes + the header (~150 bytes) + ``4 * C * 2`` bytes (10,240 for C = 1280).
         """
-        header = json.dumps({"post_id": self.post_id, "user": self.user, "created_ms": self.created_ms,
-                             "model_version": self.model_version, "shape": list(self.embedding.shape)},
-                            separators=(",", ":"), ensure_ascii=False).encode()
+        head = {"post_id": self.post_id, "user": self.user, "created_ms": self.created_ms,
+                "model_version": self.model_version, "shape": list(self.embedding.shape)}
+        if self.catalogue:  # only then: a post's record keeps the bytes it always had
+            head["catalogue"] = True
+        header = json.dumps(head, separators=(",", ":"), ensure_ascii=False).encode()
         rows = np.ascontiguousarray(self.embedding, dtype="<f2")
         return _MAGIC + struct.pack("<I", len(header)) + header + rows.tobytes()
 
@@ -160,14 +172,14 @@ class VectorRecord:
             shape = tuple(int(n) for n in head["shape"])
             embedding = np.frombuffer(raw[8 + size:], dtype="<f2").reshape(shape)
             return cls(str(head["post_id"]), str(head["user"]), int(head["created_ms"]), str(head["model_version"]),
-                       embedding)
+                       embedding, head.get("catalogue") is True)
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
             raise ValueError(f"bad fashion vector record: {exc}") from None
 
 
 def encode_embeddings(post_ids: list[str], users: list[str], created_ms: list[int], version: str,
-                      embeddings: np.ndarray) -> list[bytes]:
+                      embeddings: np.ndarray, *, catalogue: bool = False) -> list[bytes]:
     """One encoded :class:`VectorRecord` per row of a batch's ``[B, R, C]`` embeddings."""
     half = embeddings.astype(np.float16)
-    return [VectorRecord(p, u, t, version, half[i]).encode()
+    return [VectorRecord(p, u, t, version, half[i], catalogue).encode()
             for i, (p, u, t) in enumerate(zip(post_ids, users, created_ms, strict=True))]

@@ -74,6 +74,8 @@ def measure(settings: Settings, labels: int, users: int) -> dict:
     finally:
         loop.call_soon_threadsafe(stage.stop)
         thread.join(timeout=60)
+    if first is None or last[1] == first[1]:
+        raise ValueError(f"{labels} labels were profiled in one round of the stage: too few to time")
     rate = (last[1] - first[1]) / max(1e-9, last[0] - first[0])
     recompute = stage.recomputed.collect()[0].samples
     total = next(s.value for s in recompute if s.name.endswith("_sum"))

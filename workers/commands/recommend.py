@@ -1,4 +1,5 @@
-"""``stylestream recommend``: items for a user's style profile, or like a post, as JSON on stdout."""
+"""``stylestream recommend``: items for a user's style profile, or like a post, as JSON on stdout; and
+``stylestream catalogue add``: shops' items for the repository."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Annotated
 import typer
 
 from streamcore.extras import needs
-from workers.commands import settings
+from workers.commands import quiet_kafka, settings
 
 
 class Ranking(str, Enum):
+    cover = "cover"
     parts = "parts"
     mmr = "mmr"
     plain = "plain"
@@ -22,7 +24,8 @@ def recommend(
     user: Annotated[str, typer.Argument(help="Whose style profile to recommend for.")] = "",
     k: Annotated[int, typer.Option("--k", min=1, max=1000, help="How many items.")] = 10,
     like: Annotated[str | None, typer.Option("--like", help="Items like this post instead of a user's.")] = None,
-    ranking: Annotated[Ranking, typer.Option(help="Diverse over body parts, MMR, or plain similarity.")] = Ranking.parts,
+    ranking: Annotated[Ranking, typer.Option(
+        help="Covering the garments and parts shown, xQuAD over parts, MMR, or plain similarity.")] = Ranking.cover,
 ) -> None:
     """Recommend repository items for USER's style profile, or items like a post (--like POST_ID), as JSON."""
     with needs("recommend"):
@@ -34,12 +37,39 @@ def recommend(
     threadpool_limits(1)  # small matrices: a BLAS thread team only costs here
     config = settings()
     recommender = Recommender(config, index_dir=config.profiles.index_dir)
-    recommender.sync()
-    recommender.save()
+    if any(recommender.sync().values()):  # the next call starts from this snapshot
+        recommender.save()
     answer = (recommender.more_like_this(like, k, ranking=ranking.value) if like
               else recommender.recommend(user, k, ranking=ranking.value))
     typer.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
 
 
+catalogue = typer.Typer(help="Shops' items on the catalogue topic: recommended beside the posts.", no_args_is_help=True)
+
+
+@catalogue.command("add")
+def add(
+    photos: Annotated[list[str], typer.Argument(help="Image files (JPEG, PNG, WebP) or http(s) URLs.", metavar="PHOTO...")],
+    shop: Annotated[str, typer.Option(help="Whose items they are.")] = "catalogue",
+    title: Annotated[str, typer.Option(help="The items' title.")] = "",
+    item_id: Annotated[str | None, typer.Option("--id", help="The item id (one photo only; default: a digest of it).")] = None,
+) -> None:
+    """Send photos to the catalogue topic as a shop's items; the catalogue stage labels them with the serving model
+    and they join the repository. Prints each item's id."""
+    from streamcore.client import StylestreamClient
+
+    if item_id is not None and len(photos) != 1:
+        raise typer.BadParameter("--id names one item: give one photo", param_hint="--id")
+    quiet_kafka()
+    with StylestreamClient(settings()) as client:
+        for photo in photos:
+            try:
+                delivery = client.add_catalogue_item(photo, item_id=item_id, title=title, shop=shop)
+            except FileNotFoundError:
+                raise typer.BadParameter(f"no image file {photo!r}", param_hint="PHOTO") from None
+            typer.echo(delivery.post_id)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(recommend)
+    app.add_typer(catalogue, name="catalogue")

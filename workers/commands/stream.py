@@ -19,6 +19,7 @@ class Stage(str, Enum):
     classify = "classify"
     trainer = "trainer"
     profiles = "profiles"
+    catalogue = "catalogue"
 
 
 def _positive(value: float | None) -> float | None:
@@ -130,8 +131,10 @@ def worker(stage: Annotated[Stage, typer.Argument(help="The stage to run.", meta
         from workers.classify import run
     elif stage.value == "trainer":
         from workers.trainer import run
-    else:
+    elif stage.value == "profiles":
         from workers.profiles import run
+    else:
+        from workers.catalogue import run
     run(settings())
 
 

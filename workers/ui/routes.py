@@ -22,6 +22,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from streamcore.extras import MissingExtra
 from streamcore.settings import Settings
 from workers.ui import security
 from workers.ui.cards import Filters
@@ -172,6 +173,21 @@ async def model(request: Request) -> Response:
         return _json({"error": f"Redis: {exc}"}, 503)
 
 
+async def recommend(request: Request) -> Response:
+    """``?like=POST_ID`` or ``?user=NAME``, and ``k`` (1-50): the recommender's answer as JSON."""
+    params = request.query_params
+    user, like, k = params.get("user", ""), params.get("like", ""), params.get("k", "10")
+    if (not k.isdigit() or not 1 <= int(k) <= 50 or bool(user) == bool(like) or len(user) > 256
+            or (like and not _POST_ID.match(like))):
+        return _json({"error": "ask for ?like=POST_ID or ?user=NAME, with k from 1 to 50"}, 400)
+    try:
+        return _json(await request.app.state.recommendations.answer(user=user, like=like, k=int(k)))
+    except MissingExtra as exc:
+        return _json({"error": str(exc)}, 501)
+    except RedisError as exc:
+        return _json({"error": f"Redis: {exc}"}, 503)
+
+
 ROUTES = [
     Route("/", page),
     Route("/model", page),
@@ -181,5 +197,6 @@ ROUTES = [
     Route("/api/thumb/{post_id}", thumb),
     Route("/api/ontology", ontology),
     Route("/api/model", model),
+    Route("/api/recommend", recommend),
     Mount("/static", StaticFiles(directory=STATIC), name="static"),
 ]

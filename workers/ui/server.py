@@ -20,6 +20,7 @@ from streamcore.settings import Settings
 from workers.ui.cards import Highlighter
 from workers.ui.corrections import Publisher, terms
 from workers.ui.live import Broadcaster
+from workers.ui.recommend import Recommendations
 from workers.ui.routes import ROUTES, Ui
 from workers.ui.security import SecurityHeaders
 from workers.ui.store import LabelReader
@@ -40,6 +41,7 @@ def build_app(settings: Settings) -> Starlette:
         broadcaster = Broadcaster(LabelReader(settings.redis.keys, follower_client, Highlighter(ontology)))
         publisher = Publisher(settings, client)
         app.state.ui = Ui(settings, client, reader, broadcaster, publisher, ontology, terms(ontology, multi=settings.trainer.multi))
+        app.state.recommendations = Recommendations(settings)
         app.state.loop = asyncio.get_running_loop()
         await broadcaster.start()
         try:

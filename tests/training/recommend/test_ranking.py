@@ -66,3 +66,30 @@ def test_explain_names_the_facet_and_the_shared_terms(layout: Layout) -> None:
     assert explain(query * layout.facet_masks["material"], bag, layout) == ("material", ["leather"])
     assert explain(query, bag, layout, facet="upper") == ("upper", ["bags", "leather"])
     assert explain(query, _label(layout, jeans=0.9), layout) == ("look", [])
+
+
+def test_cover_asks_for_each_garment_in_turn_until_relevance_outweighs_what_is_left(layout: Layout) -> None:
+    from training.recommend.ranking import cover
+
+    kinds = [_label(layout, tops_and_tshirts=0.95, striped=0.8), _label(layout, bags=0.9, leather=0.9),
+             _label(layout, jeans=0.9, denim=0.9)]
+    labels = np.stack([kinds[n // 5] for n in range(15)])
+    rng = np.random.default_rng(0)
+    vectors = joint(rng.standard_normal((15, 8)), labels)
+    query_label = _label(layout, tops_and_tshirts=0.9, bags=0.7, jeans=0.1, striped=0.8, leather=0.6)
+    query = joint(rng.standard_normal(8), query_label)
+
+    def search(vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(-(vectors @ vector))[:n]
+        return order, (vectors @ vector)[order]
+
+    def ranked(**weights: float) -> list[tuple[str, str | None]]:
+        picked = cover(query, query_label, [], search, 4, vectors_of=lambda ids: vectors[ids],
+                       labels_of=lambda ids: labels[ids], layout=layout, exclude={0}, **weights)
+        assert 0 not in [i for i, _ in picked]
+        return [(("top", "bag", "jeans")[i // 5], why) for i, why in picked]
+
+    # tops (0.9), then the bag (0.7), then jeans: unlikely (0.1) but a part no pick has matched yet
+    assert ranked(mu=0.05, tau=0.0) == [("top", "upper"), ("bag", "bag"), ("jeans", "lower"), ("top", None)]
+    # relevance weighed high: a second top before the unlikely jeans
+    assert ranked(mu=1.0, tau=0.0)[:3] == [("top", "upper"), ("bag", "bag"), ("top", None)]

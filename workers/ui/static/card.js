@@ -72,7 +72,29 @@ export function renderCard(c, onCorrect) {
     body.append(el("p", { class: "corrected", text: "corrected (the trainer holds a correction)" }));
   }
   button.addEventListener("click", () => onCorrect(node, c));
+  body.append(el("button", { class: "like", type: "button", text: "More like this",
+    onclick: (event) => showSimilar(event.target, c.id) }));
   return node;
+}
+
+// Items like this post (other posts and shops' catalogue items), each with the part it was picked for.
+async function showSimilar(button, id) {
+  button.disabled = true;
+  const strip = el("div", { class: "similar", text: "…" });
+  button.replaceWith(strip);
+  const reply = await fetch(`/api/recommend?like=${encodeURIComponent(id)}&k=6`);
+  const answer = await reply.json();
+  strip.textContent = "";
+  if (!reply.ok || !answer.items.length) {
+    strip.append(el("span", { class: "muted", text: reply.ok ? "nothing like it indexed yet" : answer.error }));
+    return;
+  }
+  for (const item of answer.items) {
+    const photo = el("img", { class: "thumb small", alt: item.post_id, src: `/api/thumb/${encodeURIComponent(item.post_id)}` });
+    photo.addEventListener("error", () => photo.replaceWith(el("div", { class: "thumb small none", text: "no photo" })));
+    strip.append(el("figure", {}, photo, el("figcaption", {
+      text: `${item.catalogue ? `${item.user} · ` : ""}${term(item.facet)}: ${item.terms.map(term).join(", ")}` })));
+  }
 }
 
 // The one-line form of a card, for floods: at hundreds of labels a second most cards leave the list before anyone

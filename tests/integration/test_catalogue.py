@@ -1,0 +1,114 @@
+"""Shops' catalogue items on the embedded broker and Redis: the client sends them, the real catalogue stage labels
+them with the serving model (the tiny test model), the real profiles stage adds them to the repository, and the
+recommending client (and the review page) return them to a user whose posts the real classifier labelled."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.error import HTTPError
+from urllib.request import urlopen
+
+import pytest
+from kafka import KafkaProducer
+
+from streamcore.redisconn import connect
+from streamcore.schemas import ImageSource, Post
+from streamcore.serde import encode
+from tests.support import publish_tiny, running_stage, wait_until
+from training.real.fixture import FIXTURE_DIR
+from training.recommend.client import RecommendClient
+from training.recommend.service import Recommender
+from training.recommend.store import Keys
+from training.recommend.vectors import VectorRecord
+from workers.catalogue import CatalogueWorker
+from workers.profiles import ProfilesStage
+from workers.ui.server import serving
+
+pytestmark = pytest.mark.integration
+
+PHOTOS = sorted((FIXTURE_DIR / "images").glob("*.jpg"))
+
+
+def _count(stage: ProfilesStage, outcome: str) -> int:
+    return int(stage.outcomes.labels(outcome)._value.get())
+
+
+def _labelled(worker: CatalogueWorker) -> int:
+    return int(worker.metrics.labeled._value.get())
+
+
+def _add_items(settings, photos: list[Path]) -> list[str]:
+    with RecommendClient(settings) as client:
+        ids = [client.add_catalogue_item(p, title=f"item {n}", shop="atelier").post_id for n, p in enumerate(photos)]
+    assert len(set(ids)) == len(photos)
+    return ids
+
+
+def _post_photos(settings, user: str, photos: list[Path]) -> None:
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+    for n, photo in enumerate(photos):
+        post = Post(post_id=f"{user}-{n}", created_at=datetime(2024, 5, n + 1, tzinfo=UTC), user=user,
+                    image=ImageSource(b64=base64.b64encode(photo.read_bytes()).decode()))
+        producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
+    producer.flush()
+    producer.close()
+
+
+def test_catalogue_items_are_labelled_indexed_and_recommended(make_settings, tmp_path) -> None:
+    from workers.classify.stage import ClassifyStage
+
+    settings = make_settings(hint_wait_ms=0, ui_port=0, recommend_index_dir=tmp_path / "index")
+    _post_photos(settings, "ana", PHOTOS[:3])
+    items = _add_items(settings, PHOTOS[3:7])
+    with running_stage(ProfilesStage(settings)) as profiles:
+        with running_stage(ClassifyStage(settings)) as classify:
+            wait_until(lambda: classify.metrics.labeled._value.get() == 3, timeout=120, what="ana's labels")
+        with running_stage(CatalogueWorker(settings)) as catalogue:
+            wait_until(lambda: _labelled(catalogue) == 4, timeout=120, what="the items' labels")
+        wait_until(lambda: (_count(profiles, "added"), _count(profiles, "catalogue_item")) == (3, 4), timeout=60,
+                   what="posts in the profile, items in the repository")
+    redis = connect(settings.redis)
+    record = VectorRecord.decode(redis.get(settings.redis.keys.label_vector(items[0])))
+    assert record.catalogue and record.user == "atelier" and record.model_version == "tiny-test"
+    assert redis.xlen(Keys(settings.redis.prefix).repo("tiny-test")[1]) == 7
+
+    with RecommendClient(settings) as client:
+        answer = client.recommend("ana", 4)
+        assert answer.model_version == "tiny-test"
+        assert sorted(i.post_id for i in answer.items) == sorted(items)  # her own posts never come back
+        assert all(i.catalogue and i.user == "atelier" for i in answer.items)
+        like = client.more_like_this("ana-0", 6)
+        assert {i.post_id for i in like.items} == {*items, "ana-1", "ana-2"}
+        assert [i.catalogue for i in like.items if i.post_id.startswith("ana")] == [False, False]
+    assert Recommender(settings).profile("atelier", "tiny-test") is None  # a shop's items make no profile
+    with serving(settings) as url:  # the review page's "more like this", with the items' thumbnails
+        page = json.loads(urlopen(f"{url}api/recommend?like=ana-0&k=6", timeout=30).read())
+        assert len(page["items"]) == 6 and sum(i["catalogue"] for i in page["items"]) == 4
+        with urlopen(f"{url}api/thumb/{items[0]}", timeout=10) as thumb:
+            assert thumb.headers["content-type"] == "image/jpeg"
+        with pytest.raises(HTTPError) as refused:
+            urlopen(f"{url}api/recommend?like=ana-0&user=ana", timeout=10)
+        assert refused.value.code == 400
+
+
+def test_a_hot_swap_labels_the_whole_catalogue_again_in_the_new_space(make_settings) -> None:
+    settings = make_settings(model_poll_s=0.5)
+    publish_tiny(settings.serving.model_dir, "tiny-next", seed=1)
+    redis = connect(settings.redis)
+    redis.set(settings.redis.keys.model_current, "tiny-test")
+    items = _add_items(settings, PHOTOS[:4])
+    with running_stage(ProfilesStage(settings)) as profiles, running_stage(CatalogueWorker(settings)) as catalogue:
+        wait_until(lambda: _count(profiles, "catalogue_item") == 4, timeout=120, what="the items in tiny-test")
+        redis.set(settings.redis.keys.model_current, "tiny-next")  # the promotion
+        wait_until(lambda: _count(profiles, "catalogue_item") == 8, timeout=120, what="the items again, in tiny-next")
+        assert catalogue.versions == ["tiny-test", "tiny-next"]
+        assert catalogue.stage.group_suffix == "catalogue-tiny-next"
+    keys = Keys(settings.redis.prefix)
+    assert [redis.xlen(keys.repo(v)[1]) for v in ("tiny-test", "tiny-next")] == [4, 4]
+    assert {VectorRecord.decode(redis.get(settings.redis.keys.label_vector(i))).model_version for i in items} == {"tiny-next"}
+    with RecommendClient(settings) as client:
+        answer = client.more_like_this(items[0], 3)
+    assert answer.model_version == "tiny-next" and len(answer.items) == 3  # one space: the new one, whole

@@ -1,0 +1,227 @@
+"""Catalogue stage: shop items on ``catalogue`` → labels and fashion vectors of the serving model, for the repository.
+
+A catalogue item is a ``post/v1`` record on the ``catalogue`` topic, keyed by its id: ``post_id`` is the item id,
+``user`` the shop, ``caption`` its title (``stylestream catalogue add``, ``StylestreamClient.add_catalogue_item``).
+The stage labels the item's photo with the serving model, as the classifier labels a post, and writes the label, its
+vector record (marked as a catalogue item) and the ``labels`` record through the classifier's sink; the profiles
+stage then adds the item to that model version's repository, and to no style profile.
+
+Each model version has its own consumer group (``<group_prefix>-catalogue-<version>``). When the serving pointer
+moves to a version that loads, the stage leaves its group and joins the new version's, which starts at the topic's
+beginning: the whole catalogue (compacted: the latest record of each item) is labelled again in the new embedding
+space, while recommendations keep coming from the previous version until the new repository is ready. A restart
+resumes the group of the version it serves. A record is done once its label and vector record are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from aiokafka.structs import ConsumerRecord
+from redis.exceptions import RedisError
+
+from serving.hotswap import load_last_good
+from serving.images import make_preview
+from serving.predict import Predictor, Scores
+from serving.registry import check_version_name
+from streamcore.exceptions import BadInput
+from streamcore.health import HealthServer, Heartbeat
+from streamcore.metrics import StageMetrics
+from streamcore.schemas import Post
+from streamcore.serde import decode_post
+from streamcore.settings import Settings
+from streamcore.sinks import LabelSink, RedisLookups, fingerprint
+from streamcore.sources import load_bytes
+from streamcore.stage import Stage
+from training.recommend.vectors import encode_embeddings
+
+log = logging.getLogger(__name__)
+#: 9999-12-31T23:59:59.999Z, the latest instant a ``datetime`` holds.
+_MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+
+class CatalogueStage(Stage):
+    """Catalogue items → labels and vector records, with one model version (see the module docstring)."""
+
+    name = "catalogue"
+    inputs = ("catalogue",)
+    outputs = ("labels", "posts.dlq")
+
+    def __init__(self, settings: Settings, predictor: Predictor, *, refused: set[str] | None = None, **kwargs) -> None:
+        super().__init__(settings, **kwargs)
+        self.predictor = predictor
+        self.group_suffix = f"{self.name}-{predictor.version}"
+        self.refused = set(refused or ())  # versions that failed their checks: not tried again
+        #: The version to serve next, once this stage has left its group (None: stopping for good).
+        self.next_version: str | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalogue")
+        self._next_check = 0.0
+
+    async def setup(self) -> None:
+        self.lookups = RedisLookups(self.settings)
+        self.sink = LabelSink(self.settings, self.producer)
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        items = []
+        for record in records:
+            if record.value is None:  # a removal (compaction tombstone): the repository keeps what it indexed
+                self.skip(record, BadInput("catalogue_removal", "removing catalogue items is not supported"))
+                continue
+            try:
+                items.append((record, decode_post(record.value, self.settings.limits)))
+            except BadInput as exc:
+                await self.dead_letter(record, exc)
+        size = self.settings.classify.max_batch
+        for start in range(0, len(items), size):
+            await self._label(items[start: start + size])
+
+    async def _label(self, items: list[tuple[ConsumerRecord, Post]]) -> None:
+        loop, predictor = asyncio.get_running_loop(), self.predictor
+        prepared = await loop.run_in_executor(self._pool, self._prepare, [post for _, post in items])
+        ready = []
+        for (record, post), image in zip(items, prepared):
+            if isinstance(image, BadInput):
+                await self.dead_letter(record, image)
+            else:
+                ready.append((record, post, *image))
+        if not ready:
+            return
+        scores = await loop.run_in_executor(self._pool, self._infer, [image for _, _, image, _ in ready])
+        posts = [post for _, post, _, _ in ready]
+        labels = predictor.label_json(scores, [p.post_id for p in posts], [_received_ms(r) for r, *_ in ready])
+        vectors = _vector_records(scores, posts, predictor.version)
+        batch, kept = self.sink.batch(predictor.version), []
+        for n, ((record, post, _, preview), label) in enumerate(zip(ready, labels)):
+            if isinstance(label, BadInput):
+                await self.dead_letter(record, label)
+                continue
+            batch.add(post.post_id, label, fingerprint(record.value), record.partition, vectors.get(n), preview)
+            kept.append(record)
+        stored = await self.retrying("label_write", batch.flush) if kept else []
+        for record, value in zip(kept, stored):
+            if value is None:
+                await self.dead_letter(record, BadInput("duplicate_post_id", "item id was labelled from other content"))
+                continue
+            self.done(record)
+            self.metrics.labeled.inc()
+
+    def _prepare(self, posts: list[Post]) -> list:
+        """Per item, its image ready for the model and what the review page shows of it, or why it is refused."""
+        out = []
+        for post in posts:
+            try:
+                data = load_bytes(post.image, self.settings)
+                limit = self.settings.limits.max_image_pixels
+                out.append((self.predictor.prepare(data, max_pixels=limit),
+                            make_preview(data, post.caption, max_pixels=limit)))
+            except BadInput as exc:
+                out.append(exc)
+        return out
+
+    def _infer(self, images: list) -> Scores:
+        staged = self.predictor.stage(images, [None] * len(images))
+        return self.predictor.infer(staged, embeddings=True)
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + self.settings.serving.model_poll_s
+        try:
+            raw = await self.lookups.current_model()
+            version = check_version_name(raw) if raw else None
+        except RedisError:
+            self.metrics.infra_errors.labels(self.name, "model_pointer").inc()
+            return
+        except (ValueError, UnicodeDecodeError):  # the classifier logs and counts a bad pointer
+            return
+        if version and version != self.predictor.version and version not in self.refused:
+            log.info("catalogue: serving pointer moved to %s; leaving the %s group", version, self.group_suffix)
+            super().stop()
+            self.next_version = version
+
+    def stop(self) -> None:
+        """Stop for good (SIGTERM, a test): no next version."""
+        self.next_version = None
+        super().stop()
+
+    async def shutdown(self) -> None:
+        await self.sink.close()
+        await self.lookups.close()
+        self._pool.shutdown()
+
+
+class CatalogueWorker:
+    """Runs the catalogue stage of the serving model version, then the next version's after each hot-swap."""
+
+    name = "catalogue"
+
+    def __init__(self, settings: Settings, *, metrics: StageMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or StageMetrics(self.name)
+        self.heartbeat = Heartbeat(60.0)
+        self.stage: CatalogueStage | None = None
+        self.versions: list[str] = []  # served so far, in order
+        self._stopping = False
+
+    def serve_health(self, port: int) -> int:
+        """``/metrics``, ``/healthz``, ``/readyz`` of whichever stage runs now."""
+        server = HealthServer(self.metrics.registry, heartbeat=self.heartbeat,
+                              ready=lambda: self.stage is not None and self.stage.ready,
+                              problem=lambda: self.stage.stuck() if self.stage is not None else None)
+        return server.start(port, self.settings.metrics.health_host)
+
+    async def run(self) -> None:
+        loop, refused = asyncio.get_running_loop(), set()
+        lookups = RedisLookups(self.settings)
+        try:
+            wanted = await lookups.current_model()
+        finally:
+            await lookups.close()
+        while not self._stopping:
+            predictor, failed = await loop.run_in_executor(None, load_last_good, self.settings, wanted, self.metrics)
+            refused |= failed
+            self.metrics.model.info({"version": predictor.version, "head": predictor.head, "runtime": predictor.runtime})
+            if self._stopping:
+                return
+            self.stage = CatalogueStage(self.settings, predictor, refused=refused, metrics=self.metrics)
+            self.stage.heartbeat = self.heartbeat
+            self.versions.append(predictor.version)
+            await self.stage.run()
+            wanted = self.stage.next_version
+            if wanted is None:
+                return
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self.stage is not None:
+            self.stage.stop()
+
+
+def _received_ms(record: ConsumerRecord) -> int:
+    """The record's broker timestamp, or now when a producer set one no ``datetime`` can hold."""
+    if record.timestamp is None or not 0 <= record.timestamp <= _MAX_TIMESTAMP_MS:
+        return int(time.time() * 1000)
+    return record.timestamp
+
+
+def _vector_records(scores: Scores, posts: list[Post], version: str) -> dict[int, bytes]:
+    """Per item index with an embedding, its vector record, marked as a catalogue item."""
+    if scores.embeddings is None or not scores.rows:
+        return {}
+    chosen = [posts[i] for i in scores.rows]
+    records = encode_embeddings([p.post_id for p in chosen], [p.user for p in chosen],
+                                [int(p.created_at.timestamp() * 1000) for p in chosen], version,
+                                scores.embeddings[:, None, :], catalogue=True)
+    return dict(zip(scores.rows, records))
+
+
+def run(settings: Settings) -> None:
+    """Run one catalogue consumer until SIGTERM/SIGINT."""
+    worker = CatalogueWorker(settings)
+    worker.serve_health(settings.metrics.stage_port("catalogue"))
+    asyncio.run(worker.run())
