@@ -17,7 +17,10 @@ from training.text import TextMiner
 from training.text.miner import MAX_LISTED_BYTES
 from training.text.normalize import Limits
 
-BUDGET_S = 0.050
+#: A post at the size limits may cost this many ordinary posts: it holds ~130 times their text (64 KiB), and costs 1-26
+#: times as much on a quiet machine. Work that grew faster than the text (a segmentation or a look-up per
+#: distinct word without a cap) costs thousands.
+ORDINARY_POSTS = 60
 TEXT_BYTES = Settings().limits.max_text_bytes  # caption + comments limit (SPEC "Post")
 
 
@@ -55,21 +58,33 @@ def _long_list_items(rng: random.Random) -> Post:
                  user_tags=["@" + _letters(rng, 2000) for _ in range(1000)])
 
 
+def _ordinary(rng: random.Random) -> Post:
+    """A caption as people write them: a sentence, some words the miner has not seen, a dozen hashtags."""
+    words = " ".join(_letters(rng, rng.randint(3, 10)) for _ in range(40))
+    hashtags = " ".join(f"#{_letters(rng, 10)}" for _ in range(15))
+    return _post(f"Loving my new leather jacket and floral dress {words} {hashtags}")
+
+
 FLOODS = [_hashtag_flood, _word_flood, _comment_flood, _long_list_items]
 
 
+def _thread_cpu(miner: TextMiner, post: Post) -> float:
+    started = time.thread_time()
+    miner.mine(post)
+    return time.thread_time() - started
+
+
 @pytest.mark.parametrize("flood", FLOODS, ids=lambda f: f.__name__.strip("_"))
-def test_a_post_at_the_size_limits_is_mined_within_the_cpu_budget(miner: TextMiner, flood: Callable) -> None:
-    # Thread CPU time, not wall time: other processes on a shared box must not fail the test. Best of
-    # five fresh posts (fresh words: no cache hit from the previous one) against a 50 ms budget.
-    costs = []
+def test_a_post_at_the_size_limits_costs_a_few_ordinary_posts(miner: TextMiner, flood: Callable) -> None:
+    # Thread CPU time, not wall time, and a ratio to ordinary posts mined in between, not a figure in ms: a
+    # loaded or slower machine stretches both alike. Best of five fresh posts each (fresh words: no cache hit).
+    floods, ordinary = [], []
     for seed in range(5):
-        post = flood(random.Random(seed))
-        started = time.thread_time()
-        miner.mine(post)
-        costs.append(time.thread_time() - started)
-    print(flood.__name__, [round(c * 1000, 1) for c in costs], "ms")
-    assert min(costs) <= BUDGET_S, f"{flood.__name__}: {[round(c * 1000, 1) for c in costs]} ms"
+        ordinary.append(_thread_cpu(miner, _ordinary(random.Random(1000 + seed))))
+        floods.append(_thread_cpu(miner, flood(random.Random(seed))))
+    ratio = min(floods) / min(ordinary)
+    print(flood.__name__, f"{ratio:.1f} ordinary posts", [round(c * 1000, 1) for c in floods], "ms")
+    assert ratio <= ORDINARY_POSTS, f"{flood.__name__}: {ratio:.1f}x an ordinary post ({min(floods) * 1000:.1f} ms)"
 
 
 @pytest.mark.parametrize("flood", FLOODS, ids=lambda f: f.__name__.strip("_"))
