@@ -43,6 +43,7 @@ from streamcore.schemas import HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
 from streamcore.sinks import RedisLabels, fingerprint
+from workers.benchmarks.pipeline_alone import cpu_seconds
 
 COMMAND = "python -m workers.benchmarks.ui"
 _CAPTIONS = ("New in: a red wool coat for the cold days #ootd #coat", "Linen summer dress, perfect for the beach",
@@ -109,9 +110,42 @@ def _page_metrics(browser) -> dict[str, float]:
             if m["name"] in wanted}
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (Chromium runs a dozen processes under its driver)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(pid)
+    return total
+
+
+class _Sampler:
+    """(labels so far, CPU seconds of each watched process tree) four times a second while the backlog drains."""
+
+    def __init__(self, store, stream: str, pids: dict[str, int]) -> None:
+        self.samples: list[tuple[int, dict[str, float]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(store, stream, pids), daemon=True)
+        self._thread.start()
+
+    def _run(self, store, stream: str, pids: dict[str, int]) -> None:
+        while not self._stop.wait(0.25):
+            self.samples.append((store.xlen(stream), {name: _tree_cpu_seconds(pid) for name, pid in pids.items()}))
+
+    def window(self, start: int, end: int) -> tuple[int, dict[str, float], float]:
+        """Labels, CPU seconds per tree and wall seconds between the first samples at ``start`` and ``end``."""
+        self._stop.set()
+        self._thread.join()
+        first = next(i for i, (done, _) in enumerate(self.samples) if done >= start)
+        last = next((i for i, (done, _) in enumerate(self.samples) if done >= end), len(self.samples) - 1)
+        (n0, c0), (n1, c1) = self.samples[first], self.samples[last]
+        return n1 - n0, {name: c1[name] - c0[name] for name in c0}, (last - first) * 0.25
 
 
 def _start_page(settings: Settings, stack: ExitStack) -> tuple[str, subprocess.Popen]:
@@ -189,11 +223,13 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
         browser.execute_script(_OBSERVE)
         browser.execute_cdp_cmd("Performance.enable", {})
         before = _page_metrics(browser)
-        cpu0, wall0 = _cpu_seconds(proc.pid), time.monotonic()
+        cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
+        browser_cpu0 = _tree_cpu_seconds(browser.service.process.pid)
         written = asyncio.run(_replay(settings, "L", rate=rate, seconds=seconds, batch=batch))
         elapsed = time.monotonic() - wall0
         time.sleep(3.0)  # the last labels' way to the page; anything later counts as not seen
-        server_cpu = (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
+        server_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
+        browser_cpu = (_tree_cpu_seconds(browser.service.process.pid) - browser_cpu0) / (time.monotonic() - wall0)
         seen = browser.execute_script("return Object.fromEntries(window.__seen)")
         long_tasks = browser.execute_script("return window.__long")
         busy = {k: round(v - before.get(k, 0.0), 2) for k, v in _page_metrics(browser).items()}
@@ -209,6 +245,7 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
         "page_long_tasks": {"count": len(long_tasks), "total_ms": round(sum(long_tasks), 1),
                             "max_ms": round(max(long_tasks, default=0.0), 1)},
         "page_server_cpu_cores": round(server_cpu, 3),
+        "browser_cpu_cores": round(browser_cpu, 3),
         "page_main_thread_s": busy,
     }
 
@@ -228,30 +265,41 @@ def _follow(url: str, stack: ExitStack) -> None:
     threading.Thread(target=read, daemon=True).start()
 
 
-def _classifier_rate(base: Settings, posts: list, hints: list, *, page: str, timeout: float) -> float:
-    """Steady-state labels per second of one ``worker classify`` on a backlog; ``page``: ``none``, ``browser``
-    (headless Chromium on this machine), or ``server`` (the page served here, read from elsewhere)."""
+def _classifier_rate(base: Settings, posts: list, hints: list, *, page: str, timeout: float) -> dict[str, float]:
+    """Steady-state labels per second of one ``worker classify`` on a backlog, its CPU per label, and the cores
+    the page server and the browser took meanwhile; ``page``: ``none``, ``browser`` (headless Chromium on this
+    machine), or ``server`` (the page served here, read from elsewhere)."""
+    import redis
+
     from workers.benchmarks import pipeline
     from workers.ui.browser import headless_chromium
 
     settings, posts, hints = pipeline._fresh(base, posts, hints)
+    pids: dict[str, int] = {}
     with ExitStack() as stack:
         if page != "none":
-            url, _ = _start_page(settings, stack)
+            url, server = _start_page(settings, stack)
+            pids["page_server"] = server.pid
         if page == "browser":
             browser = headless_chromium()
             stack.callback(browser.quit)
             browser.get(url)
+            pids["browser"] = browser.service.process.pid
         elif page == "server":
             _follow(url, stack)
         pipeline._produce(settings, posts, hints)
         worker = pipeline._worker(settings, None)
+        sampler = _Sampler(redis.Redis.from_url(settings.redis.url), settings.redis.keys.labels_stream,
+                           {**pids, "classifier": worker.pid})
         try:
             labels = pipeline._labels(settings, len(posts), timeout, worker)
         finally:
             stop_processes([worker], timeout=30)
             delete_topics(settings)
-    return pipeline._label_rate(sorted(label.labeled_at.timestamp() for label in labels), 0.1, 0.8)
+    done, cpu, wall = sampler.window(len(posts) // 10, len(posts) * 8 // 10)
+    return {"images_per_s": pipeline._label_rate(sorted(label.labeled_at.timestamp() for label in labels), 0.1, 0.8),
+            "classifier_cpu_ms_per_image": round(1000 * cpu.pop("classifier") / max(done, 1), 1),
+            **{f"{name}_cores": round(seconds / max(wall, 0.25), 3) for name, seconds in cpu.items()}}
 
 
 def throughput(*, posts: int, rounds: int, timeout: float) -> dict[str, Any]:
@@ -262,21 +310,23 @@ def throughput(*, posts: int, rounds: int, timeout: float) -> dict[str, Any]:
     from workers.benchmarks import pipeline
 
     generated, truth = pipeline._workload(posts, image_size=1080, photo=True, distinct=64)
-    rates: dict[str, list[float]] = {"none": [], "browser": [], "server": []}
+    runs: dict[str, list[dict[str, float]]] = {"none": [], "browser": [], "server": []}
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as models:
         pipeline._publish_model(Path(models), "efficientnet_lite0", "fusion", 224)
         base = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(models),
                         backbone="efficientnet_lite0", device="cpu")
         for n in range(rounds):
-            for page in list(rates) if n % 2 == 0 else list(rates)[::-1]:
-                rates[page].append(_classifier_rate(base, generated, truth, page=page, timeout=timeout))
-    median = {page: float(np.median(runs)) for page, runs in rates.items()}
-    return {"posts": posts, "rounds": rounds, "images_per_s_without_page": round(median["none"], 1),
-            "images_per_s_with_browser_here": round(median["browser"], 1),
-            "images_per_s_with_page_served_here": round(median["server"], 1),
-            "change_with_browser_here": round(median["browser"] / median["none"] - 1, 3),
-            "change_with_page_served_here": round(median["server"] / median["none"] - 1, 3),
-            "runs": rates}
+            for page in list(runs) if n % 2 == 0 else list(runs)[::-1]:
+                runs[page].append(_classifier_rate(base, generated, truth, page=page, timeout=timeout))
+    median = {page: {key: float(np.median([r.get(key, 0.0) for r in rs])) for key in rs[0]} for page, rs in runs.items()}
+    rate = {page: m["images_per_s"] for page, m in median.items()}
+    return {"posts": posts, "rounds": rounds, "images_per_s_without_page": round(rate["none"], 1),
+            "images_per_s_with_browser_here": round(rate["browser"], 1),
+            "images_per_s_with_page_served_here": round(rate["server"], 1),
+            "change_with_browser_here": round(rate["browser"] / rate["none"] - 1, 3),
+            "change_with_page_served_here": round(rate["server"] / rate["none"] - 1, 3),
+            "medians": {page: {k: round(v, 3) for k, v in m.items()} for page, m in median.items()},
+            "runs": runs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
