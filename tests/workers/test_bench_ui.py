@@ -1,13 +1,18 @@
-"""The page benchmark counts the CPU of a whole process tree: a browser's work is in its children."""
+"""The page benchmark: it counts the CPU of a whole process tree (a browser's work is in its children) and
+replays labels as the classifier writes them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 
+import pytest
+import redis
+
 from workers.benchmarks.pipeline_alone import cpu_seconds
-from workers.benchmarks.ui import _tree_cpu_seconds
+from workers.benchmarks.ui import _replay, _tree_cpu_seconds
 
 _BURN = """
 import sys, time
@@ -28,3 +33,16 @@ def test_a_childs_cpu_counts_in_its_parents_tree() -> None:
         assert _tree_cpu_seconds(child.pid) >= 0.25
     finally:
         child.communicate("")
+
+
+@pytest.mark.integration
+def test_the_replay_writes_labels_with_their_photos_and_captions(make_settings) -> None:
+    """The benchmark writes through the classifier's own label sink: a change of the sink's arguments must fail
+    here, not halfway through a benchmark run."""
+    settings = make_settings()
+    written = asyncio.run(_replay(settings, "R", rate=200.0, seconds=0.5, batch=25))
+    assert len(written) == 100
+    store = redis.Redis.from_url(settings.redis.url)
+    assert store.xlen(settings.redis.keys.labels_stream) == 100
+    thumb = store.hgetall(settings.redis.keys.thumb("R-7"))
+    assert thumb[b"jpeg"][:2] == b"\xff\xd8" and thumb[b"caption"]

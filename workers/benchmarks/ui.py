@@ -96,7 +96,7 @@ async def _replay(settings: Settings, run: str, *, rate: float, seconds: float, 
         for n in range(0, total, batch):
             await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
             at = time.time() * 1000
-            await sink.write("bench-v1", labels[n:n + batch], prints[n:n + batch], previews[n:n + batch])
+            await sink.write("bench-v1", labels[n:n + batch], prints[n:n + batch], previews=previews[n:n + batch])
             written.update(dict.fromkeys(ids[n:n + batch], at))
     finally:
         await sink.close()
@@ -241,7 +241,7 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
         "shown_fraction": round(latencies.size / max(1, len(written)), 3),
         "p95_within_2s": latencies.size > 0 and float(np.quantile(latencies, 0.95)) <= 2000,
         "note": "latency over the labels whose card entered the page; the page keeps the newest 100 cards and "
-                "draws ten times a second, so at this rate a label displaced before a draw is never shown",
+                "draws at most ten times a second, so at this rate a label displaced before a draw is never shown",
         "page_long_tasks": {"count": len(long_tasks), "total_ms": round(sum(long_tasks), 1),
                             "max_ms": round(max(long_tasks, default=0.0), 1)},
         "page_server_cpu_cores": round(server_cpu, 3),
@@ -271,10 +271,10 @@ def _classifier_rate(base: Settings, posts: list, hints: list, *, page: str, tim
     machine), or ``server`` (the page served here, read from elsewhere)."""
     import redis
 
-    from workers.benchmarks import pipeline
+    from workers.benchmarks import pipeline_runs as bench
     from workers.ui.browser import headless_chromium
 
-    settings, posts, hints = pipeline._fresh(base, posts, hints)
+    settings, posts, hints = bench._fresh(base, posts, hints)
     pids: dict[str, int] = {}
     with ExitStack() as stack:
         if page != "none":
@@ -287,17 +287,17 @@ def _classifier_rate(base: Settings, posts: list, hints: list, *, page: str, tim
             pids["browser"] = browser.service.process.pid
         elif page == "server":
             _follow(url, stack)
-        pipeline._produce(settings, posts, hints)
-        worker = pipeline._worker(settings, None)
+        bench.produce_posts(settings, posts, hints)
+        worker = bench._worker(settings, None)
         sampler = _Sampler(redis.Redis.from_url(settings.redis.url), settings.redis.keys.labels_stream,
                            {**pids, "classifier": worker.pid})
         try:
-            labels = pipeline._labels(settings, len(posts), timeout, worker)
+            labels = bench._labels(settings, len(posts), timeout, worker)
         finally:
             stop_processes([worker], timeout=30)
             delete_topics(settings)
     done, cpu, wall = sampler.window(len(posts) // 10, len(posts) * 8 // 10)
-    return {"images_per_s": pipeline._label_rate(sorted(label.labeled_at.timestamp() for label in labels), 0.1, 0.8),
+    return {"images_per_s": bench._label_rate(sorted(label.labeled_at.timestamp() for label in labels), 0.1, 0.8),
             "classifier_cpu_ms_per_image": round(1000 * cpu.pop("classifier") / max(done, 1), 1),
             **{f"{name}_cores": round(seconds / max(wall, 0.25), 3) for name, seconds in cpu.items()}}
 
@@ -309,7 +309,7 @@ def throughput(*, posts: int, rounds: int, timeout: float) -> dict[str, Any]:
 
     from workers.benchmarks import pipeline
 
-    generated, truth = pipeline._workload(posts, image_size=1080, photo=True, distinct=64)
+    generated, truth = pipeline.workload(posts, image_size=1080, photo=True, distinct=64)
     runs: dict[str, list[dict[str, float]]] = {"none": [], "browser": [], "server": []}
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as models:
         pipeline._publish_model(Path(models), "efficientnet_lite0", "fusion", 224)
