@@ -4,7 +4,8 @@ import { renderCard, renderCompact } from "./card.js";
 import { openCorrection } from "./correct.js";
 
 const MAX_CARDS = 100;
-const FULL_PER_FLUSH = 4;  // the newest cards of a draw are drawn in full, the rest in one line at first
+const FULL_PER_FLUSH = 4;  // in a flood the newest cards of a draw are drawn in full, the rest in one line at first
+const FLOOD = 25;  // a draw of more cards than this is a flood; a smaller one is drawn in full at once
 const DETAIL_AFTER_MS = 300;
 const list = document.getElementById("cards");
 const liveState = document.getElementById("live-state");
@@ -68,7 +69,7 @@ function flush() {
   const fresh = document.createDocumentFragment();
   batch.forEach((c, i) => {
     knowVersion(c.version);
-    fresh.append(i < FULL_PER_FLUSH ? renderCard(c, onCorrect) : compact(c));
+    fresh.append(batch.length <= FLOOD || i < FULL_PER_FLUSH ? renderCard(c, onCorrect) : compact(c));
   });
   list.prepend(fresh);
   const cards = list.children;
