@@ -249,6 +249,10 @@ def thumbnail(data: bytes, *, max_pixels: int, side: int = THUMB_SIDE, max_bytes
             small = upright(small, turn)
     except Exception:  # noqa: BLE001 - a page without a picture rather than a post without a label
         return None
+    return _small_jpeg(small, max_bytes)
+
+
+def _small_jpeg(small: Image.Image, max_bytes: int) -> bytes | None:
     for quality in _QUALITIES:
         out = io.BytesIO()
         small.save(out, format="JPEG", quality=quality, optimize=False)
@@ -257,8 +261,33 @@ def thumbnail(data: bytes, *, max_pixels: int, side: int = THUMB_SIDE, max_bytes
     return None
 
 
-def make_preview(data: bytes, caption: str, *, max_pixels: int) -> Preview:
+def thumbnail_of_square(data: bytes, square: np.ndarray | torch.Tensor, *, max_pixels: int, side: int = THUMB_SIDE,
+                        max_bytes: int = THUMB_MAX_BYTES) -> bytes | None:
+    """:func:`thumbnail` from the model's input: the photo already decoded, upright and squashed to a square
+    (``[3, S, S]`` uint8), its proportions given back from the header. No second decode: ~1.4 ms of CPU instead of
+    ~4 ms for a 1080 px photo. Falls back to :func:`thumbnail` when the square is smaller than the thumbnail."""
+    try:
+        img = open_checked(data, max_pixels=max_pixels)
+        width, height = img.size
+        if TURNS.get(orientation(img), (False,))[0]:
+            width, height = height, width
+    except Exception:  # noqa: BLE001 - a page without a picture rather than a post without a label
+        return None
+    scale = min(1.0, side / max(width, height))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if square.shape[-1] < max(size):
+        return thumbnail(data, max_pixels=max_pixels, side=side, max_bytes=max_bytes)
+    pixels = np.ascontiguousarray(np.asarray(square).transpose(1, 2, 0))
+    small = Image.fromarray(pixels, "RGB").resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return _small_jpeg(small, max_bytes)
+
+
+def make_preview(data: bytes, caption: str, *, max_pixels: int, decoded: object = None) -> Preview:
     """What the review page shows of a post: the thumbnail of ``data`` and the caption cut to
-    :data:`~streamcore.preview.CAPTION_CHARS`. The classifier makes it on its decode threads, from the bytes
-    it decodes anyway."""
-    return Preview(thumbnail(data, max_pixels=max_pixels), caption[:CAPTION_CHARS])
+    :data:`~streamcore.preview.CAPTION_CHARS`. The classifier makes it on its decode threads, from the
+    model's decoded square (``decoded``, a ``[3, S, S]`` uint8 tensor) when it has one, else from the bytes."""
+    if isinstance(decoded, torch.Tensor) and decoded.dtype == torch.uint8 and decoded.dim() == 3:
+        jpeg = thumbnail_of_square(data, decoded, max_pixels=max_pixels)
+    else:
+        jpeg = thumbnail(data, max_pixels=max_pixels)
+    return Preview(jpeg, caption[:CAPTION_CHARS])

@@ -243,7 +243,8 @@ class ClassifyStage(Stage):
         # review page's thumbnail is made here too, from the bytes already in hand.
         data = load_bytes(post.image, self.settings)
         prepared = self.models.current.prepare(data, max_pixels=self.settings.limits.max_image_pixels)
-        return prepared, make_preview(data, post.caption, max_pixels=self.settings.limits.max_image_pixels)
+        return prepared, make_preview(data, post.caption, max_pixels=self.settings.limits.max_image_pixels,
+                                      decoded=prepared)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def on_revoked(self, partitions: Sequence[TopicPartition]) -> None:
