@@ -240,7 +240,7 @@ class ClassifyStage(Stage):
 
     def _prepare(self, post: Post) -> tuple[Prepared, Preview]:
         # Every source takes the same path: DCT-scaled decode on the CPU, or nvJPEG on the device. The
-        # review page's thumbnail is made here too, from the bytes already in hand.
+        # review page's thumbnail is made here too, from the model's decoded square where there is one.
         data = load_bytes(post.image, self.settings)
         prepared = self.models.current.prepare(data, max_pixels=self.settings.limits.max_image_pixels)
         return prepared, make_preview(data, post.caption, max_pixels=self.settings.limits.max_image_pixels,

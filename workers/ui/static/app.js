@@ -36,7 +36,7 @@ function knowVersion(version) {
   }
 }
 
-// Each draw costs the browser a layout and a paint whatever it adds (~35 ms of CPU for headless Chromium), so
+// A draw costs the browser a layout and a paint however few cards it adds (docs/ui.md has the measurements), so
 // cards are drawn in groups: when DRAW_AT have arrived (at most every MIN_DRAW_MS) or when the oldest waiting
 // one has waited MAX_WAIT_MS. A flood is drawn ten times a second; the few labels a second of one classifier
 // twice, which leaves its cores to it when the browser shares its machine.
