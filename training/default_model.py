@@ -38,13 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     parser.add_argument("--reports", type=Path, default=Path("reports"), help="folder for the reports; '' for none")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache/real"))
+    parser.add_argument("--garment-crops", action="store_true",
+                        help="also train on a region per large garment of each Co-Parsing training photo")
     args, rest = parser.parse_known_args(argv)
     data = list(args.data)
     for root, importer, name in ((args.clothing_dataset, import_clothing_dataset, "clothing_dataset"),
                                  (args.co_parsing, import_co_parsing, "co_parsing")):
         if root is not None:
             manifest = args.cache_dir / "manifests" / f"{name}.jsonl"
-            records = [r.model_copy(update={"image": str((root / r.image).resolve())}) for r in importer(root).records]
+            report = importer(root, garment_crops=True) if args.garment_crops and name == "co_parsing" else importer(root)
+            records = [r.model_copy(update={"image": str((root / r.image).resolve())}) for r in report.records]
             write_manifest(records, manifest)
             data.append(manifest)
     if not data:

@@ -70,13 +70,15 @@ def import_(
     dataset: Annotated[Dataset, typer.Argument(help="The dataset.")],
     root: Annotated[Path, typer.Argument(help="the dataset's checkout", exists=True, file_okay=False)],
     out: Annotated[Path | None, typer.Option(help="manifest to write (JSONL); ROOT/manifest.jsonl by default")] = None,
+    garment_crops: Annotated[bool, typer.Option(help="co-parsing: also a region per large garment of each "
+                                                     "training photo, with the garments the mask shows in it")] = False,
 ) -> None:
     """Turn a public labelled-photo dataset into a manifest for train --data (mapping: docs/real-photos.md)."""
     from training.real.importers import import_clothing_dataset, import_co_parsing
     from training.real.manifest import write_manifest
 
     importer = {Dataset.clothing_dataset: import_clothing_dataset, Dataset.co_parsing: import_co_parsing}[dataset]
-    report = importer(root)
+    report = importer(root, garment_crops=True) if garment_crops and dataset is Dataset.co_parsing else importer(root)
     out = out or root / "manifest.jsonl"
     records = report.records
     if out.resolve().parent != root.resolve():  # image paths are relative to the manifest's folder
