@@ -20,6 +20,7 @@ import torch
 from serving.models.embedding import region_embeddings
 from serving.ontology import Ontology
 from serving.predict import Predictor
+from serving.registry import default_entry
 from streamcore.settings import Settings
 from training.real.images import load_records
 from training.real.manifest import Record, read_manifest
@@ -131,9 +132,12 @@ def _bands(predictor: Predictor, images: torch.Tensor) -> np.ndarray:
 
 
 def embedded_photos(manifests: list[Path], cache: Path, ontology: Ontology, split: str = "test") -> Embedded:
-    """One held-out split's photos embedded by the packaged model on the CPU (cached at ``cache``)."""
+    """One held-out split's photos embedded by the packaged model on the CPU (cached at ``cache``, used only
+    while the packaged model is the one that embedded them)."""
     if cache.exists():
-        return Embedded.load(cache)
+        cached = Embedded.load(cache)
+        if cached.version == default_entry().version:
+            return cached
     predictor = Predictor.load(Settings.named(device="cpu", model_dir=Path("/nonexistent-registry")))
     embedded = embed_records(held_out_records(manifests, ontology, split), predictor, Layout(ontology))
     embedded.save(cache)
