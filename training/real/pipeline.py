@@ -136,7 +136,8 @@ def _fronts(base: DynamicCNN, split: Split, records: list[Record], name: str, co
 
 def train_served(prepared: Prepared, ontology: Ontology, config: RealConfig, *, head: str | None = None,
                  seed: int | None = None) -> tuple[DynamicCNN, dict]:
-    """The served head on the fine-tuned trunk, calibrated and with its abstain bar and label floor set."""
+    """The served head on the fine-tuned trunk, calibrated, its hints weighed on validation, and with its abstain
+    bar and label floor set."""
     head = head or config.head
     seed = config.seed if seed is None else seed
     fit = dataclasses.replace(config.fit, seed=seed, hint_dropout=0.0 if head == "base" else config.hint_dropout)
@@ -150,7 +151,9 @@ def train_served(prepared: Prepared, ontology: Ontology, config: RealConfig, *, 
     model, history = train_head(head, prepared.base.backbone, features, splits,
                                 name=config.backbone, ontology=ontology, multi=True, config=fit,
                                 image_size=config.image_size, **extra)
-    calibrate(model, prepared.splits["val"], prepared.features["val"])
+    temperature = calibrate(model, prepared.splits["val"], prepared.features["val"])
+    history = {**history, "temperature": temperature,
+               "hint_weight": weigh_hints(model, prepared.splits["val"], prepared.features["val"])}
     top = category_probs(model, prepared.splits["val"], prepared.features["val"], hints=False).max(1)
     garment = prepared.splits["val"].categories.any(1)
     bar = abstain_threshold(top[garment], top[~garment], max_garment_abstain=config.max_garment_abstain)
@@ -183,6 +186,37 @@ def calibrate(model: DynamicCNN, val: Split, features: Tensor) -> float:
         model.head.categories.weight.div_(temperature)
         model.head.categories.bias.div_(temperature)
     return temperature
+
+
+#: Evidence weights tried for a mined category hint (added to its category's logit by a fusion head).
+HINT_WEIGHTS = tuple(float(w) for w in np.arange(0.0, 6.01, 0.25))
+
+
+def weigh_hints(model: DynamicCNN, val: Split, features: Tensor) -> float:
+    """Fit how much a mined category hint adds to its category's logit, on validation photos with their
+    captions (the main text condition), and fold it into a fusion head's category layer; returns it (0 for a
+    head whose category layer does not read the hints).
+
+    A fusion head learns its hint weights on the photos its trunk was fine-tuned on, whose image logits are
+    already confident and right, so there the text seems to add little; on photos the model has not seen it
+    adds more. One weight for every category, chosen by the loss on photos neither was trained on: stacking,
+    as the temperature is (docs/real-photos.md has the measurements).
+    """
+    head = model.head
+    if not head.fuses_hints:
+        return 0.0
+    out = predict(model, Batchable.from_split(val, multi=True, inputs=features, hints=True), features=True)
+    logits, target = out.categories.float(), torch.from_numpy(val.categories)
+    hints = torch.from_numpy(val.hint_categories).float()
+    losses = [float(torch.nn.functional.binary_cross_entropy_with_logits(logits + w * hints, target))
+              for w in HINT_WEIGHTS]
+    weight = HINT_WEIGHTS[int(np.argmin(losses))]
+    layer = head.categories
+    # The layer reads [image features, category hints, sub-category hints, attribute hints].
+    start = layer.in_features - hints.shape[1] - head.subcategories.linear.out_features - head.attributes.linear.out_features
+    with torch.no_grad():
+        layer.weight[:, start:start + hints.shape[1]] += weight * torch.eye(hints.shape[1])
+    return weight
 
 
 def scores(model: DynamicCNN, prepared: Prepared, ontology: Ontology, *, split: str = "test",

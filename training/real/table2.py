@@ -3,8 +3,10 @@
 Protocol: the trunk is fine-tuned once (:func:`training.real.pipeline.prepare`; fine-tuning per seed is
 beyond a CPU's budget, and every head shares it, so the comparison stays paired); settings (hint dropout,
 route threshold) are chosen once on the validation split with seed 0 (:func:`training.evaluate.select_settings`);
-each seed then draws new captions for every split and retrains every head. Test photos are held out from
-fine-tuning, selection and calibration alike. Sub-category scores count a sub-category nobody labelled as
+each seed then draws new captions for every split and retrains every head; a head that fuses the hints into its
+category layer has their weight fitted on that seed's validation split, as the served head has
+(:func:`training.real.pipeline.weigh_hints`). Test photos are held out from fine-tuning, selection and
+calibration alike. Sub-category scores count a sub-category nobody labelled as
 absent (real labels often stop at the category), so they understate every head alike.
 """
 
@@ -18,7 +20,7 @@ from serving.ontology import Ontology
 from training.evaluate import HINT_FREE, TEXT_ONLY, aggregate, fit_row, select_settings
 from training.metrics import hint_quality
 from training.real.data import with_condition
-from training.real.pipeline import Prepared, RealConfig
+from training.real.pipeline import Prepared, RealConfig, weigh_hints
 from training.train import evaluate_model
 
 #: Rows: the paper's heads and the baselines that make the comparison (text alone, late fusion).
@@ -53,6 +55,7 @@ def run(prepared: Prepared, ontology: Ontology, config: RealConfig, *, seeds: in
                                   fit=dataclasses.replace(fit, seed=seed), base=base, **kw)
             if head == "base":
                 base = model
+            weigh_hints(model, data["splits"]["val"], used["val"])  # as the served head is: the text's weight on unseen photos
             for name, test in data["tests"].items():
                 modes = ("none",) if head in HINT_FREE else ("mined",) if head in TEXT_ONLY else ("mined", "none")
                 if name != "main" and head not in HINT_FREE:  # silent text is one row (under main) per head
