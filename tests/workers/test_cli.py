@@ -53,6 +53,7 @@ def test_the_stage_and_the_benchmark_are_choices() -> None:
     ["produce", "--count", "-5"], ["produce", "--count", "0"], ["produce", "--rate", "0"], ["up", "--rate", "-1"],
     ["tail", "--count", "0"], ["produce", "--file", "/no/such/posts.jsonl"], ["produce", "--file", "-", "--real"],
     ["classify", "/no/such/photo.jpg"], ["import", "no-such-dataset", "."],
+    ["import", "clothing-dataset", ".", "--garment-crops"],
 ])
 def test_bad_values_are_refused_with_exit_2(args) -> None:
     result = CliRunner().invoke(app, args, env={"STYLESTREAM_KAFKA": "127.0.0.1:1"})

@@ -6,8 +6,8 @@ route threshold) are chosen once on the validation split with seed 0 (:func:`tra
 each seed then draws new captions for every split and retrains every head; a head that fuses the hints into its
 category layer has their weight fitted on that seed's validation split, as the served head has
 (:func:`training.real.pipeline.weigh_hints`). Test photos are held out from fine-tuning, selection and
-calibration alike. Sub-category scores count a sub-category nobody labelled as
-absent (real labels often stop at the category), so they understate every head alike.
+calibration alike. Sub-category scores count a sub-category nobody labelled as absent (real labels often stop
+at the category), so they understate every head alike.
 """
 
 from __future__ import annotations

@@ -74,6 +74,8 @@ def import_(
                                                      "training photo, with the garments the mask shows in it")] = False,
 ) -> None:
     """Turn a public labelled-photo dataset into a manifest for train --data (mapping: docs/real-photos.md)."""
+    if garment_crops and dataset is not Dataset.co_parsing:
+        raise typer.BadParameter("only co-parsing has masks to cut garment regions from", param_hint="--garment-crops")
     from training.real.importers import import_clothing_dataset, import_co_parsing
     from training.real.manifest import write_manifest
 
