@@ -358,6 +358,12 @@ class FusionHead(_Head):
 
     fuses_hints = True
 
+    @torch.no_grad()
+    def add_hint_weight(self, weight: float) -> None:
+        """Add ``weight`` x each category hint to its category's logit, folded into the category layer."""
+        start, k = self.trunk[-2].out_features, self.categories.out_features  # forward: [trunk out, category hints, ...]
+        self.categories.weight[:, start:start + k] += weight * torch.eye(k, device=self.categories.weight.device)
+
 
 class DynamicPruningHead(_Head):
     """Algorithm 1, batched: per-sample masks and boosts over one dependent layer per level."""

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from serving.checkpoint import load_checkpoint
 from serving.models import DynamicCNN, build_model
-from serving.models.heads import DYNAMIC_HEADS
+from serving.models.heads import DYNAMIC_HEADS, FusionHead
 from serving.ontology import Ontology
 from training.data.benchmark import Split
 from training.real.data import build_split, split_records, with_condition
@@ -202,8 +202,7 @@ def weigh_hints(model: DynamicCNN, val: Split, features: Tensor) -> float:
     adds more. One weight for every category, chosen by the loss on photos neither was trained on: stacking,
     as the temperature is (docs/real-photos.md has the measurements).
     """
-    head = model.head
-    if not head.fuses_hints:
+    if not isinstance(model.head, FusionHead):
         return 0.0
     out = predict(model, Batchable.from_split(val, multi=True, inputs=features, hints=True), features=True)
     logits, target = out.categories.float(), torch.from_numpy(val.categories)
@@ -211,11 +210,7 @@ def weigh_hints(model: DynamicCNN, val: Split, features: Tensor) -> float:
     losses = [float(torch.nn.functional.binary_cross_entropy_with_logits(logits + w * hints, target))
               for w in HINT_WEIGHTS]
     weight = HINT_WEIGHTS[int(np.argmin(losses))]
-    layer = head.categories
-    # The layer reads [image features, category hints, sub-category hints, attribute hints].
-    start = layer.in_features - hints.shape[1] - head.subcategories.linear.out_features - head.attributes.linear.out_features
-    with torch.no_grad():
-        layer.weight[:, start:start + hints.shape[1]] += weight * torch.eye(hints.shape[1])
+    model.head.add_hint_weight(weight)
     return weight
 
 

@@ -9,7 +9,7 @@ import torch
 from serving.models import build_model
 from serving.ontology import load_ontology
 from training.data.benchmark import Split
-from training.real.pipeline import HINT_WEIGHTS, weigh_hints
+from training.real.pipeline import weigh_hints
 from training.train import Batchable, predict
 
 ONTOLOGY = load_ontology()
@@ -70,7 +70,3 @@ def test_a_head_whose_category_layer_does_not_read_hints_is_left_alone(head):
     before = _category_logits(model, split, features)
     assert weigh_hints(model, split, features) == 0.0
     assert torch.equal(_category_logits(model, split, features), before)
-
-
-def test_the_weights_tried_start_at_zero():
-    assert HINT_WEIGHTS[0] == 0.0 and HINT_WEIGHTS == tuple(sorted(HINT_WEIGHTS))
