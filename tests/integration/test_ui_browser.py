@@ -5,6 +5,7 @@ model page shows a rollback the live guard made, with its reason."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from streamcore.serde import encode
 from tests.support import publish_tiny, wait_until
 from training.guard import LiveGuard
 from training.synthetic.posts import generate_posts
+from workers.benchmarks.ui import _replay
 from workers.ui.browser import chromium_missing, headless_chromium
 from workers.ui.server import serving
 
@@ -160,6 +162,39 @@ def test_a_post_appears_its_correction_reaches_the_trainer_and_a_hostile_caption
         browser.find_element(By.ID, "f-corrected").click()  # "has corrections": only the corrected post is left
         wait_until(lambda: _ids(browser) == [post.post_id], timeout=20, what="the has-corrections filter")
         _no_policy_violations(browser)
+
+
+_SCROLLED_TO = """
+const card = document.querySelector(`article.card[data-id="${arguments[0]}"]`);
+card.scrollIntoView();
+const photo = card.querySelector("img.thumb");
+return photo !== null && photo.naturalWidth > 0;
+"""
+_PHOTOS = "return [...document.querySelectorAll('article.card img.thumb[src]')].length"
+
+
+def test_cards_below_the_fold_wait_in_one_line_and_without_a_photo_until_scrolled_to(make_settings, browser) -> None:
+    """Building cards and fetching photos are most of what the page costs a browser: a card pushed below the fold
+    is one line with no photo fetched, and is drawn in full, photo and all, when it comes into view."""
+    settings = make_settings(ui_port=0)
+    with serving(settings) as url:
+        _open(browser, url)
+        browser.execute_script("performance.setResourceTimingBufferSize(10000)")
+        wait_until(lambda: _text(browser, "#live-state") == "live", timeout=20, what="the page to go live")
+        asyncio.run(_replay(settings, "F", rate=400.0, seconds=0.1, batch=40))
+        wait_until(lambda: len(_ids(browser)) == 40, timeout=20, what="40 cards")
+        top = _card(browser, "F-39").find_element(By.CSS_SELECTOR, "img.thumb")
+        wait_until(lambda: browser.execute_script("return arguments[0].naturalWidth", top) > 0, timeout=10,
+                   what="the newest card's photo")
+        assert 1 <= browser.execute_script(_PHOTOS) < 20
+        bottom = _card(browser, "F-0")
+        assert "compact" in bottom.get_attribute("class") and not bottom.find_elements(By.CSS_SELECTOR, "img")
+        # Cards unfolding above it push it down again: scroll to it until it stays in view, as a reader would.
+        wait_until(lambda: browser.execute_script(_SCROLLED_TO, "F-0"), timeout=20,
+                   what="the card scrolled to, in full with its photo")
+        fetched = browser.execute_script(
+            "return performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/thumb/')).length")
+        assert fetched < 40
 
 
 _WRITES = """

@@ -1,12 +1,10 @@
 // The live list: server-sent events in, newest cards on top; filters reconnect with a fresh snapshot.
 import { el, session, term, write } from "./common.js";
-import { renderCard, renderCompact } from "./card.js";
+import { forget, renderCard, renderCompact } from "./card.js";
 import { openCorrection } from "./correct.js";
 
 const MAX_CARDS = 100;
-const FULL_PER_FLUSH = 4;  // in a flood the newest cards of a draw are drawn in full, the rest in one line at first
-const FLOOD = 25;  // a draw of more cards than this is a flood; a smaller one is drawn in full at once
-const DETAIL_AFTER_MS = 300;
+const CARD_PX = 150;  // no full card is shorter: a draw's newest innerHeight / CARD_PX cards fill the screen
 const list = document.getElementById("cards");
 const liveState = document.getElementById("live-state");
 const nameBox = document.getElementById("name");
@@ -38,11 +36,11 @@ function knowVersion(version) {
 
 // A draw costs the browser a layout and a paint however few cards it adds (docs/ui.md has the measurements), so
 // cards are drawn in groups: when DRAW_AT have arrived (at most every MIN_DRAW_MS) or when the oldest waiting
-// one has waited MAX_WAIT_MS. A flood is drawn ten times a second; the few labels a second of one classifier
-// twice, which leaves its cores to it when the browser shares its machine.
+// one has waited MAX_WAIT_MS. A flood is drawn five to ten times a second; the few dozen labels a second of one
+// classifier once, which leaves its cores to it when the browser shares its machine.
 const MIN_DRAW_MS = 100;
-const MAX_WAIT_MS = 500;
-const DRAW_AT = 50;
+const MAX_WAIT_MS = 1000;
+const DRAW_AT = 100;
 let lastFlush = 0;
 let waitingSince = 0;
 let timer = null;
@@ -67,21 +65,44 @@ function flush() {
   const batch = pending.slice(0, MAX_CARDS);
   pending = [];
   const fresh = document.createDocumentFragment();
+  const onScreen = Math.ceil(window.innerHeight / CARD_PX);
   batch.forEach((c, i) => {
     knowVersion(c.version);
-    fresh.append(batch.length <= FLOOD || i < FULL_PER_FLUSH ? renderCard(c, onCorrect) : compact(c));
+    fresh.append(i < onScreen ? renderCard(c, onCorrect) : folded(c));
   });
   list.prepend(fresh);
   const cards = list.children;
   for (let i = cards.length - 1; i >= MAX_CARDS; i--) {
-    if (!cards[i].classList.contains("editing")) cards[i].remove();  // an open form stays
+    if (!cards[i].classList.contains("editing")) {  // an open form stays
+      drop(cards[i]);
+      cards[i].remove();
+    }
   }
 }
 
-function compact(c) {
+// Cards a draw pushes below the fold start as one line and are drawn in full when they come into view: building a
+// full card is most of what a label costs the page, and at a classifier's rate most cards leave the list unseen.
+const folds = new Map();
+const unfold = new IntersectionObserver((entries) => {
+  for (const { target, isIntersecting } of entries) {
+    if (!isIntersecting || !target.isConnected) continue;
+    unfold.unobserve(target);
+    target.replaceWith(renderCard(folds.get(target), onCorrect));
+    folds.delete(target);
+  }
+}, { rootMargin: "0px 0px 200px 0px" });
+
+function folded(c) {
   const node = renderCompact(c);
-  setTimeout(() => { if (node.isConnected) node.replaceWith(renderCard(c, onCorrect)); }, DETAIL_AFTER_MS);
+  folds.set(node, c);
+  unfold.observe(node);
   return node;
+}
+
+function drop(card) {
+  forget(card);
+  unfold.unobserve(card);
+  folds.delete(card);
 }
 
 function connect() {
@@ -91,13 +112,15 @@ function connect() {
   source.addEventListener("reset", (event) => {
     const open = [...list.querySelectorAll(".card.editing")];  // a form being filled in stays, once
     const kept = new Set(open.map((node) => node.dataset.id));
+    for (const card of list.children) if (!kept.has(card.dataset.id)) drop(card);
     list.replaceChildren(...open);
     pending = JSON.parse(event.data).filter((c) => !kept.has(c.id));
     flush();
     liveState.textContent = "live";
   });
   source.addEventListener("labels", (event) => {
-    pending = JSON.parse(event.data).concat(pending);
+    // While the page is hidden nothing is drawn (no animation frames), so only the cards a draw can show are kept.
+    pending = JSON.parse(event.data).concat(pending).slice(0, MAX_CARDS);
     schedule();
   });
   source.addEventListener("error", () => { liveState.textContent = "reconnecting…"; });

@@ -11,6 +11,35 @@ function clone(name) {
   return templates[name].cloneNode(true);
 }
 
+// A photo is fetched once its card has been on screen for a moment. Fetching and drawing photos is most of what
+// the page costs its browser, and a card pushed below the fold, or out of the list, before anyone could look at
+// it never needs one; scrolling down fetches those that come into view.
+const waiting = new Map();
+const onScreen = new IntersectionObserver((entries) => {
+  for (const { target, isIntersecting } of entries) {
+    clearTimeout(waiting.get(target));
+    waiting.delete(target);
+    if (isIntersecting) fetchSoon(target);  // after it has stayed a moment, not while it scrolls by
+  }
+});
+
+function fetchSoon(photo) {
+  waiting.set(photo, setTimeout(() => {
+    waiting.delete(photo);
+    onScreen.unobserve(photo);
+    if (photo.isConnected) photo.src = photo.dataset.src;
+  }, PHOTO_AFTER_MS));
+}
+
+// A card leaving the list stops being watched (the observer would otherwise keep it).
+export function forget(card) {
+  const photo = card.querySelector("img.thumb[data-src]");
+  if (photo === null) return;
+  clearTimeout(waiting.get(photo));
+  waiting.delete(photo);
+  onScreen.unobserve(photo);
+}
+
 function fillCaption(node, text, marks) {
   if (!text) {
     node.append(el("span", { class: "muted", text: "no caption kept" }));
@@ -45,9 +74,8 @@ export function renderCard(c, onCorrect) {
   node.dataset.id = c.id;
   node.dataset.seq = c.seq;
   if (c.thumb) {
-    // Fetched once the card has stayed a moment: when hundreds of labels a second scroll by, cards leave before
-    // anyone could look at them, and their photos are never fetched.
-    setTimeout(() => { if (photo.isConnected) photo.src = `/api/thumb/${encodeURIComponent(c.id)}`; }, PHOTO_AFTER_MS);
+    photo.dataset.src = `/api/thumb/${encodeURIComponent(c.id)}`;
+    onScreen.observe(photo);
   } else {
     photo.replaceWith(el("div", { class: "thumb none", text: "no photo" }));
   }
@@ -97,8 +125,8 @@ async function showSimilar(button, id) {
   }
 }
 
-// The one-line form of a card, for floods: at hundreds of labels a second most cards leave the list before anyone
-// could read them; those that stay are drawn in full a moment later.
+// The one-line form of a card, for cards below the fold: most leave the list before anyone scrolls to them; those
+// that come into view are drawn in full then.
 export function renderCompact(c) {
   const node = el("article", { class: "card compact", dataset: { id: c.id, seq: c.seq } },
     el("span", { class: "post-id", text: c.id }),
