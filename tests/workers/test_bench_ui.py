@@ -7,12 +7,15 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
 
 from workers.benchmarks.pipeline_alone import cpu_seconds
+from tests.support import wait_until
 from workers.benchmarks.ui import _replay, _tree_cpu_seconds
+from workers.benchmarks.ui_throughput import _BURN as CO_TENANT
 
 _BURN = """
 import sys, time
@@ -33,6 +36,21 @@ def test_a_childs_cpu_counts_in_its_parents_tree() -> None:
         assert _tree_cpu_seconds(child.pid) >= 0.25
     finally:
         child.communicate("")
+
+
+def test_the_co_tenant_keeps_its_share_of_a_core_busy_and_no_more() -> None:
+    """The calibration neighbour burns a quarter of a core: it takes at least four times as long in wall time as
+    it uses in CPU (a whole-core spinner would use one second a second); a slower or busier machine only
+    stretches the wall time."""
+    burner = subprocess.Popen([sys.executable, "-c", CO_TENANT, "0.25"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert burner.stdout.readline().strip() == "burning"  # Python's start (its own CPU) is behind it
+        started, used = time.monotonic(), cpu_seconds(burner.pid)
+        wait_until(lambda: cpu_seconds(burner.pid) - used >= 0.2, timeout=60, interval=0.05, what="0.2 s burnt")
+        assert time.monotonic() - started >= 0.2 / 0.25 * 0.9
+    finally:
+        burner.kill()
+        burner.wait()
 
 
 @pytest.mark.integration

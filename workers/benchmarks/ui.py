@@ -7,11 +7,8 @@ its own process (``stylestream ui``), as deployed; thumbnails are real JPEGs, fe
 
     python -m workers.benchmarks.ui --rate 500 --seconds 20 --throughput-posts 1500 --out reports/bench_ui.json
 
-With ``--throughput-posts`` it also runs the classifier on a backlog of realistic posts (1080 px photos,
-EfficientNet-Lite0 on the CPU), alternating: without the page; with the page served on this machine and
-headless Chromium showing it here too (the browser takes the classifier's cores); with the page served here
-and read from elsewhere (its event stream and the photos of the cards on screen fetched by a plain client, as
-a viewer's browser on another machine would). It compares the steady-state rates (the pipeline benchmark's method).
+With ``--throughput-posts`` it also runs the classifier on a backlog of realistic posts without and with
+the page open on it (:mod:`workers.benchmarks.ui_throughput`).
 """
 
 from __future__ import annotations
@@ -37,7 +34,6 @@ import numpy as np
 
 from serving.images import thumbnail
 from streamcore.embedded import EmbeddedStack, free_port, stop_processes
-from streamcore.kafka import delete_topics
 from streamcore.preview import Preview
 from streamcore.schemas import HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.serde import encode
@@ -123,29 +119,6 @@ def _tree_cpu_seconds(pid: int) -> float:
         with contextlib.suppress(OSError, IndexError, ValueError):
             total += cpu_seconds(pid)
     return total
-
-
-class _Sampler:
-    """(labels so far, CPU seconds of each watched process tree) four times a second while the backlog drains."""
-
-    def __init__(self, store, stream: str, pids: dict[str, int]) -> None:
-        self.samples: list[tuple[int, dict[str, float]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(store, stream, pids), daemon=True)
-        self._thread.start()
-
-    def _run(self, store, stream: str, pids: dict[str, int]) -> None:
-        while not self._stop.wait(0.25):
-            self.samples.append((store.xlen(stream), {name: _tree_cpu_seconds(pid) for name, pid in pids.items()}))
-
-    def window(self, start: int, end: int) -> tuple[int, dict[str, float], float]:
-        """Labels, CPU seconds per tree and wall seconds between the first samples at ``start`` and ``end``."""
-        self._stop.set()
-        self._thread.join()
-        first = next(i for i, (done, _) in enumerate(self.samples) if done >= start)
-        last = next((i for i, (done, _) in enumerate(self.samples) if done >= end), len(self.samples) - 1)
-        (n0, c0), (n1, c1) = self.samples[first], self.samples[last]
-        return n1 - n0, {name: c1[name] - c0[name] for name in c0}, (last - first) * 0.25
 
 
 def _start_page(settings: Settings, stack: ExitStack) -> tuple[str, subprocess.Popen]:
@@ -250,106 +223,6 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
     }
 
 
-#: Cards drawn in full on a 900 px high window: the page fetches photos for these only.
-_ON_SCREEN = 6
-
-
-def _follow(url: str, stack: ExitStack) -> None:
-    """What a browser elsewhere asks of the page server: its event stream, and once a second (the page's draws at
-    a classifier's rate) the photos of the newest cards, the ones on screen."""
-    stream = urllib.request.urlopen(url + "api/events", timeout=3600)
-    stack.callback(stream.close)
-    stopped = threading.Event()
-    stack.callback(stopped.set)
-    newest: list[str] = []
-
-    def read() -> None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # the stream closed under it: done
-            for line in stream:
-                cards = json.loads(line[5:]) if line.startswith(b"data:") else []  # newest first
-                newest[:] = ([c["id"] for c in cards if c["thumb"]] + newest)[:_ON_SCREEN]
-
-    def photos() -> None:
-        fetched: set[str] = set()
-        while not stopped.wait(1.0):
-            for post in [p for p in newest if p not in fetched]:
-                fetched.add(post)
-                with contextlib.suppress(OSError):
-                    urllib.request.urlopen(f"{url}api/thumb/{post}", timeout=10).read()
-
-    threading.Thread(target=read, daemon=True).start()
-    threading.Thread(target=photos, daemon=True).start()
-
-
-def _classifier_rate(base: Settings, posts: list, hints: list, *, page: str, timeout: float) -> dict[str, float]:
-    """Steady-state labels per second of one ``worker classify`` on a backlog, its CPU per label, and the cores
-    the page server and the browser took meanwhile; ``page``: ``none``, ``browser`` (headless Chromium on this
-    machine), or ``server`` (the page served here, read from elsewhere)."""
-    import redis
-
-    from workers.benchmarks import pipeline_runs as bench
-    from workers.ui.browser import headless_chromium
-
-    settings, posts, hints = bench._fresh(base, posts, hints)
-    pids: dict[str, int] = {}
-    with ExitStack() as stack:
-        if page != "none":
-            url, server = _start_page(settings, stack)
-            pids["page_server"] = server.pid
-        if page == "browser":
-            browser = headless_chromium()
-            stack.callback(browser.quit)
-            browser.get(url)
-            pids["browser"] = browser.service.process.pid
-        elif page == "server":
-            _follow(url, stack)
-        bench.produce_posts(settings, posts, hints)
-        worker = bench._worker(settings, None)
-        sampler = _Sampler(redis.Redis.from_url(settings.redis.url), settings.redis.keys.labels_stream,
-                           {**pids, "classifier": worker.pid})
-        try:
-            labels = bench._labels(settings, len(posts), timeout, worker)
-        finally:
-            stop_processes([worker], timeout=30)
-            delete_topics(settings)
-    done, cpu, wall = sampler.window(len(posts) // 10, len(posts) * 8 // 10)
-    return {"images_per_s": bench._label_rate(sorted(label.labeled_at.timestamp() for label in labels), 0.1, 0.8),
-            "classifier_cpu_ms_per_image": round(1000 * cpu.pop("classifier") / max(done, 1), 1),
-            **{f"{name}_cores": round(seconds / max(wall, 0.25), 3) for name, seconds in cpu.items()}}
-
-
-def throughput(*, posts: int, rounds: int, timeout: float) -> dict[str, Any]:
-    """The classifier's rate on the realistic workload (1080 px photos, EfficientNet-Lite0) without and with the
-    page open on it, side by side: alternating order, ``rounds`` of each."""
-    import tempfile
-
-    from workers.benchmarks import pipeline
-
-    generated, truth = pipeline.workload(posts, image_size=1080, photo=True, distinct=64)
-    runs: dict[str, list[dict[str, float]]] = {"none": [], "browser": [], "server": []}
-    with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as models:
-        pipeline._publish_model(Path(models), "efficientnet_lite0", "fusion", 224)
-        base = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(models),
-                        backbone="efficientnet_lite0", device="cpu")
-        for n in range(rounds):
-            for page in list(runs) if n % 2 == 0 else list(runs)[::-1]:
-                runs[page].append(_classifier_rate(base, generated, truth, page=page, timeout=timeout))
-    median = {page: {key: float(np.median([r.get(key, 0.0) for r in rs])) for key in rs[0]} for page, rs in runs.items()}
-    rate = {page: m["images_per_s"] for page, m in median.items()}
-    # A shared host's rate drifts between minutes; each round's runs are neighbours, so their ratio drifts less.
-    paired = {page: [round(r["images_per_s"] / n["images_per_s"] - 1, 3) for r, n in zip(runs[page], runs["none"])]
-              for page in ("browser", "server")}
-    return {"posts": posts, "rounds": rounds, "images_per_s_without_page": round(rate["none"], 1),
-            "images_per_s_with_browser_here": round(rate["browser"], 1),
-            "images_per_s_with_page_served_here": round(rate["server"], 1),
-            "change_with_browser_here": round(rate["browser"] / rate["none"] - 1, 3),
-            "change_with_page_served_here": round(rate["server"] / rate["none"] - 1, 3),
-            "paired_changes": paired,
-            "paired_change_median": {page: float(np.median(changes)) for page, changes in paired.items()},
-            "medians": {page: {k: round(v, 3) for k, v in m.items()} for page, m in median.items()},
-            "runs": runs}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=500.0, help="labels per second")
@@ -358,9 +231,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--throughput-posts", type=int, default=0,
                         help="also time the classifier on this many posts without and with the page open")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each throughput condition")
+    parser.add_argument("--pages", default="browser,server",
+                        help="throughput conditions with the page: browser (Chromium here), server (viewed elsewhere)")
+    parser.add_argument("--co-tenant", type=float, default=0.0,
+                        help="also time the classifier beside a process keeping this share of a core busy")
     parser.add_argument("--out", type=Path, help="write the JSON report here")
     parser.add_argument("--repeats", type=int, default=3, help="page runs; the one with the median p95 leads")
     args = parser.parse_args(argv)
+    if not set(args.pages.split(",")) <= {"browser", "server"}:
+        parser.error(f"--pages: browser and/or server, not {args.pages!r}")
     runs = [measure(rate=args.rate, seconds=args.seconds, batch=args.batch) for _ in range(args.repeats)]
     for run in runs:
         print(run)
@@ -370,7 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "server_only": server_only(rate=args.rate, seconds=args.seconds, batch=args.batch)}
     print(result["server_only"])
     if args.throughput_posts:
-        result["classifier_throughput"] = throughput(posts=args.throughput_posts, rounds=args.rounds, timeout=1800)
+        from workers.benchmarks.ui_throughput import throughput
+
+        result["classifier_throughput"] = throughput(posts=args.throughput_posts, rounds=args.rounds, timeout=1800,
+                                                     co_tenant=args.co_tenant, pages=tuple(args.pages.split(",")))
         print(result["classifier_throughput"])
     if args.out:
         from streamcore.reports import write_report
