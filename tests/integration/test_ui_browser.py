@@ -197,6 +197,25 @@ def test_cards_below_the_fold_wait_in_one_line_and_without_a_photo_until_scrolle
         assert fetched < 40
 
 
+def test_paused_the_list_stays_counting_what_waits_and_resuming_draws_it(make_settings, browser) -> None:
+    settings = make_settings(ui_port=0)
+    with serving(settings) as url:
+        _open(browser, url)
+        wait_until(lambda: _text(browser, "#live-state") == "live", timeout=20, what="the page to go live")
+        asyncio.run(_replay(settings, "A", rate=200.0, seconds=0.05, batch=10))
+        wait_until(lambda: len(_ids(browser)) == 10, timeout=20, what="10 cards")
+        browser.find_element(By.ID, "pause").click()
+        asyncio.run(_replay(settings, "B", rate=200.0, seconds=0.1, batch=10))
+        wait_until(lambda: _text(browser, "#live-state") == "paused · 20 new", timeout=20, what="20 labels waiting")
+        assert _ids(browser) == [f"A-{n}" for n in range(9, -1, -1)]
+        assert browser.find_element(By.ID, "pause").get_attribute("aria-pressed") == "true"
+        browser.find_element(By.ID, "pause").click()
+        wait_until(lambda: len(_ids(browser)) == 30, timeout=20, what="the waiting labels drawn")
+        assert _ids(browser)[:20] == [f"B-{n}" for n in range(19, -1, -1)]
+        assert _text(browser, "#live-state") == "live"
+        _no_policy_violations(browser)
+
+
 _WRITES = """
 const [token, done] = [arguments[0], arguments[arguments.length - 1]];
 (async () => {

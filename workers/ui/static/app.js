@@ -57,6 +57,7 @@ function schedule() {
 }
 
 function flush() {
+  if (paused) return;  // a draw due before the pause
   clearTimeout(timer);
   timer = null;
   timerDue = Infinity;
@@ -105,23 +106,54 @@ function drop(card) {
   folds.delete(card);
 }
 
+// Paused, the list stays as it is (to look at it, or correct it, while labels keep coming) and costs the browser
+// only the event stream; the newest labels wait and are drawn on resuming.
+let paused = false;
+let unseen = 0;
+const pauseButton = document.getElementById("pause");
+
+function showState() {
+  liveState.textContent = paused ? `paused · ${unseen} new` : "live";
+}
+
+function setPaused(value) {
+  paused = value;
+  unseen = 0;
+  pauseButton.textContent = paused ? "Resume" : "Pause";
+  pauseButton.setAttribute("aria-pressed", String(paused));
+  showState();
+  if (!paused && pending.length) requestAnimationFrame(flush);
+}
+
+function replace(snapshot) {
+  const open = [...list.querySelectorAll(".card.editing")];  // a form being filled in stays, once
+  const kept = new Set(open.map((node) => node.dataset.id));
+  for (const card of list.children) if (!kept.has(card.dataset.id)) drop(card);
+  list.replaceChildren(...open);
+  pending = snapshot.filter((c) => !kept.has(c.id));
+  flush();
+}
+
 function connect() {
   if (source) source.close();
   pending = [];
   source = new EventSource(`/api/events?${query()}`);
   source.addEventListener("reset", (event) => {
-    const open = [...list.querySelectorAll(".card.editing")];  // a form being filled in stays, once
-    const kept = new Set(open.map((node) => node.dataset.id));
-    for (const card of list.children) if (!kept.has(card.dataset.id)) drop(card);
-    list.replaceChildren(...open);
-    pending = JSON.parse(event.data).filter((c) => !kept.has(c.id));
-    flush();
-    liveState.textContent = "live";
+    const snapshot = JSON.parse(event.data);
+    if (paused) pending = snapshot.slice(0, MAX_CARDS);  // a reconnection: the list being looked at stays
+    else replace(snapshot);
+    showState();
   });
   source.addEventListener("labels", (event) => {
     // While the page is hidden nothing is drawn (no animation frames), so only the cards a draw can show are kept.
-    pending = JSON.parse(event.data).concat(pending).slice(0, MAX_CARDS);
-    schedule();
+    const cards = JSON.parse(event.data);
+    pending = cards.concat(pending).slice(0, MAX_CARDS);
+    if (!paused) {
+      schedule();
+      return;
+    }
+    unseen += cards.length;
+    showState();
   });
   source.addEventListener("error", () => { liveState.textContent = "reconnecting…"; });
 }
@@ -155,7 +187,13 @@ async function setUpSession() {
 async function main() {
   const terms = await (await fetch("/api/ontology")).json();
   for (const name of terms.categories) filters.category.append(el("option", { value: name, text: term(name) }));
-  for (const input of Object.values(filters)) input.addEventListener("change", connect);
+  for (const input of Object.values(filters)) {
+    input.addEventListener("change", () => {  // another view asked for: shown now, and live
+      setPaused(false);
+      connect();
+    });
+  }
+  pauseButton.addEventListener("click", () => setPaused(!paused));
   await setUpSession();
   connect();
 }
