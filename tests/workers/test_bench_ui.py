@@ -12,9 +12,10 @@ import time
 import pytest
 import redis
 
-from workers.benchmarks.pipeline_alone import cpu_seconds
 from tests.support import wait_until
-from workers.benchmarks.ui import _replay, _tree_cpu_seconds
+from workers.benchmarks.pipeline_alone import cpu_seconds
+from workers.benchmarks.ui import _replay
+from workers.benchmarks.ui_page import tree_cpu_seconds
 from workers.benchmarks.ui_throughput import _BURN as CO_TENANT
 
 _BURN = """
@@ -31,9 +32,9 @@ def test_a_childs_cpu_counts_in_its_parents_tree() -> None:
     try:
         assert child.stdout.readline().strip() == "burnt"  # the child has used 0.3 s of CPU and is still alive
         own = cpu_seconds(os.getpid())
-        tree = _tree_cpu_seconds(os.getpid())
+        tree = tree_cpu_seconds(os.getpid())
         assert tree - own >= 0.25  # the child's 0.3 s, less a clock tick of rounding
-        assert _tree_cpu_seconds(child.pid) >= 0.25
+        assert tree_cpu_seconds(child.pid) >= 0.25
     finally:
         child.communicate("")
 

@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -33,13 +32,14 @@ from typing import Any
 import numpy as np
 
 from serving.images import thumbnail
-from streamcore.embedded import EmbeddedStack, free_port, stop_processes
+from streamcore.embedded import EmbeddedStack
 from streamcore.preview import Preview
 from streamcore.schemas import HintsUsed, Label, ScoredTerm, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
 from streamcore.sinks import RedisLabels, fingerprint
 from workers.benchmarks.pipeline_alone import cpu_seconds
+from workers.benchmarks.ui_page import start_page, tree_cpu_seconds
 
 COMMAND = "python -m workers.benchmarks.ui"
 _CAPTIONS = ("New in: a red wool coat for the cold days #ootd #coat", "Linen summer dress, perfect for the beach",
@@ -106,37 +106,6 @@ def _page_metrics(browser) -> dict[str, float]:
             if m["name"] in wanted}
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and all its descendants (Chromium runs a dozen processes under its driver)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
-    total, todo = 0.0, [pid]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            total += cpu_seconds(pid)
-    return total
-
-
-def _start_page(settings: Settings, stack: ExitStack) -> tuple[str, subprocess.Popen]:
-    port = free_port()
-    env = {**settings.child_env(), "STYLESTREAM_UI_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "ui"], env=env, stdout=subprocess.DEVNULL)
-    stack.callback(stop_processes, [proc])
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return url, proc
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError("the review page did not start")
-
-
 def _settings(stack: ExitStack) -> Settings:
     """Configured Kafka/Redis, or embedded ones for the block; fresh key names."""
     configured = Settings()
@@ -157,7 +126,7 @@ def server_only(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
     """The same replay read by a plain event-stream client instead of a browser: the server's part alone."""
     with ExitStack() as stack:
         settings = _settings(stack)
-        url, _ = _start_page(settings, stack)
+        url, _ = start_page(settings, stack)
         arrived: dict[str, float] = {}
         stream = urllib.request.urlopen(url + "api/events", timeout=seconds + 30)
         stack.callback(stream.close)
@@ -184,7 +153,7 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
 
     with ExitStack() as stack:
         settings = _settings(stack)
-        url, proc = _start_page(settings, stack)
+        url, proc = start_page(settings, stack)
         browser = headless_chromium()
         stack.callback(browser.quit)
         browser.get(url)
@@ -197,12 +166,12 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
         browser.execute_cdp_cmd("Performance.enable", {})
         before = _page_metrics(browser)
         cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
-        browser_cpu0 = _tree_cpu_seconds(browser.service.process.pid)
+        browser_cpu0 = tree_cpu_seconds(browser.service.process.pid)
         written = asyncio.run(_replay(settings, "L", rate=rate, seconds=seconds, batch=batch))
         elapsed = time.monotonic() - wall0
         time.sleep(3.0)  # the last labels' way to the page; anything later counts as not seen
         server_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
-        browser_cpu = (_tree_cpu_seconds(browser.service.process.pid) - browser_cpu0) / (time.monotonic() - wall0)
+        browser_cpu = (tree_cpu_seconds(browser.service.process.pid) - browser_cpu0) / (time.monotonic() - wall0)
         seen = browser.execute_script("return Object.fromEntries(window.__seen)")
         long_tasks = browser.execute_script("return window.__long")
         busy = {k: round(v - before.get(k, 0.0), 2) for k, v in _page_metrics(browser).items()}

@@ -24,7 +24,7 @@ import numpy as np
 from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.kafka import delete_topics
 from streamcore.settings import Settings
-from workers.benchmarks.ui import _start_page, _tree_cpu_seconds
+from workers.benchmarks.ui_page import start_page, tree_cpu_seconds
 
 
 class _Sampler:
@@ -38,7 +38,7 @@ class _Sampler:
 
     def _run(self, store, stream: str, pids: dict[str, int]) -> None:
         while not self._stop.wait(0.25):
-            self.samples.append((store.xlen(stream), {name: _tree_cpu_seconds(pid) for name, pid in pids.items()}))
+            self.samples.append((store.xlen(stream), {name: tree_cpu_seconds(pid) for name, pid in pids.items()}))
 
     def window(self, start: int, end: int) -> tuple[int, dict[str, float], float]:
         """Labels, CPU seconds per tree and wall seconds between the first samples at ``start`` and ``end``."""
@@ -109,7 +109,7 @@ def _classifier_rate(base: Settings, posts: list, hints: list, *, page: str, tim
     pids: dict[str, int] = {}
     with ExitStack() as stack:
         if page in ("browser", "server"):
-            url, server = _start_page(settings, stack)
+            url, server = start_page(settings, stack)
             pids["page_server"] = server.pid
         if page == "browser":
             browser = headless_chromium()
