@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from streamcore.embedded import EmbeddedStack, stop_processes
 from streamcore.kafka import delete_topics
 from streamcore.settings import Settings
 from workers.benchmarks.ui_page import start_page, tree_cpu_seconds
+from workers.ui.browser import DESKTOP
 
 
 class _Sampler:
@@ -50,8 +52,9 @@ class _Sampler:
         return n1 - n0, {name: c1[name] - c0[name] for name in c0}, (last - first) * 0.25
 
 
-#: Cards drawn in full on a 900 px high window: the page fetches photos for these only.
-_ON_SCREEN = 6
+#: Cards drawn in full in the benchmark's window (the page draws in full a card per 150 px of its height, and
+#: fetches photos for those only).
+_ON_SCREEN = math.ceil(DESKTOP[1] / 150)
 
 
 def _follow(url: str, stack: ExitStack) -> None:

@@ -34,10 +34,9 @@ function knowVersion(version) {
   }
 }
 
-// A draw costs the browser a layout and a paint however few cards it adds (docs/ui.md has the measurements), so
-// cards are drawn in groups: when DRAW_AT have arrived (at most every MIN_DRAW_MS) or when the oldest waiting
-// one has waited MAX_WAIT_MS. A flood is drawn five to ten times a second; the few dozen labels a second of one
-// classifier once, which leaves its cores to it when the browser shares its machine.
+// Cards are drawn in groups, each group one layout and paint: when DRAW_AT have arrived (at most every MIN_DRAW_MS)
+// or when the oldest waiting one has waited MAX_WAIT_MS. A flood is drawn five to ten times a second, the few
+// dozen labels a second of one classifier once (what the page costs a browser: docs/ui.md).
 const MIN_DRAW_MS = 100;
 const MAX_WAIT_MS = 1000;
 const DRAW_AT = 100;
