@@ -56,8 +56,10 @@ def _card(browser, post_id: str):
 
 
 def _ids(browser) -> list[str]:
-    """Post ids of the cards shown, top to bottom (read in one go: the list changes under a slower reader)."""
-    return browser.execute_script("return [...document.querySelectorAll('article.card')].map((c) => c.dataset.id)")
+    """Post ids of the labels in the list, top to bottom, those folded into a "more labels" line included (read in
+    one go: the list changes under a slower reader)."""
+    return browser.execute_script(
+        "return [...document.querySelectorAll('article.card')].flatMap((c) => c.dataset.ids?.split(' ') ?? [c.dataset.id])")
 
 
 def _text(browser, css: str) -> str:
@@ -148,9 +150,7 @@ def test_a_post_appears_its_correction_reaches_the_trainer_and_a_hostile_caption
         assert browser.find_elements(By.CSS_SELECTOR, "#cards script, #cards img:not(.thumb)") == []
         with pytest.raises(NoAlertPresentException):
             browser.switch_to.alert.text  # noqa: B018 - raises when no dialog opened
-        thumb = _card(browser, post.post_id).find_element(By.CSS_SELECTOR, "img.thumb")
-        wait_until(lambda: browser.execute_script("return arguments[0].naturalWidth", thumb) > 0, timeout=10,
-                   what="the thumbnail to load")
+        wait_until(lambda: browser.execute_script(_PHOTO_SHOWN, post.post_id), timeout=10, what="the thumbnail to load")
 
         status = _correct(browser, post.post_id)
         [record] = _feedback_records(settings, 1)
@@ -165,33 +165,42 @@ def test_a_post_appears_its_correction_reaches_the_trainer_and_a_hostile_caption
 
 
 _SCROLLED_TO = """
-const card = document.querySelector(`article.card[data-id="${arguments[0]}"]`);
+const id = arguments[0];
+const card = document.querySelector(`article.card[data-id="${id}"]`)
+  ?? [...document.querySelectorAll("article.card.more")].find((line) => line.dataset.ids.split(" ").includes(id));
 card.scrollIntoView();
 const photo = card.querySelector("img.thumb");
 return photo !== null && photo.naturalWidth > 0;
 """
 _PHOTOS = "return [...document.querySelectorAll('article.card img.thumb[src]')].length"
+_PHOTO_SHOWN = """
+const photo = document.querySelector(`article.card[data-id="${arguments[0]}"] img.thumb`);
+return photo !== null && photo.naturalWidth > 0;
+"""
 
 
-def test_cards_below_the_fold_wait_in_one_line_and_without_a_photo_until_scrolled_to(make_settings, browser) -> None:
-    """Building cards and fetching photos are most of what the page costs a browser: a card pushed below the fold
-    is one line with no photo fetched, and is drawn in full, photo and all, when it comes into view."""
+def test_labels_below_the_fold_wait_in_one_line_without_photos_until_scrolled_to(make_settings, browser) -> None:
+    """Building cards and fetching photos are most of what the page costs a browser: the labels a draw would push
+    below the fold wait as one line with no photo fetched, and are drawn in full, photos and all, when scrolled to."""
     settings = make_settings(ui_port=0)
     with serving(settings) as url:
         _open(browser, url)
         browser.execute_script("performance.setResourceTimingBufferSize(10000)")
         wait_until(lambda: _text(browser, "#live-state") == "live", timeout=20, what="the page to go live")
         asyncio.run(_replay(settings, "F", rate=400.0, seconds=0.1, batch=40))
-        wait_until(lambda: len(_ids(browser)) == 40, timeout=20, what="40 cards")
-        top = _card(browser, "F-39").find_element(By.CSS_SELECTOR, "img.thumb")
-        wait_until(lambda: browser.execute_script("return arguments[0].naturalWidth", top) > 0, timeout=10,
-                   what="the newest card's photo")
+        wait_until(lambda: len(_ids(browser)) == 40, timeout=20, what="40 labels in the list")
+        assert _ids(browser) == [f"F-{n}" for n in range(39, -1, -1)]
+        wait_until(lambda: browser.execute_script(_PHOTO_SHOWN, "F-39"), timeout=10, what="the newest card's photo")
         assert 1 <= browser.execute_script(_PHOTOS) < 20
-        bottom = _card(browser, "F-0")
-        assert "compact" in bottom.get_attribute("class") and not bottom.find_elements(By.CSS_SELECTOR, "img")
-        # Cards unfolding above it push it down again: scroll to it until it stays in view, as a reader would.
+        line = browser.find_element(By.CSS_SELECTOR, "article.card.more")
+        folded = line.get_attribute("data-ids").split(" ")
+        assert "F-0" in folded and len(folded) > 20 and line.text == f"{len(folded)} more labels"
+        assert not line.find_elements(By.CSS_SELECTOR, "img")
+        # Cards drawn above it push it down again: scroll to it until it stays in view, as a reader would.
         wait_until(lambda: browser.execute_script(_SCROLLED_TO, "F-0"), timeout=20,
-                   what="the card scrolled to, in full with its photo")
+                   what="the label scrolled to, drawn as a card with its photo")
+        assert not browser.find_elements(By.CSS_SELECTOR, "article.card.more")
+        assert _ids(browser) == [f"F-{n}" for n in range(39, -1, -1)]
         fetched = browser.execute_script(
             "return performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/thumb/')).length")
         assert fetched < 40

@@ -1,7 +1,8 @@
 """Review page under load: labels replayed into Redis at a fixed rate while headless Chromium shows the page.
 
-Measures, per label, the time from its write (just before the label sink's call) to its card entering the
-page's DOM (a MutationObserver in the page notes each card's arrival), so the figure includes Redis, the
+Measures, per label, the time from its write (just before the label sink's call) to its entering the page's
+DOM, as a card or in the line standing for the labels a draw folds below the fold (a MutationObserver in the
+page notes each arrival; those drawn as cards are also counted apart), so the figure includes Redis, the
 server's stream follower, server-sent events, the browser's parsing and drawing. The page server runs in
 its own process (``stylestream ui``), as deployed; thumbnails are real JPEGs, fetched by the browser.
 
@@ -46,11 +47,14 @@ _CAPTIONS = ("New in: a red wool coat for the cold days #ootd #coat", "Linen sum
              "Denim jeans + white sneakers, simple #streetstyle", "Silk blouse with a floral print, office ready")
 # Arrival time of each card, by post id, in the page's clock (epoch ms); long main-thread tasks.
 _OBSERVE = """
-window.__seen = new Map(); window.__long = [];
+window.__seen = new Map(); window.__carded = new Map(); window.__long = [];
 new MutationObserver((changes) => {
   const now = performance.timeOrigin + performance.now();
   for (const change of changes) for (const node of change.addedNodes) {
-    if (node.dataset && node.dataset.id && !window.__seen.has(node.dataset.id)) window.__seen.set(node.dataset.id, now);
+    if (!node.dataset) continue;  // a card, or a line standing for the labels folded below the fold
+    const ids = node.dataset.ids ? node.dataset.ids.split(" ") : node.dataset.id ? [node.dataset.id] : [];
+    for (const id of ids) if (!window.__seen.has(id)) window.__seen.set(id, now);
+    if (node.dataset.id && !window.__carded.has(node.dataset.id)) window.__carded.set(node.dataset.id, now);
   }
 }).observe(document.getElementById('cards'), {childList: true});
 new PerformanceObserver((list) => { for (const e of list.getEntries()) window.__long.push(e.duration); })
@@ -173,16 +177,20 @@ def measure(*, rate: float, seconds: float, batch: int) -> dict[str, Any]:
         server_cpu = (cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - wall0)
         browser_cpu = (tree_cpu_seconds(browser.service.process.pid) - browser_cpu0) / (time.monotonic() - wall0)
         seen = browser.execute_script("return Object.fromEntries(window.__seen)")
+        carded = browser.execute_script("return Object.fromEntries(window.__carded)")
         long_tasks = browser.execute_script("return window.__long")
         busy = {k: round(v - before.get(k, 0.0), 2) for k, v in _page_metrics(browser).items()}
     latencies = np.array([seen[p] - at for p, at in written.items() if p in seen])
+    as_cards = np.array([carded[p] - at for p, at in written.items() if p in carded])
     return {
         "rate_target_per_s": rate, "rate_written_per_s": round(len(written) / elapsed, 1), "seconds": seconds,
         "batch": batch, "labels_written": len(written), "labels_seen": int(latencies.size),
         "latency_ms": _quantiles(latencies), "load_avg_1m": round(os.getloadavg()[0], 2),
         "shown_fraction": round(latencies.size / max(1, len(written)), 3),
         "p95_within_2s": latencies.size > 0 and float(np.quantile(latencies, 0.95)) <= 2000,
-        "note": "latency over the labels whose card entered the page; the page keeps the newest 100 cards and "
+        "labels_drawn_as_cards": int(as_cards.size), "as_cards_latency_ms": _quantiles(as_cards),
+        "note": "latency over the labels that entered the page: as a card, or in the line standing for those a "
+                "draw folds below the fold (drawn as cards when scrolled to); the page keeps the newest 100 and "
                 "draws at most ten times a second, so at this rate a label displaced before a draw is never shown",
         "page_long_tasks": {"count": len(long_tasks), "total_ms": round(sum(long_tasks), 1),
                             "max_ms": round(max(long_tasks, default=0.0), 1)},

@@ -1,6 +1,6 @@
 // The live list: server-sent events in, newest cards on top; filters reconnect with a fresh snapshot.
 import { el, session, term, write } from "./common.js";
-import { forget, renderCard, renderCompact } from "./card.js";
+import { forget, renderCard } from "./card.js";
 import { openCorrection } from "./correct.js";
 
 const MAX_CARDS = 100;
@@ -28,7 +28,11 @@ function query() {
   return q.toString();
 }
 
+const versions = new Set();
+
 function knowVersion(version) {
+  if (versions.has(version)) return;
+  versions.add(version);
   if (![...filters.version.options].some((o) => o.value === version)) {
     filters.version.append(el("option", { value: version, text: version }));
   }
@@ -64,39 +68,61 @@ function flush() {
   lastFlush = performance.now();
   const batch = pending.slice(0, MAX_CARDS);
   pending = [];
-  const fresh = document.createDocumentFragment();
+  batch.forEach((c) => knowVersion(c.version));
   const onScreen = Math.ceil(window.innerHeight / CARD_PX);
-  batch.forEach((c, i) => {
-    knowVersion(c.version);
-    fresh.append(i < onScreen ? renderCard(c, onCorrect) : folded(c));
-  });
+  const fresh = document.createDocumentFragment();
+  fresh.append(...batch.slice(0, onScreen).map((c) => renderCard(c, onCorrect)));
+  if (batch.length > onScreen) fresh.append(folded(batch.slice(onScreen)));
   list.prepend(fresh);
-  const cards = list.children;
-  for (let i = cards.length - 1; i >= MAX_CARDS; i--) {
-    if (!cards[i].classList.contains("editing")) {  // an open form stays
-      drop(cards[i]);
-      cards[i].remove();
-    }
-  }
+  trim();
 }
 
-// Cards a draw pushes below the fold start as one line and are drawn in full when they come into view: building a
-// full card is most of what a label costs the page, and at a classifier's rate most cards leave the list unseen.
+// The labels a draw would push below the fold wait as one line ("43 more labels") and are drawn as cards when it
+// comes into view. At a classifier's rate nearly all of them leave the list before anyone scrolls down, and cards
+// built, laid out and painted below the fold were most of what a draw cost the browser.
 const folds = new Map();
 const unfold = new IntersectionObserver((entries) => {
   for (const { target, isIntersecting } of entries) {
     if (!isIntersecting || !target.isConnected) continue;
     unfold.unobserve(target);
-    target.replaceWith(renderCard(folds.get(target), onCorrect));
+    target.replaceWith(...folds.get(target).map((c) => renderCard(c, onCorrect)));
     folds.delete(target);
   }
-}, { rootMargin: "0px 0px 200px 0px" });
+});  // in view, not near it: the line sits just below the fold, under cards at least the screen's height
 
-function folded(c) {
-  const node = renderCompact(c);
-  folds.set(node, c);
+function folded(cards) {
+  const node = el("article", { class: "card more" });
+  folds.set(node, cards);
+  describe(node);
   unfold.observe(node);
   return node;
+}
+
+function describe(node) {
+  const cards = folds.get(node);
+  node.dataset.ids = cards.map((c) => c.id).join(" ");  // the posts it stands for
+  node.textContent = `${cards.length} more label${cards.length === 1 ? "" : "s"}`;
+}
+
+// The list keeps the newest MAX_CARDS labels, counting those folded into a line; an open form stays.
+function trim() {
+  const weight = (node) => folds.get(node)?.length ?? 1;
+  let excess = -MAX_CARDS;
+  for (const node of list.children) excess += weight(node);
+  for (let node = list.lastElementChild; node && excess > 0;) {
+    const above = node.previousElementSibling;
+    const cards = folds.get(node);
+    if (cards && cards.length > excess) {
+      cards.length -= excess;
+      describe(node);
+      excess = 0;
+    } else if (!node.classList.contains("editing")) {
+      excess -= weight(node);
+      drop(node);
+      node.remove();
+    }
+    node = above;
+  }
 }
 
 function drop(card) {

@@ -27,8 +27,30 @@ function fetchSoon(photo) {
   waiting.set(photo, setTimeout(() => {
     waiting.delete(photo);
     onScreen.unobserve(photo);
-    if (photo.isConnected) photo.src = photo.dataset.src;
+    if (!photo.isConnected) return;
+    if (!due.length) setTimeout(showDue, 0);  // after the other photos that came due with it
+    due.push(photo);
   }, PHOTO_AFTER_MS));
+}
+
+// Photos that come due together are fetched and decoded off the page and shown in one frame: a photo drawn as it
+// arrives costs the browser a frame (layout, paint, composite) of its own, several a second at a classifier's rate.
+const due = [];
+
+async function showDue() {
+  const batch = due.splice(0);
+  const loaded = batch.map((photo) => {
+    const img = new Image();
+    img.className = photo.className;
+    img.alt = photo.alt;
+    img.src = photo.dataset.src;
+    return img;
+  });
+  const decoded = await Promise.allSettled(loaded.map((img) => img.decode()));
+  requestAnimationFrame(() => batch.forEach((photo, i) => {
+    if (!photo.isConnected) return;
+    photo.replaceWith(decoded[i].status === "fulfilled" ? loaded[i] : el("div", { class: "thumb none", text: "no photo" }));
+  }));
 }
 
 // A card leaving the list stops being watched (the observer would otherwise keep it).
@@ -123,16 +145,4 @@ async function showSimilar(button, id) {
     strip.append(el("figure", {}, photo, el("figcaption", {
       text: `${item.catalogue ? `${item.user} · ` : ""}${term(item.facet)}: ${item.terms.map(term).join(", ")}` })));
   }
-}
-
-// The one-line form of a card, for cards below the fold: most leave the list before anyone scrolls to them; those
-// that come into view are drawn in full then.
-export function renderCompact(c) {
-  const node = el("article", { class: "card compact", dataset: { id: c.id, seq: c.seq } },
-    el("span", { class: "post-id", text: c.id }),
-    el("span", { class: c.abstain ? "abstain" : "top",
-      text: c.abstain ? `abstained: ${term(c.abstain)}` : `${term(c.categories[0][0])} ${c.categories[0][1].toFixed(2)}` }),
-    el("span", { class: "version", text: `model ${c.version}` }),
-    el("span", { class: "latency", text: `${c.latency_ms} ms` }));
-  return node;
 }
