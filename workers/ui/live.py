@@ -1,8 +1,11 @@
 """New labels to every open page: one follower of the labels stream per server, fanned out to viewers.
 
 However many pages are open, Redis sees one blocking ``XREAD`` and one enrichment pipeline per batch of new
-labels. Each viewer has a bounded queue of batches; a viewer that falls behind (a stalled tab) loses its
-queue and is told to start again from a fresh snapshot rather than holding memory for it.
+labels, and at most two of those a second: after a batch the follower waits half a second, so a classifier's
+few writes a second reach every page as one or two events (what each event costs the server and every
+browser is mostly per event, not per label). Each viewer has a bounded queue of batches; a viewer that falls
+behind (a stalled tab) loses its queue and is told to start again from a fresh snapshot rather than holding
+memory for it.
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ class Viewer:
 class Broadcaster:
     """Follows the labels stream and hands each batch of new cards to every viewer."""
 
-    def __init__(self, reader: LabelReader, *, block_ms: int = 1000, count: int = 1000) -> None:
+    def __init__(self, reader: LabelReader, *, block_ms: int = 1000, count: int = 1000, gap_s: float = 0.5) -> None:
         self._reader = reader
+        self._gap_s = gap_s
         self._block_ms = block_ms
         self._count = count
         self._viewers: set[Viewer] = set()
@@ -94,6 +98,7 @@ class Broadcaster:
                     for viewer in list(self._viewers):
                         viewer.offer(cards)
                 pause = 0.5
+                await asyncio.sleep(self._gap_s)
             except RedisError as exc:  # Redis away: viewers keep what they have; retry with a growing pause
                 log.warning("review page: cannot read the labels stream (%s); retrying in %.1f s", exc, pause)
                 await asyncio.sleep(pause)
