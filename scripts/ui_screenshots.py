@@ -65,8 +65,8 @@ def _shoot(browser, url: str, out: Path, size: tuple[int, int], tag: str) -> Non
     browser.set_window_size(*size)
     browser.get(url)
     _until(lambda: browser.find_element(By.ID, "live-state").text == "live", "the page to go live", 30)
-    _until(lambda: len(browser.find_elements(By.CSS_SELECTOR, "img.thumb")) > 0 and browser.execute_script(
-        "return [...document.querySelectorAll('img.thumb')].slice(0, 3).every((i) => i.complete && i.naturalWidth)"),
+    _until(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('.thumb')].slice(0, 3).every((p) => p.matches('.loaded, .none'))"),
         "photos", 30)
     browser.save_screenshot(str(out / f"live-{tag}.png"))
     browser.find_element(By.ID, "name").send_keys("Ana (merchandising)")

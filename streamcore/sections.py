@@ -299,6 +299,8 @@ class UISettings(Section):
     port: int = Field(8790, ge=0, le=65535)
     #: Token a person gives the page before it sends corrections; unset = the page is read-only.
     token: SecretStr | None = None
+    #: Niceness the page server takes when it starts (0-19): it yields the CPU to the stages on its machine.
+    nice: int = Field(10, ge=0, le=19)
 
 
 class MetricsSettings(Section):

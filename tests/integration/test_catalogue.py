@@ -5,6 +5,7 @@ recommending client (and the review page) return them to a user whose posts the 
 from __future__ import annotations
 
 import base64
+import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ from urllib.request import urlopen
 
 import pytest
 from kafka import KafkaProducer
+from PIL import Image
 
 from streamcore.redisconn import connect
 from streamcore.schemas import ImageSource, Post
@@ -26,6 +28,7 @@ from training.recommend.vectors import VectorRecord
 from workers.catalogue import CatalogueWorker
 from workers.profiles import ProfilesStage
 from workers.ui.server import serving
+from workers.ui.sheets import CELL
 
 pytestmark = pytest.mark.integration
 
@@ -89,9 +92,14 @@ def test_catalogue_items_are_labelled_indexed_and_recommended(make_settings, tmp
         assert len(page["items"]) == 6 and sum(i["catalogue"] for i in page["items"]) == 4
         with urlopen(f"{url}api/thumb/{items[0]}", timeout=10) as thumb:
             assert thumb.headers["content-type"] == "image/jpeg"
-        with pytest.raises(HTTPError) as refused:
-            urlopen(f"{url}api/recommend?like=ana-0&user=ana", timeout=10)
-        assert refused.value.code == 400
+        with urlopen(f"{url}api/thumbs?ids={items[0]},{items[1]},nobody", timeout=10) as sheet:  # the live list's
+            assert sheet.headers["content-type"] == "image/jpeg"
+            assert Image.open(io.BytesIO(sheet.read())).size == (3 * CELL[0], CELL[1])
+        for refused_url in ("api/recommend?like=ana-0&user=ana", "api/thumbs?ids=a,b%2Fc", "api/thumbs?ids=" + ",".join(
+                "x" * 13)):
+            with pytest.raises(HTTPError) as refused:
+                urlopen(f"{url}{refused_url}", timeout=10)
+            assert refused.value.code == 400
 
 
 def test_a_hot_swap_labels_the_whole_catalogue_again_in_the_new_space(make_settings) -> None:

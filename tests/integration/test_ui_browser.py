@@ -147,7 +147,7 @@ def test_a_post_appears_its_correction_reaches_the_trainer_and_a_hostile_caption
         caption = _card(browser, evil.post_id).find_element(By.CSS_SELECTOR, ".caption")
         assert caption.get_attribute("textContent") == EVIL
         assert browser.execute_script("return window.__pwned") is None
-        assert browser.find_elements(By.CSS_SELECTOR, "#cards script, #cards img:not(.thumb)") == []
+        assert browser.find_elements(By.CSS_SELECTOR, "#cards script, #cards img") == []
         with pytest.raises(NoAlertPresentException):
             browser.switch_to.alert.text  # noqa: B018 - raises when no dialog opened
         wait_until(lambda: browser.execute_script(_PHOTO_SHOWN, post.post_id), timeout=10, what="the thumbnail to load")
@@ -169,13 +169,14 @@ const id = arguments[0];
 const card = document.querySelector(`article.card[data-id="${id}"]`)
   ?? [...document.querySelectorAll("article.card.more")].find((line) => line.dataset.ids.split(" ").includes(id));
 card.scrollIntoView();
-const photo = card.querySelector("img.thumb");
-return photo !== null && photo.naturalWidth > 0;
+return card.querySelector(".thumb.loaded") !== null;
 """
-_PHOTOS = "return [...document.querySelectorAll('article.card img.thumb[src]')].length"
-_PHOTO_SHOWN = """
-const photo = document.querySelector(`article.card[data-id="${arguments[0]}"] img.thumb`);
-return photo !== null && photo.naturalWidth > 0;
+_PHOTOS = "return document.querySelectorAll('article.card .thumb.loaded').length"
+_PHOTO_SHOWN = "return document.querySelector(`article.card[data-id='${arguments[0]}'] .thumb.loaded`) !== null"
+# Posts whose photos the page asked for (sheets of several posts' thumbnails).
+_PHOTOS_FETCHED = """
+return performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/thumbs?'))
+  .flatMap((e) => new URL(e.name).searchParams.get('ids').split(',')).length
 """
 
 
@@ -195,15 +196,13 @@ def test_labels_below_the_fold_wait_in_one_line_without_photos_until_scrolled_to
         line = browser.find_element(By.CSS_SELECTOR, "article.card.more")
         folded = line.get_attribute("data-ids").split(" ")
         assert "F-0" in folded and len(folded) > 20 and line.text == f"{len(folded)} more labels"
-        assert not line.find_elements(By.CSS_SELECTOR, "img")
+        assert not line.find_elements(By.CSS_SELECTOR, ".thumb")
         # Cards drawn above it push it down again: scroll to it until it stays in view, as a reader would.
         wait_until(lambda: browser.execute_script(_SCROLLED_TO, "F-0"), timeout=20,
                    what="the label scrolled to, drawn as a card with its photo")
         assert not browser.find_elements(By.CSS_SELECTOR, "article.card.more")
         assert _ids(browser) == [f"F-{n}" for n in range(39, -1, -1)]
-        fetched = browser.execute_script(
-            "return performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/thumb/')).length")
-        assert fetched < 40
+        assert browser.execute_script(_PHOTOS_FETCHED) < 40
 
 
 def test_paused_the_list_stays_counting_what_waits_and_resuming_draws_it(make_settings, browser) -> None:

@@ -15,6 +15,7 @@ import math
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
@@ -75,13 +76,28 @@ def _follow(url: str, stack: ExitStack) -> None:
     def photos() -> None:
         fetched: set[str] = set()
         while not stopped.wait(1.0):
-            for post in [p for p in newest if p not in fetched]:
-                fetched.add(post)
+            if fresh := [p for p in newest if p not in fetched]:  # one sheet of them, as the page asks
+                fetched.update(fresh)
                 with contextlib.suppress(OSError):
-                    urllib.request.urlopen(f"{url}api/thumb/{post}", timeout=10).read()
+                    urllib.request.urlopen(f"{url}api/thumbs?ids={','.join(fresh)}", timeout=10).read()
 
     threading.Thread(target=read, daemon=True).start()
     threading.Thread(target=photos, daemon=True).start()
+
+
+def _settled(browser, pid: int, *, quiet: float = 0.05, timeout: float = 20.0) -> None:
+    """Until the page is live and its browser has gone quiet: opening a page costs its browser a one-off burst
+    (starting, loading, the first list), and what is measured is the page kept open."""
+    deadline = time.monotonic() + timeout
+    while browser.find_element("id", "live-state").text != "live" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    last = tree_cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = tree_cpu_seconds(pid)
+        if now - last < quiet:
+            return
+        last = now
 
 
 #: A process that keeps a fixed share of one core busy (in 20 ms periods), whatever else runs.
@@ -119,6 +135,7 @@ def _classifier_rate(base: Settings, posts: list, hints: list, *, page: str, tim
             stack.callback(browser.quit)
             browser.get(url)
             pids["browser"] = browser.service.process.pid
+            _settled(browser, pids["browser"])
         elif page == "server":
             _follow(url, stack)
         elif page == "co_tenant":

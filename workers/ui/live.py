@@ -1,11 +1,12 @@
 """New labels to every open page: one follower of the labels stream per server, fanned out to viewers.
 
-However many pages are open, Redis sees one blocking ``XREAD`` and one enrichment pipeline per batch of new
-labels, and at most two of those a second: after a batch the follower waits half a second, so a classifier's
-few writes a second reach every page as one or two events (what each event costs the server and every
-browser is mostly per event, not per label). Each viewer has a bounded queue of batches; a viewer that falls
-behind (a stalled tab) loses its queue and is told to start again from a fresh snapshot rather than holding
-memory for it.
+However many pages are open, Redis sees one follower of the labels stream and one enrichment pipeline per
+batch of new labels. New labels go out in batches: those written within half a second of the last batch
+wait for the next one, unless 100 (what a page draws at once) have gathered first. A classifier's few writes
+a second reach every page as two events a second (what an event costs the server and every browser is
+mostly per event, not per label); a flood, as batches of about 100, each drawn whole. Each viewer has a
+bounded queue of batches; a viewer that falls behind (a stalled tab) loses its queue and is told to start
+again from a fresh snapshot rather than holding memory for it.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ class Viewer:
 class Broadcaster:
     """Follows the labels stream and hands each batch of new cards to every viewer."""
 
-    def __init__(self, reader: LabelReader, *, block_ms: int = 1000, count: int = 1000, gap_s: float = 0.5) -> None:
+    def __init__(self, reader: LabelReader, *, block_ms: int = 1000, count: int = 1000, gap_s: float = 0.5,
+                 batch: int = 100, look_s: float = 0.1) -> None:
         self._reader = reader
-        self._gap_s = gap_s
+        self._gap_s, self._batch, self._look_s = gap_s, batch, look_s
         self._block_ms = block_ms
         self._count = count
         self._viewers: set[Viewer] = set()
@@ -84,22 +86,36 @@ class Broadcaster:
         self._viewers.discard(viewer)
 
     async def _follow(self) -> None:
-        last, pause = None, 0.5
+        last, pause, held, sent_at = None, 0.5, [], 0.0
+        clock = asyncio.get_running_loop().time
         while True:
             try:
                 if last is None:
                     last = await self._reader.last_id()
-                entries = await self._reader.after(last, block_ms=self._block_ms, count=self._count)
-                if not entries:
-                    continue
-                last = entries[-1].id
-                if self._viewers:
-                    cards = await self._reader.cards(entries)
-                    for viewer in list(self._viewers):
-                        viewer.offer(cards)
+                if held:  # a batch is being gathered: look again when it is due, or soon if it fills before
+                    await asyncio.sleep(self._until_due(len(held), clock() - sent_at))
+                entries = await self._reader.after(last, block_ms=None if held else self._block_ms, count=self._count)
+                if entries:
+                    last = entries[-1].id
+                    held += entries
+                if held and (len(held) >= self._batch or clock() - sent_at >= self._gap_s):
+                    await self._send(held)
+                    held, sent_at = [], clock()
                 pause = 0.5
-                await asyncio.sleep(self._gap_s)
             except RedisError as exc:  # Redis away: viewers keep what they have; retry with a growing pause
                 log.warning("review page: cannot read the labels stream (%s); retrying in %.1f s", exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 10.0)
+
+    def _until_due(self, held: int, since: float) -> float:
+        """Seconds to wait before looking for more: until the batch is due by time, unless at the rate seen so
+        far it would fill first."""
+        left = self._gap_s - since
+        filling = held / max(since, 0.01) * self._gap_s >= self._batch
+        return max(0.0, min(left, self._look_s) if filling else left)
+
+    async def _send(self, entries: list) -> None:
+        if self._viewers:
+            cards = await self._reader.cards(entries)
+            for viewer in list(self._viewers):
+                viewer.offer(cards)

@@ -6,6 +6,7 @@ sign-in cookie and pass the CSRF check (:mod:`workers.ui.security`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from workers.ui.cards import Filters
 from workers.ui.corrections import Publisher, Refused, check
 from workers.ui.live import Broadcaster
 from workers.ui.models import model_facts
+from workers.ui.sheets import MAX_CELLS, contact_sheet
 from workers.ui.store import LabelReader, stream_id
 
 log = logging.getLogger(__name__)
@@ -161,6 +163,19 @@ async def thumb(request: Request) -> Response:
     return Response(jpeg, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
 
 
+async def sheet(request: Request) -> Response:
+    """``?ids=A,B,C``: those posts' thumbnails side by side in one JPEG (:mod:`workers.ui.sheets`)."""
+    ids = request.query_params.get("ids", "").split(",")
+    if not 1 <= len(ids) <= MAX_CELLS or not all(_POST_ID.match(post_id) for post_id in ids):
+        return _json({"error": f"ask for ?ids= 1 to {MAX_CELLS} post ids, comma-separated"}, 400)
+    try:
+        jpegs = await _ui(request).reader.thumbs(ids)
+    except RedisError as exc:
+        return _json({"error": f"Redis: {exc}"}, 503)
+    jpeg = await asyncio.to_thread(contact_sheet, jpegs)
+    return Response(jpeg, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
+
+
 async def ontology(request: Request) -> Response:
     return JSONResponse(_ui(request).terms, headers={"cache-control": "private, max-age=3600"})
 
@@ -195,6 +210,7 @@ ROUTES = [
     Route("/api/events", events),
     Route("/api/feedback", feedback, methods=["POST"]),
     Route("/api/thumb/{post_id}", thumb),
+    Route("/api/thumbs", sheet),
     Route("/api/ontology", ontology),
     Route("/api/model", model),
     Route("/api/recommend", recommend),

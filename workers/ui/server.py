@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 
@@ -73,8 +75,19 @@ def address(sock: socket.socket) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
 
 
+def _lower_priority(nice: int, *, thread: bool = False) -> None:
+    """The page is a side job: on a busy machine the classifier beside it comes first. ``thread``: only the calling
+    thread and those it starts (Linux gives each thread its own niceness; elsewhere it would be the process's)."""
+    if thread and sys.platform != "linux":
+        return
+    who = threading.get_native_id() if thread else 0
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, who, max(nice, os.getpriority(os.PRIO_PROCESS, who)))
+
+
 def run(settings: Settings, announce=print) -> None:
     """Serve until SIGINT/SIGTERM; ``announce`` gets the page's address."""
+    _lower_priority(settings.ui.nice)
     server, sock = _server(settings)
     announce(f"review page {address(sock)}" + ("" if settings.ui.token else " (read-only: no STYLESTREAM_UI_TOKEN)"))
     server.run(sockets=[sock])
@@ -84,7 +97,12 @@ def run(settings: Settings, announce=print) -> None:
 def serving(settings: Settings, *, timeout: float = 30.0) -> Iterator[str]:
     """The page served from a thread of this process while the block runs; yields its address."""
     server, sock = _server(settings)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="review-page", daemon=True)
+
+    def serve() -> None:
+        _lower_priority(settings.ui.nice, thread=True)
+        server.run(sockets=[sock])
+
+    thread = threading.Thread(target=serve, name="review-page", daemon=True)
     thread.start()
     try:
         started = threading.Event()

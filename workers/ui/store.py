@@ -88,8 +88,8 @@ class LabelReader:
             upper = "(" + raw[-1][0].decode()
         return kept[:limit], newest
 
-    async def after(self, last: tuple[int, int], *, block_ms: int, count: int) -> list[Entry]:
-        """Entries written after ``last``, waiting up to ``block_ms`` for the first."""
+    async def after(self, last: tuple[int, int], *, block_ms: int | None, count: int) -> list[Entry]:
+        """Entries written after ``last``, waiting up to ``block_ms`` for the first (``None``: not waiting)."""
         reply = await self._redis.xread({self._keys.labels_stream: f"{last[0]}-{last[1]}"}, count=count,
                                         block=block_ms)
         return _entries(reply[0][1]) if reply else []
@@ -100,6 +100,12 @@ class LabelReader:
 
     async def thumb(self, post_id: str) -> bytes | None:
         return await self._redis.hget(self._keys.thumb(post_id), "jpeg")
+
+    async def thumbs(self, post_ids: list[str]) -> list[bytes | None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.hget(self._keys.thumb(post_id), "jpeg")
+            return await pipe.execute()
 
 
 def _version(label: bytes) -> str:
