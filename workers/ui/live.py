@@ -2,11 +2,12 @@
 
 However many pages are open, Redis sees one follower of the labels stream and one enrichment pipeline per
 batch of new labels. New labels go out in batches: those written within half a second of the last batch
-wait for the next one, unless 100 (what a page draws at once) have gathered first. A classifier's few writes
-a second reach every page as two events a second (what an event costs the server and every browser is
-mostly per event, not per label); a flood, as batches of about 100, each drawn whole. Each viewer has a
-bounded queue of batches; a viewer that falls behind (a stalled tab) loses its queue and is told to start
-again from a fresh snapshot rather than holding memory for it.
+wait for the next one, unless 50 have gathered first. A classifier's few writes a second reach every page as
+two events a second (what an event costs the server and every browser is mostly per event, not per label); a
+flood, as batches of about 50, two to a page's draw of 100 (bigger ones would be cut by the page, which keeps
+the newest 100 between draws). Each viewer has a bounded queue of batches; a viewer that falls behind (a
+stalled tab) loses its queue and is told to start again from a fresh snapshot rather than holding memory
+for it.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class Broadcaster:
     """Follows the labels stream and hands each batch of new cards to every viewer."""
 
     def __init__(self, reader: LabelReader, *, block_ms: int = 1000, count: int = 1000, gap_s: float = 0.5,
-                 batch: int = 100, look_s: float = 0.1) -> None:
+                 batch: int = 50, look_s: float = 0.1) -> None:
         self._reader = reader
         self._gap_s, self._batch, self._look_s = gap_s, batch, look_s
         self._block_ms = block_ms
@@ -109,9 +110,10 @@ class Broadcaster:
 
     def _until_due(self, held: int, since: float) -> float:
         """Seconds to wait before looking for more: until the batch is due by time, unless at the rate seen so
-        far it would fill first."""
+        far it would fill first (judged once a look's worth of time has passed: the first read after a quiet
+        moment returns as soon as one label is written)."""
         left = self._gap_s - since
-        filling = held / max(since, 0.01) * self._gap_s >= self._batch
+        filling = since < self._look_s or held / since * self._gap_s >= self._batch
         return max(0.0, min(left, self._look_s) if filling else left)
 
     async def _send(self, entries: list) -> None:

@@ -170,8 +170,10 @@ function connect() {
     showState();
   });
   source.addEventListener("labels", (event) => {
-    // While the page is hidden nothing is drawn (no animation frames), so only the cards a draw can show are kept.
+    // While the page is hidden nothing is drawn (no animation frames), so only the cards a draw can show are kept;
+    // shown, what is waiting is drawn first rather than cut.
     const cards = JSON.parse(event.data);
+    if (!paused && !document.hidden && pending.length && pending.length + cards.length > MAX_CARDS) flush();
     pending = cards.concat(pending).slice(0, MAX_CARDS);
     if (!paused) {
       schedule();
