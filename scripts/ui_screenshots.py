@@ -66,7 +66,8 @@ def _shoot(browser, url: str, out: Path, size: tuple[int, int], tag: str) -> Non
     browser.get(url)
     _until(lambda: browser.find_element(By.ID, "live-state").text == "live", "the page to go live", 30)
     _until(lambda: browser.execute_script(
-        "return [...document.querySelectorAll('.thumb')].slice(0, 3).every((p) => p.matches('.loaded, .none'))"),
+        "return [...document.querySelectorAll('.thumb')].filter((p) => p.getBoundingClientRect().top < innerHeight)"
+        ".every((p) => p.matches('.loaded, .none'))"),  # photos are fetched for cards on screen only
         "photos", 30)
     browser.save_screenshot(str(out / f"live-{tag}.png"))
     browser.find_element(By.ID, "name").send_keys("Ana (merchandising)")
