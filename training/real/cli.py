@@ -37,6 +37,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=RealConfig.image_size)
     parser.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="fine-tuning epochs")
     parser.add_argument("--cut", type=int, default=TuneConfig.cut, help="first trunk block that is fine-tuned")
+    parser.add_argument("--augment", action="store_true", help="fine-tune on photos redrawn each step (frame, "
+                        "aspect, light) instead of cached activations: slower, for longer or whole-trunk fine-tunes")
     parser.add_argument("--negatives", type=int, default=RealConfig.negatives, help="drawn no-garment images")
     parser.add_argument("--hint-dropout", type=float, help="served head: share of samples trained without hints "
                         f"(default: Table II's choice, else {RealConfig.hint_dropout})")
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
     records = [r for path in args.data for r in read_manifest(path, ontology)]
     config = RealConfig(image_size=args.image_size, negatives=args.negatives, seed=args.seed, cache_dir=args.cache_dir,
                         head_street_repeat=args.head_street_repeat,
-                        tune=TuneConfig(cut=args.cut, epochs=args.epochs, seed=args.seed))
+                        tune=TuneConfig(cut=args.cut, epochs=args.epochs, augment=args.augment, seed=args.seed))
     torch.manual_seed(args.seed)
     started = time.monotonic()
     prepared = prepare(records, ontology, config, trunk_from=args.trunk_from)

@@ -3,7 +3,8 @@
 The trunk is cut at a block: the part before it stays frozen (ImageNet's edges, textures and parts) and
 its outputs are computed once per photo, flipped and unflipped; the part after it (where a garment's
 identity is decided) trains together with a Base head, on those cached activations. Every epoch then
-costs only the tail's forward and backward, a fraction of the whole network's.
+costs only the tail's forward and backward, a fraction of the whole network's. With ``augment`` each step
+redraws its photos instead (:mod:`training.real.augment`) and runs the frozen front on them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from serving.models import DynamicCNN
 from training.data.benchmark import Split
+from training.real.augment import augment, photo_augmenter
 from training.train import compute_loss
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class TuneConfig:
     #: Street photos (several garments, small items) are few next to single-garment photos: each is seen
     #: this many times per epoch.
     street_repeat: int = 3
+    #: Redraw each training photo per step (frame, aspect, light) instead of reading its cached activations.
+    augment: bool = False
     seed: int = 0
 
 
@@ -50,6 +54,8 @@ class Fronts:
     targets: dict[str, Tensor]
     #: Times each row is drawn per epoch (``None``: once).
     repeats: np.ndarray | None = None
+    #: The photos themselves (uint8 ``[N, 3, S, S]``), for fine-tuning with augmentation.
+    images: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.plain)
@@ -89,6 +95,25 @@ def _forward(model: DynamicCNN, x: Tensor, config: TuneConfig):
     return model.classify(features)
 
 
+def _augmented_front(model: DynamicCNN, images: np.ndarray, transform, cut: int) -> Tensor:
+    """The frozen front (its batch norms as trained on ImageNet) on freshly drawn versions of ``images``."""
+    trunk = model.backbone.features
+    trunk.eval()
+    with torch.no_grad():
+        x = model.preprocess(augment(torch.from_numpy(images), transform))
+        out = trunk.front(x.contiguous(memory_format=torch.channels_last), cut)
+    trunk.train()
+    return out
+
+
+def _batch(model: DynamicCNN, train: Fronts, idx: Tensor, config: TuneConfig, rng: np.random.Generator,
+           transform) -> Tensor:
+    if transform is not None:
+        return _augmented_front(model, train.images[idx.numpy()], transform, config.cut)
+    mirror = torch.from_numpy(rng.random(len(idx)) < 0.5)[:, None, None, None]
+    return torch.where(mirror, train.mirrored[idx], train.plain[idx]).float()
+
+
 def _loss(model: DynamicCNN, data: Fronts, config: TuneConfig) -> float:
     model.eval()
     total = 0.0
@@ -116,6 +141,7 @@ def finetune(model: DynamicCNN, train: Fronts, val: Fronts, config: TuneConfig) 
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[config.lr, config.head_lr], pct_start=0.15,
                                                    total_steps=config.epochs * steps_per_epoch)
     rng = np.random.default_rng(config.seed)
+    transform = photo_augmenter(train.images.shape[-1]) if config.augment and train.images is not None else None
     history, best, best_state = [], float("inf"), None
     for epoch in range(config.epochs):
         model.train()
@@ -123,8 +149,7 @@ def finetune(model: DynamicCNN, train: Fronts, val: Fronts, config: TuneConfig) 
         order = torch.from_numpy(rng.permutation(rows))
         for start in tqdm(range(0, len(order), config.batch_size), desc=f"fine-tune {epoch}", leave=False, disable=None):
             idx = order[start: start + config.batch_size]
-            mirror = torch.from_numpy(rng.random(len(idx)) < 0.5)[:, None, None, None]
-            x = torch.where(mirror, train.mirrored[idx], train.plain[idx]).float()
+            x = _batch(model, train, idx, config, rng, transform)
             loss = compute_loss(_forward(model, x, config), {k: v[idx] for k, v in train.targets.items()}, multi=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -106,7 +106,8 @@ def prepare(records: list[Record], ontology: Ontology, config: RealConfig, *, tr
                        image_size=config.image_size)
     fronts = {name: _fronts(base, split, photos[name][0], name, config) for name, split in splits.items()}
     street = np.isin([r.source for r in photos["train"][0]], STREET)
-    fronts["train"] = dataclasses.replace(fronts["train"], repeats=np.where(street, config.tune.street_repeat, 1))
+    fronts["train"] = dataclasses.replace(fronts["train"], repeats=np.where(street, config.tune.street_repeat, 1),
+                                          images=splits["train"].images if config.tune.augment else None)
     if trunk_from is None:
         history = finetune(base, fronts["train"], fronts["val"], dataclasses.replace(config.tune, seed=config.seed))
     else:
