@@ -141,7 +141,9 @@ def finetune(model: DynamicCNN, train: Fronts, val: Fronts, config: TuneConfig) 
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=[config.lr, config.head_lr], pct_start=0.15,
                                                    total_steps=config.epochs * steps_per_epoch)
     rng = np.random.default_rng(config.seed)
-    transform = photo_augmenter(train.images.shape[-1]) if config.augment and train.images is not None else None
+    if config.augment and train.images is None:
+        raise ValueError("fine-tuning with augment needs the photos themselves (Fronts.images)")
+    transform = photo_augmenter(train.images.shape[-1]) if config.augment else None
     history, best, best_state = [], float("inf"), None
     for epoch in range(config.epochs):
         model.train()

@@ -55,6 +55,8 @@ def test_augmented_fine_tuning_trains_the_tail_and_leaves_the_front_and_its_stat
     assert all(torch.equal(front_after[n], t) for n, t in front_before.items())  # weights and BN running stats
     tail_after = [p for m in trunk.tail_modules(cut) for p in m.parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(tail_before, tail_after))
+    with pytest.raises(ValueError, match="photos themselves"):
+        finetune(model, Fronts(cached, cached, targets), train, TuneConfig(cut=cut, epochs=1, augment=True))
 
 
 def _tail_prefixes(trunk, cut: int) -> tuple[str, ...]:
