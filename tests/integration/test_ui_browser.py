@@ -69,7 +69,7 @@ def _text(browser, css: str) -> str:
 
 def _no_policy_violations(browser) -> None:
     messages = [e["message"] for e in browser.get_log("browser")]
-    assert not [m for m in messages if "Content Security Policy" in m or "Uncaught" in m], messages
+    assert not [m for m in messages if "Content Security Policy" in m or "Uncaught" in m or "favicon" in m], messages
 
 
 def _feedback_records(settings, count: int) -> list[Feedback]:
