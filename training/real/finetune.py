@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from serving.models import DynamicCNN
@@ -61,6 +62,12 @@ class Fronts:
         return len(self.plain)
 
 
+def _front(model: DynamicCNN, images: Tensor, cut: int) -> Tensor:
+    """The trunk's blocks before ``cut`` on a uint8 batch (normalised here, as the classifier does)."""
+    x = model.preprocess(images).contiguous(memory_format=torch.channels_last)
+    return model.backbone.features.front(x, cut)
+
+
 def cache_fronts(model: DynamicCNN, split: Split, cut: int, *, batch_size: int = 64, mirrored: bool = True,
                  desc: str = "front") -> Fronts:
     """Run the frozen front over a split's images once (float16 on the host: half the memory)."""
@@ -69,11 +76,10 @@ def cache_fronts(model: DynamicCNN, split: Split, cut: int, *, batch_size: int =
     plain, flipped = [], []
     with torch.inference_mode():
         for start in tqdm(range(0, len(split), batch_size), desc=desc, leave=False, disable=None):
-            x = model.preprocess(torch.from_numpy(split.images[start: start + batch_size]))
-            x = x.contiguous(memory_format=torch.channels_last)
-            plain.append(trunk.front(x, cut).half())
+            x = torch.from_numpy(split.images[start: start + batch_size])
+            plain.append(_front(model, x, cut).half())
             if mirrored:
-                flipped.append(trunk.front(x.flip(3), cut).half())
+                flipped.append(_front(model, x.flip(3), cut).half())
     plain_t = torch.cat(plain)
     return Fronts(plain_t, torch.cat(flipped) if mirrored else plain_t, split.targets(multi=True))
 
@@ -95,19 +101,18 @@ def _forward(model: DynamicCNN, x: Tensor, config: TuneConfig):
     return model.classify(features)
 
 
-def _augmented_front(model: DynamicCNN, images: np.ndarray, transform, cut: int) -> Tensor:
+def _augmented_front(model: DynamicCNN, images: np.ndarray, transform: v2.Compose, cut: int) -> Tensor:
     """The frozen front (its batch norms as trained on ImageNet) on freshly drawn versions of ``images``."""
     trunk = model.backbone.features
     trunk.eval()
     with torch.no_grad():
-        x = model.preprocess(augment(torch.from_numpy(images), transform))
-        out = trunk.front(x.contiguous(memory_format=torch.channels_last), cut)
+        out = _front(model, augment(torch.from_numpy(images), transform), cut)
     trunk.train()
     return out
 
 
 def _batch(model: DynamicCNN, train: Fronts, idx: Tensor, config: TuneConfig, rng: np.random.Generator,
-           transform) -> Tensor:
+           transform: v2.Compose | None) -> Tensor:
     if transform is not None:
         return _augmented_front(model, train.images[idx.numpy()], transform, config.cut)
     mirror = torch.from_numpy(rng.random(len(idx)) < 0.5)[:, None, None, None]
