@@ -9,6 +9,12 @@ features; the head stays in PyTorch (its hint routing is per sample, and it cost
 Which runtime serves is the ``runtime`` setting. A missing artifact, or a host without onnxruntime, serves
 PyTorch eager; an artifact that does not match its checksum, or was built from other weights, refuses the
 whole version (a hot-swap keeps the old one serving), as corrupt weights do.
+
+On a CPU a batch is run in one of two ways (the ``cpu_parallelism`` setting): ``images`` gives each thread
+whole images, one at a time from the batch, through a one-thread session (a thread that finishes takes the
+next image, so a core lent for a moment to another process delays one image, not every operator of the
+batch); ``ops`` runs the batch as one call whose every operator is split across the threads. A batch with
+fewer images than threads always runs as ``ops``, the lower latency for a lone image.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -85,34 +93,43 @@ class OnnxBackbone:
     """One ONNX Runtime session of an exported backbone; called with the staged uint8 batch."""
 
     def __init__(self, path: Path, *, device: torch.device, kind: str = "onnx", threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
-        """``providers``: ONNX Runtime's execution providers to try first (default: CUDA's on a CUDA device)."""
+                 providers: list[str] | None = None, parallelism: Literal["images", "ops"] = "images") -> None:
+        """``providers``: ONNX Runtime's execution providers to try first (default: CUDA's on a CUDA device).
+        ``parallelism``: how a CPU batch uses the ``threads`` (module docstring)."""
         with needs("cpu", "gpu"):
             import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        # Idle pool threads sleep, as torch's OpenMP threads do here (streamcore.runtime): spinning ones
-        # take the cores the decode threads need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        threads = threads or torch.get_num_threads()
         available = ort.get_available_providers()
         wanted = providers if providers is not None else _CUDA_PROVIDERS if device.type == "cuda" else ()
         wanted = [p for p in wanted if p in available and p != "CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(path), options, providers=[*wanted, "CPUExecutionProvider"])
+        self.session = _session(ort, path, threads, [*wanted, "CPUExecutionProvider"])
         self.kind = kind
         self.device = device
         #: Whether inputs and outputs stay on the GPU (bound by pointer, no host copies).
         self.on_device = device.type == "cuda" and self.session.get_providers()[0] != "CPUExecutionProvider"
         self.providers = self.session.get_providers()
         self._features = int(self.session.get_outputs()[0].shape[1])
+        self.parallelism = parallelism if threads > 1 and not self.on_device else "ops"
+        self.threads = threads
+        # One session serves every thread: with one intra-op thread a run computes on its caller's thread,
+        # and ONNX Runtime allows concurrent runs of a session.
+        self._single = _session(ort, path, 1, ["CPUExecutionProvider"]) if self.parallelism == "images" else None
+        self._pool = ThreadPoolExecutor(threads, "onnx-image") if self._single is not None else None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, 3, S, S]`` (on the predictor's device) → float32 features ``[B, F]`` on that device."""
         if self.on_device:
             return self._bound(images)
         pixels = images.cpu().contiguous().numpy()
-        features = self.session.run([OUTPUT], {INPUT: pixels})[0]
+        if self._pool is None or len(pixels) < self.threads:
+            features = self.session.run([OUTPUT], {INPUT: pixels})[0]
+        else:
+            features = np.concatenate(list(self._pool.map(self._one, range(len(pixels)), [pixels] * len(pixels))))
         return torch.from_numpy(features).to(self.device)
+
+    def _one(self, index: int, pixels: np.ndarray) -> np.ndarray:
+        return self._single.run([OUTPUT], {INPUT: pixels[index: index + 1]})[0]
 
     def _bound(self, images: torch.Tensor) -> torch.Tensor:
         images = images.contiguous()
@@ -127,7 +144,17 @@ class OnnxBackbone:
         return out
 
 
-def load_backbone(directory: Path, runtime: str, device: torch.device) -> OnnxBackbone | None:
+def _session(ort, path: Path, threads: int, providers: list[str]):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Idle pool threads sleep, as torch's OpenMP threads do here (streamcore.runtime): spinning ones
+    # take the cores the decode threads need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def load_backbone(directory: Path, runtime: str, device: torch.device, *,
+                  parallelism: Literal["images", "ops"] = "images") -> OnnxBackbone | None:
     """The version's backbone through ONNX Runtime as ``runtime`` asks; None for PyTorch eager (the setting,
     a CUDA device under ``auto``, no artifact, or no onnxruntime).
 
@@ -146,6 +173,6 @@ def load_backbone(directory: Path, runtime: str, device: torch.device) -> OnnxBa
             log.warning("onnxruntime is not installed (%s): %s serves on PyTorch eager", install_hint("cpu", "gpu"),
                         directory.name)
             return None
-        return OnnxBackbone(path, device=device, kind=kind)
+        return OnnxBackbone(path, device=device, kind=kind, parallelism=parallelism)
     log.info("%s has no exported backbone (stylestream export-onnx builds it): PyTorch eager", directory.name)
     return None

@@ -127,7 +127,8 @@ class Predictor:
             found = default_entry()
             log.warning("no checkpoint in %s: serving the packaged default model %s", settings.serving.model_dir, found.version)
         model = found.load(device=device)
-        backbone = load_backbone(found.path, settings.serving.runtime, device)
+        backbone = load_backbone(found.path, settings.serving.runtime, device,
+                                 parallelism=settings.serving.cpu_parallelism)
         if model.config.head != settings.trainer.head:  # the head is the checkpoint's; the setting is what the trainer trains
             log.warning("serving %s with head %s; STYLESTREAM_HEAD=%s applies to the models the trainer trains next",
                         found.version, model.config.head, settings.trainer.head)

@@ -69,6 +69,38 @@ def test_an_exported_version_serves_on_onnx_runtime_with_eager_labels(registry_d
         [lab.categories for lab in eager.predict(images, hints, ids, [0] * 6)]
 
 
+def test_images_and_ops_parallelism_give_the_same_features(registry_dir):
+    path = registry_dir / "v1" / FILES["onnx"]
+    by_images = onnx_backbone.OnnxBackbone(path, device=torch.device("cpu"), threads=3, parallelism="images")
+    by_ops = onnx_backbone.OnnxBackbone(path, device=torch.device("cpu"), threads=3, parallelism="ops")
+    assert (by_images.parallelism, by_ops.parallelism) == ("images", "ops")
+    single_runs = []
+    by_images._single.run = _spy(by_images._single.run, single_runs)
+    images = torch.stack(_batch(_load(registry_dir, "v1").image_size, n=7)[0])
+    for n in (7, 3, 2, 1):  # fewer images than threads run as one call over every thread
+        before = len(single_runs)
+        got, want = by_images(images[:n]), by_ops(images[:n])
+        assert got.shape == want.shape == (n, want.shape[1])
+        assert torch.allclose(got, want, atol=1e-5)
+        assert len(single_runs) - before == (n if n >= 3 else 0)
+    one_thread = onnx_backbone.OnnxBackbone(path, device=torch.device("cpu"), threads=1, parallelism="images")
+    assert one_thread.parallelism == "ops" and one_thread._single is None
+
+
+def _spy(run, calls: list):
+    def spied(*args, **kwargs):
+        calls.append(len(args[1]["images"]))
+        return run(*args, **kwargs)
+    return spied
+
+
+def test_the_setting_reaches_the_served_backbone(registry_dir):
+    for parallelism in ("images", "ops"):
+        settings = Settings.named(model_dir=registry_dir, device="cpu", cpu_parallelism=parallelism)
+        backbone = Predictor.load(settings, "v1").backbone
+        assert backbone.parallelism == (parallelism if backbone.threads > 1 else "ops")
+
+
 @pytest.fixture(scope="module")
 def default_predictors(tmp_path_factory) -> dict[str, Predictor]:
     empty = tmp_path_factory.mktemp("empty")

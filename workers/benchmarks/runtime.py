@@ -4,6 +4,9 @@
     stylestream bench runtime --pipeline           # + the realistic pipeline on PyTorch eager vs ONNX Runtime
     stylestream bench runtime --device cuda        # eager (AMP) vs ONNX Runtime's CUDA (and TensorRT) providers
 
+On a CPU, ``onnx`` runs as the classifier does by default (``cpu_parallelism=images``) and ``onnx_ops`` with
+every operator split across the threads.
+
 Each runtime is a :class:`~serving.predict.Predictor` as the worker builds it (forward in chunks of
 ``cpu_forward_batch`` on a CPU, top-k, label JSON) on the committed fixture's real photos, already staged. The
 runtimes take turns within each round (the order rotates every round), so a drift of the shared host hits
@@ -61,6 +64,8 @@ def runtimes(entry: Entry, device: torch.device) -> dict[str, Predictor]:
         path = verified_artifact(entry.path, kind)
         if path is not None:
             add(kind, OnnxBackbone(path, device=device, kind=kind))
+            if device.type == "cpu" and kind == "onnx":  # the served parallelism (images) against ops
+                add("onnx_ops", OnnxBackbone(path, device=device, kind=kind, parallelism="ops"))
             if device.type == "cuda" and "TensorrtExecutionProvider" in ort.get_available_providers():
                 providers = ["TensorrtExecutionProvider", "CUDAExecutionProvider"]
                 add(f"{kind}_tensorrt", OnnxBackbone(path, device=device, kind=kind, providers=providers))

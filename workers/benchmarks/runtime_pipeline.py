@@ -1,5 +1,6 @@
 """The realistic classifier pipeline (1080 px photos in Kafka → labels in Redis) on PyTorch eager and on ONNX
-Runtime, in turns in one run, each bracketed by the model alone on the same runtime.
+Runtime (its CPU threads running whole images, and splitting every operator), in turns in one run, each
+bracketed by the model alone on the same runtime.
 
 The served version (with its artifacts) is copied into a fresh registry; a ``stylestream worker classify``
 per run serves it with ``STYLESTREAM_RUNTIME`` set, on the same posts (fresh ids) and hints as
@@ -22,8 +23,9 @@ from workers.benchmarks.pipeline import WORKLOADS, workload
 from workers.benchmarks.pipeline_alone import measure_model_alone
 from workers.benchmarks.pipeline_runs import run_saturated
 
-#: The worker's runtimes compared (int8 is offered, not served by default).
-PIPELINE_RUNTIMES = ("torch", "onnx")
+#: The worker's runtimes compared, by the settings that choose them (int8 is offered, not served by default).
+PIPELINE_RUNTIMES = {"torch": {"runtime": "torch"}, "onnx": {"runtime": "onnx"},
+                     "onnx_ops": {"runtime": "onnx", "cpu_parallelism": "ops"}}
 
 
 def pipeline_per_runtime(version_dir: Path, model_alone: dict, *, posts: int, rounds: int, console: Console,
@@ -40,10 +42,11 @@ def pipeline_per_runtime(version_dir: Path, model_alone: dict, *, posts: int, ro
         base = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(registry),
                         hint_wait_ms=2000, device="cpu", decode_idle_priority=True, max_batch=max_batch)
         for round_ in range(rounds):
-            for name in PIPELINE_RUNTIMES if round_ % 2 == 0 else PIPELINE_RUNTIMES[::-1]:
-                settings = base.replace(runtime=name)
+            names = list(PIPELINE_RUNTIMES)
+            for name in names if round_ % 2 == 0 else names[::-1]:
+                settings = base.replace(**PIPELINE_RUNTIMES[name])
                 predictor = Predictor.load(settings)
-                if predictor.runtime != name:
+                if predictor.runtime != settings.serving.runtime:
                     raise RuntimeError(f"the served version cannot run on {name} (it runs on {predictor.runtime})")
                 before = measure_model_alone(predictor, hints, max_batch, 4 * max_batch)[0]
                 console.print(f"pipeline on {name}, max_batch {max_batch}, round {round_ + 1}/{rounds} …")
@@ -64,4 +67,5 @@ def pipeline_per_runtime(version_dir: Path, model_alone: dict, *, posts: int, ro
                      "ratio_to_own_model_alone": round(statistics.median(r["ratio_to_model_alone"] for r in done), 3),
                      "ratio_to_fastest_model_alone": round(rate / fastest, 3), "rounds": done}
     out["onnx_over_torch"] = round(out["onnx"]["images_per_s"] / out["torch"]["images_per_s"], 2)
+    out["images_over_ops"] = round(out["onnx"]["images_per_s"] / out["onnx_ops"]["images_per_s"], 2)
     return out
