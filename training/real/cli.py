@@ -104,15 +104,21 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
     config = dataclasses.replace(config, head=head, **explicit)
     model, history = train_served(prepared, ontology, config)
     metrics = scores(model, prepared, ontology)
+    # What recipes are compared on: the test split is seen once, after the choice.
+    validation = scores(model, prepared, ontology, split="val", conditions=("silent", "mention"))
     training = {"command": command, "config": _jsonable(dataclasses.asdict(config)),
                 "photos": {name: len(recs) for name, recs in prepared.records.items()},
-                "finetune": prepared.history, "head_fit": history, "table2_settings": settings}
+                "finetune": prepared.history, "head_fit": history, "table2_settings": settings,
+                "validation": _jsonable(validation)}
     save_checkpoint(model.cpu(), args.out, config=training, metrics=metrics)
     (args.out / CHECKSUM_FILE).write_text(weights_checksum(args.out) + "\n")
     if args.report:
         from training.real.report import write_real_report
 
         write_real_report(args.report, model, prepared, ontology, metrics, command=command)
+    for kind, got in validation["silent"].items():
+        print(f"validation {kind} (silent text): " + ", ".join(f"{k} {v:.3f}" for k, v in got.items()
+                                                              if isinstance(v, float)), file=sys.stderr)
     street = metrics["silent"].get("street", {})
     print(f"{args.out}: head {head}, street mAP {street.get('mAP', float('nan')):.3f} (silent text)")
     return 0

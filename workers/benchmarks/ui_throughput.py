@@ -1,5 +1,5 @@
-"""The classifier's rate beside the review page: on a backlog of realistic posts (1080 px photos,
-EfficientNet-Lite0 on the CPU), without the page; with headless Chromium showing it on the same machine; with
+"""The classifier's rate beside the review page: on a backlog of realistic posts (1080 px photos, the packaged
+default model as it serves on the CPU), without the page; with headless Chromium showing it on the same machine; with
 the page served here and read from elsewhere; and, to calibrate, beside a process that keeps a fixed share of a
 core busy (``--co-tenant``). Alternating conditions, compared by their steady-state rates (the pipeline
 benchmark's method). Run by ``python -m workers.benchmarks.ui --throughput-posts N``.
@@ -162,7 +162,7 @@ _SAID = {"browser": "with_browser_here", "server": "with_page_served_here"}
 
 def throughput(*, posts: int, rounds: int, timeout: float, co_tenant: float = 0.0,
                pages: tuple[str, ...] = ("browser", "server")) -> dict[str, Any]:
-    """The classifier's rate on the realistic workload (1080 px photos, EfficientNet-Lite0) without and with the
+    """The classifier's rate on the realistic workload (1080 px photos, the packaged model) without and with the
     page open on it, side by side: alternating order, ``rounds`` of each."""
     import tempfile
 
@@ -171,10 +171,10 @@ def throughput(*, posts: int, rounds: int, timeout: float, co_tenant: float = 0.
     generated, truth = pipeline.workload(posts, image_size=1080, photo=True, distinct=64)
     runs: dict[str, list[dict[str, float]]] = {"none": [], **{page: [] for page in pages},
                                                **({"co_tenant": []} if co_tenant else {})}
+    # An empty registry: the classifier serves the packaged default as a user's does (its ONNX backbone, 288 px).
     with EmbeddedStack() as stack, tempfile.TemporaryDirectory() as models:
-        pipeline._publish_model(Path(models), "efficientnet_lite0", "fusion", 224)
         base = Settings.named(kafka=stack.bootstrap, redis_url=stack.redis_url, metrics_port=0, model_dir=Path(models),
-                        backbone="efficientnet_lite0", device="cpu")
+                              device="cpu")
         for n in range(rounds):
             for page in list(runs) if n % 2 == 0 else list(runs)[::-1]:
                 runs[page].append(_classifier_rate(base, generated, truth, page=page, timeout=timeout,
