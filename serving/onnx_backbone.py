@@ -23,6 +23,7 @@ import importlib.util
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -125,10 +126,10 @@ class OnnxBackbone:
         if self._pool is None or len(pixels) < self.threads:
             features = self.session.run([OUTPUT], {INPUT: pixels})[0]
         else:
-            features = np.concatenate(list(self._pool.map(self._one, range(len(pixels)), [pixels] * len(pixels))))
+            features = np.concatenate(list(self._pool.map(partial(self._one, pixels), range(len(pixels)))))
         return torch.from_numpy(features).to(self.device)
 
-    def _one(self, index: int, pixels: np.ndarray) -> np.ndarray:
+    def _one(self, pixels: np.ndarray, index: int) -> np.ndarray:
         return self._single.run([OUTPUT], {INPUT: pixels[index: index + 1]})[0]
 
     def _bound(self, images: torch.Tensor) -> torch.Tensor:
