@@ -37,8 +37,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=RealConfig.image_size)
     parser.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="fine-tuning epochs")
     parser.add_argument("--cut", type=int, default=TuneConfig.cut, help="first trunk block that is fine-tuned")
-    parser.add_argument("--augment", action="store_true", help="fine-tune on photos redrawn each step (frame, "
-                        "aspect, light) instead of cached activations: slower, for longer or whole-trunk fine-tunes")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=TuneConfig.augment,
+                        help="fine-tune on photos redrawn each step (frame, aspect, light); --no-augment reads cached "
+                        "activations instead: faster, for short fine-tunes of the last blocks")
     parser.add_argument("--negatives", type=int, default=RealConfig.negatives, help="drawn no-garment images")
     parser.add_argument("--hint-dropout", type=float, help="served head: share of samples trained without hints "
                         f"(default: Table II's choice, else {RealConfig.hint_dropout})")

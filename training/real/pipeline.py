@@ -157,7 +157,8 @@ def train_served(prepared: Prepared, ontology: Ontology, config: RealConfig, *, 
                "hint_weight": weigh_hints(model, prepared.splits["val"], prepared.features["val"])}
     top = category_probs(model, prepared.splits["val"], prepared.features["val"], hints=False).max(1)
     garment = prepared.splits["val"].categories.any(1)
-    bar = abstain_threshold(top[garment], top[~garment], max_garment_abstain=config.max_garment_abstain)
+    bar = abstain_threshold(top[garment], top[~garment], max_garment_abstain=config.max_garment_abstain,
+                            garment_targets=prepared.splits["val"].categories[garment])
     model.config = dataclasses.replace(model.config, abstain_below=bar, label_floor=config.label_floor)
     return model, history
 

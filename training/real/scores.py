@@ -66,12 +66,22 @@ def reliability(probs: np.ndarray, targets: np.ndarray, bins: int = 10) -> list[
             for b in range(bins) if (which == b).any()]
 
 
-def abstain_threshold(garment_top: np.ndarray, negative_top: np.ndarray, *, max_garment_abstain: float = 0.02) -> float:
+def abstain_threshold(garment_top: np.ndarray, negative_top: np.ndarray, *, max_garment_abstain: float = 0.02,
+                      garment_targets: np.ndarray | None = None) -> float:
     """The abstain bar on the top category probability: as high as keeps at most ``max_garment_abstain`` of
-    garment photos abstaining (on validation), so as many no-garment images as possible abstain."""
+    garment photos abstaining (on validation), so as many no-garment images as possible abstain.
+
+    With ``garment_targets`` (``[N, K]``, the garment photos' categories) the share holds for the photos of
+    each category too: the photos a model is least sure of are mostly of one or two categories (hoodies,
+    skirts), and a bar set on all photos together would refuse a third of those as showing no garment.
+    """
     if not len(garment_top):
         return 0.0
-    bar = float(np.quantile(garment_top, max_garment_abstain))
+    bar = float(np.quantile(garment_top, max_garment_abstain, method="lower"))  # "at most": never interpolated up
+    if garment_targets is not None:
+        for shown in np.asarray(garment_targets, dtype=bool).T:
+            if shown.any():
+                bar = min(bar, float(np.quantile(garment_top[shown], max_garment_abstain, method="lower")))
     if len(negative_top):  # never higher than needed to refuse every negative
         bar = min(bar, float(negative_top.max()) + 1e-6)
     return bar

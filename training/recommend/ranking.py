@@ -23,7 +23,7 @@ Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 EMBED_WEIGHT = 0.5
 #: Explicit coverage's weights of relevance and of style similarity against coverage, and the least share of a
 #: category that makes an item count as one: chosen on the validation photos (docs/recommendations.md).
-COVER_MU, COVER_TAU, COVER_FLOOR = 0.05, 0.05, 0.3
+COVER_MU, COVER_TAU, COVER_FLOOR = 0.15, 0.05, 0.3
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
