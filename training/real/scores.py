@@ -77,11 +77,11 @@ def abstain_threshold(garment_top: np.ndarray, negative_top: np.ndarray, *, max_
     """
     if not len(garment_top):
         return 0.0
-    bar = float(np.quantile(garment_top, max_garment_abstain, method="lower"))  # "at most": never interpolated up
+    groups = [np.ones(len(garment_top), dtype=bool)]  # every garment photo, then each category's photos
     if garment_targets is not None:
-        for shown in np.asarray(garment_targets, dtype=bool).T:
-            if shown.any():
-                bar = min(bar, float(np.quantile(garment_top[shown], max_garment_abstain, method="lower")))
+        groups += [shown for shown in np.asarray(garment_targets, dtype=bool).T if shown.any()]
+    # "lower": the quantile is never interpolated up, so at most the share falls below it.
+    bar = min(float(np.quantile(garment_top[rows], max_garment_abstain, method="lower")) for rows in groups)
     if len(negative_top):  # never higher than needed to refuse every negative
         bar = min(bar, float(negative_top.max()) + 1e-6)
     return bar
