@@ -272,6 +272,11 @@ class TrainerSettings(Section):
     cache_dir: Path = Path("cache/benchmark")
     #: Gate every candidate on real photos too (see ``training.real.gate``).
     real_gate: bool = True
+    #: What the trainer continues while nothing is promoted: the packaged real-photo model, or a model it
+    #: first trains from scratch on the synthetic benchmark.
+    start_from: Literal["packaged", "benchmark"] = "packaged"
+    #: Side of the square copy of each post's image the trainer keeps to learn from corrections.
+    post_image_size: int = Field(288, ge=32, le=1024)
     #: Life of the run lease without renewal: a killed trainer's lease frees itself after this long.
     lease_ttl_s: float = Field(30.0, ge=1)
     #: The guard rolls back a newly promoted version whose labels agree with users' corrections this much

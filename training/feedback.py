@@ -1,9 +1,9 @@
 """User corrections (``feedback`` topic) joined with stored posts into extra training examples.
 
 The classifier does not keep posts, so the trainer keeps its own copy of each (:class:`StoredPost`): the
-text fields and either the image already shrunk to the training size (inline ``b64`` images, ~12 kB at
-64 px) or the ``url``/``path`` reference (loaded only when feedback arrives, so the trainer does not fetch
-every post's image). A :class:`Feedback` record joins to its stored post; the hints come from the text
+text fields and either the image already shrunk to the trainer's square (inline ``b64`` images; kept as a
+JPEG, ~25 kB at 288 px) or the ``url``/``path`` reference (loaded only when feedback arrives, so the trainer
+does not fetch every post's image). A :class:`Feedback` record joins to its stored post; the hints come from the text
 miner on the post's text (as at serving time, never from the feedback), the targets from the feedback.
 Both records have a byte codec (safetensors: no pickle, and equal values give equal bytes, which makes
 replayed writes recognisable) for the durable store in :mod:`training.state`.
@@ -11,15 +11,18 @@ replayed writes recognisable) for the durable store in :mod:`training.state`.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
+import torch
+from PIL import Image
 from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
-from serving.images import decode_image, load_image, to_chw
+from serving.images import decode_scaled, load_image, resize, to_chw
 from serving.models.build import hint_tensors
 from serving.ontology import Ontology
 from streamcore.exceptions import BadInput
@@ -37,6 +40,25 @@ def _text_tensor(value: object) -> np.ndarray:
 
 def _tensor_text(array: np.ndarray) -> object:
     return json.loads(array.tobytes().decode())
+
+
+#: JPEG quality of a kept image: a 288 px photo in ~25 kB instead of 243 kB of pixels. The encoder is
+#: deterministic, so equal pixels still give equal bytes.
+_JPEG_QUALITY = 90
+
+
+def _jpeg(pixels: np.ndarray) -> np.ndarray:
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0))).save(out, "JPEG", quality=_JPEG_QUALITY)
+    return np.frombuffer(out.getvalue(), np.uint8)
+
+
+def _pixels(tensors: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The ``[3, S, S]`` image of a record: a JPEG, or raw pixels in records written before images were encoded."""
+    if "jpeg" in tensors:
+        with Image.open(io.BytesIO(tensors["jpeg"].tobytes())) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
+    return tensors.get("pixels")
 
 
 @dataclass(frozen=True)
@@ -60,7 +82,8 @@ class StoredPost:
         """
         pixels, source = None, post.image
         if post.image.b64 is not None:
-            pixels = to_chw(decode_image(post.image.raw_bytes(), max_pixels=settings.limits.max_image_pixels), image_size)
+            # Decoded as the classifier decodes a post: the same pixels it labelled, at ``image_size``.
+            pixels = decode_scaled(post.image.raw_bytes(), image_size, max_pixels=settings.limits.max_image_pixels)
             source = None
         return cls(post.post_id, post.caption, tuple(post.comments), tuple(post.hashtags), tuple(post.user_tags),
                    pixels, source)
@@ -70,7 +93,7 @@ class StoredPost:
         text["source"] = self.source.model_dump(exclude_none=True) if self.source is not None else None
         tensors = {"text": _text_tensor(text)}
         if self.pixels is not None:
-            tensors["pixels"] = np.ascontiguousarray(self.pixels)
+            tensors["jpeg"] = _jpeg(self.pixels)
         return save_tensors(tensors)
 
     @classmethod
@@ -79,7 +102,7 @@ class StoredPost:
         text = _tensor_text(tensors["text"])
         source = ImageSource(**text["source"]) if text["source"] is not None else None
         return cls(text["post_id"], text["caption"], *(tuple(text[n]) for n in _TEXT_FIELDS[2:]),
-                   tensors.get("pixels"), source)
+                   _pixels(tensors), source)
 
     def image(self, settings: Settings, *, image_size: int) -> np.ndarray:
         """The post's image at ``image_size`` (a url/path image is loaded now).
@@ -90,6 +113,10 @@ class StoredPost:
         if self.pixels is not None:
             return self.pixels
         return to_chw(load_image(self.source, settings), image_size)
+
+
+#: Example fields not stored as arrays of their own.
+_NOT_ARRAYS = ("pixels", "caption", "post_id")
 
 
 @dataclass(frozen=True)
@@ -105,17 +132,21 @@ class Example:
     caption: str
     #: Mined sub-category hint scores, as serving feeds them (None in records stored before they were kept).
     hint_subcategories: np.ndarray | None = None
+    #: The corrected post ("" in records stored before it was kept).
+    post_id: str = ""
 
     def to_bytes(self) -> bytes:
         tensors = {f.name: np.ascontiguousarray(getattr(self, f.name)) for f in fields(self)
-                   if f.name != "caption" and getattr(self, f.name) is not None}
-        return save_tensors({**tensors, "caption": _text_tensor(self.caption)})
+                   if f.name not in _NOT_ARRAYS and getattr(self, f.name) is not None}
+        text = {name: _text_tensor(getattr(self, name)) for name in ("caption", "post_id")}
+        return save_tensors({**tensors, **text, "jpeg": _jpeg(self.pixels)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Example:
         tensors = load_tensors(data)
-        return cls(**{f.name: tensors[f.name] for f in fields(cls) if f.name != "caption" and f.name in tensors},
-                   caption=_tensor_text(tensors["caption"]))
+        kept = {f.name: tensors[f.name] for f in fields(cls) if f.name not in _NOT_ARRAYS and f.name in tensors}
+        text = {name: _tensor_text(tensors[name]) for name in ("caption", "post_id") if name in tensors}
+        return cls(pixels=_pixels(tensors), **kept, **text)
 
     def subcategory_hints(self) -> np.ndarray:
         """Sub-category hint scores; zeros for a record stored without them."""
@@ -149,18 +180,24 @@ def join(feedback: Feedback, stored: StoredPost, *, ontology: Ontology, miner: T
     tensors = hint_tensors([hints], ontology)
     return Example(stored.image(settings, image_size=image_size), tensors.categories[0].numpy(),
                    tensors.attributes[0].numpy(), *targets, stored.caption,
-                   hint_subcategories=tensors.subcategories[0].numpy())
+                   hint_subcategories=tensors.subcategories[0].numpy(), post_id=feedback.post_id)
 
 
-def to_split(examples: Sequence[Example]) -> Split:
-    """Stack examples into a :class:`Split` (at least one example)."""
+def to_split(examples: Sequence[Example], *, size: int | None = None) -> Split:
+    """Stack examples into a :class:`Split` (at least one example), their images resized to ``size`` square
+    (``None``: as kept, which must then be one size)."""
     if not examples:
         raise ValueError("to_split needs at least one example")
 
     def stack(name: str) -> np.ndarray:
         return np.stack([getattr(e, name) for e in examples])
 
-    return Split(stack("pixels"), stack("categories"), stack("subcategories"), stack("attributes"),
+    def image(pixels: np.ndarray) -> np.ndarray:
+        if size is None or pixels.shape[1:] == (size, size):
+            return pixels
+        return resize(torch.from_numpy(pixels)[None], size)[0].numpy()
+
+    return Split(np.stack([image(e.pixels) for e in examples]), stack("categories"), stack("subcategories"), stack("attributes"),
                  stack("hint_categories"), stack("hint_attributes"), np.array([e.caption for e in examples], dtype=str),
                  np.stack([e.subcategory_hints() for e in examples]))
 

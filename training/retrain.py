@@ -1,6 +1,9 @@
-"""One retraining run: a candidate trained on the benchmark plus users' corrections, gated, published, promoted.
+"""One retraining run: a candidate trained on users' corrections, gated, published, promoted.
 
-* **What.** :meth:`Trainer.run_once`: the benchmark training split plus every stored correction (weighted
+* **Real photos.** A model trained on real photos (the packaged default, which the trainer continues while
+  nothing is promoted unless ``start_from`` says ``benchmark``) keeps its trunk, and its head continues on
+  the corrections alone, gated on real photos and held-out corrections (:mod:`training.real.retrain`).
+* **The benchmark.** Any other model: the benchmark training split plus every stored correction (weighted
   like benchmark rows). Warm start: the serving model (Redis pointer → registry, checksum verified) keeps
   its frozen backbone and its head continues training on cached backbone features; a dynamic head in two
   phases, as it was made: the Base it keeps (trunk, categories, silent-text layers) continues first, then
@@ -25,17 +28,17 @@ import copy
 import dataclasses
 import logging
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from serving.checkpoint import save_checkpoint
+from serving.checkpoint import load_config, save_checkpoint
 from serving.models import DynamicCNN, build_head
 from serving.ontology import load_ontology
 from serving.predict import resolve_device
@@ -48,7 +51,17 @@ from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.feedback import Example, concat, to_split
+from training.gating import GATES, GateCheck, GateDecision, gate
 from training.onnx_export import build_or_skip
+from training.progress import RunCancelled, RunProgress
+from training.real.retrain import (
+    Corrections,
+    RetrainConfig,
+    continue_head,
+    held_out_check,
+    is_real_photo_model,
+    table2_hint_dropout,
+)
 from training.train import (
     Batchable,
     FitConfig,
@@ -61,10 +74,6 @@ from training.train import (
 )
 
 log = logging.getLogger(__name__)
-
-#: Gated metrics: name → (level, metric), evaluated with mined hints.
-GATES = {"attribute_p3": ("attribute", "P@3"), "category_p1": ("category", "P@1")}
-
 
 class TrainerConfig(BaseModel):
     """The trainer's knobs. Build it with :meth:`from_settings`: the ``trainer_*`` defaults live in Settings."""
@@ -90,6 +99,9 @@ class TrainerConfig(BaseModel):
     #: Also gate on real photos (the committed fixture): never replace a model that is right about photos by
     #: one that only learnt the synthetic benchmark.
     real_gate: bool = True
+    #: While nothing is promoted: continue the packaged real-photo model, or train one on the benchmark.
+    start_from: Literal["packaged", "benchmark"] = "packaged"
+    post_image_size: int = Field(288, ge=32, description="side of the kept copy of a post's image")
     cache_dir: Path | None
 
     @classmethod
@@ -98,42 +110,13 @@ class TrainerConfig(BaseModel):
         trainer = settings.trainer
         knobs = {name: getattr(trainer, name) for name in
                  ("interval_s", "min_feedback", "gate_margin", "max_posts", "max_examples", "n_train", "n_test",
-                  "epochs", "pretrain_epochs", "multi", "cache_dir", "real_gate", "backbone", "head")}
+                  "epochs", "pretrain_epochs", "multi", "cache_dir", "real_gate", "backbone", "head", "start_from",
+                  "post_image_size")}
         return cls(**{**knobs, "device": settings.serving.device, **overrides})
 
     def benchmark(self, *, multi: bool) -> BenchmarkConfig:
         return BenchmarkConfig(multi=multi, n_train=self.n_train, n_test=self.n_test, size=self.image_size,
                                seed=self.seed)
-
-
-@dataclass(frozen=True)
-class GateCheck:
-    name: str
-    candidate: float
-    serving: float
-    passed: bool
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    """The gate's checks; no checks (no serving model) passes."""
-
-    checks: tuple[GateCheck, ...]
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-
-def gate(candidate: dict[str, dict], serving: dict[str, dict] | None, *, margin: float) -> GateDecision:
-    """Compare :func:`evaluate_model` results (mined hints): each gated metric ≥ serving − ``margin``."""
-    if serving is None:
-        return GateDecision(())
-    checks = []
-    for name, (level, metric) in GATES.items():
-        new, old = candidate[level][metric], serving[level][metric]
-        checks.append(GateCheck(name, new, old, new >= old - margin))
-    return GateDecision(tuple(checks))
 
 
 @dataclass(frozen=True)
@@ -147,6 +130,7 @@ class RunResult:
     metrics: dict
     feedback_examples: int
     seconds: float
+    skipped: str | None = None  # why the run trained nothing
 
 
 @dataclass(frozen=True)
@@ -157,51 +141,6 @@ class Serving:
 
 #: A trained candidate, the backbone features of every split it saw, and its fit history.
 _Trained = tuple[DynamicCNN, dict[str, Tensor], dict]
-
-
-class RunCancelled(StylestreamError):
-    """A training run was stopped at a step boundary; it published nothing."""
-
-
-class RunProgress:
-    """The step hook of one run: exports step, loss and elapsed time, logs them, and stops a cancelled run.
-
-    Args:
-        cancel: set it to stop the run at its next step boundary.
-        log_every_s: seconds between progress log lines.
-    """
-
-    def __init__(self, metrics: StageMetrics, cancel: threading.Event, *, log_every_s: float = 5.0) -> None:
-        self.metrics = metrics
-        self.cancel = cancel
-        self.log_every_s = log_every_s
-        self.steps = 0
-        self.loss: float | None = None
-        self.started = time.monotonic()
-        self._next_log = self.started + log_every_s
-        metrics.trainer_step.set(0)
-        metrics.trainer_elapsed.set(0)
-
-    def __call__(self, step: int, loss: float | None) -> None:
-        """A :data:`~training.train.StepHook`: counts every step of every phase (features and fitting)."""
-        self.check()
-        self.steps += 1
-        now = time.monotonic()
-        self.metrics.trainer_step.set(self.steps)
-        self.metrics.trainer_elapsed.set(now - self.started)
-        if loss is not None:
-            self.loss = loss
-            self.metrics.trainer_loss.set(loss)
-        if now >= self._next_log:
-            self._next_log = now + self.log_every_s
-            log.info("trainer run: step %d, loss %s, %.1f s", self.steps,
-                     f"{self.loss:.4f}" if self.loss is not None else "-", now - self.started)
-
-    def check(self) -> None:
-        """Raise :class:`RunCancelled` once the run was cancelled."""
-        if self.cancel.is_set():
-            raise RunCancelled(f"training run cancelled after {self.steps} steps, "
-                               f"{time.monotonic() - self.started:.1f} s")
 
 
 class Trainer:
@@ -247,9 +186,12 @@ class Trainer:
         started = time.perf_counter()
         try:
             serving = self.serving()
+            base = serving.model if serving is not None else self._start_model()
+            if base is not None and is_real_photo_model(base):
+                return self._run_real(serving, base, examples, started=started, progress=progress, lease=lease)
             multi = serving.model.config.multi if serving else self.config.multi
             splits = self.benchmark(multi=multi)
-            extra = to_split(examples) if examples else None
+            extra = to_split(examples, size=self.config.image_size) if examples else None
             if serving is None:
                 candidate, feats, history = self._train_cold(splits, extra, multi, progress)
             else:
@@ -266,6 +208,50 @@ class Trainer:
         if result.promoted:  # the promoted model keeps this backbone: its cached features stay valid
             self._features = (result.version, {k: v[: len(splits[k])] for k, v in feats.items()})
         return result
+
+    def _start_model(self) -> DynamicCNN | None:
+        """What a run continues while nothing is promoted: the packaged model, or nothing (a cold start)."""
+        return self.default_model() if self.config.start_from == "packaged" else None
+
+    def default_model(self) -> DynamicCNN:
+        """The packaged default (loaded once)."""
+        if self._default is None:
+            self._default = default_entry().load(device=self.device)
+        return self._default
+
+    def learns_multi(self) -> bool:
+        """Whether the model the next run continues takes several categories per photo (so may a correction)."""
+        version = self._redis.get(self.settings.redis.keys.model_current)
+        if version is not None:
+            return load_config(self.registry.get(version.decode()).path).multi
+        return load_config(default_entry().path).multi if self.config.start_from == "packaged" else self.config.multi
+
+    def _run_real(self, serving: Serving | None, base: DynamicCNN, examples: Sequence[Example], *, started: float,
+                  progress: RunProgress | None, lease: Lease | None) -> RunResult:
+        """The head of a real-photo model continues on the corrections; gated on real photos and held-out ones."""
+        corrections = Corrections.of(examples)
+        serving_version = serving.version if serving else None
+        if not corrections.train:
+            self.metrics.trainer_runs.labels("skipped").inc()
+            log.info("trainer run: no corrections to learn from (%d held out); nothing trained", len(corrections.held))
+            return RunResult(False, None, serving_version, GateDecision(()), {}, len(examples),
+                             time.perf_counter() - started, skipped="no corrections to learn from")
+        if base.config.head != self.config.head:
+            log.warning("trainer: STYLESTREAM_HEAD is %s but the real-photo model's head is %s: it continues as it is "
+                        "(another head is trained from labelled photos: stylestream train --data)",
+                        self.config.head, base.config.head)
+        source = self.registry.get(serving.version).path if serving else default_entry().path
+        settings = {"hint_dropout": table2_hint_dropout(source)}
+        config = RetrainConfig(epochs=self.config.epochs, seed=self.config.seed, **settings)
+        candidate, history = continue_head(base, corrections.train, config, device=self.device, on_step=progress)
+        held = held_out_check(candidate, base, corrections.held, margin=self.config.gate_margin, device=self.device)
+        decision = GateDecision(tuple(c for c in (self.real_check(candidate, serving), held) if c is not None))
+        metrics = {"gate": {"margin": self.config.gate_margin, "serving_version": serving_version,
+                            "passed": decision.passed, "checks": [dataclasses.asdict(c) for c in decision.checks]},
+                   "data": {"feedback_examples": len(examples), "trained_on": len(corrections.train),
+                            "held_out": len(corrections.held)}}
+        return self._decide(candidate, decision, metrics, serving, history={**history, "table2_settings": settings},
+                            feedback_examples=len(examples), started=started, progress=progress, lease=lease)
 
     def _fit_config(self) -> FitConfig:
         return FitConfig(epochs=self.config.epochs, lr=self.config.lr, seed=self.config.seed)
@@ -343,13 +329,20 @@ class Trainer:
                             "serving": baseline, "passed": decision.passed,
                             "real_photos": dataclasses.asdict(real) if real else None},
                    "data": {"feedback_examples": feedback_examples, "test_examples": len(test)}}
+        if serving is None:
+            for name in GATES:
+                self.metrics.gate_results.labels(name, "no_baseline").inc()
+        return self._decide(candidate, decision, metrics, serving, history=history, feedback_examples=feedback_examples,
+                            started=started, progress=progress, lease=lease)
+
+    def _decide(self, candidate: DynamicCNN, decision: GateDecision, metrics: dict, serving: Serving | None, *,
+                history: dict | None, feedback_examples: int, started: float, progress: RunProgress | None,
+                lease: Lease | None) -> RunResult:
+        """Count the gate's checks; publish and promote a candidate that passed them all."""
         if progress is not None:
             progress.check()
         for check in decision.checks:
             self.metrics.gate_results.labels(check.name, "pass" if check.passed else "fail").inc()
-        if serving is None:
-            for name in GATES:
-                self.metrics.gate_results.labels(name, "no_baseline").inc()
         version = None
         if decision.passed:
             if lease is not None and not lease.renew():  # publish nothing the fenced promotion would refuse
@@ -370,18 +363,15 @@ class Trainer:
         packaged default that serves while nothing is promoted."""
         from training.real.gate import real_photo_map
 
-        if serving is None:
-            if self._default is None:
-                self._default = default_entry().load(device=self.device)
-            reference = self._default
-        else:
-            reference = serving.model
+        reference = self.default_model() if serving is None else serving.model
         new, old = real_photo_map(candidate, self.ontology), real_photo_map(reference, self.ontology)
         return GateCheck("real_category_map", new, old, new >= old - self.config.gate_margin)
 
     def _publish(self, model: DynamicCNN, metrics: dict, history: dict | None, feedback_examples: int) -> str:
         config = {"trainer": self.config.model_dump(mode="json"), "feedback_examples": feedback_examples,
                   "history": history or {}}
+        if history and "table2_settings" in history:  # what the next run continuing this model trains with
+            config["table2_settings"] = history["table2_settings"]
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(model, Path(tmp) / "ckpt", config=config, metrics=metrics)
             return self.registry.publish(Path(tmp) / "ckpt", build=build_or_skip).version

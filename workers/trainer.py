@@ -143,7 +143,7 @@ class TrainerStage(Stage):
         for _, post in keep:
             try:
                 stored.append(await loop.run_in_executor(
-                    None, lambda p=post: StoredPost.from_post(p, self.settings, image_size=self.config.image_size)))
+                    None, lambda p=post: StoredPost.from_post(p, self.settings, image_size=self.config.post_image_size)))
             except BadInput as exc:  # the classifier dead-letters image problems; here the post is just not kept
                 log.info("trainer: post %s not stored: %s", post.post_id, exc)
         # Redis away: retried (the posts stay uncommitted), never a dead letter for a post that is fine.
@@ -169,7 +169,7 @@ class TrainerStage(Stage):
         if post is None:
             return False
         example = join(feedback, post, ontology=self.trainer.ontology, miner=self.miner, settings=self.settings,
-                       multi=self.config.multi, image_size=self.config.image_size)
+                       multi=self.trainer.learns_multi(), image_size=self.config.post_image_size)
         self.state.put_example(feedback.post_id, example)
         return True
 

@@ -60,7 +60,8 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
     settings = make_settings(model_dir=tmp_path / "models")
     config = TrainerConfig.from_settings(settings, interval_s=None, min_feedback=N_FEEDBACK, n_train=300, n_test=150,
                                          epochs=5, pretrain_epochs=1, cache_dir=tmp_path / "cache", device="cpu",
-                                         real_gate=False)  # plumbing: a synthetic model may replace the default
+                                         real_gate=False,  # plumbing: a synthetic model may replace the default
+                                         start_from="benchmark")
     stage = TrainerStage(settings, config)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(stage.run(),), name="trainer-stage")
@@ -98,8 +99,10 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
 
 #: A small benchmark and few epochs: these tests are about the trainer's plumbing, not model quality.
 #: A gate margin of 1 publishes every finished run, so each run shows in the registry.
+# The run's mechanics on the small synthetic benchmark: a cold start trains there instead of continuing the
+# packaged real-photo model.
 SMALL = {"trainer_n_train": 300, "trainer_n_test": 100, "trainer_epochs": 2, "trainer_pretrain_epochs": 0,
-         "trainer_gate_margin": 1.0, "device": "cpu"}
+         "trainer_gate_margin": 1.0, "device": "cpu", "trainer_start_from": "benchmark"}
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ def cache_dir(tmp_path_factory) -> Path:
 def _trainer(settings, cache_dir: Path) -> Trainer:
     config = TrainerConfig.from_settings(settings, n_train=300, n_test=150, epochs=8, pretrain_epochs=2,
                                          cache_dir=cache_dir, device="cpu", gate_margin=0.01,
-                                         real_gate=False)  # the synthetic gate's mechanics, alone
+                                         real_gate=False,  # the synthetic gate's mechanics, alone
+                                         start_from="benchmark")
     return Trainer(settings, config, StageMetrics("trainer"))
 
 
@@ -176,8 +177,9 @@ def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None
     mined = hint_tensors([miner.mine(post)], ontology)
     np.testing.assert_allclose(example.hint_categories, mined.categories[0].numpy())
     np.testing.assert_allclose(example.hint_subcategories, mined.subcategories[0].numpy())
-    # Equal examples give equal bytes: the store recognises a replayed correction by them.
-    assert example.to_bytes() == join(feedback, stored, **kw).to_bytes()
+    # Equal examples give equal bytes: the store recognises a replayed correction by them (a correction is
+    # always joined with the post as the store returns it).
+    assert example.to_bytes() == join(feedback, StoredPost.from_bytes(stored.to_bytes()), **kw).to_bytes()
     back = Example.from_bytes(example.to_bytes())
     assert back.caption == example.caption and np.array_equal(back.attributes, example.attributes)
 
@@ -280,11 +282,13 @@ def test_the_state_store_is_bounded_and_stores_a_replayed_correction_once(make_s
     client = redis.Redis.from_url(settings.redis.url)
     state = TrainerState(client, prefix=settings.redis.prefix, model_current=settings.redis.keys.model_current,
                          max_posts=2, max_examples=2)
-    posts = [StoredPost.from_post(p, settings, image_size=32)
+    posts = [StoredPost.from_post(p, settings, image_size=288)
              for p, _ in generate_posts(load_ontology(), 3, seed=4, prefix="st")]
     state.put_posts(posts)
     assert state.posts() == 2 and state.post(posts[0].post_id) is None  # bounded: the oldest went first
-    assert np.array_equal(state.post(posts[2].post_id).pixels, posts[2].pixels)
+    # Kept as a JPEG: the same picture within its loss (about 1.5 of 255 on a 288 px photo).
+    kept = state.post(posts[2].post_id).pixels
+    assert kept.shape == posts[2].pixels.shape and np.abs(kept.astype(int) - posts[2].pixels).mean() < 4
 
     def example(i: int) -> Example:
         row = np.zeros(4, np.float32)

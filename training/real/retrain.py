@@ -1,0 +1,147 @@
+"""The trainer's run on a real-photo model: its head continues on users' corrections, gated on real photos.
+
+A model trained on real photos (one with an abstain bar) is never retrained on the synthetic benchmark: a
+candidate that learnt drawn garments would be at chance on photos. Instead:
+
+* **Data.** Every stored correction, its photo as the trainer kept it. One in five (by a hash of the post id,
+  so a replayed or revised correction lands on the same side) is held out for the gate.
+* **Training.** The trunk stays frozen; the head continues from the head the model serves, on the trunk's
+  pooled features, with hints dropped at the rate Table II chose for this model (its checkpoint records it).
+  Each step's loss adds a pull back toward the head it started from (L2-SP): a hundred corrections move the
+  model where they disagree with it without undoing what thousands of photos taught it. Without that pull,
+  100 validation photos as corrections cost up to 0.05 mAP on held-out photos; with it, nothing
+  (docs/models-and-training.md).
+* **Gate** (:func:`checks`): category mAP on the packaged fixture's real photos (text silent), and category
+  mAP on the held-out corrections (their mined hints, as served) once there are :data:`MIN_HELD_OUT` of them;
+  each at least the replaced model's minus the margin.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from serving.models import DynamicCNN
+from serving.models.build import HintTensors
+from training.feedback import Example, to_split
+from training.gating import GateCheck
+from training.metrics import mean_average_precision
+from training.train import Batchable, StepHook, compute_loss, drop_hints, extract_features, predict
+
+#: One correction in this many is held out for the gate.
+HOLDOUT_EVERY = 5
+#: Held-out corrections below this count are too few to judge a candidate by; the fixture alone gates.
+MIN_HELD_OUT = 10
+
+
+def is_real_photo_model(model: DynamicCNN) -> bool:
+    """Whether ``model`` was trained on real photos (``training.real``): only those set an abstain bar."""
+    return model.config.abstain_below > 0
+
+
+def held_out(example: Example) -> bool:
+    """Whether a correction is kept for the gate rather than trained on (the same answer for every correction of
+    a post; by photo and caption for a correction stored without its post id)."""
+    key = example.post_id.encode() if example.post_id else example.pixels.tobytes() + example.caption.encode()
+    digest = hashlib.sha256(key).digest()
+    return int.from_bytes(digest[:4], "big") % HOLDOUT_EVERY == 0
+
+
+def table2_hint_dropout(checkpoint: Path) -> float:
+    """The hint-dropout rate Table II chose for the checkpoint's head (0 when it records none)."""
+    training = json.loads((Path(checkpoint) / "config.json").read_text()).get("training", {})
+    chosen = training.get("table2_settings") or training.get("config") or {}
+    return float(chosen.get("hint_dropout", 0.0))
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """How a real-photo head continues on corrections."""
+
+    epochs: int = 10
+    lr: float = 0.003
+    #: Weight of the squared distance to the starting head's parameters, added to each step's loss.
+    anchor: float = 1.0
+    batch_size: int = 32
+    hint_dropout: float = 0.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """The corrections of one run, trained on and held out, as splits at the model's input size."""
+
+    train: list[Example]
+    held: list[Example]
+
+    @classmethod
+    def of(cls, examples: Sequence[Example]) -> Corrections:
+        held = [held_out(e) for e in examples]
+        return cls([e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h])
+
+
+def corrected(model: DynamicCNN, examples: Sequence[Example], *, device: str,
+              on_step: StepHook | None = None) -> Batchable:
+    """The examples as a batchable split: their photos' pooled trunk features (preprocessed as the model serves
+    them), mined hints and corrected targets."""
+    split = to_split(examples, size=model.config.preprocess.image_size)
+    feats = extract_features(model, torch.from_numpy(split.images), device=device, batch_size=32, on_step=on_step)
+    return Batchable.from_split(split, multi=model.config.multi, inputs=feats)
+
+
+def continue_head(model: DynamicCNN, examples: Sequence[Example], config: RetrainConfig, *, device: str,
+                  on_step: StepHook | None = None) -> tuple[DynamicCNN, dict]:
+    """A candidate sharing ``model``'s frozen trunk whose head continued on ``examples``; and its history."""
+    data = corrected(model, examples, device=device, on_step=on_step)
+    candidate = DynamicCNN(model.backbone, copy.deepcopy(model.head), model.config).to(device)
+    start = {name: p.detach().clone() for name, p in candidate.head.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in candidate.head.parameters() if p.requires_grad], lr=config.lr, momentum=0.9)
+    torch.manual_seed(config.seed)
+    order, hint_order = (torch.Generator().manual_seed(config.seed + k) for k in (0, 1))
+    history, step = [], 0
+    for epoch in range(config.epochs):
+        candidate.train()
+        candidate.backbone.eval()
+        total = 0.0
+        for x, hints, y in data.batches(config.batch_size, order):
+            hints = HintTensors(*(t.to(device) for t in drop_hints(hints, config.hint_dropout, hint_order)))
+            out = candidate.classify(x.to(device), hints.categories, hints.attributes, hints.subcategories)
+            loss = compute_loss(out, {k: v.to(device) for k, v in y.items()}, multi=model.config.multi)
+            pull = sum(((p - start[name]) ** 2).sum() for name, p in candidate.head.named_parameters() if p.requires_grad)
+            optimizer.zero_grad(set_to_none=True)
+            (loss + config.anchor * pull).backward()
+            optimizer.step()
+            total += loss.item() * len(x)
+            step += 1
+            if on_step is not None:
+                on_step(step, loss.item())
+        history.append({"epoch": epoch, "train_loss": total / len(data.inputs)})
+    candidate.eval()
+    return candidate, {"history": history, "examples": len(examples), "config": dataclasses.asdict(config)}
+
+
+def corrections_map(model: DynamicCNN, data: Batchable) -> float:
+    """Category mAP of ``model`` on corrected photos, with the hints mined from their text (as served)."""
+    out = predict(model, data, features=True, device=str(next(model.parameters()).device))
+    scores = torch.sigmoid(out.categories) if model.config.multi else torch.softmax(out.categories, 1)
+    truth = data.targets["categories"]
+    if not model.config.multi:  # class indices → one-hot, as mAP ranks every class
+        truth = torch.nn.functional.one_hot(truth, scores.shape[1])
+    return mean_average_precision(scores, truth)
+
+
+def held_out_check(candidate: DynamicCNN, reference: DynamicCNN, held: Sequence[Example], *, margin: float,
+                   device: str) -> GateCheck | None:
+    """Candidate against ``reference`` on held-out corrections; None when there are too few to judge by."""
+    if len(held) < MIN_HELD_OUT:
+        return None
+    data = corrected(reference, held, device=device)  # one frozen trunk: the same features for both
+    return GateCheck.at_least("corrections_category_map", corrections_map(candidate, data),
+                              corrections_map(reference, data), margin=margin)
