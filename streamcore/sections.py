@@ -277,6 +277,9 @@ class TrainerSettings(Section):
     start_from: Literal["packaged", "benchmark"] = "packaged"
     #: Side of the square copy of each post's image the trainer keeps to learn from corrections.
     post_image_size: int = Field(288, ge=32, le=1024)
+    #: A manifest (or folder per category) of real photos no model trains on: every candidate must also score
+    #: at least the model it replaces there (category mAP, text silent).
+    gate_data: Path | None = None
     #: Life of the run lease without renewal: a killed trainer's lease frees itself after this long.
     lease_ttl_s: float = Field(30.0, ge=1)
     #: The guard rolls back a newly promoted version whose labels agree with users' corrections this much

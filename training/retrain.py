@@ -102,6 +102,7 @@ class TrainerConfig(BaseModel):
     #: While nothing is promoted: continue the packaged real-photo model, or train one on the benchmark.
     start_from: Literal["packaged", "benchmark"] = "packaged"
     post_image_size: int = Field(288, ge=32, description="side of the kept copy of a post's image")
+    gate_data: Path | None = Field(None, description="a manifest of held-out real photos every candidate is gated on")
     cache_dir: Path | None
 
     @classmethod
@@ -111,7 +112,7 @@ class TrainerConfig(BaseModel):
         knobs = {name: getattr(trainer, name) for name in
                  ("interval_s", "min_feedback", "gate_margin", "max_posts", "max_examples", "n_train", "n_test",
                   "epochs", "pretrain_epochs", "multi", "cache_dir", "real_gate", "backbone", "head", "start_from",
-                  "post_image_size")}
+                  "post_image_size", "gate_data")}
         return cls(**{**knobs, "device": settings.serving.device, **overrides})
 
     def benchmark(self, *, multi: bool) -> BenchmarkConfig:
@@ -159,6 +160,10 @@ class Trainer:
         # Benchmark features of one backbone, keyed by the version that backbone belongs to.
         self._features: tuple[str, dict[str, Tensor]] | None = None
         self._default: DynamicCNN | None = None  # the packaged default, loaded for the real-photo check
+        if config.gate_data is not None:  # a wrong path fails at start, not an hour later in the first run
+            from training.real.manifest import read_manifest
+
+            read_manifest(config.gate_data, self.ontology)
 
     def serving(self) -> Serving | None:
         """The model the Redis pointer names, loaded with its checksum verified; None when unset."""
@@ -245,7 +250,7 @@ class Trainer:
         config = RetrainConfig(epochs=self.config.epochs, seed=self.config.seed, **settings)
         candidate, history = continue_head(base, corrections.train, config, device=self.device, on_step=progress)
         held = held_out_check(candidate, base, corrections.held, margin=self.config.gate_margin, device=self.device)
-        decision = GateDecision(tuple(c for c in (self.real_check(candidate, serving), held) if c is not None))
+        decision = GateDecision((*self.real_checks(candidate, serving), *([held] if held is not None else [])))
         metrics = {"gate": {"margin": self.config.gate_margin, "serving_version": serving_version,
                             "passed": decision.passed, "checks": [dataclasses.asdict(c) for c in decision.checks]},
                    "data": {"feedback_examples": len(examples), "trained_on": len(corrections.train),
@@ -321,13 +326,12 @@ class Trainer:
         mined = self._evaluate(candidate, test, features, hints=True)
         baseline = self._evaluate(serving.model, test, features, hints=True) if serving else None
         decision = gate(mined, baseline, margin=self.config.gate_margin)
-        real = self.real_check(candidate, serving) if self.config.real_gate else None
-        if real is not None:
-            decision = GateDecision((*decision.checks, real))
+        real = self.real_checks(candidate, serving) if self.config.real_gate else ()
+        decision = GateDecision((*decision.checks, *real))
         metrics = {"mined": mined, "none": self._evaluate(candidate, test, features, hints=False),
                    "gate": {"margin": self.config.gate_margin, "serving_version": serving.version if serving else None,
                             "serving": baseline, "passed": decision.passed,
-                            "real_photos": dataclasses.asdict(real) if real else None},
+                            "real_photos": [dataclasses.asdict(c) for c in real]},
                    "data": {"feedback_examples": feedback_examples, "test_examples": len(test)}}
         if serving is None:
             for name in GATES:
@@ -366,6 +370,18 @@ class Trainer:
         reference = self.default_model() if serving is None else serving.model
         new, old = real_photo_map(candidate, self.ontology), real_photo_map(reference, self.ontology)
         return GateCheck("real_category_map", new, old, new >= old - self.config.gate_margin)
+
+    def real_checks(self, candidate: DynamicCNN, serving: Serving | None) -> tuple[GateCheck, ...]:
+        """:meth:`real_check`, and the same on the operator's held-out photos when ``gate_data`` names them."""
+        from training.real.gate import manifest_photos, real_photo_map
+
+        checks = (self.real_check(candidate, serving),)
+        if self.config.gate_data is None:
+            return checks
+        reference = self.default_model() if serving is None else serving.model
+        photos = manifest_photos(self.config.gate_data, self.ontology)
+        new, old = (real_photo_map(m, self.ontology, photos=photos) for m in (candidate, reference))
+        return (*checks, GateCheck.at_least("gate_data_category_map", new, old, margin=self.config.gate_margin))
 
     def _publish(self, model: DynamicCNN, metrics: dict, history: dict | None, feedback_examples: int) -> str:
         config = {"trainer": self.config.model_dump(mode="json"), "feedback_examples": feedback_examples,

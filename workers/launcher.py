@@ -127,7 +127,8 @@ def start_stage(stage: str, env: dict[str, str], *, prefix: Sequence[str] = (), 
     return spawn([*prefix, sys.executable, "-m", "workers.cli", "worker", stage], env=env, **popen)
 
 
-#: A demo's trainer bootstraps a model in about a minute on two cores instead of many.
+#: A demo's trainer told to start from the synthetic benchmark bootstraps a model in about a minute on two cores
+#: instead of many (its default continues the packaged model, which needs none of these).
 _DEMO_TRAINER = {"trainer_n_train": 3000, "trainer_n_test": 600, "trainer_epochs": 6, "trainer_pretrain_epochs": 2}
 
 

@@ -1,13 +1,16 @@
 """The trainer's real-photo check: a candidate must be as right as the model it replaces on real photos.
 
-The benchmark the trainer learns from is synthetic; a candidate can pass the benchmark's gate and still be
-at chance on photos (a model that only ever saw drawn garments is). So the candidate and the model it would
-replace (the serving one, or the packaged default when nothing serves yet) are both scored on the
-committed fixture's real photos, which no model was trained on, by category mAP.
+A candidate can pass the benchmark's gate and still be at chance on photos (a model that only ever saw drawn
+garments is), and one that learnt from a few corrections can forget what it knew. So the candidate and the
+model it would replace (the serving one, or the packaged default when nothing serves yet) are both scored
+by category mAP on the committed fixture's real photos, which no model was trained on, and on the operator's
+own held-out photos when a manifest of them is configured (``STYLESTREAM_TRAINER_GATE_DATA``: street photos
+of their own customers, say, which the fixture of single garments does not show).
 """
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,7 +23,10 @@ from serving.ontology import Ontology
 from training.metrics import mean_average_precision
 from training.real.data import targets
 from training.real.fixture import fixture_records
-from training.real.images import MAX_PIXELS
+from training.real.images import MAX_PIXELS, load_records
+from training.real.manifest import ManifestError, read_manifest
+
+log = logging.getLogger(__name__)
 
 #: The fixture's photos are decoded once at this side; each model's own preprocessing resizes from it.
 _SIDE = 320
@@ -34,10 +40,31 @@ def fixture_photos(ontology: Ontology) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images), torch.from_numpy(targets(records, ontology)[0])
 
 
+@lru_cache(maxsize=2)
+def manifest_photos(path: Path, ontology: Ontology) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``[N, 3, 320, 320]`` photos of a manifest (every split: the operator holds them out) and their
+    multi-hot categories; a photo that does not load is left out and logged.
+
+    Raises:
+        ManifestError: the manifest cannot be read or holds no photo.
+    """
+    records = read_manifest(path, ontology)
+    images, errors = load_records(records, _SIDE, desc="gate photos")
+    for error in filter(None, errors):
+        log.warning("gate photo left out: %s", error)
+    keep = [i for i, e in enumerate(errors) if not e]
+    if not keep:
+        raise ManifestError(f"{path}: no gate photo could be loaded")
+    kept = [records[i] for i in keep]
+    return torch.from_numpy(images[keep]), torch.from_numpy(targets(kept, ontology)[0])
+
+
 @torch.inference_mode()
-def real_photo_map(model: DynamicCNN, ontology: Ontology, *, batch_size: int = 32) -> float:
-    """Category mAP of ``model`` on the fixture's real photos, text silent."""
-    images, truth = fixture_photos(ontology)
+def real_photo_map(model: DynamicCNN, ontology: Ontology, *, photos: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   batch_size: int = 32) -> float:
+    """Category mAP of ``model`` on real photos, text silent: ``photos`` (images, multi-hot categories), by default
+    the fixture's."""
+    images, truth = photos if photos is not None else fixture_photos(ontology)
     model.eval()
     device = next(model.parameters()).device
     scores = []
