@@ -53,12 +53,14 @@ def _jpeg(pixels: np.ndarray) -> np.ndarray:
     return np.frombuffer(out.getvalue(), np.uint8)
 
 
+def _decoded(jpeg: np.ndarray) -> np.ndarray:
+    with Image.open(io.BytesIO(jpeg.tobytes())) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
 def _pixels(tensors: dict[str, np.ndarray]) -> np.ndarray | None:
     """The ``[3, S, S]`` image of a record: a JPEG, or raw pixels in records written before images were encoded."""
-    if "jpeg" in tensors:
-        with Image.open(io.BytesIO(tensors["jpeg"].tobytes())) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).copy()
-    return tensors.get("pixels")
+    return _decoded(tensors["jpeg"]) if "jpeg" in tensors else tensors.get("pixels")
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,11 @@ _NOT_ARRAYS = ("pixels", "caption", "post_id")
 
 @dataclass(frozen=True)
 class Example:
-    """One training row: image, mined hint scores and the feedback's multi-hot targets."""
+    """One training row: image, mined hint scores and the feedback's multi-hot targets.
+
+    ``pixels`` is uint8 ``[3, S, S]``, or (read back from the store) the 1-D bytes of its JPEG, decoded only by
+    :meth:`image`: a run over tens of thousands of corrections holds their JPEGs, not their pixels.
+    """
 
     pixels: np.ndarray
     hint_categories: np.ndarray
@@ -139,14 +145,19 @@ class Example:
         tensors = {f.name: np.ascontiguousarray(getattr(self, f.name)) for f in fields(self)
                    if f.name not in _NOT_ARRAYS and getattr(self, f.name) is not None}
         text = {name: _text_tensor(getattr(self, name)) for name in ("caption", "post_id")}
-        return save_tensors({**tensors, **text, "jpeg": _jpeg(self.pixels)})
+        jpeg = self.pixels if self.pixels.ndim == 1 else _jpeg(self.pixels)
+        return save_tensors({**tensors, **text, "jpeg": jpeg})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Example:
         tensors = load_tensors(data)
         kept = {f.name: tensors[f.name] for f in fields(cls) if f.name not in _NOT_ARRAYS and f.name in tensors}
         text = {name: _tensor_text(tensors[name]) for name in ("caption", "post_id") if name in tensors}
-        return cls(pixels=_pixels(tensors), **kept, **text)
+        return cls(pixels=tensors["jpeg"] if "jpeg" in tensors else tensors["pixels"], **kept, **text)
+
+    def image(self) -> np.ndarray:
+        """The uint8 ``[3, S, S]`` image (decoded now when kept as a JPEG)."""
+        return _decoded(self.pixels) if self.pixels.ndim == 1 else self.pixels
 
     def subcategory_hints(self) -> np.ndarray:
         """Sub-category hint scores; zeros for a record stored without them."""
@@ -183,9 +194,10 @@ def join(feedback: Feedback, stored: StoredPost, *, ontology: Ontology, miner: T
                    hint_subcategories=tensors.subcategories[0].numpy(), post_id=feedback.post_id)
 
 
-def to_split(examples: Sequence[Example], *, size: int | None = None) -> Split:
+def to_split(examples: Sequence[Example], *, size: int | None = None, images: bool = True) -> Split:
     """Stack examples into a :class:`Split` (at least one example), their images resized to ``size`` square
-    (``None``: as kept, which must then be one size)."""
+    (``None``: as kept, which must then be one size); ``images=False`` leaves the images out (an empty
+    ``[N, 3, 0, 0]``), for a split whose inputs are features computed apart."""
     if not examples:
         raise ValueError("to_split needs at least one example")
 
@@ -197,7 +209,8 @@ def to_split(examples: Sequence[Example], *, size: int | None = None) -> Split:
             return pixels
         return resize(torch.from_numpy(pixels)[None], size)[0].numpy()
 
-    return Split(np.stack([image(e.pixels) for e in examples]), stack("categories"), stack("subcategories"), stack("attributes"),
+    pixels = np.stack([image(e.image()) for e in examples]) if images else np.zeros((len(examples), 3, 0, 0), np.uint8)
+    return Split(pixels, stack("categories"), stack("subcategories"), stack("attributes"),
                  stack("hint_categories"), stack("hint_attributes"), np.array([e.caption for e in examples], dtype=str),
                  np.stack([e.subcategory_hints() for e in examples]))
 

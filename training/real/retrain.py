@@ -37,6 +37,8 @@ from training.train import Batchable, StepHook, compute_loss, drop_hints, extrac
 
 #: One correction in this many is held out for the gate.
 HOLDOUT_EVERY = 5
+#: Corrections decoded at once to compute their features.
+_CHUNK = 256
 #: Held-out corrections below this count are too few to judge a candidate by; the fixture alone gates.
 MIN_HELD_OUT = 10
 
@@ -91,9 +93,11 @@ def corrected(model: DynamicCNN, examples: Sequence[Example], *, device: str,
               on_step: StepHook | None = None) -> Batchable:
     """The examples as a batchable split: their photos' pooled trunk features (preprocessed as the model serves
     them), mined hints and corrected targets."""
-    split = to_split(examples, size=model.config.preprocess.image_size)
-    feats = extract_features(model, torch.from_numpy(split.images), device=device, batch_size=32, on_step=on_step)
-    return Batchable.from_split(split, multi=model.config.multi, inputs=feats)
+    size, feats = model.config.preprocess.image_size, []
+    for start in range(0, len(examples), _CHUNK):  # decoded a chunk at a time: JPEGs in memory, not pixels
+        images = to_split(examples[start: start + _CHUNK], size=size).images
+        feats.append(extract_features(model, torch.from_numpy(images), device=device, batch_size=32, on_step=on_step))
+    return Batchable.from_split(to_split(examples, images=False), multi=model.config.multi, inputs=torch.cat(feats))
 
 
 def continue_head(model: DynamicCNN, examples: Sequence[Example], config: RetrainConfig, *, device: str,

@@ -18,6 +18,7 @@ from serving.ontology import load_ontology
 from serving.registry import default_entry
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Feedback
+from streamcore.settings import Settings
 from training.feedback import Example, StoredPost, join
 from training.real.posts import fixture_posts
 from training.real.retrain import HOLDOUT_EVERY, MIN_HELD_OUT, held_out, is_real_photo_model, table2_hint_dropout
@@ -62,6 +63,16 @@ def test_one_correction_in_five_is_held_out_and_always_the_same_one():
     revised = [dataclasses.replace(e, categories=np.ones(4, np.float32), caption="other") for e in examples]
     assert ([held_out(e) for e in examples] == [held_out(Example.from_bytes(e.to_bytes())) for e in examples]
             == [held_out(e) for e in revised])
+
+
+def test_a_stored_correction_stays_a_jpeg_until_its_image_is_needed():
+    photo = next(fixture_posts(ONTOLOGY, 1, seed=3))[0]
+    pixels = StoredPost.from_post(photo, Settings.named(), image_size=288).pixels
+    example = Example(pixels, *(np.zeros(4, np.float32),) * 5, "caption", post_id="p")
+    back = Example.from_bytes(example.to_bytes())
+    assert back.pixels.ndim == 1 and back.pixels.nbytes < pixels.nbytes / 5  # the JPEG is what is held
+    assert back.image().shape == pixels.shape and np.abs(back.image().astype(int) - pixels).mean() < 4
+    assert back.to_bytes() == example.to_bytes()  # stored again as it was, not re-encoded
 
 
 @pytest.mark.integration  # the trainer reads the serving pointer from the embedded Redis
