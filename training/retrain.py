@@ -227,8 +227,11 @@ class Trainer:
     def learns_multi(self) -> bool:
         """Whether the model the next run continues takes several categories per photo (so may a correction)."""
         version = self._redis.get(self.settings.redis.keys.model_current)
-        if version is not None:
-            return load_config(self.registry.get(version.decode()).path).multi
+        try:
+            if version is not None:
+                return load_config(self.registry.get(version.decode()).path).multi
+        except (KeyError, ValueError, OSError) as exc:  # a bad pointer must not stop corrections being kept
+            log.warning("trainer: the serving pointer %r names no readable version (%s)", version, exc)
         return load_config(default_entry().path).multi if self.config.start_from == "packaged" else self.config.multi
 
     def _run_real(self, serving: Serving | None, base: DynamicCNN, examples: Sequence[Example], *, started: float,

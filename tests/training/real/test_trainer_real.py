@@ -82,6 +82,10 @@ def test_corrections_of_real_photos_retrain_the_packaged_model_and_wrong_ones_ar
     assert config.start_from == "packaged"  # the default: nothing promoted, so the packaged model is continued
     trainer = Trainer(settings, config, StageMetrics("trainer"))
     assert trainer.learns_multi()  # a street photo's correction may name every garment it shows
+    pointer = redis.Redis.from_url(settings.redis.url)
+    pointer.set(settings.redis.keys.model_current, "v-gone")  # bad Redis state: corrections are still taken
+    assert trainer.learns_multi()
+    pointer.delete(settings.redis.keys.model_current)
 
     nothing = trainer.run_once([])
     assert nothing.skipped and not nothing.promoted and trainer.registry.versions() == []
