@@ -78,7 +78,7 @@ class RetrainConfig:
 
 @dataclass(frozen=True)
 class Corrections:
-    """The corrections of one run, trained on and held out, as splits at the model's input size."""
+    """The corrections of one run: those trained on and those held out for the gate."""
 
     train: list[Example]
     held: list[Example]
