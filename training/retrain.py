@@ -355,7 +355,9 @@ class Trainer:
             if lease is not None and not lease.renew():  # publish nothing the fenced promotion would refuse
                 raise LeaseLost("lost the run lease before publishing")
             version = self._publish(candidate, metrics, history, feedback_examples)
-            promote(self.settings, version, lease=lease)
+            checks = ", ".join(f"{c.name} {c.candidate:.3f} vs {c.serving:.3f}" for c in decision.checks)
+            reason = f"a trainer run passed the gate ({feedback_examples} corrections; {checks or 'nothing to compare'})"
+            promote(self.settings, version, lease=lease, reason=reason)
         self.metrics.trainer_runs.labels("promoted" if decision.passed else "rejected").inc()
         self.metrics.trainer_last_success.set_to_current_time()
         result = RunResult(decision.passed, version, serving.version if serving else None, decision, metrics,

@@ -72,6 +72,10 @@ def test_corrections_of_real_photos_promote_a_model_the_classifier_then_serves(m
         assert run.feedback_examples == N_POSTS and run.serving_version is None
         assert run.promoted and set(checks) == {"real_category_map", "corrections_category_map"}
         assert store.get(settings.redis.keys.model_current).decode() == run.version
+        # The promotion log (the review page's model page) says why, with the gate's figures.
+        event = json.loads(store.lindex(settings.redis.keys.model_events, 0))
+        assert event["version"] == run.version and "real_category_map" in event["reason"]
+        assert f"{N_POSTS} corrections" in event["reason"]
         stored = json.loads((settings.serving.model_dir / run.version / CONFIG_FILE).read_text())
         assert stored["model"] == json.loads((default_entry().path / CONFIG_FILE).read_text())["model"]
 
