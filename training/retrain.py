@@ -241,6 +241,7 @@ class Trainer:
         serving_version = serving.version if serving else None
         if not corrections.train:
             self.metrics.trainer_runs.labels("skipped").inc()
+            self.metrics.trainer_last_success.set_to_current_time()  # the trainer works: it had nothing to learn
             log.info("trainer run: no corrections to learn from (%d held out); nothing trained", len(corrections.held))
             return RunResult(False, None, serving_version, GateDecision(()), {}, len(examples),
                              time.perf_counter() - started, skipped="no corrections to learn from")

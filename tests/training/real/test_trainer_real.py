@@ -89,6 +89,8 @@ def test_corrections_of_real_photos_retrain_the_packaged_model_and_wrong_ones_ar
 
     nothing = trainer.run_once([])
     assert nothing.skipped and not nothing.promoted and trainer.registry.versions() == []
+    assert trainer.metrics.trainer_runs.labels("skipped")._value.get() == 1
+    assert trainer.metrics.trainer_last_success._value.get() > 0  # nothing to learn is not a failure
 
     wrong = trainer.run_once(_examples(settings, shuffled=True))
     checks = {c.name: c for c in wrong.decision.checks}
