@@ -115,3 +115,20 @@ def test_corrections_of_real_photos_retrain_the_packaged_model_and_wrong_ones_ar
     assert table2_hint_dropout(entry.path) == table2_hint_dropout(default_entry().path)
     data = json.loads((Path(entry.path) / METRICS_FILE).read_text())["data"]
     assert data["trained_on"] + data["held_out"] == data["feedback_examples"] == len(examples)
+
+
+def test_the_corrections_probe_reports_each_recipe_against_the_packaged_model(tmp_path, monkeypatch):
+    from training.real import corrections_probe
+    from training.real.fixture import FIXTURE_MANIFEST
+
+    monkeypatch.setattr(corrections_probe, "GRID", [(0.0, 0.03), (1.0, 0.003)])  # two recipes: the rest cost time
+
+    out = tmp_path / "probe.json"
+    # The fixture's photos are of its source's test split: here they only exercise the probe.
+    args = ["--data", str(FIXTURE_MANIFEST), "--split", "test", "--epochs", "1", "--out", str(out)]
+    assert corrections_probe.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["corrections"] > 0 and report["held_out"] > 0
+    assert report["rows"][0]["candidate"] == "packaged" and len(report["rows"]) == 3
+    packaged = report["rows"][0]
+    assert packaged["fixture_map"] > 0.8 and all(0 <= r["single_garment_map_silent"] <= 1 for r in report["rows"])
