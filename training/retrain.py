@@ -38,7 +38,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from serving.checkpoint import load_config, save_checkpoint
+from serving.checkpoint import save_checkpoint
 from serving.models import DynamicCNN, build_head
 from serving.ontology import load_ontology
 from serving.predict import resolve_device
@@ -49,6 +49,7 @@ from streamcore.exceptions import StylestreamError
 from streamcore.lease import Lease, LeaseLost
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
+from training.continued import learns_multi
 from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.feedback import Example, concat, to_split
 from training.gating import GATES, GateCheck, GateDecision, gate
@@ -159,7 +160,7 @@ class Trainer:
         self._redis = redisconn.connect(settings.redis)
         # Benchmark features of one backbone, keyed by the version that backbone belongs to.
         self._features: tuple[str, dict[str, Tensor]] | None = None
-        self._default: DynamicCNN | None = None  # the packaged default, loaded for the real-photo check
+        self._default: tuple[str, DynamicCNN] | None = None  # what serves while nothing is promoted, loaded
         if config.gate_data is not None:  # a wrong path fails at start, not an hour later in the first run
             from training.real.manifest import read_manifest
 
@@ -215,24 +216,21 @@ class Trainer:
         return result
 
     def _start_model(self) -> DynamicCNN | None:
-        """What a run continues while nothing is promoted: the packaged model, or nothing (a cold start)."""
-        return self.default_model() if self.config.start_from == "packaged" else None
+        """What a run continues while nothing is promoted: what serves then, or nothing (a cold start)."""
+        return self.unpromoted_model() if self.config.start_from == "packaged" else None
 
-    def default_model(self) -> DynamicCNN:
-        """The packaged default (loaded once)."""
-        if self._default is None:
-            self._default = default_entry().load(device=self.device)
-        return self._default
+    def unpromoted_model(self) -> DynamicCNN:
+        """What a classifier serves while nothing is promoted: the registry's newest version, else the packaged
+        default (loaded once per version)."""
+        entry = self.registry.newest() or default_entry()
+        if self._default is None or self._default[0] != entry.version:
+            self._default = (entry.version, entry.load(device=self.device))
+        return self._default[1]
 
     def learns_multi(self) -> bool:
         """Whether the model the next run continues takes several categories per photo (so may a correction)."""
         version = self._redis.get(self.settings.redis.keys.model_current)
-        try:
-            if version is not None:
-                return load_config(self.registry.get(version.decode()).path).multi
-        except (KeyError, ValueError, OSError) as exc:  # a bad pointer must not stop corrections being kept
-            log.warning("trainer: the serving pointer %r names no readable version (%s)", version, exc)
-        return load_config(default_entry().path).multi if self.config.start_from == "packaged" else self.config.multi
+        return learns_multi(self.settings, version.decode() if version is not None else None)
 
     def _run_real(self, serving: Serving | None, base: DynamicCNN, examples: Sequence[Example], *, started: float,
                   progress: RunProgress | None, lease: Lease | None) -> RunResult:
@@ -249,7 +247,7 @@ class Trainer:
             log.warning("trainer: STYLESTREAM_HEAD is %s but the real-photo model's head is %s: it continues as it is "
                         "(another head is trained from labelled photos: stylestream train --data)",
                         self.config.head, base.config.head)
-        source = self.registry.get(serving.version).path if serving else default_entry().path
+        source = self.registry.get(serving.version).path if serving else (self.registry.newest() or default_entry()).path
         settings = {"hint_dropout": table2_hint_dropout(source)}
         config = RetrainConfig(epochs=self.config.epochs, seed=self.config.seed, **settings)
         candidate, history = continue_head(base, corrections.train, config, device=self.device, on_step=progress)
@@ -373,7 +371,7 @@ class Trainer:
         packaged default that serves while nothing is promoted."""
         from training.real.gate import real_photo_map
 
-        reference = self.default_model() if serving is None else serving.model
+        reference = self.unpromoted_model() if serving is None else serving.model
         new, old = real_photo_map(candidate, self.ontology), real_photo_map(reference, self.ontology)
         return GateCheck("real_category_map", new, old, new >= old - self.config.gate_margin)
 
@@ -384,7 +382,7 @@ class Trainer:
         checks = (self.real_check(candidate, serving),)
         if self.config.gate_data is None:
             return checks
-        reference = self.default_model() if serving is None else serving.model
+        reference = self.unpromoted_model() if serving is None else serving.model
         photos = manifest_photos(self.config.gate_data, self.ontology)
         new, old = (real_photo_map(m, self.ontology, photos=photos) for m in (candidate, reference))
         return (*checks, GateCheck.at_least("gate_data_category_map", new, old, margin=self.config.gate_margin))

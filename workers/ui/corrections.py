@@ -14,21 +14,33 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from serving.ontology import Ontology
 from streamcore.kafka import make_producer
 from streamcore.schemas import Feedback, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
+from training.continued import learns_multi
 
 
 class Refused(ValueError):
     """A correction the page will not send (the message says why, for the person who made it)."""
 
 
+async def corrections_multi(settings: Settings, redis: Redis) -> bool:
+    """Whether a correction may name several categories: the kind of model the trainer's next run continues
+    (:func:`training.continued.learns_multi`); with Redis away, what serves while nothing is promoted."""
+    try:
+        version = await redis.get(settings.redis.keys.model_current)
+    except RedisError:
+        version = None
+    return await asyncio.to_thread(learns_multi, settings, version.decode() if version is not None else None)
+
+
 def terms(ontology: Ontology, *, multi: bool) -> dict[str, Any]:
     """The choices the correction form searches: categories, sub-categories (with their category), attributes;
-    ``multi``: whether a post may have several categories (the trainer's model kind)."""
+    ``multi``: whether a post may have several categories (:func:`corrections_multi`)."""
     return {
         "multi": multi,
         "categories": ontology.category_names,

@@ -27,7 +27,7 @@ from streamcore.extras import MissingExtra
 from streamcore.settings import Settings
 from workers.ui import security
 from workers.ui.cards import Filters
-from workers.ui.corrections import Publisher, Refused, check
+from workers.ui.corrections import Publisher, Refused, check, corrections_multi
 from workers.ui.live import Broadcaster
 from workers.ui.models import model_facts
 from workers.ui.sheets import MAX_CELLS, contact_sheet
@@ -114,7 +114,7 @@ async def feedback(request: Request) -> Response:
     if not security.signed_in(request, ui.settings.ui.token):
         return _json({"error": "sign in with the page's token first"}, 401)
     try:
-        correction = check(await _body(request), ui.ontology, multi=ui.settings.trainer.multi)
+        correction = check(await _body(request), ui.ontology, multi=await corrections_multi(ui.settings, ui.redis))
     except Refused as exc:
         return _json({"error": str(exc)}, 422)
     try:

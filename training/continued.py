@@ -1,0 +1,42 @@
+"""Which model the trainer's next run continues, and so what a correction may say.
+
+A run continues the model that serves: the version the serving pointer names, or while nothing is promoted
+what a classifier then serves (the registry's newest version, else the packaged real-photo model), unless
+``start_from="benchmark"`` asks for a model trained from scratch on the synthetic benchmark. A correction of a
+multi-label model (the packaged one: a street photo shows several garments) may name several categories; one
+of a single-label model names exactly one. The trainer, when it joins a correction, and the review page, when
+it takes one, ask the same question here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from serving.checkpoint import load_config
+from serving.registry import Entry, Registry, default_entry
+from streamcore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def continued_entry(settings: Settings, version: str | None) -> Entry | None:
+    """The checkpoint a run continues; ``None`` for a cold start on the benchmark.
+
+    Args:
+        version: the serving pointer's value (``None`` while nothing is promoted).
+    """
+    registry = Registry(settings.serving.model_dir)
+    if version is not None:
+        try:
+            return registry.get(version)
+        except (KeyError, ValueError) as exc:  # a bad pointer must not stop corrections being taken
+            log.warning("the serving pointer %r names no published version (%s)", version, exc)
+    if settings.trainer.start_from != "packaged":
+        return None
+    return registry.newest() or default_entry()
+
+
+def learns_multi(settings: Settings, version: str | None) -> bool:
+    """Whether the model a run continues takes several categories per photo (so may a correction)."""
+    entry = continued_entry(settings, version)
+    return load_config(entry.path).multi if entry is not None else settings.trainer.multi
