@@ -62,6 +62,8 @@ def _scores(model, held: Split, feats: torch.Tensor, street: np.ndarray, ontolog
     for text in ("silent", "captions"):
         probs = category_probs(model, held, feats, hints=text == "captions")
         for kind, rows in (("street", street), ("single_garment", ~street)):
+            if not rows.any():
+                continue
             aps = average_precisions(probs[rows], held.categories[rows], ontology.category_names)
             out[f"{kind}_map_{text}"] = float(np.nanmean(list(aps.values())))
     return out
