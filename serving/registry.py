@@ -99,6 +99,10 @@ class Registry:
         versions = self.versions()
         return self.get(versions[-1]) if versions else None
 
+    def unpromoted(self) -> Entry:
+        """What a worker serves when no pointer is set: the newest published version, else the packaged default."""
+        return self.newest() or default_entry()
+
     def verified(self) -> list[str]:
         """Versions that loaded, passed verification and served, least recently verified first.
 

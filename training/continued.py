@@ -11,9 +11,11 @@ it takes one, ask the same question here.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
+from pathlib import Path
 
 from serving.checkpoint import load_config
-from serving.registry import Entry, Registry, default_entry
+from serving.registry import Entry, Registry
 from streamcore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,10 +35,16 @@ def continued_entry(settings: Settings, version: str | None) -> Entry | None:
             log.warning("the serving pointer %r names no published version (%s)", version, exc)
     if settings.trainer.start_from != "packaged":
         return None
-    return registry.newest() or default_entry()
+    return registry.unpromoted()
 
 
 def learns_multi(settings: Settings, version: str | None) -> bool:
     """Whether the model a run continues takes several categories per photo (so may a correction)."""
     entry = continued_entry(settings, version)
-    return load_config(entry.path).multi if entry is not None else settings.trainer.multi
+    return _multi(entry.path) if entry is not None else settings.trainer.multi
+
+
+@lru_cache(maxsize=64)
+def _multi(checkpoint: Path) -> bool:
+    # A published checkpoint never changes: asked per correction, its config is read once.
+    return load_config(checkpoint).multi

@@ -43,7 +43,7 @@ from serving.models import DynamicCNN, build_head
 from serving.ontology import load_ontology
 from serving.predict import resolve_device
 from serving.promotion import promote
-from serving.registry import Registry, default_entry
+from serving.registry import Registry
 from streamcore import redisconn
 from streamcore.exceptions import StylestreamError
 from streamcore.lease import Lease, LeaseLost
@@ -222,7 +222,7 @@ class Trainer:
     def unpromoted_model(self) -> DynamicCNN:
         """What a classifier serves while nothing is promoted: the registry's newest version, else the packaged
         default (loaded once per version)."""
-        entry = self.registry.newest() or default_entry()
+        entry = self.registry.unpromoted()
         if self._default is None or self._default[0] != entry.version:
             self._default = (entry.version, entry.load(device=self.device))
         return self._default[1]
@@ -247,7 +247,7 @@ class Trainer:
             log.warning("trainer: STYLESTREAM_HEAD is %s but the real-photo model's head is %s: it continues as it is "
                         "(another head is trained from labelled photos: stylestream train --data)",
                         self.config.head, base.config.head)
-        source = self.registry.get(serving.version).path if serving else (self.registry.newest() or default_entry()).path
+        source = (self.registry.get(serving.version) if serving else self.registry.unpromoted()).path
         settings = {"hint_dropout": table2_hint_dropout(source)}
         config = RetrainConfig(epochs=self.config.epochs, seed=self.config.seed, **settings)
         candidate, history = continue_head(base, corrections.train, config, device=self.device, on_step=progress)

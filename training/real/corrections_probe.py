@@ -33,7 +33,7 @@ from training.real.gate import real_photo_map
 from training.real.images import load_records
 from training.real.manifest import read_manifest
 from training.real.pipeline import STREET, category_probs
-from training.real.retrain import RetrainConfig, continue_head, corrected
+from training.real.retrain import RetrainConfig, continue_head, trunk_features
 from training.real.scores import average_precisions
 
 #: (anchor, learning rate) pairs tried; the trainer's setting is RetrainConfig's default.
@@ -43,16 +43,16 @@ GRID = [(anchor, lr) for anchor in (0.0, 1.0) for lr in (0.003, 0.01, 0.03)]
 def _examples(manifests: list[Path], ontology: Ontology, size: int, split_name: str) -> tuple[list[Example], np.ndarray]:
     """Every whole photo of a split with a garment as a correction, and which of them are street photos."""
     records = [r for m in manifests for r in read_manifest(m, ontology)]
-    val = [r for r in split_records(records)[split_name] if r.box is None and r.categories]
-    images, errors = load_records(val, size, desc="validation photos")
+    chosen = [r for r in split_records(records)[split_name] if r.box is None and r.categories]
+    images, errors = load_records(chosen, size, desc=f"{split_name} photos")
     keep = [i for i, e in enumerate(errors) if not e]
-    val, images = [val[i] for i in keep], images[keep]
-    split = build_split(val, images, ontology, condition="main", seed=0, heldout=False)
+    chosen, images = [chosen[i] for i in keep], images[keep]
+    split = build_split(chosen, images, ontology, condition="main", seed=0, heldout=False)
     examples = [Example(images[i], split.hint_categories[i], split.hint_attributes[i], split.categories[i],
                         split.subcategories[i], split.attributes[i], str(split.captions[i]),
                         hint_subcategories=split.hint_subcategories[i], post_id=Path(r.image).name)
-                for i, r in enumerate(val)]
-    return examples, np.array([r.source in STREET for r in val])
+                for i, r in enumerate(chosen)]
+    return examples, np.array([r.source in STREET for r in chosen])
 
 
 def _scores(model, held: Split, feats: torch.Tensor, street: np.ndarray, ontology: Ontology) -> dict:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     held = np.array([int(hashlib.sha256(e.post_id.encode()).hexdigest(), 16) % 2 == 0 for e in examples])
     train = [e for e, h in zip(examples, held) if not h]
     test = [e for e, h in zip(examples, held) if h]
-    feats = corrected(model, test, device="cpu").inputs  # one frozen trunk: the same features for every candidate
+    feats = trunk_features(model, test, device="cpu")  # one frozen trunk: the same features for every candidate
     split = to_split(test, images=False)
     rows = [{"candidate": "packaged", **_scores(model, split, feats, street[held], ontology)}]
     for anchor, lr in GRID:

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import torch
 
+from serving.checkpoint import CONFIG_FILE
 from serving.models import DynamicCNN
 from serving.models.build import HintTensors
 from training.feedback import Example, to_split
 from training.gating import GateCheck
-from training.metrics import mean_average_precision
-from training.train import Batchable, StepHook, compute_loss, drop_hints, extract_features, predict
+from training.train import Batchable, StepHook, compute_loss, drop_hints, evaluate_model, extract_features
 
 #: One correction in this many is held out for the gate.
 HOLDOUT_EVERY = 5
@@ -59,7 +59,7 @@ def held_out(example: Example) -> bool:
 
 def table2_hint_dropout(checkpoint: Path) -> float:
     """The hint-dropout rate Table II chose for the checkpoint's head (0 when it records none)."""
-    training = json.loads((Path(checkpoint) / "config.json").read_text()).get("training", {})
+    training = json.loads((Path(checkpoint) / CONFIG_FILE).read_text()).get("training", {})
     chosen = training.get("table2_settings") or training.get("config") or {}
     return float(chosen.get("hint_dropout", 0.0))
 
@@ -90,21 +90,21 @@ class Corrections:
         return cls([e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h])
 
 
-def corrected(model: DynamicCNN, examples: Sequence[Example], *, device: str,
-              on_step: StepHook | None = None) -> Batchable:
-    """The examples as a batchable split: their photos' pooled trunk features (preprocessed as the model serves
-    them), mined hints and corrected targets."""
+def trunk_features(model: DynamicCNN, examples: Sequence[Example], *, device: str,
+                   on_step: StepHook | None = None) -> torch.Tensor:
+    """Pooled trunk features ``[N, F]`` of the examples' photos, preprocessed as the model serves them."""
     size, feats = model.config.preprocess.image_size, []
     for start in range(0, len(examples), _CHUNK):  # decoded a chunk at a time: JPEGs in memory, not pixels
         images = to_split(examples[start: start + _CHUNK], size=size).images
         feats.append(extract_features(model, torch.from_numpy(images), device=device, batch_size=32, on_step=on_step))
-    return Batchable.from_split(to_split(examples, images=False), multi=model.config.multi, inputs=torch.cat(feats))
+    return torch.cat(feats)
 
 
 def continue_head(model: DynamicCNN, examples: Sequence[Example], config: RetrainConfig, *, device: str,
                   on_step: StepHook | None = None) -> tuple[DynamicCNN, dict]:
     """A candidate sharing ``model``'s frozen trunk whose head continued on ``examples``; and its history."""
-    data = corrected(model, examples, device=device, on_step=on_step)
+    feats = trunk_features(model, examples, device=device, on_step=on_step)
+    data = Batchable.from_split(to_split(examples, images=False), multi=model.config.multi, inputs=feats)
     candidate = DynamicCNN(model.backbone, copy.deepcopy(model.head), model.config).to(device)
     start = {name: p.detach().clone() for name, p in candidate.head.named_parameters()}
     optimizer = torch.optim.SGD([p for p in candidate.head.parameters() if p.requires_grad], lr=config.lr, momentum=0.9)
@@ -132,21 +132,14 @@ def continue_head(model: DynamicCNN, examples: Sequence[Example], config: Retrai
     return candidate, {"history": history, "examples": len(examples), "config": dataclasses.asdict(config)}
 
 
-def corrections_map(model: DynamicCNN, data: Batchable) -> float:
-    """Category mAP of ``model`` on corrected photos, with the hints mined from their text (as served)."""
-    out = predict(model, data, features=True, device=str(next(model.parameters()).device))
-    scores = torch.sigmoid(out.categories) if model.config.multi else torch.softmax(out.categories, 1)
-    truth = data.targets["categories"]
-    if not model.config.multi:  # class indices → one-hot, as mAP ranks every class
-        truth = torch.nn.functional.one_hot(truth, scores.shape[1])
-    return mean_average_precision(scores, truth)
-
-
 def held_out_check(candidate: DynamicCNN, reference: DynamicCNN, held: Sequence[Example], *, margin: float,
                    device: str) -> GateCheck | None:
-    """Candidate against ``reference`` on held-out corrections; None when there are too few to judge by."""
+    """Candidate against ``reference`` by category mAP on held-out corrections, with the hints mined from their
+    text (as served); None when there are too few to judge by."""
     if len(held) < MIN_HELD_OUT:
         return None
-    data = corrected(reference, held, device=device)  # one frozen trunk: the same features for both
-    return GateCheck.at_least("corrections_category_map", corrections_map(candidate, data),
-                              corrections_map(reference, data), margin=margin)
+    split = to_split(held, images=False)
+    feats = trunk_features(reference, held, device=device)  # one frozen trunk: the same features for both
+    new, old = (evaluate_model(m, split, features=feats, hints=True, device=device)["category"]["mAP"]
+                for m in (candidate, reference))
+    return GateCheck.at_least("corrections_category_map", new, old, margin=margin)
