@@ -366,26 +366,20 @@ class Trainer:
                  result.seconds, [dataclasses.astuple(c) for c in decision.checks])
         return result
 
-    def real_check(self, candidate: DynamicCNN, serving: Serving | None) -> GateCheck:
-        """Category mAP on real photos against what the candidate would replace: the serving model, or the
-        packaged default that serves while nothing is promoted."""
-        from training.real.gate import real_photo_map
+    def real_checks(self, candidate: DynamicCNN, serving: Serving | None) -> tuple[GateCheck, ...]:
+        """Against what the candidate would replace (the serving model, or the packaged default that serves while
+        nothing is promoted): category mAP on the fixture's real photos and on the operator's held-out photos
+        when ``gate_data`` names them, and how often it answers garment photos and refuses no-garment images."""
+        from training.real.gate import manifest_photos, real_photo_checks, real_photo_map
 
         reference = self.unpromoted_model() if serving is None else serving.model
-        new, old = real_photo_map(candidate, self.ontology), real_photo_map(reference, self.ontology)
-        return GateCheck("real_category_map", new, old, new >= old - self.config.gate_margin)
-
-    def real_checks(self, candidate: DynamicCNN, serving: Serving | None) -> tuple[GateCheck, ...]:
-        """:meth:`real_check`, and the same on the operator's held-out photos when ``gate_data`` names them."""
-        from training.real.gate import manifest_photos, real_photo_map
-
-        checks = (self.real_check(candidate, serving),)
+        margin = self.config.gate_margin
+        checks = real_photo_checks(candidate, reference, self.ontology, margin=margin)
         if self.config.gate_data is None:
             return checks
-        reference = self.unpromoted_model() if serving is None else serving.model
         photos = manifest_photos(self.config.gate_data, self.ontology)
         new, old = (real_photo_map(m, self.ontology, photos=photos) for m in (candidate, reference))
-        return (*checks, GateCheck.at_least("gate_data_category_map", new, old, margin=self.config.gate_margin))
+        return (*checks, GateCheck.at_least("gate_data_category_map", new, old, margin=margin))
 
     def _publish(self, model: DynamicCNN, metrics: dict, history: dict | None, feedback_examples: int) -> str:
         config = {"trainer": self.config.model_dump(mode="json"), "feedback_examples": feedback_examples,

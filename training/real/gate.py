@@ -6,6 +6,12 @@ model it would replace (the serving one, or the packaged default when nothing se
 by category mAP on the committed fixture's real photos, which no model was trained on, and on the operator's
 own held-out photos when a manifest of them is configured (``STYLESTREAM_TRAINER_GATE_DATA``: street photos
 of their own customers, say, which the fixture of single garments does not show).
+
+mAP ranks each category's photos and so cannot see a head that moved every category's logits together: a
+candidate that labels noise with a garment, or refuses real garments, keeps its mAP. So a model that
+abstains is also held to the model it replaces on how many of the fixture's garment photos it answers and
+how many drawn no-garment images (flat colours, noise, gradients, blurred noise; another seed than
+training's) it refuses (:func:`real_photo_checks`).
 """
 
 from __future__ import annotations
@@ -20,16 +26,22 @@ import torch
 from serving.images import decode_scaled
 from serving.models import DynamicCNN
 from serving.ontology import Ontology
+from training.gating import GateCheck
 from training.metrics import mean_average_precision
 from training.real.data import targets
 from training.real.fixture import fixture_records
-from training.real.images import MAX_PIXELS, load_records
+from training.real.images import MAX_PIXELS, load_records, no_garment_images
 from training.real.manifest import ManifestError, read_manifest
 
 log = logging.getLogger(__name__)
 
 #: The fixture's photos are decoded once at this side; each model's own preprocessing resizes from it.
 _SIDE = 320
+#: Drawn no-garment images a candidate must refuse as often as the model it replaces, and their seed.
+NO_GARMENT_IMAGES, _NO_GARMENT_SEED = 80, 20261204
+#: How much the shares of garment photos answered and no-garment images refused may fall, at least: one
+#: image of the 80 drawn is 0.0125, so a tighter ``gate_margin`` would refuse a candidate for one image.
+ABSTAIN_MARGIN = 0.03
 
 
 @lru_cache(maxsize=1)
@@ -60,15 +72,52 @@ def manifest_photos(path: Path, ontology: Ontology) -> tuple[torch.Tensor, torch
 
 
 @torch.inference_mode()
-def real_photo_map(model: DynamicCNN, ontology: Ontology, *, photos: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   batch_size: int = 32) -> float:
-    """Category mAP of ``model`` on real photos, text silent: ``photos`` (images, multi-hot categories), by default
-    the fixture's."""
-    images, truth = photos if photos is not None else fixture_photos(ontology)
+def category_scores(model: DynamicCNN, images: torch.Tensor, *, batch_size: int = 32) -> torch.Tensor:
+    """``model``'s category probabilities ``[N, K]`` for uint8 images, text silent."""
     model.eval()
     device = next(model.parameters()).device
     scores = []
     for start in range(0, len(images), batch_size):
         out = model(model.preprocess(images[start: start + batch_size].to(device))).categories.float()
         scores.append((torch.sigmoid(out) if model.config.multi else torch.softmax(out, 1)).cpu())
-    return mean_average_precision(torch.cat(scores), truth)
+    return torch.cat(scores)
+
+
+def real_photo_map(model: DynamicCNN, ontology: Ontology, *, photos: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   batch_size: int = 32) -> float:
+    """Category mAP of ``model`` on real photos, text silent: ``photos`` (images, multi-hot categories), by default
+    the fixture's."""
+    images, truth = photos if photos is not None else fixture_photos(ontology)
+    return mean_average_precision(category_scores(model, images, batch_size=batch_size), truth)
+
+
+@lru_cache(maxsize=1)
+def no_garment_photos() -> torch.Tensor:
+    """uint8 ``[N, 3, 320, 320]`` drawn images that show no garment."""
+    return torch.from_numpy(no_garment_images(NO_GARMENT_IMAGES, _SIDE, seed=_NO_GARMENT_SEED))
+
+
+def _answered(scores: torch.Tensor, bar: float) -> float:
+    return float((scores.max(1).values >= bar).float().mean())
+
+
+def real_photo_checks(candidate: DynamicCNN, reference: DynamicCNN, ontology: Ontology, *,
+                      margin: float) -> tuple[GateCheck, ...]:
+    """The candidate against ``reference`` on the fixture's real photos: category mAP within ``margin``; and,
+    when either model abstains, the share of garment photos answered and of drawn no-garment images refused
+    (``abstain: "no_garment"``), each within ``margin`` or :data:`ABSTAIN_MARGIN`, whichever is wider."""
+    images, truth = fixture_photos(ontology)
+    new, old = (category_scores(m, images) for m in (candidate, reference))
+    checks = [GateCheck.at_least("real_category_map", mean_average_precision(new, truth),
+                                 mean_average_precision(old, truth), margin=margin)]
+    bars = candidate.config.abstain_below, reference.config.abstain_below
+    if max(bars) <= 0:
+        return tuple(checks)
+    wide = max(margin, ABSTAIN_MARGIN)
+    garment = truth.any(1)
+    checks.append(GateCheck.at_least("real_garment_answered", _answered(new[garment], bars[0]),
+                                     _answered(old[garment], bars[1]), margin=wide))
+    refused = [1 - _answered(category_scores(m, no_garment_photos()), bar) for m, bar in zip((candidate, reference), bars,
+                                                                                            strict=True)]
+    checks.append(GateCheck.at_least("no_garment_refused", *refused, margin=wide))
+    return tuple(checks)

@@ -1,11 +1,13 @@
-"""The trainer's real-photo check: a candidate that only knows the synthetic benchmark cannot replace the
-packaged real-photo model."""
+"""The trainer's real-photo checks: a candidate that only knows the synthetic benchmark cannot replace the
+packaged real-photo model, nor can one that labels noise or refuses garments."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
+import torch
 
 from serving.models import build_model
 from serving.ontology import load_ontology
@@ -13,7 +15,7 @@ from serving.registry import default_entry
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 from training.real.fixture import fixture_records
-from training.real.gate import manifest_photos, real_photo_map
+from training.real.gate import ABSTAIN_MARGIN, NO_GARMENT_IMAGES, manifest_photos, real_photo_checks, real_photo_map
 from training.real.manifest import ManifestError
 from training.retrain import Trainer, TrainerConfig
 
@@ -29,8 +31,48 @@ def test_a_candidate_at_chance_on_photos_fails_against_the_packaged_default(tmp_
     settings = Settings.named(model_dir=tmp_path, redis_url="redis://127.0.0.1:9")  # never connects here
     trainer = Trainer(settings, TrainerConfig.from_settings(settings, device="cpu"), StageMetrics("trainer"))
     candidate = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
-    check = trainer.real_check(candidate, None)
-    assert check.name == "real_category_map" and not check.passed and check.serving > check.candidate
+    checks = {c.name: c for c in trainer.real_checks(candidate, None)}
+    check = checks["real_category_map"]
+    assert not check.passed and check.serving > check.candidate
+    # It never abstains: every no-garment image gets a garment, where the packaged model refuses them.
+    refused = checks["no_garment_refused"]
+    assert not refused.passed and refused.candidate == 0 and refused.serving > 0.9
+
+
+def _shifted(model, by: float):
+    """``model`` with every category logit moved by ``by``: each category's ranking of photos, so its mAP, as
+    before."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        out.head.categories.bias.add_(by)
+    return out
+
+
+def _by_name(checks) -> dict:
+    return {c.name: c for c in checks}
+
+
+def test_a_head_that_moved_every_category_keeps_its_map_and_is_refused_for_abstaining():
+    packaged = default_entry().load()
+    bold = _shifted(packaged, 12.0)  # labels noise with a garment (drawn noise sits ~10 logits below the bar)
+    checks = _by_name(real_photo_checks(bold, packaged, ONTOLOGY, margin=0.01))
+    refused = checks["no_garment_refused"]
+    assert refused.serving > 0.9 and checks["real_garment_answered"].serving > 0.9
+    # The mAP check cannot see it (only probabilities saturating at 1 in float32 tie a few photos).
+    assert checks["real_category_map"].passed and checks["real_garment_answered"].passed
+    assert not refused.passed and refused.candidate < refused.serving - 0.5
+
+    shy = _shifted(packaged, -4.0)  # refuses real garments as showing none
+    checks = _by_name(real_photo_checks(shy, packaged, ONTOLOGY, margin=0.01))
+    answered = checks["real_garment_answered"]
+    assert checks["real_category_map"].passed and checks["no_garment_refused"].passed
+    assert not answered.passed and answered.candidate < answered.serving - 0.3
+
+    # The margin is never narrower than one drawn image or fixture photo could move a share.
+    assert ABSTAIN_MARGIN > 1 / NO_GARMENT_IMAGES and ABSTAIN_MARGIN > 1 / 100
+    never = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
+    assert never.config.abstain_below == 0
+    assert set(_by_name(real_photo_checks(never, never, ONTOLOGY, margin=0.01))) == {"real_category_map"}
 
 
 def test_operator_held_out_photos_gate_every_candidate_too(tmp_path):
@@ -43,7 +85,7 @@ def test_operator_held_out_photos_gate_every_candidate_too(tmp_path):
     trainer = Trainer(settings, config, StageMetrics("trainer"))
     candidate = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
     checks = {c.name: c for c in trainer.real_checks(candidate, None)}
-    assert set(checks) == {"real_category_map", "gate_data_category_map"}
+    assert set(checks) == {"real_category_map", "gate_data_category_map", "real_garment_answered", "no_garment_refused"}
     held = checks["gate_data_category_map"]
     assert not held.passed and held.serving > held.candidate + 0.3
     photos = manifest_photos(tmp_path / "held.jsonl", ONTOLOGY)
