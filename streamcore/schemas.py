@@ -164,18 +164,35 @@ class Label(_Message):
 class Feedback(_Message):
     """``feedback/v1``: a user's correction of one post's labels on the ``feedback`` topic (ontology term names).
 
-    ``schema`` and ``sent_by`` are optional: records written before they existed still parse.
+    ``categories: []`` says the photo shows no garment (a label's ``abstain: "no_garment"``); such a
+    correction names no sub-category or attribute either. ``schema`` and ``sent_by`` are optional: records
+    written before they existed still parse.
     """
 
     schema_: Literal["feedback/v1"] = Field("feedback/v1", alias="schema")
     post_id: PostId
-    categories: list[str] = Field(min_length=1, max_length=64)
+    categories: list[str] = Field(max_length=64)
     subcategories: list[str] = Field(default_factory=list, max_length=256)
     attributes: list[str] = Field(default_factory=list, max_length=256)
     #: Who sent it: the name a person gave the review page, or the tool that wrote the record.
     sent_by: str | None = Field(None, min_length=1, max_length=128)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # The JSON Schema says what the validator below does: no category, then no sub-category or attribute.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, json_schema_extra={
+        "if": {"properties": {"categories": {"maxItems": 0}}, "required": ["categories"]},
+        "then": {"properties": {"subcategories": {"maxItems": 0}, "attributes": {"maxItems": 0}}}})
+
+    @model_validator(mode="after")
+    def _no_garment_names_nothing(self) -> Feedback:
+        if not self.categories and (self.subcategories or self.attributes):
+            raise ValueError("a correction with no category says the photo shows no garment: it names no "
+                             "sub-category or attribute either")
+        return self
+
+    @property
+    def no_garment(self) -> bool:
+        """The correction says the photo shows no garment."""
+        return not self.categories
 
 
 class DeadLetter(_Message):

@@ -177,10 +177,17 @@ def join(feedback: Feedback, stored: StoredPost, *, ontology: Ontology, miner: T
          multi: bool, image_size: int) -> Example:
     """The training example of ``feedback`` on its ``stored`` post.
 
+    A correction saying the photo shows no garment (no category) is an example whose every target is 0: a
+    multi-label model learns to put every category below its abstain bar there.
+
     Raises:
-        BadInput: unknown ontology terms, several categories for a one-item (``multi=False``) model,
-            or an image reference that cannot be loaded.
+        BadInput: unknown ontology terms, several categories or none (no garment) for a one-item
+            (``multi=False``) model, which names one garment on every photo; or an image reference that cannot
+            be loaded.
     """
+    if not multi and feedback.no_garment:
+        raise BadInput("bad_schema", "a one-item model names one garment on every photo: it cannot learn that "
+                                     "a photo shows none")
     if not multi and len(feedback.categories) != 1:
         raise BadInput("bad_schema", f"a one-item model takes exactly one category, got {feedback.categories}")
     targets = [_multi_hot(getattr(feedback, level), index, level)

@@ -1,6 +1,7 @@
 """Live guard after promotion: users' corrections judge each model version; a worse newcomer is rolled back.
 
-A correction *agrees* with a label when the label's top category is one of the corrected categories.
+A correction *agrees* with a label when the label's top category is one of the corrected categories, or
+when the label abstained and the correction says the photo shows no garment.
 The label is the one the classifier stored in Redis (``<prefix>:label:{post_id}``), so the verdict
 counts for the version that produced it (``model_version``). Verdicts live in Redis, one per
 (version, post): replicas share them and a replayed correction is not counted twice.
@@ -84,8 +85,8 @@ class LiveGuard:
                 continue
             label = json.loads(raw)
             version, shown = label["model_version"], label["categories"]
-            # An abstaining label ("no garment") disagrees with any correction: corrections name a garment.
-            agree = bool(shown) and shown[0]["term"] in feedback.categories
+            # A label that abstained ("no garment") agrees only with a correction saying the photo shows none.
+            agree = shown[0]["term"] in feedback.categories if shown else feedback.no_garment
             new, agreed, total = self._verdict(keys=self._keys(version), args=[feedback.post_id, int(agree)])
             if new:
                 self.metrics.corrections.labels(version, "agree" if agree else "disagree").inc()

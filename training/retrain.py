@@ -59,7 +59,7 @@ from training.real.retrain import (
     Corrections,
     RetrainConfig,
     continue_head,
-    held_out_check,
+    held_out_checks,
     is_real_photo_model,
     table2_hint_dropout,
 )
@@ -251,8 +251,8 @@ class Trainer:
         settings = {"hint_dropout": table2_hint_dropout(source)}
         config = RetrainConfig(epochs=self.config.epochs, seed=self.config.seed, **settings)
         candidate, history = continue_head(base, corrections.train, config, device=self.device, on_step=progress)
-        held = held_out_check(candidate, base, corrections.held, margin=self.config.gate_margin, device=self.device)
-        decision = GateDecision((*self.real_checks(candidate, serving), *([held] if held is not None else [])))
+        held = held_out_checks(candidate, base, corrections.held, margin=self.config.gate_margin, device=self.device)
+        decision = GateDecision((*self.real_checks(candidate, serving), *held))
         metrics = {"gate": {"margin": self.config.gate_margin, "serving_version": serving_version,
                             "passed": decision.passed, "checks": [dataclasses.asdict(c) for c in decision.checks]},
                    "data": {"feedback_examples": len(examples), "trained_on": len(corrections.train),

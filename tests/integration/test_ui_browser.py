@@ -1,5 +1,6 @@
 """The review page in headless Chromium against the real broker, Redis, classifier and trainer: a produced post
-appears within seconds, a correction made on the page reaches ``feedback`` and the trainer counts it, a hostile
+appears within seconds, a correction made on the page reaches ``feedback`` and the trainer counts it (also one
+saying a photo shows no garment, where the model can learn that), a hostile
 caption is shown as text and runs nothing, writes without the token or the CSRF token are refused, and the
 model page shows a rollback the live guard made, with its reason."""
 
@@ -99,8 +100,8 @@ def _joined(group, proc) -> float:
     return 0.0
 
 
-def _correct(browser, post_id: str) -> str:
-    """Sign in, open the post's correction form, pick a category and an attribute by typing, send it."""
+def _correction_form(browser, post_id: str):
+    """Sign in and open the post's correction form."""
     browser.find_element(By.ID, "name").send_keys("tester")
     browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "signin-button").click()
@@ -108,7 +109,14 @@ def _correct(browser, post_id: str) -> str:
     _card(browser, post_id).find_element(By.CSS_SELECTOR, "button.correct").click()
     wait_until(lambda: _card(browser, post_id).find_elements(By.CSS_SELECTOR, "form.correction"), timeout=10,
                what="the correction form")
-    form = _card(browser, post_id).find_element(By.CSS_SELECTOR, "form.correction")
+    return _card(browser, post_id).find_element(By.CSS_SELECTOR, "form.correction")
+
+
+def _correct(browser, post_id: str) -> str:
+    """Sign in, open the post's correction form, pick a category and an attribute by typing, send it."""
+    form = _correction_form(browser, post_id)
+    # A one-garment model (the tiny one serving here) cannot learn that a photo shows none: no such button.
+    assert not form.find_elements(By.CSS_SELECTOR, "button.no-garment")
     for kind, typed, want in (("categories", "coa", "coats"), ("attributes", "cashm", "cashmere")):
         form.find_element(By.CSS_SELECTOR, f"input.search-{kind}").send_keys(typed)
         pick = f'.picker-{kind} li.suggestion[data-term="{want}"]'
@@ -221,6 +229,25 @@ def test_paused_the_list_stays_counting_what_waits_and_resuming_draws_it(make_se
         wait_until(lambda: len(_ids(browser)) == 30, timeout=20, what="the waiting labels drawn")
         assert _ids(browser)[:20] == [f"B-{n}" for n in range(19, -1, -1)]
         assert _text(browser, "#live-state") == "live"
+        _no_policy_violations(browser)
+
+
+def test_a_photo_corrected_as_showing_no_garment_sends_a_correction_naming_nothing(make_settings, browser,
+                                                                                   tmp_path) -> None:
+    # An empty registry: the packaged multi-label model serves and is what the trainer continues.
+    settings = make_settings(ui_port=0, ui_token=TOKEN, model_dir=tmp_path / "models")
+    with serving(settings) as url:
+        _open(browser, url)
+        wait_until(lambda: _text(browser, "#live-state") == "live", timeout=20, what="the page to go live")
+        asyncio.run(_replay(settings, "N", rate=100.0, seconds=0.03, batch=3))
+        wait_until(lambda: _card(browser, "N-0"), timeout=20, what="the replayed labels")
+        form = _correction_form(browser, "N-0")
+        form.find_element(By.CSS_SELECTOR, "button.no-garment").click()
+        wait_until(lambda: "received" in _text(browser, 'article.card[data-id="N-0"] .status'), timeout=30,
+                   what="the page to show the correction was received")
+        [record] = _feedback_records(settings, 1)
+        assert (record.post_id, record.categories, record.subcategories, record.attributes) == ("N-0", [], [], [])
+        assert record.no_garment and record.sent_by == "tester"
         _no_policy_violations(browser)
 
 

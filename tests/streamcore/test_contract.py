@@ -92,5 +92,15 @@ def test_records_written_before_the_version_field_still_read_and_new_ones_carry_
     old = {"post_id": "p1", "categories": ["dresses"]}
     assert Feedback.model_validate(old).schema_ == "feedback/v1"
     assert _validator(SCHEMAS / "examples" / "feedback.v1.json")[0].is_valid(old)
+
+
+def test_a_correction_naming_no_category_says_the_photo_shows_no_garment_and_names_nothing_else() -> None:
+    none = {"post_id": "p1", "categories": []}
+    assert Feedback.model_validate(none).no_garment and not Feedback.model_validate({**none, "categories": ["bags"]}).no_garment
+    assert _validator(SCHEMAS / "examples" / "feedback.v1.json")[0].is_valid(none)
+    with pytest.raises(ValidationError, match="no garment"):
+        Feedback.model_validate({**none, "attributes": ["leather"]})
+    with pytest.raises(ValidationError):
+        Feedback.model_validate({"post_id": "p1"})  # saying nothing is not saying "no garment"
     update = ModelUpdate(version="v2", path="models/v2", promoted_at=utcnow())
     assert json.loads(update.model_dump_json(by_alias=True))["schema"] == "model-update/v1"

@@ -187,6 +187,11 @@ def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None
         join(Feedback(post_id=post.post_id, categories=["no-such-category"]), stored, **kw)
     with pytest.raises(BadInput, match="exactly one category"):
         join(Feedback(post_id=post.post_id, categories=[category, category]), stored, **kw)
+    with pytest.raises(BadInput, match="cannot learn that a photo shows none"):
+        join(Feedback(post_id=post.post_id, categories=[]), stored, **kw)
+    none = join(Feedback(post_id=post.post_id, categories=[]), stored, **{**kw, "multi": True})
+    assert none.categories.sum() == none.subcategories.sum() == none.attributes.sum() == 0
+    assert none.pixels.std() > 0 and none.hint_categories.shape == example.hint_categories.shape
 
     bench = load_benchmark(ontology, BenchmarkConfig(n_train=50, n_test=20), cache_dir=tmp_path)["train"]
     extended = concat(bench, to_split([example]))
@@ -371,3 +376,17 @@ def test_a_correction_of_an_abstaining_label_is_a_disagreement(make_settings, tm
     client.set(settings.redis.keys.label("p1"), json.dumps(label))
     LiveGuard(settings, client, metrics).observe([Feedback(post_id="p1", categories=["dresses"])])
     assert LiveGuard(settings, client, metrics).agreement("v1") == Agreement(0, 1)
+
+
+@pytest.mark.integration
+def test_a_correction_saying_no_garment_agrees_only_with_a_label_that_abstained(make_settings, tmp_path) -> None:
+    settings = make_settings(model_dir=tmp_path)
+    client, metrics = redis.Redis.from_url(settings.redis.url), StageMetrics("trainer")
+    abstained = {"model_version": "v1", "categories": [], "subcategories": [], "attributes": [],
+                 "abstain": "no_garment"}
+    named = {"model_version": "v1", "categories": [{"term": "bags", "score": 0.9}]}
+    for post_id, label in (("p1", abstained), ("p2", named)):
+        client.set(settings.redis.keys.label(post_id), json.dumps(label))
+    LiveGuard(settings, client, metrics).observe([Feedback(post_id=p, categories=[]) for p in ("p1", "p2")])
+    assert LiveGuard(settings, client, metrics).agreement("v1") == Agreement(1, 2)
+    assert metrics.corrections.labels("v1", "agree")._value.get() == 1

@@ -96,6 +96,18 @@ def test_a_correction_names_known_terms_and_one_category_for_a_one_garment_model
             check(bad, ONTOLOGY, multi=False)
 
 
+def test_a_correction_saying_a_photo_shows_no_garment_names_nothing_and_needs_a_multi_label_model():
+    none = check({"post_id": "p1", "categories": [], "subcategories": [], "attributes": []}, ONTOLOGY, multi=True)
+    assert none.no_garment and (none.categories, none.subcategories, none.attributes) == ([], [], [])
+    for bad in ({"post_id": "p1", "categories": [], "attributes": ["cashmere"]},
+                {"post_id": "p1", "categories": [], "subcategories": ["blazer"]},
+                {"post_id": "p1"}):  # no categories at all is a slip, not "no garment"
+        with pytest.raises(Refused):
+            check(bad, ONTOLOGY, multi=True)
+    with pytest.raises(Refused, match="exactly one category"):
+        check({"post_id": "p1", "categories": []}, ONTOLOGY, multi=False)
+
+
 def _request(headers: dict[str, str], cookie: str | None = "t0ken") -> Request:
     headers = {"host": "127.0.0.1:8790", **headers}
     if cookie is not None:

@@ -12,9 +12,12 @@ candidate that learnt drawn garments would be at chance on photos. Instead:
   photos without that pull, it lost up to 0.08 street-photo mAP; with it, every score gained a little
   (``reports/trainer_corrections.json``, :mod:`training.real.corrections_probe`).
 * **Gate.** Category mAP on the packaged fixture's real photos and on the operator's held-out photos when
-  configured (text silent; :mod:`training.real.gate`), and on the held-out corrections with their mined hints,
-  as served, once there are :data:`MIN_HELD_OUT` of them (:func:`held_out_check`); each at least the replaced
-  model's minus the margin.
+  configured, and how often garment photos are answered and no-garment images refused (text silent;
+  :mod:`training.real.gate`); on the held-out corrections with their mined hints, as served, category mAP
+  and how often the photos corrected as showing no garment are refused, once there are :data:`MIN_HELD_OUT`
+  of either (:func:`held_out_checks`); each at least the replaced model's minus the margin.
+* **No garment.** A correction naming no category says the photo shows none: every target 0, which teaches
+  the head to put that photo below its abstain bar.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from serving.models import DynamicCNN
 from serving.models.build import HintTensors
 from training.feedback import Example, to_split
 from training.gating import GateCheck
-from training.train import Batchable, StepHook, compute_loss, drop_hints, evaluate_model, extract_features
+from training.train import Batchable, StepHook, compute_loss, drop_hints, evaluate_model, extract_features, predict
 
 #: One correction in this many is held out for the gate.
 HOLDOUT_EVERY = 5
@@ -132,14 +135,32 @@ def continue_head(model: DynamicCNN, examples: Sequence[Example], config: Retrai
     return candidate, {"history": history, "examples": len(examples), "config": dataclasses.asdict(config)}
 
 
-def held_out_check(candidate: DynamicCNN, reference: DynamicCNN, held: Sequence[Example], *, margin: float,
-                   device: str) -> GateCheck | None:
-    """Candidate against ``reference`` by category mAP on held-out corrections, with the hints mined from their
-    text (as served); None when there are too few to judge by."""
-    if len(held) < MIN_HELD_OUT:
-        return None
-    split = to_split(held, images=False)
-    feats = trunk_features(reference, held, device=device)  # one frozen trunk: the same features for both
-    new, old = (evaluate_model(m, split, features=feats, hints=True, device=device)["category"]["mAP"]
-                for m in (candidate, reference))
-    return GateCheck.at_least("corrections_category_map", new, old, margin=margin)
+def _refused(model: DynamicCNN, data: Batchable, *, device: str) -> float:
+    """The share of ``data``'s photos whose top category falls below ``model``'s abstain bar."""
+    top = torch.sigmoid(predict(model, data, features=True, device=device).categories.float()).max(1).values
+    return float((top < model.config.abstain_below).float().mean())
+
+
+def held_out_checks(candidate: DynamicCNN, reference: DynamicCNN, held: Sequence[Example], *, margin: float,
+                    device: str) -> tuple[GateCheck, ...]:
+    """Candidate against ``reference`` on held-out corrections, with the hints mined from their text (as served):
+    category mAP on those naming garments, and the share refused (``abstain: "no_garment"``) of those saying the
+    photo shows none, each once there are :data:`MIN_HELD_OUT` of them."""
+    from training.real.gate import ABSTAIN_MARGIN
+
+    garment = [e for e in held if e.categories.any()]
+    none = [e for e in held if not e.categories.any()]
+    checks = []
+    if len(garment) >= MIN_HELD_OUT:
+        split = to_split(garment, images=False)
+        feats = trunk_features(reference, garment, device=device)  # one frozen trunk: the same features for both
+        new, old = (evaluate_model(m, split, features=feats, hints=True, device=device)["category"]["mAP"]
+                    for m in (candidate, reference))
+        checks.append(GateCheck.at_least("corrections_category_map", new, old, margin=margin))
+    if len(none) >= MIN_HELD_OUT:
+        data = Batchable.from_split(to_split(none, images=False), multi=True,
+                                    inputs=trunk_features(reference, none, device=device))
+        new, old = (_refused(m, data, device=device) for m in (candidate, reference))
+        checks.append(GateCheck.at_least("corrections_no_garment_refused", new, old,
+                                         margin=max(margin, ABSTAIN_MARGIN)))
+    return tuple(checks)

@@ -28,10 +28,11 @@ from training.text import TextMiner
 ONTOLOGY = load_ontology()
 
 
-def _examples(settings, *, shuffled: bool) -> list[Example]:
+def _examples(settings, *, shuffled: bool = False, no_garment: bool = False, count: int = 100) -> list[Example]:
     """Corrections of the fixture's photos as posted (caption and all): their true labels, or (``shuffled``)
-    another photo's labels, as a careless or hostile corrector would send."""
-    posts = list(fixture_posts(ONTOLOGY, 100, seed=3, prefix="fix"))
+    another photo's labels, or (``no_garment``) that they show no garment, as a careless or hostile corrector
+    would send."""
+    posts = list(fixture_posts(ONTOLOGY, count, seed=3, prefix="fix"))
     labels = [truth for _, truth in posts]
     if shuffled:
         random.Random(0).shuffle(labels)
@@ -39,8 +40,9 @@ def _examples(settings, *, shuffled: bool) -> list[Example]:
     out = []
     for (post, _), truth in zip(posts, labels, strict=True):
         stored = StoredPost.from_bytes(StoredPost.from_post(post, settings, image_size=288).to_bytes())
-        feedback = Feedback(post_id=post.post_id, categories=list(truth.categories),
-                            subcategories=list(truth.subcategories))
+        feedback = (Feedback(post_id=post.post_id, categories=[]) if no_garment else
+                    Feedback(post_id=post.post_id, categories=list(truth.categories),
+                             subcategories=list(truth.subcategories)))
         out.append(join(feedback, stored, ontology=ONTOLOGY, miner=miner, settings=settings, multi=True,
                         image_size=288))
     return out
@@ -133,3 +135,24 @@ def test_the_corrections_probe_reports_each_recipe_against_the_packaged_model(tm
     assert report["rows"][0]["candidate"] == "packaged" and len(report["rows"]) == 3
     packaged = report["rows"][0]
     assert packaged["fixture_map"] > 0.8 and all(0 <= r["single_garment_map_silent"] <= 1 for r in report["rows"])
+
+
+@pytest.mark.integration  # the trainer reads the serving pointer from the embedded Redis
+def test_corrections_saying_photos_show_no_garment_teach_the_head_to_abstain_there(make_settings, tmp_path):
+    """Every target 0: the head learns to put the corrected photos below its abstain bar. Here the photos are
+    the fixture's garments, as a hostile corrector would send, so the gate, whose garment photos they are,
+    refuses the candidate for answering them less often."""
+    settings = make_settings(model_dir=tmp_path / "models")
+    trainer = Trainer(settings, TrainerConfig.from_settings(settings, device="cpu", interval_s=None),
+                      StageMetrics("trainer"))
+    examples = _examples(settings, no_garment=True, count=60)
+    assert all(e.categories.sum() == e.subcategories.sum() == e.attributes.sum() == 0 for e in examples)
+    assert sum(held_out(e) for e in examples) >= MIN_HELD_OUT
+    run = trainer.run_once(examples)
+    checks = {c.name: c for c in run.decision.checks}
+    print("\nno-garment corrections:", {n: (round(c.candidate, 4), round(c.serving, 4)) for n, c in checks.items()})
+    answered, learnt = checks["real_garment_answered"], checks["corrections_no_garment_refused"]
+    assert not run.promoted and not answered.passed and answered.candidate < answered.serving - 0.1
+    # The held-out photos corrected the same way: the candidate refuses them, the packaged model did not.
+    assert learnt.passed and learnt.candidate > learnt.serving + 0.5
+    assert "corrections_category_map" not in checks  # no held-out correction names a garment

@@ -125,7 +125,8 @@ export function renderCard(c, onCorrect) {
   }
   if (c.correction) {
     const f = c.correction;
-    const named = [...f.categories, ...f.subcategories, ...f.attributes].map(term).join(", ");
+    const named = f.categories.length ? [...f.categories, ...f.subcategories, ...f.attributes].map(term).join(", ")
+      : "shows no garment";
     body.append(el("p", { class: "corrected", text: `corrected by ${f.sent_by || "someone"}: ${named}` }));
   } else if (c.corrected) {
     body.append(el("p", { class: "corrected", text: "corrected (the trainer holds a correction)" }));

@@ -56,25 +56,37 @@ export async function openCorrection(card, c, nameBox) {
     attributes: new Set(),
   };
   const status = el("p", { class: "status", role: "status" });
+  const send = async (body) => {
+    status.textContent = "sending…";
+    const reply = await write("/api/feedback", "POST", { post_id: c.id, sent_by: nameBox.value, ...body });
+    status.className = reply.ok ? "status ok" : "status error";
+    status.textContent = reply.ok
+      ? `received: feedback record ${reply.body.partition}/${reply.body.offset}`
+      : `not sent: ${reply.body.error || reply.status}`;
+  };
+  // A multi-label model learns "no garment" from a correction naming nothing; a one-garment model cannot.
+  const none = all.multi ? [el("button", { type: "button", class: "no-garment", text: "Shows no garment",
+    title: "the photo shows no garment: the label should abstain",
+    onclick: () => send({ categories: [], subcategories: [], attributes: [] }) })] : [];
   const form = el("form", { class: "correction" },
     picker("categories", all.multi ? "categories" : "category", all.categories.map((n) => [n]), chosen.categories,
       !all.multi),
     picker("subcategories", "sub-categories", all.subcategories, chosen.subcategories),
     picker("attributes", "attributes", all.attributes.map((n) => [n]), chosen.attributes),
     el("div", { class: "actions" }, el("button", { type: "submit", class: "send", text: "Send correction" }),
+      ...none,
       el("button", { type: "button", class: "cancel", text: "Close",
         onclick: () => { form.remove(); card.classList.remove("editing"); } })),
     status);
-  form.addEventListener("submit", async (event) => {
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
-    status.textContent = "sending…";
-    const reply = await write("/api/feedback", "POST", {
-      post_id: c.id, sent_by: nameBox.value, categories: [...chosen.categories],
-      subcategories: [...chosen.subcategories], attributes: [...chosen.attributes] });
-    status.className = reply.ok ? "status ok" : "status error";
-    status.textContent = reply.ok
-      ? `received: feedback record ${reply.body.partition}/${reply.body.offset}`
-      : `not sent: ${reply.body.error || reply.status}`;
+    if (!chosen.categories.size) {  // "Shows no garment" says that, on purpose; an empty form is a slip
+      status.className = "status error";
+      status.textContent = "choose a category (or: Shows no garment)";
+      return;
+    }
+    send({ categories: [...chosen.categories], subcategories: [...chosen.subcategories],
+      attributes: [...chosen.attributes] });
   });
   card.classList.add("editing");
   card.append(form);
