@@ -110,15 +110,29 @@ class StylestreamClient:
         return self._send("catalogue", item_id, value)
 
     def correct(self, post_id: str, categories: Iterable[str], *, subcategories: Iterable[str] = (),
-                attributes: Iterable[str] = ()) -> Delivery:
-        """Send a user's correction of one post's labels (ontology term names) to the ``feedback`` topic.
+                attributes: Iterable[str] = (), sent_by: str | None = None) -> Delivery:
+        """Send a user's correction of one post's labels (ontology term names) to the ``feedback`` topic; no
+        category says the photo shows no garment.
 
         Raises:
-            pydantic.ValidationError: no category, or an invalid post id.
+            pydantic.ValidationError: an invalid post id, or no category with sub-categories or attributes.
         """
-        feedback = Feedback(post_id=post_id, categories=list(categories), subcategories=list(subcategories),
-                            attributes=list(attributes))
-        return self._send("feedback", post_id, encode(feedback))
+        return self.send_feedback(Feedback(post_id=post_id, categories=list(categories),
+                                           subcategories=list(subcategories), attributes=list(attributes),
+                                           sent_by=sent_by))
+
+    def send_feedback(self, feedback: Feedback) -> Delivery:
+        """Send a correction to the ``feedback`` topic, keyed by its post id."""
+        return self._send("feedback", feedback.post_id, encode(feedback))
+
+    def serving_version(self) -> str | None:
+        """The version classifiers serve (the Redis pointer); None while nothing is promoted.
+
+        Raises:
+            redis.exceptions.RedisError: Redis cannot be reached.
+        """
+        raw = self._redis_client().get(self.settings.redis.keys.model_current)
+        return raw.decode() if raw is not None else None
 
     def _send(self, topic: str, key: str, value: bytes) -> Delivery:
         producer = self._connected_producer()

@@ -26,7 +26,7 @@ from streamcore.exceptions import StylestreamError
 from streamcore.faults import install_repeat_filter
 from streamcore.runtime import tune_process
 from streamcore.settings import Settings
-from workers.commands import models, photo, recommend, review, stream
+from workers.commands import feedback, models, photo, recommend, review, stream
 
 #: What a user can fix without reading code: bad settings or files, servers that do not answer, refused inputs.
 _USER_ERRORS = (ValidationError, StylestreamError, KafkaError, RedisError, FileNotFoundError, PermissionError,
@@ -63,7 +63,7 @@ class _Commands(TyperGroup):
 
 app = typer.Typer(cls=_Commands, help="Event-driven fashion classifier for Instagram posts.", no_args_is_help=True,
                   rich_markup_mode=None)
-for _module in (stream, photo, models, recommend, review):
+for _module in (stream, photo, models, recommend, review, feedback):
     _module.register(app)
 
 

@@ -110,8 +110,10 @@ def test_a_correction_goes_to_the_feedback_topic_as_feedback_v1(make_settings) -
     with StylestreamClient(settings) as client:
         delivery = client.correct("post-1", ["dresses"], subcategories=["maxi dress"], attributes=["floral"])
         assert delivery.wait(timeout=30).offset is not None
+        with pytest.raises(ValidationError):  # "no garment" names nothing else
+            client.correct("post-1", [], attributes=["floral"])
         with pytest.raises(ValidationError):
-            client.correct("post-1", [])
+            client.correct("post 1", ["dresses"])
     reader = KafkaConsumer(settings.kafka.topic("feedback"), bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest",
                            consumer_timeout_ms=5000)
     records = list(reader)

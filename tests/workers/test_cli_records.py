@@ -1,5 +1,6 @@
 """The commands that move records: ``produce --file`` (a file or standard input of post/v1 lines), ``tail --json``
-(label/v1 lines), and ``classify PHOTO`` (one label with no broker), against the real embedded broker."""
+(label/v1 lines), ``classify PHOTO`` (one label with no broker) and ``correct`` (feedback/v1), against the real
+embedded broker and Redis."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+import redis
 from jsonschema import Draft202012Validator
 from kafka import KafkaConsumer, KafkaProducer
 from typer.testing import CliRunner
 
-from streamcore.schemas import Label, Post
+from streamcore.schemas import Feedback, Label, Post
 from workers.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,3 +86,44 @@ def test_classify_prints_one_label_of_the_photo_without_a_broker(tmp_path) -> No
     Draft202012Validator(json.loads((ROOT / "schemas" / "label.v1.json").read_text())).validate(json.loads(line))
     assert label.post_id == "look-0001" and label.hints_used.source == "mined"
     assert label.categories or label.abstain == "no_garment"
+
+
+def _feedback_on_topic(settings) -> list[Feedback]:
+    reader = KafkaConsumer(settings.kafka.topic("feedback"), bootstrap_servers=settings.kafka.bootstrap,
+                           auto_offset_reset="earliest", consumer_timeout_ms=4000)
+    records = [Feedback.model_validate_json(r.value) for r in reader]
+    reader.close()
+    return records
+
+
+@pytest.mark.integration
+def test_correct_sends_what_the_photo_shows_or_that_it_shows_no_garment_and_refuses_what_the_model_cannot_learn(
+        make_settings, tmp_path) -> None:
+    # An empty registry: the packaged multi-label model serves and is what the trainer continues.
+    settings = make_settings(model_dir=tmp_path / "models")
+    env = {**_env(settings), "STYLESTREAM_REDIS_URL": settings.redis.url, "STYLESTREAM_REDIS_PREFIX": settings.redis.prefix,
+           "STYLESTREAM_MODEL_DIR": str(tmp_path / "models")}
+    sent = CliRunner().invoke(app, ["correct", "p1", "jackets", "jeans", "--sub", "leather_jacket", "--attr", "leather",
+                                    "--by", "ann"], env=env)
+    assert sent.exit_code == 0, sent.output
+    assert sent.stdout.startswith("feedback ") and sent.stdout.strip().endswith("jackets, jeans")
+    none = CliRunner().invoke(app, ["correct", "p2", "--no-garment"], env=env)
+    assert none.exit_code == 0 and "shows no garment" in none.stdout, none.output
+    for bad, why in ((["p3", "hats"], "not in the ontology"), (["p3"], "or --no-garment"),
+                     (["p3", "bags", "--no-garment"], "not both"), (["p3", "--no-garment", "--attr", "leather"], "names no"),
+                     (["p 3", "bags"], "post_id")):
+        refused = CliRunner().invoke(app, ["correct", *bad], env=env)
+        assert refused.exit_code != 0 and why in refused.output, (bad, refused.output)
+    records = _feedback_on_topic(settings)
+    assert [(f.post_id, f.categories, f.subcategories, f.attributes, f.sent_by) for f in records] == [
+        ("p1", ["jackets", "jeans"], ["leather_jacket"], ["leather"], "ann"), ("p2", [], [], [], "stylestream correct")]
+
+    # A single-label model serving: one category, and no "no garment".
+    single = make_settings()
+    env = {**_env(single), "STYLESTREAM_REDIS_URL": single.redis.url, "STYLESTREAM_REDIS_PREFIX": single.redis.prefix,
+           "STYLESTREAM_MODEL_DIR": str(single.serving.model_dir)}
+    redis.Redis.from_url(single.redis.url).set(single.redis.keys.model_current, "tiny-test")
+    for bad in (["p4", "jackets", "jeans"], ["p4", "--no-garment"]):
+        refused = CliRunner().invoke(app, ["correct", *bad], env=env)
+        assert refused.exit_code != 0 and "exactly one category" in refused.output, refused.output
+    assert _feedback_on_topic(single) == []
