@@ -33,7 +33,7 @@ from streamcore import redisconn
 from streamcore.delivery import Delivery, close_producer, reason
 from streamcore.exceptions import BadInput, DeliveryError, InfrastructureError
 from streamcore.kafka import bootstrap, kafka_python_security
-from streamcore.schemas import Feedback, ImageSource, LabelView, Post, utcnow
+from streamcore.schemas import Feedback, ImageSource, LabelView, Post, check_post_id, utcnow
 from streamcore.serde import decode, encode
 from streamcore.settings import Settings
 from streamcore.sources import check_image, image_source
@@ -109,6 +109,15 @@ class StylestreamClient:
             raise ValueError(f"item {item_id} is {len(value)} bytes, limit {self.settings.limits.max_message_bytes}")
         return self._send("catalogue", item_id, value)
 
+    def remove_catalogue_item(self, item_id: str) -> Delivery:
+        """Remove a shop's item: a tombstone (its id as the key, no value) on the compacted ``catalogue`` topic;
+        the catalogue stage takes it out of the repository.
+
+        Raises:
+            BadInput: ``item_id`` is not a post id.
+        """
+        return self._send("catalogue", check_post_id(item_id), None)
+
     def correct(self, post_id: str, categories: Iterable[str], *, subcategories: Iterable[str] = (),
                 attributes: Iterable[str] = (), sent_by: str | None = None) -> Delivery:
         """Send a user's correction of one post's labels (ontology term names) to the ``feedback`` topic; no
@@ -134,7 +143,7 @@ class StylestreamClient:
         raw = self._redis_client().get(self.settings.redis.keys.model_current)
         return raw.decode() if raw is not None else None
 
-    def _send(self, topic: str, key: str, value: bytes) -> Delivery:
+    def _send(self, topic: str, key: str, value: bytes | None) -> Delivery:
         producer = self._connected_producer()
         try:
             future = producer.send(self.settings.kafka.topic(topic), key=key.encode(), value=value)

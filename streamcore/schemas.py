@@ -12,11 +12,33 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import pybase64
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from streamcore.exceptions import BadInput
 
 PostId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+_POST_ID = TypeAdapter(PostId)
+
+
+def check_post_id(value: str) -> str:
+    """``value`` when it is a valid post id (1-128 of ``[A-Za-z0-9_.:-]``).
+
+    Raises:
+        BadInput: it is not.
+    """
+    try:
+        return _POST_ID.validate_python(value)
+    except ValidationError:
+        raise BadInput("bad_schema", f"not a post id: {value[:140]!r}") from None
 
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock used for message timestamps."""

@@ -11,6 +11,11 @@ moves to a version that loads, the stage leaves its group and joins the new vers
 beginning: the whole catalogue (compacted: the latest record of each item) is labelled again in the new embedding
 space, while recommendations keep coming from the previous version until the new repository is ready. A restart
 resumes the group of the version it serves. A record is done once its label and vector record are stored.
+
+A shop removes an item with a tombstone (its id as the key, no value: ``stylestream catalogue remove``): the item
+leaves every version's repository (a removal entry on each stream; indexes drop it, and a label of it still on
+its way does not bring it back), and its label and vector record are deleted. Sent again later, it is labelled
+and joins the repository again.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from serving.hotswap import load_last_good
@@ -31,12 +37,14 @@ from serving.registry import check_version_name
 from streamcore.exceptions import BadInput
 from streamcore.health import HealthServer, Heartbeat
 from streamcore.metrics import StageMetrics
-from streamcore.schemas import Post
+from streamcore.redisconn import connect_async
+from streamcore.schemas import Post, check_post_id
 from streamcore.serde import decode_post
 from streamcore.settings import Settings
 from streamcore.sinks import LabelSink, RedisLookups, fingerprint
 from streamcore.sources import load_bytes
 from streamcore.stage import Stage
+from training.recommend.store import ProfileWriter
 from training.recommend.vectors import encode_embeddings
 
 log = logging.getLogger(__name__)
@@ -51,7 +59,8 @@ class CatalogueStage(Stage):
     inputs = ("catalogue",)
     outputs = ("labels", "posts.dlq")
 
-    def __init__(self, settings: Settings, predictor: Predictor, *, refused: set[str] | None = None, **kwargs) -> None:
+    def __init__(self, settings: Settings, predictor: Predictor, *, refused: set[str] | None = None,
+                 removed: Counter | None = None, **kwargs) -> None:
         super().__init__(settings, **kwargs)
         self.predictor = predictor
         self.group_suffix = f"{self.name}-{predictor.version}"
@@ -59,25 +68,47 @@ class CatalogueStage(Stage):
         #: The version to serve next, once this stage has left its group (None: stopping for good).
         self.next_version: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalogue")
+        #: Items removed: the worker's counter, kept across the stages of its versions.
+        self.removed = removed if removed is not None else removals(self.metrics)
         self._next_check = 0.0
 
     async def setup(self) -> None:
         self.lookups = RedisLookups(self.settings)
         self.sink = LabelSink(self.settings, self.producer)
+        self.repository = ProfileWriter(connect_async(self.settings.redis), self.settings.redis.prefix,
+                                        cluster=self.settings.redis.cluster)
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        items = []
+        items = []  # in topic order: a removal applies after the items before it are labelled
         for record in records:
-            if record.value is None:  # a removal (compaction tombstone): the repository keeps what it indexed
-                self.skip(record, BadInput("catalogue_removal", "removing catalogue items is not supported"))
+            if record.value is None:  # a removal (compaction tombstone), keyed by the item's id
+                await self._label_all(items)
+                items = []
+                await self._remove(record)
                 continue
             try:
                 items.append((record, decode_post(record.value, self.settings.limits)))
             except BadInput as exc:
                 await self.dead_letter(record, exc)
+        await self._label_all(items)
+
+    async def _label_all(self, items: list[tuple[ConsumerRecord, Post]]) -> None:
         size = self.settings.classify.max_batch
         for start in range(0, len(items), size):
             await self._label(items[start: start + size])
+
+    async def _remove(self, record: ConsumerRecord) -> None:
+        """A shop removed an item: out of every repository, its label and vector record deleted."""
+        try:
+            item_id = check_post_id(record.key.decode() if record.key is not None else "")
+        except (BadInput, UnicodeDecodeError):
+            await self.dead_letter(record, BadInput("bad_key", "a catalogue removal names its item id as the key"))
+            return
+        keys = self.settings.redis.keys
+        gone = [keys.label(item_id), keys.post_meta(item_id), keys.label_vector(item_id), keys.thumb(item_id)]
+        await self.retrying("catalogue_remove", lambda: self.repository.remove_items([item_id], gone))
+        self.removed.inc()
+        self.done(record)
 
     async def _label(self, items: list[tuple[ConsumerRecord, Post]]) -> None:
         loop, predictor = asyncio.get_running_loop(), self.predictor
@@ -101,6 +132,9 @@ class CatalogueStage(Stage):
                 continue
             batch.add(post.post_id, label, fingerprint(record.value), record.partition, vectors.get(n), preview)
             kept.append(record)
+        if kept:  # an item sent again after its shop removed it may join the repository again
+            ids = [post.post_id for (_, post, _, _) in ready]
+            await self.retrying("catalogue_restore", lambda: self.repository.restore_items(ids, predictor.version))
         stored = await self.retrying("label_write", batch.flush) if kept else []
         for record, value in zip(kept, stored):
             if value is None:
@@ -152,6 +186,7 @@ class CatalogueStage(Stage):
     async def shutdown(self) -> None:
         await self.sink.close()
         await self.lookups.close()
+        await self.repository.redis.aclose()
         self._pool.shutdown()
 
 
@@ -164,6 +199,7 @@ class CatalogueWorker:
         self.settings = settings
         self.metrics = metrics or StageMetrics(self.name)
         self.heartbeat = Heartbeat(60.0)
+        self.removed = removals(self.metrics)
         self.stage: CatalogueStage | None = None
         self.versions: list[str] = []  # served so far, in order
         self._stopping = False
@@ -188,7 +224,8 @@ class CatalogueWorker:
             self.metrics.model.info({"version": predictor.version, "head": predictor.head, "runtime": predictor.runtime})
             if self._stopping:
                 return
-            self.stage = CatalogueStage(self.settings, predictor, refused=refused, metrics=self.metrics)
+            self.stage = CatalogueStage(self.settings, predictor, refused=refused, removed=self.removed,
+                                        metrics=self.metrics)
             self.stage.heartbeat = self.heartbeat
             self.versions.append(predictor.version)
             await self.stage.run()
@@ -200,6 +237,12 @@ class CatalogueWorker:
         self._stopping = True
         if self.stage is not None:
             self.stage.stop()
+
+
+def removals(metrics: StageMetrics) -> Counter:
+    """The counter of catalogue items removed, on ``metrics``' registry (once per registry)."""
+    return Counter("stylestream_catalogue_items_removed_total",
+                   "Catalogue items their shop removed (tombstones on the catalogue topic)", registry=metrics.registry)
 
 
 def _received_ms(record: ConsumerRecord) -> int:

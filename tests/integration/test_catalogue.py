@@ -1,6 +1,7 @@
 """Shops' catalogue items on the embedded broker and Redis: the client sends them, the real catalogue stage labels
 them with the serving model (the tiny test model), the real profiles stage adds them to the repository, and the
-recommending client (and the review page) return them to a user whose posts the real classifier labelled."""
+recommending client (and the review page) return them to a user whose posts the real classifier labelled; a shop
+removes an item with a tombstone and no answer names it again."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from urllib.request import urlopen
 import pytest
 from kafka import KafkaProducer
 from PIL import Image
+from typer.testing import CliRunner
 
 from streamcore.redisconn import connect
 from streamcore.schemas import ImageSource, Post
@@ -26,6 +28,7 @@ from training.recommend.service import Recommender
 from training.recommend.store import Keys
 from training.recommend.vectors import VectorRecord
 from workers.catalogue import CatalogueWorker
+from workers.cli import app
 from workers.profiles import ProfilesStage
 from workers.ui.server import serving
 from workers.ui.sheets import CELL
@@ -120,3 +123,33 @@ def test_a_hot_swap_labels_the_whole_catalogue_again_in_the_new_space(make_setti
     with RecommendClient(settings) as client:
         answer = client.more_like_this(items[0], 3)
     assert answer.model_version == "tiny-next" and len(answer.items) == 3  # one space: the new one, whole
+
+
+def test_a_removed_item_leaves_the_repository_and_every_answer_and_may_be_listed_again(make_settings) -> None:
+    settings = make_settings()
+    items = _add_items(settings, PHOTOS[:4])
+    redis, keys = connect(settings.redis), Keys(settings.redis.prefix)
+    env = {"STYLESTREAM_KAFKA": settings.kafka.bootstrap, "STYLESTREAM_TOPIC_PREFIX": settings.kafka.topic_prefix}
+    with running_stage(ProfilesStage(settings)) as profiles, running_stage(CatalogueWorker(settings)) as catalogue:
+        wait_until(lambda: _count(profiles, "catalogue_item") == 4, timeout=120, what="the items in the repository")
+        with RecommendClient(settings) as client:  # an index built before the removal, caught up after it
+            assert items[0] in {i.post_id for i in client.more_like_this(items[1], 3).items}
+            removed = CliRunner().invoke(app, ["catalogue", "remove", items[0]], env=env)
+            assert removed.exit_code == 0 and removed.stdout.strip() == f"removed {items[0]}", removed.output
+            wait_until(lambda: catalogue.removed._value.get() == 1, timeout=60, what="the removal")
+            assert [i.post_id for i in client.more_like_this(items[1], 3).items] != [] and items[0] not in {
+                i.post_id for i in client.more_like_this(items[1], 3).items}
+            assert client.more_like_this(items[0], 3).items == []
+        assert redis.get(settings.redis.keys.label(items[0])) is None
+        assert redis.get(settings.redis.keys.label_vector(items[0])) is None
+        # A label of it still on its way (redelivered to the profiles stage) does not bring it back.
+        assert redis.sismember(keys.repo("tiny-test")[2], items[0]) and not redis.sismember(keys.repo("tiny-test")[0],
+                                                                                            items[0])
+        assert _add_items(settings, PHOTOS[:1]) == items[:1]  # listed again: the same photo, the same id
+        wait_until(lambda: _count(profiles, "catalogue_item") == 5, timeout=120, what="the item back")
+    fields = [entry[1] for entry in redis.xrange(keys.repo("tiny-test")[1])]
+    assert [(f[b"post_id"].decode(), b"removed" in f) for f in fields[4:]] == [(items[0], True), (items[0], False)]
+    with RecommendClient(settings) as client:  # a fresh index, rebuilt from the stream
+        assert items[0] in {i.post_id for i in client.more_like_this(items[1], 3).items}
+    bad = CliRunner().invoke(app, ["catalogue", "remove", "not an id"], env=env)
+    assert bad.exit_code != 0 and "not a post id" in bad.output

@@ -43,9 +43,12 @@ class VersionIndex:
         self._vectors = np.zeros((capacity, dim), dtype=np.float16)
         self._position: dict[str, int] = {}
         self._by_user: dict[str, list[int]] = {}
+        #: Positions of items removed (marked deleted in the graph, which no search returns).
+        self.removed: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self.post_ids)
+        """Items a search can return (removed ones are not)."""
+        return len(self.post_ids) - len(self.removed)
 
     def position(self, post_id: str) -> int | None:
         return self._position.get(post_id)
@@ -79,13 +82,14 @@ class VersionIndex:
                 fresh.append(n)
         if not fresh:
             return 0
-        need = len(self) + len(fresh)
+        used = len(self.post_ids)
+        need = used + len(fresh)
         if need > self._index.get_max_elements():
             capacity = max(need, 2 * self._index.get_max_elements())
             self._index.resize_index(capacity)
-            self._labels = _grown(self._labels, capacity, len(self))
-            self._vectors = _grown(self._vectors, capacity, len(self))
-        positions = np.arange(len(self), need)
+            self._labels = _grown(self._labels, capacity, used)
+            self._vectors = _grown(self._vectors, capacity, used)
+        positions = np.arange(used, need)
         self._index.add_items(vectors[fresh].astype(np.float32), positions, num_threads=1)
         self._labels[positions] = labels[fresh]
         self._vectors[positions] = vectors[fresh]
@@ -98,6 +102,19 @@ class VersionIndex:
             self.post_ids.append(post_ids[n])
             self.users.append(users[n])
         return len(fresh)
+
+    def remove(self, post_id: str) -> bool:
+        """Take an item out of every later search (a shop removed it); False when it is not indexed. The same id
+        added again later gets a new position."""
+        position = self._position.pop(post_id, None)
+        if position is None:
+            return False
+        self._index.mark_deleted(position)
+        self.removed.add(position)
+        self.catalogue.discard(position)
+        if position in self._by_user.get(self.users[position], ()):
+            self._by_user[self.users[position]].remove(position)
+        return True
 
     def search(self, vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``n`` nearest positions and their inner products, best first."""
@@ -119,7 +136,7 @@ class VersionIndex:
             np.save(tmp / "labels.npy", self._labels[: len(self)])
             np.save(tmp / "vectors.npy", self._vectors[: len(self)])
             meta = {"version": self.version, "dim": self.dim, "cursor": self.cursor, "post_ids": self.post_ids,
-                    "users": self.users, "catalogue": sorted(self.catalogue)}
+                    "users": self.users, "catalogue": sorted(self.catalogue), "removed": sorted(self.removed)}
             (tmp / "meta.json").write_text(json.dumps(meta))
             old = folder.with_name(folder.name + ".old")
             if folder.exists():
@@ -146,10 +163,11 @@ class VersionIndex:
         out.post_ids, out.users, out.cursor = list(meta["post_ids"]), list(meta["users"]), meta["cursor"]
         out._labels[: len(labels)] = labels
         out._vectors[: len(labels)] = np.load(folder / "vectors.npy")
-        out._position = {p: n for n, p in enumerate(out.post_ids)}
+        out.removed = set(meta.get("removed", ()))
+        out._position = {p: n for n, p in enumerate(out.post_ids) if n not in out.removed}
         out.catalogue = set(meta.get("catalogue", ()))
         for n, user in enumerate(out.users):
-            if n not in out.catalogue:
+            if n not in out.catalogue and n not in out.removed:
                 out._by_user.setdefault(user, []).append(n)
         return out
 

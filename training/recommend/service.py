@@ -172,16 +172,26 @@ class Recommender:
             entries = self.redis.xrange(stream, min=f"({index.cursor}", count=_CHUNK)
             if not entries:
                 return added
-            ids, users, vectors, labels, shop = [], [], [], [], []
+            run = []  # consecutive items, added in one call; a removal applies after the items before it
             for _, fields in entries:
-                member = Member.decode(fields[b"item"])
-                ids.append(fields[b"post_id"].decode())
-                users.append(fields[b"user"].decode())
-                vectors.append(joint(member.record.embedding[0], member.label))
-                labels.append(member.label)
-                shop.append(member.record.catalogue)
-            added += index.add(ids, users, np.stack(vectors), np.stack(labels).astype(np.float16), shop)
+                if b"item" in fields:
+                    run.append(fields)
+                    continue
+                added += _add(index, run)
+                run = []
+                index.remove(fields[b"post_id"].decode())
+            added += _add(index, run)
             index.cursor = entries[-1][0].decode()
+
+
+def _add(index: VersionIndex, entries: list[dict]) -> int:
+    """Add repository stream entries (items) to ``index``; how many were new."""
+    if not entries:
+        return 0
+    members = [Member.decode(fields[b"item"]) for fields in entries]
+    return index.add([f[b"post_id"].decode() for f in entries], [f[b"user"].decode() for f in entries],
+                     np.stack([joint(m.record.embedding[0], m.label) for m in members]),
+                     np.stack([m.label for m in members]).astype(np.float16), [m.record.catalogue for m in members])
 
 
 def answer(layout: Layout, query: str, index: VersionIndex, embedding: np.ndarray, label: np.ndarray, k: int,

@@ -7,8 +7,10 @@ Keys under ``<prefix>`` (the ``redis_prefix`` setting), per model version ``V``:
   :class:`~training.recommend.profile.Profile`) and ``…:profile_rev:V`` (the ``rev`` it was computed at).
   ``H`` is a digest of the user name, so any name makes a valid hash tag; the profile holds the name.
 * ``{<prefix>:repo:V}:ids`` (set of post ids) and ``{<prefix>:repo:V}:stream`` (one entry per post: id,
-  user, and an item, a member whose embedding is the whole-photo row only), and ``<prefix>:repo:versions``
-  (zset version → first time seen, ms): what a recommender indexes and rebuilds from.
+  user, and an item, a member whose embedding is the whole-photo row only; and an entry with ``removed``
+  when a shop removed its item), ``{<prefix>:repo:V}:removed`` (catalogue items removed, kept out), and
+  ``<prefix>:repo:versions`` (zset version → first time seen, ms): what a recommender indexes and rebuilds
+  from.
 
 A post already in a set changes nothing (a replay, a redelivery). A profile lags its members only between
 two commands of one round; ``rev != profile_rev`` marks that, and the next delivery of the post (its offset
@@ -58,10 +60,21 @@ redis.call('SET', KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS: ids set, stream. ARGV: post id, user, item bytes. Returns 1 when the post is new to the repository.
+# KEYS: ids set, stream, removed set. ARGV: post id, user, item bytes. Returns 1 when the post is new to the
+# repository; an item its shop removed stays out (a label of it still on its way must not bring it back).
 _ADD_ITEM = """
+if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('XADD', KEYS[2], '*', 'post_id', ARGV[1], 'user', ARGV[2], 'item', ARGV[3])
+return 1
+"""
+
+# KEYS: ids set, stream, removed set. ARGV: item id. Marks the item removed; returns 1 when it was in the
+# repository (and a removal entry now follows its entry on the stream).
+_REMOVE_ITEM = """
+redis.call('SADD', KEYS[3], ARGV[1])
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('XADD', KEYS[2], '*', 'post_id', ARGV[1], 'removed', '1')
 return 1
 """
 
@@ -82,10 +95,10 @@ class Keys:
         tag = f"{{{self.prefix}:user:{user_tag(user)}}}"
         return tuple(f"{tag}:{name}:{version}" for name in ("posts", "members", "rev", "profile", "profile_rev"))
 
-    def repo(self, version: str) -> tuple[str, str]:
-        """ids set, stream of one version's repository."""
+    def repo(self, version: str) -> tuple[str, str, str]:
+        """ids set, stream, removed set (catalogue items their shop removed) of one version's repository."""
         tag = f"{{{self.prefix}:repo:{version}}}"
-        return f"{tag}:ids", f"{tag}:stream"
+        return f"{tag}:ids", f"{tag}:stream", f"{tag}:removed"
 
     @property
     def versions(self) -> str:
@@ -114,6 +127,7 @@ class ProfileWriter:
         self._read = redis.register_script(_READ_MEMBERS)
         self._set = redis.register_script(_SET_PROFILE)
         self._add_item = redis.register_script(_ADD_ITEM)
+        self._remove_item = redis.register_script(_REMOVE_ITEM)
 
     async def vectors(self, post_ids: list[str]) -> list[bytes | None]:
         """The classifier's vector records of these posts (``None`` where absent), one round trip."""
@@ -156,6 +170,24 @@ class ProfileWriter:
                 due.append((user, version))
             at += 2
         return fresh, list(dict.fromkeys(due))
+
+    async def remove_items(self, item_ids: list[str], label_keys: list[str]) -> int:
+        """Take shops' removed items out of every version's repository (a removal entry on each stream that held
+        them, so indexes drop them too) and delete ``label_keys`` (their labels and what lies beside them);
+        returns how many repository entries were removed. Idempotent."""
+        versions = [v.decode() for v in await self.redis.zrange(self.keys.versions, 0, -1)]
+        calls = [(self._remove_item, list(self.keys.repo(v)), [i]) for i in item_ids for v in versions]
+        removed = sum(int(r) for r in await self._run(calls)) if calls else 0
+        if self._cluster:  # keys of several slots: one command each
+            await asyncio.gather(*(self.redis.delete(k) for k in label_keys))
+        elif label_keys:
+            await self.redis.delete(*label_keys)
+        return removed
+
+    async def restore_items(self, item_ids: list[str], version: str) -> None:
+        """Items their shop sends again after removing them may join ``version``'s repository again."""
+        if item_ids:
+            await self.redis.srem(self.keys.repo(version)[2], *item_ids)
 
     async def members(self, user: str, version: str) -> tuple[bytes, list[bytes]]:
         """``(rev, member bytes)`` of one profile, as one snapshot."""

@@ -1,5 +1,5 @@
 """``stylestream recommend``: items for a user's style profile, or like a post, as JSON on stdout; and
-``stylestream catalogue add``: shops' items for the repository."""
+``stylestream catalogue add`` / ``remove``: shops' items for the repository."""
 
 from __future__ import annotations
 
@@ -68,6 +68,24 @@ def add(
             except FileNotFoundError:
                 raise typer.BadParameter(f"no image file {photo!r}", param_hint="PHOTO") from None
             typer.echo(delivery.post_id)
+
+
+@catalogue.command("remove")
+def remove(item_ids: Annotated[list[str], typer.Argument(help="The items' ids (as `add` printed them).",
+                                                         metavar="ITEM_ID...")]) -> None:
+    """Remove shops' items: a tombstone per item on the catalogue topic; the catalogue stage takes each out of the
+    repository, so no recommendation names it again."""
+    from streamcore.client import StylestreamClient
+    from streamcore.exceptions import BadInput
+
+    quiet_kafka()
+    with StylestreamClient(settings()) as client:
+        for item_id in item_ids:
+            try:
+                client.remove_catalogue_item(item_id).wait()
+            except BadInput as exc:
+                raise typer.BadParameter(str(exc), param_hint="ITEM_ID") from None
+            typer.echo(f"removed {item_id}")
 
 
 def register(app: typer.Typer) -> None:

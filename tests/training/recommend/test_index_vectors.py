@@ -51,6 +51,22 @@ def test_a_snapshot_loads_back_to_the_same_answers(tmp_path) -> None:
         VersionIndex.load(tmp_path / "v1")
 
 
+def test_a_removed_item_is_never_found_again_survives_a_snapshot_and_may_come_back(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    vectors = _unit(rng, 50, 16)
+    index = VersionIndex("v1", 16, 3)
+    index.add([f"p{i}" for i in range(50)], ["shop"] * 50, vectors, np.zeros((50, 3)), catalogue=[True] * 50)
+    assert index.remove("p7") and not index.remove("p7") and not index.remove("never")
+    assert len(index) == 49 and index.position("p7") is None and 7 not in index.catalogue
+    found, _ = index.search(vectors[7], 49)  # every item left, none of them the removed one
+    assert sorted(found.tolist()) == [i for i in range(50) if i != 7]
+    index.save(tmp_path / "v1")
+    back = VersionIndex.load(tmp_path / "v1")
+    assert len(back) == 49 and back.position("p7") is None and 7 not in back.search(vectors[7], 49)[0]
+    assert back.add(["p7"], ["shop"], vectors[7:8], np.zeros((1, 3)), catalogue=[True]) == 1  # listed again
+    assert back.position("p7") == 50 and back.search(vectors[7], 1)[0][0] == 50 and len(back) == 50
+
+
 def test_vector_records_round_trip_with_their_documented_size() -> None:
     emb = _unit(np.random.default_rng(2), 2, 1280)[:, None, :]
     raw = encode_embeddings(["p1", "p2"], ["ana", "bo"], [1, 2], "v7", emb)
