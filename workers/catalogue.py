@@ -45,7 +45,7 @@ from streamcore.sinks import LabelSink, RedisLookups, fingerprint
 from streamcore.sources import load_bytes
 from streamcore.stage import Stage
 from training.recommend.store import ProfileWriter
-from training.recommend.vectors import encode_embeddings
+from training.recommend.vectors import VectorRecord, encode_embeddings
 
 log = logging.getLogger(__name__)
 #: 9999-12-31T23:59:59.999Z, the latest instant a ``datetime`` holds.
@@ -103,6 +103,10 @@ class CatalogueStage(Stage):
             item_id = check_post_id(record.key.decode() if record.key is not None else "")
         except (BadInput, UnicodeDecodeError):
             await self.dead_letter(record, BadInput("bad_key", "a catalogue removal names its item id as the key"))
+            return
+        [raw] = await self.retrying("vector_read", lambda: self.repository.vectors([item_id]))
+        if raw is not None and not _is_catalogue(raw):  # ids are shared with posts: a post is not the shop's to drop
+            await self.dead_letter(record, BadInput("not_catalogue_item", f"{item_id} is a post, not a catalogue item"))
             return
         keys = self.settings.redis.keys
         gone = [keys.label(item_id), keys.post_meta(item_id), keys.label_vector(item_id), keys.thumb(item_id)]
@@ -243,6 +247,13 @@ def removals(metrics: StageMetrics) -> Counter:
     """The counter of catalogue items removed, on ``metrics``' registry (once per registry)."""
     return Counter("stylestream_catalogue_items_removed_total",
                    "Catalogue items their shop removed (tombstones on the catalogue topic)", registry=metrics.registry)
+
+
+def _is_catalogue(raw: bytes) -> bool:
+    try:
+        return VectorRecord.decode(raw).catalogue
+    except ValueError:
+        return True  # an unreadable record is no evidence of a post: the removal goes ahead
 
 
 def _received_ms(record: ConsumerRecord) -> int:

@@ -153,3 +153,20 @@ def test_a_removed_item_leaves_the_repository_and_every_answer_and_may_be_listed
         assert items[0] in {i.post_id for i in client.more_like_this(items[1], 3).items}
     bad = CliRunner().invoke(app, ["catalogue", "remove", "not an id"], env=env)
     assert bad.exit_code != 0 and "not a post id" in bad.output
+
+
+def test_a_removal_naming_a_post_is_dead_lettered_and_the_post_stays(make_settings) -> None:
+    from workers.classify.stage import ClassifyStage
+
+    settings = make_settings(hint_wait_ms=0)
+    _post_photos(settings, "ana", PHOTOS[:1])
+    redis = connect(settings.redis)
+    with running_stage(ClassifyStage(settings)) as classify:
+        wait_until(lambda: classify.metrics.labeled._value.get() == 1, timeout=120, what="ana's label")
+    with RecommendClient(settings) as client:
+        client.remove_catalogue_item("ana-0")
+    with running_stage(CatalogueWorker(settings)) as catalogue:
+        wait_until(lambda: catalogue.metrics.dead_letters.labels("catalogue", "not_catalogue_item")._value.get() == 1,
+                   timeout=60, what="the removal dead-lettered")
+        assert catalogue.removed._value.get() == 0
+    assert redis.get(settings.redis.keys.label("ana-0")) is not None
