@@ -117,7 +117,7 @@ def real_photo_checks(candidate: DynamicCNN, reference: DynamicCNN, ontology: On
     garment = truth.any(1)
     checks.append(GateCheck.at_least("real_garment_answered", _answered(new[garment], bars[0]),
                                      _answered(old[garment], bars[1]), margin=wide))
-    refused = [1 - _answered(category_scores(m, no_garment_photos()), bar) for m, bar in zip((candidate, reference), bars,
-                                                                                            strict=True)]
+    negatives = no_garment_photos()
+    refused = [1 - _answered(category_scores(m, negatives), bar) for m, bar in ((candidate, bars[0]), (reference, bars[1]))]
     checks.append(GateCheck.at_least("no_garment_refused", *refused, margin=wide))
     return tuple(checks)

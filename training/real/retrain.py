@@ -37,6 +37,7 @@ from serving.models import DynamicCNN
 from serving.models.build import HintTensors
 from training.feedback import Example, to_split
 from training.gating import GateCheck
+from training.real.gate import ABSTAIN_MARGIN
 from training.train import Batchable, StepHook, compute_loss, drop_hints, evaluate_model, extract_features, predict
 
 #: One correction in this many is held out for the gate.
@@ -146,8 +147,6 @@ def held_out_checks(candidate: DynamicCNN, reference: DynamicCNN, held: Sequence
     """Candidate against ``reference`` on held-out corrections, with the hints mined from their text (as served):
     category mAP on those naming garments, and the share refused (``abstain: "no_garment"``) of those saying the
     photo shows none, each once there are :data:`MIN_HELD_OUT` of them."""
-    from training.real.gate import ABSTAIN_MARGIN
-
     garment = [e for e in held if e.categories.any()]
     none = [e for e in held if not e.categories.any()]
     checks = []
