@@ -24,6 +24,7 @@ from streamcore.sections import MetricsSettings
 from streamcore.serde import decode_post
 from streamcore.settings import Settings
 from workers import STAGES
+from workers.supervisor import Stages
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,13 @@ _DEMO_TRAINER = {"trainer_n_train": 3000, "trainer_n_test": 600, "trainer_epochs
 
 def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui: bool = False) -> int:
     """Run everything until Ctrl-C; on exit, stop stages, then the embedded servers. ``ui``: serve the review page
-    from this process too. Returns the exit status: 1 when the demo's producer found posts the broker did not take."""
+    from this process too. A stage that exits is started again (:mod:`workers.supervisor`). Returns the exit
+    status: 1 when the demo's producer found posts the broker did not take, or a stage kept exiting."""
     if demo:
         given = settings.given()
         settings = settings.replace(**{k: v for k, v in _DEMO_TRAINER.items() if k not in given})
     with ExitStack() as stack:
+        registry = _serve_up_metrics(settings.metrics, console)
         if not settings.kafka.bootstrap or not settings.redis.url:
             # The demo may forget everything; otherwise the broker and Redis keep their data in data_dir.
             embedded = stack.enter_context(EmbeddedStack(data_dir=None if demo else settings.embedded.data_dir))
@@ -153,26 +156,54 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui:
             else:
                 console.print(f"data kept in {settings.embedded.data_dir.resolve()}: broker/ (topics, records, committed "
                               "offsets), redis/ (labels, serving pointer, trainer state)", soft_wrap=True)
-            _watch_servers(embedded, settings.metrics, console)
+            _watch_servers(embedded, registry)
         created = ensure_topics(settings)
         console.print(f"topics ready ({len(created)} created, {settings.kafka.partitions} partitions)")
-        procs: list[subprocess.Popen] = []
-        stack.callback(stop_processes, procs)
-        procs.extend(start_stage(stage, settings.child_env()) for stage in STAGES)
+        env = settings.child_env()
+        stages = Stages(STAGES, lambda stage: start_stage(stage, env), on_restart=_restarted(registry, console))
+        stack.callback(lambda: stop_processes(stages.processes()))
         console.print(f"stages started: {', '.join(STAGES)} · metrics from port {settings.metrics.port}")
         if ui:
             _serve_review_page(stack, settings, console)
         stop = threading.Event()
         stack.callback(stop.set)
+        failed: list[str] = []
+        _supervise(stages, stop, failed, console)
         try:
             if demo:
-                return run_demo(settings, rate=rate, stop=stop, stack=stack, console=console)
-            while all(p.poll() is None for p in procs):
-                time.sleep(0.5)
-            console.print("[red]a stage exited; stopping[/]")
+                return run_demo(settings, rate=rate, stop=stop, stack=stack, console=console) or (1 if failed else 0)
+            while not stop.wait(0.5):  # a timed wait: Ctrl-C reaches this thread between waits
+                pass
         except KeyboardInterrupt:
             console.print("stopping…")
-    return 0
+    return 1 if failed else 0
+
+
+def _supervise(stages: Stages, stop: threading.Event, failed: list[str], console: Console) -> None:
+    """Check the stages twice a second from a thread that lives until ``stop`` (their restarted processes die
+    with it); a stage that keeps exiting sets ``stop`` and names itself in ``failed``."""
+    def watch() -> None:
+        while not stop.wait(0.5):
+            why = stages.check()
+            if why is not None:
+                failed.append(why)
+                console.print(f"[red]{why}; stopping[/]")
+                stop.set()
+
+    threading.Thread(target=watch, name="stages", daemon=True).start()
+
+
+def _restarted(registry: CollectorRegistry, console: Console) -> Callable[[str, int], None]:
+    restarts = Counter("stylestream_stage_restarts_total", "Stage processes restarted by `up` after they exited",
+                       ("stage",), registry=registry)
+    for stage in STAGES:
+        restarts.labels(stage)
+
+    def restarted(stage: str, status: int) -> None:
+        restarts.labels(stage).inc()
+        console.print(f"[yellow]stage {stage} exited (status {status}); restarted[/]")
+
+    return restarted
 
 
 def run_demo(settings: Settings, *, rate: float, stop: threading.Event, stack: ExitStack, console: Console) -> int:
@@ -218,18 +249,22 @@ def _serve_review_page(stack: ExitStack, settings: Settings, console: Console) -
     console.print(f"review page [bold]{address}[/]" + ("" if settings.ui.token else " (read-only: no STYLESTREAM_UI_TOKEN)"))
 
 
-def _watch_servers(embedded: EmbeddedStack, metrics: MetricsSettings, console: Console) -> None:
-    """Restart the embedded servers when they die, counted in ``stylestream_server_restarts_total{server}`` on
-    ``up``'s own metrics port (``METRICS_PORT`` + 3)."""
+def _serve_up_metrics(metrics: MetricsSettings, console: Console) -> CollectorRegistry:
+    """``up``'s own metrics (restarts of embedded servers and of stages) on ``METRICS_PORT`` + 3."""
     registry = CollectorRegistry()
-    restarts = Counter("stylestream_server_restarts_total", "Embedded servers restarted by `up` after they exited",
-                       ("server",), registry=registry)
-    for server in embedded.servers:
-        restarts.labels(server.name)
-    embedded.watch(lambda name: restarts.labels(name).inc())
     port = metrics.stage_port("up")
     if port:
         try:
             start_http_server(port, addr=metrics.health_host, registry=registry)
         except OSError as exc:
             console.print(f"[yellow]up's metrics not served: {metrics.health_host}:{port}: {exc.strerror}[/]")
+    return registry
+
+
+def _watch_servers(embedded: EmbeddedStack, registry: CollectorRegistry) -> None:
+    """Restart the embedded servers when they die, counted in ``stylestream_server_restarts_total{server}``."""
+    restarts = Counter("stylestream_server_restarts_total", "Embedded servers restarted by `up` after they exited",
+                       ("server",), registry=registry)
+    for server in embedded.servers:
+        restarts.labels(server.name)
+    embedded.watch(lambda name: restarts.labels(name).inc())
