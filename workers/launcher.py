@@ -141,7 +141,7 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui:
         given = settings.given()
         settings = settings.replace(**{k: v for k, v in _DEMO_TRAINER.items() if k not in given})
     with ExitStack() as stack:
-        registry = _serve_up_metrics(settings.metrics, console)
+        up_metrics = _serve_up_metrics(settings.metrics, console)
         if not settings.kafka.bootstrap or not settings.redis.url:
             # The demo may forget everything; otherwise the broker and Redis keep their data in data_dir.
             embedded = stack.enter_context(EmbeddedStack(data_dir=None if demo else settings.embedded.data_dir))
@@ -156,11 +156,11 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui:
             else:
                 console.print(f"data kept in {settings.embedded.data_dir.resolve()}: broker/ (topics, records, committed "
                               "offsets), redis/ (labels, serving pointer, trainer state)", soft_wrap=True)
-            _watch_servers(embedded, registry)
+            _watch_servers(embedded, up_metrics)
         created = ensure_topics(settings)
         console.print(f"topics ready ({len(created)} created, {settings.kafka.partitions} partitions)")
         env = settings.child_env()
-        stages = Stages(STAGES, lambda stage: start_stage(stage, env), on_restart=_restarted(registry, console))
+        stages = Stages(STAGES, lambda stage: start_stage(stage, env), on_restart=_restarted(up_metrics, console))
         stack.callback(lambda: stop_processes(stages.processes()))
         console.print(f"stages started: {', '.join(STAGES)} · metrics from port {settings.metrics.port}")
         if ui:
@@ -193,14 +193,9 @@ def _supervise(stages: Stages, stop: threading.Event, failed: list[str], console
     threading.Thread(target=watch, name="stages", daemon=True).start()
 
 
-def _restarted(registry: CollectorRegistry, console: Console) -> Callable[[str, int], None]:
-    restarts = Counter("stylestream_stage_restarts_total", "Stage processes restarted by `up` after they exited",
-                       ("stage",), registry=registry)
-    for stage in STAGES:
-        restarts.labels(stage)
-
+def _restarted(metrics: UpMetrics, console: Console) -> Callable[[str, int], None]:
     def restarted(stage: str, status: int) -> None:
-        restarts.labels(stage).inc()
+        metrics.stage_restarts.labels(stage).inc()
         console.print(f"[yellow]stage {stage} exited (status {status}); restarted[/]")
 
     return restarted
@@ -249,22 +244,34 @@ def _serve_review_page(stack: ExitStack, settings: Settings, console: Console) -
     console.print(f"review page [bold]{address}[/]" + ("" if settings.ui.token else " (read-only: no STYLESTREAM_UI_TOKEN)"))
 
 
-def _serve_up_metrics(metrics: MetricsSettings, console: Console) -> CollectorRegistry:
-    """``up``'s own metrics (restarts of embedded servers and of stages) on ``METRICS_PORT`` + 3."""
-    registry = CollectorRegistry()
-    port = metrics.stage_port("up")
+class UpMetrics:
+    """``up``'s own metrics: restarts of the embedded servers and of the stages it runs."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.server_restarts = Counter("stylestream_server_restarts_total",
+                                       "Embedded servers restarted by `up` after they exited", ("server",),
+                                       registry=registry)
+        self.stage_restarts = Counter("stylestream_stage_restarts_total",
+                                      "Stage processes restarted by `up` after they exited", ("stage",), registry=registry)
+        for stage in STAGES:
+            self.stage_restarts.labels(stage)
+
+
+def _serve_up_metrics(settings: MetricsSettings, console: Console) -> UpMetrics:
+    """:class:`UpMetrics`, served on ``METRICS_PORT`` + 3."""
+    metrics = UpMetrics(CollectorRegistry())
+    port = settings.stage_port("up")
     if port:
         try:
-            start_http_server(port, addr=metrics.health_host, registry=registry)
+            start_http_server(port, addr=settings.health_host, registry=metrics.registry)
         except OSError as exc:
-            console.print(f"[yellow]up's metrics not served: {metrics.health_host}:{port}: {exc.strerror}[/]")
-    return registry
+            console.print(f"[yellow]up's metrics not served: {settings.health_host}:{port}: {exc.strerror}[/]")
+    return metrics
 
 
-def _watch_servers(embedded: EmbeddedStack, registry: CollectorRegistry) -> None:
+def _watch_servers(embedded: EmbeddedStack, metrics: UpMetrics) -> None:
     """Restart the embedded servers when they die, counted in ``stylestream_server_restarts_total{server}``."""
-    restarts = Counter("stylestream_server_restarts_total", "Embedded servers restarted by `up` after they exited",
-                       ("server",), registry=registry)
     for server in embedded.servers:
-        restarts.labels(server.name)
-    embedded.watch(lambda name: restarts.labels(name).inc())
+        metrics.server_restarts.labels(server.name)
+    embedded.watch(lambda name: metrics.server_restarts.labels(name).inc())

@@ -46,9 +46,13 @@ def metric_names(expr: str) -> set[str]:
 
 
 def exported_names() -> set[str]:
-    """Every sample name a worker can expose, from the families registered by :class:`StageMetrics`."""
+    """Every sample name a worker or ``up`` can expose, from the families registered by :class:`StageMetrics` and
+    :class:`~workers.launcher.UpMetrics`."""
+    from workers.launcher import UpMetrics
+
     registry = CollectorRegistry()
     StageMetrics("any", registry=registry)
+    UpMetrics(registry)
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
                 "summary": ("_sum", "_count", "_created"), "info": ("_info",), "gauge": ("",),
                 "stateset": ("",), "enum": ("",), "unknown": ("",)}
