@@ -110,6 +110,12 @@ class Up:
                 return int(entry.name)
         raise AssertionError(f"up has no child {command!r}")
 
+    @staticmethod
+    def metrics(settings: Settings) -> str:
+        """What ``up`` serves on its own metrics port."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics.stage_port('up')}/metrics") as reply:
+            return reply.read().decode()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -237,8 +243,7 @@ def test_up_keeps_posts_labels_pointer_and_trainer_state_when_broker_and_redis_a
         print({name: len(lines) for name, lines in outages.items()})
         for name, lines in outages.items():
             assert len(lines) <= MAX_OUTAGE_LINES, f"{len(lines)} lines while {name} was away:\n" + "\n".join(lines)
-        with urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics.stage_port('up')}/metrics") as reply:
-            metrics = reply.read().decode()
+        metrics = up.metrics(settings)
         assert 'stylestream_server_restarts_total{server="broker"} 1.0' in metrics
         assert 'stylestream_server_restarts_total{server="redis"} 1.0' in metrics
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,8 +52,7 @@ def test_up_restarts_a_stage_that_was_killed_and_it_labels_the_posts_that_follow
         store = redis.Redis.from_url(settings.redis.url)
         keys = [settings.redis.keys.label(p.post_id) for p in posts]
         wait_until(lambda: all(store.mget(keys)), timeout=120, what="the posts sent after the restart labelled")
-        with urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics.stage_port('up')}/metrics") as reply:
-            metrics = reply.read().decode()
+        metrics = up.metrics(settings)
         assert 'stylestream_stage_restarts_total{stage="classify"} 1.0' in metrics
         assert 'stylestream_stage_restarts_total{stage="text"} 0.0' in metrics
     finally:
