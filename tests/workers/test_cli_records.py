@@ -107,6 +107,7 @@ def test_correct_sends_what_the_photo_shows_or_that_it_shows_no_garment_and_refu
                                     "--by", "ann"], env=env)
     assert sent.exit_code == 0, sent.output
     assert sent.stdout.startswith("feedback ") and sent.stdout.strip().endswith("jackets, jeans")
+    assert "no label is stored for p1" in sent.stderr  # sent all the same
     none = CliRunner().invoke(app, ["correct", "p2", "--no-garment"], env=env)
     assert none.exit_code == 0 and "shows no garment" in none.stdout, none.output
     for bad, why in ((["p3", "hats"], "not in the ontology"), (["p3"], "or --no-garment"),

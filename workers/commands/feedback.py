@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from redis.exceptions import RedisError
 
-from workers.commands import quiet_kafka, settings
+from workers.commands import errors, quiet_kafka, settings
 
 
 def correct(
@@ -41,9 +41,9 @@ def correct(
     quiet_kafka()
     with StylestreamClient(config) as client:
         try:
-            version = client.serving_version()
+            version, labelled = client.serving_version(), client.label(post_id) is not None
         except (RedisError, ValueError):  # Redis away or not configured: judged by what serves with no pointer
-            version = None
+            version, labelled = None, True
         body = {"post_id": post_id, "categories": categories or [], "subcategories": sub or [],
                 "attributes": attr or [], "sent_by": by}
         try:
@@ -51,6 +51,9 @@ def correct(
         except Refused as exc:
             raise typer.BadParameter(str(exc), param_hint="POST_ID / CATEGORY") from None
         delivery = client.send_feedback(feedback).wait()
+    if not labelled:  # sent all the same: the trainer may hold the post after its label expired
+        errors.print(f"[yellow]no label is stored for {post_id}: the trainer learns from the correction only if it "
+                     "kept the post (stylestream_trainer_feedback_total{result=\"unknown_post\"} counts the rest)[/]")
     typer.echo(f"feedback {delivery.partition}/{delivery.offset}: "
                f"{'shows no garment' if feedback.no_garment else ', '.join(feedback.categories)}")
 
