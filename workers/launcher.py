@@ -112,14 +112,29 @@ def print_label(console: Console, label: LabelView) -> None:
 
 
 @contextmanager
-def ctrl_c_sets(event: threading.Event) -> Iterator[None]:
-    """Within the block, Ctrl-C (SIGINT) sets ``event`` instead of raising KeyboardInterrupt wherever the
-    main thread is: inside a Kafka client's wait, an interrupt could leave it unable to close."""
-    previous = signal.signal(signal.SIGINT, lambda *_: event.set())
+def stop_signals_raise() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise KeyboardInterrupt in the main thread: also when this process
+    started with SIGINT ignored (a background job of a non-interactive shell inherits that, and Python then
+    installs no handler), and when a service manager stops it with SIGTERM."""
+    stopping = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, signal.default_int_handler) for number in stopping}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+@contextmanager
+def ctrl_c_sets(event: threading.Event) -> Iterator[None]:
+    """Within the block, Ctrl-C (SIGINT) and SIGTERM set ``event`` instead of raising KeyboardInterrupt wherever
+    the main thread is: inside a Kafka client's wait, an interrupt could leave it unable to close."""
+    previous = {number: signal.signal(number, lambda *_: event.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def start_stage(stage: str, env: dict[str, str], *, prefix: Sequence[str] = (), **popen: Any) -> subprocess.Popen:
@@ -172,8 +187,9 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui:
         try:
             if demo:
                 return run_demo(settings, rate=rate, stop=stop, stack=stack, console=console) or (1 if failed else 0)
-            while not stop.wait(0.5):  # a timed wait: Ctrl-C reaches this thread between waits
-                pass
+            with stop_signals_raise():
+                while not stop.wait(0.5):  # a timed wait: the signal's KeyboardInterrupt comes between waits
+                    pass
         except KeyboardInterrupt:
             console.print("stopping…")
     return 1 if failed else 0

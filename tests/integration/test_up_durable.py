@@ -69,9 +69,9 @@ def _free_base(span: int) -> int:
 class Up:
     """``stylestream up`` in a child process; its output lines kept with the time each arrived."""
 
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, cwd: Path, env: dict[str, str], **popen) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "workers.cli", "up", "--no-ui"], cwd=cwd, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
         self.lines: list[tuple[float, str]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -160,7 +160,7 @@ def _seed(data: Path, settings: Settings) -> None:
         redis.Redis.from_url(stack.redis_url).set(settings.redis.keys.model_current, "tiny-test")
 
 
-def _start_up(tmp_path: Path, tiny_registry: Path) -> tuple[Up, Settings]:
+def _start_up(tmp_path: Path, tiny_registry: Path, **popen) -> tuple[Up, Settings]:
     data, models = tmp_path / "data", tmp_path / "models"
     shutil.copytree(tiny_registry, models)
     base = _free_base(max(STAGE_PORT_OFFSET.values()) + 1)
@@ -171,7 +171,7 @@ def _start_up(tmp_path: Path, tiny_registry: Path) -> tuple[Up, Settings]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
     env.update(STYLESTREAM_DATA_DIR=str(data), STYLESTREAM_MODEL_DIR=str(models), STYLESTREAM_PARTITIONS="2",
                STYLESTREAM_METRICS_PORT=str(base), STYLESTREAM_HINT_WAIT_MS="500", COLUMNS="200")
-    up = Up(tmp_path, env)
+    up = Up(tmp_path, env, **popen)
     started = time.monotonic()
     found = up.wait_for(r"embedded broker (\S+), redis (redis://\S+)", timeout=60)
     settings = settings.replace(kafka=found.group(1), redis_url=found.group(2))

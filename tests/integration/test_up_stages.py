@@ -35,8 +35,15 @@ def _stage_pid(up: Up, stage: str) -> int:
     raise AssertionError(f"up runs no {stage} stage")
 
 
+def _as_a_background_job() -> None:
+    """What a non-interactive shell does to a job it starts with ``&``: SIGINT ignored (Python then installs no
+    handler of its own for it)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_up_restarts_a_stage_that_was_killed_and_it_labels_the_posts_that_follow(tmp_path, tiny_registry):
-    up, settings = _start_up(tmp_path, tiny_registry)
+    # Started as a background job: a SIGINT must stop it cleanly all the same.
+    up, settings = _start_up(tmp_path, tiny_registry, preexec_fn=_as_a_background_job)
     try:
         killed = _stage_pid(up, "classify")
         killed_at = time.monotonic()
@@ -57,5 +64,6 @@ def test_up_restarts_a_stage_that_was_killed_and_it_labels_the_posts_that_follow
         assert 'stylestream_stage_restarts_total{stage="text"} 0.0' in metrics
     finally:
         up.stop()
-    assert up.proc.returncode == 0, up.text()[-3000:]
+        print(f"up's output:\n{up.text()[-4000:]}")  # shown when the test fails
+    assert up.proc.returncode == 0 and "stopping…" in up.text(), up.text()[-3000:]
     assert "Traceback" not in up.text(), up.text()[-3000:]
