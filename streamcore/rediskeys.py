@@ -32,6 +32,11 @@ class RedisKeys:
         """Hash beside a label: the fingerprint of the post it was made from, whether it reached the stream."""
         return f"{{{self.label(post_id)}}}:post"
 
+    def of_post(self, post_id: str) -> list[str]:
+        """Every key held for one post's label: the label and what lies beside it (one hash slot)."""
+        return [self.label(post_id), self.post_meta(post_id), self.label_vector(post_id), self.thumb(post_id),
+                self.correction(post_id)]
+
     def label_vector(self, post_id: str) -> str:
         """Beside a label: its post's fashion vector record (user, creation time, image embedding)."""
         return f"{{{self.label(post_id)}}}:vec"

@@ -108,8 +108,7 @@ class CatalogueStage(Stage):
         if raw is not None and not _is_catalogue(raw):  # ids are shared with posts: a post is not the shop's to drop
             await self.dead_letter(record, BadInput("not_catalogue_item", f"{item_id} is a post, not a catalogue item"))
             return
-        keys = self.settings.redis.keys
-        gone = [keys.label(item_id), keys.post_meta(item_id), keys.label_vector(item_id), keys.thumb(item_id)]
+        gone = self.settings.redis.keys.of_post(item_id)
         await self.retrying("catalogue_remove", lambda: self.repository.remove_items([item_id], gone))
         self.removed.inc()
         self.done(record)

@@ -97,7 +97,8 @@ def no_garment_photos() -> torch.Tensor:
     return torch.from_numpy(no_garment_images(NO_GARMENT_IMAGES, _SIDE, seed=_NO_GARMENT_SEED))
 
 
-def _answered(scores: torch.Tensor, bar: float) -> float:
+def answered_share(scores: torch.Tensor, bar: float) -> float:
+    """The share of photos whose top category probability (``scores``: ``[N, K]``) reaches the abstain ``bar``."""
     return float((scores.max(1).values >= bar).float().mean())
 
 
@@ -115,9 +116,9 @@ def real_photo_checks(candidate: DynamicCNN, reference: DynamicCNN, ontology: On
         return tuple(checks)
     wide = max(margin, ABSTAIN_MARGIN)
     garment = truth.any(1)
-    checks.append(GateCheck.at_least("real_garment_answered", _answered(new[garment], bars[0]),
-                                     _answered(old[garment], bars[1]), margin=wide))
+    checks.append(GateCheck.at_least("real_garment_answered", answered_share(new[garment], bars[0]),
+                                     answered_share(old[garment], bars[1]), margin=wide))
     negatives = no_garment_photos()
-    refused = [1 - _answered(category_scores(m, negatives), bar) for m, bar in ((candidate, bars[0]), (reference, bars[1]))]
+    refused = [1 - answered_share(category_scores(m, negatives), bar) for m, bar in ((candidate, bars[0]), (reference, bars[1]))]
     checks.append(GateCheck.at_least("no_garment_refused", *refused, margin=wide))
     return tuple(checks)

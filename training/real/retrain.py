@@ -37,7 +37,7 @@ from serving.models import DynamicCNN
 from serving.models.build import HintTensors
 from training.feedback import Example, to_split
 from training.gating import GateCheck
-from training.real.gate import ABSTAIN_MARGIN
+from training.real.gate import ABSTAIN_MARGIN, answered_share
 from training.train import Batchable, StepHook, compute_loss, drop_hints, evaluate_model, extract_features, predict
 
 #: One correction in this many is held out for the gate.
@@ -138,8 +138,8 @@ def continue_head(model: DynamicCNN, examples: Sequence[Example], config: Retrai
 
 def _refused(model: DynamicCNN, data: Batchable, *, device: str) -> float:
     """The share of ``data``'s photos whose top category falls below ``model``'s abstain bar."""
-    top = torch.sigmoid(predict(model, data, features=True, device=device).categories.float()).max(1).values
-    return float((top < model.config.abstain_below).float().mean())
+    probs = torch.sigmoid(predict(model, data, features=True, device=device).categories.float())
+    return 1 - answered_share(probs, model.config.abstain_below)
 
 
 def held_out_checks(candidate: DynamicCNN, reference: DynamicCNN, held: Sequence[Example], *, margin: float,

@@ -35,8 +35,6 @@ def correct(
     if no_garment == bool(categories):
         raise typer.BadParameter("name the categories the photo shows, or --no-garment (not both)",
                                  param_hint="CATEGORY")
-    if no_garment and (sub or attr):
-        raise typer.BadParameter("--no-garment names no sub-category or attribute", param_hint="--no-garment")
     config = settings()
     quiet_kafka()
     with StylestreamClient(config) as client:
