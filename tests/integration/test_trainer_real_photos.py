@@ -88,7 +88,9 @@ def test_corrections_of_real_photos_promote_a_model_the_classifier_then_serves(m
         wait_until(lambda: len(_labels(store, settings, after)) == len(after), timeout=120, what="the new labels")
         labels = _labels(store, settings, after)
         assert {label.model_version for label in labels} == {run.version}
-        assert all(label.categories for label in labels)  # still labelling garments, not abstaining
+        # Still labelling garments: the packaged model abstains on 3 of the fixture's 100 photos and the gate lets
+        # the share answered fall by 0.03, so one of ten may abstain (the trained head varies with the run's ids).
+        assert sum(bool(label.categories) for label in labels) >= len(labels) - 1
     finally:
         loop.call_soon_threadsafe(stage.stop)
         thread.join(timeout=60)
