@@ -104,14 +104,20 @@ class CatalogueStage(Stage):
         except (BadInput, UnicodeDecodeError):
             await self.dead_letter(record, BadInput("bad_key", "a catalogue removal names its item id as the key"))
             return
-        [raw] = await self.retrying("vector_read", lambda: self.repository.vectors([item_id]))
-        if raw is not None and not _is_catalogue(raw):  # ids are shared with posts: a post is not the shop's to drop
-            await self.dead_letter(record, BadInput("not_catalogue_item", f"{item_id} is a post, not a catalogue item"))
+        if not await self.retrying("catalogue_listed", lambda: self._listed(item_id)):
+            # Ids are shared with posts: a post (labelled or not, its records expired or never written) is not
+            # the shop's to drop.
+            await self.dead_letter(record, BadInput("not_catalogue_item", f"{item_id} was never listed by a shop "
+                                                    "(a post's id, or an item that was never labelled)"))
             return
         gone = self.settings.redis.keys.of_post(item_id)
-        await self.retrying("catalogue_remove", lambda: self.repository.remove_items([item_id], gone))
+        version = self.predictor.version
+        await self.retrying("catalogue_remove", lambda: self.repository.remove_items([item_id], gone, also=[version]))
         self.removed.inc()
         self.done(record)
+
+    async def _listed(self, item_id: str) -> bool:
+        return await self.repository.listed(item_id) or await _listed_before(self.repository, item_id)
 
     async def _label(self, items: list[tuple[ConsumerRecord, Post]]) -> None:
         loop, predictor = asyncio.get_running_loop(), self.predictor
@@ -128,17 +134,20 @@ class CatalogueStage(Stage):
         posts = [post for _, post, _, _ in ready]
         labels = predictor.label_json(scores, [p.post_id for p in posts], [_received_ms(r) for r, *_ in ready])
         vectors = _vector_records(scores, posts, predictor.version)
-        batch, kept = self.sink.batch(predictor.version), []
+        batch, kept, kept_ids = self.sink.batch(predictor.version), [], []
         for n, ((record, post, _, preview), label) in enumerate(zip(ready, labels)):
             if isinstance(label, BadInput):
                 await self.dead_letter(record, label)
                 continue
             batch.add(post.post_id, label, fingerprint(record.value), record.partition, vectors.get(n), preview)
             kept.append(record)
+            kept_ids.append(post.post_id)
         if kept:  # an item sent again after its shop removed it may join the repository again
             ids = [post.post_id for (_, post, _, _) in ready]
             await self.retrying("catalogue_restore", lambda: self.repository.restore_items(ids, predictor.version))
         stored = await self.retrying("label_write", batch.flush) if kept else []
+        listed = [item_id for item_id, value in zip(kept_ids, stored) if value is not None]
+        await self.retrying("catalogue_listed", lambda: self.repository.mark_listed(listed))
         for record, value in zip(kept, stored):
             if value is None:
                 await self.dead_letter(record, BadInput("duplicate_post_id", "item id was labelled from other content"))
@@ -248,11 +257,13 @@ def removals(metrics: StageMetrics) -> Counter:
                    "Catalogue items their shop removed (tombstones on the catalogue topic)", registry=metrics.registry)
 
 
-def _is_catalogue(raw: bytes) -> bool:
+async def _listed_before(repository: ProfileWriter, item_id: str) -> bool:
+    """Items labelled before shops' ids were kept in a set: their vector record says whether they are items."""
+    [raw] = await repository.vectors([item_id])
     try:
-        return VectorRecord.decode(raw).catalogue
+        return raw is not None and VectorRecord.decode(raw).catalogue
     except ValueError:
-        return True  # an unreadable record is no evidence of a post: the removal goes ahead
+        return False  # no evidence of a shop's item
 
 
 def _received_ms(record: ConsumerRecord) -> int:

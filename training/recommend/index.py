@@ -133,8 +133,10 @@ class VersionIndex:
         tmp = Path(tempfile.mkdtemp(prefix=".snapshot-", dir=folder.parent))
         try:
             self._index.save_index(str(tmp / "hnsw.bin"))
-            np.save(tmp / "labels.npy", self._labels[: len(self)])
-            np.save(tmp / "vectors.npy", self._vectors[: len(self)])
+            # Every position, removed ones included: positions index these arrays, and len(self) counts only
+            # the items still searchable.
+            np.save(tmp / "labels.npy", self._labels[: len(self.post_ids)])
+            np.save(tmp / "vectors.npy", self._vectors[: len(self.post_ids)])
             meta = {"version": self.version, "dim": self.dim, "cursor": self.cursor, "post_ids": self.post_ids,
                     "users": self.users, "catalogue": sorted(self.catalogue), "removed": sorted(self.removed)}
             (tmp / "meta.json").write_text(json.dumps(meta))
@@ -160,9 +162,13 @@ class VersionIndex:
         if out._index.get_current_count() != len(meta["post_ids"]):
             raise ValueError(f"snapshot {folder}: graph holds {out._index.get_current_count()} items, "
                              f"meta {len(meta['post_ids'])}")
+        vectors = np.load(folder / "vectors.npy")
+        if not len(labels) == len(vectors) == len(meta["post_ids"]):
+            raise ValueError(f"snapshot {folder}: {len(labels)} labels and {len(vectors)} vectors for "
+                             f"{len(meta['post_ids'])} items")
         out.post_ids, out.users, out.cursor = list(meta["post_ids"]), list(meta["users"]), meta["cursor"]
         out._labels[: len(labels)] = labels
-        out._vectors[: len(labels)] = np.load(folder / "vectors.npy")
+        out._vectors[: len(labels)] = vectors
         out.removed = set(meta.get("removed", ()))
         out._position = {p: n for n, p in enumerate(out.post_ids) if n not in out.removed}
         out.catalogue = set(meta.get("catalogue", ()))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 # KEYS: posts zset, members hash, rev, profile_rev. ARGV: post id, created ms, member bytes, cap.
 # Returns {1 if the set changed, rev, profile_rev}. Keeps the ``cap`` newest posts by (time, id).
@@ -104,6 +104,11 @@ class Keys:
     def versions(self) -> str:
         return f"{self.prefix}:repo:versions"
 
+    @property
+    def catalogue_items(self) -> str:
+        """Every id a shop ever listed through the catalogue stage (what a tombstone may remove)."""
+        return f"{self.prefix}:catalogue:items"
+
     def label_vector(self, post_id: str) -> str:
         """Where the classifier writes a post's vector record (the label's hash slot)."""
         return f"{{{self.prefix}:label:{post_id}}}:vec"
@@ -171,11 +176,16 @@ class ProfileWriter:
             at += 2
         return fresh, list(dict.fromkeys(due))
 
-    async def remove_items(self, item_ids: list[str], label_keys: list[str]) -> int:
+    async def remove_items(self, item_ids: list[str], label_keys: list[str], *, also: Sequence[str] = ()) -> int:
         """Take shops' removed items out of every version's repository (a removal entry on each stream that held
         them, so indexes drop them too) and delete ``label_keys`` (their labels and what lies beside them);
-        returns how many repository entries were removed. Idempotent."""
-        versions = [v.decode() for v in await self.redis.zrange(self.keys.versions, 0, -1)]
+        returns how many repository entries were removed. Idempotent.
+
+        ``also``: versions to mark the items removed in even before their repository is listed (the version
+        being labelled: its first items may still be on their way to the profiles stage).
+        """
+        listed = [v.decode() for v in await self.redis.zrange(self.keys.versions, 0, -1)]
+        versions = list(dict.fromkeys([*listed, *also]))
         calls = [(self._remove_item, list(self.keys.repo(v)), [i]) for i in item_ids for v in versions]
         removed = sum(int(r) for r in await self._run(calls)) if calls else 0
         if self._cluster:  # keys of several slots: one command each
@@ -183,6 +193,14 @@ class ProfileWriter:
         elif label_keys:
             await self.redis.delete(*label_keys)
         return removed
+
+    async def mark_listed(self, item_ids: list[str]) -> None:
+        """These ids are shops' items (labelled by the catalogue stage): a tombstone may remove them."""
+        if item_ids:
+            await self.redis.sadd(self.keys.catalogue_items, *item_ids)
+
+    async def listed(self, item_id: str) -> bool:
+        return bool(await self.redis.sismember(self.keys.catalogue_items, item_id))
 
     async def restore_items(self, item_ids: list[str], version: str) -> None:
         """Items their shop sends again after removing them may join ``version``'s repository again."""

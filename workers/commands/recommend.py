@@ -74,18 +74,22 @@ def add(
 def remove(item_ids: Annotated[list[str], typer.Argument(help="The items' ids (as `add` printed them).",
                                                          metavar="ITEM_ID...")]) -> None:
     """Remove shops' items: a tombstone per item on the catalogue topic; the catalogue stage takes each out of the
-    repository, so no recommendation names it again."""
+    repository, so no recommendation names it again (an id it never labelled, such as a post's, is dead-lettered
+    as ``not_catalogue_item``)."""
     from streamcore.client import StylestreamClient
     from streamcore.exceptions import BadInput
+    from streamcore.schemas import check_post_id
 
+    for item_id in item_ids:  # every id checked before any is sent
+        try:
+            check_post_id(item_id)
+        except BadInput as exc:
+            raise typer.BadParameter(str(exc), param_hint="ITEM_ID") from None
     quiet_kafka()
     with StylestreamClient(settings()) as client:
         for item_id in item_ids:
-            try:
-                client.remove_catalogue_item(item_id).wait()
-            except BadInput as exc:
-                raise typer.BadParameter(str(exc), param_hint="ITEM_ID") from None
-            typer.echo(f"removed {item_id}")
+            client.remove_catalogue_item(item_id).wait()
+            typer.echo(f"removal of {item_id} sent")
 
 
 def register(app: typer.Typer) -> None:

@@ -55,7 +55,8 @@ def test_a_removed_item_is_never_found_again_survives_a_snapshot_and_may_come_ba
     rng = np.random.default_rng(2)
     vectors = _unit(rng, 50, 16)
     index = VersionIndex("v1", 16, 3)
-    index.add([f"p{i}" for i in range(50)], ["shop"] * 50, vectors, np.zeros((50, 3)), catalogue=[True] * 50)
+    labels = rng.random((50, 3)).astype(np.float16)
+    index.add([f"p{i}" for i in range(50)], ["shop"] * 50, vectors, labels, catalogue=[True] * 50)
     assert index.remove("p7") and not index.remove("p7") and not index.remove("never")
     assert len(index) == 49 and index.position("p7") is None and 7 not in index.catalogue
     found, _ = index.search(vectors[7], 49)  # every item left, none of them the removed one
@@ -63,6 +64,11 @@ def test_a_removed_item_is_never_found_again_survives_a_snapshot_and_may_come_ba
     index.save(tmp_path / "v1")
     back = VersionIndex.load(tmp_path / "v1")
     assert len(back) == 49 and back.position("p7") is None and 7 not in back.search(vectors[7], 49)[0]
+    back.save(tmp_path / "v1")  # saved again after a removal: every position keeps its vector and label
+    back = VersionIndex.load(tmp_path / "v1")
+    every = np.arange(50)
+    assert np.array_equal(back.vectors(every), index.vectors(every))
+    assert np.array_equal(back.labels(every), labels.astype(np.float32))
     assert back.add(["p7"], ["shop"], vectors[7:8], np.zeros((1, 3)), catalogue=[True]) == 1  # listed again
     assert back.position("p7") == 50 and back.search(vectors[7], 1)[0][0] == 50 and len(back) == 50
 
