@@ -201,6 +201,12 @@ def join(feedback: Feedback, stored: StoredPost, *, ontology: Ontology, miner: T
                    hint_subcategories=tensors.subcategories[0].numpy(), post_id=feedback.post_id)
 
 
+def learnable(examples: Sequence[Example], *, multi: bool) -> list[Example]:
+    """The examples a model of this kind can learn: a single-label one, those naming exactly one category (the
+    others were taken while a multi-label model served; they wait for one again, never collapsed to one)."""
+    return list(examples) if multi else [e for e in examples if int(np.count_nonzero(e.categories)) == 1]
+
+
 def to_split(examples: Sequence[Example], *, size: int | None = None, images: bool = True) -> Split:
     """Stack examples into a :class:`Split` (at least one example), their images resized to ``size`` square
     (``None``: as kept, which must then be one size); ``images=False`` leaves the images out (an empty

@@ -51,7 +51,7 @@ from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 from training.continued import learns_multi
 from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
-from training.feedback import Example, concat, to_split
+from training.feedback import Example, concat, learnable, to_split
 from training.gating import GATES, GateCheck, GateDecision, gate
 from training.onnx_export import build_or_skip
 from training.progress import RunCancelled, RunProgress
@@ -195,8 +195,9 @@ class Trainer:
             base = serving.model if serving is not None else self._start_model()
             if base is not None and is_real_photo_model(base):
                 return self._run_real(serving, base, examples, started=started, progress=progress, lease=lease)
-            multi = serving.model.config.multi if serving else self.config.multi
+            multi = base.config.multi if base is not None else self.config.multi  # as learns_multi answers
             splits = self.benchmark(multi=multi)
+            examples = learnable(examples, multi=multi)
             extra = to_split(examples, size=self.config.image_size) if examples else None
             if serving is None:
                 candidate, feats, history = self._train_cold(splits, extra, multi, progress)

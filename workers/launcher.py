@@ -200,7 +200,10 @@ def _supervise(stages: Stages, stop: threading.Event, failed: list[str], console
     with it); a stage that keeps exiting sets ``stop`` and names itself in ``failed``."""
     def watch() -> None:
         while not stop.wait(0.5):
-            why = stages.check()
+            try:
+                why = stages.check()
+            except Exception as exc:  # noqa: BLE001 - unsupervised stages must not go on silently: up stops
+                why = f"supervising the stages failed: {exc!r}"
             if why is not None:
                 failed.append(why)
                 console.print(f"[red]{why}; stopping[/]")

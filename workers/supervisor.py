@@ -9,10 +9,13 @@ a restart does not cure (a bad setting, a broken model directory): ``up`` then s
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+
+log = logging.getLogger(__name__)
 
 #: Restarts of one stage within :data:`WINDOW_S` seconds after which ``up`` gives up.
 MAX_RESTARTS = 5
@@ -31,6 +34,7 @@ class Stages:
         self.window_s = window_s
         self.procs: dict[str, subprocess.Popen] = {stage: start(stage) for stage in stages}
         self._restarts: dict[str, deque[float]] = {stage: deque() for stage in stages}
+        self._start_failed: dict[str, OSError] = {}
 
     def processes(self) -> list[subprocess.Popen]:
         """The stages' processes now (restarted ones replace those that exited)."""
@@ -46,9 +50,16 @@ class Stages:
             while recent and now - recent[0] > self.window_s:
                 recent.popleft()
             if len(recent) >= self.max_restarts:
+                failed = self._start_failed.get(stage)
                 return (f"stage {stage} exited {len(recent) + 1} times within {self.window_s:g} s (last exit status "
-                        f"{status}): not restarted again")
+                        f"{status}{f'; the last restart failed: {failed}' if failed else ''}): not restarted again")
             recent.append(now)
-            self.procs[stage] = self._start(stage)
+            try:
+                self.procs[stage] = self._start(stage)
+            except OSError as exc:  # fork refused (memory, process limit): the next check tries again, and counts it
+                self._start_failed[stage] = exc
+                log.warning("could not restart stage %s: %s", stage, exc)
+                continue
+            self._start_failed.pop(stage, None)
             self._on_restart(stage, status)
         return None

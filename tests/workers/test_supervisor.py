@@ -49,3 +49,39 @@ def test_a_stage_that_keeps_exiting_is_given_up_on_with_the_reason():
         stop_processes(stages.processes())
     assert started.count("trainer") == 4 and started.count("text") == 1  # the first start and three restarts
     assert "stage trainer exited 4 times within 600 s (last exit status 3)" in reasons[-1]
+
+
+def test_a_restart_the_system_refuses_is_tried_again_and_counted():
+    refusals = [OSError(12, "Cannot allocate memory")] * 2
+    restarts = []
+
+    def start(stage: str) -> subprocess.Popen:
+        if stage == "classify" and len(restarts) == 0 and started and refusals:
+            raise refusals.pop()
+        started.append(stage)
+        return subprocess.Popen(QUITTER if len(started) == 1 else SLEEPER)
+
+    started: list[str] = []
+    stages = Stages(["classify"], start, on_restart=lambda stage, status: restarts.append(status), max_restarts=5)
+    try:
+        stages.procs["classify"].wait()
+        assert stages.check() is None and stages.check() is None  # two refused restarts: no exception, no restart
+        assert restarts == [] and refusals == []
+        assert stages.check() is None and restarts == [3] and stages.procs["classify"].poll() is None
+    finally:
+        stop_processes(stages.processes())
+
+
+def test_a_stage_that_cannot_be_restarted_is_given_up_on_with_the_reason():
+    def start(stage: str) -> subprocess.Popen:
+        if started:
+            raise OSError(11, "Resource temporarily unavailable")
+        started.append(stage)
+        return subprocess.Popen(QUITTER)
+
+    started: list[str] = []
+    stages = Stages(["text"], start, max_restarts=2, window_s=600)
+    stages.procs["text"].wait()
+    assert stages.check() is None and stages.check() is None
+    why = stages.check()
+    assert why is not None and "stage text exited 3 times" in why and "Resource temporarily unavailable" in why

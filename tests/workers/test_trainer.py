@@ -23,7 +23,7 @@ from streamcore.schemas import Feedback
 from streamcore.settings import Settings
 from tests.support import publish_tiny
 from training.data.benchmark import BenchmarkConfig, load_benchmark
-from training.feedback import Example, StoredPost, concat, join, to_split
+from training.feedback import Example, StoredPost, concat, join, learnable, to_split
 from training.guard import Agreement, LiveGuard, should_roll_back
 from training.retrain import (
     GATES,
@@ -192,6 +192,11 @@ def test_feedback_for_a_stored_post_becomes_a_training_example(tmp_path) -> None
     none = join(Feedback(post_id=post.post_id, categories=[]), stored, **{**kw, "multi": True})
     assert none.categories.sum() == none.subcategories.sum() == none.attributes.sum() == 0
     assert none.pixels.std() > 0 and none.hint_categories.shape == example.hint_categories.shape
+    two = join(Feedback(post_id=post.post_id, categories=ontology.category_names[:2]), stored, **{**kw, "multi": True})
+    # Taken while a multi-label model served: a single-label one (after a rollback) learns none of them as
+    # one category, since argmax would make the first category of both.
+    assert learnable([example, none, two], multi=False) == [example]
+    assert learnable([example, none, two], multi=True) == [example, none, two]
 
     bench = load_benchmark(ontology, BenchmarkConfig(n_train=50, n_test=20), cache_dir=tmp_path)["train"]
     extended = concat(bench, to_split([example]))
