@@ -10,8 +10,10 @@ from confluent_kafka import Producer
 
 
 def main(bootstrap: str, path: str, topic: str = "posts") -> int:
-    # message.max.bytes is librdkafka's largest request (1 MB by default); posts may be up to 8 MiB.
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.max.bytes": 8 * 1024 * 1024 + 65536})
+    # message.max.bytes is librdkafka's largest request (1 MB by default); posts may be up to 8 MiB. murmur2: the
+    # partitions Java clients and kafka-python choose for a key, so one post's records share a partition.
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.max.bytes": 8 * 1024 * 1024 + 65536,
+                         "partitioner": "murmur2_random"})
     failed = []
 
     def delivered(error, message) -> None:

@@ -102,7 +102,8 @@ def test_kcat_sends_a_post_that_is_labelled(make_settings, workers, tmp_path) ->
     def send(settings) -> str:
         # The command of docs/contract.md: the key (post id) before a '|', the post as one JSON line.
         command = (f"jq -r '\"\\(.post_id)|\\(tojson)\"' {_post_file(tmp_path, 'by-kcat')} | "
-                   f"{kcat} -P -b {settings.kafka.bootstrap} -t {settings.kafka.topic('posts')} -K'|' -X message.max.bytes=8454144")
+                   f"{kcat} -P -b {settings.kafka.bootstrap} -t {settings.kafka.topic('posts')} -K'|' -X message.max.bytes=8454144 "
+                   "-X partitioner=murmur2_random")
         result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=120, check=False,
                                 env=env)
         assert result.returncode == 0, result.stderr
