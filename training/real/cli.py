@@ -34,6 +34,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, action="append", required=True, help="manifest (JSONL) or folder")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     parser.add_argument("--head", default=None, help=f"served head (default: Table II's winner, else {DEFAULT_HEAD})")
+    parser.add_argument("--backbone", default=RealConfig.backbone, choices=("efficientnet_lite0", "efficientnet_lite2"),
+                        help="pretrained trunk (Lite2 needs the trunks extra; 1.6x Lite0's CPU per photo)")
     parser.add_argument("--image-size", type=int, default=RealConfig.image_size)
     parser.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="fine-tuning epochs")
     parser.add_argument("--cut", type=int, default=TuneConfig.cut, help="first trunk block that is fine-tuned")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
     command = command or " ".join(["stylestream train", *(argv if argv is not None else sys.argv[1:])])
     ontology = load_ontology()
     records = [r for path in args.data for r in read_manifest(path, ontology)]
-    config = RealConfig(image_size=args.image_size, negatives=args.negatives, seed=args.seed, cache_dir=args.cache_dir,
+    config = RealConfig(backbone=args.backbone, image_size=args.image_size, negatives=args.negatives, seed=args.seed, cache_dir=args.cache_dir,
                         head_street_repeat=args.head_street_repeat,
                         tune=TuneConfig(cut=args.cut, epochs=args.epochs, augment=args.augment, seed=args.seed))
     torch.manual_seed(args.seed)

@@ -49,7 +49,7 @@ def run(prepared: Prepared, ontology: Ontology, config: RealConfig, *, seeds: in
         base = None
         for name, test in data["tests"].items():
             quality = hint_quality(torch.from_numpy(test.hint_categories), torch.from_numpy(test.categories))
-            records.append(_record(seed, name, "_hints", "mined", "category", quality))
+            records.append(_record(config.backbone, seed, name, "_hints", "mined", "category", quality))
         for head in REAL_ROWS:
             model, used = fit_row(head, settings[head], prepared.base.backbone, prepared.features, data["splits"],
                                   fit=dataclasses.replace(fit, seed=seed), base=base, **kw)
@@ -62,11 +62,11 @@ def run(prepared: Prepared, ontology: Ontology, config: RealConfig, *, seeds: in
                     modes = ("mined",)
                 for hints in modes:
                     scores = evaluate_model(model, test, features=used["test"], hints=hints == "mined")
-                    records.extend(_record(seed, name, head, hints, level, m) for level, m in scores.items())
+                    records.extend(_record(config.backbone, seed, name, head, hints, level, m) for level, m in scores.items())
     table, quality = aggregate(records)
     return {"settings": settings, "rows": table, "hint_quality": quality, "records": records}
 
 
-def _record(seed: int, variant: str, head: str, hints: str, level: str, metrics: dict) -> dict:
-    return {"seed": seed, "scenario": "multi", "backbone": "efficientnet_lite0", "variant": variant, "head": head,
+def _record(backbone: str, seed: int, variant: str, head: str, hints: str, level: str, metrics: dict) -> dict:
+    return {"seed": seed, "scenario": "multi", "backbone": backbone, "variant": variant, "head": head,
             "hints": hints, "level": level, "metrics": metrics}

