@@ -8,7 +8,7 @@ It lives in ``serving/models/data/default/`` in the registry's own layout (``mod
 
     python -m training.default_model --clothing-dataset PATH --co-parsing PATH
 
-(EfficientNet-Lite0 at 288 px, its last blocks fine-tuned on the photos, Table II's winning head; see
+(EfficientNet-Lite0 at 288 px, all but its first two blocks fine-tuned on the photos, Table II's winning head; see
 ``docs/real-photos.md``). ``--data MANIFEST`` trains on any other labelled photos instead.
 """
 
