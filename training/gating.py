@@ -20,6 +20,11 @@ class GateCheck:
         """Passes when ``candidate`` ≥ ``serving`` − ``margin``."""
         return cls(name, candidate, serving, candidate >= serving - margin)
 
+    @classmethod
+    def at_most(cls, name: str, candidate: float, serving: float, *, margin: float) -> GateCheck:
+        """Passes when ``candidate`` ≤ ``serving`` + ``margin`` (an error that must not grow)."""
+        return cls(name, candidate, serving, candidate <= serving + margin)
+
 
 @dataclass(frozen=True)
 class GateDecision:

@@ -71,7 +71,8 @@ def test_corrections_of_real_photos_promote_a_model_the_classifier_then_serves(m
         print("\n" + ", ".join(f"{n} {c.candidate:.3f} vs {c.serving:.3f}" for n, c in checks.items()))
         assert run.feedback_examples == N_POSTS and run.serving_version is None
         assert run.promoted and set(checks) == {"real_category_map", "corrections_category_map",
-                                                "real_garment_answered", "no_garment_refused"}
+                                                "real_garment_answered", "no_garment_refused",
+                                                "real_calibration_error"}
         assert store.get(settings.redis.keys.model_current).decode() == run.version
         # The promotion log (the review page's model page) says why, with the gate's figures.
         event = json.loads(store.lindex(settings.redis.keys.model_events, 0))

@@ -11,7 +11,9 @@ mAP ranks each category's photos and so cannot see a head that moved every categ
 candidate that labels noise with a garment, or refuses real garments, keeps its mAP. So a model that
 abstains is also held to the model it replaces on how many of the fixture's garment photos it answers and
 how many drawn no-garment images (flat colours, noise, gradients, blurred noise; another seed than
-training's) it refuses (:func:`real_photo_checks`).
+training's) it refuses, and on its category probabilities' calibration error on the fixture's photos: a head
+that squashed every probability towards one half (a higher temperature) keeps its ranking and its answers,
+and then lists categories the photo does not show (:func:`real_photo_checks`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from training.real.data import targets
 from training.real.fixture import fixture_records
 from training.real.images import MAX_PIXELS, load_records, no_garment_images
 from training.real.manifest import ManifestError, read_manifest
+from training.real.scores import calibration_error
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ NO_GARMENT_IMAGES, _NO_GARMENT_SEED = 80, 20261204
 #: How much the shares of garment photos answered and no-garment images refused may fall, at least: one
 #: image of the 80 drawn is 0.0125, so a tighter ``gate_margin`` would refuse a candidate for one image.
 ABSTAIN_MARGIN = 0.03
+#: How much the calibration error on the fixture's photos may grow, at least (the packaged model's is ~0.01).
+CALIBRATION_MARGIN = 0.02
 
 
 @lru_cache(maxsize=1)
@@ -105,8 +110,10 @@ def answered_share(scores: torch.Tensor, bar: float) -> float:
 def real_photo_checks(candidate: DynamicCNN, reference: DynamicCNN, ontology: Ontology, *,
                       margin: float) -> tuple[GateCheck, ...]:
     """The candidate against ``reference`` on the fixture's real photos: category mAP within ``margin``; and,
-    when either model abstains, the share of garment photos answered and of drawn no-garment images refused
-    (``abstain: "no_garment"``), each within ``margin`` or :data:`ABSTAIN_MARGIN`, whichever is wider."""
+    when either model abstains (a calibrated real-photo model does), the share of garment photos answered and
+    of drawn no-garment images refused (``abstain: "no_garment"``), each within ``margin`` or
+    :data:`ABSTAIN_MARGIN`, and the category calibration error, within ``margin`` or :data:`CALIBRATION_MARGIN`,
+    whichever is wider."""
     images, truth = fixture_photos(ontology)
     new, old = (category_scores(m, images) for m in (candidate, reference))
     checks = [GateCheck.at_least("real_category_map", mean_average_precision(new, truth),
@@ -121,4 +128,6 @@ def real_photo_checks(candidate: DynamicCNN, reference: DynamicCNN, ontology: On
     negatives = no_garment_photos()
     refused = [1 - answered_share(category_scores(m, negatives), bar) for m, bar in ((candidate, bars[0]), (reference, bars[1]))]
     checks.append(GateCheck.at_least("no_garment_refused", *refused, margin=wide))
+    errors = (calibration_error(scores.numpy(), truth.numpy()) for scores in (new, old))
+    checks.append(GateCheck.at_most("real_calibration_error", *errors, margin=max(margin, CALIBRATION_MARGIN)))
     return tuple(checks)

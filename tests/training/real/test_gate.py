@@ -15,7 +15,14 @@ from serving.registry import default_entry
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 from training.real.fixture import fixture_records
-from training.real.gate import ABSTAIN_MARGIN, NO_GARMENT_IMAGES, manifest_photos, real_photo_checks, real_photo_map
+from training.real.gate import (
+    ABSTAIN_MARGIN,
+    CALIBRATION_MARGIN,
+    NO_GARMENT_IMAGES,
+    manifest_photos,
+    real_photo_checks,
+    real_photo_map,
+)
 from training.real.manifest import ManifestError
 from training.retrain import Trainer, TrainerConfig
 
@@ -68,6 +75,18 @@ def test_a_head_that_moved_every_category_keeps_its_map_and_is_refused_for_absta
     assert checks["real_category_map"].passed and checks["no_garment_refused"].passed
     assert not answered.passed and answered.candidate < answered.serving - 0.3
 
+    # A head that squashed every probability towards one half (temperature doubled) keeps its ranking, answers
+    # every garment photo and refuses every drawn image, and lists categories the photos do not show.
+    squashed = copy.deepcopy(packaged)
+    with torch.no_grad():
+        squashed.head.categories.weight.mul_(0.5)
+        squashed.head.categories.bias.mul_(0.5)
+    checks = _by_name(real_photo_checks(squashed, packaged, ONTOLOGY, margin=0.01))
+    calibration = checks.pop("real_calibration_error")
+    assert all(c.passed for c in checks.values()), checks
+    assert not calibration.passed and calibration.candidate > calibration.serving + 2 * CALIBRATION_MARGIN
+    assert calibration.serving < 0.03  # the packaged model is calibrated on these photos
+
     # The margin is never narrower than one drawn image or fixture photo could move a share.
     assert ABSTAIN_MARGIN > 1 / NO_GARMENT_IMAGES and ABSTAIN_MARGIN > 1 / 100
     never = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
@@ -85,7 +104,8 @@ def test_operator_held_out_photos_gate_every_candidate_too(tmp_path):
     trainer = Trainer(settings, config, StageMetrics("trainer"))
     candidate = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
     checks = {c.name: c for c in trainer.real_checks(candidate, None)}
-    assert set(checks) == {"real_category_map", "gate_data_category_map", "real_garment_answered", "no_garment_refused"}
+    assert set(checks) == {"real_category_map", "gate_data_category_map", "real_garment_answered", "no_garment_refused",
+                           "real_calibration_error"}
     held = checks["gate_data_category_map"]
     assert not held.passed and held.serving > held.candidate + 0.3
     photos = manifest_photos(tmp_path / "held.jsonl", ONTOLOGY)

@@ -106,7 +106,8 @@ def test_corrections_of_real_photos_retrain_the_packaged_model_and_wrong_ones_ar
     checks = {c.name: c for c in right.decision.checks}
     print("true labels:", {n: (round(c.candidate, 4), round(c.serving, 4)) for n, c in checks.items()})
     assert right.promoted and set(checks) == {"real_category_map", "corrections_category_map",
-                                              "real_garment_answered", "no_garment_refused"}
+                                              "real_garment_answered", "no_garment_refused",
+                                              "real_calibration_error"}
     pointer = redis.Redis.from_url(settings.redis.url).get(settings.redis.keys.model_current).decode()
     assert pointer == right.version
     entry = trainer.registry.get(right.version)
