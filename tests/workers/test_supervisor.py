@@ -51,28 +51,33 @@ def test_a_stage_that_keeps_exiting_is_given_up_on_with_the_reason():
     assert "stage trainer exited 4 times within 600 s (last exit status 3)" in reasons[-1]
 
 
-def test_a_restart_the_system_refuses_is_tried_again_and_counted():
+def test_a_restart_the_system_refuses_is_tried_again_later_and_the_exit_counted_once():
     refusals = [OSError(12, "Cannot allocate memory")] * 2
-    restarts = []
+    restarts, tries = [], []
 
     def start(stage: str) -> subprocess.Popen:
-        if stage == "classify" and len(restarts) == 0 and started and refusals:
+        tries.append(stage)
+        if len(tries) > 1 and refusals:
             raise refusals.pop()
-        started.append(stage)
-        return subprocess.Popen(QUITTER if len(started) == 1 else SLEEPER)
+        return subprocess.Popen(QUITTER if len(tries) == 1 else SLEEPER)
 
-    started: list[str] = []
-    stages = Stages(["classify"], start, on_restart=lambda stage, status: restarts.append(status), max_restarts=5)
+    stages = Stages(["classify"], start, on_restart=lambda stage, status: restarts.append(status), max_restarts=3,
+                    retry_s=3600)
     try:
         stages.procs["classify"].wait()
-        assert stages.check() is None and stages.check() is None  # two refused restarts: no exception, no restart
-        assert restarts == [] and refusals == []
+        assert stages.check() is None and len(tries) == 2 and restarts == []  # refused: no exception
+        assert stages.check() is None and len(tries) == 2  # not tried again before its time
+        stages.retry_s = 0
+        stages._due["classify"] = (0.0, 1)  # its time has come (as after the wait)
+        assert stages.check() is None and len(tries) == 3 and refusals == []  # refused again
+        # Started on the third try: one exit, counted once.
         assert stages.check() is None and restarts == [3] and stages.procs["classify"].poll() is None
+        assert len(stages._restarts["classify"]) == 1
     finally:
         stop_processes(stages.processes())
 
 
-def test_a_stage_that_cannot_be_restarted_is_given_up_on_with_the_reason():
+def test_a_stage_the_system_will_not_start_again_is_given_up_on_with_the_reason():
     def start(stage: str) -> subprocess.Popen:
         if started:
             raise OSError(11, "Resource temporarily unavailable")
@@ -80,8 +85,8 @@ def test_a_stage_that_cannot_be_restarted_is_given_up_on_with_the_reason():
         return subprocess.Popen(QUITTER)
 
     started: list[str] = []
-    stages = Stages(["text"], start, max_restarts=2, window_s=600)
+    stages = Stages(["text"], start, max_restarts=3, window_s=600, retry_s=0)
     stages.procs["text"].wait()
     assert stages.check() is None and stages.check() is None
     why = stages.check()
-    assert why is not None and "stage text exited 3 times" in why and "Resource temporarily unavailable" in why
+    assert why == "stage text exited and could not be started again (3 tries): [Errno 11] Resource temporarily unavailable"

@@ -17,7 +17,6 @@ from streamcore.settings import Settings
 from training.real.fixture import fixture_records
 from training.real.gate import (
     ABSTAIN_MARGIN,
-    CALIBRATION_MARGIN,
     NO_GARMENT_IMAGES,
     manifest_photos,
     real_photo_checks,
@@ -84,7 +83,7 @@ def test_a_head_that_moved_every_category_keeps_its_map_and_is_refused_for_absta
     checks = _by_name(real_photo_checks(squashed, packaged, ONTOLOGY, margin=0.01))
     calibration = checks.pop("real_calibration_error")
     assert all(c.passed for c in checks.values()), checks
-    assert not calibration.passed and calibration.candidate > calibration.serving + 2 * CALIBRATION_MARGIN
+    assert not calibration.passed and calibration.candidate > 3 * calibration.serving
     assert calibration.serving < 0.03  # the packaged model is calibrated on these photos
 
     # The margin is never narrower than one drawn image or fixture photo could move a share.
