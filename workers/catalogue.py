@@ -105,10 +105,13 @@ class CatalogueStage(Stage):
             await self.dead_letter(record, BadInput("bad_key", "a catalogue removal names its item id as the key"))
             return
         if not await self.retrying("catalogue_listed", lambda: self._listed(item_id)):
+            if await self.retrying("catalogue_removed", lambda: self.repository.was_removed(item_id)):
+                self.done(record)  # removed before: the tombstone seen again (a new version's replay, a resend)
+                return
             # Ids are shared with posts: a post (labelled or not, its records expired or never written) is not
             # the shop's to drop.
-            await self.dead_letter(record, BadInput("not_catalogue_item", f"{item_id} was never listed by a shop "
-                                                    "(a post's id, or an item that was never labelled)"))
+            await self.dead_letter(record, BadInput("not_catalogue_item", f"{item_id} is not listed by a shop "
+                                                    "(a post's id, or an item never labelled)"))
             return
         gone = self.settings.redis.keys.of_post(item_id)
         version = self.predictor.version

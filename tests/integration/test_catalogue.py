@@ -138,6 +138,14 @@ def test_a_removed_item_leaves_the_repository_and_every_answer_and_may_be_listed
             removed = CliRunner().invoke(app, ["catalogue", "remove", items[0]], env=env)
             assert removed.exit_code == 0 and removed.stdout.strip() == f"removal of {items[0]} sent", removed.output
             wait_until(lambda: catalogue.removed._value.get() == 1, timeout=60, what="the removal")
+            # The tombstone seen again (a resend, a new version's replay) is done with, and removes nothing more;
+            # the id is no longer the shop's, so a post given it later would not be removed by it.
+            done = catalogue.metrics.processed.labels("catalogue")
+            before = done._value.get()
+            client.remove_catalogue_item(items[0]).wait()
+            wait_until(lambda: done._value.get() == before + 1, timeout=60, what="the tombstone seen again")
+            assert catalogue.removed._value.get() == 1 and not redis.sismember(keys.catalogue_items, items[0])
+            assert catalogue.metrics.dead_letters.labels("catalogue", "not_catalogue_item")._value.get() == 0
             assert [i.post_id for i in client.more_like_this(items[1], 3).items] != [] and items[0] not in {
                 i.post_id for i in client.more_like_this(items[1], 3).items}
             assert client.more_like_this(items[0], 3).items == []

@@ -188,6 +188,8 @@ class ProfileWriter:
         versions = list(dict.fromkeys([*listed, *also]))
         calls = [(self._remove_item, list(self.keys.repo(v)), [i]) for i in item_ids for v in versions]
         removed = sum(int(r) for r in await self._run(calls)) if calls else 0
+        if item_ids:  # no longer the shop's: a post given the id later is not removed by this tombstone seen again
+            await self.redis.srem(self.keys.catalogue_items, *item_ids)
         if self._cluster:  # keys of several slots: one command each
             await asyncio.gather(*(self.redis.delete(k) for k in label_keys))
         elif label_keys:
@@ -201,6 +203,17 @@ class ProfileWriter:
 
     async def listed(self, item_id: str) -> bool:
         return bool(await self.redis.sismember(self.keys.catalogue_items, item_id))
+
+    async def was_removed(self, item_id: str) -> bool:
+        """Whether a shop removed this id from any version's repository (a tombstone seen again)."""
+        versions = [v.decode() for v in await self.redis.zrange(self.keys.versions, 0, -1)]
+        keys = [self.keys.repo(v)[2] for v in versions]
+        if self._cluster:  # one slot per version
+            return any(await asyncio.gather(*(self.redis.sismember(k, item_id) for k in keys)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.sismember(key, item_id)
+            return any(await pipe.execute())
 
     async def restore_items(self, item_ids: list[str], version: str) -> None:
         """Items their shop sends again after removing them may join ``version``'s repository again."""
