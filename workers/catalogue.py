@@ -104,8 +104,9 @@ class CatalogueStage(Stage):
         except (BadInput, UnicodeDecodeError):
             await self.dead_letter(record, BadInput("bad_key", "a catalogue removal names its item id as the key"))
             return
+        version = self.predictor.version
         if not await self.retrying("catalogue_listed", lambda: self._listed(item_id)):
-            if await self.retrying("catalogue_removed", lambda: self.repository.was_removed(item_id)):
+            if await self.retrying("catalogue_removed", lambda: self.repository.was_removed(item_id, also=[version])):
                 self.done(record)  # removed before: the tombstone seen again (a new version's replay, a resend)
                 return
             # Ids are shared with posts: a post (labelled or not, its records expired or never written) is not
@@ -114,7 +115,6 @@ class CatalogueStage(Stage):
                                                     "(a post's id, or an item never labelled)"))
             return
         gone = self.settings.redis.keys.of_post(item_id)
-        version = self.predictor.version
         await self.retrying("catalogue_remove", lambda: self.repository.remove_items([item_id], gone, also=[version]))
         self.removed.inc()
         self.done(record)

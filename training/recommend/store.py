@@ -204,10 +204,11 @@ class ProfileWriter:
     async def listed(self, item_id: str) -> bool:
         return bool(await self.redis.sismember(self.keys.catalogue_items, item_id))
 
-    async def was_removed(self, item_id: str) -> bool:
-        """Whether a shop removed this id from any version's repository (a tombstone seen again)."""
-        versions = [v.decode() for v in await self.redis.zrange(self.keys.versions, 0, -1)]
-        keys = [self.keys.repo(v)[2] for v in versions]
+    async def was_removed(self, item_id: str, *, also: Sequence[str] = ()) -> bool:
+        """Whether a shop removed this id from any version's repository, or one of ``also`` (a tombstone seen
+        again)."""
+        listed = [v.decode() for v in await self.redis.zrange(self.keys.versions, 0, -1)]
+        keys = [self.keys.repo(v)[2] for v in dict.fromkeys([*listed, *also])]
         if self._cluster:  # one slot per version
             return any(await asyncio.gather(*(self.redis.sismember(k, item_id) for k in keys)))
         async with self.redis.pipeline(transaction=False) as pipe:
