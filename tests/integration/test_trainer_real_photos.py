@@ -46,10 +46,8 @@ def test_corrections_of_real_photos_promote_a_model_the_classifier_then_serves(m
     classifier = group.start("classify")
     group.wait_ready()
     store = redis.Redis.from_url(settings.redis.url)
-    # About 26 corrections are held out, of photos the packaged model already ranks at 0.90-0.95: one photo moves
-    # their mAP by ~0.02, so a run of true corrections can land a little below or above the packaged model by
-    # chance (the held-out split follows each run's post ids). The gate here allows one photo's worth; what it
-    # refuses is tested in tests/training/real/.
+    # ~26 held-out corrections the packaged model already ranks at 0.90-0.95 (split by each run's post ids): one
+    # photo moves their mAP ~0.02, so the gate allows that here; what it refuses: tests/training/real/.
     config = TrainerConfig.from_settings(settings, interval_s=None, min_feedback=N_POSTS, device="cpu",
                                          gate_margin=0.03)
     stage = TrainerStage(settings, config)
