@@ -184,8 +184,7 @@ class ProfileWriter:
         ``also``: versions to mark the items removed in even before their repository is listed (the version
         being labelled: its first items may still be on their way to the profiles stage).
         """
-        listed = [v.decode() for v in await self.redis.zrange(self.keys.versions, 0, -1)]
-        versions = list(dict.fromkeys([*listed, *also]))
+        versions = await self._versions(also)
         calls = [(self._remove_item, list(self.keys.repo(v)), [i]) for i in item_ids for v in versions]
         removed = sum(int(r) for r in await self._run(calls)) if calls else 0
         if item_ids:  # no longer the shop's: a post given the id later is not removed by this tombstone seen again
@@ -207,14 +206,18 @@ class ProfileWriter:
     async def was_removed(self, item_id: str, *, also: Sequence[str] = ()) -> bool:
         """Whether a shop removed this id from any version's repository, or one of ``also`` (a tombstone seen
         again)."""
-        listed = [v.decode() for v in await self.redis.zrange(self.keys.versions, 0, -1)]
-        keys = [self.keys.repo(v)[2] for v in dict.fromkeys([*listed, *also])]
+        keys = [self.keys.repo(v)[2] for v in await self._versions(also)]
         if self._cluster:  # one slot per version
             return any(await asyncio.gather(*(self.redis.sismember(k, item_id) for k in keys)))
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.sismember(key, item_id)
             return any(await pipe.execute())
+
+    async def _versions(self, also: Sequence[str] = ()) -> list[str]:
+        """Every version with a repository, then those of ``also`` not listed yet."""
+        listed = [v.decode() for v in await self.redis.zrange(self.keys.versions, 0, -1)]
+        return list(dict.fromkeys([*listed, *also]))
 
     async def restore_items(self, item_ids: list[str], version: str) -> None:
         """Items their shop sends again after removing them may join ``version``'s repository again."""
