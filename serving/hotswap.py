@@ -105,18 +105,26 @@ class ModelSlot:
         self.refused: set[str] = set(refused or ())  # versions that failed their checks: not tried again
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         self._loading: asyncio.Task | None = None
+        self._wanted: str | None = None  # the newest version offered: a load that finishes late swaps only to it
         metrics.model.info({"version": predictor.version, "head": predictor.head, "runtime": predictor.runtime})
 
     def offer(self, version: str | None) -> asyncio.Task | None:
         """Start loading ``version`` in the background if it is new; returns the loading task."""
+        if version:
+            self._wanted = version
         if (not version or version == self.current.version or version in self.refused
                 or (self._loading is not None and not self._loading.done())):
             return None
-        self._loading = asyncio.get_running_loop().create_task(self.swap_to(version))
+        self._loading = asyncio.get_running_loop().create_task(self._swap(version))
         return self._loading
 
     async def swap_to(self, version: str) -> bool:
-        """Load, verify and swap to ``version``; False (and the old model keeps serving) if it fails."""
+        """Load, verify and swap to ``version``; False (and the old model keeps serving) if it fails, or if
+        another version was offered while it loaded (a rollback during the load must not serve what it undid)."""
+        self._wanted = version
+        return await self._swap(version)
+
+    async def _swap(self, version: str) -> bool:
         try:
             candidate = await asyncio.get_running_loop().run_in_executor(self._loader, self._load_verified, version)
         except Exception as exc:  # noqa: BLE001 - any failure refuses the checkpoint, never the worker
@@ -124,6 +132,11 @@ class ModelSlot:
             self.metrics.swaps.labels("failure").inc()
             log.error("model %s refused, still serving %s: %s: %s", version, self.current.version,
                       type(exc).__name__, exc)
+            return False
+        if self._wanted != version:
+            log.info("model %s loaded, but %s was offered since: not swapping", version, self._wanted)
+            del candidate
+            self._release()
             return False
         old, self.current = self.current, candidate
         self.metrics.swaps.labels("success").inc()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import redis
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from serving.checkpoint import METRICS_FILE
-from serving.registry import CHECKSUM_FILE, Entry, Registry, weights_checksum
+from serving.registry import Entry, Registry
 from streamcore import redisconn
 from streamcore.exceptions import StylestreamError
 from streamcore.kafka import bootstrap, kafka_python_security
@@ -16,6 +18,8 @@ from streamcore.lease import Lease, LeaseLost
 from streamcore.schemas import ModelUpdate, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MODEL_NAME = b"stylestream"
 _HISTORY_LENGTH = 100
@@ -67,13 +71,19 @@ def _flat_metrics(entry: Entry) -> dict[str, float]:
 
 
 def _announce(settings: Settings, entry: Entry) -> ModelUpdate:
+    """Tell ``model-updates`` that ``entry`` serves. Best effort: the pointer has already moved, and classifiers
+    follow the pointer (every ``model_poll_s``), so a broker that is away delays nothing and undoes nothing."""
     update = ModelUpdate(version=entry.version, path=str(entry.path), metrics=_flat_metrics(entry), promoted_at=utcnow())
-    producer = KafkaProducer(bootstrap_servers=bootstrap(settings.kafka), acks="all", **settings.kafka.options,
-                             **kafka_python_security(settings.security))
     try:
-        producer.send(settings.kafka.topic("model-updates"), key=MODEL_NAME, value=encode(update)).get(timeout=30)
-    finally:
-        producer.close()
+        producer = KafkaProducer(bootstrap_servers=bootstrap(settings.kafka), acks="all", **settings.kafka.options,
+                                 **kafka_python_security(settings.security))
+        try:
+            producer.send(settings.kafka.topic("model-updates"), key=MODEL_NAME, value=encode(update)).get(timeout=30)
+        finally:
+            producer.close()
+    except KafkaError as exc:
+        log.warning("%s serves (the pointer moved); announcing it on model-updates failed: %s: %s", entry.version,
+                    type(exc).__name__, exc)
     return update
 
 
@@ -88,8 +98,15 @@ def promote(settings: Settings, version: str, *, lease: Lease | None = None, rea
 
     Raises:
         LeaseLost: ``lease`` was given and no longer holds its token; nothing moved.
+        StylestreamError: the version does not load (its weights fail their checksum, or are truncated or of
+            other shapes); nothing moved: a pointer at it would leave every classifier on its old model.
     """
-    entry = Registry(settings.serving.model_dir).get(version)
+    registry = Registry(settings.serving.model_dir)
+    entry = registry.get(version)
+    try:
+        entry.load()
+    except Exception as exc:  # checksum, safetensors, torch and json each raise their own kind
+        raise StylestreamError(f"not promoted: {version} does not load: {type(exc).__name__}: {str(exc)[:300]}") from exc
     keys = [settings.redis.keys.model_current, settings.redis.keys.model_history, settings.redis.keys.model_events]
     reason = reason or ("a trainer run passed the gate" if lease is not None else "promoted by hand")
     args = [entry.version, _HISTORY_LENGTH, (lease.token or "") if lease is not None else "",
@@ -98,9 +115,8 @@ def promote(settings: Settings, version: str, *, lease: Lease | None = None, rea
         keys.append(lease.key)
     if not _redis(settings).eval(_PROMOTE, len(keys), *keys, *args):
         raise LeaseLost(f"lost the run lease before promoting {version}; another trainer holds it")
-    # Classifiers may mount the registry read-only: the promoter records a version it verified too.
-    if weights_checksum(entry.path) == (entry.path / CHECKSUM_FILE).read_text().strip():
-        Registry(settings.serving.model_dir).mark_verified(entry.version)
+    # Classifiers may mount the registry read-only: the promoter records the version it loaded too.
+    registry.mark_verified(entry.version)
     return _announce(settings, entry)
 
 

@@ -18,6 +18,7 @@ import torch
 
 from serving.checkpoint import WEIGHTS_FILE, load_checkpoint
 from serving.models import DynamicCNN
+from streamcore.exceptions import StylestreamError
 
 CHECKSUM_FILE = "SHA256"
 #: Versions that loaded, verified and served, oldest first (a dot name: never taken for a version).
@@ -138,6 +139,10 @@ class Registry:
 
         ``build`` runs on the copy before it becomes visible: what it derives from the weights (an exported
         runtime artifact) is part of the version from its first appearance.
+
+        Raises:
+            StylestreamError: the checkpoint does not load (truncated weights, shapes its config does not build,
+                an unreadable config); nothing is published.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         version = check_version_name(name or datetime.now(UTC).strftime("v%Y%m%dT%H%M%S%fZ"))
@@ -148,6 +153,7 @@ class Registry:
         try:
             shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
             (tmp / CHECKSUM_FILE).write_text(weights_checksum(tmp) + "\n")
+            _loads(tmp, version)
             if build is not None:
                 build(tmp)
             os.rename(tmp, target)
@@ -155,6 +161,15 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return Entry(version, target)
+
+
+def _loads(directory: Path, version: str) -> None:
+    # A checksum taken of a truncated file is a valid checksum: only loading tells that no classifier could serve it.
+    try:
+        load_checkpoint(directory)
+    except Exception as exc:  # safetensors, torch and json each raise their own kind
+        raise StylestreamError(f"not published: checkpoint {version} does not load: {type(exc).__name__}: "
+                               f"{str(exc)[:300]}") from exc
 
 
 #: The packaged default model (``python -m training.default_model`` rebuilds it), in the registry's layout.

@@ -81,6 +81,11 @@ def backoff(first_s: float, ceiling_s: float, *, rng: random.Random | None = Non
 _FRAMING_BYTES = 1024
 
 
+#: A record key longer than this goes to ``posts.dlq`` as its SHA-256 (hex): a foreign producer may send a key
+#: of megabytes, and a letter that cannot fit is one the stage would retry forever.
+MAX_LETTER_KEY = 1024
+
+
 @dataclass(frozen=True)
 class Original:
     """Where the record came from and what it held."""
@@ -91,20 +96,30 @@ class Original:
     key: bytes | None
     value: bytes
 
+    def letter_key(self) -> bytes | None:
+        """The key its dead letter is sent with: the original's, or its SHA-256 when longer than
+        :data:`MAX_LETTER_KEY`."""
+        if self.key is None or len(self.key) <= MAX_LETTER_KEY:
+            return self.key
+        return hashlib.sha256(self.key).hexdigest().encode()
+
 
 def bounded_letter(original: Original, error: BadInput, *, stage: str, limit: int, keep_original: bool = True,
                    ) -> DeadLetter:
-    """The dead letter of ``original``, at most ``limit`` bytes with its key once encoded.
+    """The dead letter of ``original``, at most ``limit`` bytes with its key (:meth:`Original.letter_key`) once encoded.
 
     The letter carries the original's size and SHA-256, so a truncated (or, with ``keep_original``
     False, omitted) original can still be matched against the one at topic/partition/offset for as
     long as the topic retains it.
     """
-    value = original.value
-    letter = DeadLetter(error=error.code, detail=error.detail[:2000], stage=stage, original="",
+    value, key = original.value, original.letter_key()
+    detail = error.detail[:2000]
+    if key != original.key:
+        detail += f" (sent with the SHA-256 of its {len(original.key or b'')}-byte key as key)"
+    letter = DeadLetter(error=error.code, detail=detail, stage=stage, original="",
                         topic=original.topic, partition=original.partition, offset=original.offset,
                         original_bytes=len(value), original_sha256=hashlib.sha256(value).hexdigest())
-    spare = limit - len(encode(letter)) - len(original.key or b"") - _FRAMING_BYTES - 128  # 128: the note below
+    spare = limit - len(encode(letter)) - len(key or b"") - _FRAMING_BYTES - 128  # 128: the note below
     room = max(0, spare) // 4 * 3 if keep_original else 0  # base64 grows 4/3
     if room >= len(value):
         return letter.model_copy(update={"original": base64.b64encode(value).decode()})

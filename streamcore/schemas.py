@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 import pybase64
 from pydantic import (
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -89,7 +90,8 @@ class Post(_Message):
 
     schema_: Literal["post/v1"] = Field("post/v1", alias="schema")
     post_id: PostId
-    created_at: datetime
+    #: RFC 3339, with its offset: a time without one would be read in each worker's own time zone.
+    created_at: AwareDatetime
     user: str = Field(max_length=256)
     caption: str = ""
     comments: list[str] = Field(default_factory=list, max_length=10_000)

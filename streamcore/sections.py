@@ -310,10 +310,17 @@ class UISettings(Section):
     host: str = "127.0.0.1"
     #: Port of the page; 0 = any free port (printed when it starts).
     port: int = Field(8790, ge=0, le=65535)
-    #: Token a person gives the page before it sends corrections; unset = the page is read-only.
+    #: Token a person gives the page before it sends corrections; unset (or blank) = the page is read-only.
     token: SecretStr | None = None
     #: Niceness the page server takes when it starts (0-19): it yields the CPU to the stages on its machine.
     nice: int = Field(10, ge=0, le=19)
+
+    @field_validator("token")
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # `export STYLESTREAM_UI_TOKEN=` (or a compose variable with no value) must not turn on a token that
+        # an empty sign-in matches.
+        return value if value is not None and value.get_secret_value().strip() else None
 
 
 class MetricsSettings(Section):

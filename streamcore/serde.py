@@ -18,8 +18,9 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
-def decode(raw: bytes | None, model: type[M], *, max_bytes: int) -> M:
-    """Parse and validate one message.
+def decode(raw: bytes | None, model: type[M], *, max_bytes: int, tolerant: bool = False) -> M:
+    """Parse and validate one message; ``tolerant``: fields ``model`` does not know (at any depth) are ignored, as
+    a reader of a record another version may have written does.
 
     Raises:
         BadInput: ``empty``, ``too_large``, ``bad_encoding``, ``bad_json`` or ``bad_schema``.
@@ -29,7 +30,7 @@ def decode(raw: bytes | None, model: type[M], *, max_bytes: int) -> M:
     if len(raw) > max_bytes:
         raise BadInput("too_large", f"message is {len(raw)} bytes, limit {max_bytes}")
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate_json(raw, extra="ignore" if tolerant else None)
     except ValidationError as exc:
         errors = exc.errors()
         if errors and errors[0]["type"] == "json_invalid":

@@ -57,6 +57,8 @@ def image_source(image: bytes | Path | str | ImageSource) -> ImageSource:
 
 
 def _read_path(relative: str, root: Path) -> bytes:
+    if "\x00" in relative:  # no file system names one; os refuses it with a ValueError, not an OSError
+        raise BadInput("path_refused", f"{relative!r} holds a NUL character")
     base = root.resolve()
     target = (base / relative).resolve()
     if Path(relative).is_absolute() or not target.is_relative_to(base):

@@ -139,7 +139,7 @@ class Stage(ABC):
         for keep in (True, False):
             letter = encode(bounded_letter(original, error, stage=self.name, limit=limit, keep_original=keep))
             try:  # the last try retries whatever happens: a letter is never given up
-                await self.retrying("dead_letter", lambda v=letter: self.send("posts.dlq", record.key, v),
+                await self.retrying("dead_letter", lambda v=letter: self.send("posts.dlq", original.letter_key(), v),
                                     rejectable=keep)
                 break
             except RecordRejected as refused:

@@ -173,31 +173,52 @@ def _multi_hot(names: Sequence[str], index: dict[str, int], what: str) -> np.nda
     return row
 
 
-def join(feedback: Feedback, stored: StoredPost, *, ontology: Ontology, miner: TextMiner, settings: Settings,
-         multi: bool, image_size: int) -> Example:
-    """The training example of ``feedback`` on its ``stored`` post.
+def stray_subcategories(feedback: Feedback, ontology: Ontology) -> list[str]:
+    """The sub-categories ``feedback`` names whose category it does not name (an "overcoat" on a blouse): such a
+    correction contradicts itself, and learning it would teach both."""
+    chosen = {ontology.category_ids[c] for c in feedback.categories if c in ontology.category_ids}
+    return [s for s in feedback.subcategories
+            if s in ontology.subcategory_ids and ontology.subcategory_parent[ontology.subcategory_ids[s]] not in chosen]
 
-    A correction saying the photo shows no garment (no category) is an example whose every target is 0: a
-    multi-label model learns to put every category below its abstain bar there.
+
+def targets(feedback: Feedback, *, ontology: Ontology, multi: bool) -> list[np.ndarray]:
+    """What ``feedback`` teaches, per level (categories, sub-categories, attributes): 0/1 rows.
+
+    A correction saying the photo shows no garment (no category) has every target 0: a multi-label model
+    learns to put every category below its abstain bar there.
 
     Raises:
-        BadInput: unknown ontology terms, several categories or none (no garment) for a one-item
-            (``multi=False``) model, which names one garment on every photo; or an image reference that cannot
-            be loaded.
+        BadInput: unknown ontology terms, a sub-category of a category the correction does not name, several
+            categories or none (no garment) for a one-item (``multi=False``) model, which names one garment on
+            every photo.
     """
     if not multi and feedback.no_garment:
         raise BadInput("bad_schema", "a one-item model names one garment on every photo: it cannot learn that "
                                      "a photo shows none")
     if not multi and len(feedback.categories) != 1:
         raise BadInput("bad_schema", f"a one-item model takes exactly one category, got {feedback.categories}")
-    targets = [_multi_hot(getattr(feedback, level), index, level)
-               for level, index in (("categories", ontology.category_ids),
-                                    ("subcategories", ontology.subcategory_ids),
-                                    ("attributes", ontology.attribute_ids))]
+    rows = [_multi_hot(getattr(feedback, level), index, level)
+            for level, index in (("categories", ontology.category_ids),
+                                 ("subcategories", ontology.subcategory_ids),
+                                 ("attributes", ontology.attribute_ids))]
+    stray = stray_subcategories(feedback, ontology)
+    if stray:
+        raise BadInput("bad_schema", f"feedback names sub-categories of categories it does not name: {stray[:5]}")
+    return rows
+
+
+def join(feedback: Feedback, stored: StoredPost, *, ontology: Ontology, miner: TextMiner, settings: Settings,
+         multi: bool, image_size: int) -> Example:
+    """The training example of ``feedback`` (:func:`targets`) on its ``stored`` post.
+
+    Raises:
+        BadInput: as :func:`targets`; or an image reference that cannot be loaded.
+    """
+    rows = targets(feedback, ontology=ontology, multi=multi)
     hints = miner.mine_text(stored.caption, stored.comments, stored.hashtags, stored.user_tags, post_id=stored.post_id)
     tensors = hint_tensors([hints], ontology)
     return Example(stored.image(settings, image_size=image_size), tensors.categories[0].numpy(),
-                   tensors.attributes[0].numpy(), *targets, stored.caption,
+                   tensors.attributes[0].numpy(), *rows, stored.caption,
                    hint_subcategories=tensors.subcategories[0].numpy(), post_id=feedback.post_id)
 
 

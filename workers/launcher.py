@@ -260,7 +260,7 @@ def _serve_review_page(stack: ExitStack, settings: Settings, console: Console) -
     except OSError as exc:
         console.print(f"[yellow]review page not started: {settings.ui.host}:{settings.ui.port}: {exc.strerror}[/]")
         return
-    console.print(f"review page [bold]{address}[/]" + ("" if settings.ui.token else " (read-only: no STYLESTREAM_UI_TOKEN)"))
+    console.print(f"review page [bold]{address}[/]" + ("" if settings.ui.token is not None else " (read-only: no STYLESTREAM_UI_TOKEN)"))
 
 
 class UpMetrics:

@@ -42,7 +42,7 @@ from streamcore.schemas import Feedback
 from streamcore.serde import decode, decode_post
 from streamcore.settings import Settings
 from streamcore.stage import Stage
-from training.feedback import Example, StoredPost, join
+from training.feedback import Example, StoredPost, join, targets
 from training.guard import LiveGuard
 from training.retrain import (
     RunCancelled,
@@ -124,8 +124,8 @@ class TrainerStage(Stage):
                 await self.dead_letter(record, exc)
                 continue
             self.done(record)
-        if corrections:
-            await loop.run_in_executor(None, self._judge, corrections)
+        if corrections:  # verdicts are idempotent per correction: Redis away, the same ones are tried again
+            await self.retrying("guard", lambda: loop.run_in_executor(None, self._judge, corrections))
         if records:
             try:
                 self.stored_posts.set(await loop.run_in_executor(None, self.state.posts))
@@ -164,12 +164,20 @@ class TrainerStage(Stage):
         return feedback
 
     def _absorb(self, feedback: Feedback) -> bool:
-        """Join ``feedback`` with its stored post and store the example; False when the post is unknown."""
+        """Join ``feedback`` with its stored post and store the example; False when the post is unknown.
+
+        Raises:
+            BadInput: the correction names what no model of the kind it teaches can learn (checked before the
+                post is looked up: a bad correction of an unknown post is a dead letter too, never a verdict for
+                the live guard).
+        """
+        multi = self.trainer.learns_multi()
+        targets(feedback, ontology=self.trainer.ontology, multi=multi)
         post = self.state.post(feedback.post_id)
         if post is None:
             return False
         example = join(feedback, post, ontology=self.trainer.ontology, miner=self.miner, settings=self.settings,
-                       multi=self.trainer.learns_multi(), image_size=self.config.post_image_size)
+                       multi=multi, image_size=self.config.post_image_size)
         self.state.put_example(feedback.post_id, example)
         return True
 

@@ -74,7 +74,12 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
         feedback = [Feedback(post_id=p.post_id, categories=[t.categories[0]], subcategories=[t.subcategories[0]],
                              attributes=[t.materials[0], t.patterns[0]]) for p, t in posts[:N_FEEDBACK]]
         unknown = [Feedback(post_id=f"{settings.kafka.group_prefix}-missing-{i}", categories=["dresses"]) for i in range(2)]
-        _send(settings, "feedback", [(f.post_id, encode(f)) for f in [*unknown, *feedback]]
+        # Checked before the post is looked up: a correction no model can learn is a dead letter (never a verdict
+        # for the live guard) whether or not its post is known; so is one whose sub-category contradicts it.
+        unlearnable = [Feedback(post_id=f"{settings.kafka.group_prefix}-missing-x", categories=["no-such-category"]),
+                       Feedback(post_id=posts[0][0].post_id, categories=["blouses_and_tunics"],
+                                subcategories=["overcoat"])]
+        _send(settings, "feedback", [(f.post_id, encode(f)) for f in [*unknown, *unlearnable, *feedback]]
               + [("bad", b'{"post_id": "bad"}')])
 
         joined, skipped = stage.feedback.labels("joined"), stage.feedback.labels("unknown_post")
@@ -91,8 +96,8 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
         loop.call_soon_threadsafe(stage.stop)
         thread.join(timeout=60)
     assert not thread.is_alive()
-    letters = _dead_letters(settings, 1)
-    assert [(d.stage, d.error) for d in letters] == [("trainer", "bad_schema")]
+    letters = _dead_letters(settings, 3)
+    assert [(d.stage, d.error) for d in letters] == [("trainer", "bad_schema")] * 3
 
 
 # --- durability, cancellation, replicas, live guard ------------------------------------------------------

@@ -113,11 +113,13 @@ def _correction_form(browser, post_id: str):
 
 
 def _correct(browser, post_id: str) -> str:
-    """Sign in, open the post's correction form, pick a category and an attribute by typing, send it."""
+    """Sign in, open the post's correction form, pick a category, then a sub-category of another one (which takes
+    its category along and leaves no sub-category of the one before), and an attribute, by typing; send it."""
     form = _correction_form(browser, post_id)
     # A one-garment model (the tiny one serving here) cannot learn that a photo shows none: no such button.
     assert not form.find_elements(By.CSS_SELECTOR, "button.no-garment")
-    for kind, typed, want in (("categories", "coa", "coats"), ("attributes", "cashm", "cashmere")):
+    for kind, typed, want in (("categories", "dres", "dresses"), ("subcategories", "park", "parka"),
+                              ("attributes", "cashm", "cashmere")):
         form.find_element(By.CSS_SELECTOR, f"input.search-{kind}").send_keys(typed)
         pick = f'.picker-{kind} li.suggestion[data-term="{want}"]'
         wait_until(lambda p=pick: form.find_elements(By.CSS_SELECTOR, p), timeout=10, what=f"suggestion {want}")
@@ -162,7 +164,8 @@ def test_a_post_appears_its_correction_reaches_the_trainer_and_a_hostile_caption
 
         status = _correct(browser, post.post_id)
         [record] = _feedback_records(settings, 1)
-        assert (record.post_id, record.categories, record.attributes) == (post.post_id, ["coats"], ["cashmere"])
+        assert (record.post_id, record.categories, record.subcategories, record.attributes) == (
+            post.post_id, ["coats"], ["parka"], ["cashmere"])
         assert record.schema_ == "feedback/v1" and record.sent_by == "tester"
         assert status.startswith("received: feedback record")
         wait_until(lambda: _joined(group, trainer) == 1, timeout=60, what="the trainer to count the correction")

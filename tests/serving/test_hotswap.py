@@ -48,6 +48,20 @@ def test_a_good_version_is_swapped_in(registry_dir):
     assert slot.current.version == "v2" and _count(slot, "success") == 1
 
 
+def test_a_load_that_finishes_after_a_rollback_does_not_serve_what_the_rollback_undid(registry_dir):
+    slot = _slot(registry_dir)
+
+    async def scenario():
+        task = slot.offer("v2")
+        assert slot.offer("v1") is None  # rolled back while v2 loads: nothing new starts, v1 is wanted
+        assert not await task
+        assert slot.offer("v2") is not None  # promoted again: loaded again and served
+        await slot._loading
+
+    asyncio.run(scenario())
+    assert slot.current.version == "v2" and _count(slot, "success") == 1 and _count(slot, "failure") == 0
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, (f"touch {MARKER}",))

@@ -58,6 +58,7 @@ def test_paths_stay_inside_the_image_root(tmp_path):
     assert load_image(ImageSource(path="ok.jpg"), settings).size == (96, 96)
     assert _code(load_image, ImageSource(path="../secret.jpg"), settings) == "path_refused"
     assert _code(load_image, ImageSource(path=str(tmp_path / "secret.jpg")), settings) == "path_refused"
+    assert _code(load_image, ImageSource(path="a\x00b.jpg"), settings) == "path_refused"
     assert _code(load_image, ImageSource(path="missing.jpg"), settings) == "path_unreadable"
 
 

@@ -186,3 +186,17 @@ def test_the_installed_filter_bounds_a_library_flood_and_the_metric_counts_what_
     assert stream.getvalue().count("\n") == 1
     metrics = StageMetrics("classify")
     assert metrics.registry.get_sample_value("stylestream_log_lines_suppressed_total") == 499
+
+
+@pytest.mark.parametrize("limit", [1_000_000, 64 * 1024])
+def test_a_key_of_megabytes_goes_as_its_digest_so_the_letter_still_fits(limit):
+    key = b"k" * (8 * 1024 * 1024)
+    original = Original("t.posts", 0, 5, key, b"")
+    sent_key = original.letter_key()
+    assert sent_key == hashlib.sha256(key).hexdigest().encode()
+    for keep in (True, False):
+        letter = bounded_letter(original, BadInput("empty", "no value"), stage="classify", limit=limit,
+                                keep_original=keep)
+        assert len(encode(letter)) + len(sent_key) <= limit
+        assert f"SHA-256 of its {len(key)}-byte key" in letter.detail
+    assert _original(10).letter_key() == b"post-1" and Original("t", 0, 0, None, b"").letter_key() is None

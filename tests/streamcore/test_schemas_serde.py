@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from streamcore.exceptions import BadInput
 from streamcore.schemas import Hints, ImageSource, Post, ScoredTerm
-from streamcore.serde import decode_post, encode
+from streamcore.serde import decode, decode_post, encode
 from streamcore.settings import Settings
 
 IMG = base64.b64encode(b"\x89PNG fake").decode()
@@ -54,6 +54,9 @@ def test_exactly_one_image_source(image):
         (json.dumps({k: v for k, v in _post().items() if k != "user"}).encode(), "bad_schema"),
         (json.dumps(_post(caption="nul\x00byte")).encode(), "bad_schema"),
         (json.dumps(_post(unexpected=1)).encode(), "bad_schema"),
+        # No offset: which instant it names would depend on the worker's time zone.
+        (json.dumps(_post(created_at="2026-01-01T00:00:00")).encode(), "bad_schema"),
+        (json.dumps(_post(created_at="0001-01-01")).encode(), "bad_schema"),
     ],
 )
 def test_decode_post_reasons(raw, code):
@@ -93,3 +96,15 @@ def test_base64_is_checked_where_the_image_is_read():
     with pytest.raises(BadInput) as info:
         source.raw_bytes()
     assert info.value.code == "image_b64_invalid"
+
+
+def test_a_reader_ignores_fields_a_newer_writer_added_at_any_depth_and_still_checks_the_rest():
+    newer = (b'{"schema": "hints/v1", "post_id": "look-1", "miner_version": "text-miner/1.1", "language": "en",'
+             b' "categories": [{"term": "dresses", "score": 1.0, "rank": 1}]}')
+    with pytest.raises(BadInput, match="rank"):
+        decode(newer, Hints, max_bytes=10_000)
+    hints = decode(newer, Hints, max_bytes=10_000, tolerant=True)
+    assert hints.categories == [ScoredTerm(term="dresses", score=1.0)]
+    with pytest.raises(BadInput) as refused:
+        decode(newer.replace(b'"score": 1.0', b'"score": 0.5'), Hints, max_bytes=10_000, tolerant=True)
+    assert refused.value.code == "bad_schema"

@@ -70,6 +70,9 @@ def test_a_second_hints_record_for_a_held_post_is_a_duplicate_and_a_reread_is_no
     assert join.on_hints(again, _hints("a"), now=0.1) == [Release(again, "duplicate")]
     assert join.on_hints(Rec("hints", 0, 0), _hints("a"), now=0.2) == []  # the same record read again
     assert join.held_bytes == 10
+    # The same offset on another partition is another record: released, so its partition's commit moves on.
+    elsewhere = Rec("hints", 1, 0)
+    assert join.on_hints(elsewhere, _hints("a"), now=0.3) == [Release(elsewhere, "duplicate")]
 
 
 def test_held_hints_expire_after_hold_s_in_arrival_order():
@@ -130,3 +133,18 @@ def test_revoked_partitions_are_forgotten():
     join.forget({("hints", 1), ("posts", 1)})
     assert join.held_post_ids() == [] and join.held_bytes == 0
     assert [r.partition for r in join.waiting_records()] == [0]
+
+
+def test_the_classifier_reads_hints_with_fields_a_newer_miner_added():
+    from streamcore.settings import Settings
+    from workers.classify.parse import Parser
+
+    settings = Settings.named()
+    newer = (b'{"schema": "hints/v1", "post_id": "look-1", "miner_version": "text-miner/1.1", "language": "en",'
+             b' "categories": [{"term": "dresses", "score": 1.0, "rank": 1}]}')
+    parser = Parser(settings)
+    try:
+        ((hints, _),) = parser._parse_chunk([Rec(settings.kafka.topic("hints"), 0, 0, newer)])
+    finally:
+        parser.close()
+    assert isinstance(hints, Hints) and [t.term for t in hints.categories] == ["dresses"]

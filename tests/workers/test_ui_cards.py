@@ -96,6 +96,28 @@ def test_a_correction_names_known_terms_and_one_category_for_a_one_garment_model
             check(bad, ONTOLOGY, multi=False)
 
 
+def test_a_correction_whose_sub_category_belongs_to_no_chosen_category_is_refused():
+    with pytest.raises(Refused, match="overcoat"):
+        check({"post_id": "p1", "categories": ["blouses_and_tunics"], "subcategories": ["overcoat"]}, ONTOLOGY,
+              multi=False)
+    kept = check({"post_id": "p1", "categories": ["coats"], "subcategories": ["overcoat"]}, ONTOLOGY, multi=False)
+    assert kept.subcategories == ["overcoat"]
+
+
+@pytest.mark.parametrize("sent_by", [5, ["ann"], {"name": "ann"}, True])
+def test_a_name_that_is_not_text_is_refused_with_its_reason(sent_by):
+    with pytest.raises(Refused, match="sent_by"):
+        check({"post_id": "p1", "categories": ["coats"], "sent_by": sent_by}, ONTOLOGY, multi=False)
+
+
+def test_highlights_count_as_the_pages_javascript_does_so_an_emoji_before_a_word_moves_nothing():
+    caption = "\U0001F60D\U0001F60D love my new dress"
+    shown = _card(_label(), caption=caption)
+    (start, end), = shown["marks"]
+    as_javascript = caption.encode("utf-16-le")[2 * start:2 * end].decode("utf-16-le")
+    assert as_javascript == "dress"
+
+
 def test_a_correction_saying_a_photo_shows_no_garment_names_nothing_and_needs_a_multi_label_model():
     none = check({"post_id": "p1", "categories": [], "subcategories": [], "attributes": []}, ONTOLOGY, multi=True)
     assert none.no_garment and (none.categories, none.subcategories, none.attributes) == ([], [], [])
@@ -149,6 +171,17 @@ def test_the_sign_in_cookie_is_derived_from_the_token_and_does_not_reveal_it():
     assert "s3cret" not in value and value != security.session_value(SecretStr("other"))
     assert security.token_matches("s3cret", token) and not security.token_matches("s3cre", token)
     assert not security.token_matches("s3cret", None)
+    assert not security.token_matches("", SecretStr("")) and not security.token_matches("", token)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_token_leaves_the_page_read_only(monkeypatch, blank):
+    from streamcore.settings import Settings
+
+    monkeypatch.setenv("STYLESTREAM_UI_TOKEN", blank)
+    assert Settings().ui.token is None
+    monkeypatch.setenv("STYLESTREAM_UI_TOKEN", "s3cret")
+    assert Settings().ui.token.get_secret_value() == "s3cret"
 
 
 def _jpeg(colour: tuple[int, int, int], size: tuple[int, int]) -> bytes:
@@ -240,3 +273,29 @@ def test_new_labels_reach_pages_in_batches_a_trickle_by_time_a_flood_by_size():
     sizes = asyncio.run(batches([list(w) for w in flood], gap_s=3.0, look_s=0.01, batch=100))
     # The first labels after a quiet spell go at once; then batches go out as they fill, not a gap apart.
     assert sizes[0] == 60 and sizes[1] >= 100 and time.monotonic() - started < 2 * 3.0
+
+
+def _streamed(chunks: list[bytes], headers: dict[str, str]) -> Request:
+    parts = iter(chunks)
+    taken = []
+
+    async def receive():
+        chunk = next(parts, None)
+        taken.append(chunk)
+        return {"type": "http.request", "body": chunk or b"", "more_body": chunk is not None}
+
+    request = Request({"type": "http", "method": "POST", "path": "/api/session", "query_string": b"",
+                       "headers": [(k.encode(), v.encode()) for k, v in headers.items()]}, receive)
+    request.taken = taken
+    return request
+
+
+def test_a_write_body_over_the_limit_is_refused_without_reading_it_whole():
+    from workers.ui.routes import MAX_BODY, _body
+
+    assert asyncio.run(_body(_streamed([b'{"token": "t"}'], {}))) == {"token": "t"}
+    declared = _streamed([b"x" * 1024] * 1000, {"content-length": str(1024 * 1000)})
+    assert asyncio.run(_body(declared)) is None and declared.taken == []
+    undeclared = _streamed([b"x" * 1024] * 1000, {})
+    assert asyncio.run(_body(undeclared)) is None
+    assert len(undeclared.taken) <= MAX_BODY // 1024 + 1

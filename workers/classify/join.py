@@ -101,7 +101,7 @@ class HintJoin:
         if post_id in self._started:
             return [Release(record, "late")]  # its post was classified without them
         if post_id in self._held:
-            if self._held[post_id].record.offset != record.offset:
+            if _position(self._held[post_id].record) != _position(record):
                 return [Release(record, "duplicate")]  # the text stage redid the post
             return []  # the same record read again: still held
         self._held[post_id] = _Held(record, hints, now)

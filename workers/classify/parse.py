@@ -45,7 +45,8 @@ class Parser:
         for record in records:
             try:
                 if record.topic == self._hints_topic:
-                    out.append((decode(record.value, Hints, max_bytes=limit), ""))
+                    # Hints may grow (docs/contract.md): a newer miner's extra fields are not this reader's fault.
+                    out.append((decode(record.value, Hints, max_bytes=limit, tolerant=True), ""))
                 else:
                     out.append((decode_post(record.value, self._settings.limits), fingerprint(record.value)))
             except Exception as exc:  # noqa: BLE001 - handed to the record's own error boundary

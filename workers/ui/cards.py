@@ -8,7 +8,7 @@ parses any of it as markup.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,11 +79,19 @@ def card(label_json: bytes | str, *, caption: str | None, thumb: bool, correctio
         "latency_ms": round((label.labeled_at - label.received_at).total_seconds() * 1000),
         "labeled_at": label.labeled_at.isoformat(),
         "caption": caption,
-        "marks": highlighter.spans(caption, hinted) if caption and hinted else [],
+        "marks": utf16_spans(caption, highlighter.spans(caption, hinted)) if caption and hinted else [],
         "thumb": thumb,
         "corrected": corrected or correction is not None,
         "correction": correction,
     }
+
+
+def utf16_spans(text: str, spans: Iterable[tuple[int, int]]) -> list[list[int]]:
+    """``spans`` of ``text`` in code points, as the page's JavaScript counts them: in UTF-16 units (an emoji
+    before a word is two), so the highlight lands on the word."""
+    def at(i: int) -> int:
+        return len(text[:i].encode("utf-16-le")) // 2
+    return [[at(start), at(end)] for start, end in spans]
 
 
 @dataclass(frozen=True)

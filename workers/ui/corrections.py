@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -22,6 +23,9 @@ from streamcore.schemas import Feedback, utcnow
 from streamcore.serde import encode
 from streamcore.settings import Settings
 from training.continued import learns_multi
+from training.feedback import stray_subcategories
+
+log = logging.getLogger(__name__)
 
 
 class Refused(ValueError):
@@ -59,7 +63,8 @@ def check(body: Any, ontology: Ontology, *, multi: bool) -> Feedback:
     if not isinstance(body, dict):
         raise Refused("expected a JSON object")
     fields = {k: body.get(k) for k in ("post_id", "categories", "subcategories", "attributes", "sent_by")}
-    fields["sent_by"] = (fields["sent_by"] or "").strip() or "review page"
+    sent_by = fields["sent_by"]
+    fields["sent_by"] = (sent_by.strip() or "review page") if isinstance(sent_by, str) else sent_by or "review page"
     try:
         feedback = Feedback(**{k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
@@ -75,6 +80,9 @@ def check(body: Any, ontology: Ontology, *, multi: bool) -> Feedback:
             raise Refused(f"{name}: not in the ontology: {', '.join(unknown[:5])}")
         if len(set(chosen)) != len(chosen):
             raise Refused(f"{name}: a term is chosen twice")
+    stray = stray_subcategories(feedback, ontology)
+    if stray:
+        raise Refused(f"subcategories: {', '.join(stray[:5])} belong to no category chosen")
     return feedback
 
 
@@ -96,14 +104,25 @@ class Publisher:
         return self._producer
 
     async def send(self, feedback: Feedback) -> dict[str, Any]:
-        """Publish and remember ``feedback``; returns where the record landed."""
+        """Publish and remember ``feedback``; returns where the record landed, and whether the copy beside the
+        label was kept.
+
+        Once the broker has the record it is received, whatever happens to that copy: answering "try again"
+        then would make a second record of one correction.
+        """
         producer = await self._started()
         sent = await producer.send_and_wait(self._settings.kafka.topic("feedback"), encode(feedback),
                                             key=feedback.post_id.encode())
         kept = {**json.loads(encode(feedback)), "at": utcnow().isoformat()}
         ttl = self._settings.redis.label_ttl_s
-        await self._redis.set(self._settings.redis.keys.correction(feedback.post_id), json.dumps(kept), ex=ttl)
-        return {"topic": sent.topic, "partition": sent.partition, "offset": sent.offset, "feedback": kept}
+        try:
+            await self._redis.set(self._settings.redis.keys.correction(feedback.post_id), json.dumps(kept), ex=ttl)
+            shown = True
+        except RedisError as exc:
+            log.warning("review page: correction of %s sent, not kept beside its label: %s", feedback.post_id, exc)
+            shown = False
+        return {"topic": sent.topic, "partition": sent.partition, "offset": sent.offset, "feedback": kept,
+                "kept": shown}
 
     async def close(self) -> None:
         if self._producer is not None:

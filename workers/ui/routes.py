@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 _POST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _NO_STORE = {"cache-control": "no-store"}
+#: The largest request body a write takes (a correction is a few hundred bytes).
+MAX_BODY = 64 * 1024
 
 
 @dataclass
@@ -96,9 +98,16 @@ async def session(request: Request) -> Response:
 
 
 async def _body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
+    """The request's JSON; ``None`` for anything else, or for a body over :data:`MAX_BODY`, which is refused as
+    soon as it says or shows so (never held in memory whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
         return None
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            return None
     try:
         return json.loads(raw)
     except ValueError:
@@ -177,7 +186,11 @@ async def sheet(request: Request) -> Response:
 
 
 async def ontology(request: Request) -> Response:
-    return JSONResponse(_ui(request).terms, headers={"cache-control": "private, max-age=3600"})
+    """The form's choices, and whether a correction may name several categories: asked each time, since a
+    promotion can change the kind of model the next correction teaches."""
+    ui = _ui(request)
+    multi = await corrections_multi(ui.settings, ui.redis)
+    return JSONResponse({**ui.terms, "multi": multi}, headers=_NO_STORE)
 
 
 async def model(request: Request) -> Response:

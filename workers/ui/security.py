@@ -62,7 +62,8 @@ def session_value(token: SecretStr) -> str:
 
 
 def token_matches(given: str, token: SecretStr | None) -> bool:
-    return token is not None and hmac.compare_digest(given.encode(), token.get_secret_value().encode())
+    secret = token.get_secret_value() if token is not None else ""
+    return bool(given and secret.strip()) and hmac.compare_digest(given.encode(), secret.encode())
 
 
 def signed_in(request: Request, token: SecretStr | None) -> bool:

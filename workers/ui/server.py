@@ -90,7 +90,7 @@ def run(settings: Settings, announce=print) -> None:
     """Serve until SIGINT/SIGTERM; ``announce`` gets the page's address."""
     _lower_priority(settings.ui.nice)
     server, sock = _server(settings)
-    announce(f"review page {address(sock)}" + ("" if settings.ui.token else " (read-only: no STYLESTREAM_UI_TOKEN)"))
+    announce(f"review page {address(sock)}" + ("" if settings.ui.token is not None else " (read-only: no STYLESTREAM_UI_TOKEN)"))
     server.run(sockets=[sock])
 
 
