@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from streamcore.preview import Preview
 from streamcore.redisconn import connect_async
@@ -80,7 +81,8 @@ class RedisLabels:
         Args:
             version: the model version every label of the batch came from.
             labels: ``(post_id, label JSON)`` pairs.
-            fingerprints: per label, :func:`fingerprint` of its post's raw message.
+            fingerprints: per label, the identity of its post's content: :func:`fingerprint` of its raw message
+                (the catalogue stage's leaves out when an item was sent, so sending it again is a redo).
             vectors: per label, its post's fashion vector record (user, time, image embedding) or None;
                 stored at ``RedisKeys.label_vector`` with the label's TTL, kept on a redo like the label.
             previews: per label, what the review page shows of its post (stored with the label's expiry).
@@ -158,23 +160,39 @@ class RedisLookups:
         await self._redis.aclose()
 
 
+class PartitionMissing(KafkaError):
+    """An output topic has fewer partitions than an input: the broker's fault to fix, never the record's. A
+    Kafka error, so a stage retries it (and reports itself stuck) instead of dead-lettering good records."""
+
+
 async def produce_by_partition(producer: AIOKafkaProducer, topic: str,
                                messages: Iterable[tuple[int, bytes | None, bytes]]) -> None:
     """Produce ``(partition, key, value)`` messages as per-partition batches; wait for every ack.
 
     Skips the client's per-key hashing and per-message overhead where the partition is known.
+
+    Raises:
+        PartitionMissing: ``topic`` has no such partition (posts, hints and labels need equal counts).
     """
     futures, batches = [], {}
     for partition, key, value in messages:
         if partition not in batches:
             batches[partition] = producer.create_batch()
         if batches[partition].append(key=key, value=value, timestamp=None) is None:  # full: ship it, start another
-            futures.append(await producer.send_batch(batches[partition], topic, partition=partition))
+            futures.append(await _send_batch(producer, batches[partition], topic, partition))
             batches[partition] = producer.create_batch()
             batches[partition].append(key=key, value=value, timestamp=None)
     for partition, batch in batches.items():
-        futures.append(await producer.send_batch(batch, topic, partition=partition))
+        futures.append(await _send_batch(producer, batch, topic, partition))
     await asyncio.gather(*futures)
+
+
+async def _send_batch(producer: AIOKafkaProducer, batch, topic: str, partition: int) -> asyncio.Future:
+    try:
+        return await producer.send_batch(batch, topic, partition=partition)
+    except AssertionError as exc:  # aiokafka's way of saying the topic has no such partition
+        raise PartitionMissing(f"{topic} has no partition {partition}: posts, hints and labels need equal "
+                               f"partition counts (add partitions to {topic})") from exc
 
 
 class LabelSink:

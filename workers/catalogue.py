@@ -11,6 +11,8 @@ moves to a version that loads, the stage leaves its group and joins the new vers
 beginning: the whole catalogue (compacted: the latest record of each item) is labelled again in the new embedding
 space, while recommendations keep coming from the previous version until the new repository is ready. A restart
 resumes the group of the version it serves. A record is done once its label and vector record are stored.
+A record keyed by anything but its ``post_id`` is dead-lettered (``bad_key``). The same item sent again (the same
+id and content, a new ``created_at``) is a redo of its label, not a conflicting duplicate.
 
 A shop removes an item with a tombstone (its id as the key, no value: ``stylestream catalogue remove``): the item
 leaves every version's repository (a removal entry on each stream; indexes drop it, and a label of it still on
@@ -21,6 +23,7 @@ and joins the repository again.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -87,7 +90,7 @@ class CatalogueStage(Stage):
                 await self._remove(record)
                 continue
             try:
-                items.append((record, decode_post(record.value, self.settings.limits)))
+                items.append((record, _keyed(record, decode_post(record.value, self.settings.limits))))
             except BadInput as exc:
                 await self.dead_letter(record, exc)
         await self._label_all(items)
@@ -137,12 +140,13 @@ class CatalogueStage(Stage):
         posts = [post for _, post, _, _ in ready]
         labels = predictor.label_json(scores, [p.post_id for p in posts], [_received_ms(r) for r, *_ in ready])
         vectors = _vector_records(scores, posts, predictor.version)
+        prints = await self.retrying("catalogue_fingerprints", lambda: self._fingerprints(ready))
         batch, kept, kept_ids = self.sink.batch(predictor.version), [], []
         for n, ((record, post, _, preview), label) in enumerate(zip(ready, labels)):
             if isinstance(label, BadInput):
                 await self.dead_letter(record, label)
                 continue
-            batch.add(post.post_id, label, fingerprint(record.value), record.partition, vectors.get(n), preview)
+            batch.add(post.post_id, label, prints[n], record.partition, vectors.get(n), preview)
             kept.append(record)
             kept_ids.append(post.post_id)
         if kept:  # an item sent again after its shop removed it may join the repository again
@@ -157,6 +161,20 @@ class CatalogueStage(Stage):
                 continue
             self.done(record)
             self.metrics.labeled.inc()
+
+    async def _fingerprints(self, ready: list[tuple]) -> list[str]:
+        """Per item, the fingerprint to store its label under: :func:`item_fingerprint`, or the whole record's
+        where the stored label has that one (labelled before items were fingerprinted without their time)."""
+        keys = self.settings.redis.keys
+        async with self.repository.redis.pipeline(transaction=False) as pipe:
+            for _, post, *_ in ready:
+                pipe.hget(keys.post_meta(post.post_id), "fingerprint")
+            stored = await pipe.execute()
+        out = []
+        for (record, post, *_), have in zip(ready, stored):
+            whole = fingerprint(record.value)
+            out.append(whole if have is not None and have.decode() == whole else item_fingerprint(post))
+        return out
 
     def _prepare(self, posts: list[Post]) -> list:
         """Per item, its image ready for the model and what the review page shows of it, or why it is refused."""
@@ -267,6 +285,22 @@ async def _listed_before(repository: ProfileWriter, item_id: str) -> bool:
         return raw is not None and VectorRecord.decode(raw).catalogue
     except ValueError:
         return False  # no evidence of a shop's item
+
+
+def item_fingerprint(post: Post) -> str:
+    """Identity of a catalogue item's content: everything but ``created_at``, which every send stamps anew. The
+    same item sent again (``catalogue add`` of one photo twice; the record compaction kept, read by a new
+    version's group) is then a redo of its label, not a conflicting duplicate."""
+    content = post.model_dump(mode="json", by_alias=True, exclude={"created_at"})
+    return fingerprint(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _keyed(record: ConsumerRecord, post: Post) -> Post:
+    """The item, if keyed by its id: tombstones and compaction go by the key, so an item under another key could
+    never be removed (its record outlives every tombstone of its id, and each new version labels it again)."""
+    if record.key != post.post_id.encode():
+        raise BadInput("bad_key", f"a catalogue item is keyed by its post_id {post.post_id!r}")
+    return post
 
 
 def _received_ms(record: ConsumerRecord) -> int:

@@ -125,6 +125,32 @@ def test_a_hot_swap_labels_the_whole_catalogue_again_in_the_new_space(make_setti
     assert answer.model_version == "tiny-next" and len(answer.items) == 3  # one space: the new one, whole
 
 
+def test_the_same_photo_added_twice_is_one_item_in_every_version_and_a_foreign_key_is_refused(make_settings) -> None:
+    settings = make_settings(model_poll_s=0.5)
+    publish_tiny(settings.serving.model_dir, "tiny-next", seed=1)
+    redis, keys = connect(settings.redis), Keys(settings.redis.prefix)
+    redis.set(settings.redis.keys.model_current, "tiny-test")
+    items = _add_items(settings, PHOTOS[:2])
+    assert _add_items(settings, PHOTOS[:1]) == items[:1]  # the same photo, shop and title; sent later
+    # A producer's typo: keyed item-a, naming item-b (whose tombstones, keyed item-b, could never remove it).
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+    post = Post(post_id="item-b", created_at=datetime(2024, 5, 1, tzinfo=UTC), user="atelier",
+                image=ImageSource(b64=base64.b64encode(PHOTOS[2].read_bytes()).decode()))
+    producer.send(settings.kafka.topic("catalogue"), key=b"item-a", value=encode(post))
+    producer.close()
+    with running_stage(ProfilesStage(settings)) as profiles, running_stage(CatalogueWorker(settings)) as catalogue:
+        letters = catalogue.metrics.dead_letters
+        wait_until(lambda: (_labelled(catalogue), letters.labels("catalogue", "bad_key")._value.get()) == (3, 1),
+                   timeout=120, what="both adds labelled, the foreign key refused")
+        wait_until(lambda: _count(profiles, "catalogue_item") == 2, timeout=60, what="two items in tiny-test")
+        redis.set(settings.redis.keys.model_current, "tiny-next")  # its group reads both adds again
+        wait_until(lambda: _labelled(catalogue) == 6, timeout=120, what="both adds labelled in tiny-next")
+        wait_until(lambda: _count(profiles, "catalogue_item") == 4, timeout=60, what="the items in tiny-next")
+        assert letters.labels("catalogue", "duplicate_post_id")._value.get() == 0
+    assert {i for i in items if redis.sismember(keys.repo("tiny-next")[0], i)} == set(items)
+    assert redis.get(settings.redis.keys.label("item-b")) is None
+
+
 def test_a_removed_item_leaves_the_repository_and_every_answer_and_may_be_listed_again(make_settings) -> None:
     settings = make_settings()
     items = _add_items(settings, PHOTOS[:4])

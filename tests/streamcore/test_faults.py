@@ -200,3 +200,24 @@ def test_a_key_of_megabytes_goes_as_its_digest_so_the_letter_still_fits(limit):
         assert len(encode(letter)) + len(sent_key) <= limit
         assert f"SHA-256 of its {len(key)}-byte key" in letter.detail
     assert _original(10).letter_key() == b"post-1" and Original("t", 0, 0, None, b"").letter_key() is None
+
+
+def test_an_output_partition_the_topic_lacks_is_the_brokers_fault_retried_never_a_dead_letter():
+    import asyncio
+
+    from streamcore.faults import INFRA_ERRORS, rejection
+    from streamcore.sinks import PartitionMissing, produce_by_partition
+
+    class Producer:  # as aiokafka's: it asserts that the topic has the partition asked for
+        def create_batch(self):
+            class Batch:
+                def append(self, **kw):
+                    return object()
+            return Batch()
+
+        async def send_batch(self, batch, topic, *, partition):
+            assert partition < 4, "Unrecognized partition"
+
+    with pytest.raises(PartitionMissing, match="hints has no partition 5") as missing:
+        asyncio.run(produce_by_partition(Producer(), "hints", [(5, b"k", b"v")]))
+    assert isinstance(missing.value, INFRA_ERRORS) and rejection(missing.value) is None

@@ -41,9 +41,17 @@ class RecommendClient(StylestreamClient):
 
     def recommend(self, user: str, k: int = 10, *, ranking: str = "cover") -> Answer:
         """The k repository items (posts and catalogue items) for ``user``'s style profile, diversified over the
-        garments and body parts the profile shows; an empty answer when the user has no profile yet."""
+        garments and body parts the profile shows; an empty answer when the user has no profile yet.
+
+        Raises:
+            ValueError: ``k`` below 1, an unknown ranking, or a user name that is not valid UTF-8.
+        """
         return self._caught_up().recommend(user, k, ranking=ranking)
 
     def more_like_this(self, post_id: str, k: int = 10, *, ranking: str = "cover") -> Answer:
-        """The k items most like one indexed post (or catalogue item), diversified the same way."""
+        """The k items most like one indexed post (or catalogue item), diversified the same way.
+
+        Raises:
+            ValueError: ``k`` below 1, or an unknown ranking.
+        """
         return self._caught_up().more_like_this(post_id, k, ranking=ranking)

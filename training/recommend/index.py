@@ -7,10 +7,13 @@ latency; hnswlib is the one that replaces an item in place, resizes, and saves t
 A snapshot is a folder written beside the live one and renamed over it: the graph, the post ids, users
 and label vectors (for explanations), and the stream cursor it covers. Loading a snapshot and reading
 the repository stream past its cursor gives the same index as rebuilding from the stream's start.
+Its files are flushed to disk before the renames, and the graph's digest is checked before hnswlib reads
+it: hnswlib can crash the process on a graph file it half-read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -127,7 +130,8 @@ class VersionIndex:
 
     # -- snapshots -------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
-        """Write a snapshot to ``folder`` atomically (a new folder renamed over the old one)."""
+        """Write a snapshot to ``folder`` atomically (a new folder renamed over the old one), durably: after a
+        crash or power loss the folder holds this snapshot or the one before, whole."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".snapshot-", dir=folder.parent))
@@ -138,12 +142,18 @@ class VersionIndex:
             np.save(tmp / "labels.npy", self._labels[: len(self.post_ids)])
             np.save(tmp / "vectors.npy", self._vectors[: len(self.post_ids)])
             meta = {"version": self.version, "dim": self.dim, "cursor": self.cursor, "post_ids": self.post_ids,
-                    "users": self.users, "catalogue": sorted(self.catalogue), "removed": sorted(self.removed)}
+                    "users": self.users, "catalogue": sorted(self.catalogue), "removed": sorted(self.removed),
+                    "hnsw_sha256": _digest(tmp / "hnsw.bin")}
             (tmp / "meta.json").write_text(json.dumps(meta))
+            # A rename can reach the disk before the data it names: without these, a power loss could leave
+            # the new name on empty files, and the old snapshot already gone.
+            for name in ("hnsw.bin", "labels.npy", "vectors.npy", "meta.json", "."):
+                _fsync(tmp / name)
             old = folder.with_name(folder.name + ".old")
             if folder.exists():
                 os.rename(folder, old)
             os.rename(tmp, folder)
+            _fsync(folder.parent)
             shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -151,24 +161,34 @@ class VersionIndex:
 
     @classmethod
     def load(cls, folder: Path) -> VersionIndex:
-        """A snapshot written by :meth:`save`. Raises ``OSError``/``ValueError`` on a missing or broken one."""
+        """A snapshot written by :meth:`save`.
+
+        Raises:
+            OSError, ValueError, KeyError, TypeError, IndexError, EOFError, RuntimeError: a missing or broken
+                snapshot (files cut short, a graph that does not match its digest, meta without a field).
+        """
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
+        if _digest(folder / "hnsw.bin") != meta["hnsw_sha256"]:
+            raise ValueError(f"snapshot {folder}: the graph file does not match its digest")
         labels = np.load(folder / "labels.npy")
-        out = cls(meta["version"], int(meta["dim"]), labels.shape[1], capacity=max(1024, len(meta["post_ids"])))
-        out._index.load_index(str(folder / "hnsw.bin"), max_elements=max(1024, len(meta["post_ids"])))
+        vectors = np.load(folder / "vectors.npy")
+        count = len(meta["post_ids"])
+        if not len(labels) == len(vectors) == len(meta["users"]) == count:
+            raise ValueError(f"snapshot {folder}: {len(labels)} labels and {len(vectors)} vectors for {count} items")
+        # A fresh graph object: hnswlib frees an initialised one before loading into it, and if that load fails
+        # the object is left pointing at freed memory (a crash when it is collected).
+        graph = hnswlib.Index(space="ip", dim=int(meta["dim"]))
+        graph.load_index(str(folder / "hnsw.bin"), max_elements=max(1024, count))
+        if graph.get_current_count() != count:
+            raise ValueError(f"snapshot {folder}: graph holds {graph.get_current_count()} items, meta {count}")
+        out = cls(meta["version"], int(meta["dim"]), labels.shape[1], capacity=1)
+        out._index = graph
         out._index.set_ef(EF_SEARCH)
         out._index.set_num_threads(1)
-        if out._index.get_current_count() != len(meta["post_ids"]):
-            raise ValueError(f"snapshot {folder}: graph holds {out._index.get_current_count()} items, "
-                             f"meta {len(meta['post_ids'])}")
-        vectors = np.load(folder / "vectors.npy")
-        if not len(labels) == len(vectors) == len(meta["post_ids"]):
-            raise ValueError(f"snapshot {folder}: {len(labels)} labels and {len(vectors)} vectors for "
-                             f"{len(meta['post_ids'])} items")
-        out.post_ids, out.users, out.cursor = list(meta["post_ids"]), list(meta["users"]), meta["cursor"]
-        out._labels[: len(labels)] = labels
-        out._vectors[: len(labels)] = vectors
+        out.post_ids, out.users, out.cursor = list(meta["post_ids"]), list(meta["users"]), str(meta["cursor"])
+        out._labels = _grown(labels.astype(np.float16), graph.get_max_elements(), count)
+        out._vectors = _grown(vectors.astype(np.float16), graph.get_max_elements(), count)
         out.removed = set(meta.get("removed", ()))
         out._position = {p: n for n, p in enumerate(out.post_ids) if n not in out.removed}
         out.catalogue = set(meta.get("catalogue", ()))
@@ -176,6 +196,20 @@ class VersionIndex:
             if n not in out.catalogue and n not in out.removed:
                 out._by_user.setdefault(user, []).append(n)
         return out
+
+
+def _digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a folder's (its entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _grown(array: np.ndarray, capacity: int, used: int) -> np.ndarray:

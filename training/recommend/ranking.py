@@ -138,12 +138,13 @@ def covering(query: np.ndarray, parts: Sequence[PartQuery], search: Search, k: i
              lam: float = 0.7, depth: int = 50, exclude: set[int] = frozenset()) -> list[tuple[int, str | None]]:
     """One query per part, merged by explicit coverage (xQuAD): ``(id, the part it was picked for or None)``.
 
-    Candidates are the top ``depth`` of the whole query and of each part's query. Each pick maximises
+    Candidates are the top ``depth`` (k at least) of the whole query and of each part's query. Each pick maximises
     ``(1 - lam) * sim(query, i) + lam * sum_p w_p * sim(part_p, i) * prod_{j picked} (1 - sim(part_p, j))``:
     a part already served by a picked item counts less, so the list moves on to the next part, in
     proportion to how strongly the query shows each part (``w_p``). An item counts for a part only if its
     label shows that part (``shows(part, ids)``), so an empty part of the catalogue is not filled with noise.
     """
+    depth = max(depth, k)  # k items whenever the index holds them
     found = dict.fromkeys(int(i) for q in (query, *(p.vector for p in parts))
                           for i in search(q, depth + len(exclude))[0] if int(i) not in exclude)
     ids = np.fromiter(found, dtype=np.int64, count=len(found))
@@ -180,8 +181,9 @@ def cover(query: np.ndarray, label: np.ndarray, parts: Sequence[PartQuery], sear
     has not matched yet, and the similarity keeps the style (image and attributes). A pick covers the
     category it gained on, so the list asks in turn for the next likeliest garment, hedging between the
     categories of a part the model cannot tell apart, until relevance outweighs what is left to cover.
-    Candidates are the top ``depth`` of the whole query and of each part's query.
+    Candidates are the top ``depth`` (k at least) of the whole query and of each part's query.
     """
+    depth = max(depth, k)  # k items whenever the index holds them
     found = dict.fromkeys(int(i) for q in (query, *(p.vector for p in parts))
                           for i in search(q, depth + len(exclude))[0] if int(i) not in exclude)
     ids = np.fromiter(found, dtype=np.int64, count=len(found))

@@ -18,6 +18,9 @@ the query's most, with the shared terms. The repository holds labelled posts and
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,11 +32,15 @@ from streamcore.settings import Settings
 from training.recommend.index import VersionIndex
 from training.recommend.profile import Member, Profile
 from training.recommend.ranking import cover, covering, explain, joint, mmr, part_queries, plain
-from training.recommend.store import Keys
+from training.recommend.store import Keys, user_tag
 from training.recommend.vectors import Layout
+
+log = logging.getLogger(__name__)
 
 RANKINGS = ("cover", "parts", "mmr", "plain")
 _CHUNK = 1000
+#: What loading a snapshot that is cut short, corrupted or from an older layout raises (hnswlib: RuntimeError).
+_BROKEN = (OSError, ValueError, KeyError, TypeError, IndexError, EOFError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -93,11 +100,22 @@ class Recommender:
         return added
 
     def _load(self, version: str) -> VersionIndex | None:
-        if self.index_dir is not None and (self.index_dir / version / "meta.json").exists():
-            try:
-                return VersionIndex.load(self.index_dir / version)
-            except (OSError, ValueError):  # a broken snapshot is rebuilt from the stream
-                pass
+        """The version's snapshot, or None: none saved, or a broken one (moved aside to ``<version>.broken``, so
+        the index is rebuilt from the stream and the next save writes a whole one)."""
+        folder = self.index_dir / version if self.index_dir is not None else None
+        if folder is None or not folder.exists():
+            return None
+        try:
+            return VersionIndex.load(folder)
+        except _BROKEN as exc:
+            log.warning("index snapshot %s cannot be loaded (%s: %s); rebuilding it from the repository stream",
+                        folder, type(exc).__name__, exc)
+        aside = folder.with_name(folder.name + ".broken")
+        shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.rename(folder, aside)
+        except OSError:  # leaving it is harmless: the next save replaces it
+            shutil.rmtree(folder, ignore_errors=True)
         return None
 
     def save(self) -> None:
@@ -137,7 +155,13 @@ class Recommender:
         return Profile.decode(raw) if raw else None
 
     def recommend(self, user: str, k: int = 10, *, ranking: str = "cover") -> Answer:
-        """The k repository items closest to the user's style profile, diversified; none without a profile."""
+        """The k repository items closest to the user's style profile, diversified; none without a profile.
+
+        Raises:
+            ValueError: ``k`` below 1, an unknown ranking, or a user name that is not valid UTF-8.
+        """
+        _check_k(k)
+        user_tag(user)  # names that cannot be stored are refused before any lookup
         for version in self.ready():
             profile = self.profile(user, version)
             if profile is not None:
@@ -147,7 +171,12 @@ class Recommender:
         return Answer(f"user:{user}", None, ranking)
 
     def more_like_this(self, post_id: str, k: int = 10, *, ranking: str = "cover") -> Answer:
-        """The k items most like one indexed post, diversified the same way."""
+        """The k items most like one indexed post, diversified the same way.
+
+        Raises:
+            ValueError: ``k`` below 1, or an unknown ranking.
+        """
+        _check_k(k)
         for version in self.ready():
             index = self.indexes[version]
             position = index.position(post_id)
@@ -184,6 +213,11 @@ class Recommender:
             index.cursor = entries[-1][0].decode()
 
 
+def _check_k(k: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a whole number of items, at least 1; got {k!r}")
+
+
 def _add(index: VersionIndex, entries: list[dict]) -> int:
     """Add repository stream entries (items) to ``index``; how many were new."""
     if not entries:
@@ -199,12 +233,13 @@ def answer(layout: Layout, query: str, index: VersionIndex, embedding: np.ndarra
     """The k items of one version's index for a query's embedding rows and label vector, ranked and explained."""
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    _check_k(k)
     whole = joint(embedding[0], label)
     search = index.search
     if ranking == "plain":
         picked = [(p, None) for p in plain(whole, search, k, exclude=exclude)]
     elif ranking == "mmr":
-        ids, _ = search(whole, 100 + len(exclude))
+        ids, _ = search(whole, max(100, k) + len(exclude))  # a pool of k at least, past the query's own
         ids = np.array([i for i in ids if int(i) not in exclude], dtype=np.int64)
         picked = [(int(ids[n]), None) for n in mmr(whole, ids, index.vectors(ids), k)]
     elif ranking == "parts":

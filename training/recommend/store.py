@@ -9,8 +9,8 @@ Keys under ``<prefix>`` (the ``redis_prefix`` setting), per model version ``V``:
 * ``{<prefix>:repo:V}:ids`` (set of post ids) and ``{<prefix>:repo:V}:stream`` (one entry per post: id,
   user, and an item, a member whose embedding is the whole-photo row only; and an entry with ``removed``
   when a shop removed its item), ``{<prefix>:repo:V}:removed`` (catalogue items removed, kept out), and
-  ``<prefix>:repo:versions`` (zset version → first time seen, ms): what a recommender indexes and rebuilds
-  from.
+  ``<prefix>:repo:versions`` (zset version → when this stage first saw it, wall-clock ms; the first sighting
+  stays): what a recommender indexes and rebuilds from, oldest version first.
 
 A post already in a set changes nothing (a replay, a redelivery). A profile lags its members only between
 two commands of one round; ``rev != profile_rev`` marks that, and the next delivery of the post (its offset
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Iterable, Sequence
 
 # KEYS: posts zset, members hash, rev, profile_rev. ARGV: post id, created ms, member bytes, cap.
@@ -80,8 +81,16 @@ return 1
 
 
 def user_tag(user: str) -> str:
-    """The hash-tag-safe name of a user in keys (names may hold braces or any other character)."""
-    return hashlib.sha256(user.encode()).hexdigest()[:32]
+    """The hash-tag-safe name of a user in keys (names may hold braces or any other character).
+
+    Raises:
+        ValueError: a name that is not valid UTF-8 (lone surrogates, as Python decodes undecodable bytes).
+    """
+    try:
+        raw = user.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"user name {user!r} is not valid UTF-8") from None
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 class Keys:
@@ -159,10 +168,13 @@ class ProfileWriter:
                 calls.append((self._add_member, [posts_key, members, rev, profile_rev], [post_id, created, member, cap]))
             calls.append((self._add_item, list(self.keys.repo(version)), [post_id, user, item]))
         replies = await self._run(calls)
-        versions = sorted({p[2] for p in posts})
-        if versions:
-            await self.redis.zadd(self.keys.versions, {v: min(p[3] for p in posts if p[2] == v) for v in versions},
-                                  nx=True)
+        if posts:
+            # When the stage first saw the version, not its posts' creation times: a new version's first label
+            # may be of an old post (a replay, a catalogue item), and the order decides which version serves.
+            # Versions new in one batch keep the order they arrived in, not their names'.
+            now = int(time.time() * 1000)
+            firsts = dict.fromkeys(p[2] for p in posts)
+            await self.redis.zadd(self.keys.versions, {v: now + n for n, v in enumerate(firsts)}, nx=True)
         fresh, due, at = [], [], 0
         for _, user, version, _, member, _ in posts:
             reply = replies[at]

@@ -34,6 +34,8 @@ def recommend(
         from training.recommend.service import Recommender
     if not user and not like:
         raise typer.BadParameter("name a USER or --like POST_ID")
+    _check_text(user, "USER")
+    _check_text(like or "", "--like")
     threadpool_limits(1)  # small matrices: a BLAS thread team only costs here
     config = settings()
     recommender = Recommender(config, index_dir=config.profiles.index_dir)
@@ -42,6 +44,15 @@ def recommend(
     answer = (recommender.more_like_this(like, k, ranking=ranking.value) if like
               else recommender.recommend(user, k, ranking=ranking.value))
     typer.echo(json.dumps(answer.to_dict(), ensure_ascii=False))
+
+
+def _check_text(value: str, hint: str) -> None:
+    """Refuse an argument that is not valid UTF-8 (the shell passed bytes Python could not decode): it names no
+    profile or post, and cannot be printed back in the answer."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise typer.BadParameter(f"{value!r} is not valid UTF-8", param_hint=hint) from None
 
 
 catalogue = typer.Typer(help="Shops' items on the catalogue topic: recommended beside the posts.", no_args_is_help=True)

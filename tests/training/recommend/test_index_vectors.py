@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +77,58 @@ def test_a_removed_item_is_never_found_again_survives_a_snapshot_and_may_come_ba
     assert np.array_equal(back.labels(every), labels.astype(np.float32))
     assert back.add(["p7"], ["shop"], vectors[7:8], np.zeros((1, 3)), catalogue=[True]) == 1  # listed again
     assert back.position("p7") == 50 and back.search(vectors[7], 1)[0][0] == 50 and len(back) == 50
+
+
+def _saved(folder) -> VersionIndex:
+    rng = np.random.default_rng(4)
+    index = VersionIndex("v1", 16, 3)
+    index.add([f"p{i}" for i in range(40)], ["u"] * 40, _unit(rng, 40, 16), np.zeros((40, 3), np.float16))
+    index.save(folder)
+    return index
+
+
+def test_a_snapshot_reaches_the_disk_before_its_renames_and_the_renames_after(tmp_path, monkeypatch) -> None:
+    events = []
+    fsync, rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 fsync(fd)))
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", str(a))), rename(a, b)))
+    _saved(tmp_path / "v1")
+    _saved(tmp_path / "v1")  # over an existing snapshot: two renames
+    second = events[len(events) // 2:]
+    renames = [n for n, (kind, _) in enumerate(second) if kind == "rename"]
+    assert len(renames) == 2
+    flushed = {Path(path).name for kind, path in second[: renames[0]] if kind == "fsync"}
+    assert {"hnsw.bin", "labels.npy", "vectors.npy", "meta.json"} <= flushed
+    assert any(name.startswith(".snapshot-") for name in flushed)  # the new folder's entries
+    assert ("fsync", str(tmp_path)) in second[renames[-1]:]  # the renames themselves
+
+
+def test_a_graph_hnswlib_cannot_read_raises_and_leaves_nothing_to_crash_on(tmp_path) -> None:
+    """hnswlib frees the graph it was loading into when the load fails: reused, or collected, it crashes."""
+    _saved(tmp_path / "v1")
+    graph, meta = tmp_path / "v1" / "hnsw.bin", json.loads((tmp_path / "v1" / "meta.json").read_text())
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    with pytest.raises(ValueError, match="digest"):  # a graph cut short is not handed to hnswlib at all
+        VersionIndex.load(tmp_path / "v1")
+    # One whose digest matches (written so) reaches hnswlib: twice in one process, then collected at exit.
+    meta["hnsw_sha256"] = hashlib.sha256(graph.read_bytes()).hexdigest()
+    (tmp_path / "v1" / "meta.json").write_text(json.dumps(meta))
+    script = textwrap.dedent(f"""
+        import gc, sys
+        from training.recommend.index import VersionIndex
+        for _ in range(2):
+            try:
+                VersionIndex.load({str(tmp_path / "v1")!r})
+                sys.exit("loaded")
+            except RuntimeError as exc:
+                print(type(exc).__name__, exc)
+            gc.collect()
+        """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("RuntimeError") == 2
 
 
 def test_vector_records_round_trip_with_their_documented_size() -> None:

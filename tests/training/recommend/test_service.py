@@ -1,0 +1,169 @@
+"""The recommender over a real Redis: which version answers, snapshots that cannot be loaded, and what it refuses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import numpy as np
+import pytest
+import redis
+
+from serving.ontology import load_ontology
+from streamcore.redisconn import connect_async
+from streamcore.settings import Settings
+from training.recommend.client import RecommendClient
+from training.recommend.index import VersionIndex
+from training.recommend.profile import Member, aggregate
+from training.recommend.ranking import joint
+from training.recommend.service import RANKINGS, Recommender, answer
+from training.recommend.store import Keys, ProfileWriter, user_tag
+from training.recommend.vectors import Layout, VectorRecord
+
+LAYOUT = Layout(load_ontology())
+#: 2001-01-01: a post far older than any the test adds now.
+LONG_AGO_MS = 978_307_200_000
+
+
+def _post(post_id: str, user: str, version: str, created_ms: int, dim: int, rng: np.random.Generator) -> tuple:
+    embedding = rng.standard_normal((1, dim)).astype(np.float32)
+    label = np.zeros(LAYOUT.size, np.float32)
+    label[rng.integers(0, 13)] = 0.9
+    member = Member(label, VectorRecord(post_id, user, created_ms, version,
+                                        (embedding / np.linalg.norm(embedding)).astype(np.float16))).encode()
+    return post_id, user, version, created_ms, member, member
+
+
+def _add(settings: Settings, posts: list[tuple], profiles: tuple[str, ...] = ()) -> None:
+    """Posts into profiles and repositories as the profiles stage adds them, then the named users' profiles."""
+    async def run() -> None:
+        writer = ProfileWriter(connect_async(settings.redis), settings.redis.prefix)
+        try:
+            await writer.add(posts, 200)
+            for user, version in {(p[1], p[2]) for p in posts if p[1] in profiles}:
+                rev, raw = await writer.members(user, version)
+                profile = aggregate([Member.decode(m) for m in raw], user=user, half_life_s=86_400)
+                await writer.set_profile(user, version, rev, profile.encode())
+        finally:
+            await writer.redis.aclose()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def settings(infra) -> Settings:
+    return Settings.named(redis_url=infra[1], redis_prefix=f"r{uuid.uuid4().hex[:8]}")
+
+
+def test_a_new_version_whose_first_post_is_old_waits_until_its_repository_is_ready(settings) -> None:
+    rng, now = np.random.default_rng(0), int(time.time() * 1000)
+    # Named so that the order of their names is the reverse of the order they were seen in.
+    _add(settings, [_post(f"a{i}", f"u{i % 10}", "vb", now + i, 32, rng) for i in range(200)], profiles=("u1",))
+    time.sleep(0.01)
+    # After the promotion, the new version's first label is of a post created long ago (a replay, a catalogue item).
+    _add(settings, [_post("old-1", "u1", "va", LONG_AGO_MS, 48, rng)], profiles=("u1",))
+    redis.Redis.from_url(settings.redis.url).set(Keys(settings.redis.prefix).model_current, "va")
+    recommender = Recommender(settings)
+    recommender.sync()
+    assert recommender.versions() == ["vb", "va"]
+    assert recommender.ready() == ["vb"]  # one item against 200: still filling
+    for got in (recommender.recommend("u1", 10, ranking="plain"), recommender.more_like_this("a5", 10)):
+        assert got.model_version == "vb" and len(got.items) == 10
+
+    _add(settings, [_post(f"b{i}", f"u{i % 10}", "va", LONG_AGO_MS + i, 48, rng) for i in range(199)],
+         profiles=("u1",))
+    recommender.sync()
+    assert recommender.ready()[0] == "va" and recommender.recommend("u1", 10).model_version == "va"
+
+
+def _break_graph_half(folder) -> None:
+    graph = folder / "hnsw.bin"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+
+
+def _drop_meta_field(name: str):
+    def drop(folder) -> None:
+        meta = json.loads((folder / "meta.json").read_text())
+        del meta[name]
+        (folder / "meta.json").write_text(json.dumps(meta))
+    return drop
+
+
+BREAKAGES = {
+    "empty graph": lambda folder: (folder / "hnsw.bin").write_bytes(b""),
+    "half a graph": _break_graph_half,
+    "empty labels": lambda folder: (folder / "labels.npy").write_bytes(b""),
+    "empty vectors": lambda folder: (folder / "vectors.npy").write_bytes(b""),
+    "no cursor": _drop_meta_field("cursor"),
+    "no digest (an older snapshot)": _drop_meta_field("hnsw_sha256"),
+    "meta not an object": lambda folder: (folder / "meta.json").write_text("[1, 2]"),
+    "no meta": lambda folder: (folder / "meta.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("breakage", list(BREAKAGES))
+def test_a_snapshot_that_cannot_be_loaded_is_moved_aside_and_rebuilt(settings, tmp_path, breakage) -> None:
+    rng = np.random.default_rng(1)
+    _add(settings, [_post(f"a{i}", f"u{i % 5}", "v1", 1_700_000_000_000 + i, 16, rng) for i in range(60)],
+         profiles=("u1",))
+    first = Recommender(settings, index_dir=tmp_path)
+    first.sync()
+    first.save()
+    BREAKAGES[breakage](tmp_path / "v1")
+
+    again = Recommender(settings, index_dir=tmp_path)
+    assert again.sync() == {"v1": 60}  # rebuilt from the stream's start
+    assert (tmp_path / "v1.broken").exists() and not (tmp_path / "v1").exists()
+    assert again.recommend("u1", 5) == first.recommend("u1", 5)
+    again.save()  # a whole snapshot again, which the next start loads
+    loaded = Recommender(settings, index_dir=tmp_path)
+    assert loaded.sync() == {"v1": 0} and len(loaded.indexes["v1"]) == 60
+
+
+def test_k_must_be_at_least_one_and_user_names_valid_utf8(settings, tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    _add(settings, [_post(f"a{i}", f"u{i % 5}", "v1", 1_700_000_000_000 + i, 16, rng) for i in range(30)],
+         profiles=("u1",))
+    recommender = Recommender(settings)
+    recommender.sync()
+    with RecommendClient(settings, index_dir=tmp_path) as client:
+        for ask in (recommender, client):
+            for k in (0, -1, -5):
+                with pytest.raises(ValueError, match="k must be"):
+                    ask.recommend("u1", k, ranking="plain")
+                with pytest.raises(ValueError, match="k must be"):
+                    ask.more_like_this("a5", k, ranking="plain")
+            with pytest.raises(ValueError, match="not valid UTF-8"):
+                ask.recommend("u1\udcff", 3)
+            assert len(ask.recommend("u1", 1).items) == 1
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        user_tag("ana\udcff")
+
+
+@pytest.mark.parametrize("ranking", RANKINGS)
+def test_every_ranking_returns_k_items_when_the_index_holds_them(ranking: str) -> None:
+    rng, n, dim = np.random.default_rng(3), 260, 8
+    labels = np.zeros((n, LAYOUT.size), np.float32)
+    labels[np.arange(n), rng.integers(0, 13, n)] = 0.9
+    embeddings = rng.standard_normal((n, dim)).astype(np.float32)
+    index = VersionIndex("v1", dim + LAYOUT.size, LAYOUT.size)
+    index.add([f"p{i}" for i in range(n)], ["u"] * n, joint(embeddings, labels), labels.astype(np.float16))
+    query_label = labels[0] + labels[1]
+    for k, exclude in ((150, {0, 1}), (258, {0, 1}), (1000, set())):
+        got = answer(LAYOUT, "q", index, embeddings[:1], query_label, k, ranking, exclude)
+        ids = [item.post_id for item in got.items]
+        assert len(ids) == min(k, n - len(exclude)) and len(set(ids)) == len(ids)
+        assert not {f"p{i}" for i in exclude} & set(ids)
+
+
+def test_the_cli_refuses_a_user_name_that_is_not_utf8() -> None:
+    from typer.testing import CliRunner
+
+    from workers.cli import app
+
+    for args in (["recommend", "ana\udcff"], ["recommend", "--like", "look\udcff"]):
+        refused = CliRunner().invoke(app, args)
+        assert refused.exit_code == 2 and "not valid UTF-8" in refused.output, refused.output
+        assert "Traceback" not in refused.output
