@@ -6,7 +6,8 @@ latency; hnswlib is the one that replaces an item in place, resizes, and saves t
 
 A snapshot is a folder written beside the live one and renamed over it: the graph, the post ids, users
 and label vectors (for explanations), and the stream cursor it covers. Loading a snapshot and reading
-the repository stream past its cursor gives the same index as rebuilding from the stream's start.
+the repository stream past its cursor gives the same items as rebuilding from the stream's start (the
+graph may differ a little: hnswlib does not save its level generator).
 Its files are flushed to disk before the renames, and the graph's digest is checked before hnswlib reads
 it: hnswlib can crash the process on a graph file it half-read.
 """
@@ -34,6 +35,8 @@ class VersionIndex:
         self.version = version
         self.dim = dim
         self.cursor = "0-0"  # the repository stream's last entry indexed
+        #: Which repository it indexes (prefix and the stream's first entry): a snapshot is of that one only.
+        self.origin = ""
         self._index = hnswlib.Index(space="ip", dim=dim)
         self._index.init_index(max_elements=capacity, M=M, ef_construction=EF_CONSTRUCTION, random_seed=0)
         self._index.set_ef(EF_SEARCH)
@@ -143,7 +146,7 @@ class VersionIndex:
             np.save(tmp / "vectors.npy", self._vectors[: len(self.post_ids)])
             meta = {"version": self.version, "dim": self.dim, "cursor": self.cursor, "post_ids": self.post_ids,
                     "users": self.users, "catalogue": sorted(self.catalogue), "removed": sorted(self.removed),
-                    "hnsw_sha256": _digest(tmp / "hnsw.bin")}
+                    "hnsw_sha256": _digest(tmp / "hnsw.bin"), "origin": self.origin}
             (tmp / "meta.json").write_text(json.dumps(meta))
             # A rename can reach the disk before the data it names: without these, a power loss could leave
             # the new name on empty files, and the old snapshot already gone.
@@ -187,6 +190,7 @@ class VersionIndex:
         out._index.set_ef(EF_SEARCH)
         out._index.set_num_threads(1)
         out.post_ids, out.users, out.cursor = list(meta["post_ids"]), list(meta["users"]), str(meta["cursor"])
+        out.origin = str(meta.get("origin", ""))
         out._labels = _grown(labels.astype(np.float16), graph.get_max_elements(), count)
         out._vectors = _grown(vectors.astype(np.float16), graph.get_max_elements(), count)
         out.removed = set(meta.get("removed", ()))

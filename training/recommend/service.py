@@ -106,10 +106,17 @@ class Recommender:
         if folder is None or not folder.exists():
             return None
         try:
-            return VersionIndex.load(folder)
+            index = VersionIndex.load(folder)
         except _BROKEN as exc:
             log.warning("index snapshot %s cannot be loaded (%s: %s); rebuilding it from the repository stream",
                         folder, type(exc).__name__, exc)
+        else:
+            # Another Redis, another prefix, or this one restarted empty: its items are not this repository's.
+            if index.origin == self._origin(version):
+                return index
+            log.warning("index snapshot %s is of another repository (%s, here %s); building this one's from its "
+                        "stream", folder, index.origin or "unrecorded", self._origin(version) or "empty")
+            return None
         aside = folder.with_name(folder.name + ".broken")
         shutil.rmtree(aside, ignore_errors=True)
         try:
@@ -187,13 +194,21 @@ class Recommender:
         return Answer(f"post:{post_id}", None, ranking)
 
     # -- reading the repository stream -----------------------------------------------------------
+    def _origin(self, version: str) -> str:
+        """The repository's identity: its key prefix and its stream's first entry (a stream is never trimmed, and
+        an emptied Redis starts a new one with another id)."""
+        first = self.redis.xrange(self.keys.repo(version)[1], count=1)
+        return f"{self.keys.prefix}@{first[0][0].decode()}" if first else ""
+
     def _new_index(self, version: str) -> VersionIndex | None:
         first = self.redis.xrange(self.keys.repo(version)[1], count=1)
         if not first:
             return None
         member = Member.decode(first[0][1][b"item"])
         dim = member.record.embedding.shape[1] + len(member.label)
-        return VersionIndex(version, dim, len(member.label))
+        index = VersionIndex(version, dim, len(member.label))
+        index.origin = f"{self.keys.prefix}@{first[0][0].decode()}"
+        return index
 
     def _read_stream(self, index: VersionIndex) -> int:
         stream, added = self.keys.repo(index.version)[1], 0

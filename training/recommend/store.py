@@ -171,10 +171,12 @@ class ProfileWriter:
         if posts:
             # When the stage first saw the version, not its posts' creation times: a new version's first label
             # may be of an old post (a replay, a catalogue item), and the order decides which version serves.
-            # Versions new in one batch keep the order they arrived in, not their names'.
-            now = int(time.time() * 1000)
+            # A version seen later always scores higher, even within the same millisecond or behind a clock that
+            # stepped back; versions new in one batch keep the order they arrived in, not their names'.
+            newest = await self.redis.zrange(self.keys.versions, -1, -1, withscores=True)
+            start = max(int(time.time() * 1000), int(newest[0][1]) + 1 if newest else 0)
             firsts = dict.fromkeys(p[2] for p in posts)
-            await self.redis.zadd(self.keys.versions, {v: now + n for n, v in enumerate(firsts)}, nx=True)
+            await self.redis.zadd(self.keys.versions, {v: start + n for n, v in enumerate(firsts)}, nx=True)
         fresh, due, at = [], [], 0
         for _, user, version, _, member, _ in posts:
             reply = replies[at]

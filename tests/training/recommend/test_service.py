@@ -61,7 +61,6 @@ def test_a_new_version_whose_first_post_is_old_waits_until_its_repository_is_rea
     rng, now = np.random.default_rng(0), int(time.time() * 1000)
     # Named so that the order of their names is the reverse of the order they were seen in.
     _add(settings, [_post(f"a{i}", f"u{i % 10}", "vb", now + i, 32, rng) for i in range(200)], profiles=("u1",))
-    time.sleep(0.01)
     # After the promotion, the new version's first label is of a post created long ago (a replay, a catalogue item).
     _add(settings, [_post("old-1", "u1", "va", LONG_AGO_MS, 48, rng)], profiles=("u1",))
     redis.Redis.from_url(settings.redis.url).set(Keys(settings.redis.prefix).model_current, "va")
@@ -167,3 +166,21 @@ def test_the_cli_refuses_a_user_name_that_is_not_utf8() -> None:
         refused = CliRunner().invoke(app, args)
         assert refused.exit_code == 2 and "not valid UTF-8" in refused.output, refused.output
         assert "Traceback" not in refused.output
+
+
+def test_a_snapshot_of_another_repository_is_not_loaded(settings, tmp_path) -> None:
+    rng, now = np.random.default_rng(3), int(time.time() * 1000)
+    _add(settings, [_post(f"a{i}", "u1", "v1", now + i, 32, rng) for i in range(30)])
+    first = Recommender(settings, index_dir=tmp_path)
+    first.sync()
+    first.save()
+    # The same version name in another repository: another prefix (or this Redis restarted empty).
+    other = Settings.named(redis_url=settings.redis.url, redis_prefix=settings.redis.prefix + "x")
+    _add(other, [_post(f"b{i}", "u2", "v1", now + i, 32, rng) for i in range(5)])
+    second = Recommender(other, index_dir=tmp_path)
+    second.sync()
+    got = second.more_like_this("b1", 10, ranking="plain")
+    assert {item.post_id for item in got.items} == {f"b{i}" for i in (0, 2, 3, 4)}
+    again = Recommender(settings, index_dir=tmp_path)  # its own snapshot still loads for the first repository
+    again.sync()
+    assert len(again.indexes["v1"]) == 30
