@@ -18,6 +18,7 @@ the query's most, with the shared terms. The repository holds labelled posts and
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -61,6 +62,9 @@ class Answer:
     model_version: str | None
     ranking: str
     items: list[Item] = field(default_factory=list)
+    #: Why there are no items: ``no_ready_version`` (no repository indexed yet), ``no_profile`` (the user has no
+    #: labelled post in a ready version), ``unknown_post`` (the post is in no ready version's index).
+    reason: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -126,11 +130,15 @@ class Recommender:
         return None
 
     def save(self) -> None:
-        """Snapshot every index (under ``index_dir``)."""
+        """Snapshot every index (under ``index_dir``); one process at a time (two ``stylestream recommend`` runs
+        may save at once, and a save's two renames are not one step)."""
         if self.index_dir is None:
             raise ValueError("no index_dir to save snapshots in")
-        for version, index in self.indexes.items():
-            index.save(self.index_dir / version)
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.index_dir / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for version, index in self.indexes.items():
+                index.save(self.index_dir / version)
 
     def rebuild(self, version: str) -> int:
         """Drop a version's index and build it again from its repository stream; items indexed."""
@@ -169,13 +177,14 @@ class Recommender:
         """
         _check_k(k)
         user_tag(user)  # names that cannot be stored are refused before any lookup
-        for version in self.ready():
+        ready = self.ready()
+        for version in ready:
             profile = self.profile(user, version)
             if profile is not None:
                 index = self.indexes[version]
                 own = index.of_user(user)
                 return answer(self.layout, f"user:{user}", index, profile.embedding, profile.label, k, ranking, own)
-        return Answer(f"user:{user}", None, ranking)
+        return Answer(f"user:{user}", None, ranking, reason="no_profile" if ready else "no_ready_version")
 
     def more_like_this(self, post_id: str, k: int = 10, *, ranking: str = "cover") -> Answer:
         """The k items most like one indexed post, diversified the same way.
@@ -184,14 +193,15 @@ class Recommender:
             ValueError: ``k`` below 1, or an unknown ranking.
         """
         _check_k(k)
-        for version in self.ready():
+        ready = self.ready()
+        for version in ready:
             index = self.indexes[version]
             position = index.position(post_id)
             if position is not None:
                 vector, label = index.vector(position), index.label(position)
                 embedding = vector[: index.dim - len(label)]
                 return answer(self.layout, f"post:{post_id}", index, embedding[None], label, k, ranking, {position})
-        return Answer(f"post:{post_id}", None, ranking)
+        return Answer(f"post:{post_id}", None, ranking, reason="unknown_post" if ready else "no_ready_version")
 
     # -- reading the repository stream -----------------------------------------------------------
     def _origin(self, version: str) -> str:

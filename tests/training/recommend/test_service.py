@@ -184,3 +184,15 @@ def test_a_snapshot_of_another_repository_is_not_loaded(settings, tmp_path) -> N
     again = Recommender(settings, index_dir=tmp_path)  # its own snapshot still loads for the first repository
     again.sync()
     assert len(again.indexes["v1"]) == 30
+
+
+def test_an_empty_answer_says_why(settings) -> None:
+    assert Recommender(settings).recommend("anyone").reason == "no_ready_version"
+    rng, now = np.random.default_rng(4), int(time.time() * 1000)
+    _add(settings, [_post(f"a{i}", f"u{i % 3}", "v1", now + i, 32, rng) for i in range(20)], profiles=("u1",))
+    recommender = Recommender(settings)
+    recommender.sync()
+    assert recommender.recommend("nobody").reason == "no_profile"
+    assert recommender.more_like_this("no-such-post").reason == "unknown_post"
+    found = recommender.recommend("u1", 5, ranking="plain")
+    assert found.reason is None and found.items
