@@ -23,6 +23,7 @@ and joins the repository again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -121,6 +122,17 @@ class CatalogueStage(Stage):
         await self.retrying("catalogue_remove", lambda: self.repository.remove_items([item_id], gone, also=[version]))
         self.removed.inc()
         self.done(record)
+
+    async def dead_letter(self, record: ConsumerRecord, error: BadInput) -> None:
+        """One letter per bad record: a record an earlier version's group lettered (each group reads the whole
+        topic again) is skipped."""
+        key, mark = self.repository.keys.catalogue_lettered, _letter_mark(record)
+        redis = self.repository.redis
+        if await self.retrying("catalogue_letters", lambda: redis.sismember(key, mark)):
+            self.skip(record, error)
+            return
+        await super().dead_letter(record, error)
+        await self.retrying("catalogue_letters", lambda: redis.sadd(key, mark))
 
     async def _listed(self, item_id: str) -> bool:
         return await self.repository.listed(item_id) or await _listed_before(self.repository, item_id)
@@ -285,6 +297,12 @@ async def _listed_before(repository: ProfileWriter, item_id: str) -> bool:
         return raw is not None and VectorRecord.decode(raw).catalogue
     except ValueError:
         return False  # no evidence of a shop's item
+
+
+def _letter_mark(record: ConsumerRecord) -> str:
+    # Position, time and content: a broker that restarted empty reuses offsets for other records.
+    digest = hashlib.sha256((record.key or b"") + b"\0" + (record.value or b"")).hexdigest()[:16]
+    return f"{record.partition}:{record.offset}:{record.timestamp}:{digest}"
 
 
 def item_fingerprint(post: Post) -> str:

@@ -147,6 +147,10 @@ def test_the_same_photo_added_twice_is_one_item_in_every_version_and_a_foreign_k
         wait_until(lambda: _labelled(catalogue) == 6, timeout=120, what="both adds labelled in tiny-next")
         wait_until(lambda: _count(profiles, "catalogue_item") == 4, timeout=60, what="the items in tiny-next")
         assert letters.labels("catalogue", "duplicate_post_id")._value.get() == 0
+        # tiny-next's group read the foreign-keyed record again: lettered once, by tiny-test's, then skipped.
+        skipped = catalogue.metrics.skipped.labels("catalogue", "bad_key")
+        wait_until(lambda: skipped._value.get() == 1, timeout=60, what="the lettered record skipped")
+        assert letters.labels("catalogue", "bad_key")._value.get() == 1
     assert {i for i in items if redis.sismember(keys.repo("tiny-next")[0], i)} == set(items)
     assert redis.get(settings.redis.keys.label("item-b")) is None
 

@@ -118,6 +118,12 @@ class Keys:
         """Every id a shop ever listed through the catalogue stage (what a tombstone may remove)."""
         return f"{self.prefix}:catalogue:items"
 
+    @property
+    def catalogue_lettered(self) -> str:
+        """Catalogue records already dead-lettered (set of ``partition:offset:time:digest``): every version's group
+        reads the topic from its start, and a bad record gets one letter, not one per version."""
+        return f"{self.prefix}:catalogue:lettered"
+
     def label_vector(self, post_id: str) -> str:
         """Where the classifier writes a post's vector record (the label's hash slot)."""
         return f"{{{self.prefix}:label:{post_id}}}:vec"
