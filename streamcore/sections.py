@@ -8,10 +8,8 @@ named by ``STYLESTREAM_CONFIG_FILE`` uses the same names without the prefix, low
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -19,12 +17,12 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from streamcore.configfile import CONFIG_FILE_VARIABLE, read_config_file
 from streamcore.rediskeys import RedisKeys
 
 #: Stage offsets added to ``metrics_port`` so several stages on one host don't collide.
 STAGE_PORT_OFFSET = {"text": 0, "classify": 1, "trainer": 2, "up": 3, "profiles": 4, "catalogue": 5}
 #: Names the file the other settings may come from; no setting of its own.
-CONFIG_FILE_VARIABLE = "STYLESTREAM_CONFIG_FILE"
 PREFIX = "STYLESTREAM_"
 _SECRET_WORDS = re.compile(r"password|secret|token|credential", re.IGNORECASE)
 
@@ -34,6 +32,17 @@ class Section(BaseSettings):
     its ``validation_alias`` where the name differs."""
 
     model_config = SettingsConfigDict(env_prefix=PREFIX, frozen=True, extra="ignore", validate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_leaves_unset(cls, data: Any) -> Any:
+        # `export STYLESTREAM_TRAINER_GATE_DATA=` (or a compose variable with no value) means unset, not the
+        # current folder: a blank value of a setting that is unset by default leaves it unset.
+        if not isinstance(data, dict):
+            return data
+        optional = {key for name, field in cls.model_fields.items() if field.default is None
+                    for key in (name, field.validation_alias) if isinstance(key, str)}
+        return {k: v for k, v in data.items() if not (k in optional and isinstance(v, str) and not v.strip())}
 
     @classmethod
     def variables(cls) -> dict[str, str]:
@@ -52,6 +61,10 @@ class Section(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, _FileSource(settings_cls), file_secret_settings
+
+
+#: One bootstrap server: a host name or address (IPv6 in brackets), and a port if not the default 9092.
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:,\[\]]+)(:\d{1,5})?")
 
 
 class KafkaSettings(Section):
@@ -75,6 +88,15 @@ class KafkaSettings(Section):
     #: How long the client (``produce``, the demo's producer) waits for the broker to take a post before it
     #: reports the post as not delivered.
     delivery_timeout_s: float = Field(30.0, ge=1)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_ports(cls, value: str | None) -> str | None:
+        # Every client splits it itself, and one with a bad port fails deep inside with a bare int() error.
+        bad = [p for p in (value or "").split(",") if not _HOST_PORT.fullmatch(p.strip())]
+        if value is not None and bad:
+            raise ValueError(f"expected host[:port][,host[:port]...], got {bad[0]!r}")
+        return value
 
     @field_validator("options")
     @classmethod
@@ -315,13 +337,6 @@ class UISettings(Section):
     #: Niceness the page server takes when it starts (0-19): it yields the CPU to the stages on its machine.
     nice: int = Field(10, ge=0, le=19)
 
-    @field_validator("token")
-    @classmethod
-    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
-        # `export STYLESTREAM_UI_TOKEN=` (or a compose variable with no value) must not turn on a token that
-        # an empty sign-in matches.
-        return value if value is not None and value.get_secret_value().strip() else None
-
 
 class MetricsSettings(Section):
     """Where a stage serves ``/metrics``, ``/healthz`` and ``/readyz``."""
@@ -367,11 +382,14 @@ class _FileSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        path = os.environ.get(CONFIG_FILE_VARIABLE)
+        path = os.environ.get(CONFIG_FILE_VARIABLE, "").strip()
         if not path:
             return {}
-        path = Path(path)
-        text = path.read_text(encoding="utf-8")
-        values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        known = {v.removeprefix(PREFIX).lower() for section in _sections(Section) for v in section.variables().values()}
+        values = read_config_file(Path(path), known)
         return {field: values[key] for field, variable in self.settings_cls.variables().items()
                 if (key := variable.removeprefix(PREFIX).lower()) in values}
+
+
+def _sections(base: type) -> list[type[Section]]:
+    return [c for sub in base.__subclasses__() for c in (sub, *_sections(sub))]

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from kafka.errors import KafkaError
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -29,8 +30,8 @@ from streamcore.settings import Settings
 from workers.commands import feedback, models, photo, recommend, review, stream
 
 #: What a user can fix without reading code: bad settings or files, servers that do not answer, refused inputs.
-_USER_ERRORS = (ValidationError, StylestreamError, KafkaError, RedisError, FileNotFoundError, PermissionError,
-                tomllib.TOMLDecodeError, json.JSONDecodeError)
+_USER_ERRORS = (ValidationError, SettingsError, StylestreamError, KafkaError, RedisError, FileNotFoundError,
+                PermissionError, tomllib.TOMLDecodeError, json.JSONDecodeError)
 
 
 def describe(exc: BaseException) -> str:
@@ -41,6 +42,8 @@ def describe(exc: BaseException) -> str:
         return "invalid configuration: " + "; ".join(problems)
     if isinstance(exc, ValidationError):
         return f"invalid {exc.title}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, SettingsError):  # a variable holding a JSON value (KAFKA_OPTIONS) that is not JSON
+        return f"invalid configuration: {exc}"
     if isinstance(exc, KafkaError):
         return f"Kafka: {exc}"
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):

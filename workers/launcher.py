@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from rich.console import Console
+from rich.markup import escape
 
 from streamcore.client import StylestreamClient
 from streamcore.embedded import EmbeddedStack, spawn, stop_processes
@@ -60,24 +61,28 @@ def produce_synthetic(settings: Settings, *, count: int, rate: float | None = No
     return sent
 
 
-def produce_lines(settings: Settings, lines: Iterable[str], *, count: int | None = None, rate: float | None = None,
-                  on_refused: Callable[[int, str], None]) -> int:
+def produce_lines(settings: Settings, lines: Iterable[str | bytes], *, count: int | None = None,
+                  rate: float | None = None, on_refused: Callable[[int, str], None]) -> int:
     """Publish the ``post/v1`` records of JSON lines (blank lines skipped), at ``rate`` per second if given, the
     first ``count`` if given; returns how many were sent.
 
-    A line that is not a valid post, or whose image no stage could read, is not sent: ``on_refused`` gets its
-    number and the reason. Closing the client raises :class:`DeliveryError` for posts the broker did not take.
+    A line that is not a valid post (bytes that are not UTF-8 included: read a file in binary, so one bad line
+    is refused, not the rest of the file), or whose image no stage could read, is not sent: ``on_refused`` gets
+    its number and the reason. Closing the client raises :class:`DeliveryError` for posts the broker did not take.
     """
     sent = 0
     start = time.monotonic()
     with StylestreamClient(settings) as client:
         for number, line in enumerate(lines, 1):
-            if not line.strip():
+            raw = line.encode() if isinstance(line, str) else line
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark some editors write first
+            if not raw.strip():
                 continue
             if (count is not None and sent >= count) or client.failed:
                 break
             try:
-                post = decode_post(line.encode(), settings.limits)
+                post = decode_post(raw.strip(), settings.limits)
                 if rate:
                     time.sleep(max(0.0, start + sent / rate - time.monotonic()))
                 client.publish(post)
@@ -99,16 +104,21 @@ def report_undelivered(console: Console, failure: DeliveryError) -> None:
 def print_label(console: Console, label: LabelView) -> None:
     """One line per label: the categories shown (or the abstention), sub-category, attributes, and what steered
     the model."""
-    steer = f"{label.hints_used.source}:{'/'.join(label.hints_used.categories) or '-'}"
-    latency = (label.labeled_at - label.received_at).total_seconds() * 1000
-    tail = f"[dim]({steer}, {label.model_version}, {latency:.0f} ms)[/]"
+    # Every field is the record's text, not markup: a post id "[/x]" would otherwise end the loop printing it.
+    steer = escape(f"{label.hints_used.source}:{'/'.join(label.hints_used.categories) or '-'}")
+    try:
+        latency = f"{(label.labeled_at - label.received_at).total_seconds() * 1000:.0f} ms"
+    except TypeError:  # one time with an offset and one without: no instant to subtract
+        latency = "? ms"
+    tail = f"[dim]({steer}, {escape(label.model_version)}, {latency})[/]"
+    post_id = escape(label.post_id)
     if not label.categories:
-        console.print(f"[bold]{label.post_id}[/] [yellow]no garment[/] {tail}", soft_wrap=True)
+        console.print(f"[bold]{post_id}[/] [yellow]no garment[/] {tail}", soft_wrap=True)
         return
-    shown = " ".join(f"[green]{c.term}[/] {c.score:.2f}" for c in label.categories[:4])
-    sub = label.subcategories[0].term if label.subcategories else "-"
-    attrs = ", ".join(f"{a.term} {a.score:.2f}" for a in label.attributes[:3])
-    console.print(f"[bold]{label.post_id}[/] {shown} · {sub} · {attrs} {tail}", soft_wrap=True)
+    shown = " ".join(f"[green]{escape(c.term)}[/] {c.score:.2f}" for c in label.categories[:4])
+    sub = escape(label.subcategories[0].term) if label.subcategories else "-"
+    attrs = escape(", ".join(f"{a.term} {a.score:.2f}" for a in label.attributes[:3]))
+    console.print(f"[bold]{post_id}[/] {shown} · {sub} · {attrs} {tail}", soft_wrap=True)
 
 
 @contextmanager

@@ -112,3 +112,37 @@ def test_replace_validates_and_keeps_the_rest():
 def test_bad_values_fail_fast(field):
     with pytest.raises(ValidationError):
         Settings.named(**field)
+
+
+def test_a_blank_variable_leaves_a_setting_that_is_unset_by_default_unset(monkeypatch):
+    for name in ("TRAINER_GATE_DATA", "KAFKA_SSL_CAFILE", "REDIS_LABEL_TTL_S", "KAFKA", "UI_TOKEN"):
+        monkeypatch.setenv(f"STYLESTREAM_{name}", " ")
+    s = Settings()
+    assert (s.trainer.gate_data, s.security.ssl_cafile, s.redis.label_ttl_s, s.kafka.bootstrap, s.ui.token) == (
+        None, None, None, None, None)
+
+
+@pytest.mark.parametrize(("name", "text", "says"), [
+    ("c.toml", b"\xff\xfe max_batch = 3", "can't decode"),
+    ("c.json", b'{"max_bach": 3}', "no such setting: max_bach"),
+    ("c.json", b"[1, 2]", "expected a table of settings"),
+    ("c.json", b'"max_batch"', "expected a table of settings"),
+    ("c.toml", b"max_batch = ", "config file"),
+])
+def test_a_config_file_that_cannot_be_used_is_one_clear_error(monkeypatch, tmp_path, name, text, says):
+    from streamcore.exceptions import StylestreamError
+
+    (tmp_path / name).write_bytes(text)
+    monkeypatch.setenv("STYLESTREAM_CONFIG_FILE", str(tmp_path / name))
+    with pytest.raises(StylestreamError, match=says):
+        Settings()
+    monkeypatch.setenv("STYLESTREAM_CONFIG_FILE", str(tmp_path))
+    with pytest.raises(StylestreamError, match="Is a directory"):
+        Settings()
+
+
+@pytest.mark.parametrize("servers", ["h:notaport", "a:1,", "h:1:2", "two words:1"])
+def test_bootstrap_servers_are_hosts_with_numeric_ports(monkeypatch, servers):
+    monkeypatch.setenv("STYLESTREAM_KAFKA", servers)
+    with pytest.raises(ValidationError, match="expected host"):
+        Settings()

@@ -40,13 +40,16 @@ def test_produce_file_sends_each_valid_post_and_names_the_lines_it_refused(make_
     two_sources = (EXAMPLES / "invalid" / "post.v1.two-sources.json").read_text().strip()
     absolute = json.dumps(json.loads(good[1]) | {"post_id": "abs", "image": {"path": "/etc/shadow"}})
     lines = tmp_path / "posts.jsonl"
-    lines.write_text("\n".join([good[0], "", two_sources, "{not json", absolute, good[1]]) + "\n")
+    # A byte-order mark before the first line, and a line that is not UTF-8 before the last one.
+    lines.write_bytes(b"\xef\xbb\xbf" + "\n".join([good[0], "", two_sources, "{not json", absolute]).encode()
+                      + b"\ncaf\xe9\n" + good[1].encode() + b"\n")
     result = CliRunner().invoke(app, ["produce", "--file", str(lines)], env=_env(settings))
     assert result.exit_code == 1, result.output
     assert sorted(_posts_on_topic(settings)) == ["look-0001", "shop:sku-7731"]
     refused = [line for line in result.stderr.splitlines() if line.startswith("line ")]
-    assert [line.split()[1] for line in refused] == ["3", "4", "5"]
+    assert [line.split()[1] for line in refused] == ["3", "4", "5", "6"]
     assert "exactly one of b64/url/path" in refused[0] and "bad_json" in refused[1] and "image root" in refused[2]
+    assert "bad_encoding" in refused[3]
     assert "produced 2 posts" in result.stdout
 
 
@@ -57,6 +60,26 @@ def test_produce_from_standard_input_exits_0_when_every_post_is_sent(make_settin
                                 input=(EXAMPLES / "post.v1.url.json").read_text())
     assert result.exit_code == 0, result.output
     assert list(_posts_on_topic(settings)) == ["look-0002"]
+
+
+@pytest.mark.integration
+def test_tail_prints_a_records_text_as_text_and_a_time_without_offset_as_unknown(make_settings) -> None:
+    settings = make_settings()
+    label = json.loads((EXAMPLES / "label.v1.json").read_text())
+    odd = [label | {"post_id": "[/x]", "model_version": "[bold]v9[/bold]"},
+           label | {"post_id": "naive", "received_at": "2026-01-01T00:00:00",
+                    "categories": [{"term": "[/]", "score": 0.9}]}]
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    for record in odd:
+        producer.send(settings.kafka.topic("labels"), key=record["post_id"].encode(), partition=0,
+                      value=json.dumps(record).encode())
+    producer.flush()
+    producer.close()
+    result = CliRunner().invoke(app, ["tail", "--from-beginning", "--count", "2"], env=_env(settings))
+    assert result.exit_code == 0, result.output
+    first, second = result.stdout.splitlines()[:2]
+    assert first.startswith("[/x] ") and "[bold]v9[/bold]" in first
+    assert second.startswith("naive [/] 0.90") and "? ms" in second
 
 
 @pytest.mark.integration

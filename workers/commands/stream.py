@@ -40,7 +40,7 @@ def up(
 
 
 def produce(
-    file: Annotated[typer.FileText | None, typer.Option(
+    file: Annotated[typer.FileBinaryRead | None, typer.Option(
         "--file", "-f", help="Send the post/v1 records of this JSON-lines file ('-': standard input) instead of "
                              "generated posts.")] = None,
     count: Annotated[int | None, typer.Option(
