@@ -50,7 +50,8 @@ def test_the_stage_and_the_benchmark_are_choices() -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["produce", "--count", "-5"], ["produce", "--count", "0"], ["produce", "--rate", "0"], ["up", "--rate", "-1"],
+    ["produce", "--count", "-5"], ["produce", "--count", "0"], ["produce", "--rate", "0"], ["produce", "--rate", "nan"],
+    ["up", "--rate", "inf"], ["up", "--rate", "-1"],
     ["tail", "--count", "0"], ["produce", "--file", "/no/such/posts.jsonl"], ["produce", "--file", "-", "--real"],
     ["classify", "/no/such/photo.jpg"], ["import", "no-such-dataset", "."],
     ["import", "clothing-dataset", ".", "--garment-crops"],

@@ -23,8 +23,8 @@ class Stage(str, Enum):
 
 
 def _positive(value: float | None) -> float | None:
-    if value is not None and value <= 0:
-        raise typer.BadParameter(f"must be more than 0, got {value:g}")
+    if value is not None and not 0 < value < float("inf"):  # also refuses nan, which compares false both ways
+        raise typer.BadParameter(f"must be a finite number more than 0, got {value:g}")
     return value
 
 
