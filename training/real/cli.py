@@ -7,6 +7,10 @@
 The checkpoint is the registry's layout (``stylestream promote DIR`` serves it); its ``metrics.json``
 holds the held-out scores. ``--table2`` also runs Table II on the same photos and serves its winner
 unless ``--head`` says otherwise.
+
+Photos that fail to load (missing, unreadable, a box outside the photo) are logged and left out, and their
+count per split is kept in ``config.json``; a split where none loaded, or more than ``--max-missing`` of them
+failed, stops the run before any training.
 """
 
 from __future__ import annotations
@@ -17,14 +21,44 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from serving.models.heads import HEADS
 from training.real.finetune import TuneConfig
 from training.real.pipeline import RealConfig
 
 #: Table II's winner on real photos: the head with the best validation-selected score averaged over the
 #: category and sub-category levels with mined hints and silent text (see ``pick_head``).
 DEFAULT_HEAD = "fusion"
+#: Blocks of each trunk ``--cut`` can split at (``--cut`` = the count fine-tunes only the head convolution).
+TRUNK_BLOCKS = {"efficientnet_lite0": 16, "efficientnet_lite2": 21}
+#: The smallest input a trunk's five halvings leave a pixel of.
+MIN_IMAGE_SIZE = 32
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``low``, checked before any photo loads."""
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+    return check
+
+
+def _share(text: str) -> float:
+    """An argparse type: a share from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -33,16 +67,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(**parser_options("stylestream train --data", __doc__))
     parser.add_argument("--data", type=Path, action="append", required=True, help="manifest (JSONL) or folder")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
-    parser.add_argument("--head", default=None, help=f"served head (default: Table II's winner, else {DEFAULT_HEAD})")
-    parser.add_argument("--backbone", default=RealConfig.backbone, choices=("efficientnet_lite0", "efficientnet_lite2"),
+    parser.add_argument("--head", default=None, choices=sorted(HEADS),
+                        help=f"served head (default: Table II's winner, else {DEFAULT_HEAD})")
+    parser.add_argument("--backbone", default=RealConfig.backbone, choices=sorted(TRUNK_BLOCKS),
                         help="pretrained trunk (Lite2 needs the trunks extra; 1.6x Lite0's CPU per photo)")
-    parser.add_argument("--image-size", type=int, default=RealConfig.image_size)
-    parser.add_argument("--epochs", type=int, default=TuneConfig.epochs, help="fine-tuning epochs")
-    parser.add_argument("--cut", type=int, default=TuneConfig.cut, help="first trunk block that is fine-tuned")
+    parser.add_argument("--image-size", type=_at_least(MIN_IMAGE_SIZE), default=RealConfig.image_size,
+                        help=f"photo side in pixels (at least {MIN_IMAGE_SIZE})")
+    parser.add_argument("--epochs", type=_at_least(1), default=TuneConfig.epochs, help="fine-tuning epochs")
+    parser.add_argument("--cut", type=_at_least(0), default=TuneConfig.cut,
+                        help="first trunk block that is fine-tuned (0 to the trunk's block count: "
+                        + ", ".join(f"{k} {v}" for k, v in TRUNK_BLOCKS.items()) + ")")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=TuneConfig.augment,
                         help="fine-tune on photos redrawn each step (frame, aspect, light); --no-augment reads cached "
                         "activations instead: faster, for short fine-tunes of the last blocks")
-    parser.add_argument("--negatives", type=int, default=RealConfig.negatives, help="drawn no-garment images")
+    parser.add_argument("--negatives", type=_at_least(0), default=RealConfig.negatives, help="drawn no-garment images")
+    parser.add_argument("--max-missing", type=_share, default=RealConfig.max_missing,
+                        help="largest share of a split's photos that may fail to load (logged, left out and counted "
+                        f"in config.json) before the run is refused (default {RealConfig.max_missing})")
     parser.add_argument("--hint-dropout", type=float, help="served head: share of samples trained without hints "
                         f"(default: Table II's choice, else {RealConfig.hint_dropout})")
     parser.add_argument("--route-threshold", type=float, help="dynamic heads: image probability that opens a range "
@@ -56,8 +97,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="keeps the frozen trunk's activations for reruns on the same photos")
     parser.add_argument("--report", type=Path, help="write the real-photo report (JSON + PNG) here")
     parser.add_argument("--table2", type=Path, help="also run Table II on these photos and write it here")
-    parser.add_argument("--seeds", type=int, default=5, help="Table II seeds")
-    return parser.parse_args(argv)
+    parser.add_argument("--seeds", type=_at_least(1), default=5, help="Table II seeds")
+    args = parser.parse_args(argv)
+    if args.cut > TRUNK_BLOCKS[args.backbone]:
+        parser.error(f"argument --cut: {args.backbone} has {TRUNK_BLOCKS[args.backbone]} blocks, got {args.cut}")
+    return args
 
 
 def pick_head(table: dict) -> str:
@@ -82,8 +126,8 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
     command = command or " ".join(["stylestream train", *(argv if argv is not None else sys.argv[1:])])
     ontology = load_ontology()
     records = [r for path in args.data for r in read_manifest(path, ontology)]
-    config = RealConfig(backbone=args.backbone, image_size=args.image_size, negatives=args.negatives, seed=args.seed, cache_dir=args.cache_dir,
-                        head_street_repeat=args.head_street_repeat,
+    config = RealConfig(backbone=args.backbone, image_size=args.image_size, negatives=args.negatives, seed=args.seed,
+                        cache_dir=args.cache_dir, head_street_repeat=args.head_street_repeat, max_missing=args.max_missing,
                         tune=TuneConfig(cut=args.cut, epochs=args.epochs, augment=args.augment, seed=args.seed))
     torch.manual_seed(args.seed)
     started = time.monotonic()
@@ -111,6 +155,7 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
     validation = scores(model, prepared, ontology, split="val", conditions=("silent", "mention"))
     training = {"command": command, "config": _jsonable(dataclasses.asdict(config)),
                 "photos": {name: len(recs) for name, recs in prepared.records.items()},
+                "photos_dropped": prepared.dropped,
                 "finetune": prepared.history, "head_fit": history, "table2_settings": settings,
                 "validation": _jsonable(validation)}
     save_checkpoint(model.cpu(), args.out, config=training, metrics=metrics)

@@ -1,7 +1,9 @@
 """Importers: public labelled-photo datasets → manifests (:mod:`training.real.manifest`).
 
 Each dataset's classes are mapped to the ontology by a documented table (``CLOTHING_DATASET`` and
-``CO_PARSING`` below, also in ``docs/real-photos.md``); classes with no place in it are dropped and counted.
+``CO_PARSING`` below, also in ``docs/real-photos.md``); classes with no place in it are dropped and counted, as
+are photos whose file is missing (``(missing image)``) and Co-Parsing masks that label no pixel
+(``(unannotated mask)``).
 
 * **Clothing dataset** (``alexeygrigorev/clothing-dataset``, CC0): single garments, ``images.csv`` with
   ``image,sender_id,label,kids``. One category per photo.
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streamcore.exceptions import StylestreamError
 from streamcore.extras import needs
 from training.real.manifest import Record
 
@@ -76,6 +79,12 @@ NOT_GARMENTS = ("null", "skin", "hair", "bra", "panties", "intimate", "swimwear"
 
 #: The last Co-Parsing photo the project may read; later ones are the outside hold-out.
 CO_PARSING_LAST_ALLOWED = 1004
+#: The columns of the clothing dataset's ``images.csv`` that the importer reads.
+CLOTHING_COLUMNS = ("image", "label")
+
+
+class DatasetError(StylestreamError):
+    """A dataset checkout an importer cannot read; says which file and why."""
 
 
 @dataclass
@@ -98,17 +107,35 @@ def _record(image: str, pairs: list[tuple[str, str | None]], source: str, **extr
 
 
 def import_clothing_dataset(root: Path) -> ImportReport:
-    """Records for the clothing dataset checked out at ``root`` (``images.csv`` + ``images/``)."""
+    """Records for the clothing dataset checked out at ``root`` (``images.csv`` + ``images/``).
+
+    Raises:
+        DatasetError: ``images.csv`` unreadable, not UTF-8, or without the ``image`` and ``label`` columns.
+    """
     report = ImportReport()
-    with (root / "images.csv").open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            label = row["label"]
-            if label not in CLOTHING_DATASET or not (root / "images" / f"{row['image']}.jpg").exists():
-                report.dropped[label] += 1
-                continue
-            report.kept[label] += 1
-            report.records.append(_record(f"images/{row['image']}.jpg", [CLOTHING_DATASET[label]], "clothing_dataset"))
+    table = root / "images.csv"
+    try:
+        with table.open(newline="", encoding="utf-8") as f:
+            rows = csv.DictReader(f)
+            missing = [c for c in CLOTHING_COLUMNS if c not in (rows.fieldnames or ())]
+            if missing:
+                raise DatasetError(f"{table}: no column {missing} (the header is {rows.fieldnames})")
+            for row in rows:
+                _clothing_row(root, row, report)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"cannot read {table}: {exc}") from None
     return report
+
+
+def _clothing_row(root: Path, row: dict[str, str], report: ImportReport) -> None:
+    label, image = row["label"], f"images/{row['image']}.jpg"
+    if label not in CLOTHING_DATASET:
+        report.dropped[label] += 1
+    elif not (root / image).is_file():
+        report.dropped["(missing image)"] += 1
+    else:
+        report.kept[label] += 1
+        report.records.append(_record(image, [CLOTHING_DATASET[label]], "clothing_dataset"))
 
 
 def co_parsing_ids(root: Path) -> list[int]:
@@ -139,6 +166,13 @@ def import_co_parsing(root: Path, *, min_pixels: int = 0, background_crops: int 
     rng = np.random.default_rng(0)
     for number in co_parsing_ids(root):
         mask = loadmat(root / "annotations" / "pixel-level" / f"{number:04d}.mat")["groundtruth"]
+        image = f"photos/{number:04d}.jpg"
+        skip = _co_parsing_skip(root / image, mask)
+        if skip:
+            report.dropped[skip] += 1
+            # Drawn all the same, so the regions cut from later photos stay those earlier imports cut.
+            background_boxes(mask == 0, background_crops, crop_fraction, rng)
+            continue
         present = [names[i] for i, n in zip(*np.unique(mask, return_counts=True)) if n > min_pixels]
         pairs = []
         for name in present:
@@ -147,7 +181,6 @@ def import_co_parsing(root: Path, *, min_pixels: int = 0, background_crops: int 
                 pairs.append(CO_PARSING[name])
             elif name not in NOT_GARMENTS:
                 report.dropped[name] += 1
-        image = f"photos/{number:04d}.jpg"
         report.records.append(_record(image, pairs, "co_parsing", split=_co_parsing_split(number)))
         for box in background_boxes(mask == 0, background_crops, crop_fraction, rng):
             report.kept["(background region)"] += 1
@@ -158,6 +191,16 @@ def import_co_parsing(root: Path, *, min_pixels: int = 0, background_crops: int 
                 report.kept["(garment region)"] += 1
                 report.records.append(_record(image, pairs, "co_parsing_garment", box=box, split="train"))
     return report
+
+
+def _co_parsing_skip(photo: Path, mask: np.ndarray) -> str:
+    """Why a Co-Parsing photo is not imported ('' when it is): no photo file, or a mask that labels nothing (all
+    label 0, ``null``: nobody annotated it, so neither "no garment" nor its background would be true)."""
+    if not photo.is_file():
+        return "(missing image)"
+    if not mask.any():
+        return "(unannotated mask)"
+    return ""
 
 
 def _co_parsing_split(number: int) -> str:

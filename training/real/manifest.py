@@ -9,15 +9,19 @@ URL) and any subset of its labels as ontology term names::
 ``categories: []`` marks a photo that shows no garment (a negative). A sub-category implies its
 category. ``box`` (left, top, right, bottom in pixels) uses a region of the photo, e.g. the street behind
 a person. ``split`` (``train`` / ``val`` / ``test``) is optional; records without it are split by a hash
-of their image's file name, so a photo stays in its split however the manifest grows and wherever it lives.
+of their image's file name, so a photo (and every region of it) stays in its split however the manifest grows
+and wherever it lives. ``source`` names where a record came from; ``synthetic_negative`` is reserved for the
+images training draws.
 
-A folder with one sub-folder per category (``FOLDER/shoes/*.jpg``) reads as a manifest too.
+A folder with one sub-folder per category (``FOLDER/shoes/*.jpg``) reads as a manifest too; hidden files and
+folders (``.ipynb_checkpoints``) are skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -29,6 +33,8 @@ from streamcore.exceptions import StylestreamError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 Splits = Literal["train", "val", "test"]
+#: Sources training gives its own records; a manifest naming one would pass for them.
+RESERVED_SOURCES = ("synthetic_negative",)
 
 
 class ManifestError(StylestreamError):
@@ -49,6 +55,13 @@ class Record(BaseModel):
     split: Splits | None = None
     #: Where the record came from (an importer's name); kept for per-source reports.
     source: str = "user"
+
+    @field_validator("image")
+    @classmethod
+    def _no_nul(cls, image: str) -> str:
+        if "\0" in image:
+            raise ValueError("image must not contain a NUL character")
+        return image
 
     @field_validator("box")
     @classmethod
@@ -76,12 +89,14 @@ class Record(BaseModel):
         return self.model_copy(update={"categories": categories})
 
     def split_of(self, *, val: float = 0.15, test: float = 0.15) -> str:
-        """The record's split: its own, or a stable hash of its image's file name and box (not its folder: the
-        same photo keeps its split wherever the dataset is checked out)."""
+        """The record's split: its own, or a stable hash of its image's file name (not its folder: the same
+        photo keeps its split wherever the dataset is checked out; not its box: a photo's regions share its split,
+        so no pixel of a held-out photo is trained on)."""
         if self.split is not None:
             return self.split
         name = self.image.rstrip("/").rsplit("/", 1)[-1]
-        digest = hashlib.sha256(f"{name}|{self.box}".encode()).digest()
+        # "|None" is what a whole photo's key always ended with, so whole photos keep the splits they had.
+        digest = hashlib.sha256(f"{name}|None".encode()).digest()
         u = int.from_bytes(digest[:8], "big") / 2**64
         return "test" if u < test else "val" if u < test + val else "train"
 
@@ -114,12 +129,15 @@ def _jsonl_records(lines: Iterable[str], root: Path, ontology: Ontology, *, name
             continue
         try:
             record = Record.model_validate(json.loads(line)).resolved(ontology)
+            if record.source in RESERVED_SOURCES:
+                raise ValueError(f"source {record.source!r} is reserved for the images training draws")
+            image = _absolute(record.image, root)
         except ValidationError as exc:
             reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors())
             raise ManifestError(f"{name}:{number}: {reasons}") from None
-        except (json.JSONDecodeError, ValueError) as exc:
+        except (json.JSONDecodeError, ValueError, OSError) as exc:
             raise ManifestError(f"{name}:{number}: {exc}") from None
-        yield record.model_copy(update={"image": _absolute(record.image, root)})
+        yield record.model_copy(update={"image": image})
 
 
 def _absolute(image: str, root: Path) -> str:
@@ -129,23 +147,52 @@ def _absolute(image: str, root: Path) -> str:
 
 
 def _folder_records(root: Path, ontology: Ontology) -> Iterator[Record]:
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    # Hidden entries are tools' leftovers (.ipynb_checkpoints, macOS ._ files), never labelled photos.
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if folder.name not in ontology.category_ids and folder.name != "no_garment":
             raise ManifestError(f"{folder}: folder name is not a category ({sorted(ontology.category_ids)}) "
                                 "nor no_garment")
         categories = [] if folder.name == "no_garment" else [folder.name]
         for image in sorted(folder.iterdir()):
-            if image.suffix.lower() in IMAGE_SUFFIXES:
+            if image.suffix.lower() in IMAGE_SUFFIXES and not image.name.startswith("."):
                 yield Record(image=str(image.resolve()), categories=categories, source=f"folder:{root.name}")
 
 
 def write_manifest(records: Iterable[Record], path: Path) -> int:
-    """Write ``records`` as JSON lines (image paths as given); returns how many."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``records`` as JSON lines (image paths as given); returns how many.
+
+    The file is replaced whole, only once every record is on disk, so an import that fails or is interrupted
+    leaves the old manifest (or none), never a shorter one that reads as complete.
+
+    Raises:
+        ManifestError: no records, ``path`` is a folder, or the file cannot be written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ManifestError(f"cannot write manifest {path}: it is a folder")
+    # In the same folder, so that os.replace is a rename on one file system.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with temporary.open("w", encoding="utf-8") as out:
+            count = _write_records(records, out)
+            out.flush()
+            os.fsync(out.fileno())
+        if not count:
+            raise ManifestError(f"{path}: no records to write (the manifest is left as it was)")
+        os.replace(temporary, path)
+    except BaseException as exc:
+        temporary.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ManifestError(f"cannot write manifest {path}: {exc}") from None
+        raise
+    return count
+
+
+def _write_records(records: Iterable[Record], out) -> int:
     count = 0
-    with path.open("w", encoding="utf-8") as out:
-        for record in records:
-            out.write(record.model_dump_json(exclude_defaults=True))
-            out.write("\n")
-            count += 1
+    for record in records:
+        out.write(record.model_dump_json(exclude_defaults=True))
+        out.write("\n")
+        count += 1
     return count

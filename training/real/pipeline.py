@@ -2,7 +2,8 @@
 abstaining model, and its scores on held-out photos.
 
 1. Photos are decoded as the classifier decodes posts; no-garment images are added (background regions
-   from the manifest, plus drawn flat colours, noise and gradients).
+   from the manifest, plus drawn flat colours, noise and gradients). Photos that fail to load are logged and
+   counted; a split where none loaded, or more than ``max_missing`` of them failed, refuses the run.
 2. The trunk is fine-tuned with a Base head on the photos (:mod:`training.real.finetune`), text silent.
 3. The served head trains on the fine-tuned trunk's cached features, with captions generated from each
    photo's labels and mined (:mod:`training.real.data`), dropping hints at the configured rate.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,13 +32,17 @@ from training.data.benchmark import Split
 from training.real.data import build_split, split_records, with_condition
 from training.real.finetune import Fronts, TuneConfig, cache_fronts, finetune, pooled
 from training.real.images import load_records, no_garment_images
-from training.real.manifest import Record
+from training.real.manifest import ManifestError, Record
 from training.real.scores import abstain_threshold, summary
 from training.train import Batchable, FitConfig, predict, train_head
 
 #: Sources whose photos show one garment; ``co_parsing`` photos are street photos of people.
 STREET = ("co_parsing",)
 NEGATIVE = ("co_parsing_background", "synthetic_negative")
+#: Failed photos named in the log, per split (the rest are counted).
+SHOWN_FAILURES = 5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ class RealConfig:
     negatives: int = 400
     label_floor: float = 0.05
     max_garment_abstain: float = 0.02
+    #: The largest share of a split's manifest photos that may fail to load before the run is refused.
+    max_missing: float = 0.05
     #: Street photos drawn this many times per epoch when the served head trains (as in fine-tuning).
     head_street_repeat: int = 1
     tune: TuneConfig = field(default_factory=TuneConfig)
@@ -70,6 +78,8 @@ class Prepared:
     base: DynamicCNN
     features: dict[str, Tensor]
     history: dict
+    #: Per split, the manifest photos that failed to load and were left out.
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def _drawn_negatives(count: int) -> list[Record]:
@@ -77,19 +87,48 @@ def _drawn_negatives(count: int) -> list[Record]:
                    split="train" if i % 20 < 14 else "val" if i % 20 < 17 else "test") for i in range(count)]
 
 
-def load_photos(records: list[Record], config: RealConfig) -> dict[str, tuple[list[Record], np.ndarray]]:
-    """Per split, the records that loaded and their images (drawn negatives included); bad photos are dropped."""
+def load_photos(records: list[Record], config: RealConfig,
+                ) -> tuple[dict[str, tuple[list[Record], np.ndarray]], dict[str, int]]:
+    """Per split, the records that loaded and their images (drawn negatives included), and how many manifest
+    photos failed to load and were left out (the first few of each split are logged).
+
+    Raises:
+        ManifestError: in some split no manifest photo loaded, or more than ``config.max_missing`` failed.
+    """
     records = records + _drawn_negatives(config.negatives)
     drawn = no_garment_images(config.negatives, config.image_size, seed=config.seed)
-    out = {}
+    out, failures = {}, {}
     for name, chosen in split_records(records).items():
         real = [r for r in chosen if r.source != "synthetic_negative"]
         images, errors = load_records(real, config.image_size, desc=f"{name} photos")
         keep = [i for i, e in enumerate(errors) if not e]
+        failures[name] = ([e for e in errors if e], len(real))
         negatives = [int(r.image.rsplit("/", 1)[1]) for r in chosen if r.source == "synthetic_negative"]
         out[name] = ([real[i] for i in keep] + [r for r in chosen if r.source == "synthetic_negative"],
                      np.concatenate([images[keep], drawn[negatives]]))
-    return out
+    return out, _check_failures(failures, config.max_missing)
+
+
+def _check_failures(failures: dict[str, tuple[list[str], int]], max_missing: float) -> dict[str, int]:
+    """Log each split's failed photos and return their counts; refuse splits that lost too many."""
+    refused = []
+    for name, (failed, total) in failures.items():
+        if not failed:
+            continue
+        # Each line its own kind: the CLI's repeat filter would hold back lines of one template.
+        log.warning("%s split: %d of %d photos did not load and are left out", name, len(failed), total,
+                    extra={"repeat_key": f"{name} failed"})
+        for error in failed[:SHOWN_FAILURES]:
+            log.warning("  %s", error, extra={"repeat_key": f"{name} {error}"})
+        if len(failed) > SHOWN_FAILURES:
+            log.warning("  and %d more", len(failed) - SHOWN_FAILURES, extra={"repeat_key": f"{name} more"})
+        if len(failed) == total or len(failed) > max_missing * total:
+            refused.append(name)
+    if refused:
+        counts = ", ".join(f"{name} {len(failures[name][0])} of {failures[name][1]}" for name in refused)
+        raise ManifestError(f"photos that did not load: {counts} (all of a split, or more than --max-missing "
+                            f"{max_missing:g}); the first: {failures[refused[0]][0][0]}")
+    return {name: len(failed) for name, (failed, _) in failures.items()}
 
 
 def prepare(records: list[Record], ontology: Ontology, config: RealConfig, *, trunk_from: Path | None = None) -> Prepared:
@@ -98,7 +137,7 @@ def prepare(records: list[Record], ontology: Ontology, config: RealConfig, *, tr
     ``trunk_from``: a checkpoint whose already fine-tuned trunk is reused instead (same backbone, input size
     and cut): retraining heads, on the same or new photos, then costs minutes instead of the fine-tuning.
     """
-    photos = load_photos(records, config)
+    photos, dropped = load_photos(records, config)
     splits = {name: build_split(recs, images, ontology, condition="main", seed=config.seed, heldout=name == "test")
               for name, (recs, images) in photos.items()}
     torch.manual_seed(config.seed)
@@ -116,7 +155,8 @@ def prepare(records: list[Record], ontology: Ontology, config: RealConfig, *, tr
     features = {name: pooled(base, f.plain, config.tune.cut) for name, f in fronts.items()}
     base.backbone.requires_grad_(False)
     return Prepared({n: p[0] for n, p in photos.items()}, splits,
-                    {n: np.array([r.source for r in p[0]]) for n, p in photos.items()}, base, features, history)
+                    {n: np.array([r.source for r in p[0]]) for n, p in photos.items()}, base, features, history,
+                    dropped)
 
 
 def _fronts(base: DynamicCNN, split: Split, records: list[Record], name: str, config: RealConfig) -> Fronts:

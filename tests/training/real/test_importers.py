@@ -1,8 +1,11 @@
-"""Street-photo regions cut from a pixel mask: where each large garment is, and what the region shows."""
+"""Importers: street-photo regions cut from a pixel mask (where each large garment is, and what the region
+shows), and what each importer drops, counts or refuses."""
 
 import numpy as np
+import pytest
+from scipy.io import savemat
 
-from training.real.importers import garment_boxes
+from training.real.importers import DatasetError, garment_boxes, import_clothing_dataset, import_co_parsing
 
 NAMES = ["null", "skin", "top", "jacket", "skirt", "shoes", "ring"]
 
@@ -51,3 +54,41 @@ def test_a_garment_barely_in_a_region_is_not_labelled_there():
 def test_a_photo_that_is_one_garment_gives_no_region():
     mask = np.full((100, 100), 4, dtype=np.uint8)
     assert garment_boxes(mask, NAMES) == []
+
+
+def _clothing(tmp_path, table: bytes):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.jpg").write_bytes(b"")
+    (tmp_path / "images.csv").write_bytes(table)
+    return tmp_path
+
+
+def test_the_clothing_dataset_counts_a_missing_image_apart_from_an_unmapped_class(tmp_path):
+    root = _clothing(tmp_path, b"image,sender_id,label,kids\na,1,Shoes,False\nb,1,Shoes,False\nc,1,Body,False\n")
+    report = import_clothing_dataset(root)
+    assert [r.image for r in report.records] == ["images/a.jpg"]
+    assert report.summary()["dropped"] == {"(missing image)": 1, "Body": 1}
+
+
+@pytest.mark.parametrize(("table", "reason"), [
+    (b"image,sender_id,kids\na,1,False\n", "no column ['label']"),
+    (b"image,sender_id,label,kids\na,1,Caf\xe9,False\n", "utf-8"),
+])
+def test_an_unreadable_clothing_table_is_refused_with_its_name(tmp_path, table, reason):
+    with pytest.raises(DatasetError, match="images.csv") as caught:
+        import_clothing_dataset(_clothing(tmp_path, table))
+    assert reason in str(caught.value)
+
+
+def test_co_parsing_skips_an_unannotated_mask_and_a_missing_photo(tmp_path):
+    (tmp_path / "annotations" / "pixel-level").mkdir(parents=True)
+    (tmp_path / "photos").mkdir()
+    savemat(tmp_path / "label_list.mat", {"label_list": np.array([NAMES], dtype=object)})
+    for number, mask, photo in ((1, _person(), True), (2, np.zeros((200, 100), np.uint8), True), (3, _person(), False)):
+        savemat(tmp_path / "annotations" / "pixel-level" / f"{number:04d}.mat", {"groundtruth": mask})
+        if photo:
+            (tmp_path / "photos" / f"{number:04d}.jpg").write_bytes(b"")
+    report = import_co_parsing(tmp_path, crop_fraction=0.05)
+    assert {r.image for r in report.records} == {"photos/0001.jpg"}
+    assert {r.source for r in report.records} == {"co_parsing", "co_parsing_background"}
+    assert report.summary()["dropped"] == {"(unannotated mask)": 1, "(missing image)": 1}

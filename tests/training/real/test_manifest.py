@@ -1,4 +1,5 @@
-"""Manifests: JSONL and folder forms, refusals with line numbers, stable splits, the committed fixture."""
+"""Manifests: JSONL and folder forms, refusals with line numbers, stable splits, whole writes, the committed
+fixture."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def test_reads_records_and_adds_the_parent_category(tmp_path):
     ('{"image": "a.jpg"}', "needs categories"),
     ('{"image": "a.jpg", "categories": [], "box": [10, 0, 5, 5]}', "box"),
     ("{not json", "Expecting property name"),
+    ('{"image": "a\\u0000.jpg", "categories": []}', "NUL"),
+    ('{"image": "x/3", "categories": [], "source": "synthetic_negative"}', "reserved"),
 ])
 def test_a_bad_line_is_refused_with_its_number(tmp_path, line, reason):
     path = _write(tmp_path, {"image": "ok.jpg", "categories": ["bags"]}, line)
@@ -42,7 +45,8 @@ def test_a_bad_line_is_refused_with_its_number(tmp_path, line, reason):
 
 
 def test_a_folder_per_category_reads_as_a_manifest(tmp_path):
-    for folder, name in (("shoes", "x.jpg"), ("no_garment", "y.png"), ("shoes", "notes.txt")):
+    for folder, name in (("shoes", "x.jpg"), ("no_garment", "y.png"), ("shoes", "notes.txt"), ("shoes", "._x.jpg"),
+                         (".ipynb_checkpoints", "z.jpg")):
         (tmp_path / folder).mkdir(exist_ok=True)
         (tmp_path / folder / name).write_bytes(b"")
     records = read_manifest(tmp_path, ONTOLOGY)
@@ -83,3 +87,34 @@ def test_the_fixture_is_small_real_and_covers_the_dataset_categories():
 def test_a_photo_keeps_its_split_wherever_the_dataset_lives():
     here, there = Record(image="images/abc.jpg", categories=[]), Record(image="/data/x/images/abc.jpg", categories=[])
     assert here.split_of() == there.split_of()
+
+
+def test_every_region_of_a_photo_shares_the_whole_photos_split():
+    for i in range(200):
+        whole = Record(image=f"street/{i}.jpg", categories=["bags"])
+        regions = [Record(image=f"street/{i}.jpg", categories=[], box=(x, 0, x + 50, 80)) for x in (0, 10, 90)]
+        assert {r.split_of() for r in regions} == {whole.split_of()}
+
+
+def test_a_write_that_fails_leaves_the_old_manifest_whole(tmp_path):
+    path = tmp_path / "m.jsonl"
+    write_manifest([Record(image=f"{i}.jpg", categories=["bags"]) for i in range(3)], path)
+    before = path.read_bytes()
+
+    def interrupted():
+        yield Record(image="new.jpg", categories=["shoes"])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_manifest(interrupted(), path)
+    with pytest.raises(ManifestError, match="no records"):
+        write_manifest([], path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["m.jsonl"]
+
+
+def test_a_manifest_is_not_written_over_a_folder_or_empty(tmp_path):
+    with pytest.raises(ManifestError, match="is a folder"):
+        write_manifest([Record(image="a.jpg", categories=[])], tmp_path)
+    with pytest.raises(ManifestError, match="no records"):
+        write_manifest([], tmp_path / "new.jsonl")
+    assert not (tmp_path / "new.jsonl").exists()
