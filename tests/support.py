@@ -131,3 +131,12 @@ def running_stage(stage):
         thread.join(timeout=60)
         loop.close()
     assert not thread.is_alive()
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    """The one line a command run as a process wrote on stderr when it refused a user's input (exit 1, no traceback)."""
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("stylestream: "), result.stderr
+    return lines[0]

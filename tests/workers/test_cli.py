@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from streamcore.embedded import free_port
 from streamcore.settings import TOPICS
+from tests.support import one_line
 from workers import STAGES
 from workers.cli import app
 from workers.commands.models import Bench
@@ -68,24 +69,16 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120, check=False)
 
 
-def _one_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stylestream: "), result.stderr
-    return lines[0]
-
-
 def test_a_configuration_error_is_one_line_with_exit_1() -> None:
-    assert "STYLESTREAM_PARTITIONS='zero'" in _one_line(_run(["topics"], STYLESTREAM_PARTITIONS="zero"))
-    assert "STYLESTREAM_DEVICE" in _one_line(_run(["produce"], STYLESTREAM_DEVICE="tpu"))
+    assert "STYLESTREAM_PARTITIONS='zero'" in one_line(_run(["topics"], STYLESTREAM_PARTITIONS="zero"))
+    assert "STYLESTREAM_DEVICE" in one_line(_run(["produce"], STYLESTREAM_DEVICE="tpu"))
 
 
 def test_no_broker_is_one_line_with_exit_1() -> None:
-    assert "STYLESTREAM_KAFKA is not set" in _one_line(_run(["produce", "--count", "1"]))
+    assert "STYLESTREAM_KAFKA is not set" in one_line(_run(["produce", "--count", "1"]))
     nobody = f"127.0.0.1:{free_port()}"
     for command in (["produce", "--count", "1"], ["tail", "--json"]):
-        line = _one_line(_run(command, STYLESTREAM_KAFKA=nobody, STYLESTREAM_DELIVERY_TIMEOUT_S="1"))
+        line = one_line(_run(command, STYLESTREAM_KAFKA=nobody, STYLESTREAM_DELIVERY_TIMEOUT_S="1"))
         assert f"cannot reach the Kafka broker at {nobody}" in line
 
 

@@ -9,19 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import one_line
+
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("STYLESTREAM_")}
     return subprocess.run([sys.executable, "-m", "workers.cli", *args], env=environ, capture_output=True, text=True,
                           timeout=300, check=False)
-
-
-def _one_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("stylestream: "), result.stderr
-    return lines[0]
 
 
 def _clothing(root: Path, table: bytes, *images: str) -> Path:
@@ -38,11 +32,11 @@ def _clothing(root: Path, table: bytes, *images: str) -> Path:
     (b"image,sender_id,label,kids\na,1,Shoes,False\n", ("a",), "sub", "is a folder"),
     (b"image,sender_id,label,kids\na,1,Shoes,False\nb,1,Body,False\n", (), None, "no records"),
 ])
-def test_import_refuses_what_it_cannot_read_or_write_in_one_line(tmp_path, table, images, out, reason):
+def test_import_refuses_what_it_cannot_read_or_write_inone_line(tmp_path, table, images, out, reason):
     root = _clothing(tmp_path / "clothing", table, *images)
     (tmp_path / "sub").mkdir()
     target = tmp_path / (out or "m.jsonl")
-    assert reason in _one_line(_run("import", "clothing-dataset", str(root), "--out", str(target)))
+    assert reason in one_line(_run("import", "clothing-dataset", str(root), "--out", str(target)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clothing", "sub"]
 
 
