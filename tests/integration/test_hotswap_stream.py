@@ -11,6 +11,7 @@ from kafka import KafkaProducer
 
 from serving.ontology import load_ontology
 from serving.promotion import promote
+from streamcore.exceptions import StylestreamError
 from streamcore.schemas import Label
 from streamcore.serde import encode
 from tests.integration.test_end_to_end import _read_topic
@@ -89,7 +90,10 @@ def test_a_corrupt_promotion_is_refused_while_the_stream_flows(make_settings, wo
     store = redis.Redis.from_url(settings.redis.url)
     keys = [settings.redis.keys.label(p.post_id) for p in posts]
     wait_until(lambda: store.exists(*keys[:30]) == 30, timeout=120, what="labels before the bad promotion")
-    promote(settings, "bad")
+    with pytest.raises(StylestreamError, match="bad does not load"):
+        promote(settings, "bad")  # refused before the pointer moves
+    # Damaged after its promotion (or pointed at by hand): every classifier refuses it and keeps serving.
+    store.set(settings.redis.keys.model_current, "bad")
     for post in posts[30:]:
         producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
     producer.flush()
