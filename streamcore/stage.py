@@ -20,6 +20,7 @@ before the offsets already read from it restarted empty: read from its start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -203,11 +204,10 @@ class Stage(ABC):
             self.streaks.end(streak)
 
     async def _backoff(self, seconds: float) -> None:
-        """Back off for ``seconds``, or less if the stage is asked to stop."""
-        try:
+        """Wait ``seconds`` (less if stopping). Waiting out an outage is alive: ``/readyz`` says stuck, not ``/healthz``."""
+        self.heartbeat.beat()
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Produce one message and wait for the broker's acknowledgement."""

@@ -64,7 +64,7 @@ class CatalogueStage(Stage):
     outputs = ("labels", "posts.dlq")
 
     def __init__(self, settings: Settings, predictor: Predictor, *, refused: set[str] | None = None,
-                 removed: Counter | None = None, **kwargs) -> None:
+                 removed: Counter | None = None, labelled: Counter | None = None, **kwargs) -> None:
         super().__init__(settings, **kwargs)
         self.predictor = predictor
         self.group_suffix = f"{self.name}-{predictor.version}"
@@ -74,6 +74,8 @@ class CatalogueStage(Stage):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalogue")
         #: Items removed: the worker's counter, kept across the stages of its versions.
         self.removed = removed if removed is not None else removals(self.metrics)
+        #: Items labelled: apart from the classifier's posts, whose count alerts and dashboards watch.
+        self.labelled = labelled if labelled is not None else labellings(self.metrics)
         self._next_check = 0.0
 
     async def setup(self) -> None:
@@ -172,7 +174,7 @@ class CatalogueStage(Stage):
                 await self.dead_letter(record, BadInput("duplicate_post_id", "item id was labelled from other content"))
                 continue
             self.done(record)
-            self.metrics.labeled.inc()
+            self.labelled.inc()
 
     async def _fingerprints(self, ready: list[tuple]) -> list[str]:
         """Per item, the fingerprint to store its label under: :func:`item_fingerprint`, or the whole record's
@@ -244,7 +246,7 @@ class CatalogueWorker:
         self.settings = settings
         self.metrics = metrics or StageMetrics(self.name)
         self.heartbeat = Heartbeat(60.0)
-        self.removed = removals(self.metrics)
+        self.removed, self.labelled = removals(self.metrics), labellings(self.metrics)
         self.stage: CatalogueStage | None = None
         self.versions: list[str] = []  # served so far, in order
         self._stopping = False
@@ -270,7 +272,7 @@ class CatalogueWorker:
             if self._stopping:
                 return
             self.stage = CatalogueStage(self.settings, predictor, refused=refused, removed=self.removed,
-                                        metrics=self.metrics)
+                                        labelled=self.labelled, metrics=self.metrics)
             self.stage.heartbeat = self.heartbeat
             self.versions.append(predictor.version)
             await self.stage.run()
@@ -282,6 +284,12 @@ class CatalogueWorker:
         self._stopping = True
         if self.stage is not None:
             self.stage.stop()
+
+
+def labellings(metrics: StageMetrics) -> Counter:
+    """The counter of catalogue items labelled, on ``metrics``' registry (once per registry)."""
+    return Counter("stylestream_catalogue_items_labeled_total",
+                   "Catalogue items labelled (each version labels the catalogue again)", registry=metrics.registry)
 
 
 def removals(metrics: StageMetrics) -> Counter:

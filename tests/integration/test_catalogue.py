@@ -43,7 +43,8 @@ def _count(stage: ProfilesStage, outcome: str) -> int:
 
 
 def _labelled(worker: CatalogueWorker) -> int:
-    return int(worker.metrics.labeled._value.get())
+    assert worker.metrics.labeled._value.get() == 0  # posts' counter: alerts watch the classifier's alone
+    return int(worker.labelled._value.get())
 
 
 def _add_items(settings, photos: list[Path]) -> list[str]:

@@ -201,3 +201,22 @@ def test_an_operation_failing_past_stuck_after_s_makes_the_stage_unready_until_i
     assert gauge == 1
     assert stuck_gauge() == 0  # the streak ended with the success
     assert server.is_ready() == (True, "ready") and stage.stuck() is None
+
+
+def test_a_stage_waiting_out_an_outage_stays_alive_while_it_says_it_is_stuck():
+    from streamcore.health import Heartbeat
+
+    now = [0.0]
+    stage = Toy(stuck_after_s=0.01, retry_backoff_max_s=0.01)
+    stage.heartbeat = Heartbeat(1.0, clock=lambda: now[0])
+    alive: list[bool] = []
+
+    async def down_for_a_while() -> str:
+        alive.append(stage.heartbeat.alive())
+        if len(alive) < 6:
+            now[0] += 0.6  # more than a liveness probe's window passes across the outage
+            raise RedisConnectionError("Redis is down")
+        return "written"
+
+    assert asyncio.run(stage.retrying("label_write", down_for_a_while)) == "written"
+    assert all(alive) and now[0] > stage.heartbeat.max_age_s
