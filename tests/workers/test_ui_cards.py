@@ -299,3 +299,32 @@ def test_a_write_body_over_the_limit_is_refused_without_reading_it_whole():
     undeclared = _streamed([b"x" * 1024] * 1000, {})
     assert asyncio.run(_body(undeclared)) is None
     assert len(undeclared.taken) <= MAX_BODY // 1024 + 1
+
+
+def test_a_correction_the_broker_took_is_received_even_when_its_copy_beside_the_label_is_not_kept():
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from streamcore.schemas import Feedback
+    from streamcore.settings import Settings
+    from workers.ui.corrections import Publisher
+
+    sent = []
+
+    class Producer:
+        async def send_and_wait(self, topic, value, key):
+            sent.append(key)
+
+            class Where:
+                partition, offset = 2, 41
+            Where.topic = topic
+            return Where
+
+    class Redis:
+        async def set(self, *args, **kwargs):
+            raise RedisDown("Redis is down")
+
+    publisher = Publisher(Settings.named(), Redis())
+    publisher._producer = Producer()
+    answer = asyncio.run(publisher.send(Feedback(post_id="p1", categories=["coats"])))
+    assert (answer["partition"], answer["offset"], answer["kept"]) == (2, 41, False)
+    assert sent == [b"p1"]  # one record: nothing tells the person to send it again
