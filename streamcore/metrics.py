@@ -100,6 +100,8 @@ class StageMetrics:
         r, s = self.registry, ("stage",)
         self.mined = Counter("stylestream_text_mined_posts_total", "Posts mined", registry=r)
         self.mine_seconds = Counter("stylestream_text_mine_seconds_total", "Wall seconds spent in the miner", registry=r)
+        self.mine_failures = Counter("stylestream_text_mine_failures_total",
+                                     "Posts the miner raised on (sent on with empty hints)", registry=r)
         self.infra_errors = Counter("stylestream_infrastructure_errors_total",
                                     "Redis/Kafka operations that failed and were retried", s + ("operation",), registry=r)
         self.bad_state = Counter("stylestream_bad_state_total", "Unusable values read from Redis, ignored",

@@ -8,6 +8,7 @@ delays the posts behind it by the flood's mining time only, and the loop keeps i
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 
@@ -20,6 +21,8 @@ from streamcore.serde import decode_post, encode
 from streamcore.settings import Settings
 from streamcore.stage import Stage
 from training.text import TextMiner
+
+log = logging.getLogger(__name__)
 
 
 class TextStage(Stage):
@@ -46,6 +49,17 @@ class TextStage(Stage):
         for start in range(0, len(good), size):
             await self._mine(good[start:start + size])
 
+    def _unmined(self, record: ConsumerRecord, post: Post, exc: Exception) -> Hints:
+        """Empty hints for a post the miner raised on: a miner bug, not a bad post.
+
+        The classifier owns a post's dead letter and labels this one as a post with silent text; empty
+        hints spare it the wait for hints that will never come. The traceback and a counter tell the operator.
+        """
+        log.error("text: the miner failed on %s[%d]@%d (post %r); its hints are empty", record.topic,
+                  record.partition, record.offset, post.post_id, exc_info=exc)
+        self.metrics.mine_failures.inc()
+        return Hints(post_id=post.post_id, miner_version=self.miner.version)
+
     async def _mine(self, chunk: list[tuple[ConsumerRecord, Post]]) -> None:
         # Mining is CPU work: keep it off the event loop so heartbeats keep flowing.
         started = time.perf_counter()
@@ -56,9 +70,8 @@ class TextStage(Stage):
         mined = []
         for (record, post), result in zip(chunk, results):
             if isinstance(result, Exception):
-                await self.fail(record, result)
-            else:
-                mined.append((record, post, result))
+                result = self._unmined(record, post, result)
+            mined.append((record, post, result))
         # Same partition number as the post: the classifier that owns the post owns its hints, even
         # when a producer keyed the post by something other than its id.
         messages = [(record.partition, post.post_id.encode(), encode(h)) for record, post, h in mined]
@@ -73,7 +86,7 @@ def _mine_each(miner: TextMiner, posts: list[Post]) -> list[Hints | Exception]:
     for post in posts:
         try:
             out.append(miner.mine(post))
-        except Exception as exc:  # noqa: BLE001 - returned, and dead-lettered by the caller
+        except Exception as exc:  # noqa: BLE001 - returned: the caller sends empty hints
             out.append(exc)
     return out
 
