@@ -328,3 +328,25 @@ def test_a_correction_the_broker_took_is_received_even_when_its_copy_beside_the_
     answer = asyncio.run(publisher.send(Feedback(post_id="p1", categories=["coats"])))
     assert (answer["partition"], answer["offset"], answer["kept"]) == (2, 41, False)
     assert sent == [b"p1"]  # one record: nothing tells the person to send it again
+
+
+def test_the_forms_choices_say_whether_several_categories_are_allowed_as_the_serving_model_now_does(monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    from workers.ui import routes
+    from workers.ui.corrections import terms
+
+    answers = iter([True, False])
+
+    async def corrections_multi(settings, redis):
+        return next(answers)
+
+    monkeypatch.setattr(routes, "corrections_multi", corrections_multi)
+    app = SimpleNamespace(state=SimpleNamespace(ui=SimpleNamespace(settings=None, redis=None, terms=terms(ONTOLOGY))))
+    request = Request({"type": "http", "method": "GET", "path": "/api/ontology", "query_string": b"", "headers": [],
+                       "app": app})
+    first, second = (asyncio.run(routes.ontology(request)) for _ in range(2))
+    assert [json.loads(r.body)["multi"] for r in (first, second)] == [True, False]  # a promotion between two opens
+    assert json.loads(first.body)["categories"] == ONTOLOGY.category_names
+    assert "no-store" in first.headers["cache-control"]

@@ -42,11 +42,12 @@ async def corrections_multi(settings: Settings, redis: Redis) -> bool:
     return await asyncio.to_thread(learns_multi, settings, version.decode() if version is not None else None)
 
 
-def terms(ontology: Ontology, *, multi: bool) -> dict[str, Any]:
-    """The choices the correction form searches: categories, sub-categories (with their category), attributes;
-    ``multi``: whether a post may have several categories (:func:`corrections_multi`)."""
+def terms(ontology: Ontology) -> dict[str, Any]:
+    """The choices the correction form searches: categories, sub-categories (with their category), attributes.
+
+    Whether a post may have several categories is not among them: it follows the serving model
+    (:func:`corrections_multi`), so it is asked per request."""
     return {
-        "multi": multi,
         "categories": ontology.category_names,
         "subcategories": [[s.name, c.name] for c in ontology.categories for s in c.subcategories],
         "attributes": ontology.attribute_names,

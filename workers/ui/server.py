@@ -20,7 +20,7 @@ from serving.ontology import load_ontology
 from streamcore.redisconn import connect_async
 from streamcore.settings import Settings
 from workers.ui.cards import Highlighter
-from workers.ui.corrections import Publisher, corrections_multi, terms
+from workers.ui.corrections import Publisher, terms
 from workers.ui.live import Broadcaster
 from workers.ui.recommend import Recommendations
 from workers.ui.routes import ROUTES, Ui
@@ -42,8 +42,7 @@ def build_app(settings: Settings) -> Starlette:
         follower_client = connect_async(settings.redis)  # its blocking XREAD must not hold up the page's reads
         broadcaster = Broadcaster(LabelReader(settings.redis.keys, follower_client, Highlighter(ontology)))
         publisher = Publisher(settings, client)
-        multi = await corrections_multi(settings, client)
-        app.state.ui = Ui(settings, client, reader, broadcaster, publisher, ontology, terms(ontology, multi=multi))
+        app.state.ui = Ui(settings, client, reader, broadcaster, publisher, ontology, terms(ontology))
         app.state.recommendations = Recommendations(settings)
         app.state.loop = asyncio.get_running_loop()
         await broadcaster.start()
