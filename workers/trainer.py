@@ -114,7 +114,7 @@ class TrainerStage(Stage):
         posts = [r for r in records if r.topic == posts_topic]  # posts first: see module doc
         if posts:
             await self._on_posts(posts)
-        corrections = []
+        corrections, judged = [], []
         for record in records:
             if record.topic == posts_topic:
                 continue
@@ -123,9 +123,11 @@ class TrainerStage(Stage):
             except BadInput as exc:
                 await self.dead_letter(record, exc)
                 continue
-            self.done(record)
+            judged.append(record)
         if corrections:  # verdicts are idempotent per correction: Redis away, the same ones are tried again
             await self.retrying("guard", lambda: loop.run_in_executor(None, self._judge, corrections))
+        for record in judged:  # only now: a stop while the guard waits leaves them to be redelivered and judged
+            self.done(record)
         if records:
             try:
                 self.stored_posts.set(await loop.run_in_executor(None, self.state.posts))

@@ -51,3 +51,41 @@ def test_a_tick_without_redis_logs_one_line_and_counts_it(tmp_path, caplog) -> N
     lines = [r for r in caplog.records if r.name == "workers.trainer"]
     assert len(lines) == 1 and "cannot check whether a run is due" in lines[0].getMessage()
     assert lines[0].exc_info is None  # no traceback
+
+
+def test_a_correction_is_not_done_until_the_live_guard_has_judged_it(tmp_path) -> None:
+    from redis.exceptions import ConnectionError as RedisDown
+
+    from streamcore.schemas import Feedback
+
+    settings = Settings.named(model_dir=tmp_path, redis_url="redis://127.0.0.1:1/0")
+    stage = TrainerStage(settings, TrainerConfig.from_settings(settings))
+    value = encode(Feedback(post_id="p1", categories=["coats"]))
+    record = ConsumerRecord(settings.kafka.topic("feedback"), 0, 3, int(time.time() * 1000), 0, b"p1", value, None,
+                            2, len(value), [])
+    tp = TopicPartition(record.topic, 0)
+    stage.offsets.add(tp, 3)
+    judged = []
+
+    async def on_feedback(record):
+        return Feedback(post_id="p1", categories=["coats"])
+
+    def judge(corrections):
+        judged.append(stage.offsets.pending())
+        raise RedisDown("Redis is away")
+
+    stage._on_feedback, stage._judge = on_feedback, judge
+    failures = stage.metrics.infra_errors.labels("trainer", "guard")
+
+    async def handle_until_stopped() -> None:
+        handling = asyncio.create_task(stage.handle([record]))
+        deadline = time.monotonic() + 30
+        while failures._value.get() < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        stage.stop()
+        with pytest.raises(InfrastructureError):
+            await handling
+
+    asyncio.run(handle_until_stopped())
+    assert len(judged) >= 2 and set(judged) == {1}  # tried again, the record still pending each time
+    assert stage.offsets.pending() == 1 and stage.offsets.committable() == {tp: 3}  # redelivered to the next owner
