@@ -14,6 +14,7 @@ from serving.registry import Entry, Registry
 from streamcore import redisconn
 from streamcore.exceptions import StylestreamError
 from streamcore.kafka import bootstrap, kafka_python_security
+from streamcore.kafka_options import KafkaOptionsError, blamed_on_options, options_for
 from streamcore.lease import Lease, LeaseLost
 from streamcore.schemas import ModelUpdate, utcnow
 from streamcore.serde import encode
@@ -75,13 +76,15 @@ def _announce(settings: Settings, entry: Entry) -> ModelUpdate:
     follow the pointer (every ``model_poll_s``), so a broker that is away delays nothing and undoes nothing."""
     update = ModelUpdate(version=entry.version, path=str(entry.path), metrics=_flat_metrics(entry), promoted_at=utcnow())
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap(settings.kafka), acks="all", **settings.kafka.options,
-                                 **kafka_python_security(settings.security))
+        given = options_for(KafkaProducer, settings.kafka.options)
+        with blamed_on_options(KafkaProducer, given):
+            producer = KafkaProducer(**{"bootstrap_servers": bootstrap(settings.kafka), "acks": "all", **given,
+                                        **kafka_python_security(settings.security)})
         try:
             producer.send(settings.kafka.topic("model-updates"), key=MODEL_NAME, value=encode(update)).get(timeout=30)
         finally:
             producer.close()
-    except KafkaError as exc:
+    except (KafkaError, KafkaOptionsError) as exc:
         log.warning("%s serves (the pointer moved); announcing it on model-updates failed: %s: %s", entry.version,
                     type(exc).__name__, exc)
     return update

@@ -27,12 +27,13 @@ from typing import Any, Self
 
 import redis
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 
 from streamcore import redisconn
 from streamcore.delivery import Delivery, close_producer, reason
 from streamcore.exceptions import BadInput, DeliveryError, InfrastructureError
 from streamcore.kafka import bootstrap, kafka_python_security
+from streamcore.kafka_options import blamed_on_options, options_for
 from streamcore.schemas import Feedback, ImageSource, LabelView, Post, check_post_id, utcnow
 from streamcore.serde import decode, encode
 from streamcore.settings import Settings
@@ -326,10 +327,15 @@ def _connect(factory: type, settings: Settings, *args: Any, **options: Any) -> A
 
     Raises:
         InfrastructureError: no broker answered.
+        KafkaOptionsError: the client refused a value of ``STYLESTREAM_KAFKA_OPTIONS``.
     """
+    given = options_for(factory, settings.kafka.options)
     try:
-        return factory(*args, **{"bootstrap_servers": bootstrap(settings.kafka),
-                                 "bootstrap_timeout_ms": int(settings.kafka.delivery_timeout_s * 1000),
-                                 **options, **settings.kafka.options, **kafka_python_security(settings.security)})
+        with blamed_on_options(factory, given):
+            return factory(*args, **{"bootstrap_servers": bootstrap(settings.kafka),
+                                     "bootstrap_timeout_ms": int(settings.kafka.delivery_timeout_s * 1000),
+                                     **options, **given, **kafka_python_security(settings.security)})
+    except KafkaConfigurationError:
+        raise  # a client refusing its configuration is no broker out of reach
     except KafkaError as exc:
         raise InfrastructureError(f"cannot reach the Kafka broker at {settings.kafka.bootstrap}: {exc}") from None

@@ -18,6 +18,7 @@ from kafka.errors import TopicAlreadyExistsError
 from streamcore.assignor import CopartitionedAssignor
 from streamcore.exceptions import InfrastructureError
 from streamcore.faults import INFRA_ERRORS
+from streamcore.kafka_options import blamed_on_options, options_for
 from streamcore.sections import KafkaSettings, LimitsSettings, SecuritySettings
 from streamcore.settings import TOPICS, Settings
 
@@ -132,8 +133,10 @@ def delete_topics(settings: Settings, names: tuple[str, ...] = TOPICS) -> None:
 
 
 def _admin(settings: Settings) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=bootstrap(settings.kafka), client_id="stylestream-admin",
-                            **kafka_python_security(settings.security))
+    given = options_for(KafkaAdminClient, settings.kafka.options)
+    with blamed_on_options(KafkaAdminClient, given):
+        return KafkaAdminClient(**{"bootstrap_servers": bootstrap(settings.kafka), "client_id": "stylestream-admin",
+                                   **given, **kafka_python_security(settings.security)})
 
 
 def _sasl(security: SecuritySettings) -> dict[str, Any]:
@@ -183,24 +186,34 @@ def _path(path: Path | None) -> str | None:
 
 
 def make_producer(settings: Settings, **overrides: Any) -> AIOKafkaProducer:
-    """An idempotent-ish producer: acks from all replicas, large enough requests for inline images."""
+    """An idempotent-ish producer: acks from all replicas, large enough requests for inline images.
+
+    Raises:
+        KafkaOptionsError: the producer refused a value of ``STYLESTREAM_KAFKA_OPTIONS``.
+    """
+    given = options_for(AIOKafkaProducer, settings.kafka.options)
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap(settings.kafka),
         "acks": "all",
         "linger_ms": 5,
         "max_request_size": settings.limits.max_message_bytes + 64 * 1024,
-        **settings.kafka.options,
+        **given,
         **aiokafka_security(settings.security),
         **overrides,
     }
-    return AIOKafkaProducer(**options)
+    with blamed_on_options(AIOKafkaProducer, given):
+        return AIOKafkaProducer(**options)
 
 
 def make_consumer(settings: Settings, *topics: str, group: str | None, **overrides: Any) -> AIOKafkaConsumer:
     """A manually committing consumer; offsets are committed by the stage after outputs are written.
 
     Partition ``i`` of every subscribed topic goes to one member (:mod:`streamcore.assignor`).
+
+    Raises:
+        KafkaOptionsError: the consumer refused a value of ``STYLESTREAM_KAFKA_OPTIONS``.
     """
+    given = options_for(AIOKafkaConsumer, settings.kafka.options)
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap(settings.kafka),
         "group_id": group,
@@ -213,11 +226,12 @@ def make_consumer(settings: Settings, *topics: str, group: str | None, **overrid
         "max_partition_fetch_bytes": settings.limits.max_message_bytes + 64 * 1024,
         "fetch_max_bytes": max(52_428_800, settings.limits.max_message_bytes * 2),
         "partition_assignment_strategy": (CopartitionedAssignor,),
-        **settings.kafka.options,
+        **given,
         **aiokafka_security(settings.security),
         **overrides,
     }
-    return AIOKafkaConsumer(*[settings.kafka.topic(t) for t in topics], **options)
+    with blamed_on_options(AIOKafkaConsumer, given):
+        return AIOKafkaConsumer(*[settings.kafka.topic(t) for t in topics], **options)
 
 
 def topic_max_bytes(limits: LimitsSettings) -> int:

@@ -71,7 +71,7 @@ class KafkaSettings(Section):
     """The broker, topics and consumer groups. Unset ``bootstrap`` means "start the embedded broker"."""
 
     bootstrap: str | None = Field(None, validation_alias="STYLESTREAM_KAFKA")
-    #: Passed to every Kafka client; TLS and SASL have settings of their own (:class:`SecuritySettings`).
+    #: Each Kafka client gets the keys it accepts, keys none accepts are refused; TLS/SASL: :class:`SecuritySettings`.
     options: dict[str, Any] = Field(default_factory=dict, validation_alias="STYLESTREAM_KAFKA_OPTIONS")
     topic_prefix: str = ""
     partitions: int = Field(4, ge=1, le=1024)
@@ -107,6 +107,10 @@ class KafkaSettings(Section):
         if misplaced:
             raise ValueError(f"set {misplaced} with the STYLESTREAM_KAFKA_SECURITY_PROTOCOL / _SSL_* / _SASL_* "
                              "settings, not in kafka_options")
+        if value:  # the check loads both Kafka libraries: not for every process that reads its settings
+            from streamcore.kafka_options import check_options
+
+            check_options(value)
         return value
 
     def __repr_args__(self):

@@ -37,8 +37,8 @@ _USER_ERRORS = (ValidationError, SettingsError, StylestreamError, KafkaError, Re
 def describe(exc: BaseException) -> str:
     """One line saying what went wrong, for the errors in :data:`_USER_ERRORS`."""
     if isinstance(exc, ValidationError) and exc.title in {s.__name__ for s in Settings.sections().values()}:
-        problems = [f"{Settings.variable(exc.title, str(e['loc'][0]))}={e['input']!r}: {e['msg']}"
-                    if e["loc"] else e["msg"] for e in exc.errors()]
+        problems = [f"{Settings.variable(exc.title, str(e['loc'][0]))}={_shown(str(e['loc'][0]), e['input'])}: "
+                    f"{e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()]
         return "invalid configuration: " + "; ".join(problems)
     if isinstance(exc, ValidationError):
         return f"invalid {exc.title}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -51,6 +51,20 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, RedisError):
         return f"Redis: {exc}"
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+#: Parts of setting names whose values may hold a secret (a URL may carry a password).
+_SECRET_PARTS = ("password", "secret", "token", "url")
+
+
+def _shown(field: str, value: Any) -> str:
+    """A refused setting's value as an error line may show it: never a secret, and of a JSON object (the
+    pass-through Kafka options, which may hold credentials) only its keys."""
+    if any(part in field.lower() for part in _SECRET_PARTS):
+        return "<hidden>"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key!r}: …" for key in value) + "}"
+    return repr(value)
 
 
 class _Commands(TyperGroup):

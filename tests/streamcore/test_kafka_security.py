@@ -16,6 +16,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from pydantic import ValidationError
 
 from streamcore.kafka import aiokafka_security, kafka_python_security, make_consumer, make_producer
+from streamcore.sections import KafkaSettings
 from streamcore.settings import Settings
 from workers.text import TextStage
 
@@ -144,8 +145,10 @@ def test_incomplete_security_fails_at_startup(bad):
 def test_secrets_never_show_in_repr_logs_or_metrics(tls_files, caplog):
     settings = _sasl_ssl(tls_files, kafka_options={"client_id": "x"})
     secrets = (SASL_PASSWORD, KEY_PASSWORD, REDIS_PASSWORD, "tok-S3cret-value")
-    # Pass-through options whose name says secret are masked too.
-    shown = repr(settings) + str(settings) + repr(Settings.named(kafka_options={"oauth_token": "tok-S3cret-value"}))
+    # Pass-through options whose name says secret are masked too. Every such key the clients take today is a
+    # security key (refused in kafka_options), so none can be validated in: the mask is for keys a client adds.
+    masked = KafkaSettings.model_construct(options={"oauth_token": "tok-S3cret-value"})
+    shown = repr(settings) + str(settings) + repr(masked)
     assert "sasl_username='stylestream'" in repr(settings) and "cache:6379" in repr(settings)
     # Settings are still usable: the values are there for the clients that need them.
     assert settings.security.sasl_password.get_secret_value() == SASL_PASSWORD

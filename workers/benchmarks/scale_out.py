@@ -38,6 +38,7 @@ from rich.table import Table
 from serving.ontology import load_ontology
 from streamcore.embedded import EmbeddedStack, free_port, stop_processes
 from streamcore.kafka import aiokafka_security, ensure_topics, kafka_python_security
+from streamcore.kafka_options import options_for
 from streamcore.reports import write_report
 from streamcore.sections import STAGE_PORT_OFFSET
 from streamcore.serde import encode
@@ -98,8 +99,9 @@ def _stop(members: Sequence[Member]) -> None:
 
 
 async def _describe(settings: Settings, groups: list[str]) -> dict[str, dict]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap, **settings.kafka.options,
-                                **aiokafka_security(settings.security))
+    admin = AIOKafkaAdminClient(**{"bootstrap_servers": settings.kafka.bootstrap,
+                                   **options_for(AIOKafkaAdminClient, settings.kafka.options),
+                                   **aiokafka_security(settings.security)})
     await admin.start()
     try:
         # One group per request: the embedded broker drops the connection on multi-group DescribeGroups.
@@ -136,8 +138,9 @@ def _wait(predicate, timeout: float, what: str, members: Sequence[Member]) -> No
 def _burst(settings: Settings, count: int, seed: int) -> tuple[int, list[str]]:
     """Produce ``count`` posts; returns the first post's broker timestamp (ms) and the post ids."""
     posts = [p for p, _ in generate_posts(load_ontology(), count, seed=seed, prefix=uuid.uuid4().hex[:8])]
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=5, **settings.kafka.options,
-                             **kafka_python_security(settings.security))
+    producer = KafkaProducer(**{"bootstrap_servers": settings.kafka.bootstrap, "acks": "all", "linger_ms": 5,
+                                **options_for(KafkaProducer, settings.kafka.options),
+                                **kafka_python_security(settings.security)})
     first = producer.send(settings.kafka.topic("posts"), key=posts[0].post_id.encode(), value=encode(posts[0])).get(30)
     for post in posts[1:]:
         producer.send(settings.kafka.topic("posts"), key=post.post_id.encode(), value=encode(post))
@@ -148,8 +151,9 @@ def _burst(settings: Settings, count: int, seed: int) -> tuple[int, list[str]]:
 
 def _labels(settings: Settings, post_ids: list[str], timeout: float) -> list:
     wanted = set(post_ids)
-    consumer = KafkaConsumer(settings.kafka.topic("labels"), bootstrap_servers=settings.kafka.bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, **settings.kafka.options, **kafka_python_security(settings.security))
+    consumer = KafkaConsumer(settings.kafka.topic("labels"), **{
+        "bootstrap_servers": settings.kafka.bootstrap, "auto_offset_reset": "earliest", "enable_auto_commit": False,
+        **options_for(KafkaConsumer, settings.kafka.options), **kafka_python_security(settings.security)})
     records, deadline = {}, time.monotonic() + timeout
     try:
         while len(records) < len(wanted) and time.monotonic() < deadline:
