@@ -2,7 +2,8 @@
 
 A version may carry its backbone exported to ONNX (``training.onnx_export``): ``backbone.onnx`` (fp32)
 and, where its real-photo mAP stayed within 0.01 of fp32, ``backbone.int8.onnx``, both listed with their
-SHA-256 and the weights checksum they were built from in ``onnx.json``. The artifact takes the uint8
+SHA-256 and the weights checksum they were built from in ``onnx.json`` (itself listed in the version's
+``SHA256``: checked here before it is read, so every served byte is covered). The artifact takes the uint8
 ``[B, 3, S, S]`` batch the predictor stages (normalisation is inside the graph) and gives the pooled
 features; the head stays in PyTorch (its hint routing is per sample, and it costs < 0.3% of a batch).
 
@@ -19,6 +20,7 @@ fewer images than threads always runs as ``ops``, the lower latency for a lone i
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -30,13 +32,14 @@ from typing import Literal
 import numpy as np
 import torch
 
-from serving.registry import CHECKSUM_FILE, file_checksum
+from serving.checkpoint import WEIGHTS_FILE
+from serving.registry import CHECKSUM_FILE, ONNX_MANIFEST_FILE, file_checksum, recorded_checksums
 from streamcore.extras import install_hint, needs
 
 log = logging.getLogger(__name__)
 
-#: What lists a version's exported artifacts (written last: a version without it has none).
-MANIFEST_FILE = "onnx.json"
+#: What lists a version's exported artifacts (written after them: a version without it has none).
+MANIFEST_FILE = ONNX_MANIFEST_FILE
 #: Runtime setting → the artifact it serves, in order of preference.
 ARTIFACTS = {"onnx": ("onnx",), "onnx_int8": ("onnx_int8", "onnx"), "auto": ("onnx",)}
 FILES = {"onnx": "backbone.onnx", "onnx_int8": "backbone.int8.onnx"}
@@ -52,21 +55,29 @@ def onnxruntime_installed() -> bool:
 
 
 def read_manifest(directory: Path) -> dict | None:
-    """A version's ``onnx.json`` checked against its weights; None when it has none.
+    """A version's ``onnx.json`` checked against its ``SHA256`` and its weights; None when it has none.
 
     Raises:
-        ValueError: unreadable, or built from other weights than the version's.
+        ValueError: does not match the checksum ``SHA256`` records, unreadable, or built from other weights than
+            the version's.
     """
     path = Path(directory) / MANIFEST_FILE
     if not path.exists():
         return None
+    recorded = recorded_checksums(directory)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()  # the bytes checked are the bytes parsed: a rewrite in between cannot slip in
+    except OSError as exc:
+        raise ValueError(f"{path}: unreadable artifact list ({type(exc).__name__}: {exc})") from None
+    if MANIFEST_FILE in recorded and hashlib.sha256(raw).hexdigest() != recorded[MANIFEST_FILE]:
+        raise ValueError(f"{path}: checksum mismatch (not what {CHECKSUM_FILE} records)")
+    try:
+        manifest = json.loads(raw)
         built_from = manifest["weights_sha256"]
         artifacts = dict(manifest["artifacts"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: unreadable artifact list ({type(exc).__name__}: {exc})") from None
-    if built_from != (Path(directory) / CHECKSUM_FILE).read_text().strip():
+    if built_from != recorded[WEIGHTS_FILE]:
         raise ValueError(f"{path}: the artifacts were built from other weights than the version's")
     return {**manifest, "artifacts": artifacts}
 

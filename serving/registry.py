@@ -16,15 +16,24 @@ from pathlib import Path
 
 import torch
 
-from serving.checkpoint import WEIGHTS_FILE, load_checkpoint
+from serving.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint
 from serving.models import DynamicCNN
 from streamcore.exceptions import StylestreamError
 
+#: ``sha256sum`` format (``<hex>  <file>`` a line, the weights first): ``sha256sum -c SHA256`` checks a version.
 CHECKSUM_FILE = "SHA256"
+#: What lists a version's exported backbones with their SHA-256 (``serving.onnx_backbone`` reads it).
+ONNX_MANIFEST_FILE = "onnx.json"
+#: Files that change what a version serves, recorded after the weights where present. The exported backbones
+#: are not: ``onnx.json`` records their SHA-256 and is checked before they are read.
+COVERED_FILES = (CONFIG_FILE, ONNX_MANIFEST_FILE)
 #: Versions that loaded, verified and served, oldest first (a dot name: never taken for a version).
 VERIFIED_FILE = ".verified"
 _VERIFIED_KEPT = 50
 log = logging.getLogger(__name__)
+_CHECKSUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *]([^/\\]+)")
+_LEGACY_CHECKSUM = re.compile(r"[0-9a-fA-F]{64}")
+_warned_uncovered: set[Path] = set()  # hot-swaps reload a version: its warning is logged once
 _VERSION_NAME = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -56,6 +65,74 @@ def weights_checksum(directory: Path) -> str:
     return file_checksum(directory / WEIGHTS_FILE)
 
 
+def write_checksums(directory: Path) -> str:
+    """Record the SHA-256 of the weights, then of each of :data:`COVERED_FILES` present, in ``directory``'s
+    ``SHA256`` (replaced atomically: a reader sees the old list or the new one). Returns the weights' checksum.
+
+    Every writer of ``SHA256`` goes through here, so what a version's checksum covers is decided in one place.
+    """
+    directory = Path(directory)
+    names = [WEIGHTS_FILE, *(n for n in COVERED_FILES if (directory / n).is_file())]
+    digests = {name: file_checksum(directory / name) for name in names}
+    tmp = directory / f".{CHECKSUM_FILE}.tmp"
+    try:
+        tmp.write_text("".join(f"{digest}  {name}\n" for name, digest in digests.items()), encoding="utf-8")
+        os.replace(tmp, directory / CHECKSUM_FILE)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return digests[WEIGHTS_FILE]
+
+
+def recorded_checksums(directory: Path) -> dict[str, str]:
+    """File name → SHA-256 as ``directory``'s ``SHA256`` records them, the weights always among them. An
+    older version's file, one bare digest, records the weights only.
+
+    Raises:
+        FileNotFoundError: no ``SHA256``.
+        ValueError: a line is not ``<sha256>  <file name>``, a file is listed twice, or the weights are not listed.
+    """
+    path = Path(directory) / CHECKSUM_FILE
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) == 1 and _LEGACY_CHECKSUM.fullmatch(lines[0].strip()):
+        return {WEIGHTS_FILE: lines[0].strip().lower()}
+    recorded: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        match = _CHECKSUM_LINE.fullmatch(line)
+        if match is None or match[2] in (".", "..") or match[2] in recorded:
+            raise ValueError(f"{path}: line {number} is not '<sha256>  <file name>' of a file not listed before")
+        recorded[match[2]] = match[1].lower()
+    if WEIGHTS_FILE not in recorded:
+        raise ValueError(f"{path}: {WEIGHTS_FILE} is not listed")
+    return recorded
+
+
+def verify_checksums(directory: Path, version: str) -> dict[str, str]:
+    """Check every file ``directory``'s ``SHA256`` lists against its recorded SHA-256; the recorded checksums.
+
+    A served file present but not listed (an older version's ``SHA256`` lists the weights alone) is warned
+    about once and not checked: such versions kept loading before their config was covered.
+
+    Raises:
+        ValueError: a listed file is missing or does not match, or ``SHA256`` is malformed.
+    """
+    directory = Path(directory)
+    try:
+        recorded = recorded_checksums(directory)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint {version}: {exc}") from None
+    for name, expected in recorded.items():
+        if not (directory / name).is_file():
+            raise ValueError(f"checkpoint {version}: {name} is listed in {CHECKSUM_FILE} but missing")
+        if file_checksum(directory / name) != expected:
+            raise ValueError(f"checkpoint {version}: {name} checksum mismatch")
+    uncovered = [n for n in COVERED_FILES if n not in recorded and (directory / n).is_file()]
+    if uncovered and directory.resolve() not in _warned_uncovered:
+        _warned_uncovered.add(directory.resolve())
+        log.warning("checkpoint %s: %s not covered by its %s (published before they were); republish it to have "
+                    "them verified", version, ", ".join(uncovered), CHECKSUM_FILE)
+    return recorded
+
+
 @dataclass(frozen=True)
 class Entry:
     """One published version."""
@@ -64,14 +141,12 @@ class Entry:
     path: Path
 
     def load(self, *, device: torch.device | str = "cpu") -> DynamicCNN:
-        """Load after verifying the weights checksum.
+        """Load after verifying every file the version's ``SHA256`` lists (weights, config, ONNX manifest).
 
         Raises:
-            ValueError: the weights do not match the recorded checksum.
+            ValueError: a listed file is missing or does not match its recorded checksum.
         """
-        expected = (self.path / CHECKSUM_FILE).read_text().strip()
-        if weights_checksum(self.path) != expected:
-            raise ValueError(f"checkpoint {self.version}: weights checksum mismatch")
+        verify_checksums(self.path, self.version)
         return load_checkpoint(self.path, device=device)
 
 
@@ -138,7 +213,7 @@ class Registry:
         """Copy a checkpoint into the registry as a new immutable version (temp dir + rename).
 
         ``build`` runs on the copy before it becomes visible: what it derives from the weights (an exported
-        runtime artifact) is part of the version from its first appearance.
+        runtime artifact) is part of the version from its first appearance, and covered by its ``SHA256``.
 
         Raises:
             StylestreamError: the checkpoint does not load (truncated weights, shapes its config does not build,
@@ -152,10 +227,11 @@ class Registry:
         tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=self.root))
         try:
             shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
-            (tmp / CHECKSUM_FILE).write_text(weights_checksum(tmp) + "\n")
+            write_checksums(tmp)
             _loads(tmp, version)
             if build is not None:
                 build(tmp)
+                write_checksums(tmp)  # what the build added, or removed after a failed export
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -177,10 +253,11 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "data" / "default"
 
 
 def default_entry(directory: Path = DEFAULT_MODEL_DIR) -> Entry:
-    """The packaged checkpoint as a registry entry (its version names the weights' checksum).
+    """The packaged checkpoint as a registry entry (its version names the weights' checksum: the name labels and
+    photo caches already carry, from before ``SHA256`` listed more than the weights).
 
     Raises:
         FileNotFoundError: the package ships without it (rebuild with ``python -m training.default_model``).
     """
-    checksum = (directory / CHECKSUM_FILE).read_text().strip()
+    checksum = recorded_checksums(directory)[WEIGHTS_FILE]
     return Entry(f"default-{checksum[:12]}", directory)

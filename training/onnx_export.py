@@ -29,9 +29,10 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from serving.checkpoint import WEIGHTS_FILE
 from serving.models import DynamicCNN
 from serving.onnx_backbone import FILES, INPUT, MANIFEST_FILE, OUTPUT, OnnxBackbone
-from serving.registry import CHECKSUM_FILE, Entry, file_checksum
+from serving.registry import Entry, file_checksum, recorded_checksums, write_checksums
 from streamcore.extras import needs
 
 log = logging.getLogger(__name__)
@@ -144,14 +145,15 @@ def split_photos(manifest: Path, split: str, side: int, *, count: int | None = N
 
 def build_artifacts(directory: Path, *, calibration: Path | None = None, calibration_photos: int = 256) -> dict:
     """Export the backbone of the checkpoint in ``directory`` (and its int8 form when ``calibration`` names a
-    manifest) next to its weights, then list them in ``onnx.json`` (written last, atomically).
+    manifest) next to its weights, then list them in ``onnx.json`` (written atomically) and record its
+    checksum in the version's ``SHA256`` (last).
 
     Raises:
-        ValueError: the weights do not match their checksum, or the export does not match PyTorch.
+        ValueError: the version's files do not match their checksums, or the export does not match PyTorch.
     """
     directory = Path(directory)
-    model = Entry(directory.name, directory).load()  # the weights' checksum verified first
-    manifest = {"weights_sha256": (directory / CHECKSUM_FILE).read_text().strip(), "opset": OPSET,
+    model = Entry(directory.name, directory).load()  # every recorded checksum verified first
+    manifest = {"weights_sha256": recorded_checksums(directory)[WEIGHTS_FILE], "opset": OPSET,
                 "input": {"name": INPUT, "dtype": "uint8", "shape": ["batch", 3, *[model.preprocess.image_size] * 2]},
                 "output": {"name": OUTPUT, "dtype": "float32", "shape": ["batch", model.backbone.out_features]},
                 "torch": torch.__version__, "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -166,6 +168,7 @@ def build_artifacts(directory: Path, *, calibration: Path | None = None, calibra
         else:
             manifest["int8_refused"] = True
     _atomic(directory / MANIFEST_FILE, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_checksums(directory)  # a version loads only while onnx.json matches what SHA256 records
     return manifest
 
 

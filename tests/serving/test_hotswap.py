@@ -13,7 +13,7 @@ import pytest
 from serving.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 from serving.hotswap import ModelSlot
 from serving.predict import Predictor
-from serving.registry import CHECKSUM_FILE, weights_checksum
+from serving.registry import write_checksums
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 from tests.support import publish_tiny
@@ -73,18 +73,19 @@ MARKER = "/tmp/stylestream-pickle-executed"
 def _truncated(path: Path) -> None:
     data = (path / WEIGHTS_FILE).read_bytes()
     (path / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
-    (path / CHECKSUM_FILE).write_text(weights_checksum(path))  # the checksum alone would not catch it
+    write_checksums(path)  # the checksum alone would not catch it
 
 
 def _wrong_shapes(path: Path) -> None:
     config = json.loads((path / CONFIG_FILE).read_text())
     config["model"]["hidden"] = 64  # weights were saved with hidden=256
     (path / CONFIG_FILE).write_text(json.dumps(config))
+    write_checksums(path)  # the checksum alone would catch it: the strict shapes must too
 
 
 def _pickle(path: Path) -> None:
     (path / WEIGHTS_FILE).write_bytes(pickle.dumps({"state": _Exploit()}))
-    (path / CHECKSUM_FILE).write_text(weights_checksum(path))
+    write_checksums(path)
 
 
 def _checksum_mismatch(path: Path) -> None:

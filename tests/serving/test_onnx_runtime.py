@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from serving import onnx_backbone
+from serving.checkpoint import WEIGHTS_FILE
 from serving.hotswap import ModelSlot
 from serving.onnx_backbone import FILES, MANIFEST_FILE
 from serving.ontology import load_ontology
 from serving.predict import Predictor
-from serving.registry import CHECKSUM_FILE, DEFAULT_MODEL_DIR, file_checksum
+from serving.registry import DEFAULT_MODEL_DIR, file_checksum, recorded_checksums, write_checksums
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Hints, ScoredTerm
 from streamcore.settings import Settings
@@ -57,7 +58,9 @@ def _batch(size: int, n: int = 6) -> tuple[list[torch.Tensor], list[Hints | None
 
 def test_an_exported_version_serves_on_onnx_runtime_with_eager_labels(registry_dir):
     manifest = json.loads((registry_dir / "v1" / MANIFEST_FILE).read_text())
-    assert manifest["weights_sha256"] == (registry_dir / "v1" / CHECKSUM_FILE).read_text().strip()
+    recorded = recorded_checksums(registry_dir / "v1")
+    assert manifest["weights_sha256"] == recorded[WEIGHTS_FILE]
+    assert recorded[MANIFEST_FILE] == file_checksum(registry_dir / "v1" / MANIFEST_FILE)  # covered once built
     assert manifest["artifacts"]["onnx"]["sha256"] == file_checksum(registry_dir / "v1" / FILES["onnx"])
     onnx, eager = _load(registry_dir, "v1"), _load(registry_dir, "v1", "torch")
     assert (onnx.runtime, eager.runtime) == ("onnx", "torch")
@@ -150,11 +153,19 @@ def _garbage_with_its_checksum(path: Path) -> None:
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     manifest["artifacts"]["onnx"]["sha256"] = file_checksum(path / FILES["onnx"])
     (path / MANIFEST_FILE).write_text(json.dumps(manifest))
+    write_checksums(path)  # SHA256 alone would refuse it: onnxruntime must too
 
 
 def _other_weights(path: Path) -> None:
     shutil.copy(path.parent / "v1" / MANIFEST_FILE, path / MANIFEST_FILE)
     shutil.copy(path.parent / "v1" / FILES["onnx"], path / FILES["onnx"])
+    write_checksums(path)  # SHA256 alone would refuse it: the manifest's weights checksum must too
+
+
+def _manifest_edited(path: Path) -> None:
+    manifest = json.loads((path / MANIFEST_FILE).read_text())
+    manifest["artifacts"] = {}  # only SHA256 tells: without it the version would quietly serve eager
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
 def _listed_but_missing(path: Path) -> None:
@@ -163,10 +174,11 @@ def _listed_but_missing(path: Path) -> None:
 
 def _unreadable_list(path: Path) -> None:
     (path / MANIFEST_FILE).write_text("{not json")
+    write_checksums(path)
 
 
 @pytest.mark.parametrize("corrupt", [_flip_byte, _garbage_with_its_checksum, _other_weights, _listed_but_missing,
-                                     _unreadable_list])
+                                     _unreadable_list, _manifest_edited])
 def test_a_corrupt_artifact_is_refused_and_the_old_version_keeps_serving(registry_dir, corrupt):
     corrupt(registry_dir / "v2")
     slot = ModelSlot(Settings.named(model_dir=registry_dir, device="cpu"), _load(registry_dir, "v1"), StageMetrics("classify"))

@@ -11,7 +11,7 @@ import pytest
 
 from serving.ontology import load_ontology
 from serving.predict import Predictor, _hints_used
-from serving.registry import DEFAULT_MODEL_DIR, default_entry, weights_checksum
+from serving.registry import DEFAULT_MODEL_DIR, default_entry, verify_checksums, weights_checksum
 from streamcore.schemas import HintsUsed
 from streamcore.settings import Settings
 from tests.support import publish_tiny
@@ -26,7 +26,8 @@ def test_packaged_default_is_small_and_matches_its_checksum() -> None:
     entry = default_entry()
     assert entry.path == DEFAULT_MODEL_DIR
     assert (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size < 20 * 2**20
-    assert weights_checksum(DEFAULT_MODEL_DIR) == (DEFAULT_MODEL_DIR / "SHA256").read_text().strip()
+    recorded = verify_checksums(DEFAULT_MODEL_DIR, entry.version)
+    assert recorded["model.safetensors"] == weights_checksum(DEFAULT_MODEL_DIR) and "config.json" in recorded
     model = entry.load()
     assert model.config.ontology_version == ONTOLOGY.version
     assert model.config.multi and model.config.backbone == "efficientnet_lite0" and model.config.abstain_below > 0

@@ -6,7 +6,7 @@ import torch
 
 from serving.checkpoint import load_checkpoint
 from serving.ontology import load_ontology
-from serving.registry import default_entry, weights_checksum
+from serving.registry import default_entry, verify_checksums, weights_checksum
 from training import default_model, evaluate, train
 from training.real.cli import main as train_real
 from training.real.fixture import fixture_records
@@ -48,6 +48,7 @@ def test_default_model_rebuild_writes_an_entry_the_worker_can_serve(tmp_path) ->
     assert default_model.main(argv) == 0
     entry = default_entry(out)
     assert entry.version == f"default-{weights_checksum(out)[:12]}"
+    assert list(verify_checksums(out, entry.version)) == ["model.safetensors", "config.json", "onnx.json"]
     config = json.loads((out / "config.json").read_text())["training"]
     assert config["command"].startswith("python -m training.default_model") and config["finetune"]["epochs_run"] == 1
     model = entry.load(device="cpu")

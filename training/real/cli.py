@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
 
     from serving.checkpoint import save_checkpoint
     from serving.ontology import load_ontology
-    from serving.registry import CHECKSUM_FILE, weights_checksum
+    from serving.registry import write_checksums
     from training.real.manifest import read_manifest
     from training.real.pipeline import prepare, scores, train_served
 
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
                 "finetune": prepared.history, "head_fit": history, "table2_settings": settings,
                 "validation": _jsonable(validation)}
     save_checkpoint(model.cpu(), args.out, config=training, metrics=metrics)
-    (args.out / CHECKSUM_FILE).write_text(weights_checksum(args.out) + "\n")
+    write_checksums(args.out)
     if args.report:
         from training.real.report import write_real_report
 
