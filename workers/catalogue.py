@@ -15,9 +15,11 @@ A record keyed by anything but its ``post_id`` is dead-lettered (``bad_key``). T
 id and content, a new ``created_at``) is a redo of its label, not a conflicting duplicate.
 
 A shop removes an item with a tombstone (its id as the key, no value: ``stylestream catalogue remove``): the item
-leaves every version's repository (a removal entry on each stream; indexes drop it, and a label of it still on
-its way does not bring it back), and its label and vector record are deleted. Sent again later, it is labelled
-and joins the repository again.
+leaves every version's repository where it joined as an item (a removal entry on each stream; indexes drop it, and a
+label of it still on its way does not bring it back), and its label and vector record are deleted. A repository
+entry that is a post's is never removed: when a post held the id there first (a reused id), and no repository held
+the item, the tombstone is dead-lettered (``not_catalogue_item``) and deletes nothing. Sent again later, an item is
+labelled and joins the repository again.
 """
 
 from __future__ import annotations
@@ -121,7 +123,14 @@ class CatalogueStage(Stage):
                                                     "(a post's id, or an item never labelled)"))
             return
         gone = self.settings.redis.keys.of_post(item_id)
-        await self.retrying("catalogue_remove", lambda: self.repository.remove_items([item_id], gone, also=[version]))
+        removed, held = await self.retrying("catalogue_remove",
+                                            lambda: self.repository.remove_item(item_id, gone, also=[version]))
+        if held and not removed:
+            # The item never joined a repository where a post had the id first (an id reused after the post's label
+            # expired): that entry is the post's, and nothing was deleted.
+            await self.dead_letter(record, BadInput("not_catalogue_item", f"{item_id} is a post's id in the "
+                                                    "repository, not the shop's item"))
+            return
         self.removed.inc()
         self.done(record)
 

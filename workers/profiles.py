@@ -1,15 +1,19 @@
 """Profiles stage: ``labels`` → each user's style profile and the repository, in Redis (at-least-once, idempotent).
 
-Per label the stage reads the vector record the classifier wrote beside it (``{<prefix>:label:ID}:vec``:
-the post's user, creation time and image embedding; the label itself names no user), joins it with the
-label's probabilities into a fashion vector, and adds the post to its user's profile and to its model
-version's repository (a catalogue item, marked so in its record, joins the repository only). Both adds are scripts that do nothing for a post already there, and a profile is
-recomputed from its member set (a pure function of the set), so a redelivered or replayed label changes
-no byte. A record is marked done only after Redis holds all of it; the loop then commits.
+Per label the stage reads what the classifier stored for the post, in one round trip: the label
+(``<prefix>:label:ID``) and the vector record beside it (``{<prefix>:label:ID}:vec``: the post's user, creation
+time and image embedding; the label itself names no user). It joins the stored label's probabilities with the
+record into a fashion vector, and adds the post to its user's profile and to its model version's repository (a
+catalogue item, marked so in its record, joins the repository only). The record on the topic only says which post
+to add: anyone may write to ``labels``, and the adds keep the first write per post for good, so its content never
+reaches a profile. Both adds are scripts that do nothing for a post already there, and a profile is recomputed
+from its member set (a pure function of the set), so a redelivered or replayed label changes no byte. A record is
+marked done only after Redis holds all of it; the loop then commits.
 
-Labels without a record are counted and passed over: an abstaining label (no garment), a record expired
-with its label's TTL, or one from an older model version than the label (the newer label, on its way,
-carries the post).
+Labels that add nothing are counted and passed over: an abstaining label (no garment), a vector record or label
+expired with the label's TTL, a record on the topic from another model version than the stored ones (the newer
+label, on its way, carries the post), or a stored label whose scores are not probabilities (not finite, or
+outside 0..1: counted as bad state too).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Histogram
 
@@ -51,7 +56,8 @@ class ProfilesStage(Stage):
                                 ("outcome",), registry=registry)
         self.recomputed = Histogram("stylestream_profile_update_seconds", "Time to recompute and store one profile",
                                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=registry)
-        for outcome in ("added", "catalogue_item", "already_added", "no_garment", "no_vector", "older_vector"):
+        for outcome in ("added", "catalogue_item", "already_added", "no_garment", "no_vector", "no_label",
+                        "older_vector", "bad_label"):
             self.outcomes.labels(outcome)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="profiles")
 
@@ -69,10 +75,10 @@ class ProfilesStage(Stage):
         if not parsed:
             return
         ids = [label["post_id"] for _, label in parsed]
-        stored = await self.retrying("vector_read", lambda: self.writer.vectors(ids))
+        stored = await self.retrying("vector_read", lambda: self.writer.labels(ids))
         posts, outcomes = [], []
-        for (record, label), raw in zip(parsed, stored):
-            outcome, post = self._fashion_vector(label, raw)
+        for (record, label), (raw_label, raw) in zip(parsed, stored):
+            outcome, post = self._fashion_vector(label, raw_label, raw)
             outcomes.append(outcome)
             if post is not None:
                 posts.append(post)
@@ -84,8 +90,9 @@ class ProfilesStage(Stage):
             self.outcomes.labels(outcome).inc()
             self.done(record)
 
-    def _fashion_vector(self, label: dict, raw: bytes | None) -> tuple[str, tuple | None]:
-        """``(outcome, post to add)`` for one label and its stored record (see the module docstring)."""
+    def _fashion_vector(self, label: dict, raw_label: bytes | None, raw: bytes | None) -> tuple[str, tuple | None]:
+        """``(outcome, post to add)`` for one label on the topic and the label and record stored for its post (see
+        the module docstring)."""
         if label.get("abstain"):
             return "no_garment", None
         if raw is None:
@@ -97,12 +104,35 @@ class ProfilesStage(Stage):
             return "no_vector", None
         if record.model_version != label["model_version"]:
             return "older_vector", None
-        vec = self.layout.label_vector(label)
+        outcome, vec = self._stored_vector(raw_label, record)
+        if vec is None:
+            return outcome, None
         item = VectorRecord(record.post_id, record.user, record.created_ms, record.model_version, record.embedding[:1],
                             record.catalogue)
         member = None if record.catalogue else Member(vec, record).encode()  # a shop's item has no profile
         return ("catalogue_item" if record.catalogue else "added"), (
             record.post_id, record.user, record.model_version, record.created_ms, member, Member(vec, item).encode())
+
+    def _stored_vector(self, raw: bytes | None, record: VectorRecord) -> tuple[str, np.ndarray | None]:
+        """``(outcome, label vector)`` of the label the classifier stored beside ``record`` (``None``: add nothing)."""
+        if raw is None:
+            return "no_label", None
+        try:
+            stored = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            stored = None
+        if not isinstance(stored, dict) or stored.get("post_id") != record.post_id:
+            self.metrics.bad_state.labels(self.name, "label").inc()
+            return "bad_label", None
+        if stored.get("model_version") != record.model_version:  # relabelled since the record was read
+            return "older_vector", None
+        if stored.get("abstain"):
+            return "no_garment", None
+        vec = _label_vector(self.layout, stored)
+        if vec is None:
+            self.metrics.bad_state.labels(self.name, "label").inc()
+            return "bad_label", None
+        return "", vec
 
     async def _write(self, posts: list[tuple]) -> list[bool]:
         """Add the posts, recompute the profiles that changed; per post, whether it was new."""
@@ -125,6 +155,21 @@ class ProfilesStage(Stage):
 
 def _profile_bytes(members: list[bytes], user: str, half_life_s: float) -> bytes:
     return aggregate([Member.decode(m) for m in members], user=user, half_life_s=half_life_s).encode()
+
+
+def _label_vector(layout: Layout, label: dict) -> np.ndarray | None:
+    """The label's vector, or ``None`` when a score is not a probability (not a number, not finite, outside 0..1) or
+    a term is malformed: a profile and the repository keep a post's first vector for good."""
+    try:
+        for field in ("categories", "subcategories", "attributes"):
+            for term in label.get(field) or ():
+                score = term["score"]
+                if isinstance(score, bool) or not isinstance(score, int | float) or not 0 <= score <= 1:
+                    return None
+        vec = layout.label_vector(label)
+    except (TypeError, KeyError, ValueError, AttributeError, OverflowError):
+        return None
+    return vec if bool(np.isfinite(vec).all()) else None  # a finite score can still overflow float32
 
 
 def _parse(value: bytes | None) -> dict:

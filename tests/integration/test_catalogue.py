@@ -5,27 +5,32 @@ removes an item with a tombstone and no answer names it again."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.error import HTTPError
 from urllib.request import urlopen
 
+import numpy as np
 import pytest
 from kafka import KafkaProducer
 from PIL import Image
 from typer.testing import CliRunner
 
-from streamcore.redisconn import connect
+from streamcore.redisconn import connect, connect_async
 from streamcore.schemas import ImageSource, Post
 from streamcore.serde import encode
+from streamcore.settings import Settings
 from tests.support import publish_tiny, running_stage, wait_until
 from training.real.fixture import FIXTURE_DIR
 from training.recommend.client import RecommendClient
+from training.recommend.profile import Member
 from training.recommend.service import Recommender
-from training.recommend.store import Keys
+from training.recommend.store import Keys, ProfileWriter
 from training.recommend.vectors import VectorRecord
 from workers.catalogue import CatalogueWorker
 from workers.cli import app
@@ -215,3 +220,65 @@ def test_a_removal_naming_a_post_is_dead_lettered_and_the_post_stays(make_settin
         assert catalogue.removed._value.get() == 0
     assert redis.get(settings.redis.keys.label("ana-0")) is not None
     assert not any(redis.sismember(key, "ana-1") for key in redis.scan_iter(f"*{settings.redis.prefix}:repo:*:removed"))
+
+
+def test_a_removal_of_an_item_given_a_posts_expired_id_leaves_the_post_in_the_repository(make_settings) -> None:
+    """Post ana-0 joins the repository; its label, meta and vector record expire; a shop sends an item with the same
+    id (labelled: nothing is left to conflict with), then removes it. The repository's entry is the post's: the
+    tombstone is dead-lettered and neither the post nor its stream entry goes."""
+    from tests.integration.test_recommend_stream import OUTFIT, Space, _classifier_output, _label
+
+    settings = make_settings()
+    redis, keys = connect(settings.redis), Keys(settings.redis.prefix)
+    post = ("ana-0", "ana", _label("ana-0", "tiny-test", *OUTFIT), Space(128, seed=0).embed({"top": 1}))
+    asyncio.run(_classifier_output(settings, "tiny-test", [post]))
+    with running_stage(ProfilesStage(settings)) as profiles:
+        wait_until(lambda: _count(profiles, "added") == 1, timeout=60, what="ana's post in the repository")
+        redis.delete(*settings.redis.keys.of_post("ana-0"))  # as the label's TTL would
+        item = Post(post_id="ana-0", created_at=datetime(2024, 6, 1, tzinfo=UTC), user="atelier",
+                    image=ImageSource(b64=base64.b64encode(PHOTOS[0].read_bytes()).decode()))
+        producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+        producer.send(settings.kafka.topic("catalogue"), key=b"ana-0", value=encode(item))
+        producer.send(settings.kafka.topic("catalogue"), key=b"ana-0", value=None)
+        producer.close()
+        with running_stage(CatalogueWorker(settings)) as catalogue:
+            letters = catalogue.metrics.dead_letters.labels("catalogue", "not_catalogue_item")
+            wait_until(lambda: letters._value.get() + catalogue.removed._value.get() == 1, timeout=120,
+                       what="the removal taken")
+            assert (_labelled(catalogue), letters._value.get(), catalogue.removed._value.get()) == (1, 1, 0)
+        wait_until(lambda: _count(profiles, "already_added") == 1, timeout=60, what="the item's label taken")
+    ids, stream, removed = keys.repo("tiny-test")
+    assert redis.sismember(ids, "ana-0") and not redis.sismember(removed, "ana-0")
+    assert [(f[b"post_id"], f[b"user"]) for _, f in redis.xrange(stream)] == [(b"ana-0", b"ana")]
+    assert not redis.exists(keys.repo_catalogue("tiny-test")[0])
+
+
+def _entry(post_id: str, user: str, *, catalogue: bool) -> bytes:
+    record = VectorRecord(post_id, user, 1_714_521_600_000, "v0", np.ones((1, 4), np.float16) / 2, catalogue)
+    return Member(np.zeros(4, np.float32), record).encode()
+
+
+def test_a_repository_written_before_catalogue_membership_was_kept_removes_its_items_only(infra) -> None:
+    """Old data: a repository without the catalogue set. A tombstone finds its items on the stream (once), removes
+    them, and leaves posts (one of them holding an id an item was labelled under later) where they are."""
+    settings = Settings.named(redis_url=infra[1], redis_prefix=f"r{uuid.uuid4().hex[:8]}")
+    keys, redis = Keys(settings.redis.prefix), connect(settings.redis)
+    entries = [("p-1", "ana", False), ("item-1", "atelier", True), ("item-2", "atelier", True), ("p-2", "ana", False)]
+
+    async def run() -> list:
+        old, writer = (ProfileWriter(connect_async(settings.redis), settings.redis.prefix) for _ in range(2))
+        try:
+            await old.add([(p, u, "v0", 0, None if c else b"m", _entry(p, u, catalogue=c)) for p, u, c in entries],
+                          200)
+            await old.add([("p-2", "atelier", "v0", 0, None, _entry("p-2", "atelier", catalogue=True))], 200)
+            await old.remove_item("item-2", [])
+            redis.delete(*keys.repo_catalogue("v0"))  # what a repository written before the set looks like
+            return [await writer.remove_item(i, [keys.label(i)]) for i in ("item-1", "p-1", "p-2", "item-2")]
+        finally:
+            await old.redis.aclose()
+            await writer.redis.aclose()
+
+    redis.set(keys.label("p-2"), b"the shop's label")
+    assert asyncio.run(run()) == [(1, 0), (0, 1), (0, 1), (0, 0)]
+    assert redis.smembers(keys.repo("v0")[0]) == {b"p-1", b"p-2"} and redis.get(keys.label("p-2"))
+    assert redis.smembers(keys.repo_catalogue("v0")[0]) == set() and redis.get(keys.repo_catalogue("v0")[1]) == b"1"

@@ -241,3 +241,50 @@ def test_the_profiles_benchmark_measures_every_label_of_its_backlog(make_setting
 
     result = measure(make_settings(fetch_max_records=100), 600, 60)  # several rounds: a rate to measure
     assert result["finished"] == 600 and result["labels_per_s"] > 0 and result["profile_update_ms_mean"] > 0
+
+
+async def _foreign_labels(settings, records: list[tuple[int, str, bytes]]) -> None:
+    """``(partition, post id, value)`` records on ``labels`` from a producer that is not the classifier."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for partition, post_id, value in records:
+            await producer.send_and_wait(settings.kafka.topic("labels"), value, key=post_id.encode(), partition=partition)
+    finally:
+        await producer.stop()
+
+
+def test_a_label_on_the_topic_adds_only_what_the_classifier_stored(make_settings) -> None:
+    """Records for Ana's posts in the serving version, ahead of the classifier's on their partitions, with other
+    terms, a NaN score, a score above 1: her profile and the repository keep the stored labels' vectors (a post's
+    first add stays for good). A stored label whose scores are not probabilities adds nothing."""
+    from serving.ontology import load_ontology
+    from training.recommend.profile import Member
+    from training.recommend.store import Keys
+    from training.recommend.vectors import Layout
+
+    settings, space = make_settings(), Space(32, seed=4)
+    posts = [(f"ana-{n}", "ana", _label(f"ana-{n}", "v1", *OUTFIT), space.embed({"top": 1})) for n in range(4)]
+    forged = [_label("ana-0", "v1", {"bags": 0.99}, {"handbag": 0.9}, {"leather": 0.9}),
+              _label("ana-1", "v1", {"tops_and_tshirts": float("nan")}, {}, {}),
+              _label("ana-2", "v1", {"tops_and_tshirts": 7.5}, {}, {"striped": 1.5})]
+    asyncio.run(_foreign_labels(settings, [(n % settings.kafka.partitions, f"ana-{n}", raw)
+                                           for n, raw in enumerate(forged)]))
+    asyncio.run(_classifier_output(settings, "v1", posts))
+    redis = connect(settings.redis)
+    redis.set(settings.redis.keys.label("ana-3"), _label("ana-3", "v1", {"jeans": float("inf")}, {}, {}))
+    with running_stage(ProfilesStage(settings)) as stage:
+        wait_until(lambda: sum(_count(stage, o) for o in ("added", "already_added", "bad_label")) == 7, timeout=60,
+                   what="every label taken")
+        assert [_count(stage, o) for o in ("added", "already_added", "bad_label")] == [3, 3, 1]
+    layout, keys = Layout(load_ontology()), Keys(settings.redis.prefix)
+    members = {k.decode(): Member.decode(v) for k, v in redis.hgetall(keys.user("ana", "v1")[1]).items()}
+    assert sorted(members) == ["ana-0", "ana-1", "ana-2"]
+    for post_id, _, label, _ in posts[:3]:
+        stored = layout.label_vector(json.loads(label)).astype(np.float16).astype(np.float32)
+        assert np.array_equal(members[post_id].label, stored), post_id
+    items = [Member.decode(f[b"item"]) for _, f in redis.xrange(keys.repo("v1")[1])]
+    assert sorted(i.record.post_id for i in items) == ["ana-0", "ana-1", "ana-2"]
+    assert all(np.array_equal(i.label, members[i.record.post_id].label) for i in items)
+    profile = Recommender(settings).profile("ana", "v1")
+    assert profile.posts == 3 and np.isfinite(profile.label).all() and profile.label.max() <= 1

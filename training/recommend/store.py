@@ -8,7 +8,10 @@ Keys under ``<prefix>`` (the ``redis_prefix`` setting), per model version ``V``:
   ``H`` is a digest of the user name, so any name makes a valid hash tag; the profile holds the name.
 * ``{<prefix>:repo:V}:ids`` (set of post ids) and ``{<prefix>:repo:V}:stream`` (one entry per post: id,
   user, and an item, a member whose embedding is the whole-photo row only; and an entry with ``removed``
-  when a shop removed its item), ``{<prefix>:repo:V}:removed`` (catalogue items removed, kept out), and
+  when a shop removed its item), ``{<prefix>:repo:V}:removed`` (catalogue items removed, kept out),
+  ``{<prefix>:repo:V}:catalogue`` (the ids in ``ids`` that joined as shops' items: all a tombstone may take
+  out; post and item ids share one space) with ``{<prefix>:repo:V}:catalogue_tracked`` (set once that set is
+  complete: at the repository's first add, or after a repository written before it was kept was read), and
   ``<prefix>:repo:versions`` (zset version → when this stage first saw it, wall-clock ms; the first sighting
   stays): what a recommender indexes and rebuilds from, oldest version first.
 
@@ -23,6 +26,8 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Iterable, Sequence
+
+from training.recommend.profile import Member
 
 # KEYS: posts zset, members hash, rev, profile_rev. ARGV: post id, created ms, member bytes, cap.
 # Returns {1 if the set changed, rev, profile_rev}. Keeps the ``cap`` newest posts by (time, id).
@@ -61,23 +66,61 @@ redis.call('SET', KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS: ids set, stream, removed set. ARGV: post id, user, item bytes. Returns 1 when the post is new to the
-# repository; an item its shop removed stays out (a label of it still on its way must not bring it back).
+# KEYS: ids set, stream, removed set, catalogue set, tracked flag. ARGV: post id, user, item bytes, '1' for a
+# catalogue item. Returns 1 when the post is new to the repository; an item its shop removed stays out (a label of
+# it still on its way must not bring it back). Only an item that joins here enters the catalogue set: when the id is
+# a post's already, a tombstone for the item must not take the post out.
 _ADD_ITEM = """
 if redis.call('SISMEMBER', KEYS[3], ARGV[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[5], '1') end
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[4] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
 redis.call('XADD', KEYS[2], '*', 'post_id', ARGV[1], 'user', ARGV[2], 'item', ARGV[3])
 return 1
 """
 
-# KEYS: ids set, stream, removed set. ARGV: item id. Marks the item removed; returns 1 when it was in the
-# repository (and a removal entry now follows its entry on the stream).
+# KEYS: ids set, stream, removed set, catalogue set. ARGV: item id. Returns 1 when the item was in the repository
+# (a removal entry now follows its entry on the stream), 0 when the id is not in it (marked removed, so a label of
+# the item on its way stays out), -1 when a post holds the id (nothing changes).
 _REMOVE_ITEM = """
+if redis.call('SREM', KEYS[4], ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[3], ARGV[1])
+  redis.call('SREM', KEYS[1], ARGV[1])
+  redis.call('XADD', KEYS[2], '*', 'post_id', ARGV[1], 'removed', '1')
+  return 1
+end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return -1 end
 redis.call('SADD', KEYS[3], ARGV[1])
-if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('XADD', KEYS[2], '*', 'post_id', ARGV[1], 'removed', '1')
+return 0
+"""
+
+# KEYS: ids set, stream, catalogue set, tracked flag. ARGV: the last stream entry read ('' for none), '1' on the last
+# call (sets the flag), then ids whose latest entry up to it added them as catalogue items. Ids with a later entry
+# are left to the scripts above, which keep the set from then on; one that left ``ids`` is no item there any more.
+_TRACK = """
+local later = {}
+local from = ARGV[1] == '' and '-' or '(' .. ARGV[1]
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], from, '+')) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do if fields[i] == 'post_id' then later[fields[i + 1]] = true end end
+end
+for i = 3, #ARGV do
+  if not later[ARGV[i]] and redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 1 then redis.call('SADD', KEYS[3], ARGV[i]) end
+end
+if ARGV[2] == '1' then redis.call('SET', KEYS[4], '1') end
 return 1
 """
+
+#: Stream entries per read, ids per script call, when an old repository's catalogue items are found.
+_TRACK_CHUNK = 1000
+
+
+def _is_catalogue(item: bytes | None) -> bool:
+    """Whether a repository stream entry's item is a shop's (an entry that does not decode is taken as a post's)."""
+    try:
+        return item is not None and Member.decode(item).record.catalogue
+    except ValueError:
+        return False
 
 
 def user_tag(user: str) -> str:
@@ -108,6 +151,11 @@ class Keys:
         """ids set, stream, removed set (catalogue items their shop removed) of one version's repository."""
         tag = f"{{{self.prefix}:repo:{version}}}"
         return f"{tag}:ids", f"{tag}:stream", f"{tag}:removed"
+
+    def repo_catalogue(self, version: str) -> tuple[str, str]:
+        """The set of catalogue items in one version's repository, and the flag set once that set is complete."""
+        tag = f"{{{self.prefix}:repo:{version}}}"
+        return f"{tag}:catalogue", f"{tag}:catalogue_tracked"
 
     @property
     def versions(self) -> str:
@@ -148,6 +196,8 @@ class ProfileWriter:
         self._set = redis.register_script(_SET_PROFILE)
         self._add_item = redis.register_script(_ADD_ITEM)
         self._remove_item = redis.register_script(_REMOVE_ITEM)
+        self._track = redis.register_script(_TRACK)
+        self._tracked: set[str] = set()  # versions whose catalogue set is known complete
 
     async def vectors(self, post_ids: list[str]) -> list[bytes | None]:
         """The classifier's vector records of these posts (``None`` where absent), one round trip."""
@@ -157,6 +207,18 @@ class ProfileWriter:
             for post_id in post_ids:
                 pipe.get(self.keys.label_vector(post_id))
             return list(await pipe.execute())
+
+    async def labels(self, post_ids: list[str]) -> list[tuple[bytes | None, bytes | None]]:
+        """Per post, its stored label and vector record, as the classifier wrote them (``None`` where absent), in one
+        round trip."""
+        if not post_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for post_id in post_ids:
+                pipe.get(self.keys.label(post_id))
+                pipe.get(self.keys.label_vector(post_id))
+            replies = list(await pipe.execute())
+        return list(zip(replies[::2], replies[1::2]))
 
     async def add(self, posts: list[tuple[str, str, str, int, bytes | None, bytes]],
                   cap: int) -> tuple[list[bool], list[tuple[str, str]]]:
@@ -172,7 +234,8 @@ class ProfileWriter:
                 posts_key, members, rev, _, profile_rev = self.keys.user(user, version)
                 profiled.append(len(calls))
                 calls.append((self._add_member, [posts_key, members, rev, profile_rev], [post_id, created, member, cap]))
-            calls.append((self._add_item, list(self.keys.repo(version)), [post_id, user, item]))
+            keys = [*self.keys.repo(version), *self.keys.repo_catalogue(version)]
+            calls.append((self._add_item, keys, [post_id, user, item, "1" if member is None else "0"]))
         replies = await self._run(calls)
         if posts:
             # When the stage first saw the version, not its posts' creation times: a new version's first label
@@ -196,24 +259,55 @@ class ProfileWriter:
             at += 2
         return fresh, list(dict.fromkeys(due))
 
-    async def remove_items(self, item_ids: list[str], label_keys: list[str], *, also: Sequence[str] = ()) -> int:
-        """Take shops' removed items out of every version's repository (a removal entry on each stream that held
-        them, so indexes drop them too) and delete ``label_keys`` (their labels and what lies beside them);
-        returns how many repository entries were removed. Idempotent.
+    async def remove_item(self, item_id: str, label_keys: list[str], *,
+                          also: Sequence[str] = ()) -> tuple[int, int]:
+        """Take a shop's removed item out of every version's repository where it joined as the shop's item (a removal
+        entry on each stream that held it, so indexes drop it too), then delete ``label_keys`` (its label and what
+        lies beside it). Idempotent.
 
-        ``also``: versions to mark the items removed in even before their repository is listed (the version
-        being labelled: its first items may still be on their way to the profiles stage).
+        ``also``: versions to mark the item removed in even before their repository is listed (the version being
+        labelled: its first items may still be on their way to the profiles stage).
+
+        Returns:
+            ``(repository entries removed, repositories where a post holds the id)``. When a post holds the id and
+            no repository held the item, nothing is deleted: the id names a post there, not the shop's item.
         """
         versions = await self._versions(also)
-        calls = [(self._remove_item, list(self.keys.repo(v)), [i]) for i in item_ids for v in versions]
-        removed = sum(int(r) for r in await self._run(calls)) if calls else 0
-        if item_ids:  # no longer the shop's: a post given the id later is not removed by this tombstone seen again
-            await self.redis.srem(self.keys.catalogue_items, *item_ids)
+        for version in versions:
+            await self.track_catalogue(version)
+        replies = [int(r) for r in await self._run(
+            (self._remove_item, [*self.keys.repo(v), self.keys.repo_catalogue(v)[0]], [item_id]) for v in versions)]
+        removed, held = replies.count(1), replies.count(-1)
+        if held and not removed:
+            return removed, held
+        # No longer the shop's: a post given the id later is not removed by this tombstone seen again.
+        await self.redis.srem(self.keys.catalogue_items, item_id)
         if self._cluster:  # keys of several slots: one command each
             await asyncio.gather(*(self.redis.delete(k) for k in label_keys))
         elif label_keys:
             await self.redis.delete(*label_keys)
-        return removed
+        return removed, held
+
+    async def track_catalogue(self, version: str) -> None:
+        """Make one version's catalogue set complete: a repository written before the set was kept (no tracked
+        flag) has its items found on its stream, once; until then a tombstone takes none of them out."""
+        ids, stream, _ = self.keys.repo(version)
+        members, tracked = self.keys.repo_catalogue(version)
+        if version in self._tracked or await self.redis.exists(tracked):
+            self._tracked.add(version)
+            return
+        latest, last = {}, b""
+        while entries := await self.redis.xrange(stream, min=b"(" + last if last else "-", count=_TRACK_CHUNK):
+            for entry_id, fields in entries:
+                latest[fields[b"post_id"]] = b"removed" not in fields and _is_catalogue(fields.get(b"item"))
+            last = entries[-1][0]
+        items = [post_id for post_id, catalogue in latest.items() if catalogue]
+        starts = range(0, len(items), _TRACK_CHUNK) or [0]
+        for start in starts:  # the flag with the last part: another process never trusts a set half written
+            final = "1" if start == starts[-1] else "0"
+            await self._track(keys=[ids, stream, members, tracked],
+                              args=[last, final, *items[start: start + _TRACK_CHUNK]])
+        self._tracked.add(version)
 
     async def mark_listed(self, item_ids: list[str]) -> None:
         """These ids are shops' items (labelled by the catalogue stage): a tombstone may remove them."""
