@@ -178,11 +178,11 @@ def test_a_snapshot_of_another_repository_is_not_loaded(settings, tmp_path) -> N
     other = Settings.named(redis_url=settings.redis.url, redis_prefix=settings.redis.prefix + "x")
     _add(other, [_post(f"b{i}", "u2", "v1", now + i, 32, rng) for i in range(5)])
     second = Recommender(other, index_dir=tmp_path)
-    second.sync()
+    assert second.sync() == {"v1": 5}  # built from its own stream, every item read
     got = second.more_like_this("b1", 10, ranking="plain")
     assert {item.post_id for item in got.items} == {f"b{i}" for i in (0, 2, 3, 4)}
     again = Recommender(settings, index_dir=tmp_path)  # its own snapshot still loads for the first repository
-    again.sync()
+    assert again.sync() == {"v1": 0}  # loaded, already caught up: not rebuilt
     assert len(again.indexes["v1"]) == 30
 
 
