@@ -14,12 +14,13 @@
   elapsed time, logs them every few seconds, and raises :class:`RunCancelled` at the next step boundary
   once its event is set; a cancelled run publishes nothing.
 * **Gate.** :meth:`Trainer.consider` evaluates candidate and serving model on the same held-out test
-  split in the same run (the paper's metrics, mined hints) and passes only if every gated metric of the
-  candidate is at least the serving model's minus ``gate_margin``. Only a passing candidate is
-  published (so ``Registry.newest()``, the fallback when no pointer is set, never names a rejected
-  model) and promoted, fenced by the run lease; its ``metrics.json`` holds both evaluations, the gate and
-  the data it saw (``data.feedback_examples``). With ``real_gate`` the candidate must also match, on real
-  photos (:mod:`training.real.gate`), the model it would replace, the packaged default included.
+  split in the same run (the paper's metrics, mined hints): each gated metric of the candidate must be at
+  least the serving model's minus ``gate_margin``, and the packaged default's when it is of the candidate's
+  kind (:mod:`training.gate_run`: so the margins of successive promotions cannot add up). Only a passing
+  candidate is published (``Registry.newest()``, the fallback when no pointer is set, never names a rejected
+  model) and promoted, fenced by the run lease; its ``metrics.json`` holds the evaluations, the gate (checks,
+  reference, what was skipped and why) and the data it saw. With ``real_gate`` the candidate must also
+  match, on real photos (:mod:`training.real.gate`), the model it would replace, the packaged default included.
 """
 
 from __future__ import annotations
@@ -52,14 +53,14 @@ from streamcore.settings import Settings
 from training.continued import learns_multi
 from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.feedback import Example, concat, learnable, to_split
-from training.gating import GATES, GateCheck, GateDecision, gate
+from training.gate_run import Gates
+from training.gating import GATES, GateDecision
 from training.onnx_export import build_or_skip
 from training.progress import RunCancelled, RunProgress
 from training.real.retrain import (
     Corrections,
     RetrainConfig,
     continue_head,
-    held_out_checks,
     is_real_photo_model,
     table2_hint_dropout,
 )
@@ -161,6 +162,7 @@ class Trainer:
         # Benchmark features of one backbone, keyed by the version that backbone belongs to.
         self._features: tuple[str, dict[str, Tensor]] | None = None
         self._default: tuple[str, DynamicCNN] | None = None  # what serves while nothing is promoted, loaded
+        self.gates = Gates(self.ontology, margin=config.gate_margin, device=self.device, gate_data=config.gate_data)
         if config.gate_data is not None:  # a wrong path fails at start, not an hour later in the first run
             from training.real.manifest import read_manifest
 
@@ -252,10 +254,8 @@ class Trainer:
         settings = {"hint_dropout": table2_hint_dropout(source)}
         config = RetrainConfig(epochs=self.config.epochs, seed=self.config.seed, **settings)
         candidate, history = continue_head(base, corrections.train, config, device=self.device, on_step=progress)
-        held = held_out_checks(candidate, base, corrections.held, margin=self.config.gate_margin, device=self.device)
-        decision = GateDecision((*self.real_checks(candidate, serving), *held))
-        metrics = {"gate": {"margin": self.config.gate_margin, "serving_version": serving_version,
-                            "passed": decision.passed, "checks": [dataclasses.asdict(c) for c in decision.checks]},
+        decision = self.real_gate(candidate, serving, held=corrections.held)
+        metrics = {"gate": {"margin": self.config.gate_margin, "serving_version": serving_version, **decision.to_json()},
                    "data": {"feedback_examples": len(examples), "trained_on": len(corrections.train),
                             "held_out": len(corrections.held)}}
         return self._decide(candidate, decision, metrics, serving, history={**history, "table2_settings": settings},
@@ -328,13 +328,15 @@ class Trainer:
         started = time.perf_counter() if started is None else started
         mined = self._evaluate(candidate, test, features, hints=True)
         baseline = self._evaluate(serving.model, test, features, hints=True) if serving else None
-        decision = gate(mined, baseline, margin=self.config.gate_margin)
-        real = self.real_checks(candidate, serving) if self.config.real_gate else ()
-        decision = GateDecision((*decision.checks, *real))
+        run = self.gates.start(candidate)
+        self.gates.benchmark(run, mined, (serving.version, baseline) if serving else None,
+                             evaluate=lambda model: self._evaluate(model, test, features, hints=True))
+        if self.config.real_gate:
+            self.gates.real(run, candidate, self._replaced(serving))
+        decision = run.decision()
         metrics = {"mined": mined, "none": self._evaluate(candidate, test, features, hints=False),
                    "gate": {"margin": self.config.gate_margin, "serving_version": serving.version if serving else None,
-                            "serving": baseline, "passed": decision.passed,
-                            "real_photos": [dataclasses.asdict(c) for c in real]},
+                            "serving": baseline, **decision.to_json()},
                    "data": {"feedback_examples": feedback_examples, "test_examples": len(test)}}
         if serving is None:
             for name in GATES:
@@ -355,32 +357,35 @@ class Trainer:
             if lease is not None and not lease.renew():  # publish nothing the fenced promotion would refuse
                 raise LeaseLost("lost the run lease before publishing")
             version = self._publish(candidate, metrics, history, feedback_examples)
-            checks = ", ".join(f"{c.name} {c.candidate:.3f} vs {c.serving:.3f}" for c in decision.checks)
+            checks = ", ".join(c.describe() for c in decision.checks)
             reason = f"a trainer run passed the gate ({feedback_examples} corrections; {checks or 'nothing to compare'})"
             promote(self.settings, version, lease=lease, reason=reason)
         self.metrics.trainer_runs.labels("promoted" if decision.passed else "rejected").inc()
         self.metrics.trainer_last_success.set_to_current_time()
         result = RunResult(decision.passed, version, serving.version if serving else None, decision, metrics,
                            feedback_examples, time.perf_counter() - started)
-        log.info("trainer run: %s (serving %s, %d feedback examples, %.1f s): %s",
-                 f"promoted {version}" if version else "rejected", result.serving_version, feedback_examples,
-                 result.seconds, [dataclasses.astuple(c) for c in decision.checks])
+        log.info("trainer run: %s (serving %s, reference %s, %d feedback examples, %.1f s): failed %s; %s",
+                 f"promoted {version}" if version else "rejected", result.serving_version,
+                 decision.reference.version if decision.reference else None, feedback_examples, result.seconds,
+                 decision.failed() or "none", [c.describe() for c in decision.checks] + list(decision.skipped))
         return result
 
-    def real_checks(self, candidate: DynamicCNN, serving: Serving | None) -> tuple[GateCheck, ...]:
-        """Against what the candidate would replace (the serving model, or the packaged default that serves while
-        nothing is promoted): category mAP on the fixture's real photos and on the operator's held-out photos
-        when ``gate_data`` names them, and how often it answers garment photos and refuses no-garment images."""
-        from training.real.gate import manifest_photos, real_photo_checks, real_photo_map
+    def _replaced(self, serving: Serving | None) -> tuple[str, DynamicCNN]:
+        """The version and model a candidate would replace: the serving one, else what serves unpromoted."""
+        if serving is not None:
+            return serving.version, serving.model
+        model = self.unpromoted_model()  # which records its version
+        return self._default[0], model
 
-        reference = self.unpromoted_model() if serving is None else serving.model
-        margin = self.config.gate_margin
-        checks = real_photo_checks(candidate, reference, self.ontology, margin=margin)
-        if self.config.gate_data is None:
-            return checks
-        photos = manifest_photos(self.config.gate_data, self.ontology)
-        new, old = (real_photo_map(m, self.ontology, photos=photos) for m in (candidate, reference))
-        return (*checks, GateCheck.at_least("gate_data_category_map", new, old, margin=margin))
+    def real_gate(self, candidate: DynamicCNN, serving: Serving | None,
+                  held: Sequence[Example] | None = None) -> GateDecision:
+        """Against what the candidate would replace (the serving model, or what serves while nothing is promoted)
+        and the reference (:mod:`training.gate_run`): category mAP on the fixture's real photos and on the
+        operator's held-out photos when ``gate_data`` names them, how often it answers garment photos and refuses
+        no-garment images, and, given a run's ``held`` corrections, its scores on those."""
+        run = self.gates.start(candidate)
+        self.gates.real(run, candidate, self._replaced(serving), held=held)
+        return run.decision()
 
     def _publish(self, model: DynamicCNN, metrics: dict, history: dict | None, feedback_examples: int) -> str:
         config = {"trainer": self.config.model_dump(mode="json"), "feedback_examples": feedback_examples,

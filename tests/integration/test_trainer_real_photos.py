@@ -71,7 +71,7 @@ def test_corrections_of_real_photos_promote_a_model_the_classifier_then_serves(m
         wait_until(lambda: stage.last_run is not None, timeout=300, what="the run the corrections trigger")
         run = stage.last_run
         checks = {c.name: c for c in run.decision.checks}
-        print("\n" + ", ".join(f"{n} {c.candidate:.3f} vs {c.serving:.3f}" for n, c in checks.items()))
+        print("\n" + ", ".join(f"{n} {c.candidate:.3f} vs {c.baseline:.3f}" for n, c in checks.items()))
         assert run.feedback_examples == N_POSTS and run.serving_version is None
         assert run.promoted and set(checks) == {"real_category_map", "corrections_category_map",
                                                 "real_garment_answered", "no_garment_refused",

@@ -24,15 +24,14 @@ from streamcore.settings import Settings
 from tests.support import publish_tiny
 from training.data.benchmark import BenchmarkConfig, load_benchmark
 from training.feedback import Example, StoredPost, concat, join, learnable, to_split
+from training.gating import GATES, gate
 from training.guard import Agreement, LiveGuard, should_roll_back
 from training.retrain import (
-    GATES,
     RunCancelled,
     RunProgress,
     Serving,
     Trainer,
     TrainerConfig,
-    gate,
 )
 from training.state import RunStatus, TrainerState
 from training.synthetic.posts import generate_posts
@@ -99,9 +98,9 @@ def test_a_worse_candidate_is_not_promoted(make_settings, tmp_path, cache_dir) -
     assert _count(trainer, "gate_results", "category_p1", "fail") == 1
     assert _count(trainer, "trainer_runs", "rejected") == 1 and _count(trainer, "trainer_runs", "promoted") == 1
     checks = {c.name: c for c in result.decision.checks}
-    assert checks["category_p1"].candidate < checks["category_p1"].serving - 0.1
+    assert checks["category_p1"].candidate < checks["category_p1"].baseline - 0.1
     print(f"\ncold start {cold_s:.1f} s; rejected: "
-          + ", ".join(f"{c.name} {c.candidate:.3f} vs serving {c.serving:.3f}" for c in checks.values()))
+          + ", ".join(f"{c.name} {c.candidate:.3f} vs serving {c.baseline:.3f}" for c in checks.values()))
 
 
 @pytest.mark.integration
@@ -118,7 +117,7 @@ def test_a_better_candidate_is_promoted(make_settings, tmp_path, cache_dir) -> N
     assert _pointer(settings) == result.version != "v-untrained"
     for name in GATES:
         assert _count(trainer, "gate_results", name, "pass") == 1
-    improved = {c.name: (c.candidate, c.serving) for c in result.decision.checks}
+    improved = {c.name: (c.candidate, c.baseline) for c in result.decision.checks}
     # Strictly better than serving (the class-summed multi-label loss moves category P@1 less in
     # the test's few epochs than the old class-mean did: +0.04 here, not the former +0.1).
     assert improved["category_p1"][0] > improved["category_p1"][1]

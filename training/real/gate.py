@@ -5,7 +5,8 @@ garments is), and one that learnt from a few corrections can forget what it knew
 model it would replace (the serving one, or the packaged default when nothing serves yet) are both scored
 by category mAP on the committed fixture's real photos, which no model was trained on, and on the operator's
 own held-out photos when a manifest of them is configured (``STYLESTREAM_TRAINER_GATE_DATA``: street photos
-of their own customers, say, which the fixture of single garments does not show).
+of their own customers, say, which the fixture of single garments does not show). The same scores of the
+packaged default, a reference that does not move, gate the candidate too (:mod:`training.gate_run`).
 
 mAP ranks each category's photos and so cannot see a head that moved every category's logits together: a
 candidate that labels noise with a garment, or refuses real garments, keeps its mAP. So a model that
@@ -28,7 +29,7 @@ import torch
 from serving.images import decode_scaled
 from serving.models import DynamicCNN
 from serving.ontology import Ontology
-from training.gating import GateCheck
+from training.gating import SERVING, GateCheck, Rule, compare
 from training.metrics import mean_average_precision
 from training.real.data import targets
 from training.real.fixture import fixture_records
@@ -107,6 +108,45 @@ def answered_share(scores: torch.Tensor, bar: float) -> float:
     return float((scores.max(1).values >= bar).float().mean())
 
 
+#: The real-photo scores and how each is gated. The shares of garment photos answered and no-garment images
+#: refused move one image at a time, so their margin is never under :data:`ABSTAIN_MARGIN`.
+REAL_RULES = {"real_category_map": Rule(), "real_garment_answered": Rule(min_margin=ABSTAIN_MARGIN),
+              "no_garment_refused": Rule(min_margin=ABSTAIN_MARGIN),
+              "real_calibration_error": Rule(higher_is_better=False, min_margin=CALIBRATION_MARGIN),
+              "gate_data_category_map": Rule()}
+#: What a model that never abstains answers and refuses, without evaluating it.
+_NEVER_ABSTAINS = {"real_garment_answered": 1.0, "no_garment_refused": 0.0}
+
+
+def real_photo_scores(model: DynamicCNN, ontology: Ontology, *,
+                      photos: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
+    """``model``'s scores on the fixture's real photos, text silent: category mAP and calibration error; when it
+    abstains, the share of garment photos answered and of drawn no-garment images refused; and category mAP on
+    the operator's ``photos`` (``gate_data_category_map``) when given."""
+    images, truth = fixture_photos(ontology)
+    probs = category_scores(model, images)
+    scores = {"real_category_map": mean_average_precision(probs, truth),
+              "real_calibration_error": calibration_error(probs.numpy(), truth.numpy())}
+    bar = model.config.abstain_below
+    if bar > 0:
+        scores["real_garment_answered"] = answered_share(probs[truth.any(1)], bar)
+        scores["no_garment_refused"] = 1 - answered_share(category_scores(model, no_garment_photos()), bar)
+    if photos is not None:
+        scores["gate_data_category_map"] = real_photo_map(model, ontology, photos=photos)
+    return scores
+
+
+def compare_real(candidate: dict[str, float], baseline: dict[str, float], *, margin: float,
+                 against: str = SERVING) -> tuple[GateCheck, ...]:
+    """Checks of :func:`real_photo_scores` results. The shares answered and refused and the calibration error
+    only when either model abstains: a model that never does keeps every probability it had, and no bar."""
+    abstains = any("no_garment_refused" in s for s in (candidate, baseline))
+    if abstains:
+        candidate, baseline = ({**_NEVER_ABSTAINS, **s} for s in (candidate, baseline))
+    rules = REAL_RULES if abstains else {k: r for k, r in REAL_RULES.items() if k != "real_calibration_error"}
+    return compare(candidate, baseline, rules, margin=margin, against=against)
+
+
 def real_photo_checks(candidate: DynamicCNN, reference: DynamicCNN, ontology: Ontology, *,
                       margin: float) -> tuple[GateCheck, ...]:
     """The candidate against ``reference`` on the fixture's real photos: category mAP within ``margin``; and,
@@ -114,20 +154,4 @@ def real_photo_checks(candidate: DynamicCNN, reference: DynamicCNN, ontology: On
     of drawn no-garment images refused (``abstain: "no_garment"``), each within ``margin`` or
     :data:`ABSTAIN_MARGIN`, and the category calibration error, within ``margin`` or :data:`CALIBRATION_MARGIN`,
     whichever is wider."""
-    images, truth = fixture_photos(ontology)
-    new, old = (category_scores(m, images) for m in (candidate, reference))
-    checks = [GateCheck.at_least("real_category_map", mean_average_precision(new, truth),
-                                 mean_average_precision(old, truth), margin=margin)]
-    bars = candidate.config.abstain_below, reference.config.abstain_below
-    if max(bars) <= 0:
-        return tuple(checks)
-    wide = max(margin, ABSTAIN_MARGIN)
-    garment = truth.any(1)
-    checks.append(GateCheck.at_least("real_garment_answered", answered_share(new[garment], bars[0]),
-                                     answered_share(old[garment], bars[1]), margin=wide))
-    negatives = no_garment_photos()
-    refused = [1 - answered_share(category_scores(m, negatives), bar) for m, bar in ((candidate, bars[0]), (reference, bars[1]))]
-    checks.append(GateCheck.at_least("no_garment_refused", *refused, margin=wide))
-    errors = (calibration_error(scores.numpy(), truth.numpy()) for scores in (new, old))
-    checks.append(GateCheck.at_most("real_calibration_error", *errors, margin=max(margin, CALIBRATION_MARGIN)))
-    return tuple(checks)
+    return compare_real(*(real_photo_scores(m, ontology) for m in (candidate, reference)), margin=margin)

@@ -37,12 +37,12 @@ def test_a_candidate_at_chance_on_photos_fails_against_the_packaged_default(tmp_
     settings = Settings.named(model_dir=tmp_path, redis_url="redis://127.0.0.1:9")  # never connects here
     trainer = Trainer(settings, TrainerConfig.from_settings(settings, device="cpu"), StageMetrics("trainer"))
     candidate = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
-    checks = {c.name: c for c in trainer.real_checks(candidate, None)}
+    checks = {c.name: c for c in trainer.real_gate(candidate, None).checks}
     check = checks["real_category_map"]
-    assert not check.passed and check.serving > check.candidate
+    assert not check.passed and check.baseline > check.candidate
     # It never abstains: every no-garment image gets a garment, where the packaged model refuses them.
     refused = checks["no_garment_refused"]
-    assert not refused.passed and refused.candidate == 0 and refused.serving > 0.9
+    assert not refused.passed and refused.candidate == 0 and refused.baseline > 0.9
 
 
 def _shifted(model, by: float):
@@ -63,16 +63,16 @@ def test_a_head_that_moved_every_category_keeps_its_map_and_is_refused_for_absta
     bold = _shifted(packaged, 12.0)  # labels noise with a garment (drawn noise sits ~10 logits below the bar)
     checks = _by_name(real_photo_checks(bold, packaged, ONTOLOGY, margin=0.01))
     refused = checks["no_garment_refused"]
-    assert refused.serving > 0.9 and checks["real_garment_answered"].serving > 0.9
+    assert refused.baseline > 0.9 and checks["real_garment_answered"].baseline > 0.9
     # The mAP check cannot see it (only probabilities saturating at 1 in float32 tie a few photos).
     assert checks["real_category_map"].passed and checks["real_garment_answered"].passed
-    assert not refused.passed and refused.candidate < refused.serving - 0.5
+    assert not refused.passed and refused.candidate < refused.baseline - 0.5
 
     shy = _shifted(packaged, -4.0)  # refuses real garments as showing none
     checks = _by_name(real_photo_checks(shy, packaged, ONTOLOGY, margin=0.01))
     answered = checks["real_garment_answered"]
     assert checks["real_category_map"].passed and checks["no_garment_refused"].passed
-    assert not answered.passed and answered.candidate < answered.serving - 0.3
+    assert not answered.passed and answered.candidate < answered.baseline - 0.3
 
     # A head that squashed every probability towards one half (temperature doubled) keeps its ranking, answers
     # every garment photo and refuses every drawn image, and lists categories the photos do not show.
@@ -83,8 +83,8 @@ def test_a_head_that_moved_every_category_keeps_its_map_and_is_refused_for_absta
     checks = _by_name(real_photo_checks(squashed, packaged, ONTOLOGY, margin=0.01))
     calibration = checks.pop("real_calibration_error")
     assert all(c.passed for c in checks.values()), checks
-    assert not calibration.passed and calibration.candidate > 3 * calibration.serving
-    assert calibration.serving < 0.03  # the packaged model is calibrated on these photos
+    assert not calibration.passed and calibration.candidate > 3 * calibration.baseline
+    assert calibration.baseline < 0.03  # the packaged model is calibrated on these photos
 
     # The margin is never narrower than one drawn image or fixture photo could move a share.
     assert ABSTAIN_MARGIN > 1 / NO_GARMENT_IMAGES and ABSTAIN_MARGIN > 1 / 100
@@ -102,13 +102,13 @@ def test_operator_held_out_photos_gate_every_candidate_too(tmp_path):
     config = TrainerConfig.from_settings(settings, device="cpu", gate_data=tmp_path / "held.jsonl")
     trainer = Trainer(settings, config, StageMetrics("trainer"))
     candidate = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
-    checks = {c.name: c for c in trainer.real_checks(candidate, None)}
+    checks = {c.name: c for c in trainer.real_gate(candidate, None).checks}
     assert set(checks) == {"real_category_map", "gate_data_category_map", "real_garment_answered", "no_garment_refused",
                            "real_calibration_error"}
     held = checks["gate_data_category_map"]
-    assert not held.passed and held.serving > held.candidate + 0.3
+    assert not held.passed and held.baseline > held.candidate + 0.3
     photos = manifest_photos(tmp_path / "held.jsonl", ONTOLOGY)
-    assert len(photos[0]) == 40 and held.serving == real_photo_map(default_entry().load(), ONTOLOGY, photos=photos)
+    assert len(photos[0]) == 40 and held.baseline == real_photo_map(default_entry().load(), ONTOLOGY, photos=photos)
 
     with pytest.raises(ManifestError):  # a wrong path fails when the trainer starts
         Trainer(settings, TrainerConfig.from_settings(settings, device="cpu", gate_data=tmp_path / "nope.jsonl"),

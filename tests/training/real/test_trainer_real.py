@@ -96,7 +96,7 @@ def test_corrections_of_real_photos_retrain_the_packaged_model_and_wrong_ones_ar
 
     wrong = trainer.run_once(_examples(settings, shuffled=True))
     checks = {c.name: c for c in wrong.decision.checks}
-    print("\nshuffled labels:", {n: (round(c.candidate, 4), round(c.serving, 4)) for n, c in checks.items()})
+    print("\nshuffled labels:", {n: (round(c.candidate, 4), round(c.baseline, 4)) for n, c in checks.items()})
     assert not wrong.promoted and not checks["real_category_map"].passed
     assert trainer.registry.versions() == []
 
@@ -104,7 +104,7 @@ def test_corrections_of_real_photos_retrain_the_packaged_model_and_wrong_ones_ar
     assert sum(held_out(e) for e in examples) >= MIN_HELD_OUT
     right = trainer.run_once(examples)
     checks = {c.name: c for c in right.decision.checks}
-    print("true labels:", {n: (round(c.candidate, 4), round(c.serving, 4)) for n, c in checks.items()})
+    print("true labels:", {n: (round(c.candidate, 4), round(c.baseline, 4)) for n, c in checks.items()})
     assert right.promoted and set(checks) == {"real_category_map", "corrections_category_map",
                                               "real_garment_answered", "no_garment_refused",
                                               "real_calibration_error"}
@@ -151,9 +151,9 @@ def test_corrections_saying_photos_show_no_garment_teach_the_head_to_abstain_the
     assert sum(held_out(e) for e in examples) >= MIN_HELD_OUT
     run = trainer.run_once(examples)
     checks = {c.name: c for c in run.decision.checks}
-    print("\nno-garment corrections:", {n: (round(c.candidate, 4), round(c.serving, 4)) for n, c in checks.items()})
+    print("\nno-garment corrections:", {n: (round(c.candidate, 4), round(c.baseline, 4)) for n, c in checks.items()})
     answered, learnt = checks["real_garment_answered"], checks["corrections_no_garment_refused"]
-    assert not run.promoted and not answered.passed and answered.candidate < answered.serving - 0.1
+    assert not run.promoted and not answered.passed and answered.candidate < answered.baseline - 0.1
     # The held-out photos corrected the same way: the candidate refuses them, the packaged model did not.
-    assert learnt.passed and learnt.candidate > learnt.serving + 0.5
+    assert learnt.passed and learnt.candidate > learnt.baseline + 0.5
     assert "corrections_category_map" not in checks  # no held-out correction names a garment
