@@ -25,15 +25,17 @@ log = logging.getLogger(__name__)
 MODEL_NAME = b"stylestream"
 _HISTORY_LENGTH = 100
 
-# Move the pointer and record it (history, and the event ARGV[4] in the log KEYS[3]), only while the lease
-# KEYS[4] (if any) holds the token ARGV[3].
+# Move the pointer and record it (history, and the event ARGV[4] in the log KEYS[3]). KEYS[4] is the trainer's
+# lease (ARGV[5] 'lease': only while it holds the token ARGV[3]) or, for a promotion by hand (ARGV[5] 'chosen'),
+# the operator's choice, which the trainer's gate keeps as its floor (training.gate_run).
 _PROMOTE = """
-if KEYS[4] and redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
+if ARGV[5] == 'lease' and redis.call('GET', KEYS[4]) ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('LPUSH', KEYS[2], ARGV[1])
 redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[2]) - 1)
 redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[2]) - 1)
+if ARGV[5] == 'chosen' then redis.call('SET', KEYS[4], ARGV[1]) end
 return 1
 """
 
@@ -113,9 +115,8 @@ def promote(settings: Settings, version: str, *, lease: Lease | None = None, rea
     keys = [settings.redis.keys.model_current, settings.redis.keys.model_history, settings.redis.keys.model_events]
     reason = reason or ("a trainer run passed the gate" if lease is not None else "promoted by hand")
     args = [entry.version, _HISTORY_LENGTH, (lease.token or "") if lease is not None else "",
-            _event("promotion", entry.version, reason)]
-    if lease is not None:
-        keys.append(lease.key)
+            _event("promotion", entry.version, reason), "lease" if lease is not None else "chosen"]
+    keys.append(lease.key if lease is not None else settings.redis.keys.model_chosen)
     if not _redis(settings).eval(_PROMOTE, len(keys), *keys, *args):
         raise LeaseLost(f"lost the run lease before promoting {version}; another trainer holds it")
     # Classifiers may mount the registry read-only: the promoter records the version it loaded too.

@@ -55,6 +55,11 @@ class RedisKeys:
         return f"{{{self.model_current}}}:history"
 
     @property
+    def model_chosen(self) -> str:
+        """The version an operator last promoted by hand: the trainer's gate never lets a candidate fall below it."""
+        return f"{{{self.model_current}}}:chosen"
+
+    @property
     def model_events(self) -> str:
         """Log of promotions and rollbacks (JSON: kind, version, time, reason), newest first; same slot."""
         return f"{{{self.model_current}}}:events"

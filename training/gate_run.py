@@ -2,8 +2,9 @@
 
 * **Why a reference.** A candidate may score ``gate_margin`` below the model it replaces. Against that model
   alone, each hourly promotion could be a margin worse than the one before and the losses would add up
-  without limit. So the candidate must also score at least the reference's minus the margin: the packaged
-  default model (:func:`serving.registry.default_entry`), which never moves, so its margin is spent once.
+  without limit. So the candidate must also score at least the reference's minus the margin: the version an
+  operator last promoted by hand, else the packaged default model (:func:`chosen_reference`). Trainer runs do
+  not move it, so its margin is spent once.
 * **Same sets, every run.** The reference is scored in each run on every set the candidate is (the held-out
   corrections grow from run to run: an earlier run's scores would not be comparable), once per run.
 * **Skipped, and why.** When the reference is not of the candidate's kind (another backbone, head, ontology
@@ -21,11 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis import Redis
+
 from serving.checkpoint import load_config
 from serving.models import DynamicCNN
 from serving.models.build import ModelConfig
 from serving.ontology import Ontology
-from serving.registry import Entry, default_entry
+from serving.registry import Entry, Registry, default_entry
 from training.feedback import Example
 from training.gating import GATES, REFERENCE, SERVING, GateCheck, GateDecision, Reference, Rule, compare, gate_scores
 from training.real.gate import compare_real, manifest_photos, real_photo_scores
@@ -41,6 +44,24 @@ IS_SERVING = "the serving model"
 
 #: ``(candidate scores, baseline scores, margin, against)`` → the checks of one gate set.
 Rules = Callable[[dict[str, float], dict[str, float], float, str], tuple[GateCheck, ...]]
+
+
+def chosen_reference(redis: Redis, key: str, registry: Registry) -> Entry:
+    """The fixed floor: the version an operator last promoted by hand (``key``: their own model, say, which a
+    candidate continued from it must not fall below), else the packaged default.
+
+    Raises:
+        OSError: neither is there (the gate then skips the reference and says why).
+        RedisError: Redis is away (the run fails and is tried again).
+    """
+    chosen = redis.get(key)
+    if chosen is not None:
+        try:
+            return registry.get(chosen.decode())
+        except (KeyError, ValueError, UnicodeDecodeError):  # removed since: the packaged model bounds instead
+            log.warning("gate: %r, promoted by hand, is not in the registry; the packaged model is the reference",
+                        chosen)
+    return default_entry()
 
 
 def kind_difference(candidate: ModelConfig, reference: ModelConfig) -> str | None:

@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -53,7 +54,7 @@ from streamcore.settings import Settings
 from training.continued import learns_multi
 from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
 from training.feedback import Example, concat, learnable, to_split
-from training.gate_run import Gates
+from training.gate_run import Gates, chosen_reference
 from training.gating import GATES, GateDecision
 from training.onnx_export import build_or_skip
 from training.progress import RunCancelled, RunProgress
@@ -162,7 +163,8 @@ class Trainer:
         # Benchmark features of one backbone, keyed by the version that backbone belongs to.
         self._features: tuple[str, dict[str, Tensor]] | None = None
         self._default: tuple[str, DynamicCNN] | None = None  # what serves while nothing is promoted, loaded
-        self.gates = Gates(self.ontology, margin=config.gate_margin, device=self.device, gate_data=config.gate_data)
+        self.gates = Gates(self.ontology, margin=config.gate_margin, device=self.device, gate_data=config.gate_data,
+                           reference=partial(chosen_reference, self._redis, settings.redis.keys.model_chosen, self.registry))
         if config.gate_data is not None:  # a wrong path fails at start, not an hour later in the first run
             from training.real.manifest import read_manifest
 

@@ -104,3 +104,26 @@ def test_a_promotion_stands_when_announcing_it_fails(make_settings, tmp_path, mo
     assert promote(settings, "v1").version == "v1"
     assert redis.Redis.from_url(settings.redis.url).get(settings.redis.keys.model_current) == b"v1"
     assert "v1 serves (the pointer moved); announcing it on model-updates failed" in caplog.text
+
+
+def test_a_promotion_by_hand_is_the_trainers_floor_and_a_trainer_promotion_is_not(make_settings, tmp_path):
+    from serving.registry import default_entry
+    from streamcore.lease import Lease
+    from training.gate_run import chosen_reference
+
+    settings = make_settings(model_dir=tmp_path)
+    registry = Registry(tmp_path)
+    for seed, version in enumerate(("mine", "trained", "gone"), 1):
+        publish_tiny(tmp_path, version, seed=seed)
+    store = redis.Redis.from_url(settings.redis.url)
+    floor = lambda: chosen_reference(store, settings.redis.keys.model_chosen, registry)
+    assert floor().version == default_entry().version  # nothing chosen: the packaged model
+    promote(settings, "mine")
+    lease = Lease(store, settings.redis.keys.run_lease, ttl_s=30)
+    assert lease.acquire() is not None
+    promote(settings, "trained", lease=lease)
+    assert store.get(settings.redis.keys.model_current) == b"trained"
+    assert floor().version == "mine"  # the operator's model, not what the trainer promoted on top of it
+    promote(settings, "gone")
+    shutil.rmtree(tmp_path / "gone")
+    assert floor().version == default_entry().version  # removed since: the packaged model bounds instead
