@@ -122,3 +122,27 @@ def test_the_same_post_twice_is_one_label_re_emitted_and_other_content_is_a_conf
     streamed = [f[b"post_id"].decode() for _, f in store.xrange(settings.redis.keys.labels_stream)]
     assert streamed.count(post.post_id) == 1 and streamed.count(back_to_back.post_id) == 1
     assert group.alive()
+
+
+def test_copies_read_while_a_post_is_in_flight_each_get_its_stored_label_byte_for_byte(make_settings, workers):
+    settings = make_settings()  # the first copy waits for its hints while the next two are read
+    group = workers(settings)
+    group.start("text")
+    group.start("classify")
+    group.wait_ready()
+    store = redis.Redis.from_url(settings.redis.url)
+    [(post, _)] = generate_posts(load_ontology(), 1, seed=11, prefix=settings.kafka.group_prefix)
+    key, raw = post.post_id.encode(), encode(post)
+
+    _send(settings, [(key, raw)] * 3)  # a producer retrying without idempotence: back to back, in one fetch
+    wait_until(lambda: store.exists(settings.redis.keys.label(post.post_id)), timeout=120, what="the first label")
+    _send(settings, [(key, raw)])  # and once more after the label exists
+
+    wait_until(lambda: _committed_to_end(settings, "classify"), timeout=120, what="classify to commit every copy")
+    stored = store.get(settings.redis.keys.label(post.post_id))
+    labels = [r for r in _read_topic(settings, "labels", until=lambda rs: len(rs) >= 4, timeout=60) if r.key == key]
+    assert [r.value for r in labels] == [stored] * 4  # one label per copy, each the stored one byte for byte
+    assert _read_topic(settings, "posts.dlq", until=lambda rs: False, timeout=1) == []
+    streamed = [f[b"post_id"] for _, f in store.xrange(settings.redis.keys.labels_stream)]
+    assert streamed == [key]  # one post, one stream entry
+    assert group.alive()

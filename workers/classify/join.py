@@ -3,8 +3,10 @@
 A post waits for its hints until its deadline, then starts without them; hints wait for their post (their
 record unfinished, so a restart re-reads them) until ``hold_s``, then are released as ``expired``. Hints
 for a post already started are ``late``; a second hints record for a held post is a ``duplicate`` (the
-text stage redid the post). A post id seen again with the same bytes is a redo and finishes with the
-first copy; with other bytes it is a conflict (``duplicate_post_id``).
+text stage redid the post). A post id seen again with the same bytes while the first copy waits is a redo
+and ends with it (see the stage: its stored label sent again, or, after a dead letter, the copy classified
+again); seen again after it started, it is classified again and the label store answers with the stored
+label. With other bytes it is a conflict (``duplicate_post_id``).
 
 Every method returns what the stage must do — :class:`Start` a post, :class:`Release` a hints record — and
 the stage does it. Records are anything with ``topic``, ``partition``, ``offset`` and ``value``.
@@ -41,7 +43,7 @@ class Waiting:
     fingerprint: str = ""
     hints: Hints | None = None
     hints_record: Any = None
-    #: Byte-identical copies read while this one waited: finished with it, not labelled twice.
+    #: Byte-identical copies read while this one waited: not classified twice, they end with it.
     redos: list[Any] = field(default_factory=list)
 
 
@@ -84,8 +86,8 @@ class HintJoin:
         return post_id in self._held
 
     def waiting_records(self) -> list[Any]:
-        """Records of posts waiting for their hints (they count against the in-flight bounds)."""
-        return [w.record for w in self._waiting.values()]
+        """Records of posts waiting for their hints, and of their copies (they count against the in-flight bounds)."""
+        return [r for w in self._waiting.values() for r in (w.record, *w.redos)]
 
     def held_post_ids(self) -> list[str]:
         return list(self._held)

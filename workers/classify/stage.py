@@ -3,7 +3,9 @@
 Where a post goes next: its record is parsed (:mod:`.parse`), joined with its hints by post id
 (:mod:`.join`), its photo decoded just ahead of the model (:mod:`.feeder`), micro-batched
 (:class:`streamcore.batcher.MicroBatcher`) through the serving model into the label sink (:mod:`.batches`),
-and only then marked done, so the loop commits it.
+and only then marked done, so the loop commits it. Byte-identical copies of a post read while it waits
+(:attr:`.join.Waiting.redos`) end with it: its stored label sent again for each, byte for byte, once the
+label is written; or, when it ends as a dead letter, each classified again, as a copy read later would be.
 
 Join invariant: the text stage writes a post's hints to the partition number of the post, and the
 co-partitioning assignor (:mod:`streamcore.assignor`) gives partition ``i`` of ``posts`` and ``hints`` to
@@ -23,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from serving.hotswap import ModelSlot, load_last_good
@@ -62,11 +65,13 @@ class ClassifyStage(Stage):
         self.feeder = ImageFeeder(settings.classify, lambda post: self._prepare(post), lambda: self.batcher.queued,
                                   cpu_model=resolve_device(settings.serving.device).type == "cpu")
         self.lookups: RedisLookups | None = None  # Redis reads, opened on the stage's loop
-        self._tasks: dict[asyncio.Task, ConsumerRecord] = {}
+        self._tasks: dict[asyncio.Task, Waiting] = {}
         self._paused: set[str] = set()  # logical topics whose partitions are paused
         self._bad_pointer: bytes | str | None = None
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._next_model_check = 0.0
+        self._reemitted = Counter("stylestream_labels_reemitted_total", "Stored labels sent again for byte-identical "
+                                  "copies of a post read while it was in flight", registry=self.metrics.registry)
 
     async def setup(self) -> None:
         loop = asyncio.get_running_loop()
@@ -166,7 +171,7 @@ class ClassifyStage(Stage):
             self.models.offer(await self._serving_pointer())
 
     def _backpressure(self) -> None:
-        held = self.join.waiting_records() + list(self._tasks.values())
+        held = self.join.waiting_records() + [r for w in self._tasks.values() for r in (w.record, *w.redos)]
         count, size = len(held), sum(len(r.value or b"") for r in held)
         cap, cap_bytes = self.settings.classify.max_inflight, self.settings.classify.max_inflight_bytes
         self._throttle("posts", over=count >= cap or size >= cap_bytes,
@@ -194,14 +199,16 @@ class ClassifyStage(Stage):
     # -- per post --------------------------------------------------------------------------------
     def _start(self, waiting: Waiting) -> None:
         task = asyncio.get_running_loop().create_task(self._process(waiting))
-        self._tasks[task] = waiting.record
+        self._tasks[task] = waiting
         task.add_done_callback(self._tasks.pop)
 
     async def _process(self, waiting: Waiting) -> None:
-        """One post to one label or one dead letter, whatever happens on the way (the error boundary)."""
+        """One post to one label or one dead letter, whatever happens on the way (the error boundary); then
+        its byte-identical copies, each to one label or one dead letter too."""
+        stored: bytes | None = None
         try:
             try:
-                await self._classify(waiting)
+                stored = await self._classify(waiting)
             except BadInput as exc:
                 await self.dead_letter(waiting.record, exc)
             except InfrastructureError:
@@ -212,12 +219,39 @@ class ClassifyStage(Stage):
             log.warning("classify: %s[%d]@%d left unfinished: %s", waiting.record.topic, waiting.record.partition,
                         waiting.record.offset, exc)
             return
-        for redo in waiting.redos:  # byte-identical copies end with the post, as its label or letter
-            self.done(redo)
         if waiting.hints_record is not None:  # the post is finished, so its hints are used
             self.done(waiting.hints_record)
+        if not waiting.redos:
+            return
+        if stored is None:  # dead-lettered: each copy is classified again, as a copy read later would be
+            again = [Waiting(r, waiting.post, 0.0, waiting.fingerprint, hints=waiting.hints) for r in waiting.redos]
+            await asyncio.gather(*(self._process(w) for w in again))
+        else:
+            await self._reemit(waiting.post.post_id, stored, waiting.redos)
 
-    async def _classify(self, waiting: Waiting) -> None:
+    async def _reemit(self, post_id: str, stored: bytes, redos: list[ConsumerRecord]) -> None:
+        """Send a post's stored label again for each of its copies, byte for byte; then they are done."""
+        key = post_id.encode()
+        try:
+            try:
+                await self.retrying("label_write", lambda: self.send_to_partitions(
+                    "labels", [(r.partition, key, stored) for r in redos]))
+            except BadInput as exc:  # refused for good, as a copy read later would be: a letter each
+                for redo in redos:
+                    await self.dead_letter(redo, exc)
+                return
+        except InfrastructureError as exc:  # stopping while Kafka fails: the next owner redoes them
+            log.warning("classify: %d copies of %r left unfinished: %s", len(redos), post_id, exc)
+            return
+        now = time.time()
+        for redo in redos:
+            self.done(redo)
+            self.metrics.labeled.inc()
+            self._reemitted.inc()
+            self.metrics.e2e_latency.observe(max(0.0, now - received_ms(redo) / 1000))
+
+    async def _classify(self, waiting: Waiting) -> bytes:
+        """Classify one post, write its label and mark it done; its stored label JSON."""
         record = waiting.record
         place = await self.feeder.place()
         try:
@@ -237,6 +271,7 @@ class ClassifyStage(Stage):
         if waiting.hints is not None and not waiting.hints.is_empty:
             self.metrics.hinted.inc()
         self.metrics.e2e_latency.observe(max(0.0, time.time() - item.timestamp_ms / 1000))
+        return stored
 
     def _prepare(self, post: Post) -> tuple[Prepared, Preview]:
         # Every source takes the same path: DCT-scaled decode on the CPU, or nvJPEG on the device. The
@@ -252,7 +287,7 @@ class ClassifyStage(Stage):
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self.join.forget(gone)
         # Let batches already in the model finish, so their offsets are committed before we let go.
-        leaving = [t for t, r in self._tasks.items() if (r.topic, r.partition) in gone]
+        leaving = [t for t, w in self._tasks.items() if (w.record.topic, w.record.partition) in gone]
         if leaving:
             await asyncio.wait(leaving, timeout=self.settings.kafka.session_timeout_ms / 2000)
 
