@@ -113,11 +113,21 @@ class Post(_Message):
         return len(self.caption.encode()) + sum(len(c.encode()) for c in self.comments)
 
 
-class ScoredTerm(_Message):
-    """An ontology term with its share of the class (scores of one class sum to 1)."""
-
+class _Term(_Message):
     term: str
     score: float = Field(ge=0.0, le=1.0)
+
+
+class ScoredTerm(_Term):
+    """An ontology term with its share of the class (scores of one class sum to 1)."""
+
+
+class LabelTerm(_Term):
+    """An ontology term with the model's probability, in [0, 1], that the photo shows it. Each term's probability
+    is independent of the others': the scores of one class need not sum to 1."""
+
+    # A ScoredTerm passed in Python is taken as its term and score: the two differ only in what the score means.
+    model_config = ConfigDict(extra="forbid", frozen=True, from_attributes=True)
 
 
 def _sums_to_one(terms: list[ScoredTerm]) -> list[ScoredTerm]:
@@ -172,9 +182,9 @@ class Label(_Message):
     post_id: PostId
     model_version: str
     head: Literal["base", "fusion", "dynamic_pruning", "dynamic_layers", "dynamic_layers_pure"]
-    categories: list[ScoredTerm]
-    subcategories: list[ScoredTerm]
-    attributes: list[ScoredTerm]
+    categories: list[LabelTerm]
+    subcategories: list[LabelTerm]
+    attributes: list[LabelTerm]
     hints_used: HintsUsed
     received_at: datetime
     labeled_at: datetime

@@ -12,8 +12,10 @@ replayed writes recognisable) for the durable store in :mod:`training.state`.
 from __future__ import annotations
 
 import io
+import itertools
 import json
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -30,6 +32,7 @@ from streamcore.schemas import Feedback, ImageSource, Post
 from streamcore.settings import Settings
 from training.data.benchmark import Split
 from training.text import TextMiner
+from training.text.normalize import Limits
 
 _TEXT_FIELDS = ("post_id", "caption", "comments", "hashtags", "user_tags")
 
@@ -63,9 +66,42 @@ def _pixels(tensors: dict[str, np.ndarray]) -> np.ndarray | None:
     return _decoded(tensors["jpeg"]) if "jpeg" in tensors else tensors.get("pixels")
 
 
+#: The text miner's caps on a post's tags: what it reads of them is all the trainer keeps.
+_TAG_LIMITS = Limits()
+
+
+def read_hashtags(tags: Iterable[str], limits: Limits = _TAG_LIMITS) -> tuple[str, ...]:
+    """The hashtags of ``tags`` the text miner can read, as given: the first ``limits.hashtags`` distinct ones
+    that it does not pass over as noise (:meth:`training.text.normalize.Normalizer._hashtag`: ``#`` added, NFKC,
+    lower-cased, at most ``limits.item_chars`` long). With the same caption and comments they give the hints all
+    ``tags`` give, and at most ``limits.hashtags`` × 4 × ``limits.item_chars`` characters are kept."""
+    kept, seen = [], set()
+    for tag in tags:
+        if len(kept) >= limits.hashtags:
+            break
+        if len(tag) > 4 * limits.item_chars:
+            continue
+        read = unicodedata.normalize("NFKC", tag).lower()
+        read = read if read.startswith("#") else "#" + read
+        if len(read) <= limits.item_chars and read not in seen:
+            seen.add(read)
+            kept.append(tag)
+    return tuple(kept)
+
+
+def read_handles(tags: Iterable[str], limits: Limits = _TAG_LIMITS) -> tuple[str, ...]:
+    """The user tags of ``tags`` the text miner can read (:meth:`training.text.normalize.Normalizer._handle`): the
+    first ``limits.handles`` of at most ``limits.item_chars`` characters."""
+    return tuple(itertools.islice((t for t in tags if len(t) <= limits.item_chars), limits.handles))
+
+
 @dataclass(frozen=True)
 class StoredPost:
-    """What the trainer keeps of a post: its text, and its image as pixels or as a reference."""
+    """What the trainer keeps of a post: its text, and its image as pixels or as a reference.
+
+    Of the hashtags and user tags only what the text miner reads is kept (:func:`read_hashtags`,
+    :func:`read_handles`): a post may carry megabytes of tags, the miner reads a few kilobytes of them.
+    """
 
     post_id: str
     caption: str
@@ -87,8 +123,8 @@ class StoredPost:
             # Decoded as the classifier decodes a post: the same pixels it labelled, at ``image_size``.
             pixels = decode_scaled(post.image.raw_bytes(), image_size, max_pixels=settings.limits.max_image_pixels)
             source = None
-        return cls(post.post_id, post.caption, tuple(post.comments), tuple(post.hashtags), tuple(post.user_tags),
-                   pixels, source)
+        return cls(post.post_id, post.caption, tuple(post.comments), read_hashtags(post.hashtags),
+                   read_handles(post.user_tags), pixels, source)
 
     def to_bytes(self) -> bytes:
         text = {name: getattr(self, name) for name in _TEXT_FIELDS}

@@ -173,13 +173,25 @@ def _label_vector(layout: Layout, label: dict) -> np.ndarray | None:
 
 
 def _parse(value: bytes | None) -> dict:
-    """The label fields the stage reads. Raises ``BadInput`` when it is not a label."""
+    """The label fields the stage reads. Raises ``BadInput`` (``label_invalid``) when it is not a label.
+
+    The bytes are decoded as UTF-8 first, strictly: ``json.loads`` of bytes would guess UTF-16 or UTF-32 from the
+    first bytes (``\\xff\\xfe``, a UTF-16 byte-order mark) and report a JSON error for what is an encoding one.
+    """
+    if not value:
+        raise BadInput("label_invalid", "labels record has no value (a tombstone or an empty record)")
     try:
-        label = json.loads(value or b"")
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput("label_invalid", f"labels record is not UTF-8: {exc}") from None
+    if text.startswith("\ufeff"):
+        raise BadInput("label_invalid", "labels record is not UTF-8 JSON: it starts with a byte-order mark")
+    try:
+        label = json.loads(text)
         if not isinstance(label, dict) or not isinstance(label.get("post_id"), str) or "model_version" not in label:
             raise ValueError("not a label/v1 object")
         return label
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep for the parser
         raise BadInput("label_invalid", f"labels record is not a label: {exc}") from None
 
 

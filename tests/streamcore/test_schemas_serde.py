@@ -8,8 +8,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from streamcore.contract import json_schema
 from streamcore.exceptions import BadInput
-from streamcore.schemas import Hints, ImageSource, Post, ScoredTerm
+from streamcore.schemas import Hints, HintsUsed, ImageSource, Label, LabelTerm, Post, ScoredTerm, utcnow
 from streamcore.serde import decode, decode_post, encode
 from streamcore.settings import Settings
 
@@ -84,6 +85,18 @@ def test_hint_scores_must_sum_to_one_per_class():
     with pytest.raises(ValidationError):
         Hints(post_id="p", miner_version="m", materials=[ScoredTerm(term=f"m{i}", score=0.2) for i in range(5)])
 
+
+
+def test_label_scores_are_independent_probabilities_and_say_so():
+    now, terms = utcnow(), [ScoredTerm(term="dresses", score=0.9), ScoredTerm(term="coats", score=0.42)]
+    label = Label(post_id="p", model_version="v", head="fusion", categories=terms, subcategories=[], attributes=[],
+                  hints_used=HintsUsed(source="none"), received_at=now, labeled_at=now)  # 1.32: no sum rule
+    assert label.categories == [LabelTerm(term="dresses", score=0.9), LabelTerm(term="coats", score=0.42)]
+    with pytest.raises(ValidationError):
+        Label.model_validate(label.model_dump() | {"attributes": [{"term": "floral", "score": 1.5}]})
+    assert "sum to 1" in json_schema(Hints)["$defs"]["ScoredTerm"]["description"]
+    described = json_schema(Label)["$defs"]
+    assert "ScoredTerm" not in described and "independent" in described["LabelTerm"]["description"]
 
 def test_image_source_bytes():
     assert ImageSource(b64=IMG).raw_bytes() == b"\x89PNG fake"
