@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ THUMB_SIDE = 160
 #: Largest thumbnail kept; qualities are tried from the first down until one fits.
 THUMB_MAX_BYTES = 16 * 1024
 _QUALITIES = (75, 55, 35)
+#: An object's default repr, as Pillow puts the file object it could not read in its messages.
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 log = logging.getLogger(__name__)
 Pixels = TypeVar("Pixels", Image.Image, torch.Tensor)
 
@@ -66,7 +69,19 @@ def refusals() -> Iterator[None]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadInput("image_too_large", str(exc)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadInput("image_undecodable", f"{type(exc).__name__}: {exc}") from None
+        raise BadInput("image_undecodable", f"{type(exc).__name__}: {_without_reprs(str(exc))}") from None
+
+
+def _without_reprs(message: str) -> str:
+    """``message`` without object reprs (``<_io.BytesIO object at 0x7fd5...>``): no memory addresses in a
+    dead letter, and the same message for the same bytes."""
+    return _OBJECT_REPR.sub("the image", message)
+
+
+def _unidentified(data: bytes) -> BadInput:
+    """The refusal of bytes Pillow identifies as no image format at all: what they start with, not where they were."""
+    return BadInput("image_undecodable", f"cannot identify an image in these bytes (first {min(len(data), 16)}: "
+                                         f"{data[:16].hex(' ')}); JPEG, PNG or WebP expected")
 
 
 def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
@@ -80,7 +95,10 @@ def open_checked(data: bytes, *, max_pixels: int) -> Image.Image:
     if not data:
         raise BadInput("image_empty", "image has zero bytes")
     with refusals():
-        img = Image.open(io.BytesIO(data))
+        try:
+            img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise _unidentified(data) from None
         width, height = img.size  # header only: nothing decoded yet
         if width * height > max_pixels:
             raise BadInput("image_too_large", f"{width}x{height} exceeds {max_pixels} pixels")

@@ -9,7 +9,7 @@ import random
 import pytest
 from PIL import Image
 
-from serving.images import decode_image, load_image
+from serving.images import decode_image, load_image, refusals
 from streamcore.exceptions import BadInput
 from streamcore.schemas import ImageSource
 from streamcore.settings import Settings
@@ -71,3 +71,19 @@ def test_private_and_non_http_urls_are_refused_without_a_request(url):
 
 def test_inline_bytes():
     assert load_image(ImageSource(b64=base64.b64encode(JPEG).decode()), Settings()).mode == "RGB"
+
+
+@pytest.mark.parametrize("data", [b"definitely not an image", b"GIF89a not really", b"\x00" * 64])
+def test_undecodable_bytes_are_described_without_memory_addresses(data):
+    with pytest.raises(BadInput) as info:
+        decode_image(data, max_pixels=10**6)
+    detail = info.value.detail
+    assert info.value.code == "image_undecodable"
+    assert "0x" not in detail and "object at" not in detail
+    assert data[:4].hex(" ") in detail  # what the bytes start with, to tell a format from garbage
+
+
+def test_no_refusal_carries_an_object_repr():
+    with pytest.raises(BadInput) as info, refusals():
+        raise OSError(f"broken stream {io.BytesIO()!r}")
+    assert "0x" not in info.value.detail and info.value.detail.startswith("OSError: broken stream")

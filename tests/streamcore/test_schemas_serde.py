@@ -121,3 +121,15 @@ def test_a_reader_ignores_fields_a_newer_writer_added_at_any_depth_and_still_che
     with pytest.raises(BadInput) as refused:
         decode(newer.replace(b'"score": 1.0', b'"score": 0.5'), Hints, max_bytes=10_000, tolerant=True)
     assert refused.value.code == "bad_schema"
+
+
+def test_inline_bytes_wrapped_at_76_columns_decode_wherever_the_image_is_read():
+    """The ``base64`` tool's output: the classifier and the trainer (which stores the post) read the same bytes."""
+    import base64
+    import textwrap
+
+    from streamcore.schemas import ImageSource
+
+    data = bytes(range(256)) * 4
+    wrapped = "\n".join(textwrap.wrap(base64.b64encode(data).decode(), 76)) + "\n"
+    assert ImageSource(b64=wrapped).raw_bytes() == data
