@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import redis
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaConfigurationError, KafkaError, KafkaTimeoutError
 
 from streamcore import redisconn
@@ -222,15 +222,21 @@ class StylestreamClient:
                group: str | None = None, stop: threading.Event | None = None) -> Iterator[LabelView]:
         """Labels from the ``labels`` topic as they arrive; stops after ``timeout`` s without one, or within
         half a second of ``stop`` being set (a Ctrl-C handler sets it: an interrupt raised inside the
-        Kafka client could leave it unable to close). Records that cannot be read are skipped and counted."""
+        Kafka client could leave it unable to close). Records that cannot be read are skipped and counted.
+        Without ``from_beginning`` or ``group`` it starts at the end of each partition as its first fetch reports
+        it, not as the broker's ListOffsets does (Tansu on S3 answers that far behind the end)."""
         consumer = _connect(
             KafkaConsumer, self.settings, self.settings.kafka.topic("labels"), group_id=group,
             auto_offset_reset="earliest" if from_beginning else "latest", enable_auto_commit=group is not None,
             session_timeout_ms=self.settings.kafka.session_timeout_ms)
+        # From the latest: the end as the first fetch of each partition saw it (a group resumes where it was).
+        ends: dict[TopicPartition, int] | None = None if from_beginning or group is not None else {}
         try:
             idle_since = time.monotonic()
             while stop is None or not stop.is_set():
                 batches = consumer.poll(timeout_ms=500)
+                if ends is not None:
+                    _skip_to_fetched_end(consumer, ends, batches)
                 for records in batches.values():
                     for record in records:
                         label = self._read(record.value, f"{record.topic}[{record.partition}]@{record.offset}")
@@ -320,6 +326,30 @@ class StylestreamClient:
                 raise
             # The error already on its way out is the one to see; this one is logged, not lost.
             log.error("%s", failure)
+
+
+def _skip_to_fetched_end(consumer: KafkaConsumer, ends: dict[TopicPartition, int],
+                         batches: dict[TopicPartition, list]) -> None:
+    """Drop from ``batches`` (in place) the records a consumer reset to "latest" read from before the end of
+    its partition as the first fetch saw it, and move it there.
+
+    The reset asks the broker for the end (ListOffsets), which Tansu storing in S3 answers far behind the end:
+    a reader "from now" would start with old records. Every fetch answer carries the partition's high
+    watermark (kafka-python's ``highwater()``, known once a fetch of the partition was read): the first one
+    known per partition is taken as the end, ``ends`` remembers it.
+    """
+    for tp in consumer.assignment():
+        if tp in ends or (end := consumer.highwater(tp)) is None:
+            continue
+        ends[tp] = end
+        if consumer.position(tp) < end:  # the rest of the old records need not be fetched
+            consumer.seek(tp, end)
+    for tp, records in list(batches.items()):
+        kept = [record for record in records if record.offset >= ends.get(tp, 0)]
+        if kept:
+            batches[tp] = kept
+        else:
+            del batches[tp]
 
 
 def _connect(factory: type, settings: Settings, *args: Any, **options: Any) -> Any:

@@ -8,6 +8,7 @@ runs on the server thread.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from streamcore.exceptions import StylestreamError
+from streamcore.sections import MetricsSettings
+
+log = logging.getLogger(__name__)
+
+
+class PortUnavailable(StylestreamError):
+    """The health port cannot be listened on (another worker has it, a port below 1024, an unknown host)."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        names = MetricsSettings.variables()
+        super().__init__(
+            f"cannot serve /metrics on {host}:{port}: {reason}; set {names['port']} to another base port (each "
+            f"stage adds its offset) or to 0 for free ports, or {names['health_host']} to another interface")
+        self.host, self.port = host, port
 
 
 class Heartbeat:
@@ -61,12 +78,20 @@ class HealthServer:
         self._server: ThreadingHTTPServer | None = None
 
     def start(self, port: int, host: str = "127.0.0.1") -> int:
-        """Listen on ``host:port`` (0 = ephemeral) in a daemon thread; returns the bound port."""
-        self._server = ThreadingHTTPServer((host, port), _handler(self))
+        """Listen on ``host:port`` (0 = ephemeral) in a daemon thread; returns the bound port.
+
+        Raises :class:`PortUnavailable` when the port is taken or cannot be bound."""
+        try:
+            self._server = ThreadingHTTPServer((host, port), _handler(self))
+        except (OSError, OverflowError) as exc:  # EADDRINUSE, EACCES, an unknown host; a port over 65535
+            raise PortUnavailable(host, port, getattr(exc, "strerror", None) or str(exc)) from None
         self._server.daemon_threads = True
         server = self._server  # short poll: stop() returns within 0.1 s
         threading.Thread(target=lambda: server.serve_forever(poll_interval=0.1), name="health-http", daemon=True).start()
-        return self._server.server_address[1]
+        bound = self._server.server_address[1]
+        # A port 0 picked is found here (STYLESTREAM_METRICS_PORT=0 runs several workers of a stage on one host).
+        log.log(logging.INFO if port == 0 else logging.DEBUG, "/metrics, /healthz and /readyz on %s:%d", host, bound)
+        return bound
 
     def stop(self) -> None:
         """Stop serving and release the port."""

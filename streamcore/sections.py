@@ -12,13 +12,13 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from streamcore.configfile import CONFIG_FILE_VARIABLE, read_config_file
 from streamcore.rediskeys import RedisKeys
+from streamcore.redisurl import check_redis_url, mask_url
 
 #: Stage offsets added to ``metrics_port`` so several stages on one host don't collide.
 STAGE_PORT_OFFSET = {"text": 0, "classify": 1, "trainer": 2, "up": 3, "profiles": 4, "catalogue": 5}
@@ -170,10 +170,16 @@ class RedisSettings(Section):
     label_ttl_s: int | None = Field(None, ge=1)
     stream_maxlen: int = Field(100_000, ge=1)
 
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        # A blank value never gets here (unset); anything else fails now, not in the first connect.
+        return None if value is None else check_redis_url(value)
+
     def __repr_args__(self):
         # The URL may carry a password.
         for name, value in super().__repr_args__():
-            yield name, (_mask_url(value) if name == "url" and value else value)
+            yield name, (mask_url(value) if name == "url" and value else value)
 
     @property
     def keys(self) -> RedisKeys:
@@ -366,16 +372,6 @@ class FaultSettings(Section):
     recreate_topics: bool = True
     #: How often a stage checks that its topics exist (also checked whenever a write keeps failing).
     topic_check_s: float = Field(10.0, gt=0)
-
-
-def _mask_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by asterisks."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:**********@{netloc}"))
 
 
 class _FileSource(PydanticBaseSettingsSource):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tomllib
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import Annotated, Any, get_origin
 
 import typer
 from kafka.errors import KafkaError
@@ -43,7 +44,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         return f"invalid {exc.title}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
     if isinstance(exc, SettingsError):  # a variable holding a JSON value (KAFKA_OPTIONS) that is not JSON
-        return f"invalid configuration: {exc}"
+        return f"invalid configuration: {_not_json(exc)}"
     if isinstance(exc, KafkaError):
         return f"Kafka: {exc}"
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
@@ -51,6 +52,25 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, RedisError):
         return f"Redis: {exc}"
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+#: How pydantic-settings says a variable of a JSON-valued field (a dict) did not parse as JSON.
+_NOT_JSON = re.compile(r'error parsing value for field "(\w+)"')
+
+
+def _not_json(exc: SettingsError) -> str:
+    """Which variable is not JSON and what it must be, without its value (Kafka options may hold credentials)."""
+    found = _NOT_JSON.match(str(exc))
+    kind = {dict: "a JSON object, e.g. '{\"client_id\": \"me\"}'", list: "a JSON array"}
+    fields = [(cls, found.group(1)) for cls in Settings.sections().values() if found and found.group(1) in
+              cls.model_fields and get_origin(cls.model_fields[found.group(1)].annotation) in kind]
+    if not fields:
+        return str(exc)
+    cls, field = fields[0]
+    what = kind[get_origin(cls.model_fields[field].annotation)]
+    variables = " or ".join(c.variables()[f] for c, f in fields)
+    reason = f" ({exc.__cause__})" if exc.__cause__ else ""
+    return f"{variables} must be {what}{reason}"
 
 
 #: Parts of setting names whose values may hold a secret (a URL may carry a password).

@@ -175,7 +175,8 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui:
             # as errors.
             stack.callback(logging.getLogger("kafka").setLevel, logging.CRITICAL)
             settings = settings.replace(kafka=settings.kafka.bootstrap or embedded.bootstrap, redis_url=settings.redis.url or embedded.redis_url)
-            console.print(f"embedded broker [bold]{embedded.bootstrap}[/], redis [bold]{embedded.redis_url}[/]")
+            console.print(f"embedded broker [bold]{embedded.bootstrap}[/], redis [bold]{embedded.redis_url}[/]",
+                          soft_wrap=True)
             if demo:
                 console.print("the embedded broker and redis keep nothing across restarts (--demo: memory only)")
             else:
@@ -183,11 +184,13 @@ def run_up(settings: Settings, *, demo: bool, rate: float, console: Console, ui:
                               "offsets), redis/ (labels, serving pointer, trainer state)", soft_wrap=True)
             _watch_servers(embedded, up_metrics)
         created = ensure_topics(settings)
-        console.print(f"topics ready ({len(created)} created, {settings.kafka.partitions} partitions)")
+        console.print(f"topics ready ({len(created)} created, {settings.kafka.partitions} partitions)", soft_wrap=True)
         env = settings.child_env()
         stages = Stages(STAGES, lambda stage: start_stage(stage, env), on_restart=_restarted(up_metrics, console))
         stack.callback(lambda: stop_processes(stages.processes()))
-        console.print(f"stages started: {', '.join(STAGES)} · metrics from port {settings.metrics.port}")
+        port = settings.metrics.port
+        metrics = f"from port {port}" if port else "on free ports (each stage logs its own)"
+        console.print(f"stages started: {', '.join(STAGES)} · metrics {metrics}", soft_wrap=True)
         if ui:
             _serve_review_page(stack, settings, console)
         stop = threading.Event()
@@ -216,7 +219,7 @@ def _supervise(stages: Stages, stop: threading.Event, failed: list[str], console
                 why = f"supervising the stages failed: {exc!r}"
             if why is not None:
                 failed.append(why)
-                console.print(f"[red]{why}; stopping[/]")
+                console.print(f"[red]{why}; stopping[/]", soft_wrap=True)
                 stop.set()
 
     threading.Thread(target=watch, name="stages", daemon=True).start()
@@ -225,7 +228,7 @@ def _supervise(stages: Stages, stop: threading.Event, failed: list[str], console
 def _restarted(metrics: UpMetrics, console: Console) -> Callable[[str, int], None]:
     def restarted(stage: str, status: int) -> None:
         metrics.stage_restarts.labels(stage).inc()
-        console.print(f"[yellow]stage {stage} exited (status {status}); restarted[/]")
+        console.print(f"[yellow]stage {stage} exited (status {status}); restarted[/]", soft_wrap=True)
 
     return restarted
 
@@ -268,9 +271,11 @@ def _serve_review_page(stack: ExitStack, settings: Settings, console: Console) -
     try:
         address = stack.enter_context(serving(settings))
     except OSError as exc:
-        console.print(f"[yellow]review page not started: {settings.ui.host}:{settings.ui.port}: {exc.strerror}[/]")
+        console.print(f"[yellow]review page not started: {settings.ui.host}:{settings.ui.port}: {exc.strerror}[/]",
+                      soft_wrap=True)
         return
-    console.print(f"review page [bold]{address}[/]" + ("" if settings.ui.token is not None else " (read-only: no STYLESTREAM_UI_TOKEN)"))
+    console.print(f"review page [bold]{address}[/]" + ("" if settings.ui.token is not None else " (read-only: no STYLESTREAM_UI_TOKEN)"),
+                  soft_wrap=True)
 
 
 class UpMetrics:
@@ -295,7 +300,8 @@ def _serve_up_metrics(settings: MetricsSettings, console: Console) -> UpMetrics:
         try:
             start_http_server(port, addr=settings.health_host, registry=metrics.registry)
         except OSError as exc:
-            console.print(f"[yellow]up's metrics not served: {settings.health_host}:{port}: {exc.strerror}[/]")
+            console.print(f"[yellow]up's metrics not served: {settings.health_host}:{port}: {exc.strerror}[/]",
+                          soft_wrap=True)
     return metrics
 
 

@@ -126,3 +126,22 @@ def test_stage_binds_the_configured_interface(host, reaches_other):
     port = TextStage(settings).serve_health(0)
     assert _connects("127.0.0.1", port)
     assert _connects("127.0.0.2", port) is reaches_other
+
+
+def test_a_port_in_use_is_a_stylestream_error_naming_the_setting_to_change():
+    """Two workers of one stage on one host: the second gets one line saying what to set, not an OSError."""
+    from streamcore.exceptions import StylestreamError
+    from streamcore.health import PortUnavailable
+
+    first = HealthServer(CollectorRegistry(), heartbeat=Heartbeat(), ready=lambda: True)
+    port = first.start(0, "127.0.0.1")
+    try:
+        second = HealthServer(CollectorRegistry(), heartbeat=Heartbeat(), ready=lambda: True)
+        with pytest.raises(PortUnavailable) as refused:
+            second.start(port, "127.0.0.1")
+    finally:
+        first.stop()
+    assert isinstance(refused.value, StylestreamError)
+    message = str(refused.value)
+    assert f"127.0.0.1:{port}" in message and "in use" in message
+    assert "STYLESTREAM_METRICS_PORT" in message and "0 for free ports" in message

@@ -14,7 +14,8 @@ VARIABLES = ["KAFKA", "REDIS_URL", "TOPIC_PREFIX", "PARTITIONS", "REPLICATION_FA
 #: A valid value other than the default, where the type alone does not give one.
 _OTHER = {"DEVICE": "cpu", "RUNTIME": "torch", "CPU_PARALLELISM": "ops", "HEAD": "base", "BACKBONE": "efficientnet_lite0", "REDIS_PREFIX": "other",
           "KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KAFKA_OPTIONS": '{"client_id": "c"}',
-          "HEALTH_HOST": "0.0.0.0", "UI_HOST": "0.0.0.0", "TRAINER_START_FROM": "benchmark", "KAFKA_SSL_KEYFILE": None}
+          "HEALTH_HOST": "0.0.0.0", "UI_HOST": "0.0.0.0", "TRAINER_START_FROM": "benchmark", "KAFKA_SSL_KEYFILE": None,
+          "REDIS_URL": "redis://elsewhere:6379/0"}
 
 
 def _other_value(variable: str, default: object) -> str:
@@ -146,3 +147,20 @@ def test_bootstrap_servers_are_hosts_with_numeric_ports(monkeypatch, servers):
     monkeypatch.setenv("STYLESTREAM_KAFKA", servers)
     with pytest.raises(ValidationError, match="expected host"):
         Settings()
+
+
+@pytest.mark.parametrize("url", ["notaurl", "redis:host", "http://h:6379", "localhost:6379", "redis://h:99999",
+                                 "redis://h:port/0"])
+def test_a_redis_url_redis_cannot_use_fails_when_settings_are_read(monkeypatch, url):
+    monkeypatch.setenv("STYLESTREAM_REDIS_URL", url)
+    with pytest.raises(ValidationError, match="expected a URL starting with redis://|port") as refused:
+        Settings()
+    assert "url" in str(refused.value)
+
+
+@pytest.mark.parametrize("url", ["redis://h:6379/0", "REDIS://h", "rediss://u:p@h:6380", "unix:///run/redis.sock"])
+def test_the_redis_url_schemes_redis_takes_are_kept(monkeypatch, url):
+    monkeypatch.setenv("STYLESTREAM_REDIS_URL", url)
+    assert Settings().redis.url == url
+    monkeypatch.setenv("STYLESTREAM_REDIS_URL", " ")  # blank is still unset: the embedded Redis
+    assert Settings().redis.url is None

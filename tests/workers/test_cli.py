@@ -96,3 +96,65 @@ def test_topics_creates_every_contract_topic_once(infra, monkeypatch):
     described = {t["name"]: len(t["partitions"]) for t in admin.describe_topics([f"clitest.{t}" for t in TOPICS])}
     admin.close()
     assert described == {f"clitest.{t}": 3 for t in TOPICS}
+
+
+def test_a_metrics_port_in_use_is_one_line_with_exit_1() -> None:
+    """Two profiles workers on one host (the README's "several on one host") with the same metrics port."""
+    import socket
+
+    from streamcore.sections import STAGE_PORT_OFFSET
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line(_run(["worker", "profiles"], STYLESTREAM_METRICS_PORT=str(port - STAGE_PORT_OFFSET["profiles"]),
+                             STYLESTREAM_KAFKA="127.0.0.1:1", STYLESTREAM_REDIS_URL="redis://127.0.0.1:1"))
+    assert f"127.0.0.1:{port}" in line and "STYLESTREAM_METRICS_PORT" in line
+
+
+@pytest.mark.parametrize("command", [["recommend", "probe"], ["worker", "profiles"],
+                                     ["correct", "ok-path-1", "dresses"]])
+def test_a_malformed_redis_url_is_one_line_with_exit_1_and_stays_hidden(command) -> None:
+    line = one_line(_run(command, STYLESTREAM_KAFKA="127.0.0.1:1", STYLESTREAM_REDIS_URL="notaurl-pw"))
+    assert "invalid configuration: STYLESTREAM_REDIS_URL=<hidden>" in line and "redis://" in line
+    assert "notaurl-pw" not in line
+
+
+def test_kafka_options_that_are_not_json_name_the_variable_and_hide_the_value() -> None:
+    line = one_line(_run(["topics"], STYLESTREAM_KAFKA="127.0.0.1:1", STYLESTREAM_KAFKA_OPTIONS='{"sasl": s3cret'))
+    assert "STYLESTREAM_KAFKA_OPTIONS must be a JSON object" in line and "s3cret" not in line
+    assert "EnvSettingsSource" not in line
+
+
+def _images(folder) -> dict[str, str]:
+    from PIL import Image
+
+    paths = {}
+    for name in ("onepx.png", "photo.gif", "photo.jpg", "photo.webp"):
+        Image.new("RGB", (1, 1)).save(folder / name)
+        paths[name] = str(folder / name)
+    (folder / "gif-named.png").write_bytes((folder / "photo.gif").read_bytes())
+    (folder / "empty.png").write_bytes(b"")
+    return {**paths, "gif-named.png": str(folder / "gif-named.png"), "empty.png": str(folder / "empty.png")}
+
+
+@pytest.mark.parametrize("args, says", [
+    (["onepx.png", "--id", "bad id"], "not a post id"), (["photo.gif"], "not a JPEG, PNG or WebP"),
+    (["gif-named.png"], "not a JPEG, PNG or WebP"), (["empty.png"], "it is empty"),
+    (["onepx.png", "no-such.png"], "cannot read"),
+])
+def test_catalogue_add_refuses_a_bad_id_or_photo_with_exit_2_before_sending(tmp_path, args, says) -> None:
+    images = _images(tmp_path)
+    result = CliRunner().invoke(app, ["catalogue", "add", *(images.get(a, a) for a in args)],
+                                env={"STYLESTREAM_KAFKA": "127.0.0.1:1", "STYLESTREAM_DELIVERY_TIMEOUT_S": "1"})
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+
+
+def test_catalogue_add_takes_jpeg_png_webp_and_urls(tmp_path) -> None:
+    from workers.commands.recommend import _photos
+
+    images = _images(tmp_path)
+    photos = [images["onepx.png"], images["photo.jpg"], images["photo.webp"], "https://shop.example/a.gif"]
+    assert _photos(photos) == photos

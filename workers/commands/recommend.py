@@ -57,13 +57,50 @@ def _check_text(value: str, hint: str) -> None:
 
 catalogue = typer.Typer(help="Shops' items on the catalogue topic: recommended beside the posts.", no_args_is_help=True)
 
+#: How the files of the formats the classifier decodes begin (a WebP: RIFF, 4 bytes of size, WEBP).
+_MAGIC = {"JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",), "WebP": (b"RIFF", b"WEBP")}
+
+
+def _is_image(head: bytes) -> bool:
+    """True when ``head`` (a file's first 12 bytes) begins a JPEG, PNG or WebP."""
+    return any(head.startswith(parts[0]) and (len(parts) == 1 or head[8:12] == parts[1]) for parts in _MAGIC.values())
+
+
+def _photos(photos: list[str]) -> list[str]:
+    """Refuse, before anything is sent, a local file that is missing or is no JPEG, PNG or WebP (URLs are
+    downloaded by the stage, which refuses what it cannot decode)."""
+    for photo in photos:
+        if photo.startswith(("http://", "https://")):
+            continue
+        try:
+            with open(photo, "rb") as file:
+                head = file.read(12)
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {photo!r}: {exc.strerror or exc}", param_hint="PHOTO") from None
+        if not _is_image(head):
+            begins = f"it begins {head[:8].hex(' ')}" if head else "it is empty"
+            raise typer.BadParameter(f"{photo!r} is not a JPEG, PNG or WebP image ({begins})", param_hint="PHOTO")
+    return photos
+
+
+def _item_id(value: str | None) -> str | None:
+    from streamcore.exceptions import BadInput
+    from streamcore.schemas import check_post_id
+
+    try:
+        return None if value is None else check_post_id(value)
+    except BadInput as exc:
+        raise typer.BadParameter(exc.detail) from None
+
 
 @catalogue.command("add")
 def add(
-    photos: Annotated[list[str], typer.Argument(help="Image files (JPEG, PNG, WebP) or http(s) URLs.", metavar="PHOTO...")],
+    photos: Annotated[list[str], typer.Argument(help="Image files (JPEG, PNG, WebP) or http(s) URLs.",
+                                                metavar="PHOTO...", callback=_photos)],
     shop: Annotated[str, typer.Option(help="Whose items they are.")] = "catalogue",
     title: Annotated[str, typer.Option(help="The items' title.")] = "",
-    item_id: Annotated[str | None, typer.Option("--id", help="The item id (one photo only; default: a digest of it).")] = None,
+    item_id: Annotated[str | None, typer.Option("--id", help="The item id (one photo only; default: a digest of it; "
+                                                "1-128 of A-Z a-z 0-9 _ . : -).", callback=_item_id)] = None,
 ) -> None:
     """Send photos to the catalogue topic as a shop's items; the catalogue stage labels them with the serving model
     and they join the repository. Prints each item's id."""

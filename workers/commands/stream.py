@@ -41,8 +41,9 @@ def up(
 
 def produce(
     file: Annotated[typer.FileBinaryRead | None, typer.Option(
-        "--file", "-f", help="Send the post/v1 records of this JSON-lines file ('-': standard input) instead of "
-                             "generated posts.")] = None,
+        "--file", "-f", metavar="FILE",
+        help="Send the post/v1 records of this JSON-lines file ('-': standard input) instead of generated "
+             "posts.")] = None,
     count: Annotated[int | None, typer.Option(
         min=1, help="Number of posts (generated: 100 by default; from a file: all of them).")] = None,
     rate: Annotated[float | None, typer.Option(
@@ -116,7 +117,7 @@ def topics() -> None:
     config = settings()
     quiet_kafka()
     created = ensure_topics(config)
-    console.print(f"created {created or 'nothing'}; {config.kafka.partitions} partitions each")
+    console.print(f"created {created or 'nothing'}; {config.kafka.partitions} partitions each", soft_wrap=True)
     for topic, limit in undersized_topics(config).items():
         errors.print(f"warning: {topic} takes records up to {limit} bytes, posts may have "
                      f"{config.limits.max_message_bytes}: set its max.message.bytes to {topic_max_bytes(config.limits)} "
