@@ -14,6 +14,7 @@ from serving.ontology import load_ontology
 from serving.registry import default_entry
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
+from training.gate_run import Gates
 from training.real.fixture import fixture_records
 from training.real.gate import (
     ABSTAIN_MARGIN,
@@ -33,9 +34,18 @@ def test_the_packaged_model_is_far_above_chance_on_the_fixture_photos():
     assert real_photo_map(default_entry().load(), ONTOLOGY) >= real_photo_map(untrained, ONTOLOGY) + 0.3
 
 
+def _trainer(settings: Settings, config: TrainerConfig) -> Trainer:
+    """A trainer whose gate's reference is the packaged model: what it is while nothing was promoted by hand
+    (Redis, where a choice would be recorded, is not reached in these tests)."""
+    trainer = Trainer(settings, config, StageMetrics("trainer"))
+    trainer.gates = Gates(ONTOLOGY, margin=config.gate_margin, device="cpu", gate_data=config.gate_data,
+                          reference=default_entry)
+    return trainer
+
+
 def test_a_candidate_at_chance_on_photos_fails_against_the_packaged_default(tmp_path):
     settings = Settings.named(model_dir=tmp_path, redis_url="redis://127.0.0.1:9")  # never connects here
-    trainer = Trainer(settings, TrainerConfig.from_settings(settings, device="cpu"), StageMetrics("trainer"))
+    trainer = _trainer(settings, TrainerConfig.from_settings(settings, device="cpu"))
     candidate = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
     checks = {c.name: c for c in trainer.real_gate(candidate, None).checks}
     check = checks["real_category_map"]
@@ -100,7 +110,7 @@ def test_operator_held_out_photos_gate_every_candidate_too(tmp_path):
     (tmp_path / "held.jsonl").write_text("\n".join(lines) + "\n")
     settings = Settings.named(model_dir=tmp_path, redis_url="redis://127.0.0.1:9")  # never connects here
     config = TrainerConfig.from_settings(settings, device="cpu", gate_data=tmp_path / "held.jsonl")
-    trainer = Trainer(settings, config, StageMetrics("trainer"))
+    trainer = _trainer(settings, config)
     candidate = build_model(backbone="tiny", head="fusion", ontology=ONTOLOGY, weights="random")
     checks = {c.name: c for c in trainer.real_gate(candidate, None).checks}
     assert set(checks) == {"real_category_map", "gate_data_category_map", "real_garment_answered", "no_garment_refused",
