@@ -15,8 +15,6 @@ from streamcore.fetch import FetchPolicy, fetch_url
 from streamcore.schemas import ImageSource, decode_b64
 from streamcore.settings import Settings
 
-#: The ASCII whitespace dropped from ``image.b64`` before strict decoding: the line breaks of MIME-wrapped
-#: base64 (``base64`` tool, 76 columns) and stray spaces. Every other byte outside the standard alphabet is refused.
 #: Opening a file under the image root: never blocks (a FIFO with no writer), never follows a symbolic link
 #: in the last component (the resolved target has none; one swapped in after the check is refused).
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
