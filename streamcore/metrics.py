@@ -52,6 +52,8 @@ class StageMetrics:
                                "Bad records left to the stage that owns their dead letter", s + ("reason",), registry=r)
         self.labeled = Counter("stylestream_posts_labeled_total", "Labels written to Redis and the labels topic", registry=r)
         self.hinted = Counter("stylestream_posts_with_hints_total", "Labels whose model used mined hints", registry=r)
+        self.reemitted = Counter("stylestream_labels_reemitted_total", "Stored labels sent again for byte-identical "
+                                 "copies of a post read while it was in flight", registry=r)
         self.stage_latency = Histogram("stylestream_stage_latency_seconds", "Fetch-to-output time per record", s,
                                        buckets=_LATENCY_BUCKETS, registry=r)
         self.e2e_latency = Histogram("stylestream_end_to_end_latency_seconds", "Post produced to label written",

@@ -18,7 +18,6 @@ from streamcore.settings import Settings
 #: Opening a file under the image root: never blocks (a FIFO with no writer), never follows a symbolic link
 #: in the last component (the resolved target has none; one swapped in after the check is refused).
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_READ_CHUNK = 1 << 20
 
 
 def path_problem(relative: str) -> str | None:
@@ -96,31 +95,18 @@ def _read_path(relative: str, root: Path, max_bytes: int) -> bytes:
     except OSError as exc:
         raise BadInput("path_unreadable", f"{relative!r}: {exc.strerror}") from None
     try:
-        return _read_regular(fd, relative, max_bytes)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, device or directory would block, never end, or fail
+            raise BadInput("path_unreadable", f"{relative!r} is not a regular file")
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read(max_bytes + 1)  # one byte past the limit at most, whatever size fstat said
     except OSError as exc:
         raise BadInput("path_unreadable", f"{relative!r}: {exc.strerror}") from None
     finally:
         os.close(fd)
-
-
-def _read_regular(fd: int, relative: str, max_bytes: int) -> bytes:
-    """At most ``max_bytes`` of the open file ``fd``, refused unless it is a regular file (a FIFO, device or
-    directory would block, never end, or fail)."""
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise BadInput("path_unreadable", f"{relative!r} is not a regular file")
-    too_large = BadInput("image_too_large", f"{relative!r} is over {max_bytes} bytes, the limit of image "
-                                            "downloads (STYLESTREAM_MAX_MESSAGE_BYTES)")
-    if info.st_size > max_bytes:
-        raise too_large
-    chunks, total = [], 0
-    while total <= max_bytes:  # the file may have grown since fstat: read one byte past the limit at most
-        chunk = os.read(fd, min(_READ_CHUNK, max_bytes + 1 - total))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        total += len(chunk)
-    raise too_large
+    if len(data) > max_bytes:
+        raise BadInput("image_too_large", f"{relative!r} is over {max_bytes} bytes, the limit of image downloads "
+                                          "(STYLESTREAM_MAX_MESSAGE_BYTES)")
+    return data
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
@@ -32,7 +31,7 @@ from streamcore.schemas import Feedback, ImageSource, Post
 from streamcore.settings import Settings
 from training.data.benchmark import Split
 from training.text import TextMiner
-from training.text.normalize import Limits
+from training.text.normalize import Limits, readable_hashtag
 
 _TEXT_FIELDS = ("post_id", "caption", "comments", "hashtags", "user_tags")
 
@@ -72,18 +71,15 @@ _TAG_LIMITS = Limits()
 
 def read_hashtags(tags: Iterable[str], limits: Limits = _TAG_LIMITS) -> tuple[str, ...]:
     """The hashtags of ``tags`` the text miner can read, as given: the first ``limits.hashtags`` distinct ones
-    that it does not pass over as noise (:meth:`training.text.normalize.Normalizer._hashtag`: ``#`` added, NFKC,
-    lower-cased, at most ``limits.item_chars`` long). With the same caption and comments they give the hints all
-    ``tags`` give, and at most ``limits.hashtags`` × 4 × ``limits.item_chars`` characters are kept."""
+    that it does not pass over as noise (:func:`training.text.normalize.readable_hashtag`). With the same caption
+    and comments they give the hints all ``tags`` give, and at most ``limits.hashtags`` × 4 × ``limits.item_chars``
+    characters are kept."""
     kept, seen = [], set()
     for tag in tags:
         if len(kept) >= limits.hashtags:
             break
-        if len(tag) > 4 * limits.item_chars:
-            continue
-        read = unicodedata.normalize("NFKC", tag).lower()
-        read = read if read.startswith("#") else "#" + read
-        if len(read) <= limits.item_chars and read not in seen:
+        read = readable_hashtag(tag, limits)
+        if read is not None and read not in seen:
             seen.add(read)
             kept.append(tag)
     return tuple(kept)

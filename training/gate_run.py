@@ -30,7 +30,16 @@ from serving.models.build import ModelConfig
 from serving.ontology import Ontology
 from serving.registry import Entry, Registry, default_entry
 from training.feedback import Example
-from training.gating import GATES, REFERENCE, SERVING, GateCheck, GateDecision, Reference, Rule, compare, gate_scores
+from training.gating import (
+    BENCHMARK_RULES,
+    REFERENCE,
+    SERVING,
+    GateCheck,
+    GateDecision,
+    Reference,
+    compare,
+    gate_scores,
+)
 from training.real.gate import compare_real, manifest_photos, real_photo_scores
 from training.real.retrain import CORRECTIONS_RULES, held_out_scores
 
@@ -38,7 +47,6 @@ log = logging.getLogger(__name__)
 
 #: What makes two models of one kind: scores on a gate set measure the same thing.
 KIND = ("backbone", "head", "multi", "ontology_version")
-_BENCHMARK_RULES = dict.fromkeys(GATES, Rule())
 #: The reference's status when it is the model the candidate would replace.
 IS_SERVING = "the serving model"
 
@@ -83,7 +91,7 @@ def _real_rules(candidate: dict[str, float], baseline: dict[str, float], margin:
 
 def _benchmark_rules(candidate: dict[str, float], baseline: dict[str, float], margin: float,
                      against: str) -> tuple[GateCheck, ...]:
-    return compare(candidate, baseline, _BENCHMARK_RULES, margin=margin, against=against)
+    return compare(candidate, baseline, BENCHMARK_RULES, margin=margin, against=against)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """A candidate's gate: each check compares it with a baseline, within a margin.
 
-Two baselines: the model it would replace (``against="serving"``) and a fixed reference, the packaged default
-(``against="reference"``, :mod:`training.gate_run`). Against the replaced model alone, every promotion could be
+Two baselines: the model it would replace (``against="serving"``) and a fixed reference, the version last
+promoted by hand or else the packaged default (``against="reference"``, :mod:`training.gate_run`). Against the replaced model alone, every promotion could be
 a margin worse than the one before, and hourly promotions would add those margins up without limit; the
 reference does not move, so its margin is spent once.
 """
@@ -47,6 +47,10 @@ class Rule:
 
     higher_is_better: bool = True
     min_margin: float = 0.0
+
+
+#: The benchmark's gated metrics, each higher-is-better with no floor on its margin.
+BENCHMARK_RULES = dict.fromkeys(GATES, Rule())
 
 
 def compare(candidate: dict[str, float], baseline: dict[str, float], rules: dict[str, Rule], *, margin: float,
@@ -109,9 +113,8 @@ def gate(candidate: dict[str, dict], serving: dict[str, dict] | None, *, margin:
          reference: dict[str, dict] | None = None) -> GateDecision:
     """Compare :func:`evaluate_model` results (mined hints): each gated metric ≥ serving − ``margin`` and, given
     the ``reference``'s results on the same split, ≥ reference − ``margin``."""
-    rules = dict.fromkeys(GATES, Rule())
     ours = gate_scores(candidate)
-    checks = compare(ours, gate_scores(serving), rules, margin=margin) if serving is not None else ()
+    checks = compare(ours, gate_scores(serving), BENCHMARK_RULES, margin=margin) if serving is not None else ()
     if reference is not None:
-        checks = (*checks, *compare(ours, gate_scores(reference), rules, margin=margin, against=REFERENCE))
+        checks = (*checks, *compare(ours, gate_scores(reference), BENCHMARK_RULES, margin=margin, against=REFERENCE))
     return GateDecision(checks)

@@ -15,8 +15,9 @@
   once its event is set; a cancelled run publishes nothing.
 * **Gate.** :meth:`Trainer.consider` evaluates candidate and serving model on the same held-out test
   split in the same run (the paper's metrics, mined hints): each gated metric of the candidate must be at
-  least the serving model's minus ``gate_margin``, and the packaged default's when it is of the candidate's
-  kind (:mod:`training.gate_run`: so the margins of successive promotions cannot add up). Only a passing
+  least the serving model's minus ``gate_margin``, and the fixed reference's (the version last promoted by
+  hand, else the packaged default) when it is of the candidate's kind (:mod:`training.gate_run`: so the
+  margins of successive promotions cannot add up). Only a passing
   candidate is published (``Registry.newest()``, the fallback when no pointer is set, never names a rejected
   model) and promoted, fenced by the run lease; its ``metrics.json`` holds the evaluations, the gate (checks,
   reference, what was skipped and why) and the data it saw. With ``real_gate`` the candidate must also

@@ -82,7 +82,7 @@ def test_copies_read_while_a_post_waits_get_its_stored_label_byte_for_byte_once_
     assert stand.sent == [[("labels", 0, b"a", LABEL), ("labels", 0, b"a", LABEL)]]  # one write for both copies
     assert stand.stage.offsets.committable() == {POSTS: 3, HINTS: 1}
     assert stand.stage.metrics.labeled._value.get() == 2  # the copies' (the first's is counted where it is made)
-    assert stand.stage._reemitted._value.get() == 2
+    assert stand.stage.metrics.reemitted._value.get() == 2
     assert stand.letters == []
 
 
@@ -93,7 +93,7 @@ def test_copies_of_a_dead_lettered_post_are_classified_again_like_a_copy_read_la
     assert [r.offset for r in stand.classified] == [0, 1, 2]
     assert sorted((r.offset, code) for r, code in stand.letters) == [(0, "image_refused"), (1, "image_refused"),
                                                                      (2, "image_refused")]
-    assert stand.sent == [] and stand.stage._reemitted._value.get() == 0
+    assert stand.sent == [] and stand.stage.metrics.reemitted._value.get() == 0
     assert stand.stage.offsets.committable() == {POSTS: 3, HINTS: 1}
 
 
@@ -105,7 +105,7 @@ def test_copies_stay_unfinished_when_their_label_cannot_be_sent_before_the_stage
     asyncio.run(stand.stage._process(waiting))
     assert stand.stage.offsets.committable() == {POSTS: 1, HINTS: 1}  # the copies are read again by the next owner
     assert stand.stage.offsets.is_pending(POSTS, 1) and stand.stage.offsets.is_pending(POSTS, 2)
-    assert stand.letters == [] and stand.stage._reemitted._value.get() == 0
+    assert stand.letters == [] and stand.stage.metrics.reemitted._value.get() == 0
 
 
 @pytest.mark.parametrize("copies", [0, 2])

@@ -5,8 +5,8 @@ garments is), and one that learnt from a few corrections can forget what it knew
 model it would replace (the serving one, or the packaged default when nothing serves yet) are both scored
 by category mAP on the committed fixture's real photos, which no model was trained on, and on the operator's
 own held-out photos when a manifest of them is configured (``STYLESTREAM_TRAINER_GATE_DATA``: street photos
-of their own customers, say, which the fixture of single garments does not show). The same scores of the
-packaged default, a reference that does not move, gate the candidate too (:mod:`training.gate_run`).
+of their own customers, say, which the fixture of single garments does not show). The same scores of a
+reference that does not move (the version last promoted by hand, else the packaged default) gate the candidate too (:mod:`training.gate_run`).
 
 mAP ranks each category's photos and so cannot see a head that moved every category's logits together: a
 candidate that labels noise with a garment, or refuses real garments, keeps its mAP. So a model that

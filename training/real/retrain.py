@@ -16,7 +16,7 @@ candidate that learnt drawn garments would be at chance on photos. Instead:
   :mod:`training.real.gate`); on the held-out corrections with their mined hints, as served, category mAP
   and how often the photos corrected as showing no garment are refused, once there are :data:`MIN_HELD_OUT`
   of either (:func:`held_out_scores`; fewer: the gate records the check as skipped and why); each at least
-  the replaced model's, and the packaged default's (:mod:`training.gate_run`), minus the margin.
+  the replaced model's, and the fixed reference's (:mod:`training.gate_run`), minus the margin.
 * **No garment.** A correction naming no category says the photo shows none: every target 0, which teaches
   the head to put that photo below its abstain bar.
 """

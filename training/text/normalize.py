@@ -169,6 +169,18 @@ def lemma(word: str, keep: frozenset[str] = frozenset()) -> str:
 
 
 @lru_cache(maxsize=65536)
+def readable_hashtag(tag: str, limits: Limits) -> str | None:
+    """A hashtag as the miner reads it (``#`` added, NFKC, lower-cased), or None when it passes it over as noise
+    (longer than ``limits.item_chars``)."""
+    # NFKC can expand a character up to 18-fold: a tag that long before it is noise after it too.
+    if len(tag) > 4 * limits.item_chars:
+        return None
+    tag = unicodedata.normalize("NFKC", tag).lower()
+    if not tag.startswith("#"):
+        tag = "#" + tag
+    return tag if len(tag) <= limits.item_chars else None
+
+
 def segment_hashtag(tag: str) -> tuple[str, ...]:
     """Split a hashtag body into words (``leopardprint`` → leopard, print), slang expanded."""
     body = tag.lstrip("#").lower()
@@ -261,13 +273,10 @@ class Normalizer:
 
     def _hashtag(self, tag: str, out: Normalized) -> None:
         limits = self.limits
-        # NFKC can expand a character up to 18-fold: a tag that long before it is noise after it too.
-        if len(out.hashtags) >= limits.hashtags or len(tag) > 4 * limits.item_chars:
+        if len(out.hashtags) >= limits.hashtags:
             return
-        tag = unicodedata.normalize("NFKC", tag).lower()
-        if not tag.startswith("#"):
-            tag = "#" + tag
-        if len(tag) > limits.item_chars or tag in out.hashtags:  # ``Post.hashtags`` repeats the caption's
+        tag = readable_hashtag(tag, limits)
+        if tag is None or tag in out.hashtags:  # ``Post.hashtags`` repeats the caption's
             return
         out.hashtags.append(tag)
         cost = (len(tag) - 1) ** 2

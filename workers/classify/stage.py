@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
-from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from serving.hotswap import ModelSlot, load_last_good
@@ -70,8 +69,6 @@ class ClassifyStage(Stage):
         self._bad_pointer: bytes | str | None = None
         self._model_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._next_model_check = 0.0
-        self._reemitted = Counter("stylestream_labels_reemitted_total", "Stored labels sent again for byte-identical "
-                                  "copies of a post read while it was in flight", registry=self.metrics.registry)
 
     async def setup(self) -> None:
         loop = asyncio.get_running_loop()
@@ -247,7 +244,7 @@ class ClassifyStage(Stage):
         for redo in redos:
             self.done(redo)
             self.metrics.labeled.inc()
-            self._reemitted.inc()
+            self.metrics.reemitted.inc()
             self.metrics.e2e_latency.observe(max(0.0, now - received_ms(redo) / 1000))
 
     async def _classify(self, waiting: Waiting) -> bytes:
