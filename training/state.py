@@ -10,6 +10,10 @@ Keys, under ``{<redis_prefix>:trainer}:`` (one hash tag: a Redis Cluster runs ev
   ``max_posts``, oldest dropped first; ``posts:seq`` numbers the arrivals.
 * ``examples`` (hash post_id → :class:`Example` bytes) and ``examples:order``: at most ``max_examples``;
   a later correction of the same post replaces the earlier one.
+* ``waiting`` (hash post_id → the correction's JSON) and ``waiting:order``: corrections of posts not stored yet (a
+  trainer catching up on ``posts`` reads the small ``feedback`` topic faster), joined when their post is; at most
+  ``max_examples``, oldest dropped first. Holding a correction and storing a post are each one script, and a post's
+  waiting correction is read after the post is stored, so one of the two always sees the other.
 * ``absorbed``: corrections stored so far. A replayed correction (same bytes, e.g. re-read after a
   crash before its offset was committed) is not stored or counted again.
 * ``trained``: the ``absorbed`` count the last finished run had seen; ``absorbed - trained`` is what
@@ -40,6 +44,42 @@ if over > 0 then
 end
 return 1
 """
+
+# Hold a correction (ARGV[2]) until its post (ARGV[1]) is stored, unless it is stored already (KEYS[4]).
+# Returns {-1, 0}: the post is stored (join it now); else {1 when held anew or changed, 0 for a replay, how many
+# waiting corrections the bound dropped}.
+_HOLD = """
+if redis.call('HEXISTS', KEYS[4], ARGV[1]) == 1 then return {-1, 0} end
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return {0, 0} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[3])
+local dropped = 0
+if over > 0 then
+  local gone = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #gone, 2 do redis.call('HDEL', KEYS[1], gone[i]) end
+  dropped = #gone / 2
+end
+return {1, dropped}
+"""
+
+# Forget a waiting correction once joined, unless a later one replaced it meanwhile.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Held:
+    """What :meth:`TrainerState.hold` did: ``stored`` (the post is stored: join now), else whether the correction
+    is ``new`` (not a replay) and how many older waiting corrections the bound ``dropped``."""
+
+    stored: bool
+    new: bool = False
+    dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -75,6 +115,8 @@ class TrainerState:
         self._model_current = model_current
         self.max_posts, self.max_examples = max_posts, max_examples
         self._put = client.register_script(_BOUNDED_PUT)
+        self._hold = client.register_script(_HOLD)
+        self._release = client.register_script(_RELEASE)
 
     def _key(self, name: str) -> str:
         return self._prefix + name
@@ -100,6 +142,29 @@ class TrainerState:
         """Store the correction of ``post_id``; False when exactly this correction was stored already."""
         keys = [self._key("examples"), self._key("examples:order"), self._key("absorbed")]
         return bool(self._put(keys=keys, args=[post_id, example.to_bytes(), self.max_examples]))
+
+    def hold(self, post_id: str, feedback: bytes) -> Held:
+        """Keep ``feedback`` (a correction's JSON) until ``post_id`` is stored, unless it is stored already."""
+        keys = [self._key("waiting"), self._key("waiting:order"), self._key("waiting:seq"), self._key("posts")]
+        state, dropped = self._hold(keys=keys, args=[post_id, feedback, self.max_examples])
+        return Held(stored=state < 0, new=state > 0, dropped=int(dropped))
+
+    def waiting(self, post_ids: Sequence[str]) -> dict[str, bytes]:
+        """The corrections held for any of ``post_ids``."""
+        if not post_ids:
+            return {}
+        blobs = self._redis.hmget(self._key("waiting"), list(post_ids))
+        return {post_id: blob for post_id, blob in zip(post_ids, blobs) if blob is not None}
+
+    def release(self, post_id: str, feedback: bytes) -> None:
+        """Forget the correction held for ``post_id`` if it is still ``feedback`` (it was joined)."""
+        self._release(keys=[self._key("waiting"), self._key("waiting:order")], args=[post_id, feedback])
+
+    def counts(self) -> tuple[int, int]:
+        """How many posts are stored, and how many corrections wait for their post."""
+        with self._redis.pipeline(transaction=False) as pipe:
+            posts, waiting = pipe.hlen(self._key("posts")).hlen(self._key("waiting")).execute()
+        return posts, waiting
 
     def snapshot(self) -> tuple[list[Example], int]:
         """Every stored correction, oldest first, and the ``absorbed`` count they include at least."""

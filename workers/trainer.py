@@ -5,9 +5,9 @@
   and becomes a training :class:`~training.feedback.Example` (image, hints mined from the post's text,
   targets from the feedback), stored durably too. A record's offset is committed only after its write
   to Redis returned, so a crash re-reads whatever was not stored (and a replayed correction is stored
-  once). Feedback for an unknown post id is counted (``result="unknown_post"``), logged and skipped;
-  malformed feedback is dead-lettered. Posts of a fetch are handled before its feedback, so a
-  correction fetched together with its post still joins.
+  once). Feedback for a post not stored yet waits for it in Redis (``result="held"``; a trainer catching up on
+  ``posts`` reads the small ``feedback`` topic first) and joins when the post is stored, before the post's offset
+  is committed; malformed feedback is dead-lettered. Posts of a fetch are handled before its feedback.
 * **When.** :meth:`TrainerStage.tick` asks Redis about once a second whether a run is due (:func:`due`:
   nothing serves yet; the schedule ``interval_s``; or ``min_feedback`` corrections absorbed since the
   last run started, counted across replicas), then takes the run lease (:mod:`streamcore.lease`): one
@@ -93,6 +93,8 @@ class TrainerStage(Stage):
                                 registry=self.metrics.registry)
         self.stored_posts = Gauge("stylestream_trainer_stored_posts", "Posts held for joining feedback",
                                   registry=self.metrics.registry)
+        self.held_feedback = Gauge("stylestream_trainer_held_feedback", "Corrections waiting for their post",
+                                   registry=self.metrics.registry)
         self._train_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="train")
         self._cancel = threading.Event()
         self._running: asyncio.Future | None = None
@@ -130,7 +132,9 @@ class TrainerStage(Stage):
             self.done(record)
         if records:
             try:
-                self.stored_posts.set(await loop.run_in_executor(None, self.state.posts))
+                for gauge, count in zip((self.stored_posts, self.held_feedback),
+                                        await loop.run_in_executor(None, self.state.counts)):
+                    gauge.set(count)
             except RedisError:  # a gauge: the next round sets it (the records above are done)
                 pass
 
@@ -150,23 +154,24 @@ class TrainerStage(Stage):
                 log.info("trainer: post %s not stored: %s", post.post_id, exc)
         # Redis away: retried (the posts stay uncommitted), never a dead letter for a post that is fine.
         await self.retrying("post_store", lambda: loop.run_in_executor(None, self.state.put_posts, stored))
+        if stored:  # before the posts' offsets: a crash here re-reads the posts and joins again
+            await self.retrying("feedback_store", lambda: loop.run_in_executor(None, self._join_waiting, stored))
         for record, _ in keep:  # written: now their offsets may be committed
             self.done(record)
 
     async def _on_feedback(self, record: ConsumerRecord) -> Feedback:
         feedback = decode(record.value, Feedback, max_bytes=self.settings.limits.max_message_bytes)
         loop = asyncio.get_running_loop()
-        stored = await self.retrying("feedback_store", lambda: loop.run_in_executor(None, self._absorb, feedback))
-        if not stored:
-            self.feedback.labels("unknown_post").inc()
-            log.warning("feedback %s[%d]@%d: post %s unknown (not seen or evicted); skipped",
-                        record.topic, record.partition, record.offset, feedback.post_id)
-        else:
-            self.feedback.labels("joined").inc()
+        outcome = await self.retrying("feedback_store", lambda: loop.run_in_executor(None, self._absorb, feedback))
+        self.feedback.labels(outcome).inc()
+        if outcome == "held":
+            log.info("feedback %s[%d]@%d: post %s not stored yet; the correction waits for it",
+                     record.topic, record.partition, record.offset, feedback.post_id)
         return feedback
 
-    def _absorb(self, feedback: Feedback) -> bool:
-        """Join ``feedback`` with its stored post and store the example; False when the post is unknown.
+    def _absorb(self, feedback: Feedback) -> str:
+        """Join ``feedback`` with its stored post and store the example (``"joined"``), or hold it until the post is
+        stored (``"held"``).
 
         Raises:
             BadInput: the correction names what no model of the kind it teaches can learn (checked before the
@@ -177,11 +182,39 @@ class TrainerStage(Stage):
         targets(feedback, ontology=self.trainer.ontology, multi=multi)
         post = self.state.post(feedback.post_id)
         if post is None:
-            return False
+            held = self.state.hold(feedback.post_id, feedback.model_dump_json().encode())
+            self._dropped(held.dropped)
+            if not held.stored:
+                return "held"
+            post = self.state.post(feedback.post_id)  # stored since it was looked up
+            if post is None:  # and already evicted by newer posts
+                return "unknown_post"
+        self._store_example(feedback, post, multi=multi)
+        return "joined"
+
+    def _join_waiting(self, posts: Sequence[StoredPost]) -> None:
+        """Join the corrections that waited for any of ``posts``, just stored."""
+        by_id = {post.post_id: post for post in posts}
+        for post_id, blob in self.state.waiting(list(by_id)).items():
+            try:
+                self._store_example(Feedback.model_validate_json(blob), by_id[post_id],
+                                    multi=self.trainer.learns_multi())
+                self.feedback.labels("joined").inc()
+            except (BadInput, ValueError) as exc:  # e.g. the served model's kind changed while it waited
+                self.feedback.labels("dropped").inc()
+                log.warning("feedback for post %s held until the post came, then not learnable: %s", post_id, exc)
+            self.state.release(post_id, blob)
+
+    def _store_example(self, feedback: Feedback, post: StoredPost, *, multi: bool) -> None:
         example = join(feedback, post, ontology=self.trainer.ontology, miner=self.miner, settings=self.settings,
                        multi=multi, image_size=self.config.post_image_size)
         self.state.put_example(feedback.post_id, example)
-        return True
+
+    def _dropped(self, count: int) -> None:
+        if count:
+            self.feedback.labels("dropped").inc(count)
+            log.warning("%d held correction(s) dropped: more than %d waited for posts never stored", count,
+                        self.config.max_examples)
 
     def _judge(self, corrections: list[Feedback]) -> None:
         self.guard.observe(corrections)

@@ -82,9 +82,9 @@ def test_feedback_joins_stored_posts_and_triggers_a_promoted_run(make_settings, 
         _send(settings, "feedback", [(f.post_id, encode(f)) for f in [*unknown, *unlearnable, *feedback]]
               + [("bad", b'{"post_id": "bad"}')])
 
-        joined, skipped = stage.feedback.labels("joined"), stage.feedback.labels("unknown_post")
-        wait_until(lambda: joined._value.get() == N_FEEDBACK and skipped._value.get() == 2, timeout=60,
-                   what="feedback joined/skipped")
+        joined, held = stage.feedback.labels("joined"), stage.feedback.labels("held")
+        wait_until(lambda: joined._value.get() == N_FEEDBACK and held._value.get() == 2, timeout=60,
+                   what="feedback joined/held")
         wait_until(lambda: stage.last_run is not None, timeout=180, what="the triggered training run")
         run = stage.last_run
         assert run.feedback_examples == N_FEEDBACK and run.promoted  # cold start: nothing to be worse than
@@ -279,6 +279,29 @@ def _last_update(settings) -> ModelUpdate:
     wait_until(three, timeout=30, what="three model updates")
     consumer.close()
     return max(updates, key=lambda u: u.promoted_at)
+
+
+def test_a_correction_read_before_its_post_waits_for_it_and_then_joins(make_settings, tmp_path, bench_cache) -> None:
+    """A trainer catching up on a backlog of posts reads the small feedback topic first: nothing is lost."""
+    settings = make_settings(model_dir=tmp_path / "models", trainer_cache_dir=bench_cache, **SMALL)
+    posts, corrections = _posts_and_corrections(settings, 4, seed=43)
+    # Held, then revised before the post came: the revision is what joins.
+    revised = corrections[0].model_copy(update={"attributes": [], "subcategories": []})
+    stage = TrainerStage(settings, TrainerConfig.from_settings(settings, interval_s=None, min_feedback=1000))
+    held, joined = stage.feedback.labels("held"), stage.feedback.labels("joined")
+    with running_stage(stage):
+        _send_all(settings, "feedback", [*corrections[:3], revised])
+        wait_until(lambda: held._value.get() == 4, timeout=60, what="four corrections held")
+        assert stage.state.counts() == (0, 3) and joined._value.get() == 0
+        _send_all(settings, "posts", [p for p, _ in posts])
+        wait_until(lambda: joined._value.get() == 3, timeout=60, what="the held corrections joined")
+        _send_all(settings, "feedback", corrections[3:])  # its post is stored by now: joined at once
+        wait_until(lambda: joined._value.get() == 4, timeout=60, what="a correction joined on arrival")
+        assert stage.state.counts() == (4, 0)
+        examples, absorbed = stage.state.snapshot()
+    assert absorbed == 4 and sorted(e.post_id for e in examples) == sorted(c.post_id for c in corrections)
+    first = next(e for e in examples if e.post_id == revised.post_id)
+    assert not first.attributes.any() and not first.subcategories.any()
 
 
 def test_the_live_guard_rolls_back_a_worse_model(make_settings, tmp_path, bench_cache) -> None:

@@ -33,7 +33,7 @@ from training.retrain import (
     Trainer,
     TrainerConfig,
 )
-from training.state import RunStatus, TrainerState
+from training.state import RunStatus
 from training.synthetic.posts import generate_posts
 from training.text import TextMiner
 from training.train import Batchable, FitConfig, fit
@@ -283,35 +283,6 @@ def test_the_guard_rolls_back_only_a_clearly_worse_version_with_enough_verdicts(
     assert not should_roll_back(Agreement(41, 50), good, margin=0.1, min_corrections=50)  # 0.82 vs 0.90: within
     assert not should_roll_back(Agreement(0, 49), good, margin=0.1, min_corrections=50)  # too few verdicts
     assert Agreement(0, 0).rate == 0.0
-
-
-@pytest.mark.integration
-def test_the_state_store_is_bounded_and_stores_a_replayed_correction_once(make_settings, tmp_path) -> None:
-    settings = make_settings(model_dir=tmp_path)
-    client = redis.Redis.from_url(settings.redis.url)
-    state = TrainerState(client, prefix=settings.redis.prefix, model_current=settings.redis.keys.model_current,
-                         max_posts=2, max_examples=2)
-    posts = [StoredPost.from_post(p, settings, image_size=288)
-             for p, _ in generate_posts(load_ontology(), 3, seed=4, prefix="st")]
-    state.put_posts(posts)
-    assert state.posts() == 2 and state.post(posts[0].post_id) is None  # bounded: the oldest went first
-    # Kept as a JPEG: the same picture within its loss (about 1.5 of 255 on a 288 px photo).
-    kept = state.post(posts[2].post_id).pixels
-    assert kept.shape == posts[2].pixels.shape and np.abs(kept.astype(int) - posts[2].pixels).mean() < 4
-
-    def example(i: int) -> Example:
-        row = np.zeros(4, np.float32)
-        row[i % 4] = 1
-        return Example(posts[2].pixels, row, row, row, row, row, f"caption {i}")
-
-    assert state.put_example("a", example(0)) and not state.put_example("a", example(0))  # replay: once
-    assert state.put_example("a", example(1))  # a later correction of the same post replaces it
-    assert state.status().pending == 2 and not state.status().serving and not state.status().finished
-    assert state.put_example("b", example(2)) and state.put_example("c", example(3))
-    examples, absorbed = state.snapshot()
-    assert absorbed == 4 and [e.caption for e in examples] == ["caption 2", "caption 3"]  # bounded, oldest first
-    state.finish_run(absorbed, next_run_at=123.0)
-    assert state.status() == RunStatus(0, 123.0, None, False, finished=True)
 
 
 @pytest.mark.integration

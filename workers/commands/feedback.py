@@ -50,8 +50,8 @@ def correct(
             raise typer.BadParameter(str(exc), param_hint="POST_ID / CATEGORY") from None
         delivery = client.send_feedback(feedback).wait()
     if not labelled:  # sent all the same: the trainer may hold the post after its label expired
-        errors.print(f"[yellow]no label is stored for {post_id}: the trainer learns from the correction only if it "
-                     "kept the post (stylestream_trainer_feedback_total{result=\"unknown_post\"} counts the rest)[/]")
+        errors.print(f"[yellow]no label is stored for {post_id}: the trainer learns from the correction once it holds "
+                     "the post (until then it waits: stylestream_trainer_held_feedback)[/]")
     typer.echo(f"feedback {delivery.partition}/{delivery.offset}: "
                f"{'shows no garment' if feedback.no_garment else ', '.join(feedback.categories)}")
 
