@@ -7,10 +7,13 @@ counts for the version that produced it (``model_version``). Verdicts live in Re
 (version, post): replicas share them and a replayed correction is not counted twice.
 
 After each batch of corrections :meth:`LiveGuard.check` compares the serving version with the one it
-replaced (the promotion history). Once both have at least ``min_corrections`` verdicts and the serving
-version's agreement rate is more than ``margin`` below the previous one's, it rolls back
-(:func:`serving.promotion.rollback`, conditional on the version still serving, so concurrent guards
-roll back once) and counts it in ``stylestream_model_rollbacks_total``.
+replaced (the promotion history) and with a fixed reference: the version an operator last promoted by hand, else
+the packaged model, as for the trainer's gate (:func:`training.gate_run.chosen_reference`). Compared only one
+step back, hourly promotions could each lose a little less than the margin. Once the serving version and one
+of those have at least ``min_corrections`` verdicts each and the serving version's agreement rate is more than
+``margin`` below it, the guard rolls back one step (:func:`serving.promotion.rollback`, conditional on the
+version still serving, so concurrent guards roll back once; the next check goes on while the version then
+serving is still that much worse than the reference) and counts it in ``stylestream_model_rollbacks_total``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 import redis
 
 from serving.promotion import rollback
+from serving.registry import default_entry
 from streamcore.exceptions import StylestreamError
 from streamcore.metrics import StageMetrics
 from streamcore.schemas import Feedback
@@ -70,6 +74,10 @@ class LiveGuard:
         self.min_corrections = settings.trainer.guard_min_corrections
         self._redis = client
         self._verdict = client.register_script(_VERDICT)
+        try:  # the reference while nothing was promoted by hand, as for the trainer's gate
+            self._packaged: str | None = default_entry().version
+        except FileNotFoundError:
+            self._packaged = None
 
     def _keys(self, version: str) -> list[str]:
         tally = self.settings.redis.keys.guard(version)  # both keys in one slot: the verdict script runs on a Cluster
@@ -98,23 +106,32 @@ class LiveGuard:
         return Agreement(int(agree or 0), int(total or 0))
 
     def check(self) -> str | None:
-        """Roll back the serving version if it agrees worse than the one it replaced; returns the version
-        rolled back to, or None."""
-        history = [v.decode() for v in self._redis.lrange(self.settings.redis.keys.model_history, 0, 1)]
-        current = self._redis.get(self.settings.redis.keys.model_current)
+        """Roll back the serving version if it agrees worse than the one it replaced or the one chosen by hand;
+        returns the version rolled back to, or None."""
+        keys = self.settings.redis.keys
+        history = [v.decode() for v in self._redis.lrange(keys.model_history, 0, 1)]
+        current = self._redis.get(keys.model_current)
         if len(history) < 2 or current is None or current.decode() != history[0]:
             return None  # no promotion to judge, or the pointer was set outside the promotion history
-        serving, previous = self.agreement(history[0]), self.agreement(history[1])
-        if not should_roll_back(serving, previous, margin=self.margin, min_corrections=self.min_corrections):
+        chosen = self._redis.get(keys.model_chosen)
+        reference = chosen.decode() if chosen is not None else self._packaged
+        # A serving version chosen by hand is judged against the one it replaced only.
+        compared = [v for v in dict.fromkeys([history[1], reference]) if v is not None and v != history[0]]
+        serving = self.agreement(history[0])
+        worse = {v: a for v in compared
+                 if should_roll_back(serving, a := self.agreement(v), margin=self.margin,
+                                     min_corrections=self.min_corrections)}
+        if not worse:
             return None
+        than = ", ".join(f"{a.rate:.2f} ({a.total}) with {v}" for v, a in worse.items())
         try:
             rollback(self.settings, expected=history[0],
                      reason=f"live guard: corrections agree {serving.rate:.2f} ({serving.total}) with {history[0]}, "
-                            f"{previous.rate:.2f} ({previous.total}) with {history[1]}")
+                            f"{than}")
         except StylestreamError as exc:  # another replica's guard (or an operator) moved it first
             log.info("live guard: no rollback of %s: %s", history[0], exc)
             return None
         self.metrics.rollbacks.inc()
-        log.warning("live guard: rolled back %s -> %s: corrections agree %.2f (%d) vs %.2f (%d), margin %.2f",
-                    history[0], history[1], serving.rate, serving.total, previous.rate, previous.total, self.margin)
+        log.warning("live guard: rolled back %s -> %s: corrections agree %.2f (%d) vs %s, margin %.2f",
+                    history[0], history[1], serving.rate, serving.total, than, self.margin)
         return history[1]

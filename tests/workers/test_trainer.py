@@ -344,6 +344,31 @@ def test_the_guard_counts_each_correction_once_per_version(make_settings, tmp_pa
 
 
 @pytest.mark.integration
+def test_the_guard_does_not_let_promotions_drift_below_the_version_chosen_by_hand(make_settings, tmp_path) -> None:
+    settings = make_settings(model_dir=tmp_path / "models", trainer_guard_min_corrections=5,
+                             trainer_guard_margin=0.15)
+    client, metrics = redis.Redis.from_url(settings.redis.url), StageMetrics("trainer")
+    lease = Lease(client, settings.redis.keys.run_lease, ttl_s=30)
+    assert lease.acquire() is not None
+    for version in ("v1", "v2", "v3"):
+        publish_tiny(settings.serving.model_dir, version)
+    promote(settings, "v1")  # by hand: the reference
+    promote(settings, "v2", lease=lease)  # the trainer's
+    promote(settings, "v3", lease=lease)
+    guard, corrections = LiveGuard(settings, client, metrics), []
+    for version, agreeing in (("v1", 10), ("v2", 9), ("v3", 8)):  # each within the margin of the one it replaced
+        for i in range(10):
+            post_id = f"{version}-{i}"
+            label = {"model_version": version, "categories": [{"term": "dresses", "score": 0.9}]}
+            client.set(settings.redis.keys.label(post_id), json.dumps(label))
+            corrections.append(Feedback(post_id=post_id, categories=["dresses" if i < agreeing else "skirts"]))
+    guard.observe(corrections)
+    assert guard.check() == "v2"  # 0.8 is within 0.15 of v2's 0.9, not of v1's 1.0
+    assert _pointer(settings) == "v2" and guard.check() is None  # 0.9: within the margin of both
+    assert metrics.rollbacks._value.get() == 1
+
+
+@pytest.mark.integration
 def test_a_correction_of_an_abstaining_label_is_a_disagreement(make_settings, tmp_path) -> None:
     settings = make_settings(model_dir=tmp_path)
     client, metrics = redis.Redis.from_url(settings.redis.url), StageMetrics("trainer")
