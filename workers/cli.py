@@ -31,8 +31,10 @@ from streamcore.settings import Settings
 from workers.commands import feedback, models, photo, recommend, review, stream
 
 #: What a user can fix without reading code: bad settings or files, servers that do not answer, refused inputs.
+#: A path setting naming a file where a folder goes (or the reverse) is the user's to fix as a missing one is.
 _USER_ERRORS = (ValidationError, SettingsError, StylestreamError, KafkaError, RedisError, FileNotFoundError,
-                PermissionError, tomllib.TOMLDecodeError, json.JSONDecodeError)
+                FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, tomllib.TOMLDecodeError,
+                json.JSONDecodeError)
 
 
 def describe(exc: BaseException) -> str:

@@ -89,10 +89,17 @@ class Recommender:
         return [v.decode() for v in self.redis.zrange(self.keys.versions, 0, -1)]
 
     def sync(self) -> dict[str, int]:
-        """Catch every version's index up with its repository stream; items added per version."""
-        added = {}
-        for version in self.versions():
+        """Catch every version's index up with its repository stream; items added per version. An index of another
+        repository (Redis emptied or replaced since it was built) is dropped and built again."""
+        added, versions = {}, self.versions()
+        for version in set(self.indexes) - set(versions):
+            del self.indexes[version]
+        for version in versions:
             index = self.indexes.get(version)
+            if index is not None and not self._of_this_repository(index):
+                log.warning("index of %s is of another repository (%s, here %s); building this one's from its stream",
+                            version, index.origin, self._origin(version) or "empty")
+                index = None
             if index is None:
                 index = self._load(version)
             if index is None:
@@ -116,7 +123,7 @@ class Recommender:
                         folder, type(exc).__name__, exc)
         else:
             # Another Redis, another prefix, or this one restarted empty: its items are not this repository's.
-            if index.origin == self._origin(version):
+            if self._of_this_repository(index):
                 return index
             log.warning("index snapshot %s is of another repository (%s, here %s); building this one's from its "
                         "stream", folder, index.origin or "unrecorded", self._origin(version) or "empty")
@@ -210,6 +217,14 @@ class Recommender:
         first = self.redis.xrange(self.keys.repo(version)[1], count=1)
         return f"{self.keys.prefix}@{first[0][0].decode()}" if first else ""
 
+    def _of_this_repository(self, index: VersionIndex) -> bool:
+        """Whether ``index`` was built from this repository's stream: the same first entry, and read no further
+        than its last (a cursor past it would skip the items still to come)."""
+        if index.origin != self._origin(index.version):
+            return False
+        last = self.redis.xrevrange(self.keys.repo(index.version)[1], count=1)
+        return bool(last) and _stream_id(index.cursor) <= _stream_id(last[0][0].decode())
+
     def _new_index(self, version: str) -> VersionIndex | None:
         first = self.redis.xrange(self.keys.repo(version)[1], count=1)
         if not first:
@@ -236,6 +251,15 @@ class Recommender:
                 index.remove(fields[b"post_id"].decode())
             added += _add(index, run)
             index.cursor = entries[-1][0].decode()
+
+
+def _stream_id(entry: str) -> tuple[int, int]:
+    """A stream entry id (``<ms>-<seq>``) as numbers, to order ids; unreadable: after every real one."""
+    try:
+        ms, seq = entry.split("-")
+        return int(ms), int(seq)
+    except ValueError:
+        return (2**64, 0)
 
 
 def _check_k(k: int) -> None:

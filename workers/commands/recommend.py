@@ -32,8 +32,8 @@ def recommend(
         from threadpoolctl import threadpool_limits
 
         from training.recommend.service import Recommender
-    if not user and not like:
-        raise typer.BadParameter("name a USER or --like POST_ID")
+    if bool(user) == bool(like):
+        raise typer.BadParameter("name a USER or --like POST_ID" + (", not both" if user else ""))
     _check_text(user, "USER")
     _check_text(like or "", "--like")
     threadpool_limits(1)  # small matrices: a BLAS thread team only costs here
@@ -98,7 +98,8 @@ def add(
     photos: Annotated[list[str], typer.Argument(help="Image files (JPEG, PNG, WebP) or http(s) URLs.",
                                                 metavar="PHOTO...", callback=_photos)],
     shop: Annotated[str, typer.Option(help="Whose items they are.")] = "catalogue",
-    title: Annotated[str, typer.Option(help="The items' title.")] = "",
+    title: Annotated[str, typer.Option(help="The items' title (fixed once labelled: to change it, remove the item "
+                                       "and add it again).")] = "",
     item_id: Annotated[str | None, typer.Option("--id", help="The item id (one photo only; default: a digest of it; "
                                                 "1-128 of A-Z a-z 0-9 _ . : -).", callback=_item_id)] = None,
 ) -> None:

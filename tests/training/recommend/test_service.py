@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -14,6 +17,7 @@ import redis
 from serving.ontology import load_ontology
 from streamcore.redisconn import connect_async
 from streamcore.settings import Settings
+from tests.support import one_line
 from training.recommend.client import RecommendClient
 from training.recommend.index import VersionIndex
 from training.recommend.profile import Member, aggregate
@@ -166,6 +170,8 @@ def test_the_cli_refuses_a_user_name_that_is_not_utf8() -> None:
         refused = CliRunner().invoke(app, args)
         assert refused.exit_code == 2 and "not valid UTF-8" in refused.output, refused.output
         assert "Traceback" not in refused.output
+    both = CliRunner().invoke(app, ["recommend", "ana", "--like", "look"])  # which one is asked: refused
+    assert both.exit_code == 2 and "not both" in both.output, both.output
 
 
 def test_a_snapshot_of_another_repository_is_not_loaded(settings, tmp_path) -> None:
@@ -184,6 +190,48 @@ def test_a_snapshot_of_another_repository_is_not_loaded(settings, tmp_path) -> N
     again = Recommender(settings, index_dir=tmp_path)  # its own snapshot still loads for the first repository
     assert again.sync() == {"v1": 0}  # loaded, already caught up: not rebuilt
     assert len(again.indexes["v1"]) == 30
+
+
+def test_the_cli_says_in_one_line_that_the_index_folder_is_a_file(settings, tmp_path) -> None:
+    rng = np.random.default_rng(7)
+    _add(settings, [_post(f"a{i}", "u1", "v1", int(time.time() * 1000) + i, 32, rng) for i in range(5)])
+    (tmp_path / "file").write_text("not a folder")
+    env = {**os.environ, "STYLESTREAM_REDIS_URL": settings.redis.url, "STYLESTREAM_REDIS_PREFIX": settings.redis.prefix,
+           "STYLESTREAM_RECOMMEND_INDEX_DIR": str(tmp_path / "file")}
+    result = subprocess.run([sys.executable, "-m", "workers.cli", "recommend", "u1"], env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert "file" in one_line(result)
+
+
+def _keys_of(settings: Settings) -> list[bytes]:
+    return list(redis.Redis.from_url(settings.redis.url).scan_iter(match=f"*{settings.redis.prefix}*"))
+
+
+def test_an_index_in_memory_is_rebuilt_when_redis_was_emptied_under_it(settings) -> None:
+    """A long-lived recommender (the review page's) never answers with items the repository no longer holds."""
+    rng, now = np.random.default_rng(5), int(time.time() * 1000)
+    _add(settings, [_post(f"old{i}", "u1", "v1", now + i, 32, rng) for i in range(20)])
+    recommender = Recommender(settings)
+    assert recommender.sync() == {"v1": 20}
+    redis.Redis.from_url(settings.redis.url).delete(*_keys_of(settings))  # Redis restarted empty, say
+    assert recommender.sync() == {} and recommender.more_like_this("old1").reason == "no_ready_version"
+    _add(settings, [_post(f"new{i}", "u2", "v1", now + i, 32, rng) for i in range(5)])
+    assert recommender.sync() == {"v1": 5}
+    got = recommender.more_like_this("new1", 10, ranking="plain")
+    assert {item.post_id for item in got.items} == {f"new{i}" for i in (0, 2, 3, 4)}
+
+
+def test_a_snapshot_whose_cursor_is_past_the_stream_is_rebuilt(settings, tmp_path) -> None:
+    rng, now = np.random.default_rng(6), int(time.time() * 1000)
+    _add(settings, [_post(f"a{i}", "u1", "v1", now + i, 32, rng) for i in range(10)])
+    first = Recommender(settings, index_dir=tmp_path)
+    first.sync()
+    first.save()
+    meta = json.loads((tmp_path / "v1" / "meta.json").read_text())
+    (tmp_path / "v1" / "meta.json").write_text(json.dumps({**meta, "cursor": "9999999999999-0"}))
+    _add(settings, [_post("later", "u1", "v1", now + 20, 32, rng)])  # would be skipped from a cursor past it
+    again = Recommender(settings, index_dir=tmp_path)
+    assert again.sync() == {"v1": 11} and "later" in again.indexes["v1"].post_ids
 
 
 def test_an_empty_answer_says_why(settings) -> None:
