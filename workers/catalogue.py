@@ -16,7 +16,8 @@ id and content, a new ``created_at``) is a redo of its label, not a conflicting 
 
 A shop removes an item with a tombstone (its id as the key, no value: ``stylestream catalogue remove``): the item
 leaves every version's repository where it joined as an item (a removal entry on each stream; indexes drop it, and a
-label of it still on its way does not bring it back), and its label and vector record are deleted. A repository
+label of it still on its way does not bring it back), and its label and vector record are deleted, unless a post
+has taken the id since the item's expired (the vector record there is a post's). A repository
 entry that is a post's is never removed: when a post held the id there first (a reused id), and no repository held
 the item, the tombstone is dead-lettered (``not_catalogue_item``) and deletes nothing. Sent again later, an item is
 labelled and joins the repository again.
@@ -122,7 +123,7 @@ class CatalogueStage(Stage):
             await self.dead_letter(record, BadInput("not_catalogue_item", f"{item_id} is not listed by a shop "
                                                     "(a post's id, or an item never labelled)"))
             return
-        gone = self.settings.redis.keys.of_post(item_id)
+        gone = await self.retrying("catalogue_keys", lambda: self._item_keys(item_id))
         removed, held = await self.retrying("catalogue_remove",
                                             lambda: self.repository.remove_item(item_id, gone, also=[version]))
         if held and not removed:
@@ -133,6 +134,18 @@ class CatalogueStage(Stage):
             return
         self.removed.inc()
         self.done(record)
+
+    async def _item_keys(self, item_id: str) -> list[str]:
+        """The label keys under ``item_id`` that are the item's to delete: none when the vector record there is a
+        post's (the item's expired, and a post took the id since; its label is not the shop's to drop)."""
+        keys = self.settings.redis.keys
+        raw = await self.repository.redis.get(keys.label_vector(item_id))
+        try:
+            if raw is not None and not VectorRecord.decode(raw).catalogue:
+                return []
+        except ValueError:  # unreadable: whoever wrote it, the item's tombstone clears it
+            pass
+        return keys.of_post(item_id)
 
     async def dead_letter(self, record: ConsumerRecord, error: BadInput) -> None:
         """One letter per bad record: a record an earlier version's group lettered (each group reads the whole

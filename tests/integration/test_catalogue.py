@@ -253,6 +253,30 @@ def test_a_removal_of_an_item_given_a_posts_expired_id_leaves_the_post_in_the_re
     assert not redis.exists(keys.repo_catalogue("tiny-test")[0])
 
 
+def test_a_removal_of_an_item_whose_id_a_post_took_since_leaves_the_posts_label(make_settings) -> None:
+    """Item ana-0 is labelled and joins the repository; its label keys expire; a post takes the id and is labelled;
+    then the shop removes the item. The item leaves the repository; the post's label stays."""
+    from tests.integration.test_recommend_stream import OUTFIT, Space, _classifier_output, _label
+
+    settings = make_settings()
+    redis, keys = connect(settings.redis), settings.redis.keys
+    item = Post(post_id="ana-0", created_at=datetime(2024, 6, 1, tzinfo=UTC), user="atelier",
+                image=ImageSource(b64=base64.b64encode(PHOTOS[0].read_bytes()).decode()))
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap)
+    producer.send(settings.kafka.topic("catalogue"), key=b"ana-0", value=encode(item))
+    producer.flush()
+    with running_stage(CatalogueWorker(settings)) as catalogue:
+        wait_until(lambda: _labelled(catalogue) == 1, timeout=120, what="the item labelled")
+        redis.delete(*keys.of_post("ana-0"))  # as the label's TTL would
+        post = ("ana-0", "ana", _label("ana-0", "tiny-test", *OUTFIT), Space(128, seed=0).embed({"top": 1}))
+        asyncio.run(_classifier_output(settings, "tiny-test", [post]))
+        producer.send(settings.kafka.topic("catalogue"), key=b"ana-0", value=None)
+        producer.close()
+        wait_until(lambda: catalogue.removed._value.get() == 1, timeout=60, what="the removal taken")
+    assert json.loads(redis.get(keys.label("ana-0")))["post_id"] == "ana-0"
+    assert VectorRecord.decode(redis.get(keys.label_vector("ana-0"))).user == "ana"
+
+
 def _entry(post_id: str, user: str, *, catalogue: bool) -> bytes:
     record = VectorRecord(post_id, user, 1_714_521_600_000, "v0", np.ones((1, 4), np.float16) / 2, catalogue)
     return Member(np.zeros(4, np.float32), record).encode()
