@@ -291,13 +291,16 @@ def _streamed(chunks: list[bytes], headers: dict[str, str]) -> Request:
 
 
 def test_a_write_body_over_the_limit_is_refused_without_reading_it_whole():
-    from workers.ui.routes import MAX_BODY, _body
+    from workers.ui.routes import MAX_BODY, TooLarge, _body
 
     assert asyncio.run(_body(_streamed([b'{"token": "t"}'], {}))) == {"token": "t"}
     declared = _streamed([b"x" * 1024] * 1000, {"content-length": str(1024 * 1000)})
-    assert asyncio.run(_body(declared)) is None and declared.taken == []
+    with pytest.raises(TooLarge):
+        asyncio.run(_body(declared))
+    assert declared.taken == []
     undeclared = _streamed([b"x" * 1024] * 1000, {})
-    assert asyncio.run(_body(undeclared)) is None
+    with pytest.raises(TooLarge):
+        asyncio.run(_body(undeclared))
     assert len(undeclared.taken) <= MAX_BODY // 1024 + 1
 
 

@@ -35,10 +35,16 @@ from workers.ui.store import LabelReader, stream_id
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
-_POST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+#: A post id, whole (``fullmatch``: ``$`` would let a trailing newline through).
+_POST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _NO_STORE = {"cache-control": "no-store"}
 #: The largest request body a write takes (a correction is a few hundred bytes).
 MAX_BODY = 64 * 1024
+_TOO_LARGE = {"error": f"the request body is too large: a write takes at most {MAX_BODY} bytes"}
+
+
+class TooLarge(Exception):
+    """A request body over :data:`MAX_BODY` (answered 413)."""
 
 
 @dataclass
@@ -87,7 +93,10 @@ async def session(request: Request) -> Response:
     if request.method == "DELETE":
         response.delete_cookie(security.AUTH_COOKIE)
         return response
-    body = await _body(request)
+    try:
+        body = await _body(request)
+    except TooLarge:
+        return _json(_TOO_LARGE, 413)
     if ui.settings.ui.token is None:
         return _json({"error": "corrections are off: no STYLESTREAM_UI_TOKEN is configured"}, 403)
     if not isinstance(body, dict) or not security.token_matches(str(body.get("token", "")), ui.settings.ui.token):
@@ -97,20 +106,29 @@ async def session(request: Request) -> Response:
     return response
 
 
+def _number(text: str, digits: int) -> int | None:
+    """``text`` as a number when it is 1 to ``digits`` ASCII digits, else ``None`` (``str.isdigit`` alone also
+    takes "²", which ``int`` refuses, and "５", and ``int`` refuses more than 4300 digits)."""
+    return int(text) if 0 < len(text) <= digits and text.isascii() and text.isdigit() else None
+
+
 async def _body(request: Request) -> Any:
-    """The request's JSON; ``None`` for anything else, or for a body over :data:`MAX_BODY`, which is refused as
-    soon as it says or shows so (never held in memory whole)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        return None
+    """The request's JSON; ``None`` for anything else (nested too deep to parse included).
+
+    Raises:
+        TooLarge: a body over :data:`MAX_BODY`, as soon as it says or shows so (never held in memory whole).
+    """
+    declared = request.headers.get("content-length", "")  # ASCII digits only: a header is read as Latin-1 ("²")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > MAX_BODY):
+        raise TooLarge
     raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
-            return None
+            raise TooLarge
     try:
         return json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -120,10 +138,14 @@ async def feedback(request: Request) -> Response:
     refusal = security.write_refusal(request)
     if refusal:
         return _json({"error": refusal}, 403)
+    try:
+        body = await _body(request)
+    except TooLarge:
+        return _json(_TOO_LARGE, 413)
     if not security.signed_in(request, ui.settings.ui.token):
         return _json({"error": "sign in with the page's token first"}, 401)
     try:
-        correction = check(await _body(request), ui.ontology, multi=await corrections_multi(ui.settings, ui.redis))
+        correction = check(body, ui.ontology, multi=await corrections_multi(ui.settings, ui.redis))
     except Refused as exc:
         return _json({"error": str(exc)}, 422)
     try:
@@ -166,7 +188,7 @@ async def events(request: Request) -> Response:
 
 async def thumb(request: Request) -> Response:
     post_id = request.path_params["post_id"]
-    jpeg = await _ui(request).reader.thumb(post_id) if _POST_ID.match(post_id) else None
+    jpeg = await _ui(request).reader.thumb(post_id) if _POST_ID.fullmatch(post_id) else None
     if jpeg is None:
         return Response(status_code=404)
     return Response(jpeg, media_type="image/jpeg", headers={"cache-control": "private, max-age=3600"})
@@ -175,7 +197,7 @@ async def thumb(request: Request) -> Response:
 async def sheet(request: Request) -> Response:
     """``?ids=A,B,C``: those posts' thumbnails side by side in one JPEG (:mod:`workers.ui.sheets`)."""
     ids = request.query_params.get("ids", "").split(",")
-    if not 1 <= len(ids) <= MAX_CELLS or not all(_POST_ID.match(post_id) for post_id in ids):
+    if not 1 <= len(ids) <= MAX_CELLS or not all(_POST_ID.fullmatch(post_id) for post_id in ids):
         return _json({"error": f"ask for ?ids= 1 to {MAX_CELLS} post ids, comma-separated"}, 400)
     try:
         jpegs = await _ui(request).reader.thumbs(ids)
@@ -204,12 +226,12 @@ async def model(request: Request) -> Response:
 async def recommend(request: Request) -> Response:
     """``?like=POST_ID`` or ``?user=NAME``, and ``k`` (1-50): the recommender's answer as JSON."""
     params = request.query_params
-    user, like, k = params.get("user", ""), params.get("like", ""), params.get("k", "10")
-    if (not k.isdigit() or not 1 <= int(k) <= 50 or bool(user) == bool(like) or len(user) > 256
-            or (like and not _POST_ID.match(like))):
+    user, like, k = params.get("user", ""), params.get("like", ""), _number(params.get("k", "10"), 4)
+    if (k is None or not 1 <= k <= 50 or bool(user) == bool(like) or len(user) > 256
+            or (like and not _POST_ID.fullmatch(like))):
         return _json({"error": "ask for ?like=POST_ID or ?user=NAME, with k from 1 to 50"}, 400)
     try:
-        return _json(await request.app.state.recommendations.answer(user=user, like=like, k=int(k)))
+        return _json(await request.app.state.recommendations.answer(user=user, like=like, k=k))
     except MissingExtra as exc:
         return _json({"error": str(exc)}, 501)
     except RedisError as exc:

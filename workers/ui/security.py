@@ -56,14 +56,22 @@ def new_csrf() -> str:
     return secrets.token_urlsafe(32)
 
 
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8, a lone surrogate (JSON's ``"\\ud800"``, an undecodable byte in the environment) as its
+    own three bytes instead of an error: still one byte string per text, which no valid text's UTF-8 holds."""
+    return text.encode(errors="surrogatepass")
+
+
 def session_value(token: SecretStr) -> str:
     """The sign-in cookie's value: changes when the token does, and does not reveal it."""
-    return hmac.new(token.get_secret_value().encode(), b"stylestream-ui-session", hashlib.sha256).hexdigest()
+    return hmac.new(_utf8(token.get_secret_value()), b"stylestream-ui-session", hashlib.sha256).hexdigest()
 
 
 def token_matches(given: str, token: SecretStr | None) -> bool:
+    """Whether ``given`` is the configured token, compared in constant time; any text is an answer, never an
+    error (a lone surrogate matches nothing but the same text)."""
     secret = token.get_secret_value() if token is not None else ""
-    return bool(given and secret.strip()) and hmac.compare_digest(given.encode(), secret.encode())
+    return bool(given and secret.strip()) and hmac.compare_digest(_utf8(given), _utf8(secret))
 
 
 def signed_in(request: Request, token: SecretStr | None) -> bool:
