@@ -3,7 +3,8 @@
 A version is loaded on its own thread (serving continues on the old model), its weights checksum is
 verified, it is rebuilt from safetensors (never unpickled) with strict shapes, and a smoke inference must
 give finite outputs of the right shape. Only then does the reference change; a batch already in the
-model finishes on the old one. A version that fails any check is refused once, reported, and not retried.
+model finishes on the old one. A version that fails any check is refused, reported, and not loaded again
+while its files stay as they were: once they change on disk (a repair), the next offer loads it again.
 
 At start-up there is no old model to keep: :func:`load_last_good` serves the wanted version if it passes
 the same checks, else the last good one (the registry's verified list, most recent first), else the
@@ -16,17 +17,58 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from serving.predict import Predictor
-from serving.registry import Registry, default_entry
+from serving.registry import Registry, check_version_name, default_entry
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: A version directory as :func:`fingerprint` sees it (None: no such directory, or not a version name).
+Fingerprint = frozenset[tuple[str, int, int, int, int]] | None
+
+
+def fingerprint(directory: Path) -> Fingerprint:
+    """Each entry of ``directory`` as (name, size, mtime_ns, ctime_ns, inode), from ``stat`` alone.
+
+    What tells a refused version repaired from one left as it was, polled each time the refused version is
+    offered: a handful of ``stat`` calls and no file read, where loading it again hashes every listed file and
+    rebuilds the model. Name, size and mtime see an edit or a rewrite; ctime and inode see what they miss, a
+    restore that keeps the size and sets the mtime back (``cp -p``, ``rsync -a``, ``mv`` of a backup): the
+    kernel sets ctime on every write, rename or chmod and no call sets it back, and a file replaced by a
+    rename is a new inode. Hashing would be exact but costs what the load costs, each poll. A change that
+    alters nothing of the content (``touch``, a chmod) costs one more load, refused and counted again; only a
+    rewrite in place within the clock tick of the refused load, of the same size, goes unseen (publishing
+    or touching the version again then retries it). Entries that vanish while read are skipped.
+    """
+    seen = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                seen.append((entry.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    except OSError:
+        return None
+    return frozenset(seen)
+
+
+def version_fingerprint(settings: Settings, version: str) -> Fingerprint:
+    """:func:`fingerprint` of a version's directory in the registry."""
+    try:
+        return fingerprint(Path(settings.serving.model_dir) / check_version_name(version))
+    except ValueError:  # not a version name: it never becomes one
+        return None
 
 
 def smoke_test(predictor: Predictor) -> None:
@@ -98,23 +140,30 @@ class ModelSlot:
     """Holds the serving :class:`Predictor` and replaces it when the registry pointer moves."""
 
     def __init__(self, settings: Settings, predictor: Predictor, metrics: StageMetrics, *,
-                 refused: set[str] | None = None) -> None:
+                 refused: Iterable[str] | None = None) -> None:
         self.settings = settings
         self.current = predictor
         self.metrics = metrics
-        self.refused: set[str] = set(refused or ())  # versions that failed their checks: not tried again
+        #: Versions that failed their checks, with their files as they were when loaded: not tried again until
+        #: those change (a repair). Those that failed at start-up are taken as they are now.
+        self.refused: dict[str, Fingerprint] = {v: self._fingerprint(v) for v in refused or ()}
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-load")
         self._loading: asyncio.Task | None = None
         self._wanted: str | None = None  # the newest version offered: a load that finishes late swaps only to it
         metrics.model.info({"version": predictor.version, "head": predictor.head, "runtime": predictor.runtime})
 
     def offer(self, version: str | None) -> asyncio.Task | None:
-        """Start loading ``version`` in the background if it is new; returns the loading task."""
+        """Start loading ``version`` in the background if it is new, and not refused with its files unchanged
+        since; returns the loading task."""
         if version:
             self._wanted = version
-        if (not version or version == self.current.version or version in self.refused
+        if (not version or version == self.current.version
                 or (self._loading is not None and not self._loading.done())):
             return None
+        if version in self.refused:
+            if self._fingerprint(version) == self.refused[version]:
+                return None
+            log.warning("model %s was refused and its files changed since: loading it again", version)
         self._loading = asyncio.get_running_loop().create_task(self._swap(version))
         return self._loading
 
@@ -125,14 +174,17 @@ class ModelSlot:
         return await self._swap(version)
 
     async def _swap(self, version: str) -> bool:
+        # Taken before the load: files repaired while a load fails are a change the next offer sees.
+        before = self._fingerprint(version)
         try:
             candidate = await asyncio.get_running_loop().run_in_executor(self._loader, self._load_verified, version)
         except Exception as exc:  # noqa: BLE001 - any failure refuses the checkpoint, never the worker
-            self.refused.add(version)
+            self.refused[version] = before
             self.metrics.swaps.labels("failure").inc()
-            log.error("model %s refused, still serving %s: %s: %s", version, self.current.version,
-                      type(exc).__name__, exc)
+            log.error("model %s refused, still serving %s (not tried again until its files change): %s: %s",
+                      version, self.current.version, type(exc).__name__, exc)
             return False
+        self.refused.pop(version, None)  # it passed: repaired, if it was refused
         if self._wanted != version:
             log.info("model %s loaded, but %s was offered since: not swapping", version, self._wanted)
             del candidate
@@ -145,6 +197,9 @@ class ModelSlot:
         del old
         self._release()
         return True
+
+    def _fingerprint(self, version: str) -> Fingerprint:
+        return version_fingerprint(self.settings, version)
 
     def _load_verified(self, version: str) -> Predictor:
         predictor = _load_checked(self.settings, version)

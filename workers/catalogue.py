@@ -37,7 +37,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from serving.hotswap import load_last_good
+from serving.hotswap import Fingerprint, load_last_good, version_fingerprint
 from serving.images import make_preview
 from serving.predict import Predictor, Scores
 from serving.registry import check_version_name
@@ -66,12 +66,13 @@ class CatalogueStage(Stage):
     inputs = ("catalogue",)
     outputs = ("labels", "posts.dlq")
 
-    def __init__(self, settings: Settings, predictor: Predictor, *, refused: set[str] | None = None,
+    def __init__(self, settings: Settings, predictor: Predictor, *, refused: dict[str, Fingerprint] | None = None,
                  removed: Counter | None = None, labelled: Counter | None = None, **kwargs) -> None:
         super().__init__(settings, **kwargs)
         self.predictor = predictor
         self.group_suffix = f"{self.name}-{predictor.version}"
-        self.refused = set(refused or ())  # versions that failed their checks: not tried again
+        #: Versions that failed their checks, and their files then: not tried again until those change (a repair).
+        self.refused = dict(refused or {})
         #: The version to serve next, once this stage has left its group (None: stopping for good).
         self.next_version: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalogue")
@@ -242,7 +243,8 @@ class CatalogueStage(Stage):
             return
         except (ValueError, UnicodeDecodeError):  # the classifier logs and counts a bad pointer
             return
-        if version and version != self.predictor.version and version not in self.refused:
+        if version and version != self.predictor.version and (
+                version not in self.refused or version_fingerprint(self.settings, version) != self.refused[version]):
             log.info("catalogue: serving pointer moved to %s; leaving the %s group", version, self.group_suffix)
             super().stop()
             self.next_version = version
@@ -281,7 +283,7 @@ class CatalogueWorker:
         return server.start(port, self.settings.metrics.health_host)
 
     async def run(self) -> None:
-        loop, refused = asyncio.get_running_loop(), set()
+        loop, refused = asyncio.get_running_loop(), {}
         lookups = RedisLookups(self.settings)
         try:
             wanted = await lookups.current_model()
@@ -289,7 +291,7 @@ class CatalogueWorker:
             await lookups.close()
         while not self._stopping:
             predictor, failed = await loop.run_in_executor(None, load_last_good, self.settings, wanted, self.metrics)
-            refused |= failed
+            refused.update({v: version_fingerprint(self.settings, v) for v in failed})
             self.metrics.model.info({"version": predictor.version, "head": predictor.head, "runtime": predictor.runtime})
             if self._stopping:
                 return

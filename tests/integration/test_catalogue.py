@@ -306,3 +306,17 @@ def test_a_repository_written_before_catalogue_membership_was_kept_removes_its_i
     assert asyncio.run(run()) == [(1, 0), (0, 1), (0, 1), (0, 0)]
     assert redis.smembers(keys.repo("v0")[0]) == {b"p-1", b"p-2"} and redis.get(keys.label("p-2"))
     assert redis.smembers(keys.repo_catalogue("v0")[0]) == set() and redis.get(keys.repo_catalogue("v0")[1]) == b"1"
+
+
+def test_a_version_refused_at_start_is_served_once_its_files_are_repaired(make_settings) -> None:
+    settings = make_settings()
+    publish_tiny(settings.serving.model_dir, "v2", seed=5)
+    config = settings.serving.model_dir / "v2" / "config.json"
+    good = config.read_text()
+    config.write_text(good + " ")  # fails its checksum
+    connect(settings.redis).set(settings.redis.keys.model_current, "v2")
+    with running_stage(CatalogueWorker(settings)) as worker:
+        wait_until(lambda: worker.stage is not None and worker.stage.ready, timeout=60, what="the stage running")
+        assert worker.versions == ["tiny-test"]  # the last good one
+        config.write_text(good)  # repaired
+        wait_until(lambda: worker.versions[-1] == "v2", timeout=60, what="the repaired version served")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -114,6 +115,97 @@ def test_a_corrupt_checkpoint_is_refused_and_the_old_model_keeps_serving(registr
     assert not os.path.exists(MARKER), "a pickle in a checkpoint was executed"
     labels = slot.current.predict([_blank(slot)], [None], ["p"], [0])
     assert labels[0].model_version == "v1"
+
+
+def _edit_config(version_dir: Path) -> bytes:
+    """Edit a version's config on disk as an operator might, an hour ago (same size, checksum mismatch); returns
+    what the file held before."""
+    config = version_dir / CONFIG_FILE
+    original = config.read_bytes()
+    config.write_bytes(original.replace(b'"abstain_below": 0.0', b'"abstain_below": 0.5', 1))
+    assert config.read_bytes() != original and config.stat().st_size == len(original)
+    hour_ago = config.stat().st_mtime_ns - 3600 * 10**9
+    os.utime(config, ns=(hour_ago, hour_ago))
+    return original
+
+
+def _rewritten(config: Path, original: bytes) -> None:
+    config.write_bytes(original)  # in place: the same file and size, a new mtime
+
+
+def _replaced_keeping_the_mtime(config: Path, original: bytes) -> None:
+    # ``mv`` of a backup copied with ``cp -p``: the same size and mtime as the edited file, another inode.
+    backup = config.with_name(".config.backup")
+    backup.write_bytes(original)
+    edited = config.stat()
+    os.utime(backup, ns=(edited.st_atime_ns, edited.st_mtime_ns))
+    os.replace(backup, config)
+
+
+def _count_loads_and_hashes(monkeypatch) -> tuple[list[str], list[str]]:
+    import serving.hotswap
+    import serving.registry
+
+    loads, hashes = [], []
+    load, checksum = serving.hotswap._load_checked, serving.registry.file_checksum
+    monkeypatch.setattr(serving.hotswap, "_load_checked", lambda s, v: loads.append(v) or load(s, v))
+    monkeypatch.setattr(serving.registry, "file_checksum", lambda path: hashes.append(path) or checksum(path))
+    return loads, hashes
+
+
+def test_a_refused_version_is_not_loaded_or_hashed_again_while_its_files_are_unchanged(registry_dir, monkeypatch):
+    _edit_config(registry_dir / "v2")
+    slot = _slot(registry_dir)
+    loads, hashes = _count_loads_and_hashes(monkeypatch)
+
+    async def scenario():
+        assert await slot.offer("v2") is False
+        assert loads == ["v2"] and hashes
+        hashes.clear()
+        for _ in range(20):  # a poll each second: the pointer still names v2
+            assert slot.offer("v2") is None
+
+    asyncio.run(scenario())
+    assert loads == ["v2"] and hashes == [] and _count(slot, "failure") == 1 and slot.current.version == "v1"
+
+
+@pytest.mark.parametrize("repair", [_rewritten, _replaced_keeping_the_mtime])
+def test_a_refused_version_repaired_on_disk_is_loaded_and_served_at_the_next_offer(registry_dir, repair, caplog):
+    original = _edit_config(registry_dir / "v2")
+    slot = _slot(registry_dir)
+
+    async def scenario():
+        assert await slot.offer("v2") is False
+        assert slot.offer("v2") is None
+        repair(registry_dir / "v2" / CONFIG_FILE, original)  # sha256sum -c SHA256: OK; promoted again
+        task = slot.offer("v2")
+        assert task is not None and await task
+        assert slot.offer("v2") is None  # serving it
+
+    with caplog.at_level(logging.INFO, logger="serving.hotswap"):
+        asyncio.run(scenario())
+    assert slot.current.version == "v2" and "v2" not in slot.refused
+    assert _count(slot, "failure") == 1 and _count(slot, "success") == 1
+    assert "model v2 was refused and its files changed since: loading it again" in caplog.text
+    assert slot.current.predict([_blank(slot)], [None], ["p"], [0])[0].model_version == "v2"
+
+
+def test_a_change_that_repairs_nothing_is_refused_and_counted_once_more(registry_dir):
+    original = _edit_config(registry_dir / "v2")
+    settings = Settings.named(model_dir=registry_dir, device="cpu")
+    slot = ModelSlot(settings, Predictor.load(settings, "v1"), StageMetrics("classify"), refused={"v2"})
+    config = registry_dir / "v2" / CONFIG_FILE
+
+    async def scenario():
+        assert slot.offer("v2") is None  # failed at start-up, unchanged since
+        os.utime(config, ns=(10**18, 10**18))  # touched, still edited
+        assert await slot.offer("v2") is False
+        assert slot.offer("v2") is None
+        _rewritten(config, original)
+        assert await slot.offer("v2")
+
+    asyncio.run(scenario())
+    assert slot.current.version == "v2" and _count(slot, "failure") == 1 and _count(slot, "success") == 1
 
 
 def _blank(slot: ModelSlot):
