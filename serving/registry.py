@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -215,18 +216,29 @@ class Registry:
         ``build`` runs on the copy before it becomes visible: what it derives from the weights (an exported
         runtime artifact) is part of the version from its first appearance, and covered by its ``SHA256``.
 
+        ``checkpoint_dir`` is checked before anything is copied: it must hold the weights and config as regular
+        files, and nothing in it may be a symbolic link or another non-regular file (a FIFO, a socket, a device).
+        A link is refused rather than copied as a link or followed: followed, it copies whatever it points to
+        (a whole virtual environment), and kept, it points out of an immutable version at files that may change
+        under its checksum. Refusing it is the one choice that publishes exactly the files the folder holds.
+
         Raises:
-            StylestreamError: the checkpoint does not load (truncated weights, shapes its config does not build,
-                an unreadable config); nothing is published.
+            StylestreamError: ``checkpoint_dir`` is not a checkpoint directory (no weights or config, or they are
+                not regular files), or it holds a symbolic link or another non-regular file; or the checkpoint
+                does not load (truncated weights, shapes its config does not build, an unreadable config).
+                Nothing is published.
         """
-        self.root.mkdir(parents=True, exist_ok=True)
+        checkpoint_dir = Path(checkpoint_dir)
         version = check_version_name(name or datetime.now(UTC).strftime("v%Y%m%dT%H%M%S%fZ"))
+        _check_source(checkpoint_dir, version)
+        self.root.mkdir(parents=True, exist_ok=True)
         target = self.root / version
         if target.exists():
             raise FileExistsError(f"version {version!r} already exists")
         tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=self.root))
         try:
-            shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
+            # symlinks=True: a link that appeared since the check is copied as a link, never followed.
+            shutil.copytree(checkpoint_dir, tmp, symlinks=True, dirs_exist_ok=True)
             write_checksums(tmp)
             _loads(tmp, version)
             if build is not None:
@@ -237,6 +249,35 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return Entry(version, target)
+
+
+def _check_source(directory: Path, version: str) -> None:
+    """Refuse to publish ``directory`` unless it is a checkpoint directory of regular files and folders only."""
+    if not directory.is_dir():
+        raise StylestreamError(f"not published: {version}: {directory} is not a directory")
+    missing = [n for n in (WEIGHTS_FILE, CONFIG_FILE) if not stat.S_ISREG(_mode(directory / n))]
+    if missing:
+        raise StylestreamError(f"not published: {version}: {directory} is not a checkpoint directory: "
+                               f"{' and '.join(missing)} missing or not a regular file")
+    for folder, dirs, files in os.walk(directory, onerror=_raise):  # never follows links to folders
+        for entry in (*dirs, *files):
+            mode = _mode(Path(folder) / entry)
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+                raise StylestreamError(f"not published: {version}: {Path(folder) / entry} is {kind}; a version "
+                                       f"holds regular files only")
+
+
+def _mode(path: Path) -> int:
+    """``path``'s mode, of the link itself where it is one; 0 where nothing is there."""
+    try:
+        return path.lstat().st_mode
+    except FileNotFoundError:
+        return 0
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 def _loads(directory: Path, version: str) -> None:

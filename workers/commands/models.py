@@ -9,14 +9,18 @@ from __future__ import annotations
 import importlib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import click
 import typer
 from typer.core import TyperCommand
 
+from streamcore.exceptions import StylestreamError
 from streamcore.extras import needs
 from workers.commands import console, settings
+
+if TYPE_CHECKING:
+    from serving.registry import Registry
 
 #: Options go through to argparse, ``--help`` too.
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
@@ -105,18 +109,57 @@ def promote(ckpt: Annotated[str, typer.Argument(help="a published version, or a 
     from serving.registry import Registry
     from training.onnx_export import build_or_skip
 
+    if not ckpt.strip():
+        raise typer.BadParameter("give a published version or a checkpoint directory", param_hint="'CKPT'")
     config = settings()
-    if Path(ckpt).is_dir():  # a checkpoint directory is published first (with its ONNX backbone)
-        ckpt = Registry(config.serving.model_dir).publish(Path(ckpt), build=build_or_skip).version
-    update = do_promote(config, ckpt)
+    registry = Registry(config.serving.model_dir)
+    version = _published(registry, ckpt)
+    if version is None:  # a checkpoint directory is published first (with its ONNX backbone)
+        version = registry.publish(Path(ckpt), build=build_or_skip).version
+    update = do_promote(config, version)
     console.print(f"serving [bold]{update.version}[/] ({update.path})")
+
+
+def _published(registry: Registry, ckpt: str) -> str | None:
+    """The published version ``ckpt`` names, or None where it is a checkpoint directory to publish.
+
+    A published version wins over a folder of the same name under the working directory, and a path to a
+    published version's own folder promotes that version: neither is published again as a new one. Only a folder
+    holding a checkpoint's files is published: ``.`` or another folder is never copied into the registry.
+
+    Raises:
+        StylestreamError: ``ckpt`` is neither a published version nor a checkpoint directory.
+    """
+    from serving.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+    from serving.registry import CHECKSUM_FILE
+
+    source = Path(ckpt)
+    here = source.resolve() if source.is_dir() else None
+    if here is not None and here.parent == registry.root.resolve() and here.name in registry.versions():
+        return here.name
+    try:
+        return registry.get(ckpt).version
+    except ValueError as exc:  # not a version name: ../x, /abs, .
+        problem = str(exc)
+    except KeyError:
+        unsealed = (registry.root / ckpt).is_dir()
+        problem = (f"its folder in {registry.root} has no {CHECKSUM_FILE} (not published)" if unsealed
+                   else f"no published version {ckpt!r} in {registry.root}")
+    if all((source / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE)):
+        return None
+    folder = f" (the folder {ckpt!r} holds no {CONFIG_FILE} and {WEIGHTS_FILE})" if source.is_dir() else ""
+    raise StylestreamError(f"not promoted: {ckpt!r} is neither a checkpoint directory nor a published version"
+                           f"{folder}: {problem}")
 
 
 def rollback() -> None:
     """Serve the version that was serving before the current one."""
     from serving.promotion import rollback as do_rollback
 
-    update = do_rollback(settings())
+    try:
+        update = do_rollback(settings())
+    except KeyError as exc:  # the registry no longer holds the version to go back to
+        raise StylestreamError(f"not rolled back: {exc.args[0] if exc.args else exc}") from exc
     console.print(f"rolled back: serving [bold]{update.version}[/]")
 
 
