@@ -125,11 +125,11 @@ class LiveGuard:
             return None
         than = ", ".join(f"{a.rate:.2f} ({a.total}) with {v}" for v, a in worse.items())
         try:
-            rollback(self.settings, expected=history[0],
+            rollback(self.settings, expected=history[0], by_hand=False,
                      reason=f"live guard: corrections agree {serving.rate:.2f} ({serving.total}) with {history[0]}, "
                             f"{than}")
-        except StylestreamError as exc:  # another replica's guard (or an operator) moved it first
-            log.info("live guard: no rollback of %s: %s", history[0], exc)
+        except StylestreamError as exc:  # another replica's guard (or an operator) moved it first, or the version
+            log.warning("live guard: no rollback of %s: %s", history[0], exc)  # before it does not load
             return None
         self.metrics.rollbacks.inc()
         log.warning("live guard: rolled back %s -> %s: corrections agree %.2f (%d) vs %s, margin %.2f",

@@ -13,15 +13,15 @@
 * **Progress and cancellation.** :class:`RunProgress` is the run's step hook: it exports step, loss and
   elapsed time, logs them every few seconds, and raises :class:`RunCancelled` at the next step boundary
   once its event is set; a cancelled run publishes nothing.
-* **Gate.** :meth:`Trainer.consider` evaluates candidate and serving model on the same held-out test
-  split in the same run (the paper's metrics, mined hints): each gated metric of the candidate must be at
-  least the serving model's minus ``gate_margin``, and the fixed reference's (the version last promoted by
-  hand, else the packaged default) when it is of the candidate's kind (:mod:`training.gate_run`: so the
-  margins of successive promotions cannot add up). Only a passing
-  candidate is published (``Registry.newest()``, the fallback when no pointer is set, never names a rejected
-  model) and promoted, fenced by the run lease; its ``metrics.json`` holds the evaluations, the gate (checks,
-  reference, what was skipped and why) and the data it saw. With ``real_gate`` the candidate must also
-  match, on real photos (:mod:`training.real.gate`), the model it would replace, the packaged default included.
+* **Gate.** :meth:`Trainer.consider` evaluates candidate and serving model on the same held-out test split in
+  the same run (the paper's metrics, mined hints): each gated metric of the candidate must be at least the
+  serving model's minus ``gate_margin``, and the fixed reference's (:mod:`training.gate_run`: the version last
+  promoted by hand, else the packaged default, when of the candidate's kind). Only a passing candidate is
+  published (``Registry.newest()``, the fallback when no pointer is set, never names a rejected model) and
+  promoted, fenced by the run lease and by the pointer (an operator's promotion during the run wins, and the run
+  is redone from it); its ``metrics.json`` holds the evaluations, the gate and the data it saw. With
+  ``real_gate`` the candidate must also match, on real photos (:mod:`training.real.gate`), the model it would
+  replace, the packaged default included.
 """
 
 from __future__ import annotations
@@ -35,17 +35,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from serving.checkpoint import save_checkpoint
 from serving.models import DynamicCNN, build_head
 from serving.ontology import load_ontology
 from serving.predict import resolve_device
-from serving.promotion import promote
+from serving.promotion import PointerMoved, promote
 from serving.registry import Registry
 from streamcore import redisconn
 from streamcore.exceptions import StylestreamError
@@ -53,7 +51,7 @@ from streamcore.lease import Lease, LeaseLost
 from streamcore.metrics import StageMetrics
 from streamcore.settings import Settings
 from training.continued import learns_multi
-from training.data.benchmark import BenchmarkConfig, Split, load_benchmark
+from training.data.benchmark import Split, load_benchmark
 from training.feedback import Example, concat, learnable, to_split
 from training.gate_run import Gates, chosen_reference
 from training.gating import GATES, GateDecision
@@ -76,53 +74,9 @@ from training.train import (
     frozen_features,
     train_head,
 )
+from training.trainer_config import TrainerConfig
 
 log = logging.getLogger(__name__)
-
-class TrainerConfig(BaseModel):
-    """The trainer's knobs. Build it with :meth:`from_settings`: the ``trainer_*`` defaults live in Settings."""
-
-    model_config = ConfigDict(frozen=True)
-
-    interval_s: float | None = Field(gt=0, description="retrain period; None: no schedule")
-    min_feedback: int | None = Field(ge=1, description="new feedback examples that trigger a run; None: never")
-    gate_margin: float = Field(ge=0, le=1, description="how much worse than serving a candidate may be")
-    max_posts: int = Field(ge=1, description="posts kept for joining feedback")
-    max_examples: int = Field(ge=1, description="feedback examples retained for training")
-    backbone: str
-    head: str
-    multi: bool
-    device: str
-    n_train: int = Field(ge=10)
-    n_test: int = Field(ge=10)
-    image_size: int = Field(64, ge=32, description="benchmark and stored-post image side")
-    epochs: int = Field(ge=1)
-    pretrain_epochs: int = Field(ge=0, description="cold start only: end-to-end epochs before freezing")
-    lr: float = Field(0.05, gt=0)
-    seed: int = 0
-    #: Also gate on real photos (the committed fixture): never replace a model that is right about photos by
-    #: one that only learnt the synthetic benchmark.
-    real_gate: bool = True
-    #: While nothing is promoted: continue the packaged real-photo model, or train one on the benchmark.
-    start_from: Literal["packaged", "benchmark"] = "packaged"
-    post_image_size: int = Field(288, ge=32, description="side of the kept copy of a post's image")
-    gate_data: Path | None = Field(None, description="a manifest of held-out real photos every candidate is gated on")
-    cache_dir: Path | None
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: object) -> TrainerConfig:
-        """The trainer's settings plus the serving device."""
-        trainer = settings.trainer
-        knobs = {name: getattr(trainer, name) for name in
-                 ("interval_s", "min_feedback", "gate_margin", "max_posts", "max_examples", "n_train", "n_test",
-                  "epochs", "pretrain_epochs", "multi", "cache_dir", "real_gate", "backbone", "head", "start_from",
-                  "post_image_size", "gate_data")}
-        return cls(**{**knobs, "device": settings.serving.device, **overrides})
-
-    def benchmark(self, *, multi: bool) -> BenchmarkConfig:
-        return BenchmarkConfig(multi=multi, n_train=self.n_train, n_test=self.n_test, size=self.image_size,
-                               seed=self.seed)
-
 
 @dataclass(frozen=True)
 class RunResult:
@@ -213,6 +167,9 @@ class Trainer:
                                    progress=progress, lease=lease)
         except RunCancelled:
             self.metrics.trainer_runs.labels("cancelled").inc()
+            raise
+        except PointerMoved:
+            self.metrics.trainer_runs.labels("superseded").inc()
             raise
         except Exception:
             self.metrics.trainer_runs.labels("error").inc()
@@ -357,12 +314,15 @@ class Trainer:
             self.metrics.gate_results.labels(check.name, "pass" if check.passed else "fail").inc()
         version = None
         if decision.passed:
+            replaces = (serving.version if serving else "") if lease is not None else None
             if lease is not None and not lease.renew():  # publish nothing the fenced promotion would refuse
                 raise LeaseLost("lost the run lease before publishing")
+            if replaces is not None:  # checked again as the promotion moves the pointer; here to publish nothing
+                self._still_serving(replaces)
             version = self._publish(candidate, metrics, history, feedback_examples)
             checks = ", ".join(c.describe() for c in decision.checks)
             reason = f"a trainer run passed the gate ({feedback_examples} corrections; {checks or 'nothing to compare'})"
-            promote(self.settings, version, lease=lease, reason=reason)
+            promote(self.settings, version, lease=lease, reason=reason, replaces=replaces)
         self.metrics.trainer_runs.labels("promoted" if decision.passed else "rejected").inc()
         self.metrics.trainer_last_success.set_to_current_time()
         result = RunResult(decision.passed, version, serving.version if serving else None, decision, metrics,
@@ -372,6 +332,13 @@ class Trainer:
                  decision.reference.version if decision.reference else None, feedback_examples, result.seconds,
                  decision.failed() or "none", [c.describe() for c in decision.checks] + list(decision.skipped))
         return result
+
+    def _still_serving(self, version: str) -> None:
+        """Raise :class:`PointerMoved` unless the pointer names ``version`` (``""``: is unset)."""
+        pointer = self._redis.get(self.settings.redis.keys.model_current)
+        now = pointer.decode() if pointer is not None else ""
+        if now != version:
+            raise PointerMoved(f"the serving pointer moved during the run, from {version or 'unset'} to {now or 'unset'}")
 
     def _replaced(self, serving: Serving | None) -> tuple[str, DynamicCNN]:
         """The version and model a candidate would replace: the serving one, else what serves unpromoted."""

@@ -35,6 +35,7 @@ from aiokafka.structs import ConsumerRecord
 from prometheus_client import Counter, Gauge
 from redis.exceptions import RedisError
 
+from serving.promotion import PointerMoved
 from streamcore import redisconn
 from streamcore.exceptions import BadInput
 from streamcore.lease import Lease, LeaseLost
@@ -58,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: After a failed run, no replica starts another for this long.
 _RETRY_AFTER_S = 60.0
+#: After a run an operator's promotion superseded, the next starts this soon (from the version they chose).
+_REDO_AFTER_S = 5.0
 #: How often a replica asks Redis whether a run is due.
 _CHECK_EVERY_S = 1.0
 
@@ -267,6 +270,9 @@ class TrainerStage(Stage):
             log.info("%s; nothing published", exc)
         except LeaseLost as exc:
             log.error("trainer run abandoned: %s", exc)
+        except PointerMoved as exc:  # its trigger stays pending: redone soon, from what the operator chose
+            log.warning("trainer run superseded: %s; redoing it in %.0f s", exc, _REDO_AFTER_S)
+            self.state.retry_after(time.time() + _REDO_AFTER_S)
         except Exception:  # a failed run is counted and logged; the next one may succeed
             log.exception("trainer run failed; retrying in %.0f s", _RETRY_AFTER_S)
             self.state.retry_after(time.time() + _RETRY_AFTER_S)

@@ -248,3 +248,36 @@ def test_the_trainer_records_the_reference_and_why_a_candidate_was_refused(monke
     assert stored["reference"]["version"] == "default-test" and stored["serving_version"] == "v-served"
     assert {c["name"]: c["against"] for c in stored["checks"]} == {"real_category_map": "serving",
                                                                    "reference_real_category_map": "reference"}
+
+
+@pytest.mark.integration
+def test_a_passing_run_publishes_nothing_once_an_operator_moved_the_pointer(monkeypatch, reference, make_settings,
+                                                                           tmp_path):
+    import redis
+
+    from serving.promotion import PointerMoved
+    from streamcore.lease import Lease
+
+    entry, _ = reference
+    settings = make_settings(model_dir=tmp_path / "models")
+    trainer = Trainer(settings, TrainerConfig.from_settings(settings, device="cpu"), StageMetrics("trainer"))
+    trainer.gates = Gates(ONTOLOGY, margin=0.01, device="cpu", reference=entry)
+    publish_tiny(settings.serving.model_dir, "v-served", seed=2)
+    served = trainer.registry.get("v-served").load()
+    candidate = DynamicCNN(served.backbone, copy.deepcopy(served.head), served.config)
+    store = redis.Redis.from_url(settings.redis.url)
+    store.set(settings.redis.keys.model_current, "v-served")
+    publish_tiny(settings.serving.model_dir, "v-operators", seed=3)
+
+    def train(*args, **kwargs):  # an operator promotes their version while the run trains
+        store.set(settings.redis.keys.model_current, "v-operators")
+        return candidate, {"history": []}
+
+    monkeypatch.setattr(retrain, "continue_head", train)
+    monkeypatch.setattr(gate_run, "real_photo_scores", _Scores(candidate, served, (0.95, 0.90, 0.90)))
+    lease = Lease(store, settings.redis.keys.run_lease, ttl_s=600)
+    assert lease.acquire() is not None
+    with pytest.raises(PointerMoved, match="from v-served to v-operators"):
+        trainer._run_real(Serving("v-served", served), served, _held(12), started=0.0, progress=None, lease=lease)
+    assert sorted(trainer.registry.versions()) == ["v-operators", "v-served"]  # the candidate was not published
+    assert store.get(settings.redis.keys.model_current) == b"v-operators"
