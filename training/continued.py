@@ -39,9 +39,17 @@ def continued_entry(settings: Settings, version: str | None) -> Entry | None:
 
 
 def learns_multi(settings: Settings, version: str | None) -> bool:
-    """Whether the model a run continues takes several categories per photo (so may a correction)."""
-    entry = continued_entry(settings, version)
-    return _multi(entry.path) if entry is not None else settings.trainer.multi
+    """Whether the model a run continues takes several categories per photo (so may a correction). A version
+    whose config cannot be read (damaged on disk) is answered for as a bad pointer is: by what serves unpromoted."""
+    for candidate in dict.fromkeys([version, None]):
+        entry = continued_entry(settings, candidate)
+        if entry is None:
+            break
+        try:
+            return _multi(entry.path)
+        except (OSError, ValueError) as exc:  # a bad checkpoint must not turn corrections into dead letters
+            log.warning("the config of %s cannot be read (%s: %s)", entry.version, type(exc).__name__, exc)
+    return settings.trainer.multi
 
 
 @lru_cache(maxsize=64)

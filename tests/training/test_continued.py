@@ -43,3 +43,12 @@ def test_a_correction_may_name_several_garments_for_the_packaged_model_and_one_f
     pointer.set(settings.redis.keys.model_current, "single")
     assert not _page_asks(settings, settings.redis.url)
     assert not _page_asks(settings, "redis://127.0.0.1:9")  # Redis away: what serves with no pointer
+
+
+def test_a_version_whose_config_cannot_be_read_is_answered_for_as_a_bad_pointer(make_settings, tmp_path):
+    settings = make_settings(model_dir=tmp_path)
+    publish_tiny(tmp_path, "damaged")  # single-label; the newest, so what serves unpromoted too
+    (tmp_path / "damaged" / "config.json").write_text('{"model": {')
+    assert learns_multi(settings, "damaged") == settings.trainer.multi  # no traceback, no dead letter
+    publish_tiny(tmp_path, "single")
+    assert not learns_multi(settings, "damaged")  # as what serves unpromoted: the newest, single-label
