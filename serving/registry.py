@@ -199,6 +199,8 @@ class Registry:
         tmp = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=".verified-", dir=self.root)
+            # mkstemp makes it 0600: classifiers running as another user on a shared registry must read it.
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "w") as fh:
                 json.dump(names[-_VERIFIED_KEPT:], fh)
             os.replace(tmp, self.root / VERIFIED_FILE)  # atomic: replicas sharing the registry never read half

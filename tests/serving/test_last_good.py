@@ -38,6 +38,7 @@ def test_the_verified_list_keeps_the_most_recent_last_and_ignores_garbage(regist
     assert registry.verified() == []
     assert registry.mark_verified("v1") and registry.mark_verified("v2") and registry.mark_verified("v1")
     assert registry.verified() == ["v2", "v1"]
+    assert (registry.root / VERIFIED_FILE).stat().st_mode & 0o777 == 0o644  # readable by classifiers of other users
     assert VERIFIED_FILE not in registry.versions()
     (registry.root / VERIFIED_FILE).write_text("{not json")
     assert registry.verified() == []
