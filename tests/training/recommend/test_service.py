@@ -174,12 +174,18 @@ def test_the_cli_refuses_a_user_name_that_is_not_utf8() -> None:
     assert both.exit_code == 2 and "not both" in both.output, both.output
 
 
-def test_a_snapshot_of_another_repository_is_not_loaded(settings, tmp_path) -> None:
-    rng, now = np.random.default_rng(3), int(time.time() * 1000)
-    _add(settings, [_post(f"a{i}", "u1", "v1", now + i, 32, rng) for i in range(30)])
-    first = Recommender(settings, index_dir=tmp_path)
+def _snapshot_of(settings, index_dir, count: int, *, seed: int) -> tuple[np.random.Generator, int]:
+    """Posts a0.. of u1 in v1, indexed and saved under ``index_dir``; the generator and time to add more."""
+    rng, now = np.random.default_rng(seed), int(time.time() * 1000)
+    _add(settings, [_post(f"a{i}", "u1", "v1", now + i, 32, rng) for i in range(count)])
+    first = Recommender(settings, index_dir=index_dir)
     first.sync()
     first.save()
+    return rng, now
+
+
+def test_a_snapshot_of_another_repository_is_not_loaded(settings, tmp_path) -> None:
+    rng, now = _snapshot_of(settings, tmp_path, 30, seed=3)
     # The same version name in another repository: another prefix (or this Redis restarted empty).
     other = Settings.named(redis_url=settings.redis.url, redis_prefix=settings.redis.prefix + "x")
     _add(other, [_post(f"b{i}", "u2", "v1", now + i, 32, rng) for i in range(5)])
@@ -222,11 +228,7 @@ def test_an_index_in_memory_is_rebuilt_when_redis_was_emptied_under_it(settings)
 
 
 def test_a_snapshot_whose_cursor_is_past_the_stream_is_rebuilt(settings, tmp_path) -> None:
-    rng, now = np.random.default_rng(6), int(time.time() * 1000)
-    _add(settings, [_post(f"a{i}", "u1", "v1", now + i, 32, rng) for i in range(10)])
-    first = Recommender(settings, index_dir=tmp_path)
-    first.sync()
-    first.save()
+    rng, now = _snapshot_of(settings, tmp_path, 10, seed=6)
     meta = json.loads((tmp_path / "v1" / "meta.json").read_text())
     (tmp_path / "v1" / "meta.json").write_text(json.dumps({**meta, "cursor": "9999999999999-0"}))
     _add(settings, [_post("later", "u1", "v1", now + 20, 32, rng)])  # would be skipped from a cursor past it
