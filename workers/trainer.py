@@ -198,10 +198,11 @@ class TrainerStage(Stage):
     def _join_waiting(self, posts: Sequence[StoredPost]) -> None:
         """Join the corrections that waited for any of ``posts``, just stored."""
         by_id = {post.post_id: post for post in posts}
-        for post_id, blob in self.state.waiting(list(by_id)).items():
+        waiting = self.state.waiting(list(by_id))
+        multi = self.trainer.learns_multi() if waiting else False  # once per batch: a Redis read and a config
+        for post_id, blob in waiting.items():
             try:
-                self._store_example(Feedback.model_validate_json(blob), by_id[post_id],
-                                    multi=self.trainer.learns_multi())
+                self._store_example(Feedback.model_validate_json(blob), by_id[post_id], multi=multi)
                 self.feedback.labels("joined").inc()
             except (BadInput, ValueError) as exc:  # e.g. the served model's kind changed while it waited
                 self.feedback.labels("dropped").inc()
