@@ -181,12 +181,12 @@ def import_co_parsing(root: Path, *, min_pixels: int = 0, background_crops: int 
                 pairs.append(CO_PARSING[name])
             elif name not in NOT_GARMENTS:
                 report.dropped[name] += 1
-        report.records.append(_record(image, pairs, "co_parsing", split=_co_parsing_split(number)))
+        report.records.append(_record(image, pairs, "co_parsing", split=co_parsing_split(number)))
         for box in background_boxes(mask == 0, background_crops, crop_fraction, rng):
             report.kept["(background region)"] += 1
             report.records.append(Record(image=image, categories=[], box=box, source="co_parsing_background",
-                                         split=_co_parsing_split(number)))
-        if garment_crops and _co_parsing_split(number) == "train":
+                                         split=co_parsing_split(number)))
+        if garment_crops and co_parsing_split(number) == "train":
             for box, pairs in garment_boxes(mask, names):
                 report.kept["(garment region)"] += 1
                 report.records.append(_record(image, pairs, "co_parsing_garment", box=box, split="train"))
@@ -203,7 +203,7 @@ def _co_parsing_skip(photo: Path, mask: np.ndarray) -> str:
     return ""
 
 
-def _co_parsing_split(number: int) -> str:
+def co_parsing_split(number: int) -> str:
     # Photos, not records, are split, so a photo's background regions stay in its split.
     return "test" if number % 5 == 0 else "val" if number % 5 == 1 else "train"
 

@@ -1,9 +1,11 @@
 """Plain similarity against diverse rankings on held-out real photos: ``reports/recommend.json`` and ``.png``.
 
 Queries are Clothing Co-Parsing photos (street outfits, several garments each: the ambiguous case the
-diverse ranking is for); the repository is the clothing dataset (one garment per photo, a shop's
-catalogue). The explicit-coverage ranking's weights are chosen on the validation split of both (queries
-and catalogue), by the rule in :func:`choose`; every ranking is then reported on the test split, which
+diverse ranking is for); the repository is a catalogue of the clothing dataset (one garment per photo) and
+the items worn in the other held-out street photos (:mod:`training.recommend.items`: bags, belts and scarves
+too, which the clothing dataset has no photo of); two other catalogues are reported for comparison
+(:func:`catalogues`). The explicit-coverage ranking's weights are chosen on the validation split of both (queries
+and catalogue), for each catalogue, by the rule in :func:`choose`; every ranking is then reported on the test split, which
 chose nothing. A result is relevant when its garment (ground-truth category) is one the query wears; the
 datasets label no attributes, so attribute families are measured on the model's labels.
 
@@ -14,15 +16,17 @@ results share with it), facet coverage (parts and attribute families in which re
 the query's label, the model's view), intra-list diversity (mean pairwise 1 - cosine of the results'
 vectors) and image similarity (mean cosine of the results' image embeddings to the query's: the style).
 
-``python -m training.recommend.evaluate [--out reports/recommend.json]`` (CPU; ~10 min with the photos
-embedded, ~7 min more to embed them the first time).
+``python -m training.recommend.evaluate [--out reports/recommend.json]`` (CPU; ~4 min with the photos
+and items embedded, ~10 min more to embed them the first time; cached under ``cache/recommend``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,11 +35,28 @@ import numpy as np
 from serving.ontology import load_ontology
 from streamcore.reports import write_report
 from streamcore.runtime import tune_process
+from training.recommend.items import SOURCE as ITEMS
+from training.recommend.items import embedded_items
 from training.recommend.photos import Embedded, embedded_photos
-from training.recommend.ranking import by_parts, cover, covering, facets_matched, joint, mmr, part_queries, plain
+from training.recommend.ranking import (
+    COVER_MU,
+    COVER_TAU,
+    by_parts,
+    cover,
+    covering,
+    facets_matched,
+    joint,
+    mmr,
+    part_queries,
+    plain,
+)
 from training.recommend.vectors import CATEGORY_PART, Layout
 
 MANIFESTS = [Path("/work/data/clothing/manifest.jsonl"), Path("/work/data/ccp/manifest.jsonl")]
+CO_PARSING = Path("/work/data/ccp")
+#: The catalogue's sources: single-garment photos, and items cut from other held-out street photos.
+CATALOGUE = ("clothing_dataset", ITEMS)
+SINGLE_GARMENTS = ("clothing_dataset",)
 K = 10
 #: Rankings compared: name → (kind, embed weight, options). "plain" is the reference.
 RANKINGS = {
@@ -61,9 +82,15 @@ def cover_name(mu: float, tau: float) -> str:
     return f"cover mu={mu:g} tau={tau:g}"
 
 
-def rank(kind: str, weight: float, option, q: int, data: Embedded, items: np.ndarray, layout: Layout) -> list[tuple[int, str]]:
-    """Top-K catalogue positions for query photo ``q``: ``(position, why)``."""
-    vectors, labels = _item_vectors(data, items, weight), data.labels[items]
+#: The weights ``stylestream recommend`` ranks with (chosen on the single-garment catalogue).
+SERVED = cover_name(COVER_MU, COVER_TAU)
+
+
+def rank(kind: str, weight: float, option, q: int, data: Embedded, items: np.ndarray, layout: Layout,
+         keep: np.ndarray) -> list[tuple[int, str]]:
+    """Top-K positions in ``items[keep]`` (the catalogue the query may be answered from) for query photo ``q``:
+    ``(position, why)``."""
+    vectors, labels = _item_vectors(data, items, weight)[keep], data.labels[items[keep]]
 
     def search(vec: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         sims = vectors @ vec
@@ -123,20 +150,31 @@ def query_metrics(q: int, results: list[int], data: Embedded, items: np.ndarray,
 
 
 def evaluate(data: Embedded, layout: Layout, rankings: dict) -> tuple[dict, dict]:
-    """Mean metrics per ranking, and every ranking's results per query (catalogue positions)."""
+    """Mean metrics per ranking, and every ranking's results per query (catalogue positions).
+
+    A query may be answered by every catalogue photo and item but the items cut from its own photo.
+    """
     queries = [i for i, s in enumerate(data.sources) if s == "co_parsing"]
-    items = np.array([i for i, s in enumerate(data.sources) if s == "clothing_dataset"])
+    items = np.array([i for i, s in enumerate(data.sources) if s in CATALOGUE])
     _VECTORS.clear()
     table, results = {}, {}
     for name, (kind, weight, option) in rankings.items():
         per_query = []
         results[name] = {}
         for q in queries:
-            ranked = rank(kind, weight, option, q, data, items, layout)
-            results[name][q] = ranked
-            per_query.append(query_metrics(q, [r for r, _ in ranked], data, items, layout))
+            keep = _answerable(data, items, q)
+            ranked = rank(kind, weight, option, q, data, items, layout, keep)
+            positions = np.flatnonzero(keep)
+            results[name][q] = [(int(positions[r]), why) for r, why in ranked]
+            per_query.append(query_metrics(q, [r for r, _ in ranked], data, items[keep], layout))
         table[name] = {m: round(float(np.mean([p[m] for p in per_query])), 4) for m in per_query[0]}
     return table, {"queries": queries, "items": items.tolist(), "results": results}
+
+
+def _answerable(data: Embedded, items: np.ndarray, q: int) -> np.ndarray:
+    """Which catalogue items may answer query ``q``: all but those cut from its own photo."""
+    own = os.path.realpath(data.images[q])
+    return np.array([data.boxes[i] is None or os.path.realpath(data.images[i]) != own for i in items], dtype=bool)
 
 
 def choose(validation: Embedded, layout: Layout) -> dict:
@@ -161,26 +199,52 @@ def verdict(table: dict, diverse: str) -> dict:
             "facet_coverage_ratio": round(div["facet_coverage"] / max(1e-9, base["facet_coverage"]), 3)}
 
 
+def catalogues(photos: Embedded, items: Embedded) -> dict[str, Embedded]:
+    """The catalogues compared, one split's queries and items each; the first is the one reported in full.
+
+    The first stocks every part: the single-garment photos and every worn item cut from the other street
+    photos. The two others show what the comparison owes to the catalogue: worn items only for the
+    categories no single-garment photo shows (bags, coats, jeans, tights and socks in these datasets), and
+    single garments alone (no bag is stocked, so no list can match a query on its bag).
+    """
+    stocked = {c for t, s in zip(photos.truth, photos.sources) if s in SINGLE_GARMENTS for c in t}
+    lacking = items.subset([i for i, t in enumerate(items.truth) if not set(t) <= stocked])
+    return {"single garments + every worn item": photos.joined(items),
+            "single garments + worn items of the categories they lack": photos.joined(lacking),
+            "single garments": photos}
+
+
 def main(argv: list[str] | None = None, *, figure: Callable | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("reports/recommend.json"))
     parser.add_argument("--cache", type=Path, default=Path("cache/recommend"),
-                        help="folder of the embedded photos (val_photos.npz, test_photos.npz)")
+                        help="folder of the embedded photos and items (val_photos.npz, test_items.npz, ...)")
+    parser.add_argument("--co-parsing", type=Path, default=CO_PARSING,
+                        help="Clothing Co-Parsing checkout the worn items are cut from (masks 0001-1004)")
     args = parser.parse_args(argv)
     tune_process()
     ontology = load_ontology()
     layout = Layout(ontology)
-    validation = choose(embedded_photos(MANIFESTS, args.cache / "val_photos.npz", ontology, "val"), layout)
-    diverse = validation["chosen"]
-    data = embedded_photos(MANIFESTS, args.cache / "test_photos.npz", ontology, "test")
+
+    def split(name: str) -> dict[str, Embedded]:
+        return catalogues(embedded_photos(MANIFESTS, args.cache / f"{name}_photos.npz", ontology, name),
+                          embedded_items(args.co_parsing, args.cache / f"{name}_items.npz", ontology, name))
+
+    validation, test = split("val"), split("test")
+    name, *others = validation
+    chosen = choose(validation[name], layout)
+    diverse, data = chosen["chosen"], test[name]
     # Every weight of the grid is reported on the test split too, to show the trade-off; only validation chose.
     grid = {cover_name(mu, tau): ("cover", 0.5, (mu, tau)) for mu, tau in COVER_GRID}
-    table, ranked = evaluate(data, layout, {**RANKINGS, diverse: grid[diverse], **grid})
+    table, ranked = evaluate(data, layout, {**RANKINGS, diverse: grid[diverse], SERVED: ("cover", 0.5, (COVER_MU, COVER_TAU)),
+                                            **grid})
     report = {
         "model_version": data.version, "queries": len(ranked["queries"]), "catalogue": len(ranked["items"]),
+        "catalogue_stocks": name, "catalogue_items": dict(Counter(data.sources[i] for i in ranked["items"])),
         "k": K, "embedding_dim": int(data.embeddings.shape[2]), "rankings": table,
-        "verdict": verdict(table, diverse), "validation": validation,
+        "verdict": verdict(table, diverse), "served_verdict": verdict(table, SERVED), "validation": chosen,
         "part_coverage_ceiling": ceiling(data),
+        "other_catalogues": {other: compare(validation[other], test[other], layout) for other in others},
         # The embedding output's cost to the classifier: its added step against the forward (photos.embedding_cost).
         "classifier_embedding_cost": data.seconds_per_image.get("best_of_5_one_batch"),
     }
@@ -193,12 +257,30 @@ def main(argv: list[str] | None = None, *, figure: Callable | None = None) -> in
     return 0
 
 
+def compare(validation: Embedded, data: Embedded, layout: Layout) -> dict:
+    """Plain against the explicit-coverage weights chosen on ``validation`` and against the served ones, on
+    ``data`` (the test split)."""
+    chosen = choose(validation, layout)
+    diverse = chosen["chosen"]
+    rankings = {"plain": RANKINGS["plain"], diverse: ("cover", 0.5, (chosen["weights"]["mu"], chosen["weights"]["tau"])),
+                SERVED: ("cover", 0.5, (COVER_MU, COVER_TAU))}
+    table, ranked = evaluate(data, layout, rankings)
+    return {"catalogue": len(ranked["items"]), "rankings": table, "verdict": verdict(table, diverse),
+            "served_verdict": verdict(table, SERVED),
+            "validation": {k: v for k, v in chosen.items() if k != "rankings"},
+            "part_coverage_ceiling": ceiling(data)}
+
+
 def ceiling(data: Embedded) -> float:
     """Mean over queries of the body parts a list could match at most: parts of the garments the query wears
-    that the catalogue has."""
+    that the catalogue it may be answered from has."""
     queries = [i for i, s in enumerate(data.sources) if s == "co_parsing"]
-    stocked = {c for i, s in enumerate(data.sources) if s == "clothing_dataset" for c in data.truth[i]}
-    return round(float(np.mean([len({CATEGORY_PART[c] for c in set(data.truth[q]) & stocked}) for q in queries])), 4)
+    items = np.array([i for i, s in enumerate(data.sources) if s in CATALOGUE])
+    parts = []
+    for q in queries:
+        stocked = {c for i in items[_answerable(data, items, q)] for c in data.truth[i]}
+        parts.append(len({CATEGORY_PART[c] for c in set(data.truth[q]) & stocked}))
+    return round(float(np.mean(parts)), 4)
 
 
 if __name__ == "__main__":

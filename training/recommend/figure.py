@@ -15,9 +15,11 @@ from training.recommend.vectors import CATEGORY_PART, Layout
 _SHOWN = ("precision", "garment_coverage", "part_coverage", "facet_coverage", "ild", "image_similarity")
 
 
-def _thumb(path: str, size: int = 160) -> np.ndarray:
+def _thumb(path: str, size: int = 160, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
     with Image.open(path) as img:
         img = img.convert("RGB")
+        if box is not None:
+            img = img.crop(box)
         img.thumbnail((size, size))
         canvas = Image.new("RGB", (size, size), "white")
         canvas.paste(img, ((size - img.width) // 2, (size - img.height) // 2))
@@ -49,7 +51,7 @@ def draw(path: Path, data: Embedded, ranked: dict, table: dict, diverse: str, la
     for row, name in enumerate(("plain", diverse)):
         for col, (r, why) in enumerate(ranked["results"][name][q][:10]):
             cell = fig.add_subplot(grid[row, col + 2])
-            cell.imshow(_thumb(data.images[items[r]]))
+            cell.imshow(_thumb(data.images[items[r]], box=data.boxes[items[r]]))
             truth = data.truth[items[r]]
             hit = bool(set(truth) & worn)
             cell.set_title(f"{truth[0][:16]}" + (f"\nfor: {why}" if why else ""), fontsize=7,

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,19 +60,39 @@ class Embedded:
     embeddings: np.ndarray
     version: str
     seconds_per_image: dict[str, float]
+    #: Per photo, the region of it shown (left, top, right, bottom), or None for the whole photo.
+    boxes: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.boxes = list(self.boxes) or [None] * len(self.images)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"images": self.images, "sources": self.sources, "truth": self.truth, "version": self.version,
-                "seconds_per_image": self.seconds_per_image}
+                "seconds_per_image": self.seconds_per_image, "boxes": self.boxes}
         np.savez_compressed(path, labels=self.labels, embeddings=self.embeddings, meta=json.dumps(meta))
+
+    def joined(self, other: Embedded) -> Embedded:
+        """These photos and then ``other``'s, embedded by the same model."""
+        if other.version != self.version:
+            raise ValueError(f"embedded by {self.version} and by {other.version}: not one embedding space")
+        return Embedded(self.images + other.images, self.sources + other.sources, self.truth + other.truth,
+                        np.concatenate([self.labels, other.labels]),
+                        np.concatenate([self.embeddings, other.embeddings]), self.version, self.seconds_per_image,
+                        self.boxes + other.boxes)
+
+    def subset(self, rows: list[int]) -> Embedded:
+        """These photos' ``rows``, in that order."""
+        return Embedded([self.images[i] for i in rows], [self.sources[i] for i in rows], [self.truth[i] for i in rows],
+                        self.labels[rows], self.embeddings[rows], self.version, self.seconds_per_image,
+                        [self.boxes[i] for i in rows])
 
     @classmethod
     def load(cls, path: Path) -> Embedded:
         data = np.load(path)
         meta = json.loads(str(data["meta"]))
         return cls(meta["images"], meta["sources"], meta["truth"], data["labels"], data["embeddings"],
-                   meta["version"], meta["seconds_per_image"])
+                   meta["version"], meta["seconds_per_image"], [tuple(b) if b else None for b in meta.get("boxes", [])])
 
 
 def embed_records(records: list[Record], predictor: Predictor, layout: Layout, *, batch: int = 32) -> Embedded:
@@ -101,7 +122,7 @@ def embed_records(records: list[Record], predictor: Predictor, layout: Layout, *
     per_image["best_of_5_one_batch"] = embedding_cost(predictor, images[keep[:batch]])
     return Embedded([records[i].image for i in keep], [records[i].source for i in keep],
                     [list(records[i].categories or []) for i in keep], np.stack(labels), np.concatenate(rows),
-                    predictor.version, per_image)
+                    predictor.version, per_image, [records[i].box for i in keep])
 
 
 def embedding_cost(predictor: Predictor, images: np.ndarray, *, repeats: int = 5) -> dict:
@@ -134,11 +155,16 @@ def _bands(predictor: Predictor, images: torch.Tensor) -> np.ndarray:
 def embedded_photos(manifests: list[Path], cache: Path, ontology: Ontology, split: str = "test") -> Embedded:
     """One held-out split's photos embedded by the packaged model on the CPU (cached at ``cache``, used only
     while the packaged model is the one that embedded them)."""
+    return cached_embedding(cache, lambda: held_out_records(manifests, ontology, split), ontology)
+
+
+def cached_embedding(cache: Path, records: Callable[[], list[Record]], ontology: Ontology) -> Embedded:
+    """``records()`` embedded by the packaged model on the CPU, or the copy at ``cache`` that model made."""
     if cache.exists():
         cached = Embedded.load(cache)
         if cached.version == default_entry().version:
             return cached
     predictor = Predictor.load(Settings.named(device="cpu", model_dir=Path("/nonexistent-registry")))
-    embedded = embed_records(held_out_records(manifests, ontology, split), predictor, Layout(ontology))
+    embedded = embed_records(records(), predictor, Layout(ontology))
     embedded.save(cache)
     return embedded
