@@ -61,6 +61,24 @@ def _share(text: str) -> float:
     return value
 
 
+def _device(text: str) -> str:
+    """An argparse type: ``auto`` (CUDA when this machine has it, else the CPU), ``cpu`` or a CUDA device that
+    is there, checked before any photo loads."""
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: only cpu and cuda devices train here")
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has no such CUDA device")
+    return str(device)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     from streamcore.helptext import parser_options  # the help as `stylestream ... --help` shows it
 
@@ -93,6 +111,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--head-street-repeat", type=int, default=RealConfig.head_street_repeat,
                         help="street photos drawn this many times per epoch when the served head trains")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", type=_device, default="auto",
+                        help="where the trunk is fine-tuned: auto (CUDA when there is one), cpu, cuda, cuda:N")
     parser.add_argument("--cache-dir", type=Path, default=Path("cache/real"),
                         help="keeps the frozen trunk's activations for reruns on the same photos")
     parser.add_argument("--report", type=Path, help="write the real-photo report (JSON + PNG) here")
@@ -128,6 +148,7 @@ def main(argv: list[str] | None = None, *, command: str | None = None) -> int:
     records = [r for path in args.data for r in read_manifest(path, ontology)]
     config = RealConfig(backbone=args.backbone, image_size=args.image_size, negatives=args.negatives, seed=args.seed,
                         cache_dir=args.cache_dir, head_street_repeat=args.head_street_repeat, max_missing=args.max_missing,
+                        device=args.device,
                         tune=TuneConfig(cut=args.cut, epochs=args.epochs, augment=args.augment, seed=args.seed))
     torch.manual_seed(args.seed)
     started = time.monotonic()

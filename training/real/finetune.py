@@ -64,36 +64,43 @@ class Fronts:
         return len(self.plain)
 
 
+def _device(model: DynamicCNN) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _front(model: DynamicCNN, images: Tensor, cut: int) -> Tensor:
-    """The trunk's blocks before ``cut`` on a uint8 batch (normalised here, as the classifier does)."""
-    x = model.preprocess(images).contiguous(memory_format=torch.channels_last)
+    """The trunk's blocks before ``cut`` on a uint8 batch (normalised here, as the classifier does), on the
+    model's device."""
+    x = model.preprocess(images.to(_device(model))).contiguous(memory_format=torch.channels_last)
     return model.backbone.features.front(x, cut)
 
 
 def cache_fronts(model: DynamicCNN, split: Split, cut: int, *, batch_size: int = 64, mirrored: bool = True,
                  desc: str = "front") -> Fronts:
-    """Run the frozen front over a split's images once (float16 on the host: half the memory)."""
+    """Run the frozen front over a split's images once, on the model's device (kept in float16 on the host:
+    half the memory)."""
     trunk = model.backbone.features
     trunk.eval()
     plain, flipped = [], []
     with torch.inference_mode():
         for start in tqdm(range(0, len(split), batch_size), desc=desc, leave=False, disable=None):
             x = torch.from_numpy(split.images[start: start + batch_size])
-            plain.append(_front(model, x, cut).half())
+            plain.append(_front(model, x, cut).half().cpu())
             if mirrored:
-                flipped.append(_front(model, x.flip(3), cut).half())
+                flipped.append(_front(model, x.flip(3), cut).half().cpu())
     plain_t = torch.cat(plain)
     return Fronts(plain_t, torch.cat(flipped) if mirrored else plain_t, split.targets(multi=True))
 
 
 def pooled(model: DynamicCNN, fronts: Tensor, cut: int, *, batch_size: int = 128) -> Tensor:
-    """Backbone features ``[N, F]`` from cached front activations (what ``model.backbone`` would give)."""
+    """Backbone features ``[N, F]`` on the host from cached front activations (what ``model.backbone`` would
+    give), computed on the model's device."""
     model.eval()
-    out = []
+    device, out = _device(model), []
     with torch.inference_mode():
         for start in range(0, len(fronts), batch_size):
-            x = model.backbone.features.tail(fronts[start: start + batch_size].float(), cut)
-            out.append(torch.flatten(model.backbone.pool(x), 1))
+            x = model.backbone.features.tail(fronts[start: start + batch_size].float().to(device), cut)
+            out.append(torch.flatten(model.backbone.pool(x), 1).cpu())
     return torch.cat(out)
 
 
@@ -123,17 +130,19 @@ def _batch(model: DynamicCNN, train: Fronts, idx: Tensor, config: TuneConfig, rn
 
 def _loss(model: DynamicCNN, data: Fronts, config: TuneConfig) -> float:
     model.eval()
-    total = 0.0
+    device, total = _device(model), 0.0
     with torch.inference_mode():
         for start in range(0, len(data), 128):
             idx = slice(start, start + 128)
-            out = _forward(model, data.plain[idx].float(), config)
-            total += float(compute_loss(out, {k: v[idx] for k, v in data.targets.items()}, multi=True)) * len(out[0])
+            out = _forward(model, data.plain[idx].float().to(device), config)
+            targets = {k: v[idx].to(device) for k, v in data.targets.items()}
+            total += float(compute_loss(out, targets, multi=True)) * len(out[0])
     return total / len(data)
 
 
 def finetune(model: DynamicCNN, train: Fronts, val: Fronts, config: TuneConfig) -> dict:
-    """Train the trunk's tail and the head on cached fronts; keeps the epoch with the best validation loss."""
+    """Train the trunk's tail and the head on cached fronts, on the model's device; keeps the epoch with the
+    best validation loss."""
     torch.manual_seed(config.seed)
     trunk = model.backbone.features
     model.requires_grad_(False)
@@ -151,15 +160,16 @@ def finetune(model: DynamicCNN, train: Fronts, val: Fronts, config: TuneConfig) 
     if config.augment and train.images is None:
         raise ValueError("fine-tuning with augment needs the photos themselves (Fronts.images)")
     transform = photo_augmenter(train.images.shape[-1]) if config.augment else None
-    history, best, best_state = [], float("inf"), None
+    history, best, best_state, device = [], float("inf"), None, _device(model)
     for epoch in range(config.epochs):
         model.train()
         total = 0.0
         order = torch.from_numpy(rng.permutation(rows))
         for start in tqdm(range(0, len(order), config.batch_size), desc=f"fine-tune {epoch}", leave=False, disable=None):
             idx = order[start: start + config.batch_size]
-            x = _batch(model, train, idx, config, rng, transform)
-            loss = compute_loss(_forward(model, x, config), {k: v[idx] for k, v in train.targets.items()}, multi=True)
+            x = _batch(model, train, idx, config, rng, transform).to(device)
+            targets = {k: v[idx].to(device) for k, v in train.targets.items()}
+            loss = compute_loss(_forward(model, x, config), targets, multi=True)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

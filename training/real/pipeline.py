@@ -64,6 +64,9 @@ class RealConfig:
     tune: TuneConfig = field(default_factory=TuneConfig)
     fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=40, lr=0.02, patience=5, batch_size=64))
     seed: int = 0
+    #: Where the trunk is fine-tuned and its features computed (``cuda`` when there is one); the heads, fitted
+    #: on those features, train on the CPU.
+    device: str = "cpu"
     #: Where the frozen front's activations are kept between runs on the same photos (``None``: not kept).
     cache_dir: Path | None = None
 
@@ -142,7 +145,7 @@ def prepare(records: list[Record], ontology: Ontology, config: RealConfig, *, tr
               for name, (recs, images) in photos.items()}
     torch.manual_seed(config.seed)
     base = build_model(backbone=config.backbone, head="base", ontology=ontology, multi=True,
-                       image_size=config.image_size)
+                       image_size=config.image_size).to(config.device)
     fronts = {name: _fronts(base, split, photos[name][0], name, config) for name, split in splits.items()}
     street = np.isin([r.source for r in photos["train"][0]], STREET)
     fronts["train"] = dataclasses.replace(fronts["train"], repeats=np.where(street, config.tune.street_repeat, 1),
@@ -153,7 +156,7 @@ def prepare(records: list[Record], ontology: Ontology, config: RealConfig, *, tr
         history = {"trunk_from": str(trunk_from)}
         base.backbone.load_state_dict(load_checkpoint(trunk_from, ontology=ontology).backbone.state_dict())
     features = {name: pooled(base, f.plain, config.tune.cut) for name, f in fronts.items()}
-    base.backbone.requires_grad_(False)
+    base.cpu().backbone.requires_grad_(False)
     return Prepared({n: p[0] for n, p in photos.items()}, splits,
                     {n: np.array([r.source for r in p[0]]) for n, p in photos.items()}, base, features, history,
                     dropped)

@@ -27,7 +27,8 @@ def _records(count: int, missing: int, split: str = "train") -> list[Record]:
 
 @pytest.mark.parametrize("bad", [["--head", "nosuch"], ["--image-size", "0"], ["--image-size", "x"],
                                  ["--epochs", "0"], ["--negatives", "-1"], ["--cut", "-1"], ["--cut", "17"],
-                                 ["--seeds", "0"], ["--max-missing", "1.5"]])
+                                 ["--seeds", "0"], ["--max-missing", "1.5"], ["--device", "tpu"],
+                                 ["--device", "meta"], ["--device", "cuda:99"]])
 def test_a_bad_value_is_refused_at_once_with_exit_2(bad, tmp_path, capsys):
     # The manifest does not exist: a refusal after parsing would be about it, not the value.
     with pytest.raises(SystemExit) as caught:
