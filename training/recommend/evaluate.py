@@ -157,12 +157,13 @@ def evaluate(data: Embedded, layout: Layout, rankings: dict) -> tuple[dict, dict
     queries = [i for i, s in enumerate(data.sources) if s == "co_parsing"]
     items = np.array([i for i, s in enumerate(data.sources) if s in CATALOGUE])
     _VECTORS.clear()
+    answerable = {q: _answerable(data, items, q) for q in queries}
     table, results = {}, {}
     for name, (kind, weight, option) in rankings.items():
         per_query = []
         results[name] = {}
         for q in queries:
-            keep = _answerable(data, items, q)
+            keep = answerable[q]
             ranked = rank(kind, weight, option, q, data, items, layout, keep)
             positions = np.flatnonzero(keep)
             results[name][q] = [(int(positions[r]), why) for r, why in ranked]

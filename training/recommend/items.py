@@ -1,4 +1,4 @@
-"""Shop items cut from held-out street photos: the parts a catalogue of single garments does not stock.
+"""A catalogue's items cut from held-out street photos: garments, bags and accessories as worn.
 
 The clothing dataset photographs tops, trousers, dresses, jackets, shoes and hats, and no bag, belt, scarf,
 watch, sunglasses or socks. A street outfit wears those too, so with that catalogue alone a list cannot
@@ -6,8 +6,7 @@ match a query on its bag however it is ranked. Clothing Co-Parsing's pixel masks
 is: one item per Co-Parsing class a photo shows (the box around that class's pixels, widened a little),
 labelled with that class's category only (a shop item is one product). Only held-out photos (validation and
 test splits, never past 1004) are cut, and a query is never answered with an item cut from its own photo
-(:func:`training.recommend.evaluate.evaluate` leaves those out).
-"""
+(:func:`training.recommend.evaluate.evaluate` leaves those out)."""
 
 from __future__ import annotations
 
