@@ -116,6 +116,19 @@ def test_a_conflict_with_a_started_post_is_refused_and_a_redo_starts_again():
     assert len(join.due(now=3.0)) == 1
 
 
+def test_a_post_with_other_bytes_is_classified_once_the_first_ended_as_a_dead_letter():
+    join = HintJoin(hold_s=60)
+    join.on_post(Rec("posts", 0, 1), _post("a"), "fp-1", deadline=0.0)
+    join.due(now=1.0)
+    join.unlabelled("a", "fp-2")  # another copy's letter frees nothing
+    with pytest.raises(BadInput):
+        join.on_post(Rec("posts", 0, 2), _post("a"), "fp-2", deadline=3.0)
+    join.unlabelled("a", "fp-1")  # its image could not be fetched, say: no label holds the id
+    assert join.on_post(Rec("posts", 0, 3), _post("a"), "fp-2", deadline=3.0) == []
+    (start,) = join.due(now=3.0)
+    assert start.waiting.fingerprint == "fp-2"
+
+
 def test_hints_of_posts_labelled_before_a_restart_are_released_late():
     join = HintJoin(hold_s=60)
     old, new = Rec("hints", 0, 0), Rec("hints", 0, 1)

@@ -97,6 +97,16 @@ def test_copies_of_a_dead_lettered_post_are_classified_again_like_a_copy_read_la
     assert stand.stage.offsets.committable() == {POSTS: 3, HINTS: 1}
 
 
+def test_a_dead_lettered_post_leaves_its_id_free_for_a_copy_with_other_bytes():
+    stand = Stand(BadInput("url_unreachable", "could not fetch"))
+    waiting = stand.three_copies_then_hints()
+    asyncio.run(stand.stage._process(waiting))
+    fixed = encode(Post(post_id="a", created_at=datetime.now(UTC), user="u", image=ImageSource(path="y.jpg")))
+    stand.fetch([_record(POSTS, 3, fixed)])
+    assert [code for _, code in stand.letters] == ["url_unreachable"] * 3  # none for the fixed copy
+    assert [r.offset for r in stand.stage.join.waiting_records()] == [3]  # it waits for its hints, to be classified
+
+
 def test_copies_stay_unfinished_when_their_label_cannot_be_sent_before_the_stage_stops():
     stand = Stand(LABEL)
     waiting = stand.three_copies_then_hints()

@@ -6,7 +6,8 @@ for a post already started are ``late``; a second hints record for a held post i
 text stage redid the post). A post id seen again with the same bytes while the first copy waits is a redo
 and ends with it (see the stage: its stored label sent again, or, after a dead letter, the copy classified
 again); seen again after it started, it is classified again and the label store answers with the stored
-label. With other bytes it is a conflict (``duplicate_post_id``).
+label. With other bytes it is a conflict (``duplicate_post_id``), unless the post it conflicts with ended as a
+dead letter: then no label holds the id, and the copy is classified.
 
 Every method returns what the stage must do — :class:`Start` a post, :class:`Release` a hints record — and
 the stage does it. Records are anything with ``topic``, ``partition``, ``offset`` and ``value``.
@@ -143,6 +144,13 @@ class HintJoin:
         while self._held and now - next(iter(self._held.values())).since >= self.hold_s:
             out.append(Release(self._take(next(iter(self._held))).record, "expired"))
         return out
+
+    def unlabelled(self, post_id: str, fingerprint: str) -> None:
+        """A started post ended as a dead letter: no label holds its bytes, so its id is free again. A copy with
+        other bytes (the image fixed, or one that can now be fetched) is then classified, as it would be after a
+        restart, and the label store decides a conflict with a label written meanwhile."""
+        if self._started.get(post_id) == fingerprint:
+            del self._started[post_id]
 
     def already_labelled(self, post_ids: Iterable[str]) -> list[Release]:
         """Release held hints of posts labelled before (found in the label store after a restart)."""

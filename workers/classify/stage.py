@@ -208,6 +208,7 @@ class ClassifyStage(Stage):
                 stored = await self._classify(waiting)
             except BadInput as exc:
                 await self.dead_letter(waiting.record, exc)
+                self.join.unlabelled(waiting.post.post_id, waiting.fingerprint)
             except InfrastructureError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a bug or an input no check foresaw: this post only
