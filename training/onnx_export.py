@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None, *, model_dir: Path | None = None) -> int
     if args.version == "default":
         directory = DEFAULT_MODEL_DIR
     else:
-        directory = Registry(args.model_dir or Path("./models")).get(args.version).path
+        try:
+            directory = Registry(args.model_dir or Path("./models")).get(args.version).path
+        except (KeyError, ValueError) as exc:  # not published, or not a version name: the command line is wrong
+            parser.error(str(exc.args[0] if exc.args else exc))
     manifest = build_artifacts(directory, calibration=args.int8_calibration,
                                calibration_photos=args.calibration_photos)
     print(json.dumps({"version": args.version, "path": str(directory), **manifest["artifacts"]}, indent=2))

@@ -56,6 +56,8 @@ def test_the_stage_and_the_benchmark_are_choices() -> None:
     ["tail", "--count", "0"], ["produce", "--file", "/no/such/posts.jsonl"], ["produce", "--file", "-", "--real"],
     ["classify", "/no/such/photo.jpg"], ["import", "no-such-dataset", "."],
     ["import", "clothing-dataset", ".", "--garment-crops"],
+    ["classify", "training/real/data/fixture/images/00e745c9-97d9-429d-8c3f-d3db7a2d2991.jpg", "--post-id", "bad id"],
+    ["export-onnx", "v-nope"], ["export-onnx", "../x"],
 ])
 def test_bad_values_are_refused_with_exit_2(args) -> None:
     result = CliRunner().invoke(app, args, env={"STYLESTREAM_KAFKA": "127.0.0.1:1"})

@@ -121,6 +121,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.cut > TRUNK_BLOCKS[args.backbone]:
         parser.error(f"argument --cut: {args.backbone} has {TRUNK_BLOCKS[args.backbone]} blocks, got {args.cut}")
+    for path in [*args.data, *([args.trunk_from] if args.trunk_from else [])]:
+        if not path.exists():
+            parser.error(f"argument {'--data' if path in args.data else '--trunk-from'}: no such file or folder: {path}")
     return args
 
 

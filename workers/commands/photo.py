@@ -24,8 +24,15 @@ def classify(
     from serving.predict import Predictor
     from serving.registry import Registry
     from streamcore.client import image_source
+    from streamcore.exceptions import BadInput
+    from streamcore.schemas import check_post_id
     from streamcore.sources import load_bytes
 
+    if post_id is not None:
+        try:
+            check_post_id(post_id)
+        except BadInput as exc:
+            raise typer.BadParameter(f"{exc.detail}: 1-128 of A-Z a-z 0-9 _ . : -", param_hint="--post-id") from None
     config = settings()
     try:
         source = image_source(photo)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from efficientnet_lite_pytorch import EfficientNet
@@ -17,6 +18,7 @@ from training.real.manifest import ManifestError, Record, write_manifest
 from training.real.pipeline import RealConfig, load_photos
 
 ONTOLOGY = load_ontology()
+FIXTURE = Path(__file__).parents[3] / "training" / "real" / "data" / "fixture" / "manifest.jsonl"
 
 
 def _records(count: int, missing: int, split: str = "train") -> list[Record]:
@@ -38,8 +40,19 @@ def test_a_bad_value_is_refused_at_once_with_exit_2(bad, tmp_path, capsys):
 
 
 def test_a_cut_is_bounded_by_the_chosen_trunk():
-    assert parse(["--data", "m", "--out", "o", "--backbone", "efficientnet_lite2", "--cut", "21"]).cut == 21
-    assert parse(["--data", "m", "--out", "o", "--cut", "16", "--head", "base"]).cut == 16
+    manifest = str(FIXTURE)
+    assert parse(["--data", manifest, "--out", "o", "--backbone", "efficientnet_lite2", "--cut", "21"]).cut == 21
+    assert parse(["--data", manifest, "--out", "o", "--cut", "16", "--head", "base"]).cut == 16
+
+
+@pytest.mark.parametrize("flag", ["--data", "--trunk-from"])
+def test_a_manifest_or_trunk_that_is_not_there_is_a_usage_error(flag, tmp_path, capsys):
+    argv = ["--data", str(FIXTURE), "--out", str(tmp_path / "out"), flag, str(tmp_path / "nowhere")]
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert f"argument {flag}: no such file or folder" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
     for name, blocks in TRUNK_BLOCKS.items():
         assert len(EfficientNet.from_name(name.replace("_", "-"))._blocks) == blocks
 
