@@ -170,7 +170,9 @@ def rollback(settings: Settings, *, expected: str | None = None, reason: str | N
     store, keys = _redis(settings), settings.redis.keys
     history = [v.decode() for v in store.lrange(keys.model_history, 0, 1)]
     if len(history) < 2:
-        raise StylestreamError("nothing to roll back to: fewer than two promotions recorded")
+        raise StylestreamError("nothing to roll back to: " + ("no promotion is recorded" if not history else
+                               f"{history[0]} is the only promotion recorded; the packaged model served before "
+                               "it: stylestream promote default"))
     registry = Registry(settings.serving.model_dir)
     entry = registry.get(history[1])
     _loads(entry, "not rolled back")

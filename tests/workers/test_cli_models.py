@@ -136,3 +136,29 @@ def test_rollback_to_a_version_removed_from_the_registry_is_one_line(make_settin
     assert "not rolled back" in line and "'v1'" in line, line
     store = redis.Redis.from_url(settings.redis.url)
     assert store.get(settings.redis.keys.model_current) == b"v2"
+
+
+@pytest.mark.integration
+def test_after_the_first_promotion_rollback_names_how_to_serve_the_packaged_model_and_that_works(make_settings,
+                                                                                                  tmp_path) -> None:
+    from serving.promotion import promote
+    from serving.registry import default_entry
+
+    settings = make_settings(model_dir=tmp_path / "registry")
+    publish_tiny(tmp_path / "registry", "v1", seed=1)
+    promote(settings, "v1")
+    env = {**settings.child_env(), **_cli_env()}
+    line = one_line(_run(["rollback"], tmp_path, **env))
+    assert "v1 is the only promotion recorded" in line and "stylestream promote default" in line, line
+    store = redis.Redis.from_url(settings.redis.url)
+    packaged = default_entry().version
+    result = _run(["promote", "default"], tmp_path, **env)  # published under the packaged model's own name
+    assert result.returncode == 0, result.stderr
+    assert store.get(settings.redis.keys.model_current) == packaged.encode()
+    result = _run(["rollback"], tmp_path, **env)  # now there is a promotion before the current one
+    assert result.returncode == 0, result.stderr
+    assert store.get(settings.redis.keys.model_current) == b"v1"
+    result = _run(["promote", "default"], tmp_path, **env)  # by its name again: not published a second time
+    assert result.returncode == 0, result.stderr
+    assert store.get(settings.redis.keys.model_current) == packaged.encode()
+    assert Registry(tmp_path / "registry").versions() == sorted(["v1", packaged])

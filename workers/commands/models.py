@@ -103,7 +103,8 @@ def eval_(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
-def promote(ckpt: Annotated[str, typer.Argument(help="a published version, or a checkpoint directory to publish")]) -> None:
+def promote(ckpt: Annotated[str, typer.Argument(
+        help="a published version, a checkpoint directory to publish, or 'default' for the packaged model")]) -> None:
     """Make a checkpoint the serving model; running classifiers hot-swap to it."""
     from serving.promotion import promote as do_promote
     from serving.registry import Registry
@@ -113,11 +114,23 @@ def promote(ckpt: Annotated[str, typer.Argument(help="a published version, or a 
         raise typer.BadParameter("give a published version or a checkpoint directory", param_hint="'CKPT'")
     config = settings()
     registry = Registry(config.serving.model_dir)
-    version = _published(registry, ckpt)
+    version = _packaged(registry) if ckpt == "default" and "default" not in registry.versions() else None
+    version = version or _published(registry, ckpt)
     if version is None:  # a checkpoint directory is published first (with its ONNX backbone)
         version = registry.publish(Path(ckpt), build=build_or_skip).version
     update = do_promote(config, version)
     console.print(f"serving [bold]{update.version}[/] ({update.path})")
+
+
+def _packaged(registry: Registry) -> str:
+    """The packaged model's version in ``registry``, published under its own name the first time."""
+    from serving.registry import default_entry
+    from training.onnx_export import build_or_skip
+
+    entry = default_entry()
+    if entry.version not in registry.versions():
+        registry.publish(entry.path, name=entry.version, build=build_or_skip)
+    return entry.version
 
 
 def _published(registry: Registry, ckpt: str) -> str | None:
@@ -153,7 +166,7 @@ def _published(registry: Registry, ckpt: str) -> str | None:
 
 
 def rollback() -> None:
-    """Serve the version that was serving before the current one."""
+    """Serve the version promoted before the current one (after the first promotion: promote default)."""
     from serving.promotion import rollback as do_rollback
 
     try:
