@@ -111,6 +111,10 @@ class ImageSource(_Message):
         return decode_b64(self.b64)
 
 
+#: What the JSON Schema says of a text the model refuses NUL characters in (``Post._no_nul``).
+_NO_NUL = {"pattern": "^[^\\u0000]*$"}
+
+
 class Post(_Message):
     """``post/v1``: an Instagram post as it arrives on the ``posts`` topic."""
 
@@ -118,8 +122,8 @@ class Post(_Message):
     post_id: PostId
     #: RFC 3339, with its offset: a time without one would be read in each worker's own time zone.
     created_at: AwareDatetime
-    user: str = Field(max_length=256)
-    caption: str = ""
+    user: str = Field(max_length=256, json_schema_extra=_NO_NUL)
+    caption: str = Field("", json_schema_extra=_NO_NUL)
     comments: list[str] = Field(default_factory=list, max_length=10_000)
     hashtags: list[str] = Field(default_factory=list, max_length=1_000)
     user_tags: list[str] = Field(default_factory=list, max_length=1_000)
