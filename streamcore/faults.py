@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -20,7 +21,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import aiokafka.errors
@@ -30,6 +31,8 @@ from redis.exceptions import DataError, NoPermissionError, RedisError
 from streamcore.exceptions import BadInput
 from streamcore.schemas import DeadLetter
 from streamcore.serde import encode
+
+log = logging.getLogger(__name__)
 
 #: Failures of the broker or Redis: retried unless :func:`rejection` names them permanent. The producer
 #: and consumer are aiokafka's (their own ``KafkaError``); the admin client is kafka-python's. Not every
@@ -64,6 +67,18 @@ def rejection(exc: BaseException) -> str | None:
 
 class RecordRejected(BadInput):
     """The broker or Redis refused a record's output for good; the record ends as a dead letter."""
+
+
+async def within(seconds: float, step: Awaitable, what: str) -> None:
+    """Await ``step`` for at most ``seconds``; past that it is cancelled and a warning says what was left undone.
+
+    A stage stopping (SIGTERM, or its parent's death through PDEATHSIG) while the broker is gone would otherwise
+    wait for it forever: the Kafka client waits for a group coordinator as long as there is none.
+    """
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.warning("%s took over STYLESTREAM_STOP_TIMEOUT_S (%gs): going on without it", what, seconds)
 
 
 def backoff(first_s: float, ceiling_s: float, *, rng: random.Random | None = None) -> Iterator[float]:

@@ -372,6 +372,10 @@ class FaultSettings(Section):
     recreate_topics: bool = True
     #: How often a stage checks that its topics exist (also checked whenever a write keeps failing).
     topic_check_s: float = Field(10.0, gt=0)
+    #: The most a stopping stage spends on each of: finishing its in-flight work, its last commit, leaving its
+    #: group; also the most any offset commit may take. Past it the stage goes on (or exits) with those offsets
+    #: uncommitted, and the partition's next owner redoes their records: a broker that is gone cannot hold a stage.
+    stop_timeout_s: float = Field(10.0, gt=0)
 
 
 class _FileSource(PydanticBaseSettingsSource):

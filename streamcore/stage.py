@@ -32,6 +32,7 @@ import aiokafka.errors
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
+from streamcore import faults
 from streamcore.exceptions import BadInput, InfrastructureError
 from streamcore.faults import INFRA_ERRORS, Original, RecordRejected, Streaks, backoff, bounded_letter, rejection
 from streamcore.health import HealthServer, Heartbeat
@@ -218,7 +219,7 @@ class Stage(ABC):
         await produce_by_partition(self.producer, self.settings.kafka.topic(topic), messages)
 
     def stop(self) -> None:
-        """Ask the loop to finish the current round, commit and leave the group."""
+        """Ask the loop to finish the current round, commit and leave the group (each within stop_timeout_s)."""
         self._stopping.set()
 
     def serve_health(self, port: int) -> int:
@@ -230,13 +231,11 @@ class Stage(ABC):
     def stuck(self) -> str | None:
         """Why the stage cannot make progress (an operation failing for ``stuck_after_s``, missing
         topics it may not create), or None. Cheap and thread-safe: ``/readyz`` calls it."""
-        if self.topics.problem is not None:
-            return self.topics.problem
         oldest = self.streaks.oldest()
-        if oldest is not None and oldest[1] >= self.settings.faults.stuck_after_s:
-            operation, seconds, error = oldest
-            return f"stuck: {self.name} {operation} failing for {seconds:.0f} s (last: {error})"
-        return None
+        if self.topics.problem is not None or oldest is None or oldest[1] < self.settings.faults.stuck_after_s:
+            return self.topics.problem
+        operation, seconds, error = oldest
+        return f"stuck: {self.name} {operation} failing for {seconds:.0f} s (last: {error})"
 
     # -- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -260,11 +259,11 @@ class Stage(ABC):
             while not self._stopping.is_set():
                 await self._round()
             self._set_ready(False)
-            await self.shutdown()
-            await self._commit()
+            await faults.within(self.settings.faults.stop_timeout_s, self.shutdown(), f"{self.name}: finishing work")
+            await self._commit()  # bounded by stop_timeout_s as well
         finally:
-            await self.consumer.stop()
-            await self.producer.stop()
+            for client in (self.consumer, self.producer):
+                await faults.within(self.settings.faults.stop_timeout_s, client.stop(), f"{self.name}: leaving Kafka")
 
     def _set_ready(self, ready: bool) -> None:
         # Readiness does not require owning partitions: replicas beyond the partition count are spares.
@@ -362,10 +361,11 @@ class Stage(ABC):
         offsets = {tp: o for tp, o in self.offsets.committable().items() if tp in assigned}
         if not offsets:
             return
-        try:
-            await self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
-        except aiokafka.errors.KafkaError as exc:
-            # CommitFailedError in a rebalance, or a broker hiccup: the offsets stay uncommitted and are
+        commit = self.consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+        try:  # bounded: the client waits for a group coordinator as long as the broker is gone
+            await asyncio.wait_for(commit, self.settings.faults.stop_timeout_s)
+        except (aiokafka.errors.KafkaError, TimeoutError) as exc:
+            # CommitFailedError in a rebalance, a broker hiccup or outage: the offsets stay uncommitted and are
             # tried again next round (or redone by the partition's next owner).
             self._loop_failed("commit", exc)
             return

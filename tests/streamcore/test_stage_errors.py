@@ -220,3 +220,64 @@ def test_a_stage_waiting_out_an_outage_stays_alive_while_it_says_it_is_stuck():
 
     assert asyncio.run(stage.retrying("label_write", down_for_a_while)) == "written"
     assert all(alive) and now[0] > stage.heartbeat.max_age_s
+
+
+class GoneBroker(Consumer):
+    """A consumer (and producer) whose broker went away mid-round: a commit, leaving the group and a producer's
+    stop wait for it for ever, as the Kafka client waits for a group coordinator while there is none."""
+
+    def __init__(self, records: list[ConsumerRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def subscribe(self, topics, listener=None) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+        batch, self.records = self.records, []
+        return {TopicPartition("posts", 0): batch} if batch else {}
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 1
+
+    async def commit(self, offsets: dict) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        await asyncio.Event().wait()
+
+
+def test_a_stage_told_to_stop_while_the_broker_is_gone_exits_within_its_stop_timeout(monkeypatch):
+    import logging
+
+    import streamcore.stage
+
+    stage = Toy(stop_timeout_s=0.2)
+    gone = GoneBroker(_records(b"a"))
+    monkeypatch.setattr(streamcore.stage, "make_consumer", lambda settings, group: gone)
+    monkeypatch.setattr(streamcore.stage, "make_producer", lambda settings: gone)
+
+    async def handle(records) -> None:
+        for record in records:
+            stage.done(record)
+        stage.stop()  # SIGTERM, or the parent's death, while the broker is away
+
+    stage.handle = handle
+
+    async def bounded() -> None:
+        await asyncio.wait_for(stage.run(), 30)  # a hang fails here instead of holding the suite
+
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # on this logger: no repeat filter between
+    logging.getLogger("streamcore.faults").addHandler(handler)
+    try:
+        asyncio.run(bounded())
+    finally:
+        logging.getLogger("streamcore.faults").removeHandler(handler)
+    assert stage.offsets.committable() == {TopicPartition("posts", 0): 1}  # not committed: the next owner redoes it
+    assert stage.metrics.infra_errors.labels("toy", "commit")._value.get() >= 1
+    assert warnings == ["toy: leaving Kafka took over STYLESTREAM_STOP_TIMEOUT_S (0.2s): going on without it"] * 2
