@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 _CHECKSUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *]([^/\\]+)")
 _LEGACY_CHECKSUM = re.compile(r"[0-9a-fA-F]{64}")
 _warned_uncovered: set[Path] = set()  # hot-swaps reload a version: its warning is logged once
+#: Where a version is copied before it is renamed into place, and after how long such a copy is abandoned.
+_PUBLISHING = ".publish-"
+_ABANDONED_AFTER_S = 3600.0
 _VERSION_NAME = re.compile(r"[A-Za-z0-9_:-][A-Za-z0-9_.:-]{0,127}")
 
 
@@ -237,7 +240,8 @@ class Registry:
         target = self.root / version
         if target.exists():
             raise FileExistsError(f"version {version!r} already exists")
-        tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=self.root))
+        _sweep_abandoned(self.root)
+        tmp = Path(tempfile.mkdtemp(prefix=_PUBLISHING, dir=self.root))
         try:
             # symlinks=True: a link that appeared since the check is copied as a link, never followed.
             shutil.copytree(checkpoint_dir, tmp, symlinks=True, dirs_exist_ok=True)
@@ -251,6 +255,19 @@ class Registry:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return Entry(version, target)
+
+
+def _sweep_abandoned(root: Path) -> None:
+    """Remove the copies of publishes that were killed before they finished (a publish takes seconds; one not
+    touched for ``_ABANDONED_AFTER_S`` is nobody's). Versions never appear half-written, but the copies stayed."""
+    now = datetime.now(UTC).timestamp()
+    for tmp in root.glob(f"{_PUBLISHING}*"):
+        try:
+            if tmp.is_dir() and not tmp.is_symlink() and now - tmp.stat().st_mtime > _ABANDONED_AFTER_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+                log.warning("removed %s, left by a publish that did not finish", tmp)
+        except OSError:  # gone meanwhile, or not ours to remove: publishing goes on
+            continue
 
 
 def _check_source(directory: Path, version: str) -> None:

@@ -44,6 +44,19 @@ def test_temp_folders_of_a_publish_are_never_versions(layout):
     assert Registry(registry).versions() == ["v1"]
 
 
+def test_a_publish_removes_the_copies_killed_publishes_left_and_not_one_in_progress(layout, tmp_path):
+    import os
+    import time
+
+    registry, _ = layout
+    for name in (".publish-killed", ".publish-running"):
+        shutil.copytree(registry / "v1", registry / name)
+    hours_ago = time.time() - 2 * 3600
+    os.utime(registry / ".publish-killed", (hours_ago, hours_ago))
+    Registry(registry).publish(publish_tiny(tmp_path / "src", "v2", seed=3).path, name="v2")
+    assert sorted(p.name for p in registry.iterdir()) == [".publish-running", "v1", "v2"]
+
+
 def test_a_pointer_outside_the_registry_is_refused_and_v1_keeps_serving(layout):
     registry, outside = layout
     settings = Settings.named(model_dir=registry, device="cpu")
