@@ -324,8 +324,10 @@ def test_the_live_guard_rolls_back_a_worse_model(make_settings, tmp_path, bench_
         wait_until(lambda: _assigned([stage], settings), timeout=120, what="partitions assigned")
         _send_all(settings, "posts", [p for p, _ in posts])
         _send_all(settings, "feedback", corrections)
-        wait_until(lambda: _pointer(settings) == "good", timeout=120, what="the guard's rollback to 'good'")
         metrics = stage.metrics
+        # The pointer moves first; the count follows once the rollback is announced on model-updates.
+        wait_until(lambda: _pointer(settings) == "good" and metrics.rollbacks._value.get() >= 1, timeout=120,
+                   what="the guard's rollback to 'good', counted")
         assert metrics.rollbacks._value.get() == 1
         assert metrics.agreement.labels("good")._value.get() == 1.0
         assert metrics.agreement.labels("bad")._value.get() == 0.0
