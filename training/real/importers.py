@@ -248,12 +248,9 @@ def garment_boxes(mask: np.ndarray, names: list[str], *, min_area: float = 0.04,
             by_category.setdefault(CO_PARSING[names[label]][0], []).append(label)
     out: list[tuple[tuple[int, int, int, int], list[tuple[str, str | None]]]] = []
     for category in sorted(by_category):
-        ys, xs = np.nonzero(np.isin(mask, by_category[category]))
-        top, bottom, left, right = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-        if not min_area * h * w <= (bottom - top) * (right - left) <= max_area * h * w:
+        tight, box = mask_box(np.isin(mask, by_category[category]), pad)
+        if not min_area * h * w <= tight <= max_area * h * w:
             continue
-        dy, dx = int((bottom - top) * pad), int((right - left) * pad)
-        box = (max(0, left - dx), max(0, top - dy), min(w, right + dx), min(h, bottom + dy))
         if any(_iou(box, other) > 0.85 for other, _ in out):
             continue
         inner_labels, inner_counts = np.unique(mask[box[1]:box[3], box[0]:box[2]], return_counts=True)
@@ -262,6 +259,16 @@ def garment_boxes(mask: np.ndarray, names: list[str], *, min_area: float = 0.04,
                  if names[label] in CO_PARSING and (n >= inside * total[label] or n >= cover * area)]
         out.append((box, pairs))
     return out
+
+
+def mask_box(selected: np.ndarray, pad: float) -> tuple[int, tuple[int, int, int, int]]:
+    """The area of the tightest box around a bool mask's pixels, and that box widened by ``pad`` of its size on
+    each side (left, top, right, bottom; kept inside the mask)."""
+    h, w = selected.shape
+    ys, xs = np.nonzero(selected)
+    top, bottom, left, right = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    dy, dx = int((bottom - top) * pad), int((right - left) * pad)
+    return (bottom - top) * (right - left), (max(0, left - dx), max(0, top - dy), min(w, right + dx), min(h, bottom + dy))
 
 
 def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:

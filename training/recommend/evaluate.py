@@ -157,7 +157,7 @@ def evaluate(data: Embedded, layout: Layout, rankings: dict) -> tuple[dict, dict
     queries = [i for i, s in enumerate(data.sources) if s == "co_parsing"]
     items = np.array([i for i, s in enumerate(data.sources) if s in CATALOGUE])
     _VECTORS.clear()
-    answerable = {q: _answerable(data, items, q) for q in queries}
+    answerable = _answerable(data, items, queries)
     table, results = {}, {}
     for name, (kind, weight, option) in rankings.items():
         per_query = []
@@ -172,10 +172,10 @@ def evaluate(data: Embedded, layout: Layout, rankings: dict) -> tuple[dict, dict
     return table, {"queries": queries, "items": items.tolist(), "results": results}
 
 
-def _answerable(data: Embedded, items: np.ndarray, q: int) -> np.ndarray:
-    """Which catalogue items may answer query ``q``: all but those cut from its own photo."""
-    own = os.path.realpath(data.images[q])
-    return np.array([data.boxes[i] is None or os.path.realpath(data.images[i]) != own for i in items], dtype=bool)
+def _answerable(data: Embedded, items: np.ndarray, queries: list[int]) -> dict[int, np.ndarray]:
+    """Per query, which catalogue items may answer it: all but those cut from its own photo."""
+    cut_from = np.array([os.path.realpath(data.images[i]) if data.boxes[i] is not None else "" for i in items])
+    return {q: cut_from != os.path.realpath(data.images[q]) for q in queries}
 
 
 def choose(validation: Embedded, layout: Layout) -> dict:
@@ -278,8 +278,8 @@ def ceiling(data: Embedded) -> float:
     queries = [i for i, s in enumerate(data.sources) if s == "co_parsing"]
     items = np.array([i for i, s in enumerate(data.sources) if s in CATALOGUE])
     parts = []
-    for q in queries:
-        stocked = {c for i in items[_answerable(data, items, q)] for c in data.truth[i]}
+    for q, keep in _answerable(data, items, queries).items():
+        stocked = {c for i in items[keep] for c in data.truth[i]}
         parts.append(len({CATEGORY_PART[c] for c in set(data.truth[q]) & stocked}))
     return round(float(np.mean(parts)), 4)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from serving.ontology import Ontology
 from streamcore.extras import needs
-from training.real.importers import CO_PARSING, co_parsing_ids, co_parsing_split
+from training.real.importers import CO_PARSING, co_parsing_ids, co_parsing_split, mask_box
 from training.real.manifest import Record
 from training.recommend.photos import Embedded, cached_embedding
 
@@ -36,13 +36,10 @@ def item_boxes(mask: np.ndarray, names: list[str], *, min_area: float = 0.002, m
     for label in np.unique(mask).tolist():
         if names[label] not in CO_PARSING:
             continue
-        ys, xs = np.nonzero(mask == label)
-        top, bottom, left, right = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-        area = (bottom - top) * (right - left)
-        if not min_area * h * w <= area <= max_area * h * w or len(ys) < min_fill * area:
+        selected = mask == label
+        area, box = mask_box(selected, pad)
+        if not min_area * h * w <= area <= max_area * h * w or selected.sum() < min_fill * area:
             continue
-        dy, dx = int((bottom - top) * pad), int((right - left) * pad)
-        box = (max(0, left - dx), max(0, top - dy), min(w, right + dx), min(h, bottom + dy))
         category, subcategory = CO_PARSING[names[label]]
         out.append((box, category, subcategory))
     return out
