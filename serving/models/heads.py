@@ -359,10 +359,14 @@ class FusionHead(_Head):
     fuses_hints = True
 
     @torch.no_grad()
-    def add_hint_weight(self, weight: float) -> None:
-        """Add ``weight`` x each category hint to its category's logit, folded into the category layer."""
-        start, k = self.trunk[-2].out_features, self.categories.out_features  # forward: [trunk out, category hints, ...]
-        self.categories.weight[:, start:start + k] += weight * torch.eye(k, device=self.categories.weight.device)
+    def add_hint_weight(self, weight: float, level: str = "categories") -> None:
+        """Add ``weight`` x each hint of ``level`` (``categories`` or ``subcategories``) to its own term's logit,
+        folded into that level's layer."""
+        # forward: [trunk out, category hints, sub-category hints, attribute hints]
+        start, k = self.trunk[-2].out_features, self.categories.out_features
+        layer, start = {"categories": (self.categories, start), "subcategories": (self.subcategories.linear, start + k)}[level]
+        m = layer.out_features
+        layer.weight[:, start:start + m] += weight * torch.eye(m, device=layer.weight.device)
 
 
 class DynamicPruningHead(_Head):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.functional import binary_cross_entropy_with_logits
 
 from serving.checkpoint import load_checkpoint
 from serving.models import DynamicCNN, build_model
@@ -33,7 +34,7 @@ from training.real.data import build_split, split_records, with_condition
 from training.real.finetune import Fronts, TuneConfig, cache_fronts, finetune, pooled
 from training.real.images import load_records, no_garment_images
 from training.real.manifest import ManifestError, Record
-from training.real.scores import abstain_threshold, summary
+from training.real.scores import abstain_threshold, subcategory_summary, summary
 from training.train import Batchable, FitConfig, predict, train_head
 
 #: Sources whose photos show one garment; ``co_parsing`` photos are street photos of people.
@@ -196,8 +197,9 @@ def train_served(prepared: Prepared, ontology: Ontology, config: RealConfig, *, 
                                 name=config.backbone, ontology=ontology, multi=True, config=fit,
                                 image_size=config.image_size, **extra)
     temperature = calibrate(model, prepared.splits["val"], prepared.features["val"])
-    history = {**history, "temperature": temperature,
-               "hint_weight": weigh_hints(model, prepared.splits["val"], prepared.features["val"])}
+    weights = weigh_hints(model, prepared.splits["val"], prepared.features["val"])
+    history = {**history, "temperature": temperature, "hint_weight": weights["categories"],
+               "subcategory_hint_weight": weights["subcategories"]}
     top = category_probs(model, prepared.splits["val"], prepared.features["val"], hints=False).max(1)
     garment = prepared.splits["val"].categories.any(1)
     bar = abstain_threshold(top[garment], top[~garment], max_garment_abstain=config.max_garment_abstain,
@@ -215,8 +217,13 @@ def _rows(split: Split, rows: np.ndarray) -> Split:
 
 def category_probs(model: DynamicCNN, split: Split, features: Tensor, *, hints: bool) -> np.ndarray:
     """Sigmoid category probabilities ``[N, K]`` for a split's cached features, with its hints or silent."""
+    return level_probs(model, split, features, hints=hints)[0]
+
+
+def level_probs(model: DynamicCNN, split: Split, features: Tensor, *, hints: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid category ``[N, K]`` and sub-category ``[N, M]`` probabilities for a split's cached features."""
     out = predict(model, Batchable.from_split(split, multi=True, inputs=features, hints=hints), features=True)
-    return torch.sigmoid(out.categories.float()).numpy()
+    return torch.sigmoid(out.categories.float()).numpy(), torch.sigmoid(out.subcategories.float()).numpy()
 
 
 def calibrate(model: DynamicCNN, val: Split, features: Tensor) -> float:
@@ -225,7 +232,7 @@ def calibrate(model: DynamicCNN, val: Split, features: Tensor) -> float:
     out = predict(model, Batchable.from_split(val, multi=True, inputs=features, hints=False), features=True)
     logits, target = out.categories.float(), torch.from_numpy(val.categories)
     grid = torch.linspace(0.5, 3.0, 51)
-    losses = [float(torch.nn.functional.binary_cross_entropy_with_logits(logits / t, target)) for t in grid]
+    losses = [float(binary_cross_entropy_with_logits(logits / t, target)) for t in grid]
     temperature = float(grid[int(np.argmin(losses))])
     with torch.no_grad():
         model.head.categories.weight.div_(temperature)
@@ -237,26 +244,32 @@ def calibrate(model: DynamicCNN, val: Split, features: Tensor) -> float:
 HINT_WEIGHTS = tuple(float(w) for w in np.arange(0.0, 6.01, 0.25))
 
 
-def weigh_hints(model: DynamicCNN, val: Split, features: Tensor) -> float:
-    """Fit how much a mined category hint adds to its category's logit, on validation photos with their
-    captions (the main text condition), and fold it into a fusion head's category layer; returns it (0 for a
-    head whose category layer does not read the hints).
+def weigh_hints(model: DynamicCNN, val: Split, features: Tensor) -> dict[str, float]:
+    """Fit how much a mined category hint adds to its category's logit, and a mined sub-category hint to its
+    sub-category's, on validation photos with their captions (the main text condition), and fold both into a
+    fusion head's layers; returns them (zeros for a head whose layers do not read the hints).
 
     A fusion head learns its hint weights on the photos its trunk was fine-tuned on, whose image logits are
     already confident and right, so there the text seems to add little; on photos the model has not seen it
-    adds more. One weight for every category, chosen by the loss on photos neither was trained on: stacking,
-    as the temperature is (docs/real-photos.md has the measurements).
+    adds more. One weight per level, chosen by the loss on photos neither was trained on (sub-categories: only
+    where a photo's sub-category is known): stacking, as the temperature is (docs/real-photos.md has the
+    measurements).
     """
     if not isinstance(model.head, FusionHead):
-        return 0.0
+        return {"categories": 0.0, "subcategories": 0.0}
     out = predict(model, Batchable.from_split(val, multi=True, inputs=features, hints=True), features=True)
-    logits, target = out.categories.float(), torch.from_numpy(val.categories)
-    hints = torch.from_numpy(val.hint_categories).float()
-    losses = [float(torch.nn.functional.binary_cross_entropy_with_logits(logits + w * hints, target))
-              for w in HINT_WEIGHTS]
-    weight = HINT_WEIGHTS[int(np.argmin(losses))]
-    model.head.add_hint_weight(weight)
-    return weight
+    known = val.subcategory_known if val.subcategory_known is not None else np.ones_like(val.subcategories)
+    levels = {"categories": (out.categories, val.categories, val.hint_categories, np.ones_like(val.categories)),
+              "subcategories": (out.subcategories, val.subcategories, val.hint_subcategories, known)}
+    weights = {}
+    for level, (logits, target, hints, mask) in levels.items():
+        logits, target = logits.float(), torch.from_numpy(target).float()
+        hints, mask = torch.from_numpy(hints).float(), torch.from_numpy(mask).float()
+        losses = [float((binary_cross_entropy_with_logits(logits + w * hints, target, reduction="none") * mask).sum()
+                        / mask.sum().clamp(min=1)) for w in HINT_WEIGHTS]
+        weights[level] = HINT_WEIGHTS[int(np.argmin(losses))]
+        model.head.add_hint_weight(weights[level], level)
+    return weights
 
 
 def scores(model: DynamicCNN, prepared: Prepared, ontology: Ontology, *, split: str = "test",
@@ -270,9 +283,12 @@ def scores(model: DynamicCNN, prepared: Prepared, ontology: Ontology, *, split: 
     for condition in conditions:
         data = base if condition == "main" else with_condition(base, prepared.records[split], ontology, condition,
                                                                  seed=seed, heldout=split == "test")
-        probs = category_probs(model, data, prepared.features[split], hints=condition != "silent")
-        out[condition] = {kind: summary(probs[rows | negative], data.categories[rows | negative],
-                                        ontology.category_names, abstain_below=model.config.abstain_below)
+        probs, sub = level_probs(model, data, prepared.features[split], hints=condition != "silent")
+        known = data.subcategory_known
+        out[condition] = {kind: {**summary(probs[rows | negative], data.categories[rows | negative],
+                                           ontology.category_names, abstain_below=model.config.abstain_below),
+                                 "subcategory": subcategory_summary(sub[rows], data.subcategories[rows],
+                                                                    None if known is None else known[rows])}
                           for kind, rows in kinds.items() if rows.any()}
     return out
 

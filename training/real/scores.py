@@ -1,5 +1,5 @@
 """Real-photo scores: per-category AP, mAP, the top garment worn on the body, single-garment top-1,
-calibration error, abstain rates, and the chance baselines to read them against."""
+calibration error, abstain rates, sub-category mAP and top-1, and the chance baselines to read them against."""
 
 from __future__ import annotations
 
@@ -104,3 +104,24 @@ def summary(probs: np.ndarray, targets: np.ndarray, names: list[str], *, abstain
     if (~garment).any():
         out["abstain_rate_no_garment"] = float((top[~garment] < abstain_below).mean())
     return out
+
+
+def subcategory_summary(probs: np.ndarray, targets: np.ndarray, known: np.ndarray | None) -> dict:
+    """Sub-category scores where the photos' sub-categories are known (real photos are often labelled with a
+    category only): mAP over the sub-categories with a known positive and a known negative, and how often the
+    top-ranked sub-category is a true one, over the photos with one known."""
+    known = np.ones_like(targets, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    aps, chance = [], []
+    for j in range(targets.shape[1]):
+        rows = known[:, j]
+        y = targets[rows, j]
+        if y.any() and not y.all():
+            aps.append(mean_average_precision(torch.from_numpy(probs[rows, j:j + 1]), torch.from_numpy(y[:, None])))
+            chance.append(float(y.mean()))
+    labelled = (targets * known).any(1)
+    if not aps or not labelled.any():
+        return {}
+    top = probs[labelled].argmax(1)
+    return {"mAP": float(np.mean(aps)), "chance_mAP": float(np.mean(chance)), "subcategories": len(aps),
+            "top1": float((targets[labelled][np.arange(labelled.sum()), top] > 0).mean()),
+            "photos": int(labelled.sum())}
