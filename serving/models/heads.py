@@ -364,7 +364,10 @@ class FusionHead(_Head):
         folded into that level's layer."""
         # forward: [trunk out, category hints, sub-category hints, attribute hints]
         start, k = self.trunk[-2].out_features, self.categories.out_features
-        layer, start = {"categories": (self.categories, start), "subcategories": (self.subcategories.linear, start + k)}[level]
+        levels = {"categories": (self.categories, start), "subcategories": (self.subcategories.linear, start + k)}
+        if level not in levels:
+            raise ValueError(f"hint weights fold into {sorted(levels)}, not {level!r}")
+        layer, start = levels[level]
         m = layer.out_features
         layer.weight[:, start:start + m] += weight * torch.eye(m, device=layer.weight.device)
 

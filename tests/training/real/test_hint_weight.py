@@ -88,5 +88,5 @@ def test_a_head_whose_layers_do_not_read_hints_is_left_alone(head):
 
 
 def test_only_the_two_fused_levels_take_a_hint_weight():
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="attributes"):
         _model("fusion").head.add_hint_weight(1.0, "attributes")
