@@ -368,8 +368,7 @@ class FusionHead(_Head):
         if level not in levels:
             raise ValueError(f"hint weights fold into {sorted(levels)}, not {level!r}")
         layer, start = levels[level]
-        m = layer.out_features
-        layer.weight[:, start:start + m] += weight * torch.eye(m, device=layer.weight.device)
+        layer.weight[:, start:start + layer.out_features] += weight * torch.eye(layer.out_features, device=layer.weight.device)
 
 
 class DynamicPruningHead(_Head):
