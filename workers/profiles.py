@@ -4,7 +4,7 @@ Per label the stage reads what the classifier stored for the post, in one round 
 (``<prefix>:label:ID``) and the vector record beside it (``{<prefix>:label:ID}:vec``: the post's user, creation
 time and image embedding; the label itself names no user). It joins the stored label's probabilities with the
 record into a fashion vector, and adds the post to its user's profile and to its model version's repository (a
-catalogue item, marked so in its record, joins the repository only). The record on the topic only says which post
+catalogue item, marked so in its record, and a post whose user is empty join the repository only). The record on the topic only says which post
 to add: anyone may write to ``labels``, and the adds keep the first write per post for good, so its content never
 reaches a profile. Both adds are scripts that do nothing for a post already there, and a profile is recomputed
 from its member set (a pure function of the set), so a redelivered or replayed label changes no byte. A record is
@@ -35,7 +35,7 @@ from streamcore.redisconn import connect_async
 from streamcore.settings import Settings
 from streamcore.stage import Stage
 from training.recommend.profile import Member, aggregate
-from training.recommend.store import ProfileWriter
+from training.recommend.store import ProfileWriter, RepoPost
 from training.recommend.vectors import Layout, VectorRecord
 
 log = logging.getLogger(__name__)
@@ -109,9 +109,11 @@ class ProfilesStage(Stage):
             return outcome, None
         item = VectorRecord(record.post_id, record.user, record.created_ms, record.model_version, record.embedding[:1],
                             record.catalogue)
-        member = None if record.catalogue else Member(vec, record).encode()  # a shop's item has no profile
-        return ("catalogue_item" if record.catalogue else "added"), (
-            record.post_id, record.user, record.model_version, record.created_ms, member, Member(vec, item).encode())
+        # A shop's item has no profile, nor has a post that names no user (no profile could be asked for by name).
+        member = None if record.catalogue or not record.user else Member(vec, record).encode()
+        return ("catalogue_item" if record.catalogue else "added"), RepoPost(
+            record.post_id, record.user, record.model_version, record.created_ms, member, Member(vec, item).encode(),
+            record.catalogue)
 
     def _stored_vector(self, raw: bytes | None, record: VectorRecord) -> tuple[str, np.ndarray | None]:
         """``(outcome, label vector)`` of the label the classifier stored beside ``record`` (``None``: add nothing)."""
@@ -134,7 +136,7 @@ class ProfilesStage(Stage):
             return "bad_label", None
         return "", vec
 
-    async def _write(self, posts: list[tuple]) -> list[bool]:
+    async def _write(self, posts: list[RepoPost]) -> list[bool]:
         """Add the posts, recompute the profiles that changed; per post, whether it was new."""
         fresh, due = await self.writer.add(posts, self.max_posts)
         for user, version in due:

@@ -30,7 +30,7 @@ from training.real.fixture import FIXTURE_DIR
 from training.recommend.client import RecommendClient
 from training.recommend.profile import Member
 from training.recommend.service import Recommender
-from training.recommend.store import Keys, ProfileWriter
+from training.recommend.store import Keys, ProfileWriter, RepoPost
 from training.recommend.vectors import VectorRecord
 from workers.catalogue import CatalogueWorker
 from workers.cli import app
@@ -292,9 +292,10 @@ def test_a_repository_written_before_catalogue_membership_was_kept_removes_its_i
     async def run() -> list:
         old, writer = (ProfileWriter(connect_async(settings.redis), settings.redis.prefix) for _ in range(2))
         try:
-            await old.add([(p, u, "v0", 0, None if c else b"m", _entry(p, u, catalogue=c)) for p, u, c in entries],
+            await old.add([RepoPost(p, u, "v0", 0, None if c else b"m", _entry(p, u, catalogue=c), c)
+                           for p, u, c in entries], 200)
+            await old.add([RepoPost("p-2", "atelier", "v0", 0, None, _entry("p-2", "atelier", catalogue=True), True)],
                           200)
-            await old.add([("p-2", "atelier", "v0", 0, None, _entry("p-2", "atelier", catalogue=True))], 200)
             await old.remove_item("item-2", [])
             redis.delete(*keys.repo_catalogue("v0"))  # what a repository written before the set looks like
             return [await writer.remove_item(i, [keys.label(i)]) for i in ("item-1", "p-1", "p-2", "item-2")]

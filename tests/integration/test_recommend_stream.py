@@ -141,6 +141,27 @@ def test_a_striped_top_and_leather_bag_user_gets_both_and_a_replay_changes_no_by
     assert _state(settings) == before
 
 
+def test_a_post_that_names_no_user_is_recommended_to_others_and_joins_no_profile(make_settings) -> None:
+    """An empty ``user`` is a valid post, but nobody can ask for that name's recommendations: its post goes into
+    the repository as a post (not as a shop's item, which a tombstone could remove) and into no profile."""
+    from training.recommend.store import Keys
+
+    settings = make_settings()
+    posts = [*_posts("v1", Space(32, seed=4), per_kind=4),
+             ("anon-0", "", _label("anon-0", "v1", *KINDS["leather-bag"][:3]), Space(32, seed=4).embed({"bag": 1}))]
+    asyncio.run(_classifier_output(settings, "v1", posts))
+    with running_stage(ProfilesStage(settings)) as stage:
+        wait_until(lambda: _count(stage, "added") == len(posts), timeout=60, what="every label added")
+    redis, keys = connect(settings.redis), Keys(settings.redis.prefix)
+    assert not any(redis.exists(key) for key in keys.user("", "v1"))
+    assert redis.sismember(keys.repo("v1")[0], "anon-0") and not redis.sismember(keys.repo_catalogue("v1")[0], "anon-0")
+    recommender = Recommender(settings)
+    recommender.sync()
+    assert recommender.profile("ana", "v1").posts == 3
+    liked = recommender.more_like_this("leather-bag-0", 10, ranking="plain")
+    assert "anon-0" in {item.post_id for item in liked.items}
+
+
 def test_a_hot_swap_to_another_embedding_space_rebuilds_without_mixing(make_settings, tmp_path) -> None:
     settings = make_settings()
     redis = connect(settings.redis)

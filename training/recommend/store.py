@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from training.recommend.profile import Member
 
@@ -184,6 +185,22 @@ class Keys:
         return f"{self.prefix}:model:current"
 
 
+class RepoPost(NamedTuple):
+    """One labelled post or shop's item for :meth:`ProfileWriter.add`."""
+
+    post_id: str
+    user: str
+    version: str
+    created_ms: int
+    #: Its member of its user's profile; ``None``: it joins its repository only (a shop's item, or a post that
+    #: names no user: nobody can ask for an empty name's recommendations).
+    member: bytes | None
+    #: Its repository entry: a member whose embedding is the whole-photo row only.
+    item: bytes
+    #: A shop's item: a tombstone on the catalogue topic may take it out again.
+    catalogue: bool = False
+
+
 class ProfileWriter:
     """The profile stage's writes (asyncio client); every call is idempotent, so a failed round is redone whole."""
 
@@ -220,22 +237,20 @@ class ProfileWriter:
             replies = list(await pipe.execute())
         return list(zip(replies[::2], replies[1::2]))
 
-    async def add(self, posts: list[tuple[str, str, str, int, bytes | None, bytes]],
-                  cap: int) -> tuple[list[bool], list[tuple[str, str]]]:
-        """Add ``(post id, user, version, created ms, member, item)`` to profiles and repositories; a post
-        without a member (a catalogue item) joins its repository only.
+    async def add(self, posts: Sequence[RepoPost], cap: int) -> tuple[list[bool], list[tuple[str, str]]]:
+        """Add posts to profiles and repositories; a post without a member joins its repository only.
 
-        Returns per post whether it was new (to its profile; to its repository for a catalogue item), and the
+        Returns per post whether it was new (to its profile; to its repository for one without a member), and the
         ``(user, version)`` profiles to recompute: changed, or left behind by an earlier crash.
         """
         calls, profiled = [], []
-        for post_id, user, version, created, member, item in posts:
+        for post_id, user, version, created, member, item, catalogue in posts:
             if member is not None:
                 posts_key, members, rev, _, profile_rev = self.keys.user(user, version)
                 profiled.append(len(calls))
                 calls.append((self._add_member, [posts_key, members, rev, profile_rev], [post_id, created, member, cap]))
             keys = [*self.keys.repo(version), *self.keys.repo_catalogue(version)]
-            calls.append((self._add_item, keys, [post_id, user, item, "1" if member is None else "0"]))
+            calls.append((self._add_item, keys, [post_id, user, item, "1" if catalogue else "0"]))
         replies = await self._run(calls)
         if posts:
             # When the stage first saw the version, not its posts' creation times: a new version's first label
@@ -247,7 +262,7 @@ class ProfileWriter:
             firsts = dict.fromkeys(p[2] for p in posts)
             await self.redis.zadd(self.keys.versions, {v: start + n for n, v in enumerate(firsts)}, nx=True)
         fresh, due, at = [], [], 0
-        for _, user, version, _, member, _ in posts:
+        for _, user, version, _, member, _, _ in posts:
             reply = replies[at]
             if member is None:  # the repository's reply: 1 when new
                 fresh.append(bool(int(reply)))

@@ -23,7 +23,7 @@ from training.recommend.index import VersionIndex
 from training.recommend.profile import Member, aggregate
 from training.recommend.ranking import joint
 from training.recommend.service import RANKINGS, Recommender, answer
-from training.recommend.store import Keys, ProfileWriter, user_tag
+from training.recommend.store import Keys, ProfileWriter, RepoPost, user_tag
 from training.recommend.vectors import Layout, VectorRecord
 
 LAYOUT = Layout(load_ontology())
@@ -37,7 +37,7 @@ def _post(post_id: str, user: str, version: str, created_ms: int, dim: int, rng:
     label[rng.integers(0, 13)] = 0.9
     member = Member(label, VectorRecord(post_id, user, created_ms, version,
                                         (embedding / np.linalg.norm(embedding)).astype(np.float16))).encode()
-    return post_id, user, version, created_ms, member, member
+    return RepoPost(post_id, user, version, created_ms, member, member)
 
 
 def _add(settings: Settings, posts: list[tuple], profiles: tuple[str, ...] = ()) -> None:
