@@ -1,14 +1,14 @@
 """Profiles stage: ``labels`` → each user's style profile and the repository, in Redis (at-least-once, idempotent).
 
 Per label the stage reads what the classifier stored for the post, in one round trip: the label
-(``<prefix>:label:ID``) and the vector record beside it (``{<prefix>:label:ID}:vec``: the post's user, creation
-time and image embedding; the label itself names no user). It joins the stored label's probabilities with the
-record into a fashion vector, and adds the post to its user's profile and to its model version's repository (a
-catalogue item, marked so in its record, and a post whose user is empty join the repository only). The record on the topic only says which post
-to add: anyone may write to ``labels``, and the adds keep the first write per post for good, so its content never
-reaches a profile. Both adds are scripts that do nothing for a post already there, and a profile is recomputed
-from its member set (a pure function of the set), so a redelivered or replayed label changes no byte. A record is
-marked done only after Redis holds all of it; the loop then commits.
+(``<prefix>:label:ID``) and the vector record beside it (``{<prefix>:label:ID}:vec``: the post's user, creation time
+and image embedding; the label itself names no user). It joins the stored label's probabilities with the record into
+a fashion vector, and adds the post to its user's profile and to its model version's repository (a catalogue item,
+marked so in its record, and a post whose user is empty join the repository only). The record on the topic only says
+which post to add: anyone may write to ``labels``, and the adds keep the first write per post for good, so its
+content never reaches a profile. Both adds are scripts that do nothing for a post already there, and a profile is
+recomputed from its member set (a pure function of the set), so a redelivered or replayed label changes no byte. A
+record is marked done only after Redis holds all of it; the loop then commits.
 
 Labels that add nothing are counted and passed over: an abstaining label (no garment), a vector record or label
 expired with the label's TTL, a record on the topic from another model version than the stored ones (the newer
